@@ -1,0 +1,21 @@
+"""hf_distill: knowledge distillation for Hugging Face Transformers models."""
+
+from .config import DistillationArguments
+from .layers import init_student_from_teacher, uniform_layer_map
+from .losses import ensemble_log_probs, hidden_state_loss, logit_mse_loss, soft_target_loss
+from .trainer import DistillationTrainer, LogitsPair, NonFiniteLossError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DistillationArguments",
+    "DistillationTrainer",
+    "LogitsPair",
+    "NonFiniteLossError",
+    "ensemble_log_probs",
+    "hidden_state_loss",
+    "init_student_from_teacher",
+    "logit_mse_loss",
+    "soft_target_loss",
+    "uniform_layer_map",
+]

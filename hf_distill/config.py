@@ -1,0 +1,118 @@
+"""DistillationArguments: the distillation knobs, on top of `transformers.TrainingArguments`."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+_LAYER_MAP_RE = re.compile(r"^\s*\d+\s*:\s*\d+\s*(,\s*\d+\s*:\s*\d+\s*)*$")
+
+
+def parse_layer_map(spec: str | dict | None) -> dict[int, int] | None:
+    """Parse `"1:2,2:4,3:6"` (student:teacher, 0 = embedding output) into `{1: 2, 2: 4, 3: 6}`."""
+    if spec is None or isinstance(spec, dict):
+        return None if spec is None else {int(k): int(v) for k, v in spec.items()}
+    if not isinstance(spec, str) or not _LAYER_MAP_RE.match(spec):
+        raise ValueError(
+            f"layer_map={spec!r} is not valid: write comma-separated student:teacher pairs of layer indices, "
+            'e.g. "1:2,2:4,3:6" (index 0 is the embedding output), or leave it unset for the uniform map.'
+        )
+    pairs = [p.split(":") for p in spec.split(",")]
+    mapping = {int(s): int(t) for s, t in pairs}
+    if len(mapping) != len(pairs):
+        raise ValueError(f"layer_map={spec!r} names a student layer twice; each student layer maps to one teacher layer.")
+    return mapping
+
+
+@dataclass
+class DistillationArguments(TrainingArguments):
+    """`TrainingArguments` plus the distillation settings. The field help texts are the reference docs.
+
+    loss = soft_weight * soft + hard_weight * hard + hidden_weight * hidden (+ attention_weight * attention)
+    """
+
+    temperature: float = field(
+        default=2.0,
+        metadata={"help": "Softmax temperature T > 0 applied to teacher and student logits for the soft-target loss; "
+                  "the soft loss is multiplied by T^2 so its gradients keep their scale when T changes."},
+    )
+    soft_weight: float = field(
+        default=0.9, metadata={"help": "Weight of the soft-target loss T^2 * KL(teacher || student) at temperature T."}
+    )
+    hard_weight: float = field(
+        default=0.1,
+        metadata={"help": "Weight of the student's own loss on the true labels (the model output's `.loss`); "
+                  "batches without labels skip it."},
+    )
+    hidden_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the hidden-state alignment loss; > 0 turns it on."}
+    )
+    hidden_loss: str = field(
+        default="mse",
+        metadata={"help": "Distance for hidden-state alignment: 'mse' (mean squared error over hidden dims) "
+                  "or 'cosine' (1 - cosine similarity).", "choices": ["mse", "cosine"]},
+    )
+    layer_map: str | None = field(
+        default=None,
+        metadata={"help": "Student:teacher hidden-state pairs such as '1:2,2:4,3:6' (0 = embedding output). "
+                  "Unset = uniform map, student layer i <-> teacher layer i*Lt/Ls."},
+    )
+    logit_loss: str = field(
+        default="kl",
+        metadata={"help": "'kl' = soft-target KL at temperature T (Hinton et al.); 'mse' = squared error between "
+                  "raw logits (logit matching, the high-T limit). Regression heads (one output) always use 'mse'.",
+                  "choices": ["kl", "mse"]},
+    )
+    ensemble_mode: str = field(
+        default="mean",
+        metadata={"help": "How several teachers' predictions combine into one target: 'mean' (arithmetic mean of "
+                  "probabilities) or 'geometric' (renormalised geometric mean).", "choices": ["mean", "geometric"]},
+    )
+    attention_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of attention-map distillation (TinyBERT style KL between attention distributions "
+                  "of mapped layers); > 0 turns it on. Needs the same number of heads."},
+    )
+    attention_layer_map: str | None = field(
+        default=None,
+        metadata={"help": "Student:teacher transformer-layer pairs for attention distillation (1-based). "
+                  "Unset = uniform map."},
+    )
+    teacher_dtype: str | None = field(
+        default=None,
+        metadata={"help": "Run the teacher in this dtype ('bfloat16', 'float16', 'float32'); the losses stay in "
+                  "float32. Unset = the teacher's own dtype.", "choices": [None, "bfloat16", "float16", "float32"]},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}; typical values are 1-8 (default 2).")
+        weights = {
+            "soft_weight": self.soft_weight,
+            "hard_weight": self.hard_weight,
+            "hidden_weight": self.hidden_weight,
+            "attention_weight": self.attention_weight,
+        }
+        for name, value in weights.items():
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}; set it to 0 to turn that loss off.")
+        if all(v == 0 for v in weights.values()):
+            raise ValueError(
+                "soft_weight, hard_weight, hidden_weight and attention_weight are all 0, so there is nothing to train "
+                "on; give at least one a positive weight (the defaults are soft_weight=0.9, hard_weight=0.1)."
+            )
+        if self.hidden_loss not in ("mse", "cosine"):
+            raise ValueError(f"hidden_loss must be 'mse' or 'cosine', got {self.hidden_loss!r}.")
+        if self.logit_loss not in ("kl", "mse"):
+            raise ValueError(f"logit_loss must be 'kl' or 'mse', got {self.logit_loss!r}.")
+        if self.ensemble_mode not in ("mean", "geometric"):
+            raise ValueError(f"ensemble_mode must be 'mean' or 'geometric', got {self.ensemble_mode!r}.")
+        if self.teacher_dtype not in (None, "bfloat16", "float16", "float32"):
+            raise ValueError(
+                f"teacher_dtype must be one of 'bfloat16', 'float16', 'float32' or unset, got {self.teacher_dtype!r}."
+            )
+        parse_layer_map(self.layer_map)  # syntax check only; ranges are checked against the models
+        parse_layer_map(self.attention_layer_map)

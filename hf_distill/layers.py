@@ -1,0 +1,169 @@
+"""Layer maps, hidden-size projections and student initialisation from a teacher."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from .config import parse_layer_map
+
+logger = logging.getLogger(__name__)
+
+# model_type -> dotted path of the numbered list of transformer blocks, relative to the base model.
+# Architectures not listed fall back to the largest nn.ModuleList of length num_hidden_layers.
+LAYER_LIST_PATHS: dict[str, str] = {
+    "bert": "encoder.layer",
+    "roberta": "encoder.layer",
+    "xlm-roberta": "encoder.layer",
+    "electra": "encoder.layer",
+    "deberta-v2": "encoder.layer",
+    "distilbert": "transformer.layer",
+    "gpt2": "h",
+    "gpt_neo": "h",
+    "llama": "layers",
+    "mistral": "layers",
+    "qwen2": "layers",
+    "qwen3": "layers",
+    "gemma": "layers",
+    "phi3": "layers",
+}
+
+# Per-layer config lists that must be cut down with the layers (e.g. sliding / full attention).
+_PER_LAYER_CONFIG_FIELDS = ("layer_types",)
+
+
+def count_layers(model_or_config) -> int:
+    config = getattr(model_or_config, "config", model_or_config)
+    n = getattr(config, "num_hidden_layers", None)
+    if n is None:
+        raise ValueError(f"{type(config).__name__} has no num_hidden_layers; pass the layer map explicitly.")
+    return int(n)
+
+
+def hidden_size(model_or_config) -> int:
+    config = getattr(model_or_config, "config", model_or_config)
+    return int(config.hidden_size)
+
+
+def uniform_layer_map(num_student_layers: int, num_teacher_layers: int) -> dict[int, int]:
+    """Student layer i <-> teacher layer i * Lt / Ls (floored) for i = 1..Ls; 12 -> 6 gives i <-> 2i.
+
+    Indices follow `hidden_states`: 0 is the embedding output, i the output of block i.
+    """
+    if num_student_layers < 1 or num_teacher_layers < num_student_layers:
+        raise ValueError(
+            f"a uniform map needs 1 <= student layers <= teacher layers, got {num_student_layers} and "
+            f"{num_teacher_layers}; pass an explicit layer_map instead."
+        )
+    return {i: (i * num_teacher_layers) // num_student_layers for i in range(1, num_student_layers + 1)}
+
+
+def resolve_layer_map(spec, num_student_layers: int, num_teacher_layers: int, what: str = "layer_map",
+                      allow_embeddings: bool = True) -> dict[int, int]:
+    """The explicit map parsed and range-checked against both models, or the uniform map when `spec` is None."""
+    mapping = parse_layer_map(spec)
+    if mapping is None:
+        return uniform_layer_map(num_student_layers, num_teacher_layers)
+    low = 0 if allow_embeddings else 1
+    for s, t in mapping.items():
+        if not low <= s <= num_student_layers:
+            raise ValueError(
+                f"{what} student index {s} is out of range: the student has {num_student_layers} layers, so "
+                f"indices run {low}..{num_student_layers}" + (" (0 = embeddings)." if allow_embeddings else ".")
+            )
+        if not low <= t <= num_teacher_layers:
+            raise ValueError(
+                f"{what} teacher index {t} is out of range: the teacher has {num_teacher_layers} layers, so "
+                f"indices run {low}..{num_teacher_layers}" + (" (0 = embeddings)." if allow_embeddings else ".")
+            )
+    return mapping
+
+
+def build_projections(layer_map: dict[int, int], student_dim: int, teacher_dim: int) -> nn.ModuleDict | None:
+    """One learned nn.Linear(d_s, d_t) per mapped student layer when the widths differ, else None (identity)."""
+    if student_dim == teacher_dim:
+        return None
+    return nn.ModuleDict({str(s): nn.Linear(student_dim, teacher_dim) for s in sorted(layer_map)})
+
+
+def _layer_list_path(model: PreTrainedModel) -> str:
+    """Full dotted path (from `model`) of the ModuleList that holds the transformer blocks."""
+    n = count_layers(model)
+    base_prefix = getattr(model, "base_model_prefix", "")
+    rel = LAYER_LIST_PATHS.get(model.config.model_type)
+    if rel is not None:
+        for candidate in (f"{base_prefix}.{rel}" if base_prefix else rel, rel):
+            try:
+                module = model.get_submodule(candidate)
+            except AttributeError:
+                continue
+            if isinstance(module, nn.ModuleList) and len(module) == n:
+                return candidate
+    lists = [
+        (name, mod) for name, mod in model.named_modules()
+        if isinstance(mod, nn.ModuleList) and len(mod) == n and name
+    ]
+    if not lists:
+        raise ValueError(
+            f"cannot find the list of {n} transformer layers in {type(model).__name__}; "
+            "add its path to hf_distill.layers.LAYER_LIST_PATHS."
+        )
+    return max(lists, key=lambda nm: sum(p.numel() for p in nm[1].parameters()))[0]
+
+
+def init_student_from_teacher(
+    teacher: PreTrainedModel, num_layers: int | None = None, layers: list[int] | None = None
+) -> PreTrainedModel:
+    """A new model of the teacher's class and config with fewer layers, initialised from the teacher.
+
+    Embeddings, pooler, final norm and task head are copied; student layer k is a copy of teacher
+    layer `layers[k]` (0-based). By default `layers` follows the uniform map, so 12 -> 6 copies
+    teacher layers 1, 3, 5, 7, 9, 11: student block i starts where the teacher block it is aligned
+    with (hidden_states index 2i) ended.
+    """
+    n_teacher = count_layers(teacher)
+    if layers is None:
+        if num_layers is None:
+            raise ValueError("give num_layers (e.g. 6) or the explicit 0-based teacher layers to copy.")
+        layers = [t - 1 for t in uniform_layer_map(num_layers, n_teacher).values()]
+    layers = [int(i) for i in layers]
+    if num_layers is not None and num_layers != len(layers):
+        raise ValueError(f"num_layers={num_layers} but {len(layers)} layers were given to copy: {layers}.")
+    bad = [i for i in layers if not 0 <= i < n_teacher]
+    if bad:
+        raise ValueError(f"layers {bad} do not exist in the teacher, which has layers 0..{n_teacher - 1}.")
+
+    config = copy.deepcopy(teacher.config)
+    config.num_hidden_layers = len(layers)
+    for field_name in _PER_LAYER_CONFIG_FIELDS:
+        values = getattr(config, field_name, None)
+        if isinstance(values, (list, tuple)) and len(values) == n_teacher:
+            setattr(config, field_name, [values[i] for i in layers])
+    student = type(teacher)(config)
+    student.to(dtype=next(teacher.parameters()).dtype)
+
+    prefix = _layer_list_path(teacher) + "."
+    teacher_sd = teacher.state_dict()
+    new_sd = {}
+    for k, j in enumerate(layers):  # student block k <- teacher block j
+        src, dst = f"{prefix}{j}.", f"{prefix}{k}."
+        for name, tensor in teacher_sd.items():
+            if name.startswith(src):
+                new_sd[dst + name[len(src):]] = tensor
+    for name, tensor in teacher_sd.items():
+        if not name.startswith(prefix):
+            new_sd[name] = tensor  # embeddings, pooler, final norm, head
+    student_sd = student.state_dict()
+    missing = sorted(set(student_sd) - set(new_sd))
+    unexpected = sorted(set(new_sd) - set(student_sd))
+    if missing or unexpected:
+        raise RuntimeError(f"weight names do not line up: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for name, tensor in new_sd.items():
+        assert student_sd[name].shape == tensor.shape, f"{name}: {student_sd[name].shape} vs {tensor.shape}"
+    student.load_state_dict({k: v.clone() for k, v in new_sd.items()}, strict=True)
+    logger.info("initialised a %d-layer student from teacher layers %s", len(layers), layers)
+    return student

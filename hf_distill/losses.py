@@ -1,0 +1,124 @@
+"""Pure tensor functions for distillation losses.
+
+Nothing here knows about the Trainer: every function takes tensors and returns a scalar
+tensor, so each loss can be checked against a hand computation and reused by any loop.
+All softmax / KL arithmetic runs in float32, whatever dtype the models ran in.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _flatten_positions(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(..., C) -> (P, C): keep the positions where `mask` is true (all when mask is None)."""
+    if mask is None:
+        return x.reshape(-1, x.shape[-1])
+    if mask.shape != x.shape[:-1]:
+        raise ValueError(
+            f"mask of shape {tuple(mask.shape)} does not match the logits' positions {tuple(x.shape[:-1])}."
+        )
+    return x[mask.bool()]
+
+
+def soft_target_loss_from_log_probs(
+    student_logits: torch.Tensor,
+    teacher_log_probs: torch.Tensor,
+    temperature: float,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """T^2 * mean over positions of KL(p_t || softmax(z_s / T)), with log p_t already given.
+
+    `teacher_log_probs` are the teacher's log-probabilities at temperature T (for an ensemble,
+    the combined target). Shapes: (..., C) for both, `mask` (...) selects the positions.
+    A fully masked batch gives 0 (with a gradient path), never NaN.
+    """
+    s = _flatten_positions(student_logits, mask).float()  # (P, C)
+    log_pt = _flatten_positions(teacher_log_probs, mask).float()  # (P, C)
+    if s.shape != log_pt.shape:
+        raise ValueError(
+            f"student logits {tuple(s.shape)} and teacher targets {tuple(log_pt.shape)} differ in shape: "
+            "teacher and student must predict over the same classes / vocabulary."
+        )
+    if s.shape[0] == 0:
+        return student_logits.float().sum() * 0.0
+    log_ps = F.log_softmax(s / temperature, dim=-1)
+    # xlogy-style: positions where p_t == 0 contribute 0 (kl_div with log_target handles it).
+    kl = F.kl_div(log_ps, log_pt, reduction="none", log_target=True).sum(-1)  # (P,)
+    return kl.mean() * temperature**2
+
+
+def soft_target_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Hinton et al. soft-target loss: T^2 * mean_positions sum_c p_t[c] (log p_t[c] - log p_s[c]).
+
+    p_t = softmax(teacher_logits / T), log p_s = log_softmax(student_logits / T), in float32.
+    2-D logits (B, C): one position per row. 3-D logits (B, L, C): `mask` (B, L), usually the
+    attention mask, selects the positions that count.
+    """
+    teacher_log_probs = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return soft_target_loss_from_log_probs(student_logits, teacher_log_probs, temperature, mask)
+
+
+def logit_mse_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean over positions of the mean squared difference of raw outputs (logit matching / regression).
+
+    Used for regression heads (one output, no softmax) and as `logit_loss="mse"`, the
+    high-temperature limit of the soft-target loss.
+    """
+    s = _flatten_positions(student_logits, mask).float()
+    t = _flatten_positions(teacher_logits, mask).float()
+    if s.shape[0] == 0:
+        return student_logits.float().sum() * 0.0
+    return (s - t).pow(2).mean()
+
+
+def ensemble_log_probs(teacher_logits: list[torch.Tensor], temperature: float, mode: str = "mean") -> torch.Tensor:
+    """Combine several teachers' predictions at temperature T into one target, as log-probabilities.
+
+    mode="mean": log of the arithmetic mean of the teachers' probabilities.
+    mode="geometric": the normalised geometric mean, i.e. log_softmax of the mean log-probability.
+    """
+    log_probs = torch.stack([F.log_softmax(z.float() / temperature, dim=-1) for z in teacher_logits])  # (K, ..., C)
+    if mode == "mean":
+        return torch.logsumexp(log_probs, dim=0) - math.log(len(teacher_logits))
+    if mode == "geometric":
+        return F.log_softmax(log_probs.mean(dim=0), dim=-1)
+    raise ValueError(f"unknown ensemble mode {mode!r}: use 'mean' or 'geometric'.")
+
+
+def hidden_state_loss(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    kind: str = "mse",
+) -> torch.Tensor:
+    """Distance between two (B, L, D) hidden states, averaged over the tokens where `mask` is 1.
+
+    kind="mse": mean over tokens of the mean squared error over the D hidden dimensions.
+    kind="cosine": mean over tokens of 1 - cosine similarity.
+    The student's states must already be projected to the teacher's width.
+    """
+    if student_hidden.shape != teacher_hidden.shape:
+        raise ValueError(
+            f"hidden states differ in shape: student {tuple(student_hidden.shape)} vs teacher "
+            f"{tuple(teacher_hidden.shape)}; project the student's states to the teacher's width first."
+        )
+    s = _flatten_positions(student_hidden, mask).float()  # (N_tokens, D)
+    t = _flatten_positions(teacher_hidden, mask).float()
+    if s.shape[0] == 0:
+        return student_hidden.float().sum() * 0.0
+    if kind == "mse":
+        return (s - t).pow(2).mean(-1).mean()
+    if kind == "cosine":
+        return (1.0 - F.cosine_similarity(s, t, dim=-1)).mean()
+    raise ValueError(f"unknown hidden loss {kind!r}: use 'mse' or 'cosine'.")

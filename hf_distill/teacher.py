@@ -1,0 +1,115 @@
+"""Loading, freezing and placing teacher models (single device, DDP, DeepSpeed, FSDP)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import re
+
+import torch
+from torch import nn
+import transformers
+from transformers import PreTrainedModel
+
+logger = logging.getLogger(__name__)
+
+# Auto classes tried, in order, to find the task of a student; the teacher is loaded with the same one.
+TASK_AUTO_CLASSES = (
+    "AutoModelForSequenceClassification",
+    "AutoModelForTokenClassification",
+    "AutoModelForQuestionAnswering",
+    "AutoModelForMaskedLM",
+    "AutoModelForCausalLM",
+    "AutoModelForMultipleChoice",
+    "AutoModelForSeq2SeqLM",
+    "AutoModel",
+)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")  # "name" or "org/name"
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def auto_class_for(model: nn.Module):
+    """The transformers Auto class whose mapping contains `type(model)` (unwrapping PEFT models)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for name in TASK_AUTO_CLASSES:
+        auto = getattr(transformers, name)
+        mapping = getattr(auto, "_model_mapping", None)
+        try:
+            if mapping is not None and type(base) in set(mapping.values()):
+                return auto
+        except Exception:  # lazy mappings may fail on optional backends
+            continue
+    return None
+
+
+def load_teacher(teacher: PreTrainedModel | str | os.PathLike, student: nn.Module, **kwargs) -> PreTrainedModel:
+    """Return the teacher module; a name/path is loaded with the Auto class of the student's task."""
+    if isinstance(teacher, nn.Module):
+        return teacher
+    if not isinstance(teacher, (str, os.PathLike)):
+        raise ValueError(
+            f"teacher_model must be a PreTrainedModel, a Hub id or a local directory, got {type(teacher).__name__}."
+        )
+    path = os.path.expanduser(str(teacher))
+    if not os.path.isdir(path) and not _HUB_ID.match(path):
+        raise ValueError(
+            f"teacher_model {str(teacher)!r} is not an existing directory; give the folder written by "
+            "save_pretrained or a Hub id such as 'bert-base-uncased'."
+        )
+    auto = auto_class_for(student)
+    if auto is None:
+        raise ValueError(
+            f"cannot tell which Auto class loads a teacher for a {type(student).__name__} student; "
+            "load the teacher yourself and pass the model object."
+        )
+    try:
+        return auto.from_pretrained(path, **kwargs)
+    except OSError as err:
+        raise ValueError(f"could not load teacher_model {path!r} with {auto.__name__}: {err}") from err
+
+
+def freeze(teacher: nn.Module) -> nn.Module:
+    """Eval mode (no dropout) and requires_grad=False on every parameter."""
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def place_teacher(teacher: nn.Module, accelerator, device: torch.device, dtype: str | None = None) -> nn.Module:
+    """Put a frozen teacher where the student trains.
+
+    - DeepSpeed: initialised as an inference engine with the training config (ZeRO-3 shards it like the
+      student; other stages keep a full replica per process, stage set to 0 so it owns no optimizer).
+    - FSDP: wrapped by Accelerate in evaluation mode (sharded, never in the optimizer).
+    - Otherwise (CPU, one GPU, DDP): moved to the training device; it is not DDP-wrapped because it
+      receives no gradients.
+    """
+    if dtype is not None:
+        teacher.to(DTYPES[dtype])
+    distributed = getattr(accelerator, "distributed_type", None)
+    name = getattr(distributed, "value", str(distributed)).upper()
+    if name == "DEEPSPEED":
+        import deepspeed  # noqa: PLC0415  (optional dependency)
+
+        ds_config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
+        zero = ds_config.setdefault("zero_optimization", {})
+        if zero.get("stage", 0) == 3:
+            d = getattr(getattr(teacher, "config", None), "hidden_size", None)
+            if d:
+                zero.update({
+                    "reduce_bucket_size": d * d,
+                    "stage3_param_persistence_threshold": 10 * d,
+                    "stage3_prefetch_bucket_size": int(0.9 * d * d),
+                })
+        else:
+            zero["stage"] = 0
+        for key in ("optimizer", "scheduler"):
+            ds_config.pop(key, None)
+        engine, *_ = deepspeed.initialize(model=teacher, config=ds_config)
+        return freeze(engine)
+    if name == "FSDP":
+        return freeze(accelerator.prepare_model(teacher, evaluation_mode=True))
+    return freeze(teacher.to(device))

@@ -1,0 +1,416 @@
+"""DistillationTrainer: a `transformers.Trainer` that trains a student on a frozen teacher's outputs.
+
+The trainer only wires pieces together; every number comes from `hf_distill.losses`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, Trainer
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from . import losses
+from .config import DistillationArguments
+from .layers import build_projections, count_layers, hidden_size, resolve_layer_map
+from .teacher import freeze, load_teacher, place_teacher
+
+logger = logging.getLogger(__name__)
+
+PROJECTIONS_NAME = "distill_projections.safetensors"
+# Inputs every transformers model accepts through **kwargs although they are not named in forward().
+_OUTPUT_FLAGS = ("output_hidden_states", "output_attentions", "return_dict")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a loss component is NaN or infinite, before it reaches the weights."""
+
+
+@dataclass
+class LogitsPair:
+    """One thing to distill: student logits vs the teacher logits (one tensor per teacher).
+
+    `mask` (the logits' leading dims, e.g. (B, L)) selects the positions that count; None = all.
+    `kind` is "kl" (soft-target KL at temperature T) or "mse" (raw output matching, regression).
+    """
+
+    name: str
+    student: torch.Tensor
+    teachers: list[torch.Tensor]
+    mask: torch.Tensor | None = None
+    kind: str = "kl"
+
+
+def _forward_params(model: nn.Module) -> set[str] | None:
+    """Named parameters of the model's forward, or None when it takes no **kwargs-free signature to go on."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = getattr(base, "module", base)  # DDP / DeepSpeed engine
+    params = inspect.signature(base.forward).parameters
+    return {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+def _is_default_id2label(id2label: dict) -> bool:
+    return all(str(v) == f"LABEL_{k}" for k, v in id2label.items())
+
+
+class DistillationTrainer(Trainer):
+    """Trainer for knowledge distillation (Hinton et al., 2015; DistilBERT).
+
+    loss = soft_weight * T^2 * KL(p_t || p_s at T) + hard_weight * student loss on labels
+           + hidden_weight * hidden-state alignment
+
+    `model` is the student (trained, saved, pushed). `teacher_model` is a model, a name/path, or a
+    list of them (an ensemble); it is frozen, kept in eval mode, run without gradients and never saved.
+    All other arguments are those of `transformers.Trainer`.
+
+    To distill a task the generic rules do not cover, override `distillation_pairs`.
+    """
+
+    # Each micro-batch loss is a per-batch mean; the Trainer divides it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module | None = None,
+        teacher_model: PreTrainedModel | nn.Module | str | list | None = None,
+        args: DistillationArguments | None = None,
+        *trainer_args,
+        teacher_processing_class=None,
+        **trainer_kwargs,
+    ):
+        if model is None:
+            raise ValueError("DistillationTrainer needs the student as `model`.")
+        if teacher_model is None:
+            raise ValueError("DistillationTrainer needs a `teacher_model` (a model, a Hub id or a local directory).")
+        if args is None:
+            args = DistillationArguments(output_dir="distilled_model")
+        if not isinstance(args, DistillationArguments):
+            raise ValueError(
+                f"args must be a DistillationArguments (it carries temperature and the loss weights), "
+                f"got {type(args).__name__}; build one with the same fields plus the distillation ones."
+            )
+        teacher_list = teacher_model if isinstance(teacher_model, (list, tuple)) else [teacher_model]
+        if not teacher_list:
+            raise ValueError("teacher_model is an empty list; give at least one teacher.")
+        self.teachers = [freeze(load_teacher(t, model)) for t in teacher_list]
+        if any(t is model for t in self.teachers):
+            raise ValueError("the teacher and the student are the same object; pass a separate student model.")
+
+        processing_class = trainer_kwargs.get("processing_class")
+        self._vocab_limit = self._check_compatible(model, args, processing_class, teacher_processing_class, teacher_list)
+        self.layer_map = None
+        self.projections = None
+        if args.hidden_weight > 0:
+            self.layer_map = resolve_layer_map(args.layer_map, count_layers(model), count_layers(self.teachers[0]))
+            self.projections = build_projections(self.layer_map, hidden_size(model), hidden_size(self.teachers[0]))
+
+        super().__init__(model, args, *trainer_args, **trainer_kwargs)
+        # We compute our own loss: the Trainer must neither count label tokens nor pass num_items_in_batch.
+        self.model_accepts_loss_kwargs = False
+        if self.projections is not None:
+            if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+                raise ValueError(
+                    "hidden-size projections (student and teacher hidden sizes differ) are not supported under "
+                    "DeepSpeed or FSDP; use a student with the teacher's hidden size or train with DDP."
+                )
+            self.projections.to(self.args.device)
+        self.teachers = [
+            place_teacher(t, self.accelerator, self.args.device, self.args.teacher_dtype) for t in self.teachers
+        ]
+        self._teacher_params = [set(_forward_params(t)) for t in self.teachers]
+        self._student_params = _forward_params(self.model)
+        self._sums = {"train": {}, "eval": {}}
+
+    @property
+    def teacher(self) -> nn.Module:
+        """The (first) teacher."""
+        return self.teachers[0]
+
+    # ---- construction checks -------------------------------------------------------------------
+
+    def _check_compatible(self, student, args, processing_class, teacher_processing_class, teacher_list) -> int | None:
+        """Fail early on pairs that cannot be distilled; return the vocabulary size logits are cut to, if any."""
+        vocab_limit = None
+        s_cfg = getattr(student, "config", None)
+        for k, teacher in enumerate(self.teachers):
+            who = "the teacher" if len(self.teachers) == 1 else f"teacher {k}"
+            t_cfg = getattr(teacher, "config", None)
+            if args.hidden_weight > 0 or args.attention_weight > 0:
+                for name, cfg in (("student", s_cfg), (who, t_cfg)):
+                    if cfg is None or not hasattr(cfg, "output_hidden_states"):
+                        raise ValueError(
+                            f"hidden_weight/attention_weight > 0 but the {name} ({type(student if name == 'student' else teacher).__name__}) "
+                            "returns no hidden states (it is not a transformers model with a config); set them to 0 "
+                            "or use a model that accepts output_hidden_states=True."
+                        )
+            if s_cfg is None or t_cfg is None:
+                continue
+            sv, tv = getattr(s_cfg, "vocab_size", None), getattr(t_cfg, "vocab_size", None)
+            if sv is not None and tv is not None and sv != tv:
+                n_tok = len(processing_class) if processing_class is not None and hasattr(processing_class, "__len__") else None
+                if n_tok is not None and min(sv, tv) >= n_tok:
+                    logger.warning(
+                        "student vocab_size %d and %s vocab_size %d differ only by padding rows beyond the "
+                        "tokenizer's %d tokens; logits are compared on the first %d entries.", sv, who, tv, n_tok, n_tok,
+                    )
+                    vocab_limit = n_tok
+                else:
+                    raise ValueError(
+                        f"the student's vocab_size ({sv}) differs from {who}'s ({tv}): they must share a tokenizer "
+                        "to be distilled. Build the student from the teacher's config/tokenizer (see "
+                        "init_student_from_teacher); if the sizes differ only by padding rows, pass the shared "
+                        "tokenizer as processing_class."
+                    )
+            s_head = type(getattr(student, "get_base_model", lambda: student)()).__name__
+            t_head = type(teacher).__name__
+            if s_head.endswith("Classification") and t_head.endswith("Classification"):
+                if s_cfg.num_labels != t_cfg.num_labels:
+                    raise ValueError(
+                        f"the student predicts {s_cfg.num_labels} labels but {who} predicts {t_cfg.num_labels}: "
+                        "logits of different widths cannot be distilled. Give the student num_labels="
+                        f"{t_cfg.num_labels} and the teacher's id2label."
+                    )
+                s_map = {int(i): str(v) for i, v in s_cfg.id2label.items()}
+                t_map = {int(i): str(v) for i, v in t_cfg.id2label.items()}
+                if s_map != t_map and not (_is_default_id2label(s_map) or _is_default_id2label(t_map)):
+                    raise ValueError(
+                        f"the student's id2label {s_map} differs from {who}'s {t_map}: label i must mean the same "
+                        "class in both. Set student.config.id2label (and label2id) to the teacher's."
+                    )
+        t_tok = teacher_processing_class
+        if t_tok is None and processing_class is not None and isinstance(teacher_list[0], (str, os.PathLike)):
+            if os.path.isdir(str(teacher_list[0])):
+                try:
+                    from transformers import AutoTokenizer
+
+                    t_tok = AutoTokenizer.from_pretrained(str(teacher_list[0]))
+                except (OSError, ValueError):
+                    t_tok = None
+        if t_tok is not None and processing_class is not None and hasattr(t_tok, "get_vocab"):
+            if t_tok.get_vocab() != processing_class.get_vocab():
+                raise ValueError(
+                    "the teacher's tokenizer and the student's (processing_class) have different vocabularies: the "
+                    "same ids would mean different tokens. Use the teacher's tokenizer for the student."
+                )
+        return vocab_limit
+
+    # ---- the extension point ------------------------------------------------------------------
+
+    def distillation_pairs(self, inputs: dict, student_outputs, teacher_outputs: list) -> list[LogitsPair]:
+        """Say what to distill: every output field ending in `logits` that student and teachers return.
+
+        2-D logits (B, C) give one position per example; 3-D logits (B, L, C) count the positions
+        where `attention_mask` is 1. One-output heads (regression) and `logit_loss="mse"` match raw
+        outputs with squared error. Override this for tasks these rules do not fit.
+        """
+        pairs = []
+        attention_mask = inputs.get("attention_mask")
+        for name, s in student_outputs.items():
+            if not name.endswith("logits") or not torch.is_tensor(s):
+                continue
+            if not all(name in t and torch.is_tensor(t[name]) for t in teacher_outputs):
+                continue
+            ts = [t[name] for t in teacher_outputs]
+            if self._vocab_limit is not None and s.dim() == 3:
+                s, ts = s[..., : self._vocab_limit], [t[..., : self._vocab_limit] for t in ts]
+            mask = None
+            if s.dim() == 3 and attention_mask is not None and attention_mask.shape == s.shape[:2]:
+                mask = attention_mask.bool()
+            kind = "mse" if s.shape[-1] == 1 or self.args.logit_loss == "mse" else "kl"
+            pairs.append(LogitsPair(name, s, ts, mask, kind))
+        return pairs
+
+    # ---- forward passes -----------------------------------------------------------------------
+
+    def _inputs_for(self, accepted: set[str] | None, inputs: dict, drop_labels: bool) -> dict:
+        kept = {k: v for k, v in inputs.items() if accepted is None or k in accepted or k in _OUTPUT_FLAGS}
+        if drop_labels:
+            kept.pop("labels", None)
+        return kept
+
+    def _output_flags(self) -> dict:
+        flags = {}
+        if self.args.hidden_weight > 0:
+            flags["output_hidden_states"] = True
+        if self.args.attention_weight > 0:
+            flags["output_attentions"] = True
+        return flags
+
+    def teacher_forward(self, inputs: dict) -> list:
+        """Run every teacher on its share of the inputs, without building an autograd graph."""
+        outputs = []
+        with torch.no_grad():
+            for teacher, accepted in zip(self.teachers, self._teacher_params):
+                outputs.append(teacher(**self._inputs_for(accepted, inputs, drop_labels=True), **self._output_flags()))
+        return outputs
+
+    def compute_distillation_loss(self, model, inputs: dict):
+        """Return (total loss, {component: value}, student outputs) for one batch."""
+        args = self.args
+        labels = inputs.get("labels")
+        student_inputs = self._inputs_for(self._student_params, inputs, drop_labels=False)
+        if torch.is_tensor(labels) and not labels.is_floating_point() and not bool((labels != -100).any()):
+            student_inputs.pop("labels")  # a fully unlabelled (transfer-set) batch: soft targets only
+        smoothed_labels = None
+        if self.label_smoother is not None and "labels" in student_inputs:
+            smoothed_labels = student_inputs.pop("labels")
+        student_outputs = model(**student_inputs, **self._output_flags())
+        teacher_outputs = self.teacher_forward(inputs)
+
+        components: dict[str, torch.Tensor] = {}
+        pairs = self.distillation_pairs(inputs, student_outputs, teacher_outputs)
+        if args.soft_weight > 0:
+            if not pairs:
+                raise ValueError(
+                    "soft_weight > 0 but student and teacher return no common `*logits` output to distill; "
+                    "override DistillationTrainer.distillation_pairs for this task."
+                )
+            components["soft_loss"] = torch.stack([self._pair_loss(p) for p in pairs]).mean()
+        hard = None
+        if smoothed_labels is not None:
+            unwrapped = self.accelerator.unwrap_model(model)
+            shift = type(getattr(unwrapped, "get_base_model", lambda: unwrapped)()).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+            hard = self.label_smoother(student_outputs, smoothed_labels, shift_labels=shift)
+        elif "labels" in student_inputs:
+            hard = student_outputs.get("loss") if isinstance(student_outputs, dict) else None
+        if hard is not None and args.hard_weight > 0:
+            components["hard_loss"] = hard
+        if args.hidden_weight > 0:
+            components["hidden_loss"] = self._hidden_loss(inputs, student_outputs, teacher_outputs)
+        extra = self.extra_losses(inputs, student_outputs, teacher_outputs)
+        components.update(extra)
+
+        weights = {"soft_loss": args.soft_weight, "hard_loss": args.hard_weight, "hidden_loss": args.hidden_weight,
+                   "attention_loss": args.attention_weight}
+        total = sum(weights.get(name, 1.0) * value for name, value in components.items())
+        if not components:
+            raise ValueError("this batch produced no loss: it has no labels and soft/hidden weights are 0.")
+        return total, components, student_outputs
+
+    def extra_losses(self, inputs: dict, student_outputs, teacher_outputs: list) -> dict[str, torch.Tensor]:
+        """Additional named loss terms (weighted by `<name>`'s weight in the args, or 1). None by default."""
+        return {}
+
+    def _pair_loss(self, pair: LogitsPair) -> torch.Tensor:
+        T = self.args.temperature
+        if pair.kind == "mse":
+            target = torch.stack([t.float() for t in pair.teachers]).mean(0)
+            return losses.logit_mse_loss(pair.student, target, pair.mask)
+        if len(pair.teachers) == 1:
+            return losses.soft_target_loss(pair.student, pair.teachers[0], T, pair.mask)
+        target = losses.ensemble_log_probs(pair.teachers, T, self.args.ensemble_mode)
+        return losses.soft_target_loss_from_log_probs(pair.student, target, T, pair.mask)
+
+    def _hidden_loss(self, inputs, student_outputs, teacher_outputs) -> torch.Tensor:
+        s_states = student_outputs["hidden_states"]  # tuple of (B, L, d_s), index 0 = embeddings
+        mask = inputs.get("attention_mask")
+        terms = []
+        for t_out in teacher_outputs:
+            t_states = t_out["hidden_states"]
+            for s_idx, t_idx in self.layer_map.items():
+                h = s_states[s_idx]
+                if self.projections is not None:
+                    h = self.projections[str(s_idx)](h.to(self.projections[str(s_idx)].weight.dtype))  # (B, L, d_t)
+                terms.append(losses.hidden_state_loss(h, t_states[t_idx], mask, self.args.hidden_loss))
+        return torch.stack(terms).mean()
+
+    # ---- Trainer hooks --------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, components, student_outputs = self.compute_distillation_loss(model, inputs)
+        split = "train" if model.training else "eval"
+        if split == "train":
+            self._check_finite(loss, components)
+        sums = self._sums[split]
+        for name, value in components.items():
+            total, count = sums.get(name, (0.0, 0))
+            sums[name] = (total + value.detach().float(), count + 1)
+        if return_outputs:
+            # Only the student's logits go to prediction gathering / compute_metrics (no hidden states).
+            return loss, {k: v for k, v in student_outputs.items() if k.endswith("logits")}
+        return loss
+
+    def _check_finite(self, loss, components):
+        values = torch.stack([loss.detach().float()] + [v.detach().float() for v in components.values()])
+        if not bool(torch.isfinite(values).all()):
+            bad = [name for name, v in components.items() if not torch.isfinite(v.detach()).all()] or ["loss"]
+            raise NonFiniteLossError(
+                f"non-finite {', '.join(bad)} at step {self.state.global_step + 1} (epoch {self.state.epoch}); "
+                "training stopped before the weights were updated. Lower the learning rate, check the inputs, "
+                "or use bf16 instead of fp16."
+            )
+
+    def _pop_component_means(self, split: str) -> dict[str, float]:
+        sums, self._sums[split] = self._sums[split], {}
+        means = {}
+        for name, (total, count) in sorted(sums.items()):
+            value = torch.as_tensor(total / count, device=self.args.device, dtype=torch.float32)
+            means[name] = self.accelerator.reduce(value, reduction="mean").item()
+        return means
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and "eval_loss" not in logs:
+            logs = {**logs, **self._pop_component_means("train")}
+        super().log(logs, start_time)
+
+    def evaluation_loop(self, *args, **kwargs):
+        self._sums["eval"] = {}
+        output = super().evaluation_loop(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        for name, value in self._pop_component_means("eval").items():
+            output.metrics[f"{prefix}_{name}"] = value
+        return output
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        # Keep the columns any teacher needs (e.g. token_type_ids for a BERT teacher of a DistilBERT student).
+        extra = set().union(*self._teacher_params_for_columns()) - set(self._signature_columns)
+        self._signature_columns += sorted(extra)
+
+    def _teacher_params_for_columns(self) -> list[set[str]]:
+        params = getattr(self, "_teacher_params", None)
+        return params if params is not None else [_forward_params(t) for t in self.teachers]
+
+    # ---- projections: trained, checkpointed, never in the saved student -------------------------
+
+    def create_optimizer(self, *args, **kwargs):
+        optimizer = super().create_optimizer(*args, **kwargs)
+        if self.projections is not None and not getattr(self, "_projections_in_optimizer", False):
+            optimizer.add_param_group({"params": list(self.projections.parameters()),
+                                       "weight_decay": self.args.weight_decay})
+            self._projections_in_optimizer = True
+        return optimizer
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.projections is not None and self.accelerator.num_processes > 1 and self.accelerator.sync_gradients:
+            # The projections live outside the DDP-wrapped student: average their gradients by hand.
+            for p in self.projections.parameters():
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.AVG)
+        return loss
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.projections is not None and self.args.should_save:
+            from safetensors.torch import save_file
+
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            state = {k: v.detach().cpu().contiguous() for k, v in self.projections.state_dict().items()}
+            save_file(state, os.path.join(folder, PROJECTIONS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, PROJECTIONS_NAME)
+        if self.projections is not None:
+            if not os.path.isfile(path):
+                raise ValueError(f"{resume_from_checkpoint} holds no {PROJECTIONS_NAME}: it was not written by a "
+                                 "run with the same hidden-size projections.")
+            from safetensors.torch import load_file
+
+            self.projections.load_state_dict(load_file(path, device=str(self.args.device)))
