@@ -3,6 +3,7 @@
 from .config import DistillationArguments
 from .layers import init_student_from_teacher, uniform_layer_map
 from .losses import ensemble_log_probs, hidden_state_loss, logit_mse_loss, soft_target_loss
+from .model_card import render_model_card, save_model_card
 from .trainer import DistillationTrainer, LogitsPair, NonFiniteLossError
 
 __version__ = "0.1.0"
@@ -16,6 +17,8 @@ __all__ = [
     "hidden_state_loss",
     "init_student_from_teacher",
     "logit_mse_loss",
+    "render_model_card",
+    "save_model_card",
     "soft_target_loss",
     "uniform_layer_map",
 ]

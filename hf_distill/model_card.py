@@ -1,0 +1,147 @@
+"""Model cards for distilled students, rendered from a finished run's `distillation_results.json`.
+
+The template (Jinja, `model_cards/distilled_student.md`) is rendered by `huggingface_hub.ModelCard`,
+which also writes the YAML metadata (base model, datasets, metrics as a model-index).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+RESULTS_NAME = "distillation_results.json"
+CARD_NAME = "README.md"
+DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "distilled_student.md"
+
+# What the card needs from the results; each key is written by the recipes.
+REQUIRED_KEYS = ("task", "teacher_model", "dataset", "distillation", "teacher", "student", "speedup", "command")
+# metric key -> label in the card; other metrics are shown under their own name.
+METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "masked_accuracy": "masked-token accuracy"}
+_NOT_METRICS = ("parameters", "examples_per_second")
+
+
+def _fmt_params(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
+
+
+def _is_hub_id(name: str) -> bool:
+    return not os.path.isabs(name) and not name.startswith((".", "~")) and not os.path.exists(name) and name.count("/") <= 1
+
+
+def load_results(results: dict | str | os.PathLike) -> dict:
+    """A results dict, or a run folder / json path holding one."""
+    if isinstance(results, dict):
+        data = results
+    else:
+        path = Path(results)
+        if path.is_dir():
+            path = path / RESULTS_NAME
+        if not path.is_file():
+            raise ValueError(f"{path} does not exist: render the card from a finished run's folder or its {RESULTS_NAME}.")
+        data = json.loads(path.read_text())
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise ValueError(f"the run results lack {missing}; they are written by recipes/distil_bert*.py at the end of a run.")
+    return data
+
+
+def render_model_card(
+    results: dict | str | os.PathLike,
+    model_id: str | None = None,
+    template_path: str | os.PathLike | None = None,
+    license: str = "apache-2.0",
+) -> str:
+    """The model card (markdown with YAML metadata) for a distilled student, filled from a finished run.
+
+    `results` is the dict the recipes write as `distillation_results.json`, or the run folder / file.
+    `model_id` is how users load it (the Hub repo id when pushed; defaults to the output folder name).
+    """
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    r = load_results(results)
+    teacher, student, dist, data = r["teacher"], r["student"], r["distillation"], r["dataset"]
+    model_id = model_id or r.get("model_id") or "path/to/student"
+    metrics = [k for k in student if k in teacher and k not in _NOT_METRICS]
+    dataset_label = data.get("name") or f"local files ({data.get('train_file')})"
+    if data.get("config"):
+        dataset_label = f"{dataset_label}/{data['config']}"
+    teacher_model = str(r["teacher_model"])
+    hub_teacher = _is_hub_id(teacher_model)
+
+    eval_results = [
+        EvalResult(
+            task_type=r["task"], dataset_type=data.get("name") or "local", dataset_name=dataset_label,
+            dataset_config=data.get("config"), dataset_split=data.get("eval_split", "validation"),
+            metric_type=name, metric_name=METRIC_LABELS.get(name, name), metric_value=round(float(student[name]), 4),
+        )
+        for name in metrics
+    ]
+    card_data = ModelCardData(
+        model_name=model_id.split("/")[-1],
+        base_model=teacher_model if hub_teacher else None,
+        datasets=[data["name"]] if data.get("name") else None,
+        license=license,
+        library_name="transformers",
+        pipeline_tag=r["task"],
+        tags=["distillation", "hf_distill", "knowledge-distillation"],
+        metrics=metrics,
+        eval_results=eval_results or None,
+    )
+    layer_map = dist.get("layer_map")
+    init_layers = dist.get("student_init_layers")
+    if init_layers is not None:
+        student_init = f"copied from teacher layers {list(init_layers)} (0-based), embeddings and head copied"
+    else:
+        student_init = f"`{dist.get('student_model') or 'given model'}` (not initialised from the teacher)"
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(template_path or DEFAULT_TEMPLATE),
+        model_name=model_id.split("/")[-1],
+        model_id=model_id,
+        task=r["task"],
+        teacher_model=teacher_model,
+        teacher_ref=f"[`{teacher_model}`](https://huggingface.co/{teacher_model})" if hub_teacher else f"`{teacher_model}`",
+        teacher_num_layers=dist.get("teacher_num_layers"),
+        student_num_layers=dist.get("student_num_layers"),
+        dataset_label=dataset_label,
+        eval_split=data.get("eval_split", "validation"),
+        eval_examples=data.get("eval_examples"),
+        train_examples=data.get("train_examples"),
+        metric_rows=[
+            {"name": METRIC_LABELS.get(m, m), "teacher": f"{teacher[m]:.4f}", "student": f"{student[m]:.4f}"}
+            for m in metrics
+        ],
+        teacher_parameters=_fmt_params(teacher["parameters"]),
+        student_parameters=_fmt_params(student["parameters"]),
+        size_ratio=f"{student['parameters'] / teacher['parameters']:.0%}",
+        teacher_speed=f"{teacher['examples_per_second']:.1f}",
+        student_speed=f"{student['examples_per_second']:.1f}",
+        speed_device=r.get("device", "cpu"),
+        speedup=f"{r['speedup']:.2f}",
+        student_init=student_init,
+        temperature=dist.get("temperature"),
+        soft_weight=dist.get("soft_weight"),
+        hard_weight=dist.get("hard_weight"),
+        hidden_weight=dist.get("hidden_weight"),
+        hidden_loss=dist.get("hidden_loss"),
+        layer_map=", ".join(f"{s}:{t}" for s, t in layer_map.items()) if layer_map else "none (no hidden-state loss)",
+        epochs=dist.get("num_train_epochs"),
+        learning_rate=dist.get("learning_rate"),
+        global_batch=dist.get("global_train_batch_size"),
+        max_length=dist.get("max_length"),
+        seed=dist.get("seed"),
+        command=r["command"],
+        example_text=r.get("example_text", "I love this!").replace('"', "'"),
+        license=license,
+    )
+    return str(card)
+
+
+def save_model_card(output_dir: str | os.PathLike, results: dict | None = None, **kwargs) -> str:
+    """Render the card for the run in `output_dir` (its results file unless `results` is given) to README.md."""
+    text = render_model_card(results if results is not None else output_dir, **kwargs)
+    path = os.path.join(output_dir, CARD_NAME)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path

@@ -1,0 +1,166 @@
+"""Task-specific distillation of a fine-tuned BERT-style sequence classifier into a shallower student.
+
+    accelerate launch recipes/distil_bert.py recipes/configs/sst2_bert_base.yaml            # 12 -> 6 on SST-2
+    accelerate launch recipes/distil_bert.py CONFIG.yaml --temperature 4 --output_dir out  # flags override
+    accelerate launch --config_file recipes/configs/accelerate_ddp.yaml recipes/distil_bert.py CONFIG.yaml
+    python recipes/distil_bert.py --teacher_model_name_or_path TEACHER --train_file train.csv \
+        --validation_file dev.csv --text_column text --label_column label --output_dir out
+
+The student is `--student_model_name_or_path`, or the teacher cut to `--student_num_layers` layers
+(copied from the teacher layers the uniform map aligns them with). At the end teacher and student are
+evaluated on the same validation batches (accuracy, macro-F1, examples/s); the output folder holds
+the student, its tokenizer, a model card (README.md) and distillation_results.json, and
+`--push_to_hub --hub_model_id you/name` uploads exactly that folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+
+import hf_distill
+from hf_distill import DistillationArguments, DistillationTrainer, init_student_from_teacher, save_model_card
+from hf_distill.metrics import accuracy_and_macro_f1, compute_classification_metrics
+from hf_distill.model_card import RESULTS_NAME
+from hf_distill.layers import count_layers, resolve_layer_map
+import recipe_utils as ru
+from transformers import (
+    AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    teacher_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Fine-tuned sequence classifier: Hub id or local folder (required)."}
+    )
+    student_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Student to train; unset = initialise it from the teacher."}
+    )
+    student_num_layers: int | None = field(
+        default=None, metadata={"help": "Layers of a student initialised from the teacher (default: half the teacher's)."}
+    )
+    student_layers: str | None = field(
+        default=None,
+        metadata={"help": "0-based teacher layers to copy into the student, e.g. '1,3,5'; default follows the uniform map."},
+    )
+
+
+def _is_sequence_classifier(config) -> bool:
+    return any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+
+
+def _student_init_layers(model_args: ModelArguments, n_teacher: int) -> list[int]:
+    if model_args.student_layers:
+        return [int(x) for x in model_args.student_layers.split(",")]
+    n = model_args.student_num_layers or n_teacher // 2
+    return [t - 1 for t in hf_distill.uniform_layer_map(n, n_teacher).values()]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, out_args, args = ru.parse_args(
+        (ModelArguments, ru.ClassificationDataArguments, ru.OutputArguments, DistillationArguments), argv
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        level=logging.INFO if args.should_log else logging.WARNING)
+
+    # Everything that can be wrong is checked before a model is trained.
+    if not model_args.teacher_model_name_or_path:
+        raise ValueError("--teacher_model_name_or_path is required: a fine-tuned sequence classifier (recipes/train_teacher.py makes one).")
+    teacher_path = model_args.teacher_model_name_or_path
+    resume = ru.resolve_resume(args, out_args)
+    token = ru.check_push(args)
+    teacher_config = AutoConfig.from_pretrained(teacher_path)
+    if not _is_sequence_classifier(teacher_config):
+        raise ValueError(
+            f"the teacher {teacher_path} is a {teacher_config.architectures or teacher_config.model_type} checkpoint, "
+            "not a sequence classifier fine-tuned for the task: its head would be random. Fine-tune one first with "
+            "recipes/train_teacher.py and pass that folder."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+    if model_args.student_model_name_or_path:
+        student_tok = AutoTokenizer.from_pretrained(model_args.student_model_name_or_path)
+        if student_tok.get_vocab() != tokenizer.get_vocab():
+            raise ValueError(
+                f"the student's tokenizer ({model_args.student_model_name_or_path}) and the teacher's ({teacher_path}) "
+                "have different vocabularies, so the same ids mean different tokens. Use a student that shares "
+                "the teacher's tokenizer, or leave --student_model_name_or_path unset to cut the teacher down."
+            )
+
+    splits = [data_args.train_split, data_args.validation_split]
+    raw = ru.load_raw_datasets(data_args)
+    ru.require_columns(raw, splits, {"text_column": data_args.text_column, "text_column_2": data_args.text_column_2,
+                                     "label_column": data_args.label_column})
+    mapping = ru.label_mapping(raw, splits, data_args.label_column, teacher_config.id2label)
+
+    set_seed(args.seed)
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_path)
+    n_teacher = count_layers(teacher)
+    init_layers = None
+    if model_args.student_model_name_or_path:
+        student = AutoModelForSequenceClassification.from_pretrained(model_args.student_model_name_or_path)
+    else:
+        init_layers = _student_init_layers(model_args, n_teacher)
+        student = init_student_from_teacher(teacher, layers=init_layers)
+    n_student = count_layers(student)
+    layer_map = resolve_layer_map(args.layer_map, n_student, n_teacher) if args.hidden_weight > 0 else None
+    params = {"teacher": ru.count_parameters(teacher), "student": ru.count_parameters(student)}
+
+    data = ru.tokenize_classification(raw, splits, tokenizer, data_args, mapping, args)
+    # The recipe pushes the final folder itself (below); the Trainer must not create repos or push checkpoints.
+    trainer_args = dataclasses.replace(args, push_to_hub=False)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=trainer_args,
+        train_dataset=data[data_args.train_split], eval_dataset=data[data_args.validation_split],
+        processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=compute_classification_metrics,
+    )
+    train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
+    trainer.save_model(args.output_dir)  # student weights + tokenizer (the teacher is never saved)
+
+    metrics, speed = ru.compare_on_eval(
+        trainer, {"teacher": trainer.teacher, "student": trainer.model_wrapped},
+        data[data_args.validation_split], accuracy_and_macro_f1,
+    )
+    results = {
+        "task": "text-classification",
+        "teacher_model": teacher_path,
+        "model_id": args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir)),
+        "dataset": ru.dataset_summary(data_args, len(data[splits[0]]), len(data[splits[1]])),
+        "labels": [teacher.config.id2label[i] for i in range(teacher.config.num_labels)],
+        "distillation": {
+            "temperature": args.temperature, "soft_weight": args.soft_weight, "hard_weight": args.hard_weight,
+            "hidden_weight": args.hidden_weight, "hidden_loss": args.hidden_loss,
+            "layer_map": {str(s): t for s, t in layer_map.items()} if layer_map else None,
+            "teacher_num_layers": n_teacher, "student_num_layers": n_student,
+            "student_init_layers": init_layers, "student_model": model_args.student_model_name_or_path,
+            "num_train_epochs": args.num_train_epochs, "learning_rate": args.learning_rate,
+            "global_train_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+            "max_length": data_args.max_length, "seed": args.seed,
+        },
+        "teacher": {**metrics["teacher"], "parameters": params["teacher"], "examples_per_second": speed["teacher"]},
+        "student": {**metrics["student"], "parameters": params["student"], "examples_per_second": speed["student"]},
+        "speedup": speed["student"] / speed["teacher"],
+        "device": str(args.device.type),
+        "train": {k: v for k, v in train_metrics.items() if isinstance(v, (int, float))},
+        "train_log": [e for e in trainer.state.log_history if "loss" in e],
+        "command": ru.launch_command(argv),
+        "example_text": str(raw[data_args.validation_split][0][data_args.text_column])[:200],
+        "hf_distill_version": hf_distill.__version__,
+    }
+    if trainer.is_world_process_zero():
+        ru.write_json(os.path.join(args.output_dir, RESULTS_NAME), results)
+        save_model_card(args.output_dir, results, model_id=results["model_id"])
+        if args.push_to_hub:
+            ru.push_folder(args.output_dir, args.hub_model_id, token, args.hub_private_repo)
+        ru.print_summary(results, args.output_dir)
+    trainer.accelerator.wait_for_everyone()
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,339 @@
+"""Pieces shared by the recipes: config file + flag parsing, data loading and checks, the output
+folder, inference comparison of teacher and student, and the Hub push.
+
+Recipes import this module by name: `python recipes/x.py` and `accelerate launch recipes/x.py`
+both put recipes/ on sys.path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+import yaml
+from transformers import HfArgumentParser
+from transformers.trainer_utils import get_last_checkpoint
+
+from hf_distill.model_card import RESULTS_NAME
+
+logger = logging.getLogger(__name__)
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+LOCAL_BUILDERS = {"csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet", "txt": "text"}
+# Never uploaded with the student: intermediate checkpoints and logs stay local.
+PUSH_IGNORE = ["checkpoint-*", "checkpoint-*/**", "runs/**", "*.pt", "training_args.bin"]
+
+
+# ---- arguments ---------------------------------------------------------------------------------
+
+
+@dataclass
+class DataSourceArguments:
+    """Where the data comes from: a Hub dataset or local files (csv/tsv/json/jsonl/parquet/txt)."""
+
+    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset, e.g. 'glue' (needs the Hub)."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset config, e.g. 'sst2'."})
+    train_file: str | None = field(default=None, metadata={"help": "Local training file (csv/tsv/json/jsonl/parquet/txt)."})
+    validation_file: str | None = field(default=None, metadata={"help": "Local validation file, same format."})
+    train_split: str = field(default="train", metadata={"help": "Split used for training."})
+    validation_split: str = field(default="validation", metadata={"help": "Split used for evaluation."})
+    max_length: int = field(default=128, metadata={"help": "Truncate tokenised inputs to this many tokens."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training examples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N validation examples."})
+
+
+@dataclass
+class OutputArguments:
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace a previous run in output_dir (otherwise the recipe refuses to start)."}
+    )
+
+
+def parse_args(dataclass_types, argv: list[str] | None = None):
+    """`recipe.py [CONFIG.yaml|CONFIG.json] [--flag value ...]`: the file's values, overridden by flags.
+
+    Parsing and typing are HfArgumentParser's; flags win because argparse leaves values that are
+    already in the namespace (from the file) alone unless the flag is given.
+    """
+    parser = HfArgumentParser(dataclass_types)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    values = {}
+    if argv and not argv[0].startswith("-") and argv[0].endswith(CONFIG_SUFFIXES):
+        path = argv.pop(0)
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}  # YAML is a superset of JSON
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} must hold a mapping of argument names to values, got {type(values).__name__}.")
+        for action in parser._actions:  # PyYAML reads 5e-5 as a string: type it like the flag would be
+            if isinstance(values.get(action.dest), str) and action.type in (int, float):
+                values[action.dest] = action.type(values[action.dest])
+    namespace, unknown = parser.parse_known_args(argv, namespace=argparse.Namespace(**values))
+    if unknown:
+        raise ValueError(f"unknown arguments {unknown}; run with --help to list the accepted ones.")
+    return parser.parse_dict(vars(namespace))
+
+
+def launch_command(argv: list[str] | None = None) -> str:
+    """The command line of this run, to reproduce it (recorded in the results and the model card)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    script = os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else "recipes/<recipe>.py"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    launcher = "accelerate launch" if world == 1 else f"accelerate launch --num_processes {world}"
+    return " ".join([launcher, shlex.quote(script)] + [shlex.quote(a) for a in argv])
+
+
+# ---- checks before anything is loaded -----------------------------------------------------------
+
+
+def resolve_resume(args, out: OutputArguments) -> str | None:
+    """Refuse to write over a previous run unless told to overwrite or resume; return the checkpoint to resume."""
+    resume = args.resume_from_checkpoint
+    folder = args.output_dir
+    if resume in ("last", "true", "True"):
+        last = get_last_checkpoint(folder) if os.path.isdir(folder) else None
+        if last is None:
+            raise ValueError(f"--resume_from_checkpoint {resume} but {folder} holds no checkpoint-* folder to resume.")
+        return last
+    if resume is not None:
+        if not os.path.isdir(resume):
+            raise ValueError(f"--resume_from_checkpoint {resume} is not a folder; give a checkpoint-N folder or 'last'.")
+        return resume
+    if os.path.isdir(folder) and os.listdir(folder) and not out.overwrite_output_dir:
+        found = ", ".join(sorted(os.listdir(folder))[:5])
+        raise ValueError(
+            f"output_dir {folder} already holds a previous run ({found}); pass --overwrite_output_dir to replace it, "
+            "--resume_from_checkpoint last (or a checkpoint folder) to continue it, or choose another --output_dir."
+        )
+    return None
+
+
+def check_push(args) -> str | None:
+    """With --push_to_hub, the repo id and a token must be known before training; return the token."""
+    if not args.push_to_hub:
+        return None
+    if not args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id (e.g. 'your-name/bert-6l-sst2'): the repo to create or update.")
+    from huggingface_hub import get_token
+
+    token = args.hub_token or get_token()
+    if not token:
+        raise ValueError(
+            "--push_to_hub but no Hugging Face credentials were found: run `hf auth login`, set HF_TOKEN, "
+            "or pass --hub_token."
+        )
+    return token
+
+
+# ---- data --------------------------------------------------------------------------------------
+
+
+def load_raw_datasets(data_args: DataSourceArguments):
+    """DatasetDict with `train_split` and `validation_split`, from the Hub or local files."""
+    from datasets import load_dataset
+
+    if data_args.dataset_name:
+        raw = load_dataset(data_args.dataset_name, data_args.dataset_config_name)
+    elif data_args.train_file and data_args.validation_file:
+        files = {data_args.train_split: data_args.train_file, data_args.validation_split: data_args.validation_file}
+        exts = {p.rsplit(".", 1)[-1].lower() for p in files.values()}
+        if len(exts) != 1 or next(iter(exts)) not in LOCAL_BUILDERS:
+            raise ValueError(f"train_file and validation_file must share one of the formats {sorted(LOCAL_BUILDERS)}, got {exts}.")
+        ext = exts.pop()
+        kwargs = {"delimiter": "\t"} if ext == "tsv" else {}
+        raw = load_dataset(LOCAL_BUILDERS[ext], data_files=files, **kwargs)
+    else:
+        raise ValueError("no data: give --dataset_name (Hub) or both --train_file and --validation_file (local files).")
+    for split in (data_args.train_split, data_args.validation_split):
+        if split not in raw:
+            raise ValueError(f"the data has no split {split!r}; it has {sorted(raw)}. Set --train_split/--validation_split.")
+    for split, limit in ((data_args.train_split, data_args.max_train_samples),
+                         (data_args.validation_split, data_args.max_eval_samples)):
+        if limit is not None:
+            raw[split] = raw[split].select(range(min(limit, len(raw[split]))))
+    return raw
+
+
+def require_columns(raw, splits, columns: dict[str, str | None]) -> None:
+    """`columns` maps a flag name to the column it names; every named column must exist in every split."""
+    for split in splits:
+        present = raw[split].column_names
+        for flag, column in columns.items():
+            if column is not None and column not in present:
+                raise ValueError(
+                    f"column {column!r} (--{flag}) is not in the {split} split; its columns are {present}. "
+                    f"Pass --{flag} with one of them."
+                )
+
+
+# ---- evaluation and speed ------------------------------------------------------------------------
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of parameters (full size even when DeepSpeed ZeRO-3 has partitioned them)."""
+    return int(sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()))
+
+
+def _accepted(model) -> set[str]:
+    base = getattr(model, "module", model)
+    return set(inspect.signature(base.forward).parameters)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def compare_on_eval(trainer, models: dict[str, torch.nn.Module], eval_dataset, metric_fn):
+    """Evaluate several models on the same eval batches; return ({name: metrics}, {name: examples/s}).
+
+    Predictions are gathered across processes. Speed is timed per process on its own batches, each
+    model on the same batch one after the other, after one warm-up forward each (not timed).
+    """
+    loader = trainer.get_eval_dataloader(eval_dataset)
+    accelerator, device = trainer.accelerator, trainer.args.device
+    accepted = {name: _accepted(m) for name, m in models.items()}
+    preds = {name: [] for name in models}
+    seconds = dict.fromkeys(models, 0.0)
+    labels, n_examples, warm = [], 0, False
+    for m in models.values():
+        m.eval()
+    with torch.no_grad():
+        for batch in loader:
+            batch = trainer._prepare_inputs(batch)
+            y = batch.pop("labels")
+            for name, model in models.items():
+                inputs = {k: v for k, v in batch.items() if k in accepted[name]}
+                if not warm:
+                    model(**inputs)
+                _sync(device)
+                start = time.perf_counter()
+                logits = model(**inputs).logits  # (B, C)
+                _sync(device)
+                seconds[name] += time.perf_counter() - start
+                preds[name].append(accelerator.gather_for_metrics(logits.argmax(-1)).cpu())
+            warm = True
+            n_examples += len(y)
+            labels.append(accelerator.gather_for_metrics(y).cpu())
+    labels = torch.cat(labels).numpy()
+    metrics = {name: metric_fn(torch.cat(p).numpy(), labels) for name, p in preds.items()}
+    speed = {name: n_examples / max(s, 1e-9) for name, s in seconds.items()}
+    return metrics, speed
+
+
+# ---- outputs ---------------------------------------------------------------------------------------
+
+
+def write_json(path: str, payload: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=False)
+        f.write("\n")
+
+
+def push_folder(folder: str, repo_id: str, token: str, private: bool | None = None, message: str | None = None) -> str:
+    """Create (or reuse) the model repo and upload `folder` (the student, tokenizer, card and results)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo = api.create_repo(repo_id, private=bool(private), exist_ok=True, repo_type="model")
+    repo_id = getattr(repo, "repo_id", repo_id)
+    api.upload_folder(
+        repo_id=repo_id, folder_path=folder, repo_type="model", ignore_patterns=PUSH_IGNORE,
+        commit_message=message or "Upload distilled student (hf_distill)",
+    )
+    logger.info("pushed %s to https://huggingface.co/%s", folder, repo_id)
+    return repo_id
+
+
+def print_summary(results: dict, output_dir: str) -> None:
+    """The closing table of a recipe: teacher vs student metrics, size and speed, and where things are."""
+    t, s = results["teacher"], results["student"]
+    metric_names = [k for k in t if k in s and k not in ("parameters", "examples_per_second")]
+    rows = [(name, f"{t[name]:.4f}", f"{s[name]:.4f}") for name in metric_names]
+    rows.append(("parameters", f"{t['parameters'] / 1e6:.1f}M", f"{s['parameters'] / 1e6:.1f}M"))
+    rows.append(("examples/s (eval)", f"{t['examples_per_second']:.1f}", f"{s['examples_per_second']:.1f}"))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'':<{width}}  {'teacher':>10}  {'student':>10}"]
+    lines += [f"{a:<{width}}  {b:>10}  {c:>10}" for a, b, c in rows]
+    lines.append(f"speed-up: {results['speedup']:.2f}x   size: {s['parameters'] / t['parameters']:.0%} of the teacher")
+    lines.append(f"student, card (README.md) and {RESULTS_NAME}: {os.path.abspath(output_dir)}")
+    print("\n".join(lines), flush=True)
+
+
+# ---- sequence classification data ----------------------------------------------------------------
+
+
+@dataclass
+class ClassificationDataArguments(DataSourceArguments):
+    text_column: str = field(default="text", metadata={"help": "Column with the text (the first text of a pair)."})
+    text_column_2: str | None = field(default=None, metadata={"help": "Second text column for sentence pairs."})
+    label_column: str = field(default="label", metadata={"help": "Column with the labels (names or ids)."})
+
+
+def _is_default_names(id2label: dict) -> bool:
+    return all(str(v) == f"LABEL_{k}" for k, v in id2label.items())
+
+
+def data_label_names(raw, splits, label_column: str) -> list:
+    """The label values found in the data (ClassLabel names when the column has them)."""
+    names = getattr(raw[splits[0]].features[label_column], "names", None)
+    if names is not None:
+        return list(names)
+    return sorted(set().union(*(raw[s].unique(label_column) for s in splits)), key=str)
+
+
+def label_mapping(raw, splits, label_column: str, id2label: dict) -> dict:
+    """{value in the data: teacher label id}; every value must be a label the teacher knows."""
+    id2label = {int(k): str(v) for k, v in id2label.items()}
+    label2id = {v: k for k, v in id2label.items()}
+    names = getattr(raw[splits[0]].features[label_column], "names", None)  # ClassLabel
+    named = not _is_default_names(id2label)
+    values = set().union(*(raw[s].unique(label_column) for s in splits))
+    mapping, unknown = {}, []
+    for value in sorted(values, key=str):
+        name = names[value] if names is not None and 0 <= value < len(names) else value
+        if named and str(name) in label2id:
+            mapping[value] = label2id[str(name)]
+        elif isinstance(value, int) and value in id2label and (names is None or not named):
+            mapping[value] = value
+        else:
+            unknown.append(name)
+    if unknown:
+        raise ValueError(
+            f"labels {unknown} in column {label_column!r} are not known to the teacher, whose labels are {id2label}. "
+            "Use a teacher fine-tuned on this label set (recipes/train_teacher.py) or drop those rows."
+        )
+    return mapping
+
+
+def tokenize_classification(raw, splits, tokenizer, data_args: ClassificationDataArguments, mapping: dict, args):
+    """{split: tokenised dataset with input_ids, attention_mask, (token_type_ids), labels}."""
+
+    def encode(batch):
+        texts = [["" if t is None else str(t) for t in batch[data_args.text_column]]]
+        if data_args.text_column_2:
+            texts.append(["" if t is None else str(t) for t in batch[data_args.text_column_2]])
+        enc = tokenizer(*texts, truncation=True, max_length=data_args.max_length)
+        enc["labels"] = [mapping[v] for v in batch[data_args.label_column]]
+        return enc
+
+    with args.main_process_first(desc="tokenizing"):
+        return {
+            s: raw[s].map(encode, batched=True, remove_columns=raw[s].column_names, desc=f"tokenizing {s}")
+            for s in splits
+        }
+
+
+def dataset_summary(data_args: DataSourceArguments, n_train: int, n_eval: int) -> dict:
+    return {
+        "name": data_args.dataset_name, "config": data_args.dataset_config_name,
+        "train_file": data_args.train_file, "validation_file": data_args.validation_file,
+        "eval_split": data_args.validation_split, "train_examples": n_train, "eval_examples": n_eval,
+    }
