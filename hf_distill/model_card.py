@@ -21,7 +21,8 @@ METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "masked_accurac
 _NOT_METRICS = ("parameters", "examples_per_second")
 
 
-def _fmt_params(n: int) -> str:
+def format_count(n: int) -> str:
+    """12345678 -> '12.3M', 54321 -> '54.3K'."""
     return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
 
 
@@ -112,8 +113,8 @@ def render_model_card(
             {"name": METRIC_LABELS.get(m, m), "teacher": f"{teacher[m]:.4f}", "student": f"{student[m]:.4f}"}
             for m in metrics
         ],
-        teacher_parameters=_fmt_params(teacher["parameters"]),
-        student_parameters=_fmt_params(student["parameters"]),
+        teacher_parameters=format_count(teacher["parameters"]),
+        student_parameters=format_count(student["parameters"]),
         size_ratio=f"{student['parameters'] / teacher['parameters']:.0%}",
         teacher_speed=f"{teacher['examples_per_second']:.1f}",
         student_speed=f"{student['examples_per_second']:.1f}",

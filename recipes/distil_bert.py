@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": str(args.device.type),
         "train": {k: v for k, v in train_metrics.items() if isinstance(v, (int, float))},
         "train_log": [e for e in trainer.state.log_history if "loss" in e],
-        "command": ru.launch_command(argv),
+        "command": ru.launch_command(__file__, argv),
         "example_text": str(raw[data_args.validation_split][0][data_args.text_column])[:200],
         "hf_distill_version": hf_distill.__version__,
     }

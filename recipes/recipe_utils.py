@@ -22,7 +22,7 @@ import yaml
 from transformers import HfArgumentParser
 from transformers.trainer_utils import get_last_checkpoint
 
-from hf_distill.model_card import RESULTS_NAME
+from hf_distill.model_card import RESULTS_NAME, format_count
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +81,10 @@ def parse_args(dataclass_types, argv: list[str] | None = None):
     return parser.parse_dict(vars(namespace))
 
 
-def launch_command(argv: list[str] | None = None) -> str:
+def launch_command(script: str, argv: list[str] | None = None) -> str:
     """The command line of this run, to reproduce it (recorded in the results and the model card)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    script = os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else "recipes/<recipe>.py"
+    script = os.path.relpath(script) if not os.path.relpath(script).startswith("..") else script
     world = int(os.environ.get("WORLD_SIZE", "1"))
     launcher = "accelerate launch" if world == 1 else f"accelerate launch --num_processes {world}"
     return " ".join([launcher, shlex.quote(script)] + [shlex.quote(a) for a in argv])
@@ -191,6 +191,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _gather(accelerator, x: torch.Tensor) -> torch.Tensor:
+    if x.dim() == 2:  # (B, L) token predictions/labels: lengths differ between processes
+        x = accelerator.pad_across_processes(x, dim=1, pad_index=-100)
+    return accelerator.gather_for_metrics(x).cpu()
+
+
+def _cat(chunks: list[torch.Tensor]):
+    """Concatenate (B,) or (B, L) chunks; token chunks of different lengths are padded with -100 (ignored)."""
+    if chunks[0].dim() == 2:
+        width = max(c.shape[1] for c in chunks)
+        chunks = [torch.nn.functional.pad(c, (0, width - c.shape[1]), value=-100) for c in chunks]
+    return torch.cat(chunks).numpy()
+
+
 def compare_on_eval(trainer, models: dict[str, torch.nn.Module], eval_dataset, metric_fn):
     """Evaluate several models on the same eval batches; return ({name: metrics}, {name: examples/s}).
 
@@ -215,15 +229,15 @@ def compare_on_eval(trainer, models: dict[str, torch.nn.Module], eval_dataset, m
                     model(**inputs)
                 _sync(device)
                 start = time.perf_counter()
-                logits = model(**inputs).logits  # (B, C)
+                logits = model(**inputs).logits  # (B, C), or (B, L, V) for token-level heads
                 _sync(device)
                 seconds[name] += time.perf_counter() - start
-                preds[name].append(accelerator.gather_for_metrics(logits.argmax(-1)).cpu())
+                preds[name].append(_gather(accelerator, logits.argmax(-1)))
             warm = True
             n_examples += len(y)
-            labels.append(accelerator.gather_for_metrics(y).cpu())
-    labels = torch.cat(labels).numpy()
-    metrics = {name: metric_fn(torch.cat(p).numpy(), labels) for name, p in preds.items()}
+            labels.append(_gather(accelerator, y))
+    labels = _cat(labels)
+    metrics = {name: metric_fn(_cat(p), labels) for name, p in preds.items()}
     speed = {name: n_examples / max(s, 1e-9) for name, s in seconds.items()}
     return metrics, speed
 
@@ -257,7 +271,7 @@ def print_summary(results: dict, output_dir: str) -> None:
     t, s = results["teacher"], results["student"]
     metric_names = [k for k in t if k in s and k not in ("parameters", "examples_per_second")]
     rows = [(name, f"{t[name]:.4f}", f"{s[name]:.4f}") for name in metric_names]
-    rows.append(("parameters", f"{t['parameters'] / 1e6:.1f}M", f"{s['parameters'] / 1e6:.1f}M"))
+    rows.append(("parameters", format_count(t["parameters"]), format_count(s["parameters"])))
     rows.append(("examples/s (eval)", f"{t['examples_per_second']:.1f}", f"{s['examples_per_second']:.1f}"))
     width = max(len(r[0]) for r in rows)
     lines = [f"{'':<{width}}  {'teacher':>10}  {'student':>10}"]

@@ -1,0 +1,257 @@
+"""The recipes end to end on tiny local models and data (seconds each), plus their bad-input errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+import transformers as tf
+from safetensors.torch import load_file
+
+from conftest import make_tokenizer, tiny_bert
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "recipes"))
+
+import distil_bert  # noqa: E402
+import distil_bert_mlm  # noqa: E402
+import recipe_utils  # noqa: E402
+import train_teacher  # noqa: E402
+
+LABELS = ("negative", "neutral", "positive")
+NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+COMMON = ["--report_to", "none", "--save_strategy", "no", "--logging_steps", "1", "--disable_tqdm", "true",
+          "--use_cpu", "true", "--per_device_eval_batch_size", "16"]
+
+
+def write_csv(path, n, seed, words=8, labels=LABELS, extra_rows=()):
+    """Rows of `words` tokens w0..w95; label = number of even ids mod 3 (learnable)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        ids = [rng.randrange(0, 96) for _ in range(words)]
+        rows.append((" ".join(f"w{i}" for i in ids), labels[sum(i % 2 == 0 for i in ids) % 3]))
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(rows + list(extra_rows))
+    return str(path)
+
+
+def save_classifier(folder, layers=4, seed=0, vocab_dir=None, **config):
+    model = tiny_bert(layers=layers, hidden=32, num_labels=3, seed=seed, **{**NO_DROPOUT, **config})
+    model.config.id2label = dict(enumerate(LABELS))
+    model.config.label2id = {name: i for i, name in enumerate(LABELS)}
+    model.save_pretrained(folder)
+    make_tokenizer(vocab_dir or folder).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_csv(tmp_path / "train.csv", 48, seed=0), write_csv(tmp_path / "dev.csv", 20, seed=1)
+
+
+def recipe_args(teacher, data, out, *extra):
+    return ["--teacher_model_name_or_path", teacher, "--train_file", data[0], "--validation_file", data[1],
+            "--output_dir", str(out), "--per_device_train_batch_size", "8", "--max_steps", "3",
+            "--learning_rate", "1e-3", *COMMON, *extra]
+
+
+def predict(folder, csv_path):
+    """Plain re-implementation of the evaluation: tokenise, run, argmax."""
+    tok = tf.AutoTokenizer.from_pretrained(folder)
+    model = tf.AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    enc = tok([r["text"] for r in rows], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        preds = model(**enc).logits.argmax(-1).numpy()
+    labels = np.array([model.config.label2id[r["label"]] for r in rows])
+    return preds, labels
+
+
+def test_train_teacher_then_distil_end_to_end(tmp_path, data):
+    base = tmp_path / "base"
+    tiny_bert(layers=4, hidden=32, cls=tf.BertModel, **NO_DROPOUT).save_pretrained(base)
+    make_tokenizer(base).save_pretrained(base)
+    teacher = tmp_path / "teacher"
+    train_teacher.main(["--model_name_or_path", str(base), "--train_file", data[0], "--validation_file", data[1],
+                        "--output_dir", str(teacher), "--max_steps", "2", *COMMON])
+    assert tf.AutoConfig.from_pretrained(teacher).id2label == dict(enumerate(LABELS))  # label names from the data
+
+    out = tmp_path / "student"
+    results = distil_bert.main(recipe_args(str(teacher), data, out, "--student_num_layers", "2",
+                                           "--hidden_weight", "1.0"))
+    files = set(os.listdir(out))
+    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "distillation_results.json"} <= files
+    assert [f for f in files if f.endswith(".safetensors")] == ["model.safetensors"]  # no teacher weights
+    weights = load_file(out / "model.safetensors")
+    assert not any(".layer.2." in k or ".layer.3." in k for k in weights)  # 2 student layers only
+    assert sum(v.numel() for v in weights.values()) == results["student"]["parameters"]
+
+    saved = json.loads((out / "distillation_results.json").read_text())
+    assert saved["distillation"]["student_init_layers"] == [1, 3]  # uniform map 2 <- 4
+    assert saved["distillation"]["layer_map"] == {"1": 2, "2": 4}
+    for who, folder in (("teacher", teacher), ("student", out)):
+        preds, labels = predict(folder, data[1])
+        assert saved[who]["accuracy"] == pytest.approx(float(np.mean(preds == labels)))
+    assert saved["speedup"] == pytest.approx(saved["student"]["examples_per_second"] / saved["teacher"]["examples_per_second"])
+    assert {"soft_loss", "hard_loss", "hidden_loss"} <= set(saved["train_log"][0])
+    card = (out / "README.md").read_text()
+    assert f"{saved['student']['accuracy']:.4f}" in card and f"{saved['teacher']['macro_f1']:.4f}" in card
+    assert "1:2, 2:4" in card and "recipes/distil_bert.py" in card
+
+
+def test_config_file_with_flag_overrides(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("teacher_model_name_or_path: t\nlearning_rate: 5e-5\ntemperature: 4\noutput_dir: o\n"
+                   "text_column: sentence\n")
+    model_args, data_args, out_args, args = recipe_utils.parse_args(
+        (distil_bert.ModelArguments, recipe_utils.ClassificationDataArguments, recipe_utils.OutputArguments,
+         distil_bert.DistillationArguments),
+        [str(cfg), "--temperature", "3", "--overwrite_output_dir"],
+    )
+    assert (model_args.teacher_model_name_or_path, data_args.text_column) == ("t", "sentence")
+    assert args.learning_rate == 5e-5 and args.temperature == 3.0 and out_args.overwrite_output_dir
+    cfg.write_text("not_a_field: 1\n")
+    with pytest.raises(ValueError, match="not_a_field"):
+        recipe_utils.parse_args((recipe_utils.OutputArguments,), [str(cfg)])
+
+
+def test_two_processes_match_one_process(tmp_path):
+    """torchrun --nproc_per_node 2 with 4 per process == one process with 8 (same global batch, no dropout)."""
+    teacher = save_classifier(tmp_path / "teacher")
+    data = write_csv(tmp_path / "train.csv", 32, seed=0), write_csv(tmp_path / "dev.csv", 12, seed=1)
+    common = ["--student_num_layers", "2", "--hidden_weight", "1.0", "--max_steps", "3", "--seed", "7"]
+    args2 = recipe_args(teacher, data, tmp_path / "two", *common, "--per_device_train_batch_size", "4")
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         str(ROOT / "recipes" / "distil_bert.py"), *args2],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "distillation_results.json").read_text())
+    assert two["distillation"]["global_train_batch_size"] == 8
+
+    distil_bert.main(recipe_args(teacher, data, tmp_path / "one", *common, "--per_device_train_batch_size", "8"))
+    w1, w2 = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    teacher_w = load_file(Path(teacher) / "model.safetensors")
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(w1[key], teacher_w["bert.encoder.layer.1.attention.self.query.weight"])  # it trained
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_mlm_recipe_logs_its_loss_components(tmp_path):
+    teacher_dir = tmp_path / "mlm_teacher"
+    tiny_bert(layers=4, hidden=32, cls=tf.BertForMaskedLM).save_pretrained(teacher_dir)
+    make_tokenizer(teacher_dir).save_pretrained(teacher_dir)
+    rng = random.Random(0)
+    for name, n in (("train.txt", 40), ("dev.txt", 12)):
+        (tmp_path / name).write_text("\n".join(" ".join(f"w{rng.randrange(96)}" for _ in range(12)) for _ in range(n)))
+    out = tmp_path / "mlm_student"
+    results = distil_bert_mlm.main([
+        "--teacher_model_name_or_path", str(teacher_dir), "--train_file", str(tmp_path / "train.txt"),
+        "--validation_file", str(tmp_path / "dev.txt"), "--output_dir", str(out), "--max_steps", "3",
+        "--per_device_train_batch_size", "8", "--soft_weight", "5", "--hard_weight", "2", "--hidden_weight", "1",
+        "--hidden_loss", "cosine", "--mlm_probability", "0.3", *COMMON,
+    ])
+    for entry in results["train_log"]:
+        parts = [entry["soft_loss"], entry["hard_loss"], entry["hidden_loss"]]
+        assert all(np.isfinite(parts)) and entry["soft_loss"] > 0
+        # the logged total is the weighted sum of the logged parts
+        assert entry["loss"] == pytest.approx(5 * parts[0] + 2 * parts[1] + 1 * parts[2], rel=1e-3)
+    assert {"eval_soft_loss", "eval_hard_loss", "eval_hidden_loss"} <= set(results["eval"])
+    assert results["distillation"]["layer_map"] == {"2": 4}  # DistilBERT: last layer to last layer
+    assert 0.0 <= results["student"]["masked_accuracy"] <= 1.0
+    assert "fill-mask" in (out / "README.md").read_text()
+
+
+def test_mlm_soft_loss_only_on_masked_positions():
+    batch = {"labels": torch.tensor([[-100, 5, -100], [7, -100, -100]]), "attention_mask": torch.ones(2, 3)}
+    s, t = torch.randn(2, 3, 11), torch.randn(2, 3, 11)
+    trainer = distil_bert_mlm.MaskedLMDistillationTrainer.__new__(distil_bert_mlm.MaskedLMDistillationTrainer)
+    trainer._vocab_limit, trainer.args = None, mock.Mock(logit_loss="kl")
+    (pair,) = trainer.distillation_pairs(batch, {"logits": s}, [{"logits": t}])
+    assert pair.mask.tolist() == [[False, True, False], [True, False, False]]
+
+
+def test_push_uploads_exactly_the_output_folder(tmp_path, data):
+    teacher = save_classifier(tmp_path / "teacher")
+    out = tmp_path / "pushed"
+    seen = {}
+
+    def upload_folder(**kwargs):
+        seen.update(kwargs, files=sorted(os.listdir(kwargs["folder_path"])))
+
+    with mock.patch("huggingface_hub.get_token", return_value="hf_test"), \
+            mock.patch("huggingface_hub.HfApi") as api_cls:
+        api = api_cls.return_value
+        api.create_repo.return_value = mock.Mock(repo_id="me/tiny-student")
+        api.upload_folder.side_effect = upload_folder
+        distil_bert.main(recipe_args(teacher, data, out, "--push_to_hub", "--hub_model_id", "me/tiny-student",
+                                     "--student_num_layers", "2"))
+    api_cls.assert_called_once_with(token="hf_test")
+    api.create_repo.assert_called_once_with("me/tiny-student", private=False, exist_ok=True, repo_type="model")
+    assert seen["repo_id"] == "me/tiny-student" and seen["folder_path"] == str(out)
+    assert {"model.safetensors", "README.md", "distillation_results.json", "tokenizer.json"} <= set(seen["files"])
+    assert "checkpoint-*" in seen["ignore_patterns"]
+    assert "me/tiny-student" in (out / "README.md").read_text()  # the card says how to load the pushed model
+
+
+# ---- bad input: a clear error before any training ------------------------------------------------
+
+
+def _bad_cases(tmp_path):
+    teacher = save_classifier(tmp_path / "teacher")
+    good = write_csv(tmp_path / "train.csv", 16, 0), write_csv(tmp_path / "dev.csv", 8, 1)
+    base = tmp_path / "base"
+    tiny_bert(layers=2, hidden=32, cls=tf.BertModel).save_pretrained(base)
+    make_tokenizer(base).save_pretrained(base)
+    other = tmp_path / "other_student"
+    save_classifier(other, layers=2)
+    other_vocab = tmp_path / "other_vocab"
+    other_vocab.mkdir()
+    (other_vocab / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"x{i}" for i in range(96)]))
+    tf.BertTokenizerFast(vocab_file=str(other_vocab / "vocab.txt")).save_pretrained(other)
+    angry = write_csv(tmp_path / "dev_angry.csv", 8, 1, extra_rows=[("w1 w2", "angry")])
+    previous = tmp_path / "previous"
+    previous.mkdir()
+    (previous / "distillation_results.json").write_text("{}")
+    out = str(tmp_path / "out")
+    return {
+        "missing_column": (recipe_args(teacher, good, out, "--text_column", "sentence"),
+                           r"'sentence'.*columns are \['text', 'label'\]"),
+        "not_a_classifier": (recipe_args(str(base), good, out), "not a sequence classifier"),
+        "tokenizer_mismatch": (recipe_args(teacher, good, out, "--student_model_name_or_path", str(other)),
+                               "different vocabularies"),
+        "unknown_label": (recipe_args(teacher, (good[0], angry), out), r"\['angry'\].*not known to the teacher"),
+        "previous_run": (recipe_args(teacher, good, str(previous)), "already holds a previous run.*--overwrite_output_dir"),
+        "resume_nothing": (recipe_args(teacher, good, str(previous), "--resume_from_checkpoint", "last"),
+                           "holds no checkpoint"),
+        "push_without_id": (recipe_args(teacher, good, out, "--push_to_hub"), "--hub_model_id"),
+        "push_without_token": (recipe_args(teacher, good, out, "--push_to_hub", "--hub_model_id", "me/x"),
+                               "no Hugging Face credentials"),
+    }
+
+
+def test_bad_inputs_fail_before_training(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(distil_bert.DistillationTrainer, "train", mock.Mock(side_effect=AssertionError("trained")))
+    for name, (argv, message) in _bad_cases(tmp_path).items():
+        with mock.patch("huggingface_hub.get_token", return_value=None):
+            with pytest.raises(ValueError, match=message):
+                distil_bert.main(argv)
+        assert not (tmp_path / "out").exists(), name
