@@ -74,7 +74,7 @@ def render_model_card(
         EvalResult(
             task_type=r["task"], dataset_type=data.get("name") or "local", dataset_name=dataset_label,
             dataset_config=data.get("config"), dataset_split=data.get("eval_split", "validation"),
-            metric_type=name, metric_name=METRIC_LABELS.get(name, name), metric_value=round(float(student[name]), 4),
+            metric_type=name, metric_name=METRIC_LABELS.get(name, name), metric_value=float(f"{student[name]:.4f}"),
         )
         for name in metrics
     ]

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,12 @@ LABELS = ("negative", "neutral", "positive")
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 COMMON = ["--report_to", "none", "--save_strategy", "no", "--logging_steps", "1", "--disable_tqdm", "true",
           "--use_cpu", "true", "--per_device_eval_batch_size", "16"]
+
+
+def free_port() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
 
 
 def write_csv(path, n, seed, words=8, labels=LABELS, extra_rows=()):
@@ -136,7 +143,7 @@ def test_two_processes_match_one_process(tmp_path):
     args2 = recipe_args(teacher, data, tmp_path / "two", *common, "--per_device_train_batch_size", "4")
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
          str(ROOT / "recipes" / "distil_bert.py"), *args2],
         env=env, capture_output=True, text=True, timeout=300,
     )
@@ -222,10 +229,7 @@ def _bad_cases(tmp_path):
     make_tokenizer(base).save_pretrained(base)
     other = tmp_path / "other_student"
     save_classifier(other, layers=2)
-    other_vocab = tmp_path / "other_vocab"
-    other_vocab.mkdir()
-    (other_vocab / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"x{i}" for i in range(96)]))
-    tf.BertTokenizerFast(vocab_file=str(other_vocab / "vocab.txt")).save_pretrained(other)
+    make_tokenizer(other, words=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"x{i}" for i in range(96)])
     angry = write_csv(tmp_path / "dev_angry.csv", 8, 1, extra_rows=[("w1 w2", "angry")])
     previous = tmp_path / "previous"
     previous.mkdir()
