@@ -95,9 +95,15 @@ def render_model_card(
         student_init = f"copied from teacher layers {list(init_layers)} (0-based), embeddings and head copied"
     else:
         student_init = f"`{dist.get('student_model') or 'given model'}` (not initialised from the teacher)"
+    template_path = Path(template_path or DEFAULT_TEMPLATE)
+    if not template_path.is_file():
+        raise ValueError(
+            f"model card template {template_path} not found; pass template_path= (the default lives in the "
+            "repository's model_cards/ folder, present with an editable install `pip install -e .`)."
+        )
     card = ModelCard.from_template(
         card_data,
-        template_path=str(template_path or DEFAULT_TEMPLATE),
+        template_path=str(template_path),
         model_name=model_id.split("/")[-1],
         model_id=model_id,
         task=r["task"],

@@ -64,3 +64,5 @@ def test_save_reads_the_run_folder_and_rejects_incomplete_results(tmp_path):
         render_model_card({k: v for k, v in RESULTS.items() if k != "speedup"})
     with pytest.raises(ValueError, match="does not exist"):
         render_model_card(tmp_path / "nope")
+    with pytest.raises(ValueError, match="template .* not found"):
+        render_model_card(RESULTS, template_path=tmp_path / "missing.md")

@@ -209,7 +209,7 @@ def test_push_uploads_exactly_the_output_folder(tmp_path, data):
         api.create_repo.return_value = mock.Mock(repo_id="me/tiny-student")
         api.upload_folder.side_effect = upload_folder
         distil_bert.main(recipe_args(teacher, data, out, "--push_to_hub", "--hub_model_id", "me/tiny-student",
-                                     "--student_num_layers", "2"))
+                                     "--student_num_layers", "2", "--max_steps", "1"))
     api_cls.assert_called_once_with(token="hf_test")
     api.create_repo.assert_called_once_with("me/tiny-student", private=False, exist_ok=True, repo_type="model")
     assert seen["repo_id"] == "me/tiny-student" and seen["folder_path"] == str(out)
