@@ -165,5 +165,6 @@ def init_student_from_teacher(
     for name, tensor in new_sd.items():
         assert student_sd[name].shape == tensor.shape, f"{name}: {student_sd[name].shape} vs {tensor.shape}"
     student.load_state_dict({k: v.clone() for k, v in new_sd.items()}, strict=True)
+    student.train(teacher.training)
     logger.info("initialised a %d-layer student from teacher layers %s", len(layers), layers)
     return student

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel, Trainer
+from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from . import losses
@@ -50,6 +50,16 @@ class LogitsPair:
     teachers: list[torch.Tensor]
     mask: torch.Tensor | None = None
     kind: str = "kl"
+
+
+class _ZeroGradAfterStep(TrainerCallback):
+    """The Trainer zeroes only the student's gradients after each optimizer step; do the same for `module`."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.module.zero_grad(set_to_none=True)
 
 
 def _forward_params(model: nn.Module) -> set[str] | None:
@@ -154,6 +164,7 @@ class DistillationTrainer(Trainer):
                     "DeepSpeed or FSDP; use a student with the teacher's hidden size or train with DDP."
                 )
             self.projections.to(self.args.device)
+            self.add_callback(_ZeroGradAfterStep(self.projections))
         self.teachers = [
             place_teacher(t, self.accelerator, self.args.device, self.args.teacher_dtype) for t in self.teachers
         ]
@@ -457,14 +468,23 @@ class DistillationTrainer(Trainer):
         split = "train" if model.training else "eval"
         if split == "train":
             self._check_finite(loss, components)
+        # Training logs average per step (like `loss`); evaluation weights each batch by its size (like eval_loss).
+        weight = 1 if split == "train" else self._batch_size(inputs)
         sums = self._sums[split]
         for name, value in components.items():
             total, count = sums.get(name, (0.0, 0))
-            sums[name] = (total + value.detach().float(), count + 1)
+            sums[name] = (total + value.detach().float() * weight, count + weight)
         if return_outputs:
             # Only the student's logits go to prediction gathering / compute_metrics (no hidden states).
             return loss, {k: v for k, v in student_outputs.items() if k.endswith("logits")}
         return loss
+
+    @staticmethod
+    def _batch_size(inputs: dict) -> int:
+        for value in inputs.values():
+            if torch.is_tensor(value) and value.dim() > 0:
+                return value.shape[0]
+        return 1
 
     def _check_finite(self, loss, components):
         values = torch.stack([loss.detach().float()] + [v.detach().float() for v in components.values()])
@@ -551,6 +571,13 @@ class DistillationTrainer(Trainer):
                 if p.grad is not None:
                     torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.AVG)
         return loss
+
+    def _clip_grad_norm(self, model):
+        if self.projections is None:
+            return super()._clip_grad_norm(model)
+        # Clip student and projections together, as one model would be.
+        params = list(model.parameters()) + list(self.projections.parameters())
+        return self.accelerator.clip_grad_norm_(params, self.args.max_grad_norm)
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)

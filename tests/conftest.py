@@ -55,13 +55,11 @@ def tiny_llama(layers=4, hidden=32, seed=0, vocab=VOCAB):
                                               max_position_embeddings=64, bos_token_id=0, eos_token_id=0, pad_token_id=0))
 
 
-def make_tokenizer(directory) -> tf.BertTokenizerFast:
-    """A BERT WordPiece tokenizer over the tiny vocabulary WORDS (w0 .. w95)."""
-    os.makedirs(directory, exist_ok=True)
-    vocab_file = os.path.join(directory, "vocab.txt")
-    with open(vocab_file, "w") as f:
-        f.write("\n".join(WORDS) + "\n")
-    return tf.BertTokenizerFast(vocab_file=vocab_file, do_lower_case=True)
+def make_tokenizer(directory, words=WORDS) -> tf.PreTrainedTokenizerBase:
+    """A BERT WordPiece tokenizer over the tiny vocabulary WORDS (w0 .. w95), saved to `directory`."""
+    tokenizer = tf.BertTokenizer(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
+    tokenizer.save_pretrained(str(directory))
+    return tokenizer
 
 
 def classification_data(n=32, seq=12, num_labels=3, seed=0, with_padding=True) -> Dataset:

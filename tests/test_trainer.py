@@ -1,0 +1,339 @@
+"""DistillationTrainer on tiny BERTs: training, checkpoints, resume, the loss formula, pitfalls."""
+
+import glob
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers as tf
+from conftest import VOCAB, WORDS, classification_data, fixed_batch, make_tokenizer, tiny_bert, tiny_distilbert
+from safetensors import safe_open
+
+from hf_distill import DistillationArguments, DistillationTrainer, NonFiniteLossError, init_student_from_teacher
+from hf_distill.trainer import PROJECTIONS_NAME
+
+
+def dargs(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, per_device_train_batch_size=4,
+                per_device_eval_batch_size=8, learning_rate=1e-3, logging_steps=1, save_strategy="no",
+                disable_tqdm=True, seed=0, data_seed=0)
+    base.update(kw)
+    return DistillationArguments(**base)
+
+
+def state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def saved_keys(folder):
+    keys = set()
+    for path in glob.glob(os.path.join(folder, "*.safetensors")):
+        with safe_open(path, "pt") as f:
+            keys |= set(f.keys())
+    return keys
+
+
+def test_bert_12_to_6_trains_student_only_and_never_saves_the_teacher(tmp_path):
+    teacher = tiny_bert(layers=12, hidden=64)
+    student = init_student_from_teacher(teacher, num_layers=6)
+    t_before, s_before = state(teacher), state(student)
+    args = dargs(tmp_path, max_steps=4, hidden_weight=1.0, save_strategy="steps", save_steps=2)
+    trainer = DistillationTrainer(student, teacher, args, train_dataset=classification_data(32))
+    assert trainer.layer_map == {i: 2 * i for i in range(1, 7)} and trainer.projections is None
+    trainer.train()
+    trainer.save_model()
+
+    changed = [k for k, v in state(student).items() if not torch.equal(v, s_before[k])]
+    assert len(changed) > len(s_before) // 2
+    assert all(torch.equal(v, t_before[k]) for k, v in state(teacher).items())
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert not optimized & {id(p) for p in teacher.parameters()}
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert all({"soft_loss", "hard_loss", "hidden_loss"} <= set(h) for h in logged)
+
+    student_keys = set(student.state_dict())
+    folders = [args.output_dir] + sorted(glob.glob(os.path.join(args.output_dir, "checkpoint-*")))
+    assert len(folders) == 3
+    for folder in folders:
+        keys = saved_keys(folder)
+        assert keys and keys <= student_keys, folder  # only student tensors
+        with safe_open(os.path.join(folder, "model.safetensors"), "pt") as f:
+            n_layers = {k.split(".")[3] for k in f.keys() if k.startswith("bert.encoder.layer.")}
+        assert len(n_layers) == 6
+        reloaded = tf.AutoModelForSequenceClassification.from_pretrained(folder)
+        assert reloaded.config.num_hidden_layers == 6
+    assert not os.path.exists(os.path.join(args.output_dir, PROJECTIONS_NAME))
+
+
+def test_projections_for_different_hidden_sizes_learn_and_stay_out_of_the_student(tmp_path):
+    teacher = tiny_bert(layers=4, hidden=64)
+    student = tiny_bert(layers=2, hidden=32, seed=1)
+    args = dargs(tmp_path, max_steps=3, hidden_weight=1.0, save_strategy="steps", save_steps=3)
+    trainer = DistillationTrainer(student, teacher, args, train_dataset=classification_data(16))
+    assert set(trainer.projections.keys()) == {"1", "2"}
+    assert trainer.projections["1"].weight.shape == (64, 32)
+    p_before = {k: v.clone() for k, v in trainer.projections.state_dict().items()}
+    trainer.train()
+    trainer.save_model()
+    assert all(not torch.equal(v, p_before[k]) for k, v in trainer.projections.state_dict().items())
+    ckpt = os.path.join(args.output_dir, "checkpoint-3")
+    with safe_open(os.path.join(ckpt, PROJECTIONS_NAME), "pt") as f:
+        for k in f.keys():
+            torch.testing.assert_close(f.get_tensor(k), trainer.projections.state_dict()[k])
+    for folder in (ckpt, args.output_dir):
+        assert saved_keys(os.path.join(folder)) - {PROJECTIONS_NAME} <= set(student.state_dict()) | set(
+            trainer.projections.state_dict()) and not any("proj" in k for k in saved_keys(folder) if k in student.state_dict())
+    assert saved_keys(args.output_dir) <= set(student.state_dict())
+
+
+def _losses(trainer):
+    return [(h["step"], h["loss"], h["soft_loss"], h["hidden_loss"]) for h in trainer.state.log_history if "loss" in h]
+
+
+def test_resume_from_checkpoint_continues_exactly(tmp_path):
+    """Interrupt after 3 of 6 steps, resume: the loss history equals an uninterrupted run (projections too)."""
+    def run(out, stop_at=None, resume=None):
+        teacher = tiny_bert(layers=4, hidden=64)
+        student = tiny_bert(layers=2, hidden=32, seed=1)
+        args = dargs(tmp_path, output_dir=str(tmp_path / out), max_steps=6, hidden_weight=1.0,
+                     save_strategy="steps", save_steps=3)
+        callbacks = []
+        if stop_at:
+            class Stop(tf.TrainerCallback):
+                def on_step_end(self, args, state, control, **kw):
+                    if state.global_step == stop_at:
+                        control.should_training_stop = True
+            callbacks = [Stop()]
+        trainer = DistillationTrainer(student, teacher, args, train_dataset=classification_data(48),
+                                      callbacks=callbacks)
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    full = run("full")
+    first = run("split", stop_at=3)
+    assert [s for s, *_ in _losses(first)] == [1, 2, 3]
+    second = run("split", resume=str(tmp_path / "split" / "checkpoint-3"))
+    resumed = _losses(first) + [h for h in _losses(second) if h[0] > 3]
+    expected = _losses(full)
+    assert [h[0] for h in resumed] == [1, 2, 3, 4, 5, 6]
+    for got, want in zip(resumed, expected):
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-7)
+
+
+def test_compute_loss_equals_the_design_formula(tmp_path):
+    torch.manual_seed(0)
+    teacher = tiny_bert(layers=4, hidden=64)
+    student = tiny_bert(layers=2, hidden=32, seed=1)
+    T, ws, wh, wd = 3.0, 0.6, 0.3, 0.7
+    args = dargs(tmp_path, temperature=T, soft_weight=ws, hard_weight=wh, hidden_weight=wd, layer_map="1:2,2:4")
+    trainer = DistillationTrainer(student, teacher, args)
+    student.eval()
+    batch = fixed_batch(n=4, seq=10)
+    got = trainer.compute_loss(student, dict(batch))
+
+    with torch.no_grad():
+        so = student(**batch, output_hidden_states=True)
+        to = teacher(**{k: v for k, v in batch.items() if k != "labels"}, output_hidden_states=True)
+        p_t = torch.softmax(to.logits / T, -1)
+        log_ps = torch.log_softmax(so.logits / T, -1)
+        soft = T**2 * (p_t * (p_t.log() - log_ps)).sum(-1).mean()
+        hard = F.cross_entropy(so.logits, batch["labels"])
+        m = batch["attention_mask"].bool()
+        hidden = torch.stack([
+            ((trainer.projections[str(i)](so.hidden_states[i]) - to.hidden_states[j]) ** 2).mean(-1)[m].mean()
+            for i, j in {1: 2, 2: 4}.items()
+        ]).mean()
+        expected = ws * soft + wh * hard + wd * hidden
+    torch.testing.assert_close(got.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_label_smoothing_applies_to_the_hard_loss(tmp_path):
+    teacher, student = tiny_bert(layers=2, hidden=32), tiny_bert(layers=1, hidden=32, seed=1)
+    args = dargs(tmp_path, soft_weight=0.0, hard_weight=1.0, label_smoothing_factor=0.2)
+    trainer = DistillationTrainer(student, teacher, args)
+    batch = fixed_batch()
+    got = trainer.compute_loss(student, dict(batch))
+    with torch.no_grad():
+        logits = student(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    torch.testing.assert_close(got, F.cross_entropy(logits, batch["labels"], label_smoothing=0.2))
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    """4 accumulation steps of batch 2 == 1 step of batch 8 (same data order, dropout off)."""
+    def run(out, bs, ga):
+        teacher = tiny_bert(layers=4, hidden=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        student = init_student_from_teacher(teacher, num_layers=2)
+        args = dargs(tmp_path, output_dir=str(tmp_path / out), max_steps=2, per_device_train_batch_size=bs,
+                     gradient_accumulation_steps=ga, hidden_weight=0.5, optim="sgd", learning_rate=0.5)
+        DistillationTrainer(student, teacher, args,
+                            train_dataset=classification_data(16, with_padding=False)).train()
+        return state(student)
+
+    big, accumulated = run("big", 8, 1), run("acc", 2, 4)
+    moved = 0
+    for k in big:
+        torch.testing.assert_close(accumulated[k], big[k], rtol=1e-4, atol=1e-6)
+    init = state(init_student_from_teacher(tiny_bert(layers=4, hidden=32), num_layers=2))
+    moved = sum(not torch.allclose(big[k], init[k]) for k in big)
+    assert moved > 10
+
+
+def test_teacher_gets_its_own_inputs_behind_remove_unused_columns(tmp_path):
+    """A BERT teacher keeps token_type_ids though the DistilBERT student does not accept them."""
+    teacher = tiny_bert(layers=2, hidden=32)
+    student = tiny_distilbert(layers=1, hidden=32)
+    seen = {"teacher": [], "student": []}
+    teacher.register_forward_pre_hook(lambda m, a, kw: seen["teacher"].append(set(kw)), with_kwargs=True)
+    student.register_forward_pre_hook(lambda m, a, kw: seen["student"].append(set(kw)), with_kwargs=True)
+    data = classification_data(8).add_column("unused_text", ["x"] * 8)
+    args = dargs(tmp_path, max_steps=1, remove_unused_columns=True)
+    DistillationTrainer(student, teacher, args, train_dataset=data).train()
+    assert "token_type_ids" in seen["teacher"][0] and "labels" not in seen["teacher"][0]
+    assert "token_type_ids" not in seen["student"][0] and "labels" in seen["student"][0]
+    assert "unused_text" not in seen["teacher"][0] | seen["student"][0]
+
+
+def test_evaluate_reports_components_and_metrics_see_student_logits_only(tmp_path):
+    teacher = tiny_bert(layers=4, hidden=32)
+    student = init_student_from_teacher(teacher, num_layers=2)
+    received = []
+
+    def compute_metrics(pred):
+        received.append(pred.predictions)
+        return {"accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}
+
+    args = dargs(tmp_path, max_steps=4, hidden_weight=1.0, eval_strategy="steps", eval_steps=2,
+                 save_strategy="steps", save_steps=2, load_best_model_at_end=True, metric_for_best_model="eval_loss",
+                 greater_is_better=False)
+    trainer = DistillationTrainer(student, teacher, args, train_dataset=classification_data(32),
+                                  eval_dataset=classification_data(12, seed=5), compute_metrics=compute_metrics)
+    trainer.train()
+    metrics = trainer.evaluate()
+    for key in ("eval_loss", "eval_soft_loss", "eval_hard_loss", "eval_hidden_loss", "eval_accuracy"):
+        assert key in metrics
+    expected = 0.9 * metrics["eval_soft_loss"] + 0.1 * metrics["eval_hard_loss"] + 1.0 * metrics["eval_hidden_loss"]
+    assert metrics["eval_loss"] == pytest.approx(expected, rel=1e-4)
+    assert all(hasattr(p, "shape") and p.shape == (12, 3) for p in received)  # logits only, no hidden states
+    best = trainer.state.best_model_checkpoint
+    assert best is not None
+    reloaded = tf.AutoModelForSequenceClassification.from_pretrained(best)
+    for k, v in reloaded.state_dict().items():
+        torch.testing.assert_close(student.state_dict()[k], v)
+
+
+def test_fully_padded_token_rows_give_a_finite_loss(tmp_path):
+    teacher = tiny_bert(layers=2, hidden=32, cls=tf.BertForTokenClassification)
+    student = tiny_bert(layers=1, hidden=32, seed=1, cls=tf.BertForTokenClassification)
+    trainer = DistillationTrainer(student, teacher, dargs(tmp_path, hidden_weight=1.0, layer_map="1:2"))
+    batch = fixed_batch(n=3, seq=6)
+    batch["attention_mask"][1] = 0  # a row made only of padding
+    batch["labels"] = torch.randint(0, 3, (3, 6))
+    batch["labels"][1] = -100
+    loss = trainer.compute_loss(student, batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in student.parameters() if p.grad is not None)
+
+
+def test_non_finite_loss_stops_training_before_the_weights_are_touched(tmp_path):
+    teacher = tiny_bert(layers=2, hidden=32)
+    student = tiny_bert(layers=1, hidden=32, seed=1)
+    calls = {"n": 0}
+
+    def poison(module, inputs, output):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            output.logits = output.logits * float("nan")
+        return output
+
+    teacher.register_forward_hook(poison)
+    snapshots = []
+
+    class Snapshot(tf.TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            snapshots.append(state_of())
+
+    def state_of():
+        return state(student)
+
+    trainer = DistillationTrainer(student, teacher, dargs(tmp_path, max_steps=5), train_dataset=classification_data(32),
+                                  callbacks=[Snapshot()])
+    with pytest.raises(NonFiniteLossError, match=r"non-finite soft_loss at step 3"):
+        trainer.train()
+    assert len(snapshots) == 2
+    after = state(student)
+    assert all(torch.isfinite(v).all() for v in after.values())
+    assert all(torch.equal(after[k], snapshots[-1][k]) for k in after)
+
+
+# ---- bad input: a ValueError at construction ---------------------------------------------------
+
+class NoHiddenStates(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, input_ids=None, labels=None):
+        return {"logits": self.linear(input_ids.float()[..., :4])}
+
+
+@pytest.mark.parametrize("case, message", [
+    ("vocab", "vocab_size"),
+    ("num_labels", "predicts 2 labels"),
+    ("id2label", "id2label"),
+    ("student_layer", "student index 3 is out of range"),
+    ("teacher_layer", "teacher index 9 is out of range"),
+    ("no_hidden", "returns no hidden states"),
+    ("missing_path", "is not an existing directory"),
+    ("plain_args", "must be a DistillationArguments"),
+    ("same_object", "same object"),
+])
+def test_bad_input_fails_at_construction(tmp_path, case, message):
+    teacher, student = tiny_bert(layers=4, hidden=32), tiny_bert(layers=2, hidden=32, seed=1)
+    kwargs = {}
+    args = dargs(tmp_path)
+    if case == "vocab":
+        student = tiny_bert(layers=2, hidden=32, vocab=VOCAB + 7)
+    elif case == "num_labels":
+        student = tiny_bert(layers=2, hidden=32, num_labels=2)
+    elif case == "id2label":
+        teacher.config.id2label = {0: "neg", 1: "neu", 2: "pos"}
+        student.config.id2label = {0: "pos", 1: "neu", 2: "neg"}
+    elif case == "student_layer":
+        args = dargs(tmp_path, hidden_weight=1.0, layer_map="3:4")
+    elif case == "teacher_layer":
+        args = dargs(tmp_path, hidden_weight=1.0, layer_map="1:9")
+    elif case == "no_hidden":
+        student = NoHiddenStates()
+        args = dargs(tmp_path, hidden_weight=1.0)
+    elif case == "missing_path":
+        teacher = str(tmp_path / "no" / "such" / "teacher")
+    elif case == "plain_args":
+        args = tf.TrainingArguments(output_dir=str(tmp_path), report_to=[])
+    elif case == "same_object":
+        teacher = student
+    with pytest.raises(ValueError, match=message):
+        DistillationTrainer(student, teacher, args, **kwargs)
+
+
+def test_tokenizer_mismatch_fails_at_construction(tmp_path):
+    teacher, student = tiny_bert(layers=2, hidden=32), tiny_bert(layers=1, hidden=32, seed=1)
+    tok_a = make_tokenizer(tmp_path / "a")
+    words = list(WORDS)
+    words[10], words[11] = words[11], words[10]  # same size, different ids
+    tok_b = make_tokenizer(tmp_path / "b", words)
+    assert len(tok_a) == len(tok_b) == VOCAB
+    with pytest.raises(ValueError, match="tokenizer"):
+        DistillationTrainer(student, teacher, dargs(tmp_path), processing_class=tok_a, teacher_processing_class=tok_b)
+    # a teacher directory carries its tokenizer: it is compared too
+    teacher.save_pretrained(tmp_path / "teacher")
+    tok_b.save_pretrained(tmp_path / "teacher")
+    with pytest.raises(ValueError, match="tokenizer"):
+        DistillationTrainer(student, str(tmp_path / "teacher"), dargs(tmp_path), processing_class=tok_a)
+    # and the same tokenizer is accepted, the teacher loaded with the student's Auto class
+    tok_a.save_pretrained(tmp_path / "teacher")
+    trainer = DistillationTrainer(student, str(tmp_path / "teacher"), dargs(tmp_path), processing_class=tok_a)
+    assert isinstance(trainer.teacher, tf.BertForSequenceClassification)
+    assert not any(p.requires_grad for p in trainer.teacher.parameters())
