@@ -13,7 +13,7 @@ import torch
 import transformers as tf
 from datasets import Dataset
 
-from conftest import VOCAB, classification_data, tiny_bert, tiny_llama, make_tokenizer
+from conftest import VOCAB, WORDS, classification_data, tiny_bert, tiny_llama, make_tokenizer
 from distill_checks import (
     assert_trains_student_not_teacher, eval_components, make_args, probs, ref_kl, ref_soft, token_positions,
 )
@@ -174,12 +174,8 @@ def test_truly_different_vocabularies_fail_at_construction(tmp_path, tokenizer, 
         teacher, kwargs = tiny_llama(layers=1, vocab=128), {}  # cannot tell padding from real tokens
     else:
         teacher = tiny_llama(layers=1, vocab=VOCAB)
-        other = make_tokenizer(tmp_path / "other")
-        vocab = other.get_vocab()  # same words, different ids: the same id would mean another token
-        reordered = tmp_path / "reordered"
-        reordered.mkdir()
-        (reordered / "vocab.txt").write_text("\n".join(sorted(vocab, key=lambda w: -vocab[w])) + "\n")
-        kwargs["teacher_processing_class"] = tf.BertTokenizerFast(vocab_file=str(reordered / "vocab.txt"))
+        reordered = [WORDS[0]] + WORDS[:0:-1]  # same words, other ids: the same id would mean another token
+        kwargs["teacher_processing_class"] = make_tokenizer(tmp_path / "other", words=reordered)
     with pytest.raises(ValueError, match="vocab"):
         DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path), **kwargs)
 
