@@ -93,10 +93,14 @@ class DistillationTrainer(Trainer):
            + hidden_weight * hidden-state alignment
 
     `model` is the student (trained, saved, pushed). `teacher_model` is a model, a name/path, or a
-    list of them (an ensemble); it is frozen, kept in eval mode, run without gradients and never saved.
-    All other arguments are those of `transformers.Trainer`.
+    list of them (an ensemble, combined by `args.ensemble_mode`); it is frozen, kept in eval mode, run
+    without gradients and never saved. `peft_config` (a `peft.PeftConfig`) wraps the student with
+    `get_peft_model` so only the adapter trains; `save_model` then writes the adapter, or the merged
+    model when `merge_adapter_on_save=True` (checkpoints always keep the adapter). All other arguments
+    are those of `transformers.Trainer`.
 
-    To distill a task the generic rules do not cover, override `distillation_pairs`.
+    To distill a task the generic rules do not cover, override `distillation_pairs`; add loss terms
+    with `extra_losses` (attention-map distillation lives there when attention_weight > 0).
     """
 
     # Each micro-batch loss is a per-batch mean; the Trainer divides it by the accumulation steps.
@@ -327,8 +331,9 @@ class DistillationTrainer(Trainer):
 
     def _inputs_for(self, accepted: set[str] | None, inputs: dict, drop_labels: bool) -> dict:
         kept = {k: v for k, v in inputs.items() if accepted is None or k in accepted or k in _OUTPUT_FLAGS}
-        if drop_labels:
-            kept.pop("labels", None)
+        if drop_labels:  # teachers get no labels of any name (QA: start/end_positions): no wasted loss
+            for name in ("labels", *getattr(self, "label_names", ())):
+                kept.pop(name, None)
         return kept
 
     def _output_flags(self) -> dict:
