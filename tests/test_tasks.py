@@ -103,6 +103,21 @@ def test_question_answering_softmax_over_real_tokens_only(tmp_path):
     assert_trains_student_not_teacher(trainer)
 
 
+def test_question_answering_logit_matching_counts_real_tokens_only(tmp_path):
+    batch = first(base_rows())
+    teacher = tiny_bert(layers=2, hidden=32, num_labels=2, cls=tf.BertForQuestionAnswering)
+    student = tiny_bert(layers=1, hidden=32, num_labels=2, seed=1, cls=tf.BertForQuestionAnswering)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path, logit_loss="mse"))
+    s_out, t_out = outputs(student, batch, set()), outputs(teacher, batch, set())
+    real = token_positions(batch["attention_mask"])
+    expected = sum(
+        sum((float(s_out[h][b, i]) - float(t_out[h][b, i])) ** 2 for b, i in real) / len(real)
+        for h in ("start_logits", "end_logits")
+    ) / 2
+    _, comps = eval_components(trainer, batch)
+    assert comps["soft_loss"] == pytest.approx(expected, rel=1e-4)
+
+
 # ---- masked LM --------------------------------------------------------------------------------------
 
 
@@ -279,6 +294,17 @@ def test_attention_distillation_misconfiguration(tmp_path, problem, match):
         student = tiny_bert(layers=1, hidden=32, heads=2, attn_implementation="eager")
     with pytest.raises(ValueError, match=match):
         DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path, attention_weight=1.0))
+
+
+def test_attention_teacher_given_by_path_is_loaded_eager(tmp_path):
+    tiny_bert(layers=2, hidden=32).save_pretrained(tmp_path / "teacher")  # saved with the default (sdpa)
+    student = tiny_bert(layers=1, hidden=32, attn_implementation="eager")
+    trainer = DistillationTrainer(model=student, teacher_model=str(tmp_path / "teacher"),
+                                  args=make_args(tmp_path, attention_weight=1.0))
+    assert trainer.teacher.config._attn_implementation == "eager"
+    batch = first(base_rows())
+    _, comps = eval_components(trainer, batch)
+    assert comps["attention_loss"] > 0
 
 
 # ---- README subclassing example ----------------------------------------------------------------------

@@ -46,6 +46,21 @@ def test_mixed_batch_hard_loss_over_labelled_rows_soft_over_all(tmp_path):
     assert float(loss) == pytest.approx(0.7 * float(soft) + 0.3 * float(hard), rel=1e-4)
 
 
+def test_mixed_multi_label_batch(tmp_path):
+    data = classification_data(4, 10)
+    batch = {k: torch.tensor(data[k]) for k in data.column_names}
+    batch["labels"] = torch.tensor([[1.0, 0.0, 1.0], [-100.0] * 3, [0.0, 1.0, 0.0], [float("nan")] * 3])
+    teacher = sharpen(tiny_bert(layers=2, hidden=32, seed=5, problem_type="multi_label_classification"))
+    student = tiny_bert(layers=1, hidden=32, seed=1, problem_type="multi_label_classification")
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path))
+    s = logits_of(student, batch).double()
+    y = batch["labels"][[0, 2]].double()
+    # binary cross-entropy with logits, by hand, over the labelled rows only
+    bce = -(y * torch.log(torch.sigmoid(s[[0, 2]])) + (1 - y) * torch.log(1 - torch.sigmoid(s[[0, 2]]))).mean()
+    _, comps = eval_components(trainer, batch)
+    assert comps["hard_loss"] == pytest.approx(float(bce), rel=1e-4)
+
+
 def test_unlabelled_batches_train_on_soft_targets_only(tmp_path):
     data = classification_data(8, 10)
     batch = {k: torch.tensor(data[:4][k]) for k in data.column_names}
