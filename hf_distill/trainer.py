@@ -347,7 +347,8 @@ class DistillationTrainer(Trainer):
     def teacher_forward(self, inputs: dict) -> list:
         """Run every teacher on its share of the inputs, without building an autograd graph."""
         outputs = []
-        with torch.no_grad():
+        # The student's forward gets autocast from Accelerate's wrapper; the teacher is not wrapped, so ask for it.
+        with torch.no_grad(), self.accelerator.autocast():
             for teacher, accepted in zip(self.teachers, self._teacher_params):
                 outputs.append(teacher(**self._inputs_for(accepted, inputs, drop_labels=True), **self._output_flags()))
         return outputs

@@ -337,3 +337,18 @@ def test_tokenizer_mismatch_fails_at_construction(tmp_path):
     trainer = DistillationTrainer(student, str(tmp_path / "teacher"), dargs(tmp_path), processing_class=tok_a)
     assert isinstance(trainer.teacher, tf.BertForSequenceClassification)
     assert not any(p.requires_grad for p in trainer.teacher.parameters())
+
+
+def test_bf16_mixed_precision_runs_the_teacher_under_autocast_and_the_losses_in_fp32(tmp_path):
+    teacher, student = tiny_bert(layers=2, hidden=32), tiny_bert(layers=1, hidden=32, seed=1)
+    dtypes = []
+    teacher.register_forward_hook(lambda m, i, out: dtypes.append(out.logits.dtype))
+    args = dargs(tmp_path, bf16=True, max_steps=2, hidden_weight=1.0, layer_map="1:2")
+    trainer = DistillationTrainer(student, teacher, args, train_dataset=classification_data(16))
+    trainer.train()
+    assert dtypes and all(d == torch.bfloat16 for d in dtypes)
+    logged = [h for h in trainer.state.log_history if "soft_loss" in h]
+    assert logged and all(torch.isfinite(torch.tensor(h["loss"])) for h in logged)
+    with trainer.accelerator.autocast():
+        loss, parts, _ = trainer.compute_distillation_loss(trainer.model, fixed_batch())
+    assert all(v.dtype == torch.float32 for v in parts.values())
