@@ -8,7 +8,6 @@ such examples train on the soft target only.
 
 from __future__ import annotations
 
-import inspect
 import logging
 
 import torch
@@ -17,17 +16,11 @@ from torch import nn
 from transformers import default_data_collator
 from transformers.utils import find_labels
 
+from .trainer import _forward_params
+
 logger = logging.getLogger(__name__)
 
 UNLABELLED = -100  # the label value of an example without a label (as PyTorch's ignore_index)
-
-
-def _teacher_inputs(teacher: nn.Module) -> tuple[set[str] | None, set[str]]:
-    """(names the teacher's forward accepts or None for **kwargs-only, its label argument names)."""
-    base = teacher.get_base_model() if hasattr(teacher, "get_base_model") else teacher
-    params = inspect.signature(base.forward).parameters
-    named = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    return named or None, set(find_labels(type(base)))
 
 
 def label_with_teacher(
@@ -49,7 +42,8 @@ def label_with_teacher(
     """
     if column in dataset.column_names:
         raise ValueError(f"the dataset already has a {column!r} column; pass another `column=` name or remove it.")
-    accepted, label_names = _teacher_inputs(teacher)
+    accepted = _forward_params(teacher)
+    label_names = set(find_labels(type(teacher.get_base_model() if hasattr(teacher, "get_base_model") else teacher)))
     features = [c for c in dataset.column_names if (accepted is None or c in accepted) and c not in label_names]
     if not features:
         raise ValueError(
