@@ -14,7 +14,6 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from conftest import classification_data, fixed_batch, tiny_bert, tiny_llama
 from distill_checks import (
     assert_trains_student_not_teacher, changed, eval_components, make_args, ref_soft, sharpen, snapshot,
-    token_positions,
 )
 from hf_distill import DistillationTrainer
 
