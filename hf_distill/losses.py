@@ -122,3 +122,46 @@ def hidden_state_loss(
     if kind == "cosine":
         return (1.0 - F.cosine_similarity(s, t, dim=-1)).mean()
     raise ValueError(f"unknown hidden loss {kind!r}: use 'mse' or 'cosine'.")
+
+
+# Finite stand-in for -inf: softmax gives it probability exactly 0 at any temperature, and unlike
+# -inf it never produces 0 * inf = NaN in the KL.
+_MASKED_LOGIT = -1e9
+
+
+def mask_logits(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """float32 copy of `logits` (..., C) with the entries where `keep` (..., C) is False set to -1e9.
+
+    Used where the classes are positions (extractive QA start/end over tokens): padding positions
+    get zero probability in both teacher and student, so the softmax runs over real tokens only.
+    """
+    if keep.shape != logits.shape:
+        raise ValueError(f"keep mask {tuple(keep.shape)} does not match logits {tuple(logits.shape)}.")
+    return logits.float().masked_fill(~keep.bool(), _MASKED_LOGIT)
+
+
+def attention_map_loss(
+    student_attentions: torch.Tensor,
+    teacher_attentions: torch.Tensor,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """KL(teacher || student) between attention distributions, MiniLM / TinyBERT-style attention transfer.
+
+    Inputs are attention probabilities (B, H, L, L) (rows sum to 1 over the keys), the same number of
+    heads in both. Per (head, query) row: sum_k a_t log(a_t / a_s); averaged over heads and over the
+    query positions where `mask` (B, L) is 1. Keys with a_t = 0 (padding) contribute 0.
+    """
+    if student_attentions.shape != teacher_attentions.shape:
+        raise ValueError(
+            f"attention maps differ in shape: student {tuple(student_attentions.shape)} vs teacher "
+            f"{tuple(teacher_attentions.shape)}; attention distillation needs the same number of heads and tokens."
+        )
+    s = student_attentions.float()
+    t = teacher_attentions.float()
+    tiny = torch.finfo(torch.float32).tiny
+    kl = (torch.xlogy(t, t) - t * torch.log(s.clamp_min(tiny))).sum(-1)  # (B, H, L): one value per query row
+    per_query = kl.transpose(1, 2)  # (B, L, H)
+    rows = _flatten_positions(per_query, mask)  # (P, H)
+    if rows.shape[0] == 0:
+        return s.sum() * 0.0
+    return rows.mean()

@@ -5,6 +5,7 @@ The trainer only wires pieces together; every number comes from `hf_distill.loss
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import os
@@ -25,6 +26,11 @@ logger = logging.getLogger(__name__)
 PROJECTIONS_NAME = "distill_projections.safetensors"
 # Inputs every transformers model accepts through **kwargs although they are not named in forward().
 _OUTPUT_FLAGS = ("output_hidden_states", "output_attentions", "return_dict")
+# 2-D output fields whose classes are the sequence positions (extractive QA): the softmax runs over the
+# tokens of each example, so padding positions are masked out of it in teacher and student alike.
+SPAN_LOGITS = ("start_logits", "end_logits")
+# Attention implementations that can return attention probabilities (sdpa / flash kernels cannot).
+_ATTENTION_RETURNING = ("eager",)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -68,6 +74,18 @@ def _is_default_id2label(id2label: dict) -> bool:
     return all(str(v) == f"LABEL_{k}" for k, v in id2label.items())
 
 
+def _unwrap_peft(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _unlabelled_rows(labels: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: examples that carry no label at all (-100 everywhere; NaN also counts for float labels)."""
+    missing = labels == -100
+    if labels.is_floating_point():
+        missing = missing | torch.isnan(labels)
+    return missing.reshape(labels.shape[0], -1).all(dim=1)
+
+
 class DistillationTrainer(Trainer):
     """Trainer for knowledge distillation (Hinton et al., 2015; DistilBERT).
 
@@ -75,10 +93,14 @@ class DistillationTrainer(Trainer):
            + hidden_weight * hidden-state alignment
 
     `model` is the student (trained, saved, pushed). `teacher_model` is a model, a name/path, or a
-    list of them (an ensemble); it is frozen, kept in eval mode, run without gradients and never saved.
-    All other arguments are those of `transformers.Trainer`.
+    list of them (an ensemble, combined by `args.ensemble_mode`); it is frozen, kept in eval mode, run
+    without gradients and never saved. `peft_config` (a `peft.PeftConfig`) wraps the student with
+    `get_peft_model` so only the adapter trains; `save_model` then writes the adapter, or the merged
+    model when `merge_adapter_on_save=True` (checkpoints always keep the adapter). All other arguments
+    are those of `transformers.Trainer`.
 
-    To distill a task the generic rules do not cover, override `distillation_pairs`.
+    To distill a task the generic rules do not cover, override `distillation_pairs`; add loss terms
+    with `extra_losses` (attention-map distillation lives there when attention_weight > 0).
     """
 
     # Each micro-batch loss is a per-batch mean; the Trainer divides it by the accumulation steps.
@@ -91,6 +113,8 @@ class DistillationTrainer(Trainer):
         args: DistillationArguments | None = None,
         *trainer_args,
         teacher_processing_class=None,
+        peft_config=None,
+        merge_adapter_on_save: bool = False,
         **trainer_kwargs,
     ):
         if model is None:
@@ -107,9 +131,13 @@ class DistillationTrainer(Trainer):
         teacher_list = teacher_model if isinstance(teacher_model, (list, tuple)) else [teacher_model]
         if not teacher_list:
             raise ValueError("teacher_model is an empty list; give at least one teacher.")
-        self.teachers = [freeze(load_teacher(t, model)) for t in teacher_list]
+        # Attention maps are only returned by the eager implementation: load teachers given by path with it.
+        load_kwargs = {"attn_implementation": "eager"} if args.attention_weight > 0 else {}
+        self.teachers = [freeze(load_teacher(t, model, **load_kwargs)) for t in teacher_list]
         if any(t is model for t in self.teachers):
             raise ValueError("the teacher and the student are the same object; pass a separate student model.")
+        model = self._wrap_peft(model, peft_config)
+        self.merge_adapter_on_save = merge_adapter_on_save
 
         processing_class = trainer_kwargs.get("processing_class")
         self._vocab_limit = self._check_compatible(model, args, processing_class, teacher_processing_class, teacher_list)
@@ -118,8 +146,19 @@ class DistillationTrainer(Trainer):
         if args.hidden_weight > 0:
             self.layer_map = resolve_layer_map(args.layer_map, count_layers(model), count_layers(self.teachers[0]))
             self.projections = build_projections(self.layer_map, hidden_size(model), hidden_size(self.teachers[0]))
+        self.attention_layer_map = None
+        if args.attention_weight > 0:
+            self.attention_layer_map = resolve_layer_map(
+                args.attention_layer_map, count_layers(model), count_layers(self.teachers[0]),
+                what="attention_layer_map", allow_embeddings=False,
+            )
 
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
+        if merge_adapter_on_save and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            raise ValueError(
+                "merge_adapter_on_save is not supported under DeepSpeed or FSDP (the adapter is sharded); save the "
+                "adapter and merge it afterwards with PeftModel.from_pretrained(...).merge_and_unload()."
+            )
         # We compute our own loss: the Trainer must neither count label tokens nor pass num_items_in_batch.
         self.model_accepts_loss_kwargs = False
         if self.projections is not None:
@@ -142,6 +181,25 @@ class DistillationTrainer(Trainer):
         """The (first) teacher."""
         return self.teachers[0]
 
+    @staticmethod
+    def _wrap_peft(model: nn.Module, peft_config) -> nn.Module:
+        """Wrap the student with `peft.get_peft_model` when a `peft_config` is given (as TRL trainers do)."""
+        if peft_config is None:
+            return model
+        from peft import PeftConfig, PeftModel, get_peft_model
+
+        if not isinstance(peft_config, PeftConfig):
+            raise ValueError(
+                f"peft_config must be a peft.PeftConfig (e.g. LoraConfig(task_type='SEQ_CLS', r=8)), "
+                f"got {type(peft_config).__name__}."
+            )
+        if isinstance(model, PeftModel):
+            raise ValueError(
+                "the student is already a PeftModel and a peft_config was given too; pass the base model with "
+                "peft_config, or the PeftModel without it."
+            )
+        return get_peft_model(model, peft_config)
+
     # ---- construction checks -------------------------------------------------------------------
 
     def _check_compatible(self, student, args, processing_class, teacher_processing_class, teacher_list) -> int | None:
@@ -161,9 +219,16 @@ class DistillationTrainer(Trainer):
                         )
             if s_cfg is None or t_cfg is None:
                 continue
+            if args.attention_weight > 0:
+                self._check_attentions(s_cfg, t_cfg, who)
             sv, tv = getattr(s_cfg, "vocab_size", None), getattr(t_cfg, "vocab_size", None)
+            n_tok = len(processing_class) if processing_class is not None and hasattr(processing_class, "__len__") else None
+            if sv is not None and sv == tv and n_tok is not None and n_tok < sv:
+                # Same padded vocabulary (e.g. 32064 rows for 32011 tokens): padding rows are never real tokens.
+                logger.info("vocab_size %d has %d padding rows beyond the tokenizer; logits are compared on the "
+                            "first %d entries.", sv, sv - n_tok, n_tok)
+                vocab_limit = n_tok
             if sv is not None and tv is not None and sv != tv:
-                n_tok = len(processing_class) if processing_class is not None and hasattr(processing_class, "__len__") else None
                 if n_tok is not None and min(sv, tv) >= n_tok:
                     logger.warning(
                         "student vocab_size %d and %s vocab_size %d differ only by padding rows beyond the "
@@ -177,8 +242,8 @@ class DistillationTrainer(Trainer):
                         "init_student_from_teacher); if the sizes differ only by padding rows, pass the shared "
                         "tokenizer as processing_class."
                     )
-            s_head = type(getattr(student, "get_base_model", lambda: student)()).__name__
-            t_head = type(teacher).__name__
+            s_head = type(_unwrap_peft(student)).__name__
+            t_head = type(_unwrap_peft(teacher)).__name__
             if s_head.endswith("Classification") and t_head.endswith("Classification"):
                 if s_cfg.num_labels != t_cfg.num_labels:
                     raise ValueError(
@@ -210,14 +275,34 @@ class DistillationTrainer(Trainer):
                 )
         return vocab_limit
 
+    def _check_attentions(self, s_cfg, t_cfg, who: str) -> None:
+        """attention_weight > 0 needs attention maps from both models, with the same number of heads."""
+        for name, cfg in (("the student", s_cfg), (who, t_cfg)):
+            impl = getattr(cfg, "_attn_implementation", None) or "eager"
+            if impl not in _ATTENTION_RETURNING:
+                raise ValueError(
+                    f"attention_weight > 0 but {name} uses attn_implementation={impl!r}, which returns no attention "
+                    "maps; load it with from_pretrained(..., attn_implementation='eager') or call "
+                    "model.set_attn_implementation('eager') before building the trainer."
+                )
+        s_heads, t_heads = getattr(s_cfg, "num_attention_heads", None), getattr(t_cfg, "num_attention_heads", None)
+        if s_heads != t_heads:
+            raise ValueError(
+                f"attention_weight > 0 needs the same number of attention heads, but the student has {s_heads} and "
+                f"{who} has {t_heads}; give the student num_attention_heads={t_heads} or set attention_weight=0."
+            )
+
     # ---- the extension point ------------------------------------------------------------------
 
     def distillation_pairs(self, inputs: dict, student_outputs, teacher_outputs: list) -> list[LogitsPair]:
         """Say what to distill: every output field ending in `logits` that student and teachers return.
 
-        2-D logits (B, C) give one position per example; 3-D logits (B, L, C) count the positions
-        where `attention_mask` is 1. One-output heads (regression) and `logit_loss="mse"` match raw
-        outputs with squared error. Override this for tasks these rules do not fit.
+        2-D logits (B, C) give one position per example; 3-D logits (B, L, C) (token classification,
+        masked / causal LM) count the positions where `attention_mask` is 1. QA `start_logits` /
+        `end_logits` (B, L) are one distribution over the tokens per example and head: padding
+        tokens are masked out of the softmax in teacher and student. One-output heads (regression)
+        and `logit_loss="mse"` match raw outputs with squared error. Override this for tasks these
+        rules do not fit (see the README's tasks section).
         """
         pairs = []
         attention_mask = inputs.get("attention_mask")
@@ -229,10 +314,16 @@ class DistillationTrainer(Trainer):
             ts = [t[name] for t in teacher_outputs]
             if self._vocab_limit is not None and s.dim() == 3:
                 s, ts = s[..., : self._vocab_limit], [t[..., : self._vocab_limit] for t in ts]
+            kind = "mse" if s.shape[-1] == 1 or self.args.logit_loss == "mse" else "kl"
             mask = None
             if s.dim() == 3 and attention_mask is not None and attention_mask.shape == s.shape[:2]:
                 mask = attention_mask.bool()
-            kind = "mse" if s.shape[-1] == 1 or self.args.logit_loss == "mse" else "kl"
+            elif name in SPAN_LOGITS and attention_mask is not None and attention_mask.shape == s.shape:
+                keep = attention_mask.bool()  # (B, L): the classes are the tokens
+                if kind == "mse":  # match raw scores at the real tokens only: (B, L) -> (B, L, 1) positions
+                    s, ts, mask = s.unsqueeze(-1), [t.unsqueeze(-1) for t in ts], keep
+                else:
+                    s, ts = losses.mask_logits(s, keep), [losses.mask_logits(t, keep) for t in ts]
             pairs.append(LogitsPair(name, s, ts, mask, kind))
         return pairs
 
@@ -240,8 +331,9 @@ class DistillationTrainer(Trainer):
 
     def _inputs_for(self, accepted: set[str] | None, inputs: dict, drop_labels: bool) -> dict:
         kept = {k: v for k, v in inputs.items() if accepted is None or k in accepted or k in _OUTPUT_FLAGS}
-        if drop_labels:
-            kept.pop("labels", None)
+        if drop_labels:  # teachers get no labels of any name (QA: start/end_positions): no wasted loss
+            for name in ("labels", *getattr(self, "label_names", ())):
+                kept.pop(name, None)
         return kept
 
     def _output_flags(self) -> dict:
@@ -266,8 +358,15 @@ class DistillationTrainer(Trainer):
         args = self.args
         labels = inputs.get("labels")
         student_inputs = self._inputs_for(self._student_params, inputs, drop_labels=False)
-        if torch.is_tensor(labels) and not labels.is_floating_point() and not bool((labels != -100).any()):
-            student_inputs.pop("labels")  # a fully unlabelled (transfer-set) batch: soft targets only
+        partial_labels = None
+        if torch.is_tensor(labels) and "labels" in student_inputs:
+            unlabelled = _unlabelled_rows(labels)  # (B,)
+            if bool(unlabelled.all()):
+                student_inputs.pop("labels")  # a fully unlabelled (transfer-set) batch: soft targets only
+            elif labels.is_floating_point() and bool(unlabelled.any()):
+                # Regression / multi-label losses have no ignore_index (integer labels do: -100 rows drop out of
+                # the model's cross-entropy): the hard loss is taken over the labelled rows after the forward.
+                partial_labels = (student_inputs.pop("labels"), ~unlabelled)
         smoothed_labels = None
         if self.label_smoother is not None and "labels" in student_inputs:
             smoothed_labels = student_inputs.pop("labels")
@@ -288,8 +387,10 @@ class DistillationTrainer(Trainer):
             unwrapped = self.accelerator.unwrap_model(model)
             shift = type(getattr(unwrapped, "get_base_model", lambda: unwrapped)()).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
             hard = self.label_smoother(student_outputs, smoothed_labels, shift_labels=shift)
-        elif "labels" in student_inputs:
-            hard = student_outputs.get("loss") if isinstance(student_outputs, dict) else None
+        elif partial_labels is not None:
+            hard = self._labelled_rows_loss(model, student_outputs, *partial_labels)
+        elif isinstance(student_outputs, dict):
+            hard = student_outputs.get("loss")  # from whatever labels the task uses (labels, start/end_positions, ...)
         if hard is not None and args.hard_weight > 0:
             components["hard_loss"] = hard
         if args.hidden_weight > 0:
@@ -305,8 +406,43 @@ class DistillationTrainer(Trainer):
         return total, components, student_outputs
 
     def extra_losses(self, inputs: dict, student_outputs, teacher_outputs: list) -> dict[str, torch.Tensor]:
-        """Additional named loss terms (weighted by `<name>`'s weight in the args, or 1). None by default."""
-        return {}
+        """Additional named loss terms: "attention_loss" is weighted by attention_weight, any other name by 1.
+
+        By default this is attention-map distillation when attention_weight > 0; an override that adds
+        terms should start from `super().extra_losses(...)` to keep it.
+        """
+        if self.args.attention_weight <= 0:
+            return {}
+        return {"attention_loss": self._attention_loss(inputs, student_outputs, teacher_outputs)}
+
+    def _attention_loss(self, inputs, student_outputs, teacher_outputs) -> torch.Tensor:
+        s_maps = student_outputs.get("attentions")  # tuple of (B, H, L, L), index 0 = transformer layer 1
+        mask = inputs.get("attention_mask")
+        terms = []
+        for t_out in teacher_outputs:
+            t_maps = t_out.get("attentions")
+            if not s_maps or not t_maps:
+                raise ValueError(
+                    "attention_weight > 0 but a model returned no attention maps; load student and teacher with "
+                    "attn_implementation='eager'."
+                )
+            for s_idx, t_idx in self.attention_layer_map.items():
+                terms.append(losses.attention_map_loss(s_maps[s_idx - 1], t_maps[t_idx - 1], mask))
+        return torch.stack(terms).mean()
+
+    def _labelled_rows_loss(self, model, student_outputs, labels: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The student's own loss on the labelled rows of a batch of float labels (regression, multi-label)."""
+        from transformers.loss.loss_utils import ForSequenceClassificationLoss
+
+        logits = student_outputs.get("logits") if isinstance(student_outputs, dict) else None
+        config = getattr(_unwrap_peft(self.accelerator.unwrap_model(model)), "config", None)
+        if logits is None or logits.dim() != 2 or config is None:
+            raise ValueError(
+                "this batch mixes labelled and unlabelled (-100 / NaN) float labels, which is supported for "
+                "sequence-classification heads (regression, multi-label) only; give every example of a batch a "
+                "label, or none, or override compute_distillation_loss."
+            )
+        return ForSequenceClassificationLoss(labels[rows], logits[rows], config)  # (B_labelled, C) rows only
 
     def _pair_loss(self, pair: LogitsPair) -> torch.Tensor:
         T = self.args.temperature
@@ -396,6 +532,32 @@ class DistillationTrainer(Trainer):
     def _teacher_params_for_columns(self) -> list[set[str]]:
         params = getattr(self, "_teacher_params", None)
         return params if params is not None else [_forward_params(t) for t in self.teachers]
+
+    # ---- saving: a PEFT student is saved as its adapter, or merged into its base model on request ------
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        final = not _internal_call or getattr(self, "_pushing", False)  # not a checkpoint
+        if not (self.merge_adapter_on_save and final and hasattr(unwrapped, "merge_and_unload")):
+            return super().save_model(output_dir, _internal_call)  # checkpoints always keep the adapter (resume)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+            merged = copy.deepcopy(unwrapped).merge_and_unload()  # the trainer's PEFT student stays untouched
+            merged.save_pretrained(output_dir)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+            logger.info("saved the student with its adapter merged into the base weights to %s", output_dir)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def push_to_hub(self, *args, **kwargs):
+        self._pushing = True  # the pushed student is the merged one too when merge_adapter_on_save is set
+        try:
+            return super().push_to_hub(*args, **kwargs)
+        finally:
+            self._pushing = False
 
     # ---- projections: trained, checkpointed, never in the saved student -------------------------
 

@@ -14,6 +14,10 @@ import torch
 import transformers as tf
 from datasets import Dataset
 
+# Tiny models are overhead-bound: one intra-op thread per process is as fast and does not oversubscribe
+# a 2-core machine when tests start subprocesses (torchrun) or run beside other work.
+torch.set_num_threads(1)
+
 VOCAB = 101  # tiny shared vocabulary size
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(VOCAB - 5)]
 
