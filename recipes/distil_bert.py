@@ -20,15 +20,16 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-import hf_distill
-from hf_distill import DistillationArguments, DistillationTrainer, init_student_from_teacher, save_model_card
-from hf_distill.metrics import accuracy_and_macro_f1, compute_classification_metrics
-from hf_distill.model_card import RESULTS_NAME
-from hf_distill.layers import count_layers, resolve_layer_map
-import recipe_utils as ru
 from transformers import (
     AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed,
 )
+
+import hf_distill
+from hf_distill import DistillationArguments, DistillationTrainer, init_student_from_teacher, save_model_card
+from hf_distill.layers import count_layers, resolve_layer_map
+from hf_distill.metrics import accuracy_and_macro_f1, compute_classification_metrics
+from hf_distill.model_card import RESULTS_NAME
+import recipe_utils as ru
 
 logger = logging.getLogger(__name__)
 

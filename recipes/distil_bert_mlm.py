@@ -18,13 +18,14 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling, set_seed
+
 import hf_distill
 from hf_distill import DistillationArguments, DistillationTrainer, init_student_from_teacher, save_model_card
+from hf_distill.layers import count_layers, resolve_layer_map
 from hf_distill.metrics import accuracy_and_macro_f1
 from hf_distill.model_card import RESULTS_NAME
-from hf_distill.layers import count_layers, resolve_layer_map
 import recipe_utils as ru
-from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling, set_seed
 
 logger = logging.getLogger(__name__)
 

@@ -14,11 +14,12 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from hf_distill.metrics import compute_classification_metrics
-import recipe_utils as ru
 from transformers import (
     AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments, set_seed,
 )
+
+from hf_distill.metrics import compute_classification_metrics
+import recipe_utils as ru
 
 logger = logging.getLogger(__name__)
 

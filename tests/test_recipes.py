@@ -259,3 +259,26 @@ def test_bad_inputs_fail_before_training(tmp_path, monkeypatch):
             with pytest.raises(ValueError, match=message):
                 distil_bert.main(argv)
         assert not (tmp_path / "out").exists(), name
+
+
+@pytest.mark.parametrize(
+    "values, class_names, teacher_id2label, expected",
+    [
+        ([0, 1, 1], ["neg", "pos"], {0: "LABEL_0", 1: "LABEL_1"}, {0: 0, 1: 1}),  # GLUE-style ids, unnamed teacher
+        ([0, 1, 1], ["neg", "pos"], {0: "pos", 1: "neg"}, {0: 1, 1: 0}),  # matched by name, not by position
+        (["pos", "neg"], None, {0: "neg", 1: "pos"}, {"neg": 0, "pos": 1}),
+        ([2, 0], None, {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}, {0: 0, 2: 2}),
+        (["pos", "neg"], None, {0: "LABEL_0", 1: "LABEL_1"}, r"\['neg', 'pos'\] .*not known"),  # names vs unnamed
+        ([0, 3], None, {0: "LABEL_0", 1: "LABEL_1"}, r"\[3\] .*not known"),
+    ],
+)
+def test_label_mapping(values, class_names, teacher_id2label, expected):
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+    feature = ClassLabel(names=class_names) if class_names else Value("string" if isinstance(values[0], str) else "int64")
+    raw = DatasetDict(train=Dataset.from_dict({"label": values}, features=Features({"label": feature})))
+    if isinstance(expected, str):
+        with pytest.raises(ValueError, match=expected):
+            recipe_utils.label_mapping(raw, ["train"], "label", teacher_id2label)
+    else:
+        assert recipe_utils.label_mapping(raw, ["train"], "label", teacher_id2label) == expected
