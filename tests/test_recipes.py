@@ -282,3 +282,15 @@ def test_label_mapping(values, class_names, teacher_id2label, expected):
             recipe_utils.label_mapping(raw, ["train"], "label", teacher_id2label)
     else:
         assert recipe_utils.label_mapping(raw, ["train"], "label", teacher_id2label) == expected
+
+
+def test_sentence_pairs_are_encoded_as_pairs(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    tok = make_tokenizer(tmp_path / "tok")
+    raw = DatasetDict(train=Dataset.from_dict({"a": ["w1 w2"], "b": ["w3 w4 w5"], "y": ["neutral"]}))
+    data_args = recipe_utils.ClassificationDataArguments(text_column="a", text_column_2="b", label_column="y")
+    args = tf.TrainingArguments(output_dir=str(tmp_path / "o"), report_to=[])
+    row = recipe_utils.tokenize_classification(raw, ["train"], tok, data_args, {"neutral": 1}, args)["train"][0]
+    assert tok.convert_ids_to_tokens(row["input_ids"]) == ["[CLS]", "w1", "w2", "[SEP]", "w3", "w4", "w5", "[SEP]"]
+    assert row["token_type_ids"] == [0, 0, 0, 0, 1, 1, 1, 1] and row["labels"] == 1
