@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -10,12 +9,6 @@ import pytest
 import torch
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "ddp_train.py")
-
-
-def free_port() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
 
 
 def run(cmd, env):
@@ -29,7 +22,7 @@ def test_two_process_ddp_matches_one_process_with_projections(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(os.path.dirname(SCRIPT))}
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     run([sys.executable, SCRIPT, str(tmp_path / "one"), "8"], env)
-    run([torchrun, "--nproc_per_node", "2", "--master_port", free_port(), SCRIPT, str(tmp_path / "two"), "4"], env)
+    run([torchrun, "--nproc_per_node", "2", "--standalone", SCRIPT, str(tmp_path / "two"), "4"], env)
     one = torch.load(tmp_path / "one" / "final.pt")
     two = torch.load(tmp_path / "two" / "final.pt")
     assert one.pop("world_size").item() == 1 and two.pop("world_size").item() == 2
