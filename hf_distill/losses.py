@@ -165,3 +165,37 @@ def attention_map_loss(
     if rows.shape[0] == 0:
         return s.sum() * 0.0
     return rows.mean()
+
+
+def topk_soft_target_loss(
+    student_logits: torch.Tensor,
+    topk_indices: torch.Tensor,
+    topk_values: torch.Tensor,
+    rest_mass: torch.Tensor,
+    temperature: float,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Soft-target loss against a cached top-k teacher: T^2 * KL over the k kept classes plus one "rest" bin.
+
+    `topk_values` (..., k) are the teacher's raw logits at `topk_indices` (..., k); `rest_mass` (...)
+    is the teacher probability (at temperature T) of all other classes together. The student's
+    distribution at T is coarsened the same way (k classes + the sum of the others). With k = C the
+    result equals `soft_target_loss`; otherwise it is the KL between the coarsened distributions, a
+    lower bound of the full one.
+    """
+    s = _flatten_positions(student_logits, mask).float()  # (P, C)
+    idx = _flatten_positions(topk_indices, mask).long()  # (P, k)
+    vals = _flatten_positions(topk_values, mask).float()  # (P, k)
+    rest = (rest_mass.reshape(-1) if mask is None else rest_mass[mask.bool()]).float().clamp(0.0, 1.0)  # (P,)
+    if s.shape[0] == 0:
+        return student_logits.float().sum() * 0.0
+    # teacher: log q_i = v_i / T - log Z, with Z from the kept mass: sum_i q_i = 1 - rest
+    kept = (1.0 - rest).clamp_min(1e-12)
+    log_q = vals / temperature - torch.logsumexp(vals / temperature, dim=-1, keepdim=True) + kept.log().unsqueeze(-1)
+    log_ps_all = F.log_softmax(s / temperature, dim=-1)
+    log_ps = log_ps_all.gather(-1, idx)  # (P, k)
+    log_ps_kept = torch.logsumexp(log_ps, dim=-1)  # (P,) log of the student's mass on the k classes
+    log_ps_rest = torch.log1p(-log_ps_kept.exp().clamp(max=1.0 - 1e-7))  # (P,)
+    kl = (log_q.exp() * (log_q - log_ps)).sum(-1)
+    kl = kl + torch.xlogy(rest, rest) - rest * log_ps_rest
+    return kl.mean() * temperature**2

@@ -6,7 +6,6 @@ The trainer only wires pieces together; every number comes from `hf_distill.loss
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -19,7 +18,15 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from . import losses
 from .config import DistillationArguments
 from .layers import build_projections, count_layers, hidden_size, resolve_layer_map
-from .teacher import freeze, load_teacher, place_teacher
+from .teacher import (
+    CACHE_COLUMNS,
+    CachedOutputsCollator,
+    freeze,
+    has_cached_outputs,
+    load_teacher,
+    place_teacher,
+)
+from .teacher import forward_params as _forward_params
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +45,21 @@ class NonFiniteLossError(FloatingPointError):
 
 
 @dataclass
+class TopKTargets:
+    """A cached top-k teacher distribution: ids (..., k), raw logits (..., k), rest probability mass (...)."""
+
+    indices: torch.Tensor
+    values: torch.Tensor
+    rest: torch.Tensor
+
+
+@dataclass
 class LogitsPair:
     """One thing to distill: student logits vs the teacher logits (one tensor per teacher).
 
     `mask` (the logits' leading dims, e.g. (B, L)) selects the positions that count; None = all.
-    `kind` is "kl" (soft-target KL at temperature T) or "mse" (raw output matching, regression).
+    `kind` is "kl" (soft-target KL at temperature T), "mse" (raw output matching, regression) or
+    "topk" (KL against a cached top-k teacher, `teachers` = [TopKTargets]).
     """
 
     name: str
@@ -60,14 +77,6 @@ class _ZeroGradAfterStep(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.module.zero_grad(set_to_none=True)
-
-
-def _forward_params(model: nn.Module) -> set[str] | None:
-    """Named parameters of the model's forward, or None when it takes no **kwargs-free signature to go on."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base = getattr(base, "module", base)  # DDP / DeepSpeed engine
-    params = inspect.signature(base.forward).parameters
-    return {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
 
 
 def _is_default_id2label(id2label: dict) -> bool:
@@ -119,8 +128,6 @@ class DistillationTrainer(Trainer):
     ):
         if model is None:
             raise ValueError("DistillationTrainer needs the student as `model`.")
-        if teacher_model is None:
-            raise ValueError("DistillationTrainer needs a `teacher_model` (a model, a Hub id or a local directory).")
         if args is None:
             args = DistillationArguments(output_dir="distilled_model")
         if not isinstance(args, DistillationArguments):
@@ -128,8 +135,19 @@ class DistillationTrainer(Trainer):
                 f"args must be a DistillationArguments (it carries temperature and the loss weights), "
                 f"got {type(args).__name__}; build one with the same fields plus the distillation ones."
             )
-        teacher_list = teacher_model if isinstance(teacher_model, (list, tuple)) else [teacher_model]
-        if not teacher_list:
+        # A train set that carries cached teacher outputs (hf_distill.cache) needs no teacher at all.
+        self.cached = has_cached_outputs(trainer_kwargs.get("train_dataset"))
+        if self.cached:
+            self._check_cache_only(model, args, teacher_model, trainer_kwargs)
+            teacher_list = []
+        elif teacher_model is None:
+            raise ValueError(
+                "DistillationTrainer needs a `teacher_model` (a model, a Hub id or a local directory), or a "
+                "train_dataset with cached teacher outputs (python -m hf_distill.cache)."
+            )
+        else:
+            teacher_list = teacher_model if isinstance(teacher_model, (list, tuple)) else [teacher_model]
+        if not teacher_list and not self.cached:
             raise ValueError("teacher_model is an empty list; give at least one teacher.")
         # Attention maps are only returned by the eager implementation: load teachers given by path with it.
         load_kwargs = {"attn_implementation": "eager"} if args.attention_weight > 0 else {}
@@ -154,6 +172,8 @@ class DistillationTrainer(Trainer):
             )
 
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
+        if self.cached:
+            self.data_collator = CachedOutputsCollator(self.data_collator)
         if merge_adapter_on_save and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
             raise ValueError(
                 "merge_adapter_on_save is not supported under DeepSpeed or FSDP (the adapter is sharded); save the "
@@ -177,9 +197,45 @@ class DistillationTrainer(Trainer):
         self._sums = {"train": {}, "eval": {}}
 
     @property
-    def teacher(self) -> nn.Module:
-        """The (first) teacher."""
-        return self.teachers[0]
+    def teacher(self) -> nn.Module | None:
+        """The (first) teacher; None when training on cached teacher outputs."""
+        return self.teachers[0] if self.teachers else None
+
+    @staticmethod
+    def _check_cache_only(student, args, teacher_model, trainer_kwargs) -> None:
+        """Training on cached teacher outputs: check what the cache can and cannot provide."""
+        train = trainer_kwargs["train_dataset"]
+        if teacher_model is not None:
+            logger.info("the train dataset carries cached teacher outputs: the teacher is not loaded or run.")
+        if args.hidden_weight > 0 or args.attention_weight > 0:
+            raise ValueError(
+                "the train dataset carries cached teacher outputs, which hold logits only: hidden-state and attention "
+                "alignment need the live teacher. Set hidden_weight=attention_weight=0, or drop the cached columns "
+                "and pass teacher_model."
+            )
+        evals = trainer_kwargs.get("eval_dataset")
+        for name, ds in (evals.items() if isinstance(evals, dict) else [("eval_dataset", evals)]):
+            if ds is not None and not has_cached_outputs(ds):
+                raise ValueError(
+                    f"the train dataset carries cached teacher outputs but {name} does not, and no teacher is run: "
+                    "cache it too (hf_distill.cache_teacher_outputs) or train without the cache."
+                )
+        first = train[0]
+        if "teacher_temperature" in first:
+            cached_t = torch.as_tensor(first["teacher_temperature"]).reshape(-1)[0].item()
+            if abs(cached_t - args.temperature) > 1e-6:
+                raise ValueError(
+                    f"the top-k cache was made at temperature {cached_t} but args.temperature is {args.temperature}: "
+                    "the cached rest mass holds for one temperature only. Use that temperature or cache again."
+                )
+        config = getattr(student, "config", None)
+        if "teacher_logits" in first and type(student).__name__.endswith("ForSequenceClassification") and config:
+            width = torch.as_tensor(first["teacher_logits"]).shape[-1]
+            if width != config.num_labels:
+                raise ValueError(
+                    f"the cached teacher logits have {width} classes but the student predicts {config.num_labels}: "
+                    "give the student the teacher's num_labels and id2label."
+                )
 
     @staticmethod
     def _wrap_peft(model: nn.Module, peft_config) -> nn.Module:
@@ -259,7 +315,7 @@ class DistillationTrainer(Trainer):
                         "class in both. Set student.config.id2label (and label2id) to the teacher's."
                     )
         t_tok = teacher_processing_class
-        if t_tok is None and processing_class is not None and isinstance(teacher_list[0], (str, os.PathLike)):
+        if t_tok is None and processing_class is not None and teacher_list and isinstance(teacher_list[0], (str, os.PathLike)):
             if os.path.isdir(str(teacher_list[0])):
                 try:
                     from transformers import AutoTokenizer
@@ -309,13 +365,18 @@ class DistillationTrainer(Trainer):
         for name, s in student_outputs.items():
             if not name.endswith("logits") or not torch.is_tensor(s):
                 continue
-            if not all(name in t and torch.is_tensor(t[name]) for t in teacher_outputs):
+            if not all(name in t and isinstance(t[name], (torch.Tensor, TopKTargets)) for t in teacher_outputs):
                 continue
             ts = [t[name] for t in teacher_outputs]
+            mask = None
+            if isinstance(ts[0], TopKTargets):  # cached top-k teacher: the student keeps its full vocabulary
+                if s.dim() == 3 and attention_mask is not None and attention_mask.shape == s.shape[:2]:
+                    mask = attention_mask.bool()
+                pairs.append(LogitsPair(name, s, ts, mask, "topk"))
+                continue
             if self._vocab_limit is not None and s.dim() == 3:
                 s, ts = s[..., : self._vocab_limit], [t[..., : self._vocab_limit] for t in ts]
             kind = "mse" if s.shape[-1] == 1 or self.args.logit_loss == "mse" else "kl"
-            mask = None
             if s.dim() == 3 and attention_mask is not None and attention_mask.shape == s.shape[:2]:
                 mask = attention_mask.bool()
             elif name in SPAN_LOGITS and attention_mask is not None and attention_mask.shape == s.shape:
@@ -345,7 +406,17 @@ class DistillationTrainer(Trainer):
         return flags
 
     def teacher_forward(self, inputs: dict) -> list:
-        """Run every teacher on its share of the inputs, without building an autograd graph."""
+        """Run every teacher on its share of the inputs, without building an autograd graph.
+
+        A batch with cached teacher outputs is read instead: one output, {"logits": tensor or TopKTargets}.
+        """
+        if "teacher_logits" in inputs:
+            return [{"logits": inputs["teacher_logits"]}]
+        if "teacher_topk_indices" in inputs:
+            return [{"logits": TopKTargets(inputs["teacher_topk_indices"], inputs["teacher_topk_values"],
+                                           inputs["teacher_topk_rest"])}]
+        if not self.teachers:
+            raise ValueError("this batch carries no cached teacher outputs and no teacher was loaded.")
         outputs = []
         # The student's forward gets autocast from Accelerate's wrapper; the teacher is not wrapped, so ask for it.
         with torch.no_grad(), self.accelerator.autocast():
@@ -446,6 +517,9 @@ class DistillationTrainer(Trainer):
 
     def _pair_loss(self, pair: LogitsPair) -> torch.Tensor:
         T = self.args.temperature
+        if pair.kind == "topk":
+            t = pair.teachers[0]
+            return losses.topk_soft_target_loss(pair.student, t.indices, t.values, t.rest, T, pair.mask)
         if pair.kind == "mse":
             target = torch.stack([t.float() for t in pair.teachers]).mean(0)
             return losses.logit_mse_loss(pair.student, target, pair.mask)
@@ -526,7 +600,7 @@ class DistillationTrainer(Trainer):
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
         # Keep the columns any teacher needs (e.g. token_type_ids for a BERT teacher of a DistilBERT student).
-        extra = set().union(*self._teacher_params_for_columns()) - set(self._signature_columns)
+        extra = set().union(*self._teacher_params_for_columns(), CACHE_COLUMNS) - set(self._signature_columns)
         self._signature_columns += sorted(extra)
 
     def _teacher_params_for_columns(self) -> list[set[str]]:

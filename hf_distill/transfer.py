@@ -13,10 +13,8 @@ import logging
 import torch
 from datasets import Dataset
 from torch import nn
-from transformers import default_data_collator
-from transformers.utils import find_labels
 
-from .trainer import _forward_params
+from .teacher import cache_teacher_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -33,50 +31,17 @@ def label_with_teacher(
     column: str = "teacher_logits",
     device: str | torch.device | None = None,
 ) -> Dataset:
-    """Return `dataset` with a `column` holding the teacher's `output_field` for each example (float32).
+    """Return `dataset` with a `column` holding the teacher's raw `output_field` for each example (float32).
 
-    Only the columns the teacher's forward accepts are fed to it (labels never are). Sequence-level
-    logits (B, C) are stored as C values per example; token-level logits (B, L, C) as the example's
-    own length L_i x C (padding added by the collator is cut off). The teacher runs in eval mode
-    without gradients; its train/eval mode is restored afterwards.
+    The full-logits case of `hf_distill.teacher.cache_teacher_outputs` (see there): sequence-level logits
+    are stored as C values per example, token-level ones for the example's real tokens (L_i x C). Under
+    the default column name the DistillationTrainer trains on them without running the teacher.
     """
     if column in dataset.column_names:
         raise ValueError(f"the dataset already has a {column!r} column; pass another `column=` name or remove it.")
-    accepted = _forward_params(teacher)
-    label_names = set(find_labels(type(teacher.get_base_model() if hasattr(teacher, "get_base_model") else teacher)))
-    features = [c for c in dataset.column_names if (accepted is None or c in accepted) and c not in label_names]
-    if not features:
-        raise ValueError(
-            f"none of the dataset's columns {dataset.column_names} is an input of {type(teacher).__name__}.forward; "
-            "tokenize the dataset first (input_ids, attention_mask, ...)."
-        )
-    collate = data_collator or default_data_collator
-    device = torch.device(device) if device is not None else next(teacher.parameters()).device
-    was_training = teacher.training
-    teacher.eval()
-    stored = []
-    try:
-        with torch.no_grad():
-            for start in range(0, len(dataset), batch_size):
-                rows = dataset[start : start + batch_size]  # dict of column -> list
-                examples = [{c: rows[c][i] for c in features} for i in range(len(rows[features[0]]))]
-                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(examples).items()}
-                outputs = teacher(**batch)
-                if output_field not in outputs:
-                    raise ValueError(
-                        f"the teacher returned no {output_field!r} (it returned {list(outputs.keys())}); "
-                        "pass output_field= one of those."
-                    )
-                logits = outputs[output_field].float().cpu()  # (B, C) or (B, L, C)
-                for i, example in enumerate(examples):
-                    z = logits[i]
-                    if z.dim() == 2 and "input_ids" in example:
-                        z = z[: len(example["input_ids"])]  # (L_i, C): drop the collator's padding
-                    stored.append(z.tolist())
-    finally:
-        teacher.train(was_training)
-    logger.info("labelled %d examples with the teacher's %s", len(stored), output_field)
-    return dataset.add_column(column, stored)
+    labelled = cache_teacher_outputs(teacher, dataset, batch_size=batch_size, data_collator=data_collator,
+                                     output_field=output_field, device=device)
+    return labelled if column == "teacher_logits" else labelled.rename_column("teacher_logits", column)
 
 
 def mark_unlabelled(dataset: Dataset, label_column: str = "labels") -> Dataset:
