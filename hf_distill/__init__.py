@@ -2,9 +2,10 @@
 
 from .config import DistillationArguments
 from .layers import init_student_from_teacher, uniform_layer_map
-from .losses import ensemble_log_probs, hidden_state_loss, logit_mse_loss, soft_target_loss
+from .losses import ensemble_log_probs, hidden_state_loss, logit_mse_loss, soft_target_loss, topk_soft_target_loss
 from .model_card import render_model_card, save_model_card
-from .trainer import DistillationTrainer, LogitsPair, NonFiniteLossError
+from .teacher import cache_teacher_outputs
+from .trainer import DistillationTrainer, LogitsPair, NonFiniteLossError, TopKTargets
 
 __version__ = "0.1.0"
 
@@ -13,6 +14,8 @@ __all__ = [
     "DistillationTrainer",
     "LogitsPair",
     "NonFiniteLossError",
+    "TopKTargets",
+    "cache_teacher_outputs",
     "ensemble_log_probs",
     "hidden_state_loss",
     "init_student_from_teacher",
@@ -20,5 +23,6 @@ __all__ = [
     "render_model_card",
     "save_model_card",
     "soft_target_loss",
+    "topk_soft_target_loss",
     "uniform_layer_map",
 ]

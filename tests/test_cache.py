@@ -167,3 +167,28 @@ def test_cache_misuse_fails_at_construction(tmp_path, case, message):
 def test_no_teacher_and_no_cache_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="cached teacher outputs"):
         DistillationTrainer(tiny_bert(layers=1, hidden=32), None, dargs(tmp_path), train_dataset=classification_data(4))
+
+
+def test_cache_cli_writes_a_dataset_the_trainer_uses_without_teacher(tmp_path, tokenizer):
+    from datasets import load_from_disk
+
+    from hf_distill.cache import main
+
+    teacher = tiny_bert(layers=2, hidden=32)
+    teacher.save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    words = [f"w{i}" for i in range(40)]
+    rows = [" ".join(words[i % 7: i % 7 + 3 + i % 5]) for i in range(12)]
+    (tmp_path / "train.csv").write_text("text,label\n" + "\n".join(f"{r},{i % 3}" for i, r in enumerate(rows)))
+    main(["--teacher_model_name_or_path", str(tmp_path / "teacher"), "--data_file", str(tmp_path / "train.csv"),
+          "--output_dir", str(tmp_path / "cached"), "--batch_size", "5"])
+    cached = load_from_disk(str(tmp_path / "cached"))
+    assert {"teacher_logits", "input_ids", "label"} <= set(cached.column_names)
+    enc = tokenizer(rows[3], return_tensors="pt")
+    with torch.no_grad():
+        ref = teacher(**enc).logits[0]
+    torch.testing.assert_close(torch.tensor(cached[3]["teacher_logits"]), ref, rtol=1e-5, atol=1e-5)
+    trainer = DistillationTrainer(tiny_bert(layers=1, hidden=32, seed=1), None, dargs(tmp_path),
+                                  train_dataset=cached, processing_class=tokenizer)
+    trainer.train()
+    assert any("soft_loss" in h for h in trainer.state.log_history)
