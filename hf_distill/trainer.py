@@ -441,8 +441,9 @@ class DistillationTrainer(Trainer):
         smoothed_labels = None
         if self.label_smoother is not None and "labels" in student_inputs:
             smoothed_labels = student_inputs.pop("labels")
-        student_outputs = model(**student_inputs, **self._output_flags())
+        # Teacher first: its activations are freed before the student's (kept for backward) are built.
         teacher_outputs = self.teacher_forward(inputs)
+        student_outputs = model(**student_inputs, **self._output_flags())
 
         components: dict[str, torch.Tensor] = {}
         pairs = self.distillation_pairs(inputs, student_outputs, teacher_outputs)
