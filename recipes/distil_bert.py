@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from dataclasses import dataclass, field
 
 from transformers import (
@@ -25,10 +24,9 @@ from transformers import (
 )
 
 import hf_distill
-from hf_distill import DistillationArguments, DistillationTrainer, init_student_from_teacher, save_model_card
+from hf_distill import DistillationArguments, DistillationTrainer, init_student_from_teacher
 from hf_distill.layers import count_layers, resolve_layer_map
 from hf_distill.metrics import accuracy_and_macro_f1, compute_classification_metrics
-from hf_distill.model_card import RESULTS_NAME
 import recipe_utils as ru
 
 logger = logging.getLogger(__name__)
@@ -127,40 +125,15 @@ def main(argv: list[str] | None = None) -> dict:
         trainer, {"teacher": trainer.teacher, "student": trainer.model_wrapped},
         data[data_args.validation_split], accuracy_and_macro_f1,
     )
-    results = {
-        "task": "text-classification",
-        "teacher_model": teacher_path,
-        "model_id": args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir)),
-        "dataset": ru.dataset_summary(data_args, len(data[splits[0]]), len(data[splits[1]])),
-        "labels": [teacher.config.id2label[i] for i in range(teacher.config.num_labels)],
-        "distillation": {
-            "temperature": args.temperature, "soft_weight": args.soft_weight, "hard_weight": args.hard_weight,
-            "hidden_weight": args.hidden_weight, "hidden_loss": args.hidden_loss,
-            "layer_map": {str(s): t for s, t in layer_map.items()} if layer_map else None,
-            "teacher_num_layers": n_teacher, "student_num_layers": n_student,
-            "student_init_layers": init_layers, "student_model": model_args.student_model_name_or_path,
-            "num_train_epochs": args.num_train_epochs, "learning_rate": args.learning_rate,
-            "global_train_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
-            "max_length": data_args.max_length, "seed": args.seed,
-        },
-        "teacher": {**metrics["teacher"], "parameters": params["teacher"], "examples_per_second": speed["teacher"]},
-        "student": {**metrics["student"], "parameters": params["student"], "examples_per_second": speed["student"]},
-        "speedup": speed["student"] / speed["teacher"],
-        "device": str(args.device.type),
-        "train": {k: v for k, v in train_metrics.items() if isinstance(v, (int, float))},
-        "train_log": [e for e in trainer.state.log_history if "loss" in e],
-        "command": ru.launch_command(__file__, argv),
-        "example_text": str(raw[data_args.validation_split][0][data_args.text_column])[:200],
-        "hf_distill_version": hf_distill.__version__,
-    }
-    if trainer.is_world_process_zero():
-        ru.write_json(os.path.join(args.output_dir, RESULTS_NAME), results)
-        save_model_card(args.output_dir, results, model_id=results["model_id"])
-        if args.push_to_hub:
-            ru.push_folder(args.output_dir, args.hub_model_id, token, args.hub_private_repo)
-        ru.print_summary(results, args.output_dir)
-    trainer.accelerator.wait_for_everyone()
-    return results
+    results = ru.run_results(
+        task="text-classification", script=__file__, argv=argv, trainer=trainer, args=args, data_args=data_args,
+        teacher_path=teacher_path, n_train=len(data[splits[0]]), n_eval=len(data[splits[1]]), layer_map=layer_map,
+        n_teacher=n_teacher, n_student=n_student, init_layers=init_layers,
+        student_model=model_args.student_model_name_or_path, params=params, metrics=metrics, speed=speed,
+        train_metrics=train_metrics, labels=[teacher.config.id2label[i] for i in range(teacher.config.num_labels)],
+        example_text=str(raw[data_args.validation_split][0][data_args.text_column])[:200],
+    )
+    return ru.finish_run(trainer, args, results, token)
 
 
 if __name__ == "__main__":

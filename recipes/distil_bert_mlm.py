@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from dataclasses import dataclass, field
 
 from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling, set_seed
 
 import hf_distill
-from hf_distill import DistillationArguments, DistillationTrainer, init_student_from_teacher, save_model_card
+from hf_distill import DistillationArguments, DistillationTrainer, init_student_from_teacher
 from hf_distill.layers import count_layers, resolve_layer_map
 from hf_distill.metrics import accuracy_and_macro_f1
-from hf_distill.model_card import RESULTS_NAME
 import recipe_utils as ru
 
 logger = logging.getLogger(__name__)
@@ -113,39 +111,15 @@ def main(argv: list[str] | None = None) -> dict:
     metrics, speed = ru.compare_on_eval(
         trainer, {"teacher": trainer.teacher, "student": trainer.model_wrapped}, data[splits[1]], masked_accuracy
     )
-    results = {
-        "task": "fill-mask",
-        "teacher_model": teacher_path,
-        "model_id": args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir)),
-        "dataset": ru.dataset_summary(data_args, len(data[splits[0]]), len(data[splits[1]])),
-        "distillation": {
-            "temperature": args.temperature, "soft_weight": args.soft_weight, "hard_weight": args.hard_weight,
-            "hidden_weight": args.hidden_weight, "hidden_loss": args.hidden_loss,
-            "layer_map": {str(s): t for s, t in layer_map.items()} if layer_map else None,
-            "teacher_num_layers": n_teacher, "student_num_layers": n_student,
-            "student_init_layers": init_layers, "student_model": model_args.student_model_name_or_path,
-            "num_train_epochs": args.num_train_epochs, "learning_rate": args.learning_rate,
-            "global_train_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
-            "max_length": data_args.max_length, "mlm_probability": data_args.mlm_probability, "seed": args.seed,
-        },
-        "teacher": {**metrics["teacher"], "parameters": params["teacher"], "examples_per_second": speed["teacher"]},
-        "student": {**metrics["student"], "parameters": params["student"], "examples_per_second": speed["student"]},
-        "speedup": speed["student"] / speed["teacher"],
-        "device": str(args.device.type),
-        "train": {k: v for k, v in train_metrics.items() if isinstance(v, (int, float))},
-        "eval": eval_metrics,
-        "train_log": [e for e in trainer.state.log_history if "loss" in e],
-        "command": ru.launch_command(__file__, argv),
-        "hf_distill_version": hf_distill.__version__,
-    }
-    if trainer.is_world_process_zero():
-        ru.write_json(os.path.join(args.output_dir, RESULTS_NAME), results)
-        save_model_card(args.output_dir, results, model_id=results["model_id"])
-        if args.push_to_hub:
-            ru.push_folder(args.output_dir, args.hub_model_id, token, args.hub_private_repo)
-        ru.print_summary(results, args.output_dir)
-    trainer.accelerator.wait_for_everyone()
-    return results
+    results = ru.run_results(
+        task="fill-mask", script=__file__, argv=argv, trainer=trainer, args=args, data_args=data_args,
+        teacher_path=teacher_path, n_train=len(data[splits[0]]), n_eval=len(data[splits[1]]), layer_map=layer_map,
+        n_teacher=n_teacher, n_student=n_student, init_layers=init_layers,
+        student_model=model_args.student_model_name_or_path, params=params, metrics=metrics, speed=speed,
+        train_metrics=train_metrics, distillation_extra={"mlm_probability": data_args.mlm_probability},
+        eval=eval_metrics,
+    )
+    return ru.finish_run(trainer, args, results, token)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ import yaml
 from transformers import HfArgumentParser
 from transformers.trainer_utils import get_last_checkpoint
 
-from hf_distill.model_card import RESULTS_NAME, format_count
+import hf_distill
+from hf_distill.model_card import RESULTS_NAME, format_count, save_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -351,3 +352,48 @@ def dataset_summary(data_args: DataSourceArguments, n_train: int, n_eval: int) -
         "train_file": data_args.train_file, "validation_file": data_args.validation_file,
         "eval_split": data_args.validation_split, "train_examples": n_train, "eval_examples": n_eval,
     }
+
+
+def run_results(*, task: str, script: str, argv, trainer, args, data_args, teacher_path: str, n_train: int,
+                n_eval: int, layer_map, n_teacher: int, n_student: int, init_layers, student_model,
+                params: dict, metrics: dict, speed: dict, train_metrics: dict, distillation_extra: dict | None = None,
+                **extra) -> dict:
+    """The `distillation_results.json` payload both distillation recipes write (and the model card reads)."""
+    return {
+        "task": task,
+        "teacher_model": teacher_path,
+        "model_id": args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir)),
+        "dataset": dataset_summary(data_args, n_train, n_eval),
+        **{k: v for k, v in extra.items() if k == "labels"},
+        "distillation": {
+            "temperature": args.temperature, "soft_weight": args.soft_weight, "hard_weight": args.hard_weight,
+            "hidden_weight": args.hidden_weight, "hidden_loss": args.hidden_loss,
+            "layer_map": {str(s): t for s, t in layer_map.items()} if layer_map else None,
+            "teacher_num_layers": n_teacher, "student_num_layers": n_student,
+            "student_init_layers": init_layers, "student_model": student_model,
+            "num_train_epochs": args.num_train_epochs, "learning_rate": args.learning_rate,
+            "global_train_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+            "max_length": data_args.max_length, **(distillation_extra or {}), "seed": args.seed,
+        },
+        "teacher": {**metrics["teacher"], "parameters": params["teacher"], "examples_per_second": speed["teacher"]},
+        "student": {**metrics["student"], "parameters": params["student"], "examples_per_second": speed["student"]},
+        "speedup": speed["student"] / speed["teacher"],
+        "device": str(args.device.type),
+        "train": {k: v for k, v in train_metrics.items() if isinstance(v, (int, float))},
+        **{k: v for k, v in extra.items() if k != "labels"},
+        "train_log": [e for e in trainer.state.log_history if "loss" in e],
+        "command": launch_command(script, argv),
+        "hf_distill_version": hf_distill.__version__,
+    }
+
+
+def finish_run(trainer, args, results: dict, token: str | None) -> dict:
+    """On the main process: write the results and the model card, push the folder if asked, print the table."""
+    if trainer.is_world_process_zero():
+        write_json(os.path.join(args.output_dir, RESULTS_NAME), results)
+        save_model_card(args.output_dir, results, model_id=results["model_id"])
+        if args.push_to_hub:
+            push_folder(args.output_dir, args.hub_model_id, token, args.hub_private_repo)
+        print_summary(results, args.output_dir)
+    trainer.accelerator.wait_for_everyone()
+    return results

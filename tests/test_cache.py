@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
-from conftest import VOCAB, classification_data, fixed_batch, tiny_bert
+from conftest import VOCAB, classification_data, tiny_bert
 
 from hf_distill import DistillationArguments, DistillationTrainer
 from hf_distill.losses import soft_target_loss, topk_soft_target_loss
