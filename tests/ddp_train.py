@@ -33,7 +33,11 @@ def main(out_dir: str, per_device_batch: int) -> None:
         torch.save(state, os.path.join(out_dir, "final.pt"))
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
-        torch.distributed.destroy_process_group()  # gloo aborts at interpreter exit otherwise
+        # Tearing down gloo from Python can deadlock (the process group's destructor joins a worker thread
+        # that waits for the GIL) or abort at interpreter exit; the work is saved, so leave at once.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
