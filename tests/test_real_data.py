@@ -1,0 +1,111 @@
+"""benchmarks/real_data.py end to end in a tiny mode (tiny random BERT, a few dozen synthetic tweets)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import WORDS, make_tokenizer, tiny_bert
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "real_data.py"
+
+
+@pytest.fixture(scope="module")
+def real_data():
+    spec = importlib.util.spec_from_file_location("real_data", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["real_data"] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("real_data", None)
+
+
+def synthetic_rows(n, seed=0):
+    """'Tweets' of tiny-vocabulary words; the label is the most frequent of three word groups."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        words = rng.choice(WORDS[5:], size=rng.integers(4, 12))
+        ids = [WORDS.index(w) for w in words]
+        label = int(np.bincount([i % 3 for i in ids], minlength=3).argmax())
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def test_stratified_split_is_disjoint_exact_and_stratified(real_data):
+    labels = [0] * 500 + [1] * 300 + [2] * 200
+    split = real_data.stratified_split(labels, {"a": 100, "b": 50, "c": 333}, seed=3)
+    assert {k: len(v) for k, v in split.items()} == {"a": 100, "b": 50, "c": 333}
+    together = np.concatenate(list(split.values()))
+    assert len(set(together.tolist())) == len(together)  # disjoint
+    assert np.bincount(np.asarray(labels)[split["a"]]).tolist() == [50, 30, 20]
+    assert np.bincount(np.asarray(labels)[split["c"]]).tolist() == [166, 100, 67]  # 166.5, 99.9, 66.6: the 2 left go to .9 and .6
+    again = real_data.stratified_split(labels, {"a": 100, "b": 50, "c": 333}, seed=3)
+    assert all((split[k] == again[k]).all() for k in split)  # seeded
+    with pytest.raises(ValueError, match="only 1000"):
+        real_data.stratified_split(labels, {"a": 1001}, seed=0)
+
+
+def test_load_tweets_reads_and_deduplicates(real_data, tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_bytes(b"sentiment,confidence,text\nnegative,0.5,bad \xd1 day\npositive,1,good\n"
+                     b"neutral,,good\nneutral,1,meh\nother,1,x\n")
+    assert real_data.load_tweets(str(path)) == [("bad \ufffd day", 0), ("good", 2), ("meh", 1)]
+
+
+def test_bootstrap_interval_brackets_the_difference(real_data):
+    a = (np.arange(400) % 4 != 0).astype(float)  # 75% correct
+    b = (np.arange(400) % 2 != 0).astype(float)  # 50% correct
+    low, high = real_data.paired_bootstrap(a, b, seed=0)
+    assert low < 0.25 < high and high - low < 0.2
+
+
+def test_script_runs_every_experiment_in_tiny_mode(real_data, tmp_path, capsys):
+    tokenizer = make_tokenizer(tmp_path / "tok")
+    labels = {"id2label": dict(enumerate(real_data.LABELS)), "label2id": {n: i for i, n in enumerate(real_data.LABELS)}}
+    base_fn = lambda: tiny_bert(layers=4, hidden=32, **labels)  # noqa: E731
+    cfg = real_data.RealDataConfig(
+        n_train=40, n_val=12, n_test=16, max_length=16, batch_size=8, epochs=1, evals_per_run=1,
+        small_min_steps=2, small_evals_per_run=1, student_layers=2, small_fraction=0.1, labelled_fraction=0.25,
+        temperatures="1,2,4", out_dir=str(tmp_path / "docs"), threads=1,
+    )
+    results = real_data.run(cfg, base_fn, tokenizer, synthetic_rows(80))
+
+    runs = results["runs"]
+    assert list(runs) == ["teacher", "hard", "soft+hard T=2", "soft+hard+hidden", "hard 10%", "soft+hard 10%",
+                          "hard 25%", "transfer 25% labels", "soft+hard T=1", "soft+hard T=4"]
+    assert results["complete"] and results["data"]["small_subset"] == 4 and results["data"]["transfer_labelled"] == 10
+    counts = results["data"]["class_counts"]
+    assert sum(counts["train"].values()) == 40 and sum(counts["test"].values()) == 16
+    teacher_acc = runs["teacher"]["accuracy"]
+    for name, r in runs.items():
+        assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["macro_f1"] <= 1.0
+        assert r["retention"] == pytest.approx(r["accuracy"] / teacher_acc)
+        assert r["layers"] == (4 if name == "teacher" else 2)
+        assert r["accuracy"] * 16 == pytest.approx(round(r["accuracy"] * 16))  # a count of the 16 test rows
+    assert runs["soft+hard+hidden"]["hidden_weight"] == 1.0 and "temperature" not in runs["hard"]
+    assert [runs[f"soft+hard T={t}"]["temperature"] for t in (1, 2, 4)] == [1.0, 2.0, 4.0]
+    # 1 epoch of 40 examples at batch 8 = 5 steps; the small runs train for >= small_min_steps
+    assert runs["hard"]["steps"] == 5 and runs["hard 10%"]["steps"] >= 2
+
+    s = results["summary"]
+    best = s["best_student_by_validation"]
+    assert runs[best]["best_val_accuracy"] == max(
+        r["best_val_accuracy"] for n, r in runs.items() if r["data"] == "100% labels" and "temperature" in r)
+    assert s["distilled_minus_hard"] == pytest.approx(runs[best]["accuracy"] - runs["hard"]["accuracy"])
+    gap = runs["hard"]["accuracy"] - runs["hard 10%"]["accuracy"]
+    assert s["small_gap_full_minus_hard"] == pytest.approx(gap)
+
+    docs = Path(cfg.out_dir)
+    saved = json.loads((docs / "real_data_results.json").read_text())
+    assert saved["runs"]["teacher"]["accuracy"] == teacher_acc
+    for png in ("students", "temperature", "small_data"):
+        assert (docs / f"real_data_{png}.png").read_bytes()[:4] == b"\x89PNG"
+    out = capsys.readouterr().out
+    assert "| transfer 25% labels | 2 |" in out and "best_student_by_validation" in out
