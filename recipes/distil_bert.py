@@ -23,8 +23,7 @@ from transformers import (
     AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed,
 )
 
-import hf_distill
-from hf_distill import DistillationArguments, DistillationTrainer, init_student_from_teacher
+from hf_distill import DistillationArguments, DistillationTrainer
 from hf_distill.layers import count_layers, resolve_layer_map
 from hf_distill.metrics import accuracy_and_macro_f1, compute_classification_metrics
 import recipe_utils as ru
@@ -53,13 +52,6 @@ def _is_sequence_classifier(config) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
 
 
-def _student_init_layers(model_args: ModelArguments, n_teacher: int) -> list[int]:
-    if model_args.student_layers:
-        return [int(x) for x in model_args.student_layers.split(",")]
-    n = model_args.student_num_layers or n_teacher // 2
-    return [t - 1 for t in hf_distill.uniform_layer_map(n, n_teacher).values()]
-
-
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, out_args, args = ru.parse_args(
         (ModelArguments, ru.ClassificationDataArguments, ru.OutputArguments, DistillationArguments), argv
@@ -81,14 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
             "recipes/train_teacher.py and pass that folder."
         )
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
-    if model_args.student_model_name_or_path:
-        student_tok = AutoTokenizer.from_pretrained(model_args.student_model_name_or_path)
-        if student_tok.get_vocab() != tokenizer.get_vocab():
-            raise ValueError(
-                f"the student's tokenizer ({model_args.student_model_name_or_path}) and the teacher's ({teacher_path}) "
-                "have different vocabularies, so the same ids mean different tokens. Use a student that shares "
-                "the teacher's tokenizer, or leave --student_model_name_or_path unset to cut the teacher down."
-            )
+    ru.check_student_tokenizer(model_args.student_model_name_or_path, tokenizer, teacher_path)
 
     splits = [data_args.train_split, data_args.validation_split]
     raw = ru.load_raw_datasets(data_args)
@@ -99,12 +84,9 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(args.seed)
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_path)
     n_teacher = count_layers(teacher)
-    init_layers = None
-    if model_args.student_model_name_or_path:
-        student = AutoModelForSequenceClassification.from_pretrained(model_args.student_model_name_or_path)
-    else:
-        init_layers = _student_init_layers(model_args, n_teacher)
-        student = init_student_from_teacher(teacher, layers=init_layers)
+    student, init_layers = ru.build_student(AutoModelForSequenceClassification, teacher,
+                                            model_args.student_model_name_or_path, model_args.student_num_layers,
+                                            model_args.student_layers)
     n_student = count_layers(student)
     layer_map = resolve_layer_map(args.layer_map, n_student, n_teacher) if args.hidden_weight > 0 else None
     params = {"teacher": ru.count_parameters(teacher), "student": ru.count_parameters(student)}

@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 
 from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling, set_seed
 
-import hf_distill
-from hf_distill import DistillationArguments, DistillationTrainer, init_student_from_teacher
+from hf_distill import DistillationArguments, DistillationTrainer
 from hf_distill.layers import count_layers, resolve_layer_map
 from hf_distill.metrics import accuracy_and_macro_f1
 import recipe_utils as ru
@@ -68,9 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not any(a.endswith("ForMaskedLM") or a.endswith("ForPreTraining") for a in (config.architectures or [])):
         raise ValueError(f"the teacher {teacher_path} is a {config.architectures} checkpoint, not a masked-language model.")
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
-    if model_args.student_model_name_or_path:
-        if AutoTokenizer.from_pretrained(model_args.student_model_name_or_path).get_vocab() != tokenizer.get_vocab():
-            raise ValueError("the student's and the teacher's tokenizers differ; the student must use the teacher's tokenizer.")
+    ru.check_student_tokenizer(model_args.student_model_name_or_path, tokenizer, teacher_path)
 
     splits = [data_args.train_split, data_args.validation_split]
     raw = ru.load_raw_datasets(data_args)
@@ -79,13 +76,8 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(args.seed)
     teacher = AutoModelForMaskedLM.from_pretrained(teacher_path)
     n_teacher = count_layers(teacher)
-    init_layers = None
-    if model_args.student_model_name_or_path:
-        student = AutoModelForMaskedLM.from_pretrained(model_args.student_model_name_or_path)
-    else:
-        n = model_args.student_num_layers or n_teacher // 2
-        init_layers = [t - 1 for t in hf_distill.uniform_layer_map(n, n_teacher).values()]
-        student = init_student_from_teacher(teacher, layers=init_layers)
+    student, init_layers = ru.build_student(AutoModelForMaskedLM, teacher, model_args.student_model_name_or_path,
+                                            model_args.student_num_layers)
     n_student = count_layers(student)
     if args.layer_map is None:  # DistilBERT: align the last hidden states only
         args = dataclasses.replace(args, layer_map=f"{n_student}:{n_teacher}")

@@ -23,6 +23,7 @@ from transformers import HfArgumentParser
 from transformers.trainer_utils import get_last_checkpoint
 
 import hf_distill
+from hf_distill.layers import count_layers
 from hf_distill.model_card import RESULTS_NAME, format_count, save_model_card
 
 logger = logging.getLogger(__name__)
@@ -397,3 +398,30 @@ def finish_run(trainer, args, results: dict, token: str | None) -> dict:
         print_summary(results, args.output_dir)
     trainer.accelerator.wait_for_everyone()
     return results
+
+
+def check_student_tokenizer(student_path: str | None, tokenizer, teacher_path: str) -> None:
+    """A student given by path must use the teacher's vocabulary (same ids, same tokens)."""
+    from transformers import AutoTokenizer
+
+    if student_path and AutoTokenizer.from_pretrained(student_path).get_vocab() != tokenizer.get_vocab():
+        raise ValueError(
+            f"the student's tokenizer ({student_path}) and the teacher's ({teacher_path}) have different "
+            "vocabularies, so the same ids mean different tokens. Use a student that shares the teacher's "
+            "tokenizer, or leave --student_model_name_or_path unset to cut the teacher down."
+        )
+
+
+def build_student(auto_class, teacher, student_path: str | None, num_layers: int | None = None,
+                  layers: str | None = None):
+    """(student, copied teacher layers or None): the given student, or the teacher cut to `layers` ("0,2,4")
+    or to `num_layers` (default half) along the uniform map."""
+    if student_path:
+        return auto_class.from_pretrained(student_path), None
+    n_teacher = count_layers(teacher)
+    if layers:
+        init_layers = [int(x) for x in layers.split(",")]
+    else:
+        n = num_layers or n_teacher // 2
+        init_layers = [t - 1 for t in hf_distill.uniform_layer_map(n, n_teacher).values()]
+    return hf_distill.init_student_from_teacher(teacher, layers=init_layers), init_layers
