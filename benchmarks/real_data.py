@@ -7,6 +7,7 @@ the numbers (JSON + Markdown) into `docs/`:
   2. temperature sweep T in {1, 2, 4, 8} (soft + hard)
   3. 3% of the training set: hard labels only vs soft targets (+ the full-data hard-label reference)
   4. transfer set: labels removed from 90% of the training set, student trained on the teacher's soft targets
+  5. the full training set plus 4000 more tweets without labels, a transfer set the teacher labels
 
     HF_HUB_OFFLINE=1 PYTHONPATH=. python benchmarks/real_data.py          # ~30 min on 2 CPU cores
     HF_HUB_OFFLINE=1 PYTHONPATH=. python benchmarks/real_data.py --n_train 800 --n_test 800 --out_dir /tmp/rd
@@ -40,7 +41,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 import torch
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -87,6 +88,9 @@ class RealDataConfig:
                                      "choices": ["teacher", "pretrained"]})
     small_fraction: float = field(default=0.03, metadata={"help": "Fraction of train for the regulariser test."})
     labelled_fraction: float = field(default=0.1, metadata={"help": "Labelled fraction of the transfer set."})
+    n_extra_unlabelled: int = field(
+        default=4000, metadata={"help": "Tweets outside every split, labels removed, added to the full training set "
+                                "as a transfer set labelled by the teacher (0 = skip that experiment)."})
     seed: int = 0
     threads: int = 2
     out_dir: str = "docs"
@@ -207,7 +211,10 @@ def run(cfg: RealDataConfig, base_model_fn, tokenizer, rows: list[tuple[str, int
     out_dir.mkdir(parents=True, exist_ok=True)
     temps = [float(t) for t in cfg.temperatures.split(",")]
     labels = [y for _, y in rows]
-    split = stratified_split(labels, {"train": cfg.n_train, "validation": cfg.n_val, "test": cfg.n_test}, cfg.seed)
+    sizes = {"train": cfg.n_train, "validation": cfg.n_val, "test": cfg.n_test}
+    if cfg.n_extra_unlabelled:  # drawn after the three splits, which therefore do not change
+        sizes["extra"] = cfg.n_extra_unlabelled
+    split = stratified_split(labels, sizes, cfg.seed)
     train_rows = [rows[i] for i in split["train"]]
     train_ds = tokenize(tokenizer, train_rows, cfg.max_length)
     val_ds = tokenize(tokenizer, [rows[i] for i in split["validation"]], cfg.max_length, sort_by_length=True)
@@ -269,6 +276,10 @@ def run(cfg: RealDataConfig, base_model_fn, tokenizer, rows: list[tuple[str, int
     student(f"hard {lpct}", train_ds.select(lab_idx), small=True, group="transfer", data=f"{lpct} labels")
     student(f"transfer {lpct} labels", transfer_ds, distill={}, group="transfer",
             data=f"{lpct} labels + {100 - 100 * cfg.labelled_fraction:g}% unlabelled")
+    if cfg.n_extra_unlabelled:
+        extra_ds = tokenize(tokenizer, [(rows[i][0], -100) for i in split["extra"]], cfg.max_length)
+        student(f"soft+hard +{cfg.n_extra_unlabelled} unlabelled", concatenate_datasets([train_ds, extra_ds]),
+                distill={}, group="extra", data=f"100% labels + {cfg.n_extra_unlabelled} unlabelled")
     for t in temps:
         if t != cfg.temperature:
             student(f"soft+hard T={t:g}", train_ds, distill={"temperature": t}, group="temperature",
@@ -297,6 +308,12 @@ def summarise(results: dict, preds: dict, test_labels: np.ndarray, cfg: RealData
         s["distilled_minus_hard"] = runs[best]["accuracy"] - runs["hard"]["accuracy"]
         s["distilled_minus_hard_95ci"] = paired_bootstrap(correct[best], correct["hard"], cfg.seed)
         s["target_gain_1pt_met"] = s["distilled_minus_hard"] >= 0.01
+    extra = runs.get(f"soft+hard +{cfg.n_extra_unlabelled} unlabelled")
+    if extra and "hard" in runs:
+        name = f"soft+hard +{cfg.n_extra_unlabelled} unlabelled"
+        s["extra_unlabelled_minus_hard"] = extra["accuracy"] - runs["hard"]["accuracy"]
+        s["extra_unlabelled_minus_hard_95ci"] = paired_bootstrap(
+            (preds[name] == test_labels).astype(float), (preds["hard"] == test_labels).astype(float), cfg.seed)
     pct = f"{100 * cfg.small_fraction:g}%"
     hs, ss = runs.get(f"hard {pct}"), runs.get(f"soft+hard {pct}")
     if hs and ss and "hard" in runs:
@@ -331,7 +348,7 @@ def plot(results: dict, cfg: RealDataConfig, out_dir: Path) -> list[str]:
         return written
     t_acc = runs["teacher"]["accuracy"]
 
-    names = [n for n, r in runs.items() if r["group"] in ("main", "transfer")]
+    names = [n for n, r in runs.items() if r["group"] in ("main", "transfer", "extra")]
     fig, ax = plt.subplots(figsize=(8, 3.8))
     accs = [runs[n]["accuracy"] for n in names]
     ax.bar(range(len(names)), accs, color=["#555" if n == "teacher" else "#4c72b0" for n in names])

@@ -73,13 +73,14 @@ def test_script_runs_every_experiment_in_tiny_mode(real_data, tmp_path, capsys):
     cfg = real_data.RealDataConfig(
         n_train=40, n_val=12, n_test=16, max_length=16, batch_size=8, epochs=1, evals_per_run=1,
         small_min_steps=2, small_evals_per_run=1, student_layers=2, small_fraction=0.1, labelled_fraction=0.25,
-        temperatures="1,2,4", out_dir=str(tmp_path / "docs"), threads=1,
+        temperatures="1,2,4", out_dir=str(tmp_path / "docs"), threads=1, n_extra_unlabelled=8,
     )
     results = real_data.run(cfg, base_fn, tokenizer, synthetic_rows(80))
 
     runs = results["runs"]
     assert list(runs) == ["teacher", "hard", "soft+hard T=2", "soft+hard+hidden", "hard 10%", "soft+hard 10%",
-                          "hard 25%", "transfer 25% labels", "soft+hard T=1", "soft+hard T=4"]
+                          "hard 25%", "transfer 25% labels", "soft+hard +8 unlabelled", "soft+hard T=1",
+                          "soft+hard T=4"]
     assert results["complete"] and results["data"]["small_subset"] == 4 and results["data"]["transfer_labelled"] == 10
     counts = results["data"]["class_counts"]
     assert sum(counts["train"].values()) == 40 and sum(counts["test"].values()) == 16
@@ -99,6 +100,9 @@ def test_script_runs_every_experiment_in_tiny_mode(real_data, tmp_path, capsys):
     assert runs[best]["best_val_accuracy"] == max(
         r["best_val_accuracy"] for n, r in runs.items() if r["data"] == "100% labels" and "temperature" in r)
     assert s["distilled_minus_hard"] == pytest.approx(runs[best]["accuracy"] - runs["hard"]["accuracy"])
+    assert s["extra_unlabelled_minus_hard"] == pytest.approx(
+        runs["soft+hard +8 unlabelled"]["accuracy"] - runs["hard"]["accuracy"])
+    assert runs["soft+hard +8 unlabelled"]["steps"] == 6  # 48 examples at batch 8, one epoch
     gap = runs["hard"]["accuracy"] - runs["hard 10%"]["accuracy"]
     assert s["small_gap_full_minus_hard"] == pytest.approx(gap)
 
