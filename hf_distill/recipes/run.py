@@ -96,6 +96,8 @@ class Run:
                 push_folder(args.output_dir, args.hub_model_id, self.token, args.hub_private_repo)
             print_summary(results, args.output_dir)
         trainer.accelerator.wait_for_everyone()
+        # Tear the process group down here, not in an interpreter-exit destructor (gloo can deadlock there).
+        trainer.accelerator.end_training()
         return results
 
 
