@@ -19,8 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import hf_distill
 import transformers as tf
+
+import hf_distill
 from hf_distill.model_card import template_file
 
 LABELS = ("negative", "neutral", "positive")
@@ -59,7 +60,8 @@ def main(repo: Path) -> None:
             shutil.which("accelerate") or "accelerate", "launch",
             "--config_file", str(repo / "recipes/configs/accelerate_cpu.yaml"), str(repo / "recipes/distil_bert.py"),
             "--teacher_model_name_or_path", str(teacher), "--student_num_layers", "2", "--hidden_weight", "1",
-            "--train_file", write_csv(work / "train.csv", 32, 0), "--validation_file", write_csv(work / "dev.csv", 12, 1),
+            "--train_file", write_csv(work / "train.csv", 32, 0),
+            "--validation_file", write_csv(work / "dev.csv", 12, 1),
             "--max_length", "32", "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "8",
             "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true",
         ]
@@ -69,7 +71,8 @@ def main(repo: Path) -> None:
         card = (out / "README.md").read_text()
         assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(os.listdir(out))
         assert f"| accuracy | {results['teacher']['accuracy']:.4f} | {results['student']['accuracy']:.4f} |" in card
-        assert "{{" not in card and "recipes/distil_bert.py" in card and results["hf_distill_version"] == hf_distill.__version__
+        assert "{{" not in card and "recipes/distil_bert.py" in card
+        assert results["hf_distill_version"] == hf_distill.__version__
         again = hf_distill.render_model_card(out, model_id=results["model_id"])
         assert again == card, "the API renders the same card from the run folder"
         print(f"OK: recipe ran from the installed package; card {out / 'README.md'} ({len(card)} chars)")
