@@ -18,6 +18,7 @@ from conftest import make_tokenizer, tiny_bert
 from recipe_helpers import COMMON, recipe_args, save_classifier, write_csv
 
 from hf_distill.recipes.arguments import redact_secrets
+from hf_distill.recipes.models import check_student_tokenizer
 from recipes import distil_bert, distil_bert_mlm
 
 
@@ -237,3 +238,12 @@ def test_cli_error_is_one_clear_line(assets, tmp_path):
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == "ValueError: --soft_weight is nan: it must be a finite number."
+
+
+def test_student_folder_without_tokenizer_files_but_the_same_vocabulary_gets_a_warning(tmp_path, caplog):
+    teacher_tokenizer = make_tokenizer(tmp_path / "tok")
+    tiny_bert(layers=2, hidden=32).save_pretrained(tmp_path / "student")  # the teacher's 101 tokens, no tokenizer
+    with caplog.at_level("WARNING"):
+        check_student_tokenizer(str(tmp_path / "student"), teacher_tokenizer, "teacher")
+    expected = "has no tokenizer files; it is trained with the teacher's tokenizer (same vocabulary size, 101)"
+    assert expected in caplog.text
