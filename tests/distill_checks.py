@@ -68,14 +68,11 @@ def assert_trains_student_not_teacher(trainer) -> None:
 
 
 def eval_components(trainer, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-    """compute_loss on `batch` with the student in eval mode (no dropout), and the components it recorded."""
+    """The loss of `batch` and its named terms, with the student in eval mode (no dropout)."""
     trainer.model.eval()
-    trainer._sums["eval"] = {}
     with torch.no_grad():
-        loss = trainer.compute_loss(trainer.model, dict(batch))
-    comps = {k: float(v[0] / v[1]) for k, v in trainer._sums["eval"].items()}
-    trainer._sums["eval"] = {}
-    return loss, comps
+        loss, terms, _ = trainer.compute_distillation_loss(trainer.model, dict(batch))
+    return loss, {k: float(v) for k, v in terms.items()}
 
 
 def sharpen(model: torch.nn.Module, scale: float = 40.0) -> torch.nn.Module:

@@ -155,7 +155,7 @@ def test_causal_lm_with_padded_teacher_vocabulary(tmp_path, tokenizer, caplog):
     teacher = tiny_llama(layers=4, hidden=32, vocab=128)  # 27 padding rows beyond the 101 tokens
     student = tiny_llama(layers=2, hidden=32, seed=1, vocab=VOCAB)
     assert len(tokenizer) == VOCAB
-    with caplog.at_level(logging.WARNING, logger="hf_distill.trainer"):
+    with caplog.at_level(logging.WARNING, logger="hf_distill.checks"):
         trainer = DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path),
                                       train_dataset=to_dataset(rows), processing_class=tokenizer)
     assert any("padding rows" in r.getMessage() for r in caplog.records)

@@ -11,7 +11,6 @@ from conftest import VOCAB, WORDS, classification_data, fixed_batch, make_tokeni
 from safetensors import safe_open
 
 from hf_distill import DistillationArguments, DistillationTrainer, NonFiniteLossError, init_student_from_teacher
-from hf_distill.trainer import PROJECTIONS_NAME
 
 
 def dargs(tmp_path, **kw):
@@ -64,7 +63,6 @@ def test_bert_12_to_6_trains_student_only_and_never_saves_the_teacher(tmp_path):
         assert len(n_layers) == 6
         reloaded = tf.AutoModelForSequenceClassification.from_pretrained(folder)
         assert reloaded.config.num_hidden_layers == 6
-    assert not os.path.exists(os.path.join(args.output_dir, PROJECTIONS_NAME))
 
 
 def test_projections_for_different_hidden_sizes_learn_and_stay_out_of_the_student(tmp_path):
@@ -72,20 +70,27 @@ def test_projections_for_different_hidden_sizes_learn_and_stay_out_of_the_studen
     student = tiny_bert(layers=2, hidden=32, seed=1)
     args = dargs(tmp_path, max_steps=3, hidden_weight=1.0, save_strategy="steps", save_steps=3)
     trainer = DistillationTrainer(student, teacher, args, train_dataset=classification_data(16))
+    assert trainer.student is student
     assert set(trainer.projections.keys()) == {"1", "2"}
     assert trainer.projections["1"].weight.shape == (64, 32)
     p_before = {k: v.clone() for k, v in trainer.projections.state_dict().items()}
     trainer.train()
     trainer.save_model()
     assert all(not torch.equal(v, p_before[k]) for k, v in trainer.projections.state_dict().items())
+    optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert {id(p) for p in trainer.projections.parameters()} <= optimized  # the Trainer's own optimizer
+    # The checkpoint holds student and projections (an exact resume), under the module's names.
     ckpt = os.path.join(args.output_dir, "checkpoint-3")
-    with safe_open(os.path.join(ckpt, PROJECTIONS_NAME), "pt") as f:
-        for k in f.keys():
-            torch.testing.assert_close(f.get_tensor(k), trainer.projections.state_dict()[k])
-    for folder in (ckpt, args.output_dir):
-        assert saved_keys(os.path.join(folder)) - {PROJECTIONS_NAME} <= set(student.state_dict()) | set(
-            trainer.projections.state_dict()) and not any("proj" in k for k in saved_keys(folder) if k in student.state_dict())
-    assert saved_keys(args.output_dir) <= set(student.state_dict())
+    with safe_open(os.path.join(ckpt, "model.safetensors"), "pt") as f:
+        assert set(f.keys()) == ({f"student.{k}" for k in student.state_dict()}
+                                 | {f"projections.{k}" for k in trainer.projections.state_dict()})
+        for k, v in trainer.projections.state_dict().items():
+            torch.testing.assert_close(f.get_tensor(f"projections.{k}"), v)
+    # The saved model is the student alone, reloadable as is.
+    assert saved_keys(args.output_dir) == set(student.state_dict())
+    reloaded = tf.AutoModelForSequenceClassification.from_pretrained(args.output_dir)
+    for k, v in reloaded.state_dict().items():
+        torch.testing.assert_close(v, student.state_dict()[k])
 
 
 def _losses(trainer):
@@ -129,9 +134,9 @@ def test_compute_loss_equals_the_design_formula(tmp_path):
     T, ws, wh, wd = 3.0, 0.6, 0.3, 0.7
     args = dargs(tmp_path, temperature=T, soft_weight=ws, hard_weight=wh, hidden_weight=wd, layer_map="1:2,2:4")
     trainer = DistillationTrainer(student, teacher, args)
-    student.eval()
+    trainer.model.eval()  # the student with its projections
     batch = fixed_batch(n=4, seq=10)
-    got = trainer.compute_loss(student, dict(batch))
+    got = trainer.compute_loss(trainer.model, dict(batch))
 
     with torch.no_grad():
         so = student(**batch, output_hidden_states=True)
