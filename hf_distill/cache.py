@@ -65,6 +65,18 @@ def has_cached_outputs(dataset) -> bool:
     return "teacher_logits" in columns or "teacher_topk_indices" in columns
 
 
+def cached_teacher_outputs(batch: dict) -> list[dict] | None:
+    """A batch's cached teacher outputs in the form a teacher forward has: [{"logits": tensor or TopKTargets}]."""
+    from .objective import TopKTargets
+
+    if "teacher_logits" in batch:
+        return [{"logits": batch["teacher_logits"]}]
+    if "teacher_topk_indices" in batch:
+        return [{"logits": TopKTargets(batch["teacher_topk_indices"], batch["teacher_topk_values"],
+                                       batch["teacher_topk_rest"])}]
+    return None
+
+
 def cache_teacher_outputs(
     teacher: nn.Module,
     dataset,

@@ -49,6 +49,7 @@ def teacher_list(teacher_model, cached: bool) -> list:
 
 def check_cache_only(student: nn.Module, args, train_dataset, eval_dataset, has_cached_outputs) -> None:
     """Training on cached teacher outputs: check what the cache can and cannot provide."""
+    check_not_encoder_decoder(student, "the student")
     if args.hidden_weight > 0 or args.attention_weight > 0:
         raise ValueError(
             "the train dataset carries cached teacher outputs, which hold logits only: hidden-state and attention "
@@ -85,6 +86,8 @@ def check_pair(student: nn.Module, teacher: nn.Module, args, processing_class=No
         check_returns_hidden_states(student, "student")
         check_returns_hidden_states(teacher, who)
     s_cfg, t_cfg = getattr(student, "config", None), getattr(teacher, "config", None)
+    check_not_encoder_decoder(student, "the student")
+    check_not_encoder_decoder(teacher, who)
     if s_cfg is None or t_cfg is None:
         return None  # plain nn.Modules: nothing to compare before the first batch
     if args.attention_weight > 0:
@@ -92,6 +95,16 @@ def check_pair(student: nn.Module, teacher: nn.Module, args, processing_class=No
     check_labels(student, teacher, who)
     n_tokens = len(processing_class) if processing_class is not None and hasattr(processing_class, "__len__") else None
     return vocab_limit(getattr(s_cfg, "vocab_size", None), getattr(t_cfg, "vocab_size", None), n_tokens, who)
+
+
+def check_not_encoder_decoder(model: nn.Module, who: str) -> None:
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        # Decoder positions need their own mask (decoder_attention_mask / labels != -100) and teachers need decoder
+        # inputs built from the labels: not wired, so refuse rather than mask the wrong positions.
+        raise ValueError(
+            f"{who} ({type(model).__name__}) is an encoder-decoder (seq2seq) model, which DistillationTrainer does "
+            "not support; distil an encoder-only or decoder-only model."
+        )
 
 
 def check_returns_hidden_states(model: nn.Module, who: str) -> None:
@@ -192,4 +205,19 @@ def check_tokenizers(processing_class, teacher_processing_class=None, teacher_so
         raise ValueError(
             "the teacher's tokenizer and the student's (processing_class) have different vocabularies: the same "
             "ids would mean different tokens. Use the teacher's tokenizer for the student."
+        )
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a loss term is NaN or infinite, before it reaches the weights."""
+
+
+def check_finite(loss: torch.Tensor, terms: dict[str, torch.Tensor], step: int, epoch: float | None) -> None:
+    """Stop before the optimizer step when the loss or a term is NaN / infinite (one sync for all of them)."""
+    values = torch.stack([loss.detach().float()] + [v.detach().float() for v in terms.values()])
+    if not bool(torch.isfinite(values).all()):
+        bad = [name for name, v in terms.items() if not torch.isfinite(v.detach()).all()] or ["loss"]
+        raise NonFiniteLossError(
+            f"non-finite {', '.join(bad)} at step {step} (epoch {epoch}); training stopped before the weights were "
+            "updated. Lower the learning rate, check the inputs, or use bf16 instead of fp16."
         )

@@ -220,7 +220,7 @@ class DistillationObjective:
 class ProjectedStudent(nn.Module):
     """The student and its hidden-size projections as one module (used only when the widths differ).
 
-    forward returns the student's outputs plus `projected_hidden_states`: `hidden_states` with
+    forward returns the student's output fields as a dict, plus `projected_hidden_states`: `hidden_states` with
     `projections[str(i)]` applied to each mapped layer i, (B, L, d_s) -> (B, L, d_t). Because the
     projections run inside forward, DDP averages their gradients, FSDP / ZeRO-3 gather and shard them,
     and the Trainer puts them in the optimizer, clips them and checkpoints them with the student.
@@ -233,8 +233,9 @@ class ProjectedStudent(nn.Module):
         self.projections = projections
         self.config = getattr(student, "config", None)  # what Trainer / DeepSpeed read (hidden_size, use_cache...)
 
-    def forward(self, *args, **kwargs):
-        outputs = self.student(*args, **kwargs)
+    def forward(self, *args, **kwargs) -> dict:
+        # A plain dict: a ModelOutput dataclass takes no new field (DDP rebuilds outputs from their fields).
+        outputs = dict(self.student(*args, **kwargs))
         states = outputs.get("hidden_states")
         if states is not None:
             outputs["projected_hidden_states"] = tuple(
@@ -267,12 +268,45 @@ class ProjectedStudent(nn.Module):
         return state
 
 
-def labelled_rows_loss(student_outputs, labels: torch.Tensor, rows: torch.Tensor, config) -> torch.Tensor:
-    """The student's own loss on the labelled rows of a batch of float labels (regression, multi-label).
+@dataclass
+class HeldLabels:
+    """Labels kept out of the student's forward: the hard loss is computed from them after it."""
 
-    Regression / multi-label losses have no ignore_index (integer labels do: -100 rows drop out of the
-    model's cross-entropy), so a batch mixing labelled and unlabelled rows takes its hard loss here.
+    labels: torch.Tensor
+    rows: torch.Tensor | None = None  # (B,) bool labelled rows of a mixed float-label batch; None = label smoothing
+
+
+def unlabelled_rows(labels: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: examples that carry no label at all (-100 everywhere; NaN also counts for float labels)."""
+    missing = labels == -100
+    if labels.is_floating_point():
+        missing = missing | torch.isnan(labels)
+    return missing.reshape(labels.shape[0], -1).all(dim=1)
+
+
+def hold_labels(student_inputs: dict, smoothing: bool = False) -> tuple[dict, HeldLabels | None]:
+    """The three label regimes: the student's inputs, and the labels held back when the hard loss is taken here.
+
+    - no labelled row (a transfer-set batch): labels dropped, soft targets only;
+    - float labels with some unlabelled rows (regression / multi-label have no ignore_index): held with the rows;
+    - label smoothing: held for the smoother; otherwise the model's own loss (-100 is ignored by it).
     """
+    labels = student_inputs.get("labels")
+    if not torch.is_tensor(labels):
+        return student_inputs, None
+    unlabelled = unlabelled_rows(labels)  # (B,)
+    rest = {k: v for k, v in student_inputs.items() if k != "labels"}
+    if bool(unlabelled.all()):
+        return rest, None
+    if labels.is_floating_point() and bool(unlabelled.any()):
+        return rest, HeldLabels(labels, ~unlabelled)
+    return (rest, HeldLabels(labels)) if smoothing else (student_inputs, None)
+
+
+def hard_loss(student_outputs, held: HeldLabels | None, config=None) -> torch.Tensor | None:
+    """The student's own loss: the model's `.loss`, or for held float labels the loss on the labelled rows."""
+    if held is None:  # from whatever labels the task uses (labels, start/end_positions, ...); None without labels
+        return student_outputs.get("loss") if isinstance(student_outputs, dict) else None
     from transformers.loss.loss_utils import ForSequenceClassificationLoss
 
     logits = student_outputs.get("logits") if isinstance(student_outputs, dict) else None
@@ -282,4 +316,4 @@ def labelled_rows_loss(student_outputs, labels: torch.Tensor, rows: torch.Tensor
             "sequence-classification heads (regression, multi-label) only; give every example of a batch a "
             "label, or none, or override compute_distillation_loss."
         )
-    return ForSequenceClassificationLoss(labels[rows], logits[rows], config)  # (B_labelled, C) rows only
+    return ForSequenceClassificationLoss(held.labels[held.rows], logits[held.rows], config)  # labelled rows only

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -19,12 +18,28 @@ from transformers import PreTrainedModel, Trainer
 from transformers.trainer_pt_utils import find_batch_size
 from transformers.utils import can_return_loss, find_labels
 
-from .cache import CACHE_COLUMNS, CachedOutputsCollator, has_cached_outputs
-from .checks import check_args, check_cache_only, check_pair, check_tokenizers, teacher_list
+from .cache import CACHE_COLUMNS, CachedOutputsCollator, cached_teacher_outputs, has_cached_outputs
+from .checks import (
+    NonFiniteLossError,
+    check_args,
+    check_cache_only,
+    check_finite,
+    check_pair,
+    check_tokenizers,
+    teacher_list,
+)
 from .config import DistillationArguments
 from .layers import build_projections, count_layers, hidden_size, resolve_layer_map
 from .modeling import forward_params, is_causal_lm, unwrap_peft, wrap_peft
-from .objective import DistillationObjective, LogitsPair, ProjectedStudent, TopKTargets, labelled_rows_loss
+from .objective import (
+    DistillationObjective,
+    HeldLabels,
+    LogitsPair,
+    ProjectedStudent,
+    TopKTargets,
+    hard_loss,
+    hold_labels,
+)
 from .teacher import freeze, load_teacher, place_teacher
 
 logger = logging.getLogger(__name__)
@@ -35,42 +50,17 @@ __all__ = ["DistillationTrainer", "LogitsPair", "NonFiniteLossError", "TopKTarge
 _OUTPUT_FLAGS = ("output_hidden_states", "output_attentions", "return_dict")
 
 
-class NonFiniteLossError(FloatingPointError):
-    """Raised when a loss component is NaN or infinite, before it reaches the weights."""
-
-
-@dataclass
-class _HeldLabels:
-    """Labels kept out of the student's forward: the hard loss is computed from them after it."""
-
-    labels: torch.Tensor
-    rows: torch.Tensor | None = None  # (B,) bool labelled rows of a mixed float-label batch; None = label smoothing
-
-
-def _unlabelled_rows(labels: torch.Tensor) -> torch.Tensor:
-    """(B,) bool: examples that carry no label at all (-100 everywhere; NaN also counts for float labels)."""
-    missing = labels == -100
-    if labels.is_floating_point():
-        missing = missing | torch.isnan(labels)
-    return missing.reshape(labels.shape[0], -1).all(dim=1)
-
-
 class DistillationTrainer(Trainer):
-    """Trainer for knowledge distillation (Hinton et al., 2015; DistilBERT).
+    """Trainer for knowledge distillation (Hinton et al., 2015; DistilBERT); the loss is `self.objective`'s.
 
-    loss = soft_weight * T^2 * KL(p_t || p_s at T) + hard_weight * student loss on labels
-           + hidden_weight * hidden-state alignment (+ attention_weight * attention-map KL)
+    `model` is the student (trained, saved, pushed). `teacher_model` is a model, a name/path, or a list of them
+    (an ensemble); teachers are frozen, in eval mode, run without gradients and never saved. `peft_config` wraps
+    the student with `get_peft_model`; `save_model` then writes the adapter, or the merged model when
+    `merge_adapter_on_save=True`. Other arguments are `transformers.Trainer`'s. With learned hidden-size
+    projections `trainer.model` is a `ProjectedStudent`; `trainer.student` is always the student.
 
-    `model` is the student (trained, saved, pushed). `teacher_model` is a model, a name/path, or a
-    list of them (an ensemble, combined by `args.ensemble_mode`); it is frozen, kept in eval mode, run
-    without gradients and never saved. `peft_config` (a `peft.PeftConfig`) wraps the student with
-    `get_peft_model` so only the adapter trains; `save_model` then writes the adapter, or the merged
-    model when `merge_adapter_on_save=True` (checkpoints always keep the adapter). All other arguments
-    are those of `transformers.Trainer`. When student and teacher widths differ and hidden_weight > 0,
-    `trainer.model` is a `ProjectedStudent` (student + projections); `trainer.student` is the student.
-
-    Extension points: override `distillation_pairs` to say what to distill for a new task; return more
-    named terms from `extra_losses` and declare their weights in the class attribute `extra_loss_weights`.
+    Extension points: `distillation_pairs` (what to distill for a new task) and `extra_losses` (more named
+    terms, whose weights the class attribute `extra_loss_weights` declares).
     """
 
     # Each micro-batch loss is a per-batch mean; the Trainer divides it by the accumulation steps.
@@ -213,11 +203,9 @@ class DistillationTrainer(Trainer):
 
         A batch with cached teacher outputs is read instead: one output, {"logits": tensor or TopKTargets}.
         """
-        if "teacher_logits" in inputs:
-            return [{"logits": inputs["teacher_logits"]}]
-        if "teacher_topk_indices" in inputs:
-            return [{"logits": TopKTargets(inputs["teacher_topk_indices"], inputs["teacher_topk_values"],
-                                           inputs["teacher_topk_rest"])}]
+        cached = cached_teacher_outputs(inputs)
+        if cached is not None:
+            return cached
         if not self.teachers:
             raise ValueError("this batch carries no cached teacher outputs and no teacher was loaded.")
         # The student's forward gets autocast from Accelerate's wrapper; the teacher is not wrapped, so ask for it.
@@ -225,33 +213,15 @@ class DistillationTrainer(Trainer):
             return [teacher(**self._inputs_for(accepted, inputs, drop_labels=True), **self._output_flags())
                     for teacher, accepted in zip(self.teachers, self._teacher_params)]
 
-    def _student_inputs(self, inputs: dict) -> tuple[dict, _HeldLabels | None]:
-        """The student's inputs, and the labels held back from its forward when the hard loss is taken here."""
-        student_inputs = self._inputs_for(self._student_params, inputs, drop_labels=False)
-        labels = student_inputs.get("labels")
-        if not torch.is_tensor(labels):
-            return student_inputs, None
-        unlabelled = _unlabelled_rows(labels)  # (B,)
-        if bool(unlabelled.all()):
-            student_inputs.pop("labels")  # a fully unlabelled (transfer-set) batch: soft targets only
-            return student_inputs, None
-        if labels.is_floating_point() and bool(unlabelled.any()):
-            return student_inputs, _HeldLabels(student_inputs.pop("labels"), ~unlabelled)
-        if self.label_smoother is not None:
-            return student_inputs, _HeldLabels(student_inputs.pop("labels"))
-        return student_inputs, None
-
-    def _hard_loss(self, student_outputs, held: _HeldLabels | None) -> torch.Tensor | None:
-        if held is None:  # the model's own loss, from whatever labels the task uses (start/end_positions, ...)
-            return student_outputs.get("loss") if isinstance(student_outputs, dict) else None
-        if held.rows is None:
+    def _hard_loss(self, student_outputs, held: HeldLabels | None) -> torch.Tensor | None:
+        if held is not None and held.rows is None:
             return self.label_smoother(student_outputs, held.labels, shift_labels=self._shift_labels)
-        return labelled_rows_loss(student_outputs, held.labels, held.rows, getattr(unwrap_peft(self.student),
-                                                                                   "config", None))
+        return hard_loss(student_outputs, held, getattr(unwrap_peft(self.student), "config", None))
 
     def compute_distillation_loss(self, model, inputs: dict):
         """Return (total loss, {term: value}, student outputs) for one batch."""
-        student_inputs, held = self._student_inputs(inputs)
+        student_inputs = self._inputs_for(self._student_params, inputs, drop_labels=False)
+        student_inputs, held = hold_labels(student_inputs, smoothing=self.label_smoother is not None)
         # Teacher first: its activations are freed before the student's (kept for backward) are built.
         teacher_outputs = self.teacher_forward(inputs)
         student_outputs = model(**student_inputs, **self._output_flags())
@@ -269,7 +239,7 @@ class DistillationTrainer(Trainer):
         loss, terms, student_outputs = self.compute_distillation_loss(model, inputs)
         split = "train" if model.training else "eval"
         if split == "train":
-            self._check_finite(loss, terms)
+            check_finite(loss, terms, self.state.global_step + 1, self.state.epoch)
         # Training logs average per step (like `loss`); evaluation weights each batch by its size (like eval_loss).
         weight = 1 if split == "train" else (find_batch_size(inputs) or 1)
         sums = self._sums[split]
@@ -280,16 +250,6 @@ class DistillationTrainer(Trainer):
             # Only the student's logits go to prediction gathering / compute_metrics (no hidden states).
             return loss, {k: v for k, v in student_outputs.items() if k.endswith("logits")}
         return loss
-
-    def _check_finite(self, loss, terms):
-        values = torch.stack([loss.detach().float()] + [v.detach().float() for v in terms.values()])
-        if not bool(torch.isfinite(values).all()):
-            bad = [name for name, v in terms.items() if not torch.isfinite(v.detach()).all()] or ["loss"]
-            raise NonFiniteLossError(
-                f"non-finite {', '.join(bad)} at step {self.state.global_step + 1} (epoch {self.state.epoch}); "
-                "training stopped before the weights were updated. Lower the learning rate, check the inputs, "
-                "or use bf16 instead of fp16."
-            )
 
     def _pop_term_means(self, split: str) -> dict[str, float]:
         sums, self._sums[split] = self._sums[split], {}
@@ -324,7 +284,7 @@ class DistillationTrainer(Trainer):
     # ---- saving: the student alone, its adapter merged on request; checkpoints keep everything ---------
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        final = not _internal_call or self._pushing  # not a checkpoint (those must resume exactly)
+        final = not _internal_call or self._pushing  # not a checkpoint (those keep everything, to resume exactly)
         merge = self.merge_adapter_on_save and hasattr(self.student, "merge_and_unload")
         if not final or not (merge or self.projections is not None):
             return super().save_model(output_dir, _internal_call)
@@ -335,10 +295,9 @@ class DistillationTrainer(Trainer):
 
     def _save_student(self, output_dir: str, merge: bool) -> None:
         """Write the student alone (no projections), its adapter merged into the base weights when `merge`."""
-        state_dict = None
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:  # gathered on every process; keep the student's part
-            full = self.accelerator.get_state_dict(self.model_wrapped if self.is_deepspeed_enabled else self.model)
-            state_dict = {k.removeprefix("student."): v for k, v in full.items() if k.startswith("student.")}
+        state_dict = self._gathered_state_dict()
+        if state_dict is not None and self.projections is not None:  # keep the student's part of the wrapper
+            state_dict = {k.removeprefix("student."): v for k, v in state_dict.items() if k.startswith("student.")}
         if not self.args.should_save:
             return
         student = copy.deepcopy(self.student).merge_and_unload() if merge else self.student  # trainer's stays as is
@@ -348,6 +307,14 @@ class DistillationTrainer(Trainer):
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
         logger.info("saved the student%s to %s", " with its adapter merged" if merge else "", output_dir)
+
+    def _gathered_state_dict(self) -> dict | None:
+        """The full state dict of a sharded model, gathered on every process (a collective); None if not sharded."""
+        if self.is_deepspeed_enabled:
+            return self.accelerator.get_state_dict(self.model_wrapped)
+        if self.is_fsdp_enabled:
+            return self.accelerator.get_state_dict(self.model)
+        return None
 
     def push_to_hub(self, *args, **kwargs):
         self._pushing = True  # Trainer.push_to_hub saves through save_model(_internal_call=True): the final student
