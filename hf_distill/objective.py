@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from . import losses
+from .layers import build_projections, count_layers, hidden_size, resolve_layer_map
 
 # 2-D output fields whose classes are the sequence positions (extractive QA): the softmax runs over the
 # tokens of each example, so padding positions are masked out of it in teacher and student alike.
@@ -92,6 +93,19 @@ class DistillationObjective:
         weights.update({name: float(w) for name, w in (extra_weights or {}).items()})
         return cls(weights, args.temperature, args.logit_loss, args.ensemble_mode, args.hidden_loss, layer_map,
                    attention_layer_map, vocab_limit)
+
+    @classmethod
+    def for_models(cls, args, student: nn.Module, teacher: nn.Module | None, **kwargs):
+        """`from_args` with args.layer_map / attention_layer_map resolved and range-checked against the models."""
+        maps = {}
+        if args.hidden_weight > 0:
+            maps["layer_map"] = resolve_layer_map(args.layer_map, count_layers(student), count_layers(teacher))
+        if args.attention_weight > 0:
+            maps["attention_layer_map"] = resolve_layer_map(
+                args.attention_layer_map, count_layers(student), count_layers(teacher), what="attention_layer_map",
+                allow_embeddings=False,
+            )
+        return cls.from_args(args, **maps, **kwargs)
 
     # ---- what to distill ------------------------------------------------------------------------
 
@@ -215,6 +229,14 @@ class DistillationObjective:
         terms = self.terms(inputs, student_outputs, teacher_outputs, hard_loss, pairs)
         terms.update(extra or {})
         return self.combine(terms), terms
+
+
+def with_projections(student: nn.Module, layer_map: dict[int, int] | None, teacher: nn.Module | None) -> nn.Module:
+    """The student, or a ProjectedStudent when hidden alignment needs learned projections (the widths differ)."""
+    if layer_map is None:
+        return student
+    projections = build_projections(layer_map, hidden_size(student), hidden_size(teacher))
+    return student if projections is None else ProjectedStudent(student, projections)
 
 
 class ProjectedStudent(nn.Module):

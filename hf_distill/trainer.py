@@ -29,7 +29,6 @@ from .checks import (
     teacher_list,
 )
 from .config import DistillationArguments
-from .layers import build_projections, count_layers, hidden_size, resolve_layer_map
 from .modeling import forward_params, is_causal_lm, unwrap_peft, wrap_peft
 from .objective import (
     DistillationObjective,
@@ -39,6 +38,7 @@ from .objective import (
     TopKTargets,
     hard_loss,
     hold_labels,
+    with_projections,
 )
 from .teacher import freeze, load_teacher, place_teacher
 
@@ -97,33 +97,16 @@ class DistillationTrainer(Trainer):
         self.merge_adapter_on_save, self._pushing = merge_adapter_on_save, False
         processing_class = trainer_kwargs.get("processing_class")
         self.objective = self._build_objective(student, args, processing_class, teacher_processing_class, sources)
-        super().__init__(self._with_projections(student, args), args, *trainer_args, **trainer_kwargs)
+        super().__init__(with_projections(student, self.objective.layer_map, self.teacher), args, *trainer_args, **trainer_kwargs)
         self._finish_setup(student)
 
     def _build_objective(self, student, args, processing_class, teacher_processing_class, sources):
-        """Check every student/teacher pair, resolve the layer maps, and build the loss."""
+        """Check every student/teacher pair, then build the loss (layer maps resolved against the models)."""
         limits = [check_pair(student, t, args, processing_class, "the teacher" if len(self.teachers) == 1 else
                              f"teacher {k}") for k, t in enumerate(self.teachers)]
         check_tokenizers(processing_class, teacher_processing_class, sources[0] if sources else None)
-        layer_map = attention_layer_map = None
-        if args.hidden_weight > 0:
-            layer_map = resolve_layer_map(args.layer_map, count_layers(student), count_layers(self.teachers[0]))
-        if args.attention_weight > 0:
-            attention_layer_map = resolve_layer_map(
-                args.attention_layer_map, count_layers(student), count_layers(self.teachers[0]),
-                what="attention_layer_map", allow_embeddings=False,
-            )
-        return DistillationObjective.from_args(
-            args, layer_map=layer_map, attention_layer_map=attention_layer_map,
-            vocab_limit=next((n for n in limits if n is not None), None), extra_weights=self.extra_loss_weights,
-        )
-
-    def _with_projections(self, student: nn.Module, args) -> nn.Module:
-        """The student, or a ProjectedStudent when hidden alignment needs learned projections (widths differ)."""
-        if args.hidden_weight <= 0:
-            return student
-        projections = build_projections(self.objective.layer_map, hidden_size(student), hidden_size(self.teachers[0]))
-        return student if projections is None else ProjectedStudent(student, projections)
+        return DistillationObjective.for_models(args, student, self.teacher, extra_weights=self.extra_loss_weights,
+                                                vocab_limit=next((n for n in limits if n is not None), None))
 
     def _finish_setup(self, student: nn.Module) -> None:
         if self.cached:
