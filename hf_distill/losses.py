@@ -371,18 +371,21 @@ def _coarsened_log_probs(
     `rest` (P,) the teacher's probability of every other class at T.
     """
     rest = rest.float().clamp(0.0, 1.0)
-    # Teacher: log q_i = v_i / T - log Z, Z chosen so that the kept classes carry 1 - rest. A rest of exactly 0
-    # (k = C, or underflow) becomes the smallest normal float: its terms vanish in every divergence, none is NaN.
+    # The cached rest is 1 - sum(top-k probabilities) in float32: known to about eps, so below eps it is rounding
+    # noise. Both rest bins are floored at eps: with k = C (rest 0 on both sides) the bin then adds exactly 0 to
+    # every divergence, and a teacher's noise rest of ~1e-7 against a student rest of 0 cannot blow up a KL.
+    eps = torch.finfo(torch.float32).eps
     tiny = torch.finfo(torch.float32).tiny
     log_kept = torch.log((1.0 - rest).clamp_min(tiny))  # (P,)
+    # Teacher: log q_i = v_i / T - log Z, Z chosen so that the kept classes carry 1 - rest.
     log_q = F.log_softmax(values.float() / temperature, dim=-1) + log_kept.unsqueeze(-1)  # (P, k)
-    log_q = torch.cat([log_q, torch.log(rest.clamp_min(tiny)).unsqueeze(-1)], dim=-1)  # (P, k + 1)
+    log_q = torch.cat([log_q, torch.log(rest.clamp_min(eps)).unsqueeze(-1)], dim=-1)  # (P, k + 1)
     # Student: gather the same k classes; its rest bin is the logsumexp over the other classes (exact, also when
-    # the rest is tiny, unlike log(1 - kept)), with the k gathered entries pushed to _MASKED_LOGIT.
+    # the rest is small, unlike log(1 - kept)), with the k gathered entries pushed to _MASKED_LOGIT.
     log_ps_all = F.log_softmax(student_logits.float() / temperature, dim=-1)  # (P, C)
     log_ps_kept = log_ps_all.gather(-1, indices)  # (P, k)
     others = log_ps_all.scatter(-1, indices, _MASKED_LOGIT)  # (P, C)
-    log_ps_rest = torch.logsumexp(others, dim=-1, keepdim=True)  # (P, 1)
+    log_ps_rest = torch.logsumexp(others, dim=-1, keepdim=True).clamp_min(math.log(eps))  # (P, 1)
     return torch.cat([log_ps_kept, log_ps_rest], dim=-1), log_q
 
 
