@@ -3,7 +3,17 @@
 from .cache import cache_teacher_outputs
 from .config import DistillationArguments
 from .layers import init_student_from_teacher, uniform_layer_map
-from .losses import ensemble_log_probs, hidden_state_loss, logit_mse_loss, soft_target_loss, topk_soft_target_loss
+from .losses import (
+    DIVERGENCES,
+    divergence_loss,
+    ensemble_log_probs,
+    hidden_state_loss,
+    logit_mse_loss,
+    soft_target_loss,
+    teacher_log_probs,
+    topk_divergence_loss,
+    topk_soft_target_loss,
+)
 from .model_card import render_model_card, save_model_card
 from .objective import DistillationObjective, LogitsPair, TopKTargets
 from .trainer import DistillationTrainer, NonFiniteLossError
@@ -11,6 +21,7 @@ from .trainer import DistillationTrainer, NonFiniteLossError
 __version__ = "0.1.0"
 
 __all__ = [
+    "DIVERGENCES",
     "DistillationArguments",
     "DistillationObjective",
     "DistillationTrainer",
@@ -18,6 +29,7 @@ __all__ = [
     "NonFiniteLossError",
     "TopKTargets",
     "cache_teacher_outputs",
+    "divergence_loss",
     "ensemble_log_probs",
     "hidden_state_loss",
     "init_student_from_teacher",
@@ -25,6 +37,8 @@ __all__ = [
     "render_model_card",
     "save_model_card",
     "soft_target_loss",
+    "teacher_log_probs",
+    "topk_divergence_loss",
     "topk_soft_target_loss",
     "uniform_layer_map",
 ]

@@ -45,7 +45,7 @@ class LogitsPair:
     """One thing to distill: student logits vs the teacher logits (one tensor per teacher).
 
     `name` labels the pair in error messages. `mask` (the logits' leading dims, e.g. (B, L)) selects the
-    positions that count; None = all. `kind` is "kl" (the soft-target divergence at temperature T),
+    positions that count; None = all. `kind` is "kl" (the chosen divergence at temperature T; the name is kept),
     "mse" (raw output matching, regression) or "topk" (against a cached top-k teacher,
     `teachers` = [TopKTargets]).
     """
@@ -76,7 +76,7 @@ class DistillationObjective:
 
     weights: dict[str, float]
     temperature: float = 2.0
-    logit_loss: str = "kl"
+    divergence: str = "forward_kl"
     ensemble_mode: str = "mean"
     hidden_distance: str = "mse"
     layer_map: dict[int, int] | None = None
@@ -91,8 +91,8 @@ class DistillationObjective:
         if clash:
             raise ValueError(f"extra loss terms {sorted(clash)} reuse built-in names; their weights come from args.")
         weights.update({name: float(w) for name, w in (extra_weights or {}).items()})
-        return cls(weights, args.temperature, args.logit_loss, args.ensemble_mode, args.hidden_loss, layer_map,
-                   attention_layer_map, vocab_limit)
+        return cls(weights, args.temperature, args.divergence, args.ensemble_mode, args.hidden_loss, layer_map,
+                   attention_layer_map, vocab_limit, args.divergence_kwargs())
 
     @classmethod
     def for_models(cls, args, student: nn.Module, teacher: nn.Module | None, **kwargs):
@@ -114,7 +114,7 @@ class DistillationObjective:
 
         2-D logits (B, C): one position per example. 3-D logits (B, L, C): positions with attention_mask 1.
         QA start/end logits (B, L): one distribution over the real tokens (padding masked out of the softmax).
-        One-output heads (regression) and logit_loss="mse" match raw outputs with squared error.
+        One-output heads (regression) and divergence="mse" match raw outputs with squared error.
         """
         attention_mask = inputs.get("attention_mask")
         pairs = []
@@ -133,7 +133,7 @@ class DistillationObjective:
     def _logits_pair(self, name: str, s: torch.Tensor, ts: list, attention_mask) -> LogitsPair:
         if self.vocab_limit is not None and s.dim() == 3:  # padding rows beyond the tokenizer are no tokens
             s, ts = s[..., : self.vocab_limit], [t[..., : self.vocab_limit] for t in ts]
-        kind = "mse" if s.shape[-1] == 1 or self.logit_loss == "mse" else "kl"
+        kind = "mse" if s.shape[-1] == 1 or self.divergence == "mse" else "kl"
         mask = _token_mask(attention_mask, s)
         if name in SPAN_LOGITS and attention_mask is not None and attention_mask.shape == s.shape:
             keep = attention_mask.bool()  # (B, L): the classes are the tokens
@@ -146,17 +146,18 @@ class DistillationObjective:
     # ---- the terms ------------------------------------------------------------------------------
 
     def pair_loss(self, pair: LogitsPair) -> torch.Tensor:
+        """One pair's soft loss: the chosen divergence from the registry (losses.DIVERGENCES), at T, scaled by T^2."""
         T = self.temperature
         try:
             if pair.kind == "topk":
                 t = pair.teachers[0]
-                return losses.topk_soft_target_loss(pair.student, t.indices, t.values, t.rest, T, pair.mask)
-            if pair.kind == "mse":
-                target = torch.stack([t.float() for t in pair.teachers]).mean(0)  # (..., C) mean raw output
-                return losses.logit_mse_loss(pair.student, target, pair.mask)
-            # Several teachers are combined into one target distribution here, once, whatever the divergence.
-            target = losses.ensemble_log_probs(pair.teachers, T, self.ensemble_mode)  # (..., C) log p_t at T
-            return losses.soft_target_loss_from_log_probs(pair.student, target, T, pair.mask)
+                return losses.topk_divergence_loss(pair.student, t.indices, t.values, t.rest, T, pair.mask,
+                                                   divergence=self.divergence, **self.divergence_kwargs)
+            divergence = "mse" if pair.kind == "mse" else self.divergence
+            params = {} if pair.kind == "mse" else self.divergence_kwargs
+            # Several teachers are combined into one target here (losses.teacher_target), whatever the divergence.
+            target = losses.teacher_target(pair.teachers, T, self.ensemble_mode, divergence)  # (..., C)
+            return losses.divergence_loss(pair.student, target, T, pair.mask, divergence=divergence, **params)
         except ValueError as err:
             raise ValueError(f"distilling {pair.name!r}: {err}") from err
 
