@@ -255,6 +255,13 @@ class ProjectedStudent(nn.Module):
         self.student = student
         self.projections = projections
         self.config = getattr(student, "config", None)  # what Trainer / DeepSpeed read (hidden_size, use_cache...)
+        # Tied weights (an LM head sharing the embedding) would be written twice, which safetensors refuses: the
+        # state dict keeps the first name of each shared parameter, and the Trainer re-ties them after loading.
+        seen, self._keys_to_ignore_on_save = set(), []
+        for name, param in self.named_parameters(remove_duplicate=False):
+            if id(param) in seen:
+                self._keys_to_ignore_on_save.append(name)
+            seen.add(id(param))
 
     def forward(self, *args, **kwargs) -> dict:
         # A plain dict: a ModelOutput dataclass takes no new field (DDP rebuilds outputs from their fields).
@@ -273,21 +280,14 @@ class ProjectedStudent(nn.Module):
     def gradient_checkpointing_disable(self):
         self.student.gradient_checkpointing_disable()
 
+    def tie_weights(self):
+        self.student.tie_weights()  # the Trainer calls this after loading a checkpoint without the tied copies
+
     def state_dict(self, *args, destination=None, prefix="", keep_vars=False):
         state = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
-        if destination is not None:
-            return state  # called from a parent module: the caller's dict is filled in place
-        # Tied weights (an LM head sharing the embedding) would be written twice, which safetensors refuses:
-        # keep the first name of each shared tensor; loading it restores both (they are one Parameter).
-        seen = set()
-        for name in list(state):
-            tensor = state[name]
-            if not torch.is_tensor(tensor) or tensor.numel() == 0:
-                continue
-            key = (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype)
-            if key in seen:
-                del state[name]
-            seen.add(key)
+        if destination is None:  # the top-level call (a parent module fills its own dict in place)
+            for name in self._keys_to_ignore_on_save:
+                state.pop(name, None)
         return state
 
 
