@@ -11,13 +11,19 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as tf
+from conftest import VOCAB, WORDS, classification_data, make_tokenizer, tiny_bert, tiny_llama
 from datasets import Dataset
-
-from conftest import VOCAB, WORDS, classification_data, tiny_bert, tiny_llama, make_tokenizer
 from distill_checks import (
-    assert_trains_student_not_teacher, eval_components, make_args, probs, ref_kl, ref_soft, sharpen,
+    assert_trains_student_not_teacher,
+    eval_components,
+    make_args,
+    probs,
+    ref_kl,
+    ref_soft,
+    sharpen,
     token_positions,
 )
+
 from hf_distill import DistillationTrainer
 
 T = 2.0
@@ -313,7 +319,7 @@ def test_attention_teacher_given_by_path_is_loaded_eager(tmp_path):
 def readme_tasks_example() -> str:
     text = README.read_text()
     section = text.split("<!-- section: tasks -->")[1].split("<!-- /section: tasks -->")[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
     assert blocks, "the README tasks section has no python example"
     return blocks[0]
 
