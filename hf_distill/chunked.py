@@ -142,6 +142,8 @@ def _run_chunks(hidden: torch.Tensor, plan: _Plan, grads_for: tuple[bool, bool, 
                         target = teacher_target(t_logits, plan.temperature, plan.ensemble_mode, plan.divergence)
                         del t_logits
                     mask = None if plan.soft_mask is None else plan.soft_mask[rows]
+                    if mask is not None and bool(mask.all()):
+                        mask = None  # every row counts: skip the (n, V) copy that selecting rows would make
                     z_soft = z if plan.vocab_limit is None else z[:, : plan.vocab_limit]
                     soft = divergence_loss(z_soft, target, plan.temperature, mask, divergence=plan.divergence,
                                            reduction="sum", **plan.params)
@@ -179,17 +181,21 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, plan):
         grads_for = (hidden.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
         loss, soft_sum, hard_sum, g_hidden, g_weight, g_bias = _run_chunks(hidden, plan, grads_for)
-        ctx.save_for_backward(g_hidden, g_weight, g_bias)
+        # Kept on ctx, not save_for_backward: they are results, not inputs, and the backward scales them in
+        # place, so that no second (V, H) copy of the head's gradient is ever made.
+        ctx.grads = [g_hidden, g_weight, g_bias]
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         ctx.mark_non_differentiable(soft_sum, hard_sum)
         return loss, soft_sum, hard_sum
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_soft, _grad_hard):
-        g_hidden, g_weight, g_bias = ctx.saved_tensors
+        if ctx.grads is None:
+            raise RuntimeError("the chunked head loss was already back-propagated; it cannot be twice (retain_graph).")
         out = []
-        for g, dtype in zip((g_hidden, g_weight, g_bias), ctx.dtypes):
-            out.append(None if g is None else (g * grad_loss).to(dtype))
+        for g, dtype in zip(ctx.grads, ctx.dtypes):
+            out.append(None if g is None else g.mul_(grad_loss).to(dtype))
+        ctx.grads = None
         return (*out, None)
 
 
