@@ -103,6 +103,31 @@ class _Plan:
     params: dict
 
 
+_MIXED_MM: dict[str, bool] = {}
+
+
+def _accumulate_outer(acc: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> None:
+    """acc (V, H) float32 += g.T @ h, for g (n, V) and h (n, H) in the compute dtype.
+
+    float32: in place. bf16 / fp16 on CUDA: one GEMM writing float32 (`out_dtype`, where this torch has it),
+    so the head's gradient is summed over chunks in float32 without a low-precision (V, H) temporary.
+    """
+    if g.dtype == torch.float32:
+        acc.addmm_(g.t(), h)
+        return
+    device = g.device.type
+    if device not in _MIXED_MM:
+        try:
+            torch.mm(g[:1].t(), h[:1], out_dtype=torch.float32)
+            _MIXED_MM[device] = True
+        except (RuntimeError, TypeError, NotImplementedError):
+            _MIXED_MM[device] = False
+    if _MIXED_MM[device]:
+        acc += torch.mm(g.t(), h, out_dtype=torch.float32)
+    else:
+        acc += (g.t() @ h).float()
+
+
 def _run_chunks(hidden: torch.Tensor, plan: _Plan, grads_for: tuple[bool, bool, bool]):
     """Loop over row chunks; return (loss, soft_sum, hard_sum) and, where asked, the gradients of the loss
     with respect to (hidden (N, H), weight (V, H), bias (V,))."""
@@ -142,8 +167,6 @@ def _run_chunks(hidden: torch.Tensor, plan: _Plan, grads_for: tuple[bool, bool, 
                         target = teacher_target(t_logits, plan.temperature, plan.ensemble_mode, plan.divergence)
                         del t_logits
                     mask = None if plan.soft_mask is None else plan.soft_mask[rows]
-                    if mask is not None and bool(mask.all()):
-                        mask = None  # every row counts: skip the (n, V) copy that selecting rows would make
                     z_soft = z if plan.vocab_limit is None else z[:, : plan.vocab_limit]
                     soft = divergence_loss(z_soft, target, plan.temperature, mask, divergence=plan.divergence,
                                            reduction="sum", **plan.params)
@@ -163,10 +186,7 @@ def _run_chunks(hidden: torch.Tensor, plan: _Plan, grads_for: tuple[bool, bool, 
                 if g_hidden is not None:
                     g_hidden[rows] = (g @ w).to(g_hidden.dtype)  # (n, H)
                 if g_weight is not None:
-                    if cd == torch.float32:
-                        g_weight.addmm_(g.t(), h)  # in place: no (V, H) temporary
-                    else:
-                        g_weight += (g.t() @ h).float()
+                    _accumulate_outer(g_weight, g, h)
                 if g_bias is not None:
                     g_bias += g_raw.float().sum(0)
             del raw, z, g_raw
@@ -261,11 +281,17 @@ def chunked_head_loss(
         raise ValueError(f"labels must be (N,) = ({n_rows},) next-token ids, got {tuple(labels.shape)}.")
     if soft_mask is not None and soft_mask.shape != (n_rows,):
         raise ValueError(f"soft_mask must be (N,) = ({n_rows},), got {tuple(soft_mask.shape)}.")
+    if soft_mask is not None and bool(soft_mask.all()):
+        # every row counts (the usual case): skip the (n, V) copy that selecting rows makes in each chunk
+        soft_mask = None
     plan = _Plan(student_head, list(teacher_hidden), list(teacher_heads),
                  None if soft_mask is None else soft_mask.bool(), labels, temperature, divergence, ensemble_mode,
                  vocab_limit, float(soft_scale), float(hard_scale), int(chunk_size), params)
     loss, soft_sum, hard_sum = _ChunkedHeadLoss.apply(student_hidden, student_head.weight, student_head.bias, plan)
-    soft_count = torch.tensor(n_rows if soft_mask is None else int(soft_mask.sum()), device=student_hidden.device)
+    if soft_mask is None:
+        soft_count = torch.tensor(n_rows, device=student_hidden.device)
+    else:
+        soft_count = soft_mask.sum()
     hard_count = (labels != IGNORE_INDEX).sum() if labels is not None else torch.zeros((), dtype=torch.long)
     if not teacher_heads:
         soft_count = torch.zeros_like(soft_count)

@@ -210,3 +210,24 @@ def test_causal_lm_rows_shift_labels_like_the_model():
     assert keep.tolist() == [[True, True, False]] and soft.tolist() == [True, True] and nxt.tolist() == [2, 3]
     keep, soft, nxt = causal_lm_rows(torch.tensor([[0, 1, 1]]), torch.tensor([[1, 2, 3]]), (1, 3))
     assert keep.tolist() == [[True, True, True]] and soft.tolist() == [False, True, True] and nxt.tolist() == [2, 3, -100]
+
+
+def test_chunked_head_loss_under_bf16_autocast_matches_the_autocast_reference():
+    """Under autocast the logits matmuls run in bfloat16 in both paths; the losses stay float32 and agree."""
+    g = torch.Generator().manual_seed(3)
+    N, H, V = 40, 16, 30
+    h_s = torch.randn(N, H, generator=g, requires_grad=True)
+    head = OutputHead(torch.randn(V, H, generator=g).requires_grad_(True))
+    h_t, t_head = torch.randn(N, H, generator=g), OutputHead(torch.randn(V, H, generator=g))
+    labels = torch.randint(0, V, (N,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, _, _ = reference(h_s, head, [h_t], [t_head], labels, None, 2.0, "reverse_kl", None, 0.5 / N, 0.5 / N, {})
+        got = chunked_head_loss(h_s, head, [h_t], [t_head], labels=labels, temperature=2.0, divergence="reverse_kl",
+                                soft_scale=0.5 / N, hard_scale=0.5 / N, chunk_size=16)
+    assert got.loss.dtype == torch.float32 and want.dtype == torch.float32
+    assert got.loss.item() == pytest.approx(want.item(), rel=1e-3)
+    want_grads = torch.autograd.grad(want, [h_s, head.weight])
+    got_grads = torch.autograd.grad(got.loss, [h_s, head.weight])
+    for a, b in zip(got_grads, want_grads):
+        assert a.dtype == b.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2 * b.abs().max().item())
