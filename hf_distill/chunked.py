@@ -319,6 +319,31 @@ def causal_lm_rows(
     return keep, soft.to(keep.device)[keep], next_labels[keep]
 
 
+def token_counts(batch: dict) -> torch.Tensor:
+    """(2,) long: the soft positions (attention_mask == 1) and the hard ones (next-token labels != -100) of a
+    causal-LM batch, counted the way `causal_lm_rows` selects them."""
+    ids = batch.get("input_ids")
+    mask = batch.get("attention_mask")
+    soft = mask.sum() if torch.is_tensor(mask) else torch.tensor(ids.numel() if torch.is_tensor(ids) else 0)
+    labels = batch.get("labels")
+    hard = (labels[..., 1:] != IGNORE_INDEX).sum() if torch.is_tensor(labels) else torch.tensor(0)
+    return torch.stack([soft.long().cpu(), hard.long().cpu()])
+
+
+def check_chunkable(model: nn.Module, who: str) -> None:
+    """ValueError unless `model` is a causal LM the chunked loss can run: `logits_to_keep` and a plain head."""
+    from .modeling import is_causal_lm, unwrap_peft
+
+    if not is_causal_lm(model):
+        raise ValueError(
+            f"loss_chunk_size is for causal language models (their logits come from an output embedding), but {who} "
+            f"is a {type(unwrap_peft(model)).__name__}; unset loss_chunk_size."
+        )
+    if not accepts_logits_to_keep(model):
+        raise ValueError(f"loss_chunk_size needs {who}'s forward to accept logits_to_keep; unset loss_chunk_size.")
+    OutputHead.from_model(unwrap_peft(model))
+
+
 def accepts_logits_to_keep(model: nn.Module) -> bool:
     """Whether the model's forward can skip its full logits (transformers causal LMs: `logits_to_keep`)."""
     inner = model
@@ -343,4 +368,4 @@ def last_hidden_states(model: nn.Module, inputs: dict) -> torch.Tensor:
         )
     kwargs = {k: v for k, v in inputs.items() if k != "labels"}
     out = model(**kwargs, logits_to_keep=1, output_hidden_states=True)
-    return out.hidden_states[-1]
+    return out["hidden_states"][-1]
