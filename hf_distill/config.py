@@ -86,6 +86,35 @@ class DistillationArguments(TrainingArguments):
                   "float32. Unset = the teacher's own dtype.", "choices": [None, "bfloat16", "float16", "float32"]},
     )
 
+    # ---- on-policy (GKD) and sequence-level distillation of causal LMs (hf_distill.generation) ----
+    lmbda: float = field(
+        default=0.0,
+        metadata={"help": "Probability in [0, 1] that a training batch's completions are sampled from the student "
+                  "(on-policy, GKD's lambda); teacher and student then score the sampled tokens. 0 = off-policy "
+                  "(the dataset's completions). Student samples train the soft loss only (their labels are -100). "
+                  "Needs prompt/completion data (hf_distill.lm_data)."},
+    )
+    seq_kd: bool = field(
+        default=False,
+        metadata={"help": "Sequence-level KD (Kim & Rush 2016): batches not sampled from the student get their "
+                  "completions sampled from the teacher instead of the dataset; the hard loss then trains on "
+                  "the teacher's samples."},
+    )
+    max_new_tokens: int = field(
+        default=128, metadata={"help": "Most tokens sampled per completion when lmbda > 0 or seq_kd."}
+    )
+    generation_temperature: float = field(
+        default=1.0,
+        metadata={"help": "Sampling temperature of on-policy / teacher generation (GKD samples at 1.0); "
+                  "0 = greedy decoding."},
+    )
+    generation_top_p: float = field(
+        default=1.0, metadata={"help": "Nucleus sampling: keep the smallest token set with this much mass (1 = off)."}
+    )
+    generation_top_k: int = field(
+        default=0, metadata={"help": "Sample among the k most likely tokens only (0 = off)."}
+    )
+
     def __post_init__(self):
         super().__post_init__()
         if not self.temperature > 0:
@@ -116,3 +145,23 @@ class DistillationArguments(TrainingArguments):
             )
         parse_layer_map(self.layer_map)  # syntax check only; ranges are checked against the models
         parse_layer_map(self.attention_layer_map)
+        self._check_generation()
+
+    def _check_generation(self) -> None:
+        if not 0.0 <= self.lmbda <= 1.0:
+            raise ValueError(f"lmbda is a probability and must be in [0, 1], got {self.lmbda} (0 = off-policy).")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
+        if self.generation_temperature < 0:
+            raise ValueError(
+                f"generation_temperature must be >= 0 (0 = greedy), got {self.generation_temperature}."
+            )
+        if not 0.0 < self.generation_top_p <= 1.0:
+            raise ValueError(f"generation_top_p must be in (0, 1], got {self.generation_top_p} (1 = off).")
+        if self.generation_top_k < 0:
+            raise ValueError(f"generation_top_k must be >= 0, got {self.generation_top_k} (0 = off).")
+        if self.lmbda > 0 and self.soft_weight <= 0:
+            raise ValueError(
+                f"lmbda={self.lmbda} trains on the student's own samples, which carry no labels: only the soft loss "
+                "learns from them, so soft_weight must be > 0."
+            )

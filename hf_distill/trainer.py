@@ -17,6 +17,8 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from . import losses
 from .config import DistillationArguments
+from .generation import CompletionSampler, check_generation_setup, special_token_ids
+from .lm_data import COMPLETION_MASK, next_token_mask
 from .layers import build_projections, count_layers, hidden_size, resolve_layer_map
 from .teacher import (
     CACHE_COLUMNS,
@@ -195,6 +197,8 @@ class DistillationTrainer(Trainer):
         self._teacher_params = [set(_forward_params(t)) for t in self.teachers]
         self._student_params = _forward_params(self.model)
         self._sums = {"train": {}, "eval": {}}
+        check_generation_setup(args, self.model, self.teachers, self.cached)
+        self.sampler = CompletionSampler(args, *special_token_ids(self.processing_class, self.model))
 
     @property
     def teacher(self) -> nn.Module | None:
@@ -377,7 +381,9 @@ class DistillationTrainer(Trainer):
             if self._vocab_limit is not None and s.dim() == 3:
                 s, ts = s[..., : self._vocab_limit], [t[..., : self._vocab_limit] for t in ts]
             kind = "mse" if s.shape[-1] == 1 or self.args.logit_loss == "mse" else "kl"
-            if s.dim() == 3 and attention_mask is not None and attention_mask.shape == s.shape[:2]:
+            if s.dim() == 3 and COMPLETION_MASK in inputs and inputs[COMPLETION_MASK].shape == s.shape[:2]:
+                mask = next_token_mask(inputs[COMPLETION_MASK])  # prompt/completion data: completion tokens only
+            elif s.dim() == 3 and attention_mask is not None and attention_mask.shape == s.shape[:2]:
                 mask = attention_mask.bool()
             elif name in SPAN_LOGITS and attention_mask is not None and attention_mask.shape == s.shape:
                 keep = attention_mask.bool()  # (B, L): the classes are the tokens
@@ -587,8 +593,30 @@ class DistillationTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and "eval_loss" not in logs:
-            logs = {**logs, **self._pop_component_means("train")}
+            logs = {**logs, **self._pop_component_means("train"), **self._pop_generation_logs()}
         super().log(logs, start_time)
+
+    def _pop_generation_logs(self) -> dict[str, float]:
+        logs = self.sampler.pop_logs()
+        return {k: self.accelerator.reduce(torch.tensor(v, device=self.args.device), reduction="mean").item()
+                for k, v in logs.items()}
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """On-policy / sequence-level KD: swap in sampled completions as the micro-batches are drawn.
+
+        Done here rather than in training_step so that the Trainer counts the tokens of the batches
+        actually trained on (num_items_in_batch); each micro-batch gets its own seeded coin flip.
+        """
+        if not self.sampler.active:
+            return super().get_batch_samples(epoch_iterator, num_batches, device)
+        student = self.accelerator.unwrap_model(self.model_wrapped)  # current weights, without the DDP wrapper
+        step = self.state.global_step
+        batches = (
+            self.sampler(batch, student, self.teacher, step, micro, self.accelerator.process_index,
+                         self.accelerator.autocast)
+            for micro, batch in enumerate(epoch_iterator)
+        )
+        return super().get_batch_samples(batches, num_batches, device)
 
     def evaluation_loop(self, *args, **kwargs):
         self._sums["eval"] = {}
