@@ -24,7 +24,13 @@ import numpy as np
 import torch
 from transformers import GenerationConfig
 
-from .lm_data import COMPLETION_MASK, IGNORE_INDEX, PROMPT_ATTENTION_MASK, PROMPT_INPUT_IDS, pad_prompt_completion
+from .lm_data import (
+    COMPLETION_MASK,
+    IGNORE_INDEX,
+    PROMPT_ATTENTION_MASK,
+    PROMPT_INPUT_IDS,
+    pad_prompt_completion,
+)
 
 logger = logging.getLogger(__name__)
 

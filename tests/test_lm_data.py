@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_tokenizer, tiny_gpt2, tiny_llama
 from datasets import Dataset
 
-from conftest import make_tokenizer, tiny_gpt2, tiny_llama
 from hf_distill import DistillationArguments, DistillationTrainer
 from hf_distill.lm_data import (
     PromptCompletionCollator,

@@ -6,9 +6,9 @@ import copy
 
 import pytest
 import torch
+from conftest import make_tokenizer, tiny_bert, tiny_gpt2
 from datasets import Dataset
 
-from conftest import make_tokenizer, tiny_bert, tiny_gpt2
 from hf_distill import DistillationArguments, DistillationTrainer
 from hf_distill.generation import CompletionSampler, cut_completions, with_completions
 from hf_distill.lm_data import PromptCompletionCollator, tokenize_prompt_completion
@@ -28,9 +28,9 @@ def lm_data(tok, n=16, seed=0):
 
 
 def make_args(tmp_path, **kw):
-    defaults = dict(output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True, max_steps=4,
-                    per_device_train_batch_size=4, logging_steps=2, learning_rate=1e-2, disable_tqdm=True,
-                    save_strategy="no", max_new_tokens=5, seed=7, temperature=1.0)
+    defaults = {"output_dir": str(tmp_path / "out"), "report_to": "none", "use_cpu": True, "max_steps": 4,
+                    "per_device_train_batch_size": 4, "logging_steps": 2, "learning_rate": 1e-2, "disable_tqdm": True,
+                    "save_strategy": "no", "max_new_tokens": 5, "seed": 7, "temperature": 1.0}
     return DistillationArguments(**{**defaults, **kw})
 
 
