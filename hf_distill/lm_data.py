@@ -1,8 +1,9 @@
 """Prompt / completion data for causal-LM distillation.
 
-A dataset holds either `prompt` and `completion` columns (plain text) or a `messages` column in chat
-format (a list of {"role", "content"}; the last message is the assistant's answer, the ones before it
-are the prompt), rendered with the tokenizer's chat template. Every example becomes
+A dataset holds either `prompt` and `completion` columns (plain text, or lists of chat messages as in
+TRL's conversational datasets) or a `messages` column in chat format (a list of {"role", "content"}; the
+last message is the assistant's answer, the ones before it are the prompt); chat data is rendered with
+the tokenizer's chat template. Every example becomes
 
     input_ids = prompt ids + completion ids (+ eos)
     labels    = -100 on the prompt, the completion ids (+ eos) after it
@@ -18,6 +19,7 @@ import logging
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +120,10 @@ def tokenize_prompt_completion(dataset, tokenizer, max_length: int, append_eos: 
     def encode(batch, indices):
         if kind == "messages":
             pairs = [split_chat(m, tokenizer) for m in batch[MESSAGES]]
-        else:
-            pairs = list(zip(batch["prompt"], batch["completion"]))
+        else:  # conversational prompt / completion (lists of messages, as in TRL datasets) go through the template
+            pairs = [split_chat(list(p) + list(c), tokenizer) if isinstance(p, list) and isinstance(c, list) else (p, c)
+                     for p, c in zip(batch["prompt"], batch["completion"])]
+        templated = kind == "messages" or isinstance(batch["prompt"][0], list)  # the template writes its own bos
         rows = {"input_ids": [], "labels": []}
         for index, (prompt, completion) in zip(indices, pairs):
             if completion is None or not str(completion).strip():
@@ -128,10 +132,10 @@ def tokenize_prompt_completion(dataset, tokenizer, max_length: int, append_eos: 
                     "or give it a completion."
                 )
             p = tokenizer(str(prompt or ""), add_special_tokens=False)["input_ids"]
-            if kind == "prompt_completion" and bos is not None and (not p or p[0] != bos):
+            if not templated and bos is not None and (not p or p[0] != bos):
                 p = [bos] + p
             c = tokenizer(str(completion), add_special_tokens=False)["input_ids"]
-            if eos is not None:
+            if eos is not None and c[-1:] != [eos]:  # a chat template may already end the turn with it
                 c = c + [eos]
             example = encode_example(p, c, max_length, where=f"example {index}")
             rows["input_ids"].append(example["input_ids"])
@@ -239,3 +243,33 @@ class PromptCompletionCollator:
             completions.append(ids[n:])
             completion_labels.append(labels[n:])
         return pad_prompt_completion(prompts, completions, self.pad_token_id, self.pad_to_multiple_of, completion_labels)
+
+
+@torch.no_grad()
+def completion_nll(model, batch: dict, chunk_size: int | None = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example: (sum of next-token negative log-likelihoods over its completion tokens, their number), (B,) each.
+
+    Per-token cross-entropy = sum / count over the examples; perplexity = exp of it. With `chunk_size`,
+    and a model whose logits come from an output embedding, the logits are computed chunk by chunk over
+    the completion positions only, so that the full (B, L, V) logits are never held; otherwise one
+    forward gives them.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: LoRA layers stay active
+    labels = batch["labels"]  # (B, L), -100 outside the completions
+    targets = labels[:, 1:]  # (B, L-1): position i predicts token i + 1
+    keep = targets != IGNORE_INDEX
+    rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(targets)[keep]  # (N,) row ids
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if chunk_size and head is not None and getattr(base, "base_model", base) is not base:
+        hidden = base.base_model(**inputs).last_hidden_state[:, :-1][keep]  # (N, d), completion positions only
+        y = targets[keep]  # (N,)
+        nll = torch.cat([
+            F.cross_entropy(head(hidden[i: i + chunk_size]).float(), y[i: i + chunk_size], reduction="none")
+            for i in range(0, hidden.shape[0], chunk_size)
+        ]) if hidden.shape[0] else hidden.new_zeros(0, dtype=torch.float32)  # (N,), one (chunk, V) block at a time
+    else:
+        logits = model(**inputs).logits[:, :-1].float()  # (B, L-1, V)
+        nll = F.cross_entropy(logits[keep], targets[keep], reduction="none")  # (N,)
+    per_row = torch.zeros(labels.shape[0], device=nll.device).index_add_(0, rows, nll.float())  # (B,)
+    return per_row, keep.sum(1)

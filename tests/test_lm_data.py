@@ -11,6 +11,7 @@ from datasets import Dataset
 from hf_distill import DistillationArguments, DistillationTrainer
 from hf_distill.lm_data import (
     PromptCompletionCollator,
+    completion_nll,
     data_format,
     encode_example,
     next_token_mask,
@@ -86,9 +87,13 @@ def test_chat_messages_rendered_with_the_template(tokenizer):
     assert prompt == "user w1 w2 [SEP] assistant "
     assert completion == "w3 [SEP] "
     row = tokenize_prompt_completion(Dataset.from_dict({"messages": [messages]}), tokenizer, max_length=32)[0]
-    p, c = ids(tokenizer, prompt), ids(tokenizer, completion) + [tokenizer.sep_token_id]
+    p, c = ids(tokenizer, prompt), ids(tokenizer, completion)  # the template's [SEP] already ends the turn
+    assert c[-1] == tokenizer.sep_token_id
     assert row["input_ids"] == p + c
     assert row["labels"] == [-100] * len(p) + c
+    # TRL's conversational prompt / completion columns (lists of messages) render the same way
+    conversational = Dataset.from_dict({"prompt": [messages[:1]], "completion": [messages[1:]]})
+    assert tokenize_prompt_completion(conversational, tokenizer, max_length=32)[0] == row
 
 
 def test_chat_errors(tokenizer):
@@ -163,3 +168,21 @@ def test_losses_count_completion_tokens_only(tmp_path, factory):
     torch.testing.assert_close(parts["soft_loss"].double(), soft, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(parts["hard_loss"].double(), hard, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(loss.double(), 0.7 * soft + 0.3 * hard, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("factory", [tiny_gpt2, tiny_llama])
+def test_completion_nll_chunked_equals_the_model_loss(factory):
+    """Per-token CE over completion tokens, logits chunk by chunk == the model's own mean loss x token count."""
+    batch = PromptCompletionCollator(0)([{"input_ids": [5, 6, 7, 8, 9], "labels": [-100, -100, 7, 8, 9]},
+                                         {"input_ids": [10, 11, 12], "labels": [-100, 11, 12]}])
+    model = factory(layers=2).eval()
+    with torch.no_grad():
+        reference = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          labels=batch["labels"]).loss
+    for chunk in (2, 3, None):
+        per_row, count = completion_nll(model, batch, chunk_size=chunk)
+        assert count.tolist() == [3, 2]
+        torch.testing.assert_close(per_row.sum(), reference * 5, rtol=1e-5, atol=1e-5)
+        with torch.no_grad():  # the first example alone
+            first = model(input_ids=batch["input_ids"][:1], labels=batch["labels"][:1]).loss
+        torch.testing.assert_close(per_row[0], first * 3, rtol=1e-5, atol=1e-5)
