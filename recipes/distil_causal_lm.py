@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
     resume = ru.resolve_resume(args, out_args)
     token = ru.check_push(args)
     config = AutoConfig.from_pretrained(teacher_path)
-    if not any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in (config.architectures or [])):
+    if not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in (config.architectures or [])):
         raise ValueError(f"the teacher {teacher_path} is a {config.architectures} checkpoint, not a causal LM.")
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
     if tokenizer.pad_token is None:  # GPT-2 / Llama tokenizers: pad with eos (padding is masked everywhere)

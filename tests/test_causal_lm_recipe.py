@@ -63,7 +63,7 @@ def reference_ce(folder, dev_file):
     tok = tf.AutoTokenizer.from_pretrained(folder)
     model = tf.AutoModelForCausalLM.from_pretrained(folder).eval()
     total, count = 0.0, 0
-    for line in open(dev_file):
+    for line in Path(dev_file).read_text().splitlines():
         row = json.loads(line)
         p = tok(row["question"], add_special_tokens=False)["input_ids"]
         c = tok(row["answer"], add_special_tokens=False)["input_ids"] + [tok.sep_token_id]
@@ -121,7 +121,7 @@ def test_recipe_torchrun_two_processes(setup, tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
          str(ROOT / "recipes" / "distil_causal_lm.py"),
          *recipe_args(teacher, data, tmp_path / "two", "--lmbda", "0.5", "--per_device_train_batch_size", "2")],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env, capture_output=True, text=True, timeout=300, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "two" / "distillation_results.json").read_text())
