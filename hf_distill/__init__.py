@@ -2,13 +2,7 @@
 
 from .config import DistillationArguments
 from .layers import init_student_from_teacher, uniform_layer_map
-from .losses import (
-    ensemble_log_probs,
-    hidden_state_loss,
-    logit_mse_loss,
-    soft_target_loss,
-    topk_soft_target_loss,
-)
+from .losses import ensemble_log_probs, hidden_state_loss, logit_mse_loss, soft_target_loss, topk_soft_target_loss
 from .model_card import render_model_card, save_model_card
 from .teacher import cache_teacher_outputs
 from .trainer import DistillationTrainer, LogitsPair, NonFiniteLossError, TopKTargets

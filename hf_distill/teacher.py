@@ -9,8 +9,8 @@ import os
 import re
 
 import torch
-import transformers
 from torch import nn
+import transformers
 from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def place_teacher(teacher: nn.Module, accelerator, device: torch.device, dtype: 
     distributed = getattr(accelerator, "distributed_type", None)
     name = getattr(distributed, "value", str(distributed)).upper()
     if name == "DEEPSPEED":
-        import deepspeed
+        import deepspeed  # noqa: PLC0415  (optional dependency)
 
         ds_config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
         zero = ds_config.setdefault("zero_optimization", {})
