@@ -18,8 +18,8 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from . import losses
 from .config import DistillationArguments
 from .generation import CompletionSampler, check_generation_setup, special_token_ids
-from .lm_data import COMPLETION_MASK, next_token_mask
 from .layers import build_projections, count_layers, hidden_size, resolve_layer_map
+from .lm_data import COMPLETION_MASK, next_token_mask
 from .teacher import (
     CACHE_COLUMNS,
     CachedOutputsCollator,
