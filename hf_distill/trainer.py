@@ -380,7 +380,7 @@ class DistillationTrainer(Trainer):
                 continue
             if self._vocab_limit is not None and s.dim() == 3:
                 s, ts = s[..., : self._vocab_limit], [t[..., : self._vocab_limit] for t in ts]
-            kind = "mse" if s.shape[-1] == 1 or self.args.logit_loss == "mse" else "kl"
+            kind = "mse" if s.shape[-1] == 1 or self.args.divergence == "mse" else "kl"
             if s.dim() == 3 and COMPLETION_MASK in inputs and inputs[COMPLETION_MASK].shape == s.shape[:2]:
                 mask = next_token_mask(inputs[COMPLETION_MASK])  # prompt/completion data: completion tokens only
             elif s.dim() == 3 and attention_mask is not None and attention_mask.shape == s.shape[:2]:
@@ -523,17 +523,15 @@ class DistillationTrainer(Trainer):
         return ForSequenceClassificationLoss(labels[rows], logits[rows], config)  # (B_labelled, C) rows only
 
     def _pair_loss(self, pair: LogitsPair) -> torch.Tensor:
-        T = self.args.temperature
+        T, args = self.args.temperature, self.args
         if pair.kind == "topk":
             t = pair.teachers[0]
-            return losses.topk_soft_target_loss(pair.student, t.indices, t.values, t.rest, T, pair.mask)
-        if pair.kind == "mse":
-            target = torch.stack([t.float() for t in pair.teachers]).mean(0)
-            return losses.logit_mse_loss(pair.student, target, pair.mask)
-        if len(pair.teachers) == 1:
-            return losses.soft_target_loss(pair.student, pair.teachers[0], T, pair.mask)
-        target = losses.ensemble_log_probs(pair.teachers, T, self.args.ensemble_mode)
-        return losses.soft_target_loss_from_log_probs(pair.student, target, T, pair.mask)
+            return losses.topk_divergence_loss(pair.student, t.indices, t.values, t.rest, T, pair.mask,
+                                               divergence=args.divergence, **args.divergence_kwargs())
+        divergence = "mse" if pair.kind == "mse" else args.divergence
+        params = {} if pair.kind == "mse" else args.divergence_kwargs()
+        target = losses.teacher_target(pair.teachers, T, args.ensemble_mode, divergence)
+        return losses.divergence_loss(pair.student, target, T, pair.mask, divergence=divergence, **params)
 
     def _hidden_loss(self, inputs, student_outputs, teacher_outputs) -> torch.Tensor:
         s_states = student_outputs["hidden_states"]  # tuple of (B, L, d_s), index 0 = embeddings
