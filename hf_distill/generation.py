@@ -29,7 +29,6 @@ from .lm_data import (
     IGNORE_INDEX,
     PROMPT_ATTENTION_MASK,
     PROMPT_INPUT_IDS,
-    pad_prompt_completion,
 )
 
 logger = logging.getLogger(__name__)
@@ -73,6 +72,19 @@ def cut_completions(new_tokens: torch.Tensor, eos_token_id: int | None, pad_toke
     return rows
 
 
+def completion_lengths(new_tokens: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
+    """(B, N) generated tokens -> (B,) tokens up to and including each row's first eos (N if it has none).
+
+    `generate` pads only rows that have finished (after their eos), so nothing else needs trimming.
+    """
+    n = new_tokens.shape[1]
+    if eos_token_id is None:
+        return torch.full((new_tokens.shape[0],), n, dtype=torch.long, device=new_tokens.device)
+    is_eos = new_tokens == eos_token_id  # (B, N)
+    first = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, torch.full_like(is_eos[:, 0], n, dtype=torch.long))
+    return first.long()
+
+
 @torch.no_grad()
 def sample_completions(
     model,
@@ -81,8 +93,11 @@ def sample_completions(
     generation_config: GenerationConfig,
     seed: int,
     autocast=contextlib.nullcontext,
-) -> list[list[int]]:
-    """Sample one completion per left-padded prompt (B, P) with `model` in eval mode; the RNG state is restored."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one completion per left-padded prompt (B, P) with `model` in eval mode; the RNG state is restored.
+
+    Returns the generated tokens (B, N) and each row's completion length (B,) (up to its first eos).
+    """
     was_training = model.training
     model.eval()  # no dropout while sampling
     device = prompt_input_ids.device
@@ -94,26 +109,38 @@ def sample_completions(
     finally:
         model.train(was_training)
     new_tokens = out[:, prompt_input_ids.shape[1]:]  # (B, N)
-    return cut_completions(new_tokens, generation_config.eos_token_id, generation_config.pad_token_id)
+    return new_tokens, completion_lengths(new_tokens, generation_config.eos_token_id)
 
 
-def with_completions(batch: dict, completions: list[list[int]], pad_token_id: int, train_on_labels: bool) -> dict:
-    """A copy of `batch` whose completions are `completions` (same prompts, same layout as a dataset batch).
+def with_completions(batch: dict, new_tokens: torch.Tensor, lengths: torch.Tensor, pad_token_id: int,
+                     train_on_labels: bool) -> dict:
+    """A copy of `batch` whose completions are the first `lengths[b]` of `new_tokens[b]`, in dataset layout.
 
-    `train_on_labels=False` sets every label to -100 (the hard loss skips the batch) while
-    `completion_mask` still marks the new completion tokens for the soft loss.
+    Row b becomes prompt + completion + right padding, exactly as `PromptCompletionCollator` lays out a
+    dataset example, built with one gather on the device (no per-row Python work). With
+    `train_on_labels=False` every label is -100 (the hard loss skips the batch) while `completion_mask`
+    still marks the sampled tokens for the soft loss.
     """
-    ids, mask = batch[PROMPT_INPUT_IDS], batch[PROMPT_ATTENTION_MASK]  # (B, P) left-padded
-    prompts = [row[m.bool()].tolist() for row, m in zip(ids.cpu(), mask.cpu())]
-    labels = None if train_on_labels else [[IGNORE_INDEX] * len(c) for c in completions]
-    new = pad_prompt_completion(prompts, completions, pad_token_id, completion_labels=labels)
-    new = {k: v.to(ids.device) for k, v in new.items()}
-    if not train_on_labels:
-        new[COMPLETION_MASK] = torch.zeros_like(new["attention_mask"])
-        for i, (p, c) in enumerate(zip(prompts, completions)):
-            new[COMPLETION_MASK][i, len(p): len(p) + len(c)] = 1
-    extra = {k: v for k, v in batch.items() if k not in new}  # e.g. columns a custom collator adds
-    return {**extra, **new}
+    prompts, prompt_mask = batch[PROMPT_INPUT_IDS], batch[PROMPT_ATTENTION_MASK]  # (B, P) left-padded
+    new_tokens, lengths = new_tokens.to(prompts.device), lengths.to(prompts.device)
+    n_prompt = prompt_mask.sum(1)  # (B,)
+    P = prompts.shape[1]
+    total = n_prompt + lengths  # (B,)
+    L = int(total.max())
+    j = torch.arange(L, device=prompts.device)[None, :]  # (1, L) output positions
+    in_prompt = j < n_prompt[:, None]  # (B, L)
+    in_completion = ~in_prompt & (j < total[:, None])
+    source = torch.cat([prompts, new_tokens], dim=1)  # (B, P + N)
+    index = torch.where(in_prompt, P - n_prompt[:, None] + j, P + j - n_prompt[:, None])
+    index = index.clamp(0, source.shape[1] - 1)
+    input_ids = source.gather(1, index)  # (B, L)
+    attention_mask = (in_prompt | in_completion).long()
+    input_ids = input_ids.masked_fill(attention_mask == 0, pad_token_id)
+    completion_mask = in_completion.long()
+    labels = input_ids.masked_fill(~in_completion if train_on_labels else torch.ones_like(in_prompt), IGNORE_INDEX)
+    new = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+           COMPLETION_MASK: completion_mask}
+    return {**batch, **new}  # the prompts (and any column a custom collator adds) stay as they were
 
 
 class CompletionSampler:
@@ -174,17 +201,15 @@ class CompletionSampler:
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         # Processes see different prompts; their sampling streams differ too, while the coin above does not.
-        completions = sample_completions(model, batch[PROMPT_INPUT_IDS], batch[PROMPT_ATTENTION_MASK],
-                                         self.generation_config, _seed(self.seed, step, micro, 1 + process_index),
-                                         autocast)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        new_tokens, lengths = sample_completions(model, batch[PROMPT_INPUT_IDS], batch[PROMPT_ATTENTION_MASK],
+                                                 self.generation_config, _seed(self.seed, step, micro, 1 + process_index),
+                                                 autocast)
+        self.generated_tokens += int(lengths.sum())  # synchronises: the generation time below is complete
         self.seconds += time.perf_counter() - start
         self.on_policy += source == STUDENT
         self.generated_batches += 1
-        self.generated_rows += len(completions)
-        self.generated_tokens += sum(len(c) for c in completions)
-        return with_completions(batch, completions, self.pad_token_id, train_on_labels=source == TEACHER)
+        self.generated_rows += len(lengths)
+        return with_completions(batch, new_tokens, lengths, self.pad_token_id, train_on_labels=source == TEACHER)
 
     def pop_logs(self) -> dict[str, float]:
         """The counts since the last call, as log entries; then start counting again."""

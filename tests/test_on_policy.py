@@ -10,7 +10,7 @@ from conftest import make_tokenizer, tiny_bert, tiny_gpt2
 from datasets import Dataset
 
 from hf_distill import DistillationArguments, DistillationTrainer
-from hf_distill.generation import CompletionSampler, cut_completions, with_completions
+from hf_distill.generation import CompletionSampler, completion_lengths, cut_completions, with_completions
 from hf_distill.lm_data import PromptCompletionCollator, tokenize_prompt_completion
 
 WORDS = [f"w{i}" for i in range(90)]
@@ -74,16 +74,30 @@ def test_cut_completions_stops_at_the_first_eos():
     assert cut_completions(torch.tensor([[5, 3, 3]]), eos_token_id=3, pad_token_id=3) == [[5, 3]]
 
 
-def test_with_completions_builds_a_dataset_layout_batch():
-    batch = PromptCompletionCollator(0)([{"input_ids": [5, 6, 7], "labels": [-100, -100, 7]},
-                                         {"input_ids": [8, 9], "labels": [-100, 9]}])
-    new = with_completions(batch, [[20, 21, 3], [22]], pad_token_id=0, train_on_labels=False)
-    assert new["input_ids"].tolist() == [[5, 6, 20, 21, 3], [8, 22, 0, 0, 0]]
-    assert new["labels"].tolist() == [[-100] * 5, [-100] * 5]  # student samples: no hard loss
-    assert new["completion_mask"].tolist() == [[0, 0, 1, 1, 1], [0, 1, 0, 0, 0]]
-    kept = with_completions(batch, [[20, 21, 3], [22]], pad_token_id=0, train_on_labels=True)
-    assert kept["labels"].tolist() == [[-100, -100, 20, 21, 3], [-100, 22, -100, -100, -100]]
-    assert kept["prompt_input_ids"].tolist() == batch["prompt_input_ids"].tolist()
+def test_completion_lengths_stop_at_the_first_eos():
+    new = torch.tensor([[5, 6, 3, 7, 3], [5, 6, 7, 8, 9], [4, 3, 0, 0, 0]])
+    assert completion_lengths(new, eos_token_id=3).tolist() == [3, 5, 2]
+    assert completion_lengths(new, eos_token_id=None).tolist() == [5, 5, 5]
+
+
+@pytest.mark.parametrize("train_on_labels", [False, True])
+def test_with_completions_equals_the_collator_on_the_sampled_rows(train_on_labels):
+    """The gathered on-device layout == the dataset collator run on prompt + completion rows."""
+    collator = PromptCompletionCollator(0)
+    batch = collator([{"input_ids": [5, 6, 7], "labels": [-100, -100, 7]}, {"input_ids": [8, 9], "labels": [-100, 9]},
+                      {"input_ids": [10, 11, 12, 13], "labels": [-100, -100, -100, 13]}])
+    new_tokens = torch.tensor([[20, 21, 3, 0], [22, 3, 0, 0], [23, 24, 25, 26]])
+    new = with_completions(batch, new_tokens, completion_lengths(new_tokens, 3), pad_token_id=0,
+                           train_on_labels=train_on_labels)
+    completions = cut_completions(new_tokens, 3, 0)
+    rows = [{"input_ids": p + c, "labels": [-100] * len(p) + (c if train_on_labels else [-100] * len(c))}
+            for p, c in zip([[5, 6], [8], [10, 11, 12]], completions)]
+    reference = collator(rows)
+    assert new["input_ids"].tolist() == [[5, 6, 20, 21, 3, 0, 0], [8, 22, 3, 0, 0, 0, 0], [10, 11, 12, 23, 24, 25, 26]]
+    for key in ("input_ids", "attention_mask", "labels"):
+        assert torch.equal(new[key], reference[key]), key
+    assert new["completion_mask"].tolist() == [[0, 0, 1, 1, 1, 0, 0], [0, 1, 1, 0, 0, 0, 0], [0, 0, 0, 1, 1, 1, 1]]
+    assert torch.equal(new["prompt_input_ids"], batch["prompt_input_ids"])
 
 
 @pytest.mark.parametrize("lmbda", [0.0, 0.3, 1.0])
@@ -246,3 +260,10 @@ def test_peft_student_samples_with_its_adapter(tmp_path, tok):
     after = trainer.model.base_model.model.transformer.h[0].attn.c_attn.lora_B.default.weight
     assert not torch.equal(before, after)
     assert [e["on_policy_fraction"] for e in trainer.state.log_history if "loss" in e] == [1.0]
+
+
+def test_divergence_defaults_to_jsd_on_policy(tmp_path):
+    assert make_args(tmp_path).divergence == "forward_kl"
+    on_policy = make_args(tmp_path, lmbda=0.5)
+    assert (on_policy.divergence, on_policy.divergence_kwargs()) == ("jsd", {"jsd_beta": 0.5})
+    assert make_args(tmp_path, lmbda=0.5, divergence="reverse_kl").divergence == "reverse_kl"
