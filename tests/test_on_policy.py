@@ -10,7 +10,12 @@ from conftest import make_tokenizer, tiny_bert, tiny_gpt2
 from datasets import Dataset
 
 from hf_distill import DistillationArguments, DistillationTrainer
-from hf_distill.generation import CompletionSampler, completion_lengths, cut_completions, with_completions
+from hf_distill.generation import (
+    CompletionSampler,
+    completion_lengths,
+    cut_completions,
+    with_completions,
+)
 from hf_distill.lm_data import PromptCompletionCollator, tokenize_prompt_completion
 
 WORDS = [f"w{i}" for i in range(90)]
