@@ -528,6 +528,8 @@ def main(argv=None) -> dict:
         print(f"{job}: test CE {result['test_ce']:.4f} ({result['train_seconds']:.0f} s)", flush=True)
         return result
 
+    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+
     start = time.perf_counter()
     if cfg.jobs <= 1:  # in this process, one after another (no start-up cost per run)
         runs = [run_student(cfg, job.split(":")[0], int(job.split(":")[1]), work) for job in jobs]
