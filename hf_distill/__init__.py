@@ -1,5 +1,6 @@
 """hf_distill: knowledge distillation for Hugging Face Transformers models."""
 
+from .cache import cache_teacher_outputs
 from .config import DistillationArguments
 from .layers import init_student_from_teacher, uniform_layer_map
 from .losses import (
@@ -14,14 +15,15 @@ from .losses import (
     topk_soft_target_loss,
 )
 from .model_card import render_model_card, save_model_card
-from .teacher import cache_teacher_outputs
-from .trainer import DistillationTrainer, LogitsPair, NonFiniteLossError, TopKTargets
+from .objective import DistillationObjective, LogitsPair, TopKTargets
+from .trainer import DistillationTrainer, NonFiniteLossError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DIVERGENCES",
     "DistillationArguments",
+    "DistillationObjective",
     "DistillationTrainer",
     "LogitsPair",
     "NonFiniteLossError",
