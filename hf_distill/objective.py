@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from . import losses
+from .chunked import IGNORE_INDEX, OutputHead, causal_lm_rows, chunked_head_loss
 from .layers import build_projections, count_layers, hidden_size, resolve_layer_map
 
 # 2-D output fields whose classes are the sequence positions (extractive QA): the softmax runs over the
@@ -196,13 +197,15 @@ class DistillationObjective:
                 terms.append(losses.attention_map_loss(s_maps[i - 1], t_maps[j - 1], inputs.get("attention_mask")))
         return torch.stack(terms).mean()
 
-    # ---- putting them together --------------------------------------------------------------------
+    def terms(self, inputs, student_outputs, teacher_outputs, hard_loss=None, pairs=None,
+              include_soft: bool = True) -> dict[str, torch.Tensor]:
+        """The built-in terms whose weight is > 0 (hard only when the batch had labels).
 
-    def terms(self, inputs, student_outputs, teacher_outputs, hard_loss=None, pairs=None) -> dict[str, torch.Tensor]:
-        """The built-in terms whose weight is > 0 (hard only when the batch had labels)."""
+        include_soft=False leaves the soft term out (the chunked path computes it with the hard one).
+        """
         w = self.weights
         terms = {}
-        if w["soft_loss"] > 0:
+        if w["soft_loss"] > 0 and include_soft:
             pairs = self.pairs(inputs, student_outputs, teacher_outputs) if pairs is None else pairs
             terms["soft_loss"] = self.soft_loss(pairs)
         if hard_loss is not None and w["hard_loss"] > 0:
@@ -213,8 +216,48 @@ class DistillationObjective:
             terms["attention_loss"] = self.attention_loss(inputs, student_outputs, teacher_outputs)
         return terms
 
-    def combine(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        """sum of weights[name] * value; a term without a declared weight is an error."""
+    def lm_head_loss(self, inputs: dict, student_hidden: torch.Tensor, teacher_hidden: list[torch.Tensor],
+                     student_head: OutputHead, teacher_heads: list[OutputHead], chunk_size: int,
+                     scales: dict[str, float] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """A causal LM's soft and hard terms from last hidden states (B, L, H), `chunk_size` tokens at a time.
+
+        The same numbers as the full-logits path (soft: the divergence over the real tokens, vocab_limit applied;
+        hard: the model's next-token cross-entropy over its whole output), without (B, L, V) logits. Returns the
+        weighted (and `scales`d, see `combine`) sum of both, differentiable, and the two terms as per-token means
+        of this batch, detached, for the logs.
+        """
+        labels = inputs.get("labels")
+        if torch.is_tensor(labels) and bool((labels == IGNORE_INDEX).all()):
+            labels = None  # a transfer-set batch: soft targets only
+        keep, soft_mask, next_labels = causal_lm_rows(inputs.get("attention_mask"), labels, student_hidden.shape[:2])
+        keep = keep.to(student_hidden.device)
+        n_soft = soft_mask.sum().clamp_min(1)
+        n_hard = (next_labels != IGNORE_INDEX).sum().clamp_min(1) if next_labels is not None else None
+        scales = scales or {}
+        w_soft = self.weights["soft_loss"] * scales.get("soft_loss", 1.0)
+        w_hard = self.weights["hard_loss"] * scales.get("hard_loss", 1.0) if n_hard is not None else 0.0
+        params = {} if self.divergence in losses.LOGIT_DIVERGENCES else self.divergence_kwargs
+        out = chunked_head_loss(
+            student_hidden[keep], student_head, [h[keep] for h in teacher_hidden], teacher_heads,
+            labels=next_labels, soft_mask=soft_mask, temperature=self.temperature, divergence=self.divergence,
+            ensemble_mode=self.ensemble_mode, vocab_limit=self.vocab_limit, soft_scale=w_soft / n_soft.item(),
+            hard_scale=w_hard / n_hard.item() if n_hard is not None else 0.0, chunk_size=chunk_size, **params,
+        )
+        terms = {}
+        if self.weights["soft_loss"] > 0:
+            terms["soft_loss"] = out.soft_sum / n_soft
+        if n_hard is not None and self.weights["hard_loss"] > 0:
+            terms["hard_loss"] = out.hard_sum / n_hard
+        return out.loss, terms
+
+    # ---- putting them together --------------------------------------------------------------------
+
+    def combine(self, terms: dict[str, torch.Tensor], scales: dict[str, float] | None = None) -> torch.Tensor:
+        """sum of weights[name] * scales[name] * value; a term without a declared weight is an error.
+
+        `scales` (default 1 each) rescale terms per batch, e.g. token-level terms to a token count taken over
+        several micro-batches (gradient accumulation) instead of this batch's own.
+        """
         if not terms:
             raise ValueError("this batch produced no loss: it has no labels and soft/hidden weights are 0.")
         unknown = sorted(set(terms) - set(self.weights))
@@ -223,13 +266,14 @@ class DistillationObjective:
                 f"loss terms {unknown} have no weight: declare one, e.g. `extra_loss_weights = {{{unknown[0]!r}: "
                 "1.0}` on the DistillationTrainer subclass (or extra_weights= in DistillationObjective.from_args)."
             )
-        return sum(self.weights[name] * value for name, value in terms.items())
+        scales = scales or {}
+        return sum(self.weights[name] * scales.get(name, 1.0) * value for name, value in terms.items())
 
-    def __call__(self, inputs, student_outputs, teacher_outputs, hard_loss=None, pairs=None, extra=None):
+    def __call__(self, inputs, student_outputs, teacher_outputs, hard_loss=None, pairs=None, extra=None, scales=None):
         """Return (total loss, {term name: value}) for one batch."""
         terms = self.terms(inputs, student_outputs, teacher_outputs, hard_loss, pairs)
         terms.update(extra or {})
-        return self.combine(terms), terms
+        return self.combine(terms, scales), terms
 
 
 def with_projections(student: nn.Module, layer_map: dict[int, int] | None, teacher: nn.Module | None) -> nn.Module:

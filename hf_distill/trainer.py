@@ -28,6 +28,7 @@ from .checks import (
     check_tokenizers,
     teacher_list,
 )
+from .chunked import OutputHead, check_chunkable, token_counts
 from .config import DistillationArguments
 from .modeling import forward_params, is_causal_lm, unwrap_peft, wrap_peft
 from .objective import (
@@ -127,6 +128,30 @@ class DistillationTrainer(Trainer):
         self._student_params = forward_params(student)
         self._shift_labels = is_causal_lm(student)  # label smoothing must shift next-token labels
         self._sums = {"train": {}, "eval": {}}
+        # Causal LMs: soft and hard terms are token-level. compute_loss normalises them by the tokens of the whole
+        # accumulated batch (counted in get_batch_samples) and every other term by the accumulation steps itself.
+        self._token_totals = None
+        if self._shift_labels:
+            self.loss_is_scaled_for_ga = True
+        self._chunk_size = self._check_chunking(student)
+
+    def _check_chunking(self, student: nn.Module) -> int | None:
+        """args.loss_chunk_size if the chunked output-layer loss can run here; a ValueError where it cannot."""
+        size = self.args.loss_chunk_size
+        if size is None:
+            return None
+        zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+        problem = (
+            "it needs live teachers (cached outputs are logits already)" if self.cached else
+            "the output layer's weight must not be sharded (FSDP / DeepSpeed ZeRO-3)" if self.is_fsdp_enabled or zero3
+            else "label smoothing is not implemented on the chunked path" if self.label_smoother is not None else None
+        )
+        if problem:
+            raise ValueError(f"loss_chunk_size={size} cannot be used here: {problem}; unset loss_chunk_size.")
+        check_chunkable(student, "the student")
+        for k, teacher in enumerate(self.teachers):
+            check_chunkable(teacher, "the teacher" if len(self.teachers) == 1 else f"teacher {k}")
+        return size
 
     @property
     def teacher(self) -> nn.Module | None:
@@ -201,8 +226,8 @@ class DistillationTrainer(Trainer):
             return self.label_smoother(student_outputs, held.labels, shift_labels=self._shift_labels)
         return hard_loss(student_outputs, held, getattr(unwrap_peft(self.student), "config", None))
 
-    def compute_distillation_loss(self, model, inputs: dict):
-        """Return (total loss, {term: value}, student outputs) for one batch."""
+    def compute_distillation_loss(self, model, inputs: dict, scales: dict[str, float] | None = None):
+        """Return (total loss, {term: value}, student outputs) for one batch; `scales` see objective.combine."""
         student_inputs = self._inputs_for(self._student_params, inputs, drop_labels=False)
         student_inputs, held = hold_labels(student_inputs, smoothing=self.label_smoother is not None)
         # Teacher first: its activations are freed before the student's (kept for backward) are built.
@@ -213,13 +238,39 @@ class DistillationTrainer(Trainer):
             pairs = self.distillation_pairs(inputs, student_outputs, teacher_outputs)
         extra = self.extra_losses(inputs, student_outputs, teacher_outputs)
         hard = self._hard_loss(student_outputs, held)
-        loss, terms = self.objective(inputs, student_outputs, teacher_outputs, hard_loss=hard, pairs=pairs, extra=extra)
+        loss, terms = self.objective(inputs, student_outputs, teacher_outputs, hard_loss=hard, pairs=pairs, extra=extra,
+                                     scales=scales)
         return loss, terms, student_outputs
+
+    def chunked_distillation_loss(self, model, inputs: dict, scales: dict[str, float] | None = None):
+        """`compute_distillation_loss` of a causal LM with loss_chunk_size: no (B, L, V) logits are built.
+
+        Student and teachers run with logits_to_keep=1; their last hidden states go through the output layers
+        chunk by chunk (DistillationObjective.lm_head_loss); hidden, attention and extra terms are as usual.
+        """
+        flags = {**self._output_flags(), "output_hidden_states": True, "logits_to_keep": 1}
+        with torch.no_grad(), self.accelerator.autocast():
+            teacher_outputs = [teacher(**self._inputs_for(accepted, inputs, drop_labels=True), **flags)
+                               for teacher, accepted in zip(self.teachers, self._teacher_params)]
+        student_outputs = model(**self._inputs_for(self._student_params, inputs, drop_labels=True), **flags)
+        head_loss, terms = self.objective.lm_head_loss(
+            inputs, student_outputs["hidden_states"][-1], [out["hidden_states"][-1] for out in teacher_outputs],
+            OutputHead.from_model(unwrap_peft(self.student)),
+            [OutputHead.from_model(unwrap_peft(t)) for t in self.teachers], self._chunk_size, scales)
+        others = self.objective.terms(inputs, student_outputs, teacher_outputs, include_soft=False)
+        others.update(self.extra_losses(inputs, student_outputs, teacher_outputs))
+        loss = head_loss + self.objective.combine(others, scales) if others else head_loss
+        return loss, {**terms, **others}, student_outputs
 
     # ---- Trainer hooks --------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, terms, student_outputs = self.compute_distillation_loss(model, inputs)
+        scales = self._token_scales(inputs, num_items_in_batch) if model.training else None
+        # Evaluation builds the full logits only when compute_metrics will read them.
+        want_logits = return_outputs and self.compute_metrics is not None and not self.args.prediction_loss_only
+        chunked = self._chunk_size is not None and not want_logits
+        compute = self.chunked_distillation_loss if chunked else self.compute_distillation_loss
+        loss, terms, student_outputs = compute(model, inputs, scales)
         split = "train" if model.training else "eval"
         if split == "train":
             check_finite(loss, terms, self.state.global_step + 1, self.state.epoch)
@@ -231,8 +282,45 @@ class DistillationTrainer(Trainer):
             sums[name] = (total + value.detach().float() * weight, count + weight)
         if return_outputs:
             # Only the student's logits go to prediction gathering / compute_metrics (no hidden states).
-            return loss, {k: v for k, v in student_outputs.items() if k.endswith("logits")}
+            return loss, {} if chunked else {k: v for k, v in student_outputs.items() if k.endswith("logits")}
         return loss
+
+    def _token_scales(self, inputs: dict, num_items_in_batch) -> dict[str, float] | None:
+        """Per-term factors making k micro-batches (on P processes) sum to the loss of one big batch.
+
+        Token-level terms (causal LM soft / hard): batch mean * batch tokens * P / tokens of all micro-batches of
+        the step on all processes (DDP averages over P); the hard count is the Trainer's num_items_in_batch. Other
+        terms: mean / k, as the Trainer would divide. Sequence-level students: None (the Trainer divides by k).
+        """
+        if not self._shift_labels:
+            return None
+        k = getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps
+        scales = {name: 1.0 / k for name in self.objective.weights}
+        if self._token_totals is None:  # not counted (outside Trainer.train): per-micro-batch means
+            return scales
+        processes = self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
+        local = token_counts(inputs)
+        totals = (self._token_totals[0], num_items_in_batch if num_items_in_batch is not None else 0)
+        for i, name in enumerate(("soft_loss", "hard_loss")):
+            if float(totals[i]) > 0:
+                scales[name] = float(local[i]) * processes / float(totals[i])
+        return scales
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The micro-batches of one optimizer step and num_items_in_batch, their next-token label count.
+
+        Public Trainer hook, extended for causal LMs: the Trainer counts label tokens only for models whose own
+        loss takes num_items_in_batch; here both counts of `token_counts` are taken (soft: real tokens; hard:
+        next-token labels), summed over the processes when average_tokens_across_devices.
+        """
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if not self._shift_labels or not batches:
+            return batches, num_items
+        totals = torch.stack([token_counts(b) for b in batches]).sum(0).to(device)  # (2,): soft, hard
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            totals = self.accelerator.gather(totals[None]).sum(0)
+        self._token_totals = totals.cpu()
+        return batches, (totals[1] if int(totals[1]) > 0 else None)
 
     def _pop_term_means(self, split: str) -> dict[str, float]:
         sums, self._sums[split] = self._sums[split], {}
