@@ -273,3 +273,15 @@ def completion_nll(model, batch: dict, chunk_size: int | None = 1024) -> tuple[t
         nll = F.cross_entropy(logits[keep], targets[keep], reduction="none")  # (N,)
     per_row = torch.zeros(labels.shape[0], device=nll.device).index_add_(0, rows, nll.float())  # (B,)
     return per_row, keep.sum(1)
+
+
+def soft_token_mask(inputs: dict) -> torch.Tensor | None:
+    """(B, L) positions whose next-token distribution the soft loss compares, for causal-LM batches.
+
+    Prompt/completion batches (with `completion_mask`): the positions that predict a completion token.
+    Other batches: the real tokens (attention_mask), as before; None without an attention mask.
+    """
+    completion = inputs.get(COMPLETION_MASK)
+    if torch.is_tensor(completion):
+        return next_token_mask(completion)
+    return inputs.get("attention_mask")

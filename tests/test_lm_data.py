@@ -136,8 +136,9 @@ def test_next_token_mask_shifts_left():
     assert next_token_mask(mask).tolist() == [[0, 1, 1, 0, 0], [1, 1, 1, 1, 0]]
 
 
+@pytest.mark.parametrize("chunk", [None, 4])
 @pytest.mark.parametrize("factory", [tiny_gpt2, tiny_llama])
-def test_losses_count_completion_tokens_only(tmp_path, factory):
+def test_losses_count_completion_tokens_only(tmp_path, factory, chunk):
     """soft and hard loss of the trainer == a plain reference over the completion tokens only."""
     tok = make_tokenizer(tmp_path / "tok")
     ds = Dataset.from_dict({"prompt": ["w1 w2 w3", "w4", "w5 w6"], "completion": ["w7 w8", "w9 w10 w11", "w12"]})
@@ -146,11 +147,12 @@ def test_losses_count_completion_tokens_only(tmp_path, factory):
     student, teacher = factory(layers=2, seed=0).eval(), factory(layers=3, seed=1).eval()
     T = 2.0
     args = DistillationArguments(output_dir=str(tmp_path / "out"), temperature=T, soft_weight=0.7, hard_weight=0.3,
-                                 report_to="none", use_cpu=True)
+                                 report_to="none", use_cpu=True, loss_chunk_size=chunk)
     trainer = DistillationTrainer(student, teacher, args, processing_class=tok,
                                   data_collator=PromptCompletionCollator.from_tokenizer(tok))
     with torch.no_grad():
-        loss, parts, _ = trainer.compute_distillation_loss(student, dict(batch))
+        compute = trainer.chunked_distillation_loss if chunk else trainer.compute_distillation_loss
+        loss, parts, _ = compute(student, dict(batch))
         zs = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.double()
         zt = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.double()
     soft_terms, hard_terms = [], []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import types
 
 import pytest
 import torch
@@ -140,9 +141,10 @@ def test_on_policy_batches_are_student_samples_scored_by_the_teacher(tmp_path, t
     assert all(0 < e["generated_length"] <= 5 and e["generation_seconds"] > 0 for e in logs)
 
 
-def test_on_policy_loss_equals_the_off_policy_loss_on_the_sampled_sequences(tmp_path, tok):
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_on_policy_loss_equals_the_off_policy_loss_on_the_sampled_sequences(tmp_path, tok, chunk):
     """The sampled batch goes through the same loss as a dataset batch holding those completions."""
-    trainer = make_trainer(tmp_path, tok, lmbda=1.0, hard_weight=0.0, soft_weight=1.0)
+    trainer = make_trainer(tmp_path, tok, lmbda=1.0, hard_weight=0.0, soft_weight=1.0, loss_chunk_size=chunk)
     batch = PromptCompletionCollator.from_tokenizer(tok)([trainer.train_dataset[i] for i in range(4)])
     sampled = trainer.sampler(batch, trainer.model, trainer.teacher, step=0, micro=0)
     rows = []
@@ -153,23 +155,21 @@ def test_on_policy_loss_equals_the_off_policy_loss_on_the_sampled_sequences(tmp_
     reference = PromptCompletionCollator.from_tokenizer(tok)(rows)
     trainer.model.eval()  # no dropout: the two forwards must see the same network
     with torch.no_grad():
-        on_policy, _, _ = trainer.compute_distillation_loss(trainer.model, sampled)
-        off_policy, _, _ = trainer.compute_distillation_loss(trainer.model, reference)
+        compute = trainer.chunked_distillation_loss if chunk else trainer.compute_distillation_loss
+        on_policy, _, _ = compute(trainer.model, sampled)
+        off_policy, _, _ = compute(trainer.model, reference)
+        unchunked, _, _ = trainer.compute_distillation_loss(trainer.model, sampled)
     torch.testing.assert_close(on_policy, off_policy)
+    torch.testing.assert_close(on_policy, unchunked, rtol=1e-5, atol=1e-6)
 
 
 def test_lmbda_zero_is_the_existing_path(tmp_path, tok):
-    """lmbda=0 (any generation settings) trains exactly like the trainer without the sampler."""
-
-    class NoSampling(DistillationTrainer):
-        def get_batch_samples(self, epoch_iterator, num_batches, device):
-            return super(DistillationTrainer, self).get_batch_samples(epoch_iterator, num_batches, device)
-
-    a = make_trainer(tmp_path, tok, lmbda=0.0, max_new_tokens=3, generation_temperature=0.5)
+    """lmbda=0 (any generation settings) trains exactly like the trainer with no sampler at all."""
+    a = make_trainer(tmp_path, tok, lmbda=0.0, max_new_tokens=3, generation_temperature=0.5,
+                     gradient_accumulation_steps=2)
     a.train()
-    b = NoSampling(tiny_gpt2(layers=2, seed=0), tiny_gpt2(layers=3, seed=1), make_args(tmp_path),
-                   train_dataset=lm_data(tok), processing_class=tok,
-                   data_collator=PromptCompletionCollator.from_tokenizer(tok))
+    b = make_trainer(tmp_path, tok, gradient_accumulation_steps=2)
+    b.sampler = types.SimpleNamespace(active=False, pop_logs=dict)  # the path without on-policy sampling
     b.train()
     for (name, p), q in zip(a.model.named_parameters(), b.model.parameters()):
         assert torch.equal(p, q), name
