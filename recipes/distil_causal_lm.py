@@ -51,6 +51,7 @@ from hf_distill.model_card import render_model_card
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_CHUNK = 1024  # tokens per chunk of the output-layer loss
 CARD_TEMPLATE = Path(__file__).resolve().parent / "templates" / "causal_lm_card.md"
 SAMPLES_MARKER = "<!-- generation samples -->"
 ROWS_MARKER = "<!-- distillation rows -->\n"
@@ -70,6 +71,11 @@ class LMModelArguments:
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     lora_target_modules: str = field(
         default="all-linear", metadata={"help": "Comma-separated module names, or 'all-linear'."}
+    )
+    chunked_loss: bool = field(
+        default=True,
+        metadata={"help": "Output-layer losses chunk by chunk, never the full (B, L, V) logits: loss_chunk_size "
+                  "(default here 1024 tokens). --chunked_loss false computes full logits."},
     )
 
 
@@ -185,6 +191,10 @@ def main(argv: list[str] | None = None) -> dict:
     if not model_args.teacher_model_name_or_path:
         raise ValueError("--teacher_model_name_or_path is required: a causal LM (Hub id or folder).")
     teacher_path = model_args.teacher_model_name_or_path
+    if model_args.chunked_loss and args.loss_chunk_size is None:  # on by default in this recipe
+        args = dataclasses.replace(args, loss_chunk_size=DEFAULT_CHUNK)
+    elif not model_args.chunked_loss:
+        args = dataclasses.replace(args, loss_chunk_size=None)
     resume = ru.resolve_resume(args, out_args)
     token = ru.check_push(args)
     config = AutoConfig.from_pretrained(teacher_path)
@@ -231,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
     trainer.save_model(args.output_dir)
     student_model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
-    chunk = getattr(args, "loss_chunk_size", None) or 1024
+    chunk = args.loss_chunk_size or DEFAULT_CHUNK
     metrics, speed, n_tokens = evaluate_lm(trainer, {"teacher": trainer.teacher, "student": student_model},
                                  data[splits[1]], chunk)
     samples = []
@@ -246,10 +256,10 @@ def main(argv: list[str] | None = None) -> dict:
         "dataset": ru.dataset_summary(data_args, len(data[splits[0]]), len(data[splits[1]])),
         "distillation": {
             "mode": "on-policy (GKD)" if args.lmbda > 0 else ("sequence-level KD" if args.seq_kd else "off-policy"),
-            "divergence": getattr(args, "divergence", "forward_kl"), "temperature": args.temperature,
+            "divergence": args.divergence, "temperature": args.temperature,
             "soft_weight": args.soft_weight, "hard_weight": args.hard_weight, "lmbda": args.lmbda,
             "seq_kd": args.seq_kd, "max_new_tokens": args.max_new_tokens,
-            "generation_temperature": args.generation_temperature, "loss_chunk_size": getattr(args, "loss_chunk_size", None),
+            "generation_temperature": args.generation_temperature, "loss_chunk_size": args.loss_chunk_size,
             "teacher_num_layers": n_teacher, "student_num_layers": n_student, "student_init_layers": init_layers,
             "student_model": model_args.student_model_name_or_path, "peft": model_args.use_peft,
             "num_train_epochs": args.num_train_epochs, "learning_rate": args.learning_rate,

@@ -85,6 +85,7 @@ def test_recipe_on_policy_one_process(setup, tmp_path):
     results = distil_causal_lm.main(recipe_args(teacher, data, tmp_path / "out", "--lmbda", "0.5"))
     out = tmp_path / "out"
     assert results["distillation"]["mode"] == "on-policy (GKD)"
+    assert (results["distillation"]["divergence"], results["distillation"]["loss_chunk_size"]) == ("jsd", 1024)
     log = [e for e in results["train_log"] if "loss" in e]
     assert [e["on_policy_fraction"] for e in log] == expected_fractions(3, 4)
     assert all(e["generation_seconds"] > 0 for e, f in zip(log, expected_fractions(3, 4)) if f == 1.0)
@@ -106,8 +107,10 @@ def test_recipe_chat_data_seq_kd_peft(setup, tmp_path):
     data = write_jsonl(tmp_path / "train.jsonl", 24, 0, chat=True), write_jsonl(tmp_path / "dev.jsonl", 6, 1, chat=True)
     config = str(ROOT / "recipes" / "configs" / "causal_lm_seqkd.yaml")
     results = distil_causal_lm.main(recipe_args(teacher, data, tmp_path / "out", "--use_peft", "true",
-                                                "--lora_r", "4", "--lora_target_modules", "c_attn", config=config))
+                                                "--lora_r", "4", "--lora_target_modules", "c_attn",
+                                                "--chunked_loss", "false", config=config))
     assert results["distillation"]["mode"] == "sequence-level KD" and results["distillation"]["peft"]
+    assert results["distillation"]["loss_chunk_size"] is None
     log = [e for e in results["train_log"] if "loss" in e]
     assert all(e["on_policy_fraction"] == 0.0 and "hard_loss" in e for e in log)
     merged = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "out")  # the adapter is merged on save
