@@ -47,9 +47,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from transformers import (  # noqa: E402
+import numpy as np
+import torch
+from transformers import (
     AutoTokenizer,
     GPT2Config,
     GPT2LMHeadModel,
@@ -59,8 +59,17 @@ from transformers import (  # noqa: E402
     TrainingArguments,
 )
 
-from hf_distill import DistillationArguments, DistillationTrainer, init_student_from_teacher  # noqa: E402
-from hf_distill.lm_data import IGNORE_INDEX, PromptCompletionCollator, completion_nll, encode_example  # noqa: E402
+from hf_distill import (
+    DistillationArguments,
+    DistillationTrainer,
+    init_student_from_teacher,
+)
+from hf_distill.lm_data import (
+    IGNORE_INDEX,
+    PromptCompletionCollator,
+    completion_nll,
+    encode_example,
+)
 
 logger = logging.getLogger("lm_real_data")
 
@@ -409,13 +418,13 @@ def summarise(cfg, teacher_ce: dict, runs: list[dict], timings: dict, meta: dict
 def markdown(summary: dict) -> str:
     t = summary["teacher"]
     lines = [
-        "| model | test CE (nats/token) | test perplexity | gap recovered | on-policy batches | step (ms) | "
-        "generating |",
+        ("| model | test CE (nats/token) | test perplexity | gap recovered | on-policy batches | step (ms) | "
+        "generating |"),
         "|---|---:|---:|---:|---:|---:|---:|",
         f"| teacher ({summary['config']['teacher_layers']} layers) | {t['test_ce']:.4f} | {t['test_ppl']:.2f} | 100% | | | |",
     ]
     for r in summary["students"]:
-        ci = lambda v: f" ± {v:.2f}" if v else ""  # noqa: E731
+        ci = lambda v: f" ± {v:.2f}" if v else ""
         step = f"{1000 * r['step_seconds']:.1f}" if "step_seconds" in r else ""
         share = f"{100 * r['generation_share']:.0f}%" if "generation_share" in r else ""
         lines.append(
@@ -425,13 +434,13 @@ def markdown(summary: dict) -> str:
         )
     o = summary["on_policy_overhead"]
     if o:
-        lines += ["", f"On-policy overhead: the non-generation part of an on-policy step takes "
+        lines += ["", (f"On-policy overhead: the non-generation part of an on-policy step takes "
                       f"{1000 * o['on_policy_non_generation_seconds']:.1f} ms against {1000 * o['off_policy_same_sequences_seconds']:.1f} ms "
                       f"for an off-policy step on the same sampled sequences, collated from their rows like a dataset batch: "
-                      f"**{o['ratio']:.3f}x** (target <= 1.05x)."]
+                      f"**{o['ratio']:.3f}x** (target <= 1.05x).")]
     m = summary["meta"]
-    lines += ["", f"Device: {m['device']}; {len(summary['students'][0]['seeds']) if summary['students'] else 0} seed(s) "
-                  f"per student (± = 95% t-interval over seeds); total wall time {m['total_seconds'] / 60:.1f} min."]
+    lines += ["", (f"Device: {m['device']}; {len(summary['students'][0]['seeds']) if summary['students'] else 0} seed(s) "
+                  f"per student (± = 95% t-interval over seeds); total wall time {m['total_seconds'] / 60:.1f} min.")]
     return "\n".join(lines) + "\n"
 
 
