@@ -345,6 +345,24 @@ def check_chunkable(model: nn.Module, who: str) -> None:
     OutputHead.from_model(unwrap_peft(model))
 
 
+def check_chunking(size: int | None, student: nn.Module, teachers: Sequence[nn.Module], *, cached: bool = False,
+                   sharded: bool = False, label_smoothing: bool = False) -> int | None:
+    """`size` (loss_chunk_size) when the chunked loss can run for these models and settings, else a ValueError."""
+    if size is None:
+        return None
+    problem = (
+        "it needs live teachers (cached outputs are logits already)" if cached else
+        "the output layer's weight must not be sharded (FSDP / DeepSpeed ZeRO-3)" if sharded else
+        "label smoothing is not implemented on the chunked path" if label_smoothing else None
+    )
+    if problem:
+        raise ValueError(f"loss_chunk_size={size} cannot be used here: {problem}; unset loss_chunk_size.")
+    check_chunkable(student, "the student")
+    for k, teacher in enumerate(teachers):
+        check_chunkable(teacher, "the teacher" if len(teachers) == 1 else f"teacher {k}")
+    return size
+
+
 def accepts_logits_to_keep(model: nn.Module) -> bool:
     """Whether the model's forward can skip its full logits (transformers causal LMs: `logits_to_keep`)."""
     inner = model

@@ -279,6 +279,25 @@ class DistillationObjective:
         return self.combine(terms, scales), terms
 
 
+def token_scales(weights: dict[str, float], local: torch.Tensor, totals: tuple | None, steps: int,
+                 processes: int = 1) -> dict[str, float]:
+    """Per-term factors (for `combine`) that make k micro-batches on P processes sum to one big batch's loss.
+
+    Token-level terms of a causal LM are per-token means of their micro-batch; "soft_loss" and "hard_loss" are
+    scaled by local tokens * P / tokens of the whole step (`local` and `totals` give (soft, hard) counts: real
+    tokens, next-token labels; DDP then averages over the P processes). Every other term is a per-batch mean
+    and is divided by the k = `steps` micro-batches, as the Trainer does. Without `totals`: 1 / k for all.
+    """
+    scales = {name: 1.0 / steps for name in weights}
+    if totals is None:
+        return scales
+    for i, name in enumerate(("soft_loss", "hard_loss")):
+        total = float(totals[i]) if totals[i] is not None else 0.0
+        if total > 0:
+            scales[name] = float(local[i]) * processes / total
+    return scales
+
+
 def with_projections(student: nn.Module, layer_map: dict[int, int] | None, teacher: nn.Module | None) -> nn.Module:
     """The student, or a ProjectedStudent when hidden alignment needs learned projections (the widths differ)."""
     if layer_map is None:

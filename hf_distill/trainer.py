@@ -28,7 +28,7 @@ from .checks import (
     check_tokenizers,
     teacher_list,
 )
-from .chunked import OutputHead, check_chunkable, token_counts
+from .chunked import OutputHead, check_chunking, token_counts
 from .config import DistillationArguments
 from .generation import CompletionSampler, check_generation_setup, special_token_ids
 from .modeling import forward_params, is_causal_lm, unwrap_peft, wrap_peft
@@ -40,6 +40,7 @@ from .objective import (
     TopKTargets,
     hard_loss,
     hold_labels,
+    token_scales,
     with_projections,
 )
 from .teacher import freeze, load_teacher, place_teacher
@@ -140,22 +141,10 @@ class DistillationTrainer(Trainer):
         self._chunk_size = self._check_chunking(student)
 
     def _check_chunking(self, student: nn.Module) -> int | None:
-        """args.loss_chunk_size if the chunked output-layer loss can run here; a ValueError where it cannot."""
-        size = self.args.loss_chunk_size
-        if size is None:
-            return None
+        """args.loss_chunk_size if the chunked output-layer loss can run here (ValueError where it cannot)."""
         zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
-        problem = (
-            "it needs live teachers (cached outputs are logits already)" if self.cached else
-            "the output layer's weight must not be sharded (FSDP / DeepSpeed ZeRO-3)" if self.is_fsdp_enabled or zero3
-            else "label smoothing is not implemented on the chunked path" if self.label_smoother is not None else None
-        )
-        if problem:
-            raise ValueError(f"loss_chunk_size={size} cannot be used here: {problem}; unset loss_chunk_size.")
-        check_chunkable(student, "the student")
-        for k, teacher in enumerate(self.teachers):
-            check_chunkable(teacher, "the teacher" if len(self.teachers) == 1 else f"teacher {k}")
-        return size
+        return check_chunking(self.args.loss_chunk_size, student, self.teachers, cached=self.cached,
+                              sharded=self.is_fsdp_enabled or zero3, label_smoothing=self.label_smoother is not None)
 
     @property
     def teacher(self) -> nn.Module | None:
@@ -290,25 +279,13 @@ class DistillationTrainer(Trainer):
         return loss
 
     def _token_scales(self, inputs: dict, num_items_in_batch) -> dict[str, float] | None:
-        """Per-term factors making k micro-batches (on P processes) sum to the loss of one big batch.
-
-        Token-level terms (causal LM soft / hard): batch mean * batch tokens * P / tokens of all micro-batches of
-        the step on all processes (DDP averages over P); the hard count is the Trainer's num_items_in_batch. Other
-        terms: mean / k, as the Trainer would divide. Sequence-level students: None (the Trainer divides by k).
-        """
+        """objective.token_scales for a causal LM's micro-batch in training; None for sequence-level students."""
         if not self._shift_labels:
             return None
         k = getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps
-        scales = {name: 1.0 / k for name in self.objective.weights}
-        if self._token_totals is None:  # not counted (outside Trainer.train): per-micro-batch means
-            return scales
         processes = self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
-        local = token_counts(inputs)
-        totals = (self._token_totals[0], num_items_in_batch if num_items_in_batch is not None else 0)
-        for i, name in enumerate(("soft_loss", "hard_loss")):
-            if float(totals[i]) > 0:
-                scales[name] = float(local[i]) * processes / float(totals[i])
-        return scales
+        totals = None if self._token_totals is None else (self._token_totals[0], num_items_in_batch)
+        return token_scales(self.objective.weights, token_counts(inputs), totals, k, processes)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """The micro-batches of one optimizer step and num_items_in_batch, their next-token label count.

@@ -159,3 +159,14 @@ def test_two_process_chunked_ddp_equals_one_process(tmp_path):
     one, two = torch.load(tmp_path / "one" / "final.pt"), torch.load(tmp_path / "two" / "final.pt")
     assert one.pop("world_size").item() == 1 and two.pop("world_size").item() == 2
     assert_same_weights(two, one, rtol=1e-4)
+
+
+def test_token_scales_by_hand():
+    from hf_distill.objective import token_scales
+
+    weights = {"soft_loss": 0.6, "hard_loss": 0.4, "hidden_loss": 1.0}
+    local = torch.tensor([3, 2])  # this micro-batch: 3 real tokens, 2 next-token labels
+    got = token_scales(weights, local, (torch.tensor(10), torch.tensor(5)), steps=2, processes=2)
+    assert got == pytest.approx({"soft_loss": 3 * 2 / 10, "hard_loss": 2 * 2 / 5, "hidden_loss": 0.5})
+    assert token_scales(weights, local, None, steps=4) == {name: 0.25 for name in weights}
+    assert token_scales(weights, local, (torch.tensor(10), None), steps=1)["hard_loss"] == 1.0  # no labels counted
