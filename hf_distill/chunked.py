@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .lm_data import soft_token_mask
 from .losses import divergence_loss, teacher_target
 
 IGNORE_INDEX = -100
@@ -320,10 +321,10 @@ def causal_lm_rows(
 
 
 def token_counts(batch: dict) -> torch.Tensor:
-    """(2,) long: the soft positions (attention_mask == 1) and the hard ones (next-token labels != -100) of a
+    """(2,) long: the soft positions (attention_mask == 1, or the completion's) and the hard ones (next-token labels != -100) of a
     causal-LM batch, counted the way `causal_lm_rows` selects them."""
     ids = batch.get("input_ids")
-    mask = batch.get("attention_mask")
+    mask = soft_token_mask(batch)  # prompt/completion batches: the completion positions only
     soft = mask.sum() if torch.is_tensor(mask) else torch.tensor(ids.numel() if torch.is_tensor(ids) else 0)
     labels = batch.get("labels")
     hard = (labels[..., 1:] != IGNORE_INDEX).sum() if torch.is_tensor(labels) else torch.tensor(0)

@@ -64,9 +64,10 @@ class DistillationArguments(TrainingArguments):
         metadata={"help": "Student:teacher hidden-state pairs such as '1:2,2:4,3:6' (0 = embedding output). "
                   "Unset = uniform map, student layer i <-> teacher layer i*Lt/Ls."},
     )
-    divergence: str = field(
-        default="forward_kl",
-        metadata={"help": "Soft-loss divergence between teacher p_t and student p_s at temperature T, scaled by T^2: "
+    divergence: str | None = field(
+        default=None,
+        metadata={"help": "Soft-loss divergence between teacher p_t and student p_s at temperature T, scaled by T^2 "
+                  "(unset = 'forward_kl', or 'jsd' with jsd_beta 0.5 when lmbda > 0, GKD's best on-policy setting): "
                   "'forward_kl' KL(p_t||p_s) (Hinton et al.), 'reverse_kl' KL(p_s||p_t) (MiniLLM), 'jsd' generalized "
                   "JSD with jsd_beta (GKD), 'skew_forward_kl' / 'skew_reverse_kl' with skew_alpha (DistiLLM), 'tvd' "
                   "total variation; 'mse' = squared error between raw logits (no T). Regression heads always use "
@@ -114,6 +115,35 @@ class DistillationArguments(TrainingArguments):
                   "float32. Unset = the teacher's own dtype.", "choices": [None, "bfloat16", "float16", "float32"]},
     )
 
+    # ---- on-policy (GKD) and sequence-level distillation of causal LMs (hf_distill.generation) ----
+    lmbda: float = field(
+        default=0.0,
+        metadata={"help": "Probability in [0, 1] that a training batch's completions are sampled from the student "
+                  "(on-policy, GKD's lambda); teacher and student then score the sampled tokens. 0 = off-policy "
+                  "(the dataset's completions). Student samples train the soft loss only (their labels are -100). "
+                  "Needs prompt/completion data (hf_distill.lm_data)."},
+    )
+    seq_kd: bool = field(
+        default=False,
+        metadata={"help": "Sequence-level KD (Kim & Rush 2016): batches not sampled from the student get their "
+                  "completions sampled from the teacher instead of the dataset; the hard loss then trains on "
+                  "the teacher's samples."},
+    )
+    max_new_tokens: int = field(
+        default=128, metadata={"help": "Most tokens sampled per completion when lmbda > 0 or seq_kd."}
+    )
+    generation_temperature: float = field(
+        default=1.0,
+        metadata={"help": "Sampling temperature of on-policy / teacher generation (GKD samples at 1.0); "
+                  "0 = greedy decoding."},
+    )
+    generation_top_p: float = field(
+        default=1.0, metadata={"help": "Nucleus sampling: keep the smallest token set with this much mass (1 = off)."}
+    )
+    generation_top_k: int = field(
+        default=0, metadata={"help": "Sample among the k most likely tokens only (0 = off)."}
+    )
+
     def __post_init__(self):
         super().__post_init__()
         if not self.temperature > 0:
@@ -134,6 +164,8 @@ class DistillationArguments(TrainingArguments):
             )
         if self.hidden_loss not in ("mse", "cosine"):
             raise ValueError(f"hidden_loss must be 'mse' or 'cosine', got {self.hidden_loss!r}.")
+        if self.divergence is None:  # on-policy samples: GKD found the generalized JSD best
+            self.divergence = "jsd" if self.lmbda > 0 else "forward_kl"
         self._check_divergence()
         if self.loss_chunk_size is not None and (
             isinstance(self.loss_chunk_size, bool) or not isinstance(self.loss_chunk_size, int)
@@ -150,6 +182,26 @@ class DistillationArguments(TrainingArguments):
             )
         parse_layer_map(self.layer_map)  # syntax check only; ranges are checked against the models
         parse_layer_map(self.attention_layer_map)
+        self._check_generation()
+
+    def _check_generation(self) -> None:
+        if not 0.0 <= self.lmbda <= 1.0:
+            raise ValueError(f"lmbda is a probability and must be in [0, 1], got {self.lmbda} (0 = off-policy).")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
+        if self.generation_temperature < 0:
+            raise ValueError(
+                f"generation_temperature must be >= 0 (0 = greedy), got {self.generation_temperature}."
+            )
+        if not 0.0 < self.generation_top_p <= 1.0:
+            raise ValueError(f"generation_top_p must be in (0, 1], got {self.generation_top_p} (1 = off).")
+        if self.generation_top_k < 0:
+            raise ValueError(f"generation_top_k must be >= 0, got {self.generation_top_k} (0 = off).")
+        if self.lmbda > 0 and self.soft_weight <= 0:
+            raise ValueError(
+                f"lmbda={self.lmbda} trains on the student's own samples, which carry no labels: only the soft loss "
+                "learns from them, so soft_weight must be > 0."
+            )
 
     def _check_divergence(self) -> None:
         if self.logit_loss is not None:  # the old name of the logit-matching choice

@@ -22,6 +22,7 @@ from torch import nn
 
 from . import losses
 from .chunked import IGNORE_INDEX, OutputHead, causal_lm_rows, chunked_head_loss
+from .lm_data import soft_token_mask
 from .layers import build_projections, count_layers, hidden_size, resolve_layer_map
 
 # 2-D output fields whose classes are the sequence positions (extractive QA): the softmax runs over the
@@ -113,11 +114,13 @@ class DistillationObjective:
     def pairs(self, inputs: dict, student_outputs, teacher_outputs: list) -> list[LogitsPair]:
         """Every output field ending in `logits` that student and all teachers return (DESIGN's rules).
 
-        2-D logits (B, C): one position per example. 3-D logits (B, L, C): positions with attention_mask 1.
+        2-D logits (B, C): one position per example. 3-D logits (B, L, C): positions with attention_mask 1, or
+        for prompt/completion batches (`completion_mask`, hf_distill.lm_data) those predicting a completion token.
         QA start/end logits (B, L): one distribution over the real tokens (padding masked out of the softmax).
         One-output heads (regression) and divergence="mse" match raw outputs with squared error.
         """
         attention_mask = inputs.get("attention_mask")
+        positions = soft_token_mask(inputs)  # prompt/completion data: the completion tokens only
         pairs = []
         for name, s in student_outputs.items():
             if not name.endswith("logits") or not torch.is_tensor(s):
@@ -126,16 +129,16 @@ class DistillationObjective:
                 continue
             ts = [t[name] for t in teacher_outputs]
             if isinstance(ts[0], TopKTargets):  # cached top-k teacher: the student keeps its full vocabulary
-                pairs.append(LogitsPair(name, s, ts, _token_mask(attention_mask, s), "topk"))
+                pairs.append(LogitsPair(name, s, ts, _token_mask(positions, s), "topk"))
             else:
-                pairs.append(self._logits_pair(name, s, ts, attention_mask))
+                pairs.append(self._logits_pair(name, s, ts, attention_mask, positions))
         return pairs
 
-    def _logits_pair(self, name: str, s: torch.Tensor, ts: list, attention_mask) -> LogitsPair:
+    def _logits_pair(self, name: str, s: torch.Tensor, ts: list, attention_mask, positions=None) -> LogitsPair:
         if self.vocab_limit is not None and s.dim() == 3:  # padding rows beyond the tokenizer are no tokens
             s, ts = s[..., : self.vocab_limit], [t[..., : self.vocab_limit] for t in ts]
         kind = "mse" if s.shape[-1] == 1 or self.divergence == "mse" else "kl"
-        mask = _token_mask(attention_mask, s)
+        mask = _token_mask(attention_mask if positions is None else positions, s)
         if name in SPAN_LOGITS and attention_mask is not None and attention_mask.shape == s.shape:
             keep = attention_mask.bool()  # (B, L): the classes are the tokens
             if kind == "mse":  # match raw scores at the real tokens only: (B, L) -> (B, L, 1) positions
@@ -229,7 +232,7 @@ class DistillationObjective:
         labels = inputs.get("labels")
         if torch.is_tensor(labels) and bool((labels == IGNORE_INDEX).all()):
             labels = None  # a transfer-set batch: soft targets only
-        keep, soft_mask, next_labels = causal_lm_rows(inputs.get("attention_mask"), labels, student_hidden.shape[:2])
+        keep, soft_mask, next_labels = causal_lm_rows(soft_token_mask(inputs), labels, student_hidden.shape[:2])
         keep = keep.to(student_hidden.device)
         n_soft = soft_mask.sum().clamp_min(1)
         n_hard = (next_labels != IGNORE_INDEX).sum().clamp_min(1) if next_labels is not None else None

@@ -30,6 +30,7 @@ from .checks import (
 )
 from .chunked import OutputHead, check_chunking, token_counts
 from .config import DistillationArguments
+from .generation import CompletionSampler, check_generation_setup, special_token_ids
 from .modeling import forward_params, is_causal_lm, unwrap_peft, wrap_peft
 from .objective import (
     DistillationObjective,
@@ -101,6 +102,9 @@ class DistillationTrainer(Trainer):
         self.objective = self._build_objective(student, args, processing_class, teacher_processing_class, sources)
         super().__init__(with_projections(student, self.objective.layer_map, self.teacher), args, *trainer_args, **trainer_kwargs)
         self._finish_setup(student)
+        # On-policy / sequence-level KD (lmbda, seq_kd): completions sampled as the batches are drawn.
+        check_generation_setup(args, student, self.teachers, self.cached)
+        self.sampler = CompletionSampler(args, *special_token_ids(self.processing_class, unwrap_peft(student)))
 
     def _build_objective(self, student, args, processing_class, teacher_processing_class, sources):
         """Check every student/teacher pair, then build the loss (layer maps resolved against the models)."""
@@ -290,6 +294,8 @@ class DistillationTrainer(Trainer):
         loss takes num_items_in_batch; here both counts of `token_counts` are taken (soft: real tokens; hard:
         next-token labels), summed over the processes when average_tokens_across_devices.
         """
+        if self.sampler.active:  # swap in sampled completions first, so that their tokens are the ones counted
+            epoch_iterator = self._sampled_batches(epoch_iterator)
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         if not self._shift_labels or not batches:
             return batches, num_items
@@ -298,6 +304,14 @@ class DistillationTrainer(Trainer):
             totals = self.accelerator.gather(totals[None]).sum(0)
         self._token_totals = totals.cpu()
         return batches, (totals[1] if int(totals[1]) > 0 else None)
+
+    def _sampled_batches(self, epoch_iterator):
+        """Each micro-batch of this step with its completions from the student (prob. lmbda), the teacher
+        (seq_kd) or the data, decided by a coin seeded from (seed, global step, micro-batch) on every process."""
+        step = self.state.global_step
+        for micro, batch in enumerate(epoch_iterator):
+            yield self.sampler(batch, self.student, self.teacher, step, micro, self.accelerator.process_index,
+                               self.accelerator.autocast)
 
     def _pop_term_means(self, split: str) -> dict[str, float]:
         sums, self._sums[split] = self._sums[split], {}
@@ -309,7 +323,9 @@ class DistillationTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and "eval_loss" not in logs:
-            logs = {**logs, **self._pop_term_means("train")}
+            generation = {k: self.accelerator.reduce(torch.tensor(v, device=self.args.device), reduction="mean").item()
+                          for k, v in self.sampler.pop_logs().items()}  # on-policy fraction, length, time
+            logs = {**logs, **self._pop_term_means("train"), **generation}
         super().log(logs, start_time)
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,

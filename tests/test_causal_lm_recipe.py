@@ -1,0 +1,146 @@
+"""recipes/distil_causal_lm.py end to end on a tiny GPT-2 (1 process and torchrun x2), and its bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as tf
+from conftest import make_tokenizer, tiny_gpt2
+
+from hf_distill.generation import CompletionSampler
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "recipes"))
+
+import distil_causal_lm
+
+GKD_CONFIG = str(ROOT / "recipes" / "configs" / "causal_lm_gkd.yaml")
+COMMON = ["--report_to", "none", "--save_strategy", "no", "--logging_steps", "1", "--disable_tqdm", "true",
+          "--use_cpu", "true", "--bf16", "false", "--per_device_eval_batch_size", "8", "--max_length", "24",
+          "--max_new_tokens", "6", "--learning_rate", "1e-2", "--max_steps", "4", "--seed", "3",
+          "--student_model_name_or_path", "", "--student_num_layers", "2", "--dataset_name", "",
+          "--train_split", "train", "--validation_split", "validation", "--gradient_accumulation_steps", "1"]
+
+
+def write_jsonl(path, n, seed, chat=False):
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(n):
+            p = " ".join(f"w{rng.randrange(90)}" for _ in range(rng.randrange(1, 5)))
+            c = " ".join(f"w{rng.randrange(90)}" for _ in range(rng.randrange(1, 6)))
+            row = ({"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": c}]} if chat
+                   else {"question": p, "answer": c})
+            f.write(json.dumps(row) + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    teacher = tmp_path / "teacher"
+    tiny_gpt2(layers=4, hidden=32).save_pretrained(teacher)
+    tok = make_tokenizer(teacher)
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }} [SEP] {% endfor %}"
+    tok.save_pretrained(teacher)
+    data = write_jsonl(tmp_path / "train.jsonl", 32, 0), write_jsonl(tmp_path / "dev.jsonl", 10, 1)
+    return str(teacher), data
+
+
+def recipe_args(teacher, data, out, *extra, config=GKD_CONFIG):
+    return [config, "--teacher_model_name_or_path", teacher, "--train_file", data[0], "--validation_file", data[1],
+            "--prompt_column", "question", "--completion_column", "answer", "--output_dir", str(out),
+            "--per_device_train_batch_size", "4", *COMMON, *extra]
+
+
+def reference_ce(folder, dev_file):
+    """Plain re-implementation of the evaluation: the model's mean loss over each example's completion tokens."""
+    tok = tf.AutoTokenizer.from_pretrained(folder)
+    model = tf.AutoModelForCausalLM.from_pretrained(folder).eval()
+    total, count = 0.0, 0
+    for line in Path(dev_file).read_text().splitlines():
+        row = json.loads(line)
+        p = tok(row["question"], add_special_tokens=False)["input_ids"]
+        c = tok(row["answer"], add_special_tokens=False)["input_ids"] + [tok.sep_token_id]
+        with torch.no_grad():
+            loss = model(input_ids=torch.tensor([p + c]), labels=torch.tensor([[-100] * len(p) + c])).loss
+        total, count = total + loss.item() * len(c), count + len(c)
+    return total / count
+
+
+def expected_fractions(seed, steps, lmbda=0.5):
+    args = type("A", (), {"lmbda": lmbda, "seq_kd": False, "seed": seed, "max_new_tokens": 6,
+                          "generation_temperature": 1.0, "generation_top_p": 1.0, "generation_top_k": 0})()
+    sampler = CompletionSampler(args, 3, 0)
+    return [float(sampler.source(s, 0) == "student") for s in range(steps)]
+
+
+def test_recipe_on_policy_one_process(setup, tmp_path):
+    teacher, data = setup
+    results = distil_causal_lm.main(recipe_args(teacher, data, tmp_path / "out", "--lmbda", "0.5"))
+    out = tmp_path / "out"
+    assert results["distillation"]["mode"] == "on-policy (GKD)"
+    assert (results["distillation"]["divergence"], results["distillation"]["loss_chunk_size"]) == ("jsd", 1024)
+    log = [e for e in results["train_log"] if "loss" in e]
+    assert [e["on_policy_fraction"] for e in log] == expected_fractions(3, 4)
+    assert all(e["generation_seconds"] > 0 for e, f in zip(log, expected_fractions(3, 4)) if f == 1.0)
+    # the reported numbers are those of the saved student and of the teacher, recomputed independently
+    assert results["student"]["cross_entropy"] == pytest.approx(reference_ce(out, data[1]), rel=1e-4)
+    assert results["teacher"]["cross_entropy"] == pytest.approx(reference_ce(teacher, data[1]), rel=1e-4)
+    assert results["student"]["perplexity"] == pytest.approx(2.718281828 ** results["student"]["cross_entropy"])
+    saved = tf.AutoModelForCausalLM.from_pretrained(out)
+    assert saved.config.n_layer == 2
+    card = (out / "README.md").read_text()
+    samples = results["generation_samples"]
+    assert len(samples) == 3 and "## Generation samples" in card
+    assert all(s["student"] in card and s["teacher"] in card for s in samples if s["student"])
+    assert "| mode | on-policy (GKD) |" in card and "pipeline(\"text-generation\"" in card
+
+
+def test_recipe_chat_data_seq_kd_peft(setup, tmp_path):
+    teacher, _ = setup
+    data = write_jsonl(tmp_path / "train.jsonl", 24, 0, chat=True), write_jsonl(tmp_path / "dev.jsonl", 6, 1, chat=True)
+    config = str(ROOT / "recipes" / "configs" / "causal_lm_seqkd.yaml")
+    results = distil_causal_lm.main(recipe_args(teacher, data, tmp_path / "out", "--use_peft", "true",
+                                                "--lora_r", "4", "--lora_target_modules", "c_attn",
+                                                "--chunked_loss", "false", config=config))
+    assert results["distillation"]["mode"] == "sequence-level KD" and results["distillation"]["peft"]
+    assert results["distillation"]["loss_chunk_size"] is None
+    log = [e for e in results["train_log"] if "loss" in e]
+    assert all(e["on_policy_fraction"] == 0.0 and "hard_loss" in e for e in log)
+    merged = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "out")  # the adapter is merged on save
+    assert not any("lora" in name for name in merged.state_dict())
+
+
+def test_recipe_torchrun_two_processes(setup, tmp_path):
+    teacher, data = setup
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+         str(ROOT / "recipes" / "distil_causal_lm.py"),
+         *recipe_args(teacher, data, tmp_path / "two", "--lmbda", "0.5", "--per_device_train_batch_size", "2")],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "two" / "distillation_results.json").read_text())
+    assert results["distillation"]["global_train_batch_size"] == 4
+    # the coin is the same on both processes: the averaged fraction is 0 or 1 at every step, as seeded
+    assert [e["on_policy_fraction"] for e in results["train_log"] if "loss" in e] == expected_fractions(3, 4)
+    assert results["student"]["cross_entropy"] == pytest.approx(reference_ce(tmp_path / "two", data[1]), rel=1e-4)
+
+
+def test_recipe_rejects_data_in_neither_format(setup, tmp_path):
+    teacher, data = setup
+    with pytest.raises(ValueError, match="'prompt' and 'completion' columns"):
+        distil_causal_lm.main(recipe_args(teacher, data, tmp_path / "out", "--prompt_column", "nope"))
+
+
+def test_recipe_rejects_sequences_longer_than_the_model(setup, tmp_path):
+    teacher, data = setup
+    with pytest.raises(ValueError, match="exceeds the teacher's 64 positions"):
+        distil_causal_lm.main(recipe_args(teacher, data, tmp_path / "out", "--max_new_tokens", "60"))
