@@ -247,3 +247,32 @@ def test_student_folder_without_tokenizer_files_but_the_same_vocabulary_gets_a_w
         check_student_tokenizer(str(tmp_path / "student"), teacher_tokenizer, "teacher")
     expected = "has no tokenizer files; it is trained with the teacher's tokenizer (same vocabulary size, 101)"
     assert expected in caplog.text
+
+
+@pytest.mark.parametrize("name, extra, data, message", [
+    ("NaN temperature", ["--top_k", "2", "--temperature", "nan"], None,
+     r"--temperature is nan: it must be a finite"),
+    ("temperature 0", ["--temperature", "0"], None, r"--temperature is 0.0: it must be > 0"),
+    ("top_k 0", ["--top_k", "0"], None, r"--top_k is 0: it must be >= 1"),
+    ("batch size 0", ["--batch_size", "0"], None, r"--batch_size is 0: it must be >= 1"),
+    ("fp16 as dtype", ["--teacher_dtype", "fp16"], None,
+     r"--teacher_dtype 'fp16' is not one of \['bfloat16', 'float16'"),
+    ("max_length above the positions", ["--max_length", "100"], None, r"--max_length 100 is more than the teacher"),
+    ("missing teacher folder", ["--teacher_model_name_or_path", "runs/x/teacher"], None,
+     r"no such local folder"),
+    (".tsv file (read locally, not as a Hub name)", [], ("d.tsv", "text\tlabel\nw1\t0\n\t1\n"),
+     r"row\(s\) of --data_file .*d.tsv have no value in column 'text'"),
+    (".txt file, blank", [], ("d.txt", "\n\n"), r"d.txt has only blank lines"),
+    ("NaN text", [], ("d.csv", "text,label\nw1 w2,0\n,1\n"), r"no value in column 'text' .*data row\(s\) 1 "),
+    ("non-UTF-8", [], ("d.csv", "text\ncaf\xe9\n".encode("latin-1")), r"d.csv is not UTF-8"),
+    ("header only", [], ("d.csv", "text,label\n"), r"d.csv has only a header line"),
+])
+def test_cache_cli_bad_input(name, extra, data, message, assets, tmp_path):
+    from hf_distill.cache import main
+
+    data_file = _file(tmp_path, *data) if data else assets["train"]
+    argv = ["--teacher_model_name_or_path", assets["teacher"], "--data_file", data_file, "--max_length", "32",
+            "--output_dir", str(tmp_path / "cached"), *extra]
+    with pytest.raises(ValueError, match=message):
+        main(argv)
+    assert not (tmp_path / "cached").exists()

@@ -19,11 +19,10 @@ from conftest import make_tokenizer, tiny_bert
 from recipe_helpers import COMMON, LABELS, NO_DROPOUT, recipe_args, save_classifier, write_csv
 from safetensors.torch import load_file
 
+from hf_distill import DistillationObjective
 from hf_distill.recipes import data as recipe_data
 from hf_distill.recipes.arguments import ClassificationDataArguments, OutputArguments, parse_args
 from recipes import distil_bert, distil_bert_mlm, train_teacher
-
-from hf_distill import DistillationObjective
 
 ROOT = Path(__file__).resolve().parent.parent
 
