@@ -108,7 +108,7 @@ def load_data_files(files: dict[str, str]):
     from datasets import DatasetDict
 
     if len({str(data_format(p)) for p in files.values()}) != 1:
-        raise ValueError(f"data files must share one of the formats {sorted(DATA_FORMATS)}, got "
+        raise ValueError(f"data files must have the same format (one of the formats {sorted(DATA_FORMATS)}), got "
                          f"{sorted(files.values())}.")
     return DatasetDict({split: load_data_file(path, split) for split, path in files.items()})
 
@@ -118,7 +118,7 @@ def load_raw_datasets(data_args: DataSourceArguments):
 
     Local files are read one by one so that every error names its file.
     """
-    from datasets import DatasetDict, load_dataset
+    from datasets import load_dataset
 
     if data_args.dataset_name:
         if os.path.splitext(data_args.dataset_name)[1].lstrip(".").lower() in DATA_FORMATS:
@@ -128,9 +128,6 @@ def load_raw_datasets(data_args: DataSourceArguments):
         sources = {s: f"the {s} split of {data_args.dataset_name}" for s in raw}
     elif data_args.train_file and data_args.validation_file:
         files = {data_args.train_split: data_args.train_file, data_args.validation_split: data_args.validation_file}
-        if len({str(data_format(p)) for p in files.values()}) != 1:
-            raise ValueError(f"train_file and validation_file must have the same format, got "
-                             f"{sorted(files.values())}.")
         raw = load_data_files(files)
         flags = {data_args.train_split: "--train_file", data_args.validation_split: "--validation_file"}
         sources = {split: f"{flags[split]} {path}" for split, path in files.items()}
