@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 
 import torch
 import transformers
-from datasets import DatasetDict, load_from_disk
+from datasets import DatasetDict, Value, load_from_disk
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer, DataCollatorWithPadding, HfArgumentParser
 
 from .modeling import TASKS, forward_params, unwrap_peft
 from .recipes.arguments import check_numbers
-from .recipes.data import DATA_FORMATS, check_max_length, load_data_files, require_values
+from .recipes.data import DATA_FORMATS, check_max_length, label_mapping, load_data_files, require_values
 from .recipes.models import check_model_source
 from .teacher import DTYPES
 
@@ -196,6 +196,10 @@ class CacheArguments:
     )
     text_column: str = field(default="text", metadata={"help": "Text column of data_file."})
     text_pair_column: str | None = field(default=None, metadata={"help": "Second text column (sentence pairs)."})
+    label_column: str = field(
+        default="label", metadata={"help": "Label column of data_file, if any: names or ids, stored as the teacher's "
+                                           "label ids (sequence classification)."}
+    )
     max_length: int = field(default=128, metadata={"help": "Truncation length when tokenizing data_file."})
     split: str = field(default="train", metadata={"help": "Split to cache when the dataset has several."})
     top_k: int | None = field(default=None, metadata={"help": "Store the top-k logits + rest mass instead of all."})
@@ -230,9 +234,17 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError(f"columns {missing} are not in {cli.data_file}; it has {dataset.column_names}.")
         require_values({cli.split: dataset}, {cli.split: f"--data_file {cli.data_file}"},
                        {"text_column": cli.text_column, "text_pair_column": cli.text_pair_column})
-        check_max_length(cli.max_length, AutoConfig.from_pretrained(cli.teacher_model_name_or_path),
-                         f"teacher {cli.teacher_model_name_or_path}")
-        pair = cli.text_pair_column
+        config = AutoConfig.from_pretrained(cli.teacher_model_name_or_path)
+        check_max_length(cli.max_length, config, f"teacher {cli.teacher_model_name_or_path}")
+        pair, label = cli.text_pair_column, cli.label_column
+        # Label names ("positive") must become the teacher's ids: the collator batches labels as integers.
+        if cli.task == "sequence-classification" and label in dataset.column_names:
+            require_values({cli.split: dataset}, {cli.split: f"--data_file {cli.data_file}"}, {"label_column": label})
+            mapping = label_mapping({cli.split: dataset}, [cli.split], label, config.id2label)
+            features = dataset.features.copy()
+            features[label] = Value("int64")
+            dataset = dataset.map(lambda b: {label: [mapping[v] for v in b[label]]}, batched=True, features=features,
+                                  desc="label ids")
 
         def encode(batch):
             return tokenizer(batch[cli.text_column], batch[pair] if pair else None, truncation=True,

@@ -4,6 +4,7 @@ and without touching the output folder. One table row per mistake a user can mak
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ from unittest import mock
 import pytest
 import transformers as tf
 from conftest import make_tokenizer, tiny_bert
-from recipe_helpers import COMMON, recipe_args, save_classifier, write_csv
+from recipe_helpers import COMMON, LABELS, recipe_args, save_classifier, write_csv
 
 from hf_distill.recipes.arguments import redact_secrets
 from hf_distill.recipes.models import check_student_tokenizer
@@ -276,3 +277,24 @@ def test_cache_cli_bad_input(name, extra, data, message, assets, tmp_path):
     with pytest.raises(ValueError, match=message):
         main(argv)
     assert not (tmp_path / "cached").exists()
+
+
+def test_cache_cli_stores_label_names_as_the_teacher_ids_and_the_cache_trains(assets, tmp_path):
+    from datasets import load_from_disk
+
+    from hf_distill import DistillationArguments, DistillationTrainer
+    from hf_distill.cache import main
+
+    out = tmp_path / "cached"
+    main(["--teacher_model_name_or_path", assets["teacher"], "--data_file", assets["dev"], "--max_length", "32",
+          "--output_dir", str(out)])
+    cached = load_from_disk(str(out))
+    with open(assets["dev"]) as f:
+        names = [row["label"] for row in csv.DictReader(f)]
+    assert cached["label"] == [LABELS.index(n) for n in names]  # the teacher's id2label is LABELS in order
+    args = DistillationArguments(output_dir=str(tmp_path / "o"), report_to=[], max_steps=1, use_cpu=True,
+                                 per_device_train_batch_size=4, save_strategy="no", logging_steps=1)
+    trainer = DistillationTrainer(tiny_bert(layers=1, hidden=32), None, args, train_dataset=cached,
+                                  processing_class=tf.AutoTokenizer.from_pretrained(assets["teacher"]))
+    trainer.train()  # used to fail at step 1: string labels, "excessive nesting"
+    assert {"soft_loss", "hard_loss"} <= set(trainer.state.log_history[0])
