@@ -25,7 +25,7 @@ def _row_has_label(value) -> bool:
 
 
 def mix_transfer_set(labelled, transfer, ratio: float | None = None, seed: int = 0, label_column: str = "labels"):
-    """`labelled` followed by `round(ratio * len(labelled))` rows of `transfer` (all of it when `ratio` is None).
+    """`labelled` followed by `round(ratio * labelled rows)` rows of `transfer` (all of it when `ratio` is None).
 
     The transfer rows are a seeded sample without replacement, in their original order; their labels are
     set to -100 whatever they held (a transfer set is unlabelled by definition), and only the columns of
@@ -46,7 +46,9 @@ def mix_transfer_set(labelled, transfer, ratio: float | None = None, seed: int =
             f"the transfer set lacks the labelled set's columns {missing}: tokenise it (and cache the "
             "teacher's outputs on it) the same way as the labelled set."
         )
-    n = len(transfer) if ratio is None else round(ratio * len(labelled))
+    # Per *labelled* row: rows of `labelled` without a label (e.g. augmented copies mixed in before) do not count.
+    n_labelled = sum(_row_has_label(v) for v in labelled[label_column])
+    n = len(transfer) if ratio is None else round(ratio * n_labelled)
     if n > len(transfer):
         raise ValueError(
             f"ratio {ratio} asks for {n} transfer rows but the transfer set has {len(transfer)}; lower the "

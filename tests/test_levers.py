@@ -175,3 +175,11 @@ def test_labelled_only_token_level():
     ds = Dataset.from_dict({"labels": [[-100, 1, -100], [-100, -100], [0]], "x": [1, 2, 3]})
     assert labelled_only(ds)["x"] == [1, 3]
     assert np.array_equal(labelled_only(ds)["labels"][1], [0])
+
+
+def test_ratio_counts_labelled_rows_only():
+    """After augmented copies (no labels) are mixed in, a transfer ratio still means rows per *labelled* row."""
+    lab, transfer = _sets(10, 50)
+    with_copies = mix_transfer_set(lab, transfer.select(range(30)), None)  # 10 labelled + 30 unlabelled
+    mixed = mix_transfer_set(with_copies, transfer.select(range(30, 50)), 2)
+    assert len(mixed) == 40 + 20 and len(labelled_only(mixed)) == 10
