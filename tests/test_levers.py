@@ -183,3 +183,27 @@ def test_ratio_counts_labelled_rows_only():
     with_copies = mix_transfer_set(lab, transfer.select(range(30)), None)  # 10 labelled + 30 unlabelled
     mixed = mix_transfer_set(with_copies, transfer.select(range(30, 50)), 2)
     assert len(mixed) == 40 + 20 and len(labelled_only(mixed)) == 10
+
+
+def test_sweep_picks_the_best_validation_run_and_applies_each_combination(tmp_path):
+    from recipes import sweep
+
+    grid = sweep.parse_grid(["temperature=1,2", "--augment=0, 4"])
+    assert grid == {"temperature": ["1", "2"], "augment": ["0", "4"]}
+    assert sweep.combinations({"a": ["1", "2"], "b": ["x"]}) == [{"a": "1", "b": "x"}, {"a": "2", "b": "x"}]
+    for bad in (["temperature"], ["temperature="], ["t=1", "t=2"], ["output_dir=a,b"], []):
+        with pytest.raises(ValueError):
+            sweep.parse_grid(bad)
+    calls = []
+
+    def fake_recipe(argv):  # validation accuracy 0.5, 0.8, 0.8: the first of the tied best wins
+        calls.append(argv)
+        t = float(argv[argv.index("--temperature") + 1])
+        return {"student": {"accuracy": {1.0: 0.5, 2.0: 0.8, 4.0: 0.8}[t]}}
+
+    out = sweep.sweep(fake_recipe, ["--seed", "1"], {"temperature": ["1", "2", "4"]}, str(tmp_path))
+    assert out["best"]["flags"] == {"temperature": "2"} and out["best"]["validation"]["accuracy"] == 0.8
+    assert [c[c.index("--output_dir") + 1] for c in calls] == [str(tmp_path / f"run-{i}") for i in range(3)]
+    assert all(c[:2] == ["--seed", "1"] for c in calls)
+    with pytest.raises(ValueError, match="metric"):
+        sweep.sweep(fake_recipe, [], {"temperature": ["1"]}, str(tmp_path), metric="f1")

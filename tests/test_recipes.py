@@ -260,3 +260,16 @@ def test_two_stage_for_a_student_given_by_path(tmp_path, data):
 def test_lever_flags_are_checked(tmp_path, data, flags, match):
     with pytest.raises(ValueError, match=match):
         distil_bert.main(recipe_args(save_classifier(tmp_path / "t"), data, tmp_path / "out", *flags))
+
+
+def test_sweep_runs_the_recipe_per_combination(tmp_path, data):
+    from recipes import sweep
+
+    teacher = save_classifier(tmp_path / "teacher")
+    base = recipe_args(teacher, data, tmp_path / "unused", "--student_num_layers", "2")
+    payload = sweep.main(["--grid", "temperature=1,4", "--sweep_dir", str(tmp_path / "sw"), "--", *base])
+    temps = [json.loads((tmp_path / "sw" / f"run-{i}" / "distillation_results.json").read_text())["distillation"]
+             ["temperature"] for i in range(2)]
+    assert temps == [1.0, 4.0]
+    accs = [r["validation"]["accuracy"] for r in payload["runs"]]
+    assert payload["best"]["validation"]["accuracy"] == max(accs)
