@@ -21,12 +21,15 @@ The teacher labels every tweet once (hf_distill.cache_teacher_outputs): the stud
 in the hidden-state stage of two-stage distillation. Every run keeps its best-on-validation weights; the
 test split is used for the reported numbers only.
 
-    HF_HUB_OFFLINE=1 PYTHONPATH=. python benchmarks/real_data_levers.py                 # GPU: ~8 min on an H100
+    HF_HUB_OFFLINE=1 PYTHONPATH=. python benchmarks/real_data_levers.py                 # GPU: ~7 min on an H200
     HF_HUB_OFFLINE=1 PYTHONPATH=. python benchmarks/real_data_levers.py --seeds 0 --sizes 3 --time_budget 3600
 
-On the 2-core CPU the full run is about 40x slower than on the H100 (~5 h); the second line (one seed, no
-size sweep) fits about an hour. `--time_budget` (seconds) skips the remaining experiments, in the order
-C, D, once exceeded, and records what was skipped.
+The table in docs/ was produced on one NVIDIA H200 (387 s for everything). On a free 2-core CPU a
+600-step student takes about 5 minutes, so the full run (about 30 students, the teacher, and the teacher
+labelling ~43k tweets once) takes about 3 hours; `--seeds 0 --sizes 3` (16 students) about 1.5 hours.
+`--time_budget` (seconds) skips the remaining experiments, in the order C, D, once exceeded, and records
+what was skipped. `--speed_only` re-times the size sweep on the current machine (speed needs no trained
+weights) and rewrites the tables and the plot.
 """
 
 from __future__ import annotations

@@ -273,3 +273,10 @@ def test_sweep_runs_the_recipe_per_combination(tmp_path, data):
     assert temps == [1.0, 4.0]
     accs = [r["validation"]["accuracy"] for r in payload["runs"]]
     assert payload["best"]["validation"]["accuracy"] == max(accs)
+
+
+def test_recipe_defaults_use_the_levers_that_won_on_validation(tmp_path):
+    args = distil_bert.LeverTrainingArguments(output_dir=str(tmp_path), use_cpu=True)
+    assert args.num_train_epochs == 10.0 and args.two_stage == "auto"
+    assert (args.temperature, args.soft_weight, args.hard_weight) == (2.0, 0.9, 0.1)
+    assert distil_bert.LeverDataArguments().augment == 0
