@@ -255,6 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
                                           for k, v in comparison.metrics["hard_baseline"].items()}
         levers = {"augment": data_args.augment, "transfer_file": data_args.transfer_file,
                   "transfer_ratio": data_args.transfer_ratio, "two_stage": two_stage,
+                  "hidden_stage_epochs": stage1.num_train_epochs if stage1 is not None else None,
                   "training_rows": len(train), "labelled_rows": len(data[splits[0]])}
         results = run.results(
             trainer, task="text-classification", teacher=teacher_path, student=info, comparison=comparison,
