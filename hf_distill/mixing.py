@@ -1,0 +1,84 @@
+"""Transfer sets mixed with the labelled set (Bucila et al., 2006; Hinton et al., 2015).
+
+A transfer set is unlabelled text (any amount) that the teacher labels with its soft targets, once
+(`hf_distill.cache_teacher_outputs`). `mix_transfer_set` adds it to the labelled set at a chosen ratio:
+its rows carry `labels = -100`, which the DistillationTrainer reads as "no hard label, soft targets
+only", so labelled and transfer rows share batches. `labelled_only` keeps the rows with a label (what a
+hard-label baseline can train on).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+UNLABELLED = -100
+
+
+def _row_has_label(value) -> bool:
+    if isinstance(value, list):  # token-level labels: labelled if any token is
+        return any(v != UNLABELLED for v in value)
+    return value is not None and value != UNLABELLED
+
+
+def mix_transfer_set(labelled, transfer, ratio: float | None = None, seed: int = 0, label_column: str = "labels"):
+    """`labelled` followed by `round(ratio * labelled rows)` rows of `transfer` (all of it when `ratio` is None).
+
+    The transfer rows are a seeded sample without replacement, in their original order; their labels are
+    set to -100 whatever they held (a transfer set is unlabelled by definition), and only the columns of
+    `labelled` are kept. Both datasets must already be tokenised the same way (and cached the same way if
+    they carry teacher outputs). The Trainer shuffles the mixed rows every epoch.
+    """
+    from datasets import concatenate_datasets
+
+    if ratio is not None and not ratio >= 0:
+        raise ValueError(
+            f"ratio must be >= 0 (transfer rows per labelled row) or None for the whole transfer set, got {ratio}."
+        )
+    if label_column not in labelled.column_names:
+        raise ValueError(f"the labelled set has no {label_column!r} column (columns: {labelled.column_names}).")
+    missing = [c for c in labelled.column_names if c != label_column and c not in transfer.column_names]
+    if missing:
+        raise ValueError(
+            f"the transfer set lacks the labelled set's columns {missing}: tokenise it (and cache the "
+            "teacher's outputs on it) the same way as the labelled set."
+        )
+    # Per *labelled* row: rows of `labelled` without a label (e.g. augmented copies mixed in before) do not count.
+    n_labelled = sum(_row_has_label(v) for v in labelled[label_column])
+    n = len(transfer) if ratio is None else round(ratio * n_labelled)
+    if n > len(transfer):
+        raise ValueError(
+            f"ratio {ratio} asks for {n} transfer rows but the transfer set has {len(transfer)}; lower the "
+            "ratio or pass ratio=None to use all of it."
+        )
+    rows = (
+        np.sort(np.random.default_rng(seed).choice(len(transfer), size=n, replace=False))
+        if n < len(transfer)
+        else np.arange(len(transfer))
+    )
+    picked = transfer.select(rows.tolist())
+    token_level = bool(len(labelled)) and isinstance(labelled[0][label_column], list)
+
+    def unlabel(example):
+        value = [UNLABELLED] * len(example["input_ids"]) if token_level else UNLABELLED
+        return {label_column: value}
+
+    if label_column in picked.column_names:
+        picked = picked.remove_columns(label_column)
+    picked = (
+        picked.map(unlabel, desc="unlabelling the transfer set")
+        if len(picked)
+        else picked.add_column(label_column, [])
+    )
+    picked = picked.select_columns(labelled.column_names).cast(labelled.features)
+    logger.info("mixed %d labelled rows with %d transfer rows (ratio %s)", len(labelled), n, ratio)
+    return concatenate_datasets([labelled, picked])
+
+
+def labelled_only(dataset, label_column: str = "labels"):
+    """The rows of `dataset` that carry a label (not -100): what a hard-label student can learn from."""
+    keep = [i for i, v in enumerate(dataset[label_column]) if _row_has_label(v)]
+    return dataset.select(keep)

@@ -1,0 +1,73 @@
+"""Training schedules built from DistillationArguments: two-stage distillation and the hard-label baseline.
+
+- Two-stage distillation (TinyBERT, Jiao et al. 2020): the student first learns the teacher's
+  intermediate layers (hidden states, and attention maps when `attention_weight > 0`), then its
+  predictions (soft targets + labels). `two_stage_arguments` returns the two argument sets; run the
+  same DistillationTrainer twice, the second run starting from the first's student.
+- The hard-label baseline (`hard_baseline_arguments`): the same student, the same seed and the same
+  number of optimizer steps, trained on the labels alone, which is what "distillation bought +x points"
+  must be measured against.
+
+The user's arguments are never modified: new copies are returned (`dataclasses.replace`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from .config import DistillationArguments
+
+
+def two_stage_arguments(
+    args: DistillationArguments,
+    intermediate_epochs: float | None = None,
+    intermediate_weight: float | None = None,
+    intermediate_steps: int | None = None,
+) -> tuple[DistillationArguments, DistillationArguments]:
+    """(stage 1, stage 2) arguments: intermediate-layer distillation only, then prediction-layer distillation only.
+
+    Stage 1: soft and hard weights 0, hidden weight `intermediate_weight` (default: args.hidden_weight,
+    or 1.0 when that is 0), attention weight kept, `intermediate_steps` steps or else `intermediate_epochs`
+    epochs (default: args' epochs), no best-checkpoint selection (stage 2 selects), output in
+    `<output_dir>/stage1`. Stage 2: args' soft/hard weights and budget, hidden and attention weights 0.
+    """
+    if args.soft_weight == 0 and args.hard_weight == 0:
+        raise ValueError("two-stage distillation needs soft_weight or hard_weight > 0 for its prediction stage.")
+    weight = intermediate_weight if intermediate_weight is not None else (args.hidden_weight or 1.0)
+    if weight <= 0:
+        raise ValueError(f"intermediate_weight must be > 0 (the hidden-state loss of stage 1), got {weight}.")
+    epochs = args.num_train_epochs if intermediate_epochs is None else intermediate_epochs
+    if not epochs > 0:
+        raise ValueError(f"intermediate_epochs must be > 0, got {epochs}.")
+    if intermediate_steps is not None and intermediate_steps < 1:
+        raise ValueError(f"intermediate_steps must be >= 1, got {intermediate_steps}.")
+    stage1 = dataclasses.replace(
+        args,
+        soft_weight=0.0,
+        hard_weight=0.0,
+        hidden_weight=weight,
+        num_train_epochs=epochs,
+        max_steps=intermediate_steps or -1,
+        output_dir=os.path.join(args.output_dir, "stage1"),
+        metric_for_best_model=None,
+        load_best_model_at_end=False,
+    )
+    stage2 = dataclasses.replace(args, hidden_weight=0.0, attention_weight=0.0)
+    return stage1, stage2
+
+
+def hard_baseline_arguments(args: DistillationArguments, max_steps: int, output_dir: str | None = None):
+    """Arguments of the hard-label baseline: `args` (seed, batch, schedule, learning rate) with soft, hidden and
+    attention weights 0, hard weight 1, and exactly `max_steps` optimizer steps (the distilled run's count)."""
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1 (the distilled run's optimizer steps), got {max_steps}.")
+    return dataclasses.replace(
+        args,
+        soft_weight=0.0,
+        hard_weight=1.0,
+        hidden_weight=0.0,
+        attention_weight=0.0,
+        max_steps=int(max_steps),
+        output_dir=output_dir or os.path.join(args.output_dir, "hard_baseline"),
+    )
