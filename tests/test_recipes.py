@@ -280,3 +280,23 @@ def test_recipe_defaults_use_the_levers_that_won_on_validation(tmp_path):
     assert args.num_train_epochs == 10.0 and args.two_stage == "auto"
     assert (args.temperature, args.soft_weight, args.hard_weight) == (2.0, 0.9, 0.1)
     assert distil_bert.LeverDataArguments().augment == 0
+
+
+def test_narrower_student_with_learned_projections(tmp_path, data):
+    """hidden_weight > 0 with a 16-wide student of a 32-wide teacher: the trainer adds projections (a
+    ProjectedStudent); evaluation reads the wrapped model, the saved student and its parameter count are bare."""
+    teacher = save_classifier(tmp_path / "teacher")
+    student_dir = tmp_path / "narrow"
+    narrow = tiny_bert(layers=2, hidden=16, num_labels=3, **NO_DROPOUT)
+    narrow.config.id2label, narrow.config.label2id = dict(enumerate(LABELS)), {n: i for i, n in enumerate(LABELS)}
+    narrow.save_pretrained(student_dir)
+    make_tokenizer(student_dir)
+    out = tmp_path / "out"
+    results = distil_bert.main(recipe_args(teacher, data, out, "--student_model_name_or_path", str(student_dir),
+                                           "--hidden_weight", "1.0", "--layer_map", "1:2,2:4"))
+    weights = load_file(out / "model.safetensors")
+    assert not any("proj" in k for k in weights)  # the projections train with the student but are not saved with it
+    assert sum(v.numel() for v in weights.values()) == results["student"]["parameters"]
+    preds, labels = predict(out, data[1])
+    assert results["student"]["accuracy"] == pytest.approx(float(np.mean(preds == labels)))
+    assert results["train_log"][0]["hidden_loss"] > 0
