@@ -15,12 +15,9 @@ import transformers as tf
 from conftest import make_tokenizer, tiny_gpt2
 
 from hf_distill.generation import CompletionSampler
+from recipes import distil_causal_lm
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "recipes"))
-
-import distil_causal_lm
-
 GKD_CONFIG = str(ROOT / "recipes" / "configs" / "causal_lm_gkd.yaml")
 COMMON = ["--report_to", "none", "--save_strategy", "no", "--logging_steps", "1", "--disable_tqdm", "true",
           "--use_cpu", "true", "--bf16", "false", "--per_device_eval_batch_size", "8", "--max_length", "24",
