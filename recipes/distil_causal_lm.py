@@ -48,7 +48,9 @@ class LMModelArguments:
     student_layers: str | None = field(
         default=None, metadata={"help": "0-based teacher layers copied into the student, e.g. '0,2,4'."}
     )
-    use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter on the student instead of all weights."})
+    use_peft: bool = field(
+        default=False, metadata={"help": "Train a LoRA adapter on the student instead of all weights."}
+    )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})

@@ -101,7 +101,8 @@ def test_recipe_on_policy_one_process(setup, tmp_path):
 
 def test_recipe_chat_data_seq_kd_peft(setup, tmp_path):
     teacher, _ = setup
-    data = write_jsonl(tmp_path / "train.jsonl", 24, 0, chat=True), write_jsonl(tmp_path / "dev.jsonl", 6, 1, chat=True)
+    data = (write_jsonl(tmp_path / "train.jsonl", 24, 0, chat=True),
+            write_jsonl(tmp_path / "dev.jsonl", 6, 1, chat=True))
     config = str(ROOT / "recipes" / "configs" / "causal_lm_seqkd.yaml")
     results = distil_causal_lm.main(recipe_args(teacher, data, tmp_path / "out", "--use_peft", "true",
                                                 "--lora_r", "4", "--lora_target_modules", "c_attn",
