@@ -14,6 +14,8 @@ import torch
 import transformers as tf
 from conftest import make_tokenizer, tiny_gpt2
 
+import hf_distill
+from hf_distill import render_model_card
 from hf_distill.generation import CompletionSampler
 from recipes import distil_causal_lm
 
@@ -97,6 +99,9 @@ def test_recipe_on_policy_one_process(setup, tmp_path):
     assert len(samples) == 3 and "## Generation samples" in card
     assert all(s["student"] in card and s["teacher"] in card for s in samples if s["student"])
     assert "| mode | on-policy (GKD) |" in card and "pipeline(\"text-generation\"" in card
+    # the card is rendered from the results alone (packaged template), the folder is released, the run recorded
+    assert render_model_card(out) == card and not (out / ".hf_distill.lock").exists()
+    assert results["hf_distill_version"] == hf_distill.__version__ and results["run_id"]
 
 
 def test_recipe_chat_data_seq_kd_peft(setup, tmp_path):
