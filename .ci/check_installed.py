@@ -2,7 +2,7 @@
 
     python .ci/check_installed.py REPO_ROOT      # with the python of a venv where `pip install REPO_ROOT` ran
 
-It checks that `hf_distill` (and its card template) come from site-packages, not from the checkout, builds a tiny
+It checks that `hf_distill` (and its card templates) come from site-packages, not from the checkout, builds a tiny
 random BERT teacher and a CSV data set in a temporary folder, runs `accelerate launch recipes/distil_bert.py`
 from the checkout, and reads the card and the results it wrote.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 import transformers as tf
 
 import hf_distill
-from hf_distill.model_card import template_file
+from hf_distill.model_card import TASK_TEMPLATES, TEMPLATE_NAME, template_file
 
 LABELS = ("negative", "neutral", "positive")
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(96)]
@@ -43,8 +43,9 @@ def main(repo: Path) -> None:
     package = Path(hf_distill.__file__).resolve().parent
     assert repo.resolve() not in package.parents, f"hf_distill imported from the checkout ({package}), not installed"
     assert "site-packages" in package.parts, package
-    with template_file() as template:
-        assert package in Path(template).resolve().parents, f"card template not in the package: {template}"
+    for name in (TEMPLATE_NAME, *TASK_TEMPLATES.values()):
+        with template_file(name=name) as template:
+            assert package in Path(template).resolve().parents, f"card template not in the package: {template}"
     print(f"hf_distill {hf_distill.__version__} from {package}")
 
     work = Path(tempfile.mkdtemp(prefix="hf_distill_installed_"))
@@ -75,6 +76,12 @@ def main(repo: Path) -> None:
         assert results["hf_distill_version"] == hf_distill.__version__
         again = hf_distill.render_model_card(out, model_id=results["model_id"])
         assert again == card, "the API renders the same card from the run folder"
+        # a causal-LM run's results get the packaged text-generation template
+        lm = {**results, "task": "text-generation", "teacher": {"cross_entropy": 2.0, "parameters": 10,
+                                                                "examples_per_second": 1.0},
+              "student": {"cross_entropy": 2.5, "parameters": 5, "examples_per_second": 2.0}}
+        lm_card = hf_distill.render_model_card(lm)
+        assert "agarwal2024gkd" in lm_card and "| cross-entropy (nats/token) | 2.0000 | 2.5000 |" in lm_card
         print(f"OK: recipe ran from the installed package; card {out / 'README.md'} ({len(card)} chars)")
     finally:
         shutil.rmtree(work, ignore_errors=True)

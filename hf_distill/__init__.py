@@ -3,6 +3,7 @@
 from .cache import cache_teacher_outputs
 from .config import DistillationArguments
 from .layers import init_student_from_teacher, uniform_layer_map
+from .lm_data import PromptCompletionCollator, tokenize_prompt_completion
 from .losses import (
     DIVERGENCES,
     divergence_loss,
@@ -27,6 +28,7 @@ __all__ = [
     "DistillationTrainer",
     "LogitsPair",
     "NonFiniteLossError",
+    "PromptCompletionCollator",
     "TopKTargets",
     "cache_teacher_outputs",
     "divergence_loss",
@@ -38,6 +40,7 @@ __all__ = [
     "save_model_card",
     "soft_target_loss",
     "teacher_log_probs",
+    "tokenize_prompt_completion",
     "topk_divergence_loss",
     "topk_soft_target_loss",
     "uniform_layer_map",

@@ -1,9 +1,10 @@
 """Model cards for distilled students, rendered from a finished run's `distillation_results.json`.
 
-The template (Jinja, `hf_distill/templates/distilled_student.md`, shipped inside the package and read with
-`importlib.resources`) is rendered by `huggingface_hub.ModelCard`, which also writes the YAML metadata (base
-model, datasets, metrics as a model-index). The repository's `model_cards/distilled_student.md` is a copy
-to edit: pass it as `template_path=`.
+The templates (Jinja, `hf_distill/templates/`, shipped inside the package and read with `importlib.resources`;
+one per kind of run, chosen by the results' `task`: `distilled_student.md` for encoders, `causal_lm_card.md`
+for text generation) are rendered by `huggingface_hub.ModelCard`, which also writes the YAML metadata (base
+model, datasets, metrics as a model-index). The repository's `model_cards/` holds copies to edit: pass one as
+`template_path=`.
 """
 
 from __future__ import annotations
@@ -16,14 +17,17 @@ from pathlib import Path
 
 RESULTS_NAME = "distillation_results.json"
 CARD_NAME = "README.md"
-TEMPLATE_NAME = "distilled_student.md"
+TEMPLATE_NAME = "distilled_student.md"  # the default template
+# task -> packaged template, for the runs whose card differs from the default one
+TASK_TEMPLATES = {"text-generation": "causal_lm_card.md"}
 
 # What the card cannot do without. Everything else it reads is optional: `dataset` and `distillation` fill the
 # "how it was distilled" table when present, `speedup` defaults to the ratio of the two examples/s.
 REQUIRED_KEYS = ("task", "teacher_model", "teacher", "student", "command")
 SIDE_KEYS = ("parameters", "examples_per_second")  # in both `teacher` and `student`
 # metric key -> label in the card; other metrics are shown under their own name.
-METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "masked_accuracy": "masked-token accuracy"}
+METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "masked_accuracy": "masked-token accuracy",
+                 "cross_entropy": "cross-entropy (nats/token)", "perplexity": "perplexity"}
 _NOT_METRICS = ("parameters", "examples_per_second")
 NO_LAYER_MAP = "none (no hidden-state loss)"
 
@@ -46,17 +50,27 @@ def is_hub_id(name: str) -> bool:
     return True
 
 
+def template_name(task: str | None) -> str:
+    """The packaged template for a run's task."""
+    return TASK_TEMPLATES.get(task, TEMPLATE_NAME)
+
+
 @contextlib.contextmanager
-def template_file(template_path: str | os.PathLike | None = None):
-    """The template as a file path: `template_path` when given, else the one shipped inside the package."""
+def template_file(template_path: str | os.PathLike | None = None, name: str = TEMPLATE_NAME):
+    """The template as a file path: `template_path` when given, else the packaged template `name`."""
     if template_path is not None:
         if not Path(template_path).is_file():
             raise ValueError(f"model card template {template_path} not found; leave template_path unset to use the "
-                             f"packaged one (hf_distill/templates/{TEMPLATE_NAME}).")
+                             f"packaged one (hf_distill/templates/{name}).")
         yield Path(template_path)
         return
-    with resources.as_file(resources.files("hf_distill") / "templates" / TEMPLATE_NAME) as path:
+    with resources.as_file(resources.files("hf_distill") / "templates" / name) as path:
         yield path
+
+
+def _cell(text) -> str:
+    """Free text (a prompt, a generation) as one markdown table cell."""
+    return str(text or "").replace("|", "\\|").replace("\n", " ")[:300]
 
 
 def load_results(results: dict | str | os.PathLike) -> dict:
@@ -75,8 +89,8 @@ def load_results(results: dict | str | os.PathLike) -> dict:
     missing += [f"{side}.{k}" for side in ("teacher", "student") if side in data for k in SIDE_KEYS
                 if k not in data[side]]
     if missing:
-        raise ValueError(f"the run results lack {missing}; they are written by recipes/distil_bert*.py at the end "
-                         "of a run.")
+        raise ValueError(f"the run results lack {missing}; they are written by the recipes (recipes/distil_*.py) at "
+                         "the end of a run.")
     return data
 
 
@@ -139,7 +153,8 @@ def render_model_card(
         baseline_note = (f"Distillation bought **{100 * gain['accuracy']:+.1f} points** of accuracy: the same student "
                          f"trained on the labels alone with the same budget (same initialisation, seed and "
                          f"{base.get('optimizer_steps')} optimizer steps) reaches {base['accuracy']:.4f}.")
-    with template_file(template_path) as path:
+    samples = [{k: _cell(v) for k, v in s.items()} for s in r.get("generation_samples") or []]
+    with template_file(template_path, template_name(r["task"])) as path:
         card = ModelCard.from_template(
             card_data,
             template_path=str(path),
@@ -179,7 +194,9 @@ def render_model_card(
             max_length=dist.get("max_length"),
             seed=dist.get("seed"),
             command=r["command"],
-            example_text=r.get("example_text", "I love this!").replace('"', "'"),
+            example_text=r.get("example_text", "I love this!").replace('"', "'").replace("\n", " "),
+            distillation=dist,  # the whole settings dict: templates show the settings of their kind of run
+            generation_samples=samples,
             license=license,
         )
     return str(card)

@@ -20,41 +20,24 @@ completion tokens (logits chunk by chunk); a few greedy generations of both go i
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import recipe_utils as ru
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GenerationConfig,
-    set_seed,
-)
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, set_seed
+from transformers.trainer_pt_utils import get_model_param_count
 
-from hf_distill import DistillationArguments, DistillationTrainer
-from hf_distill.layers import count_layers
-from hf_distill.lm_data import (
-    PROMPT_ATTENTION_MASK,
-    PROMPT_INPUT_IDS,
-    PromptCompletionCollator,
-    completion_nll,
-    end_token_id,
-    tokenize_prompt_completion,
-)
-from hf_distill.model_card import render_model_card
-
-logger = logging.getLogger(__name__)
+from hf_distill import DistillationArguments, DistillationTrainer, PromptCompletionCollator, tokenize_prompt_completion
+from hf_distill.lm_data import PROMPT_ATTENTION_MASK, PROMPT_INPUT_IDS, completion_nll, end_token_id
+from hf_distill.recipes import data as rd
+from hf_distill.recipes.arguments import DataSourceArguments
+from hf_distill.recipes.evaluation import Comparison
+from hf_distill.recipes.models import build_student, check_student_tokenizer
+from hf_distill.recipes.output import save_final_model
+from hf_distill.recipes.run import start_run
 
 DEFAULT_CHUNK = 1024  # tokens per chunk of the output-layer loss
-CARD_TEMPLATE = Path(__file__).resolve().parent / "templates" / "causal_lm_card.md"
-SAMPLES_MARKER = "<!-- generation samples -->"
-ROWS_MARKER = "<!-- distillation rows -->\n"
 
 
 @dataclass
@@ -65,7 +48,9 @@ class LMModelArguments:
     student_layers: str | None = field(
         default=None, metadata={"help": "0-based teacher layers copied into the student, e.g. '0,2,4'."}
     )
-    use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter on the student instead of all weights."})
+    use_peft: bool = field(
+        default=False, metadata={"help": "Train a LoRA adapter on the student instead of all weights."}
+    )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
@@ -80,7 +65,7 @@ class LMModelArguments:
 
 
 @dataclass
-class LMDataArguments(ru.DataSourceArguments):
+class LMDataArguments(DataSourceArguments):
     prompt_column: str = field(default="prompt", metadata={"help": "Column with the prompts (plain text)."})
     completion_column: str = field(default="completion", metadata={"help": "Column with the completions."})
     messages_column: str = field(default="messages", metadata={"help": "Column with chat messages (alternative)."})
@@ -102,8 +87,9 @@ def standard_columns(raw, splits, data_args: LMDataArguments):
 
 
 @torch.no_grad()
-def evaluate_lm(trainer, models: dict, dataset, chunk_size: int | None) -> tuple[dict, dict]:
-    """Per-token cross-entropy and perplexity on the completion tokens, summed over all processes."""
+def evaluate_lm(trainer, models: dict, dataset, chunk_size: int | None, parameters: dict) -> tuple[Comparison, int]:
+    """Per-token cross-entropy and perplexity on the completion tokens, summed over all processes; with the
+    number of completion tokens evaluated."""
     loader = trainer.get_eval_dataloader(dataset)
     acc, device = trainer.accelerator, trainer.args.device
     totals = {name: [0.0, 0] for name in models}
@@ -129,7 +115,7 @@ def evaluate_lm(trainer, models: dict, dataset, chunk_size: int | None) -> tuple
         ce = nll / max(n, 1)
         metrics[name] = {"cross_entropy": ce, "perplexity": math.exp(min(ce, 50.0))}
     speed = {name: examples / max(s, 1e-9) for name, s in seconds.items()}
-    return metrics, speed, int(n)
+    return Comparison(metrics, speed, parameters), next(iter(totals.values()))[1]
 
 
 @torch.no_grad()
@@ -156,54 +142,26 @@ def generation_samples(models: dict, tokenizer, dataset, collator, n: int, max_n
     return samples
 
 
-def samples_markdown(samples: list[dict]) -> str:
-    if not samples:
-        return ""
-    cell = lambda text: (text or "").replace("|", "\\|").replace("\n", " ")[:300]
-    lines = ["## Generation samples", "", "Greedy decoding of validation prompts, teacher and student side by side.",
-             "", "| prompt | reference | teacher | student |", "|---|---|---|---|"]
-    lines += [f"| {cell(s['prompt'])} | {cell(s['reference'])} | {cell(s['teacher'])} | {cell(s['student'])} |"
-              for s in samples]
-    return "\n".join(lines) + "\n"
-
-
-def write_card(output_dir: str, results: dict) -> str:
-    text = render_model_card(results, model_id=results["model_id"], template_path=CARD_TEMPLATE)
-    text = text.replace(SAMPLES_MARKER, samples_markdown(results.get("generation_samples", [])))
-    d = results["distillation"]
-    rows = [("mode", d["mode"]), ("divergence", f"`{d['divergence']}`"),
-            ("on-policy probability lmbda / seq_kd", f"{d['lmbda']} / {d['seq_kd']}"),
-            ("sampling", f"max_new_tokens {d['max_new_tokens']}, temperature {d['generation_temperature']}"),
-            ("loss chunk size (tokens)", d["loss_chunk_size"] or "off"), ("LoRA adapter (merged)", d["peft"])]
-    text = text.replace(ROWS_MARKER, "".join(f"| {k} | {v} |\n" for k, v in rows))
-    path = os.path.join(output_dir, "README.md")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-    return path
-
-
 def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, out_args, args = ru.parse_args(
-        (LMModelArguments, LMDataArguments, ru.OutputArguments, DistillationArguments), argv
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        level=logging.INFO if args.should_log else logging.WARNING)
-    if not model_args.teacher_model_name_or_path:
-        raise ValueError("--teacher_model_name_or_path is required: a causal LM (Hub id or folder).")
+    run = start_run(__file__, LMModelArguments, LMDataArguments, DistillationArguments, argv,
+                    required={"teacher_model_name_or_path": "a causal LM (Hub id or folder)"})
+    model_args, data_args, args = run.model_args, run.data_args, run.args
     teacher_path = model_args.teacher_model_name_or_path
     if model_args.chunked_loss and args.loss_chunk_size is None:  # on by default in this recipe
         args = dataclasses.replace(args, loss_chunk_size=DEFAULT_CHUNK)
     elif not model_args.chunked_loss:
         args = dataclasses.replace(args, loss_chunk_size=None)
-    resume = ru.resolve_resume(args, out_args)
-    token = ru.check_push(args)
     config = AutoConfig.from_pretrained(teacher_path)
     if not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in (config.architectures or [])):
         raise ValueError(f"the teacher {teacher_path} is a {config.architectures} checkpoint, not a causal LM.")
+    rd.check_max_length(data_args.max_length, config, f"teacher {teacher_path}")
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
     if tokenizer.pad_token is None:  # GPT-2 / Llama tokenizers: pad with eos (padding is masked everywhere)
         tokenizer.pad_token = tokenizer.eos_token
-    ru.check_student_tokenizer(model_args.student_model_name_or_path, tokenizer, teacher_path)
+    check_student_tokenizer(model_args.student_model_name_or_path, tokenizer, teacher_path)
+    if model_args.student_model_name_or_path:
+        rd.check_max_length(data_args.max_length, AutoConfig.from_pretrained(model_args.student_model_name_or_path),
+                            f"student {model_args.student_model_name_or_path}")
     positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
     if (args.lmbda > 0 or args.seq_kd) and positions and data_args.max_length + args.max_new_tokens > positions:
         raise ValueError(
@@ -212,17 +170,16 @@ def main(argv: list[str] | None = None) -> dict:
         )
 
     splits = [data_args.train_split, data_args.validation_split]
-    raw = standard_columns(ru.load_raw_datasets(data_args), splits, data_args)
+    raw = standard_columns(rd.load_raw_datasets(data_args)[0], splits, data_args)
     with args.main_process_first(desc="tokenizing"):
         data = {s: tokenize_prompt_completion(raw[s], tokenizer, data_args.max_length, desc=f"tokenizing {s}")
                 for s in splits}
 
     set_seed(args.seed)
     teacher = AutoModelForCausalLM.from_pretrained(teacher_path)
-    student, init_layers = ru.build_student(AutoModelForCausalLM, teacher, model_args.student_model_name_or_path,
-                                            model_args.student_num_layers, model_args.student_layers)
-    n_teacher, n_student = count_layers(teacher), count_layers(student)
-    params = {"teacher": ru.count_parameters(teacher), "student": ru.count_parameters(student)}
+    student, info = build_student(AutoModelForCausalLM, teacher, model_args.student_model_name_or_path,
+                                  model_args.student_num_layers, model_args.student_layers)
+    params = {"teacher": get_model_param_count(teacher), "student": get_model_param_count(student)}
     peft_config = None
     if model_args.use_peft:
         from peft import LoraConfig
@@ -233,58 +190,35 @@ def main(argv: list[str] | None = None) -> dict:
                                  target_modules=targets if targets == "all-linear" else targets.split(","))
 
     collator = PromptCompletionCollator.from_tokenizer(tokenizer)
+    # The recipe pushes the final folder itself (Run.finish); the Trainer must not create repos or push checkpoints.
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher, args=dataclasses.replace(args, push_to_hub=False),
         train_dataset=data[splits[0]], eval_dataset=data[splits[1]], processing_class=tokenizer,
         data_collator=collator, peft_config=peft_config, merge_adapter_on_save=model_args.use_peft,
     )
-    train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
-    trainer.save_model(args.output_dir)
-    student_model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
-    chunk = args.loss_chunk_size or DEFAULT_CHUNK
-    metrics, speed, n_tokens = evaluate_lm(trainer, {"teacher": trainer.teacher, "student": student_model},
-                                 data[splits[1]], chunk)
-    samples = []
-    if trainer.is_world_process_zero():
-        samples = generation_samples({"teacher": trainer.teacher, "student": student_model}, tokenizer,
-                                     data[splits[1]], collator, data_args.num_generation_samples,
-                                     args.max_new_tokens, args.device)
-    results = {
-        "task": "text-generation",
-        "teacher_model": teacher_path,
-        "model_id": args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir)),
-        "dataset": ru.dataset_summary(data_args, len(data[splits[0]]), len(data[splits[1]])),
-        "distillation": {
-            "mode": "on-policy (GKD)" if args.lmbda > 0 else ("sequence-level KD" if args.seq_kd else "off-policy"),
-            "divergence": args.divergence, "temperature": args.temperature,
-            "soft_weight": args.soft_weight, "hard_weight": args.hard_weight, "lmbda": args.lmbda,
-            "seq_kd": args.seq_kd, "max_new_tokens": args.max_new_tokens,
-            "generation_temperature": args.generation_temperature, "loss_chunk_size": args.loss_chunk_size,
-            "teacher_num_layers": n_teacher, "student_num_layers": n_student, "student_init_layers": init_layers,
-            "student_model": model_args.student_model_name_or_path, "peft": model_args.use_peft,
-            "num_train_epochs": args.num_train_epochs, "learning_rate": args.learning_rate,
-            "global_train_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps
-            * args.world_size, "max_length": data_args.max_length, "seed": args.seed,
-        },
-        "teacher": {**metrics["teacher"], "parameters": params["teacher"], "examples_per_second": speed["teacher"]},
-        "student": {**metrics["student"], "parameters": params["student"], "examples_per_second": speed["student"]},
-        "speedup": speed["student"] / speed["teacher"],
-        "device": str(args.device.type),
-        "eval_completion_tokens": n_tokens,
-        "train": {k: v for k, v in train_metrics.items() if isinstance(v, (int, float))},
-        "train_log": [e for e in trainer.state.log_history if "loss" in e],
-        "generation_samples": samples,
-        "example_text": samples[0]["prompt"] if samples else "",
-        "command": ru.launch_command(__file__, argv),
-    }
-    if trainer.is_world_process_zero():
-        ru.write_json(os.path.join(args.output_dir, "distillation_results.json"), results)
-        write_card(args.output_dir, results)
-        if args.push_to_hub:
-            ru.push_folder(args.output_dir, args.hub_model_id, token, args.hub_private_repo)
-        ru.print_summary(results, args.output_dir)
-    trainer.accelerator.wait_for_everyone()
-    return results
+    with run.owning_output_dir():
+        train_metrics = trainer.train(resume_from_checkpoint=run.resume).metrics
+        save_final_model(trainer, args.output_dir)  # the student (adapter merged) + tokenizer, never the teacher
+        models = {"teacher": trainer.teacher, "student": trainer.accelerator.unwrap_model(trainer.model_wrapped)}
+        comparison, n_tokens = evaluate_lm(trainer, models, data[splits[1]], args.loss_chunk_size or DEFAULT_CHUNK,
+                                           params)
+        samples = []
+        if trainer.is_world_process_zero():
+            samples = generation_samples(models, tokenizer, data[splits[1]], collator,
+                                         data_args.num_generation_samples, args.max_new_tokens, args.device)
+        results = run.results(
+            trainer, task="text-generation", teacher=teacher_path, student=info, comparison=comparison,
+            dataset=rd.dataset_summary(data_args, len(data[splits[0]]), len(data[splits[1]])),
+            train_metrics=train_metrics, eval_completion_tokens=n_tokens, generation_samples=samples,
+            example_text=samples[0]["prompt"] if samples else "",
+        )
+        results["distillation"].update(
+            mode="on-policy (GKD)" if args.lmbda > 0 else ("sequence-level KD" if args.seq_kd else "off-policy"),
+            divergence=args.divergence, lmbda=args.lmbda, seq_kd=args.seq_kd, max_new_tokens=args.max_new_tokens,
+            generation_temperature=args.generation_temperature, loss_chunk_size=args.loss_chunk_size,
+            peft=model_args.use_peft,
+        )
+        return run.finish(trainer, results)
 
 
 if __name__ == "__main__":

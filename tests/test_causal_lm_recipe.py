@@ -14,13 +14,12 @@ import torch
 import transformers as tf
 from conftest import make_tokenizer, tiny_gpt2
 
+import hf_distill
+from hf_distill import render_model_card
 from hf_distill.generation import CompletionSampler
+from recipes import distil_causal_lm
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "recipes"))
-
-import distil_causal_lm
-
 GKD_CONFIG = str(ROOT / "recipes" / "configs" / "causal_lm_gkd.yaml")
 COMMON = ["--report_to", "none", "--save_strategy", "no", "--logging_steps", "1", "--disable_tqdm", "true",
           "--use_cpu", "true", "--bf16", "false", "--per_device_eval_batch_size", "8", "--max_length", "24",
@@ -100,11 +99,15 @@ def test_recipe_on_policy_one_process(setup, tmp_path):
     assert len(samples) == 3 and "## Generation samples" in card
     assert all(s["student"] in card and s["teacher"] in card for s in samples if s["student"])
     assert "| mode | on-policy (GKD) |" in card and "pipeline(\"text-generation\"" in card
+    # the card is rendered from the results alone (packaged template), the folder is released, the run recorded
+    assert render_model_card(out) == card and not (out / ".hf_distill.lock").exists()
+    assert results["hf_distill_version"] == hf_distill.__version__ and results["run_id"]
 
 
 def test_recipe_chat_data_seq_kd_peft(setup, tmp_path):
     teacher, _ = setup
-    data = write_jsonl(tmp_path / "train.jsonl", 24, 0, chat=True), write_jsonl(tmp_path / "dev.jsonl", 6, 1, chat=True)
+    data = (write_jsonl(tmp_path / "train.jsonl", 24, 0, chat=True),
+            write_jsonl(tmp_path / "dev.jsonl", 6, 1, chat=True))
     config = str(ROOT / "recipes" / "configs" / "causal_lm_seqkd.yaml")
     results = distil_causal_lm.main(recipe_args(teacher, data, tmp_path / "out", "--use_peft", "true",
                                                 "--lora_r", "4", "--lora_target_modules", "c_attn",

@@ -80,11 +80,45 @@ def test_optional_sections_default_sensibly():
     assert "| accuracy | 0.9266 | 0.9106 |" in text and "{{" not in text
 
 
-def test_the_template_ships_in_the_package_and_model_cards_is_an_editable_copy(tmp_path):
-    packaged = resources.files("hf_distill") / "templates" / "distilled_student.md"
+@pytest.mark.parametrize("name", ["distilled_student.md", "causal_lm_card.md"])
+def test_the_templates_ship_in_the_package_and_model_cards_holds_editable_copies(name):
+    packaged = resources.files("hf_distill") / "templates" / name
+    copy = Path(__file__).resolve().parents[1] / "model_cards" / name
+    assert packaged.read_text() == copy.read_text()  # keep the two in step when editing a template
+
+
+def test_an_edited_copy_is_used_only_when_given(tmp_path):
     copy = Path(__file__).resolve().parents[1] / "model_cards" / "distilled_student.md"
-    assert packaged.read_text() == copy.read_text()  # keep the two in step when editing the template
     edited = tmp_path / "mine.md"
     edited.write_text(copy.read_text().replace("## Results", "## My results"))
     assert "## My results" in render_model_card(RESULTS, template_path=edited)
     assert "## My results" not in render_model_card(RESULTS)  # the copy is used only when given
+
+
+LM_RESULTS = {
+    "task": "text-generation", "teacher_model": "/tmp/gpt2-teacher", "model_id": "me/lm-student",
+    "dataset": {"train_file": "train.jsonl", "eval_split": "validation", "train_examples": 32, "eval_examples": 10},
+    "distillation": {"temperature": 1.0, "soft_weight": 1.0, "hard_weight": 0.0, "teacher_num_layers": 4,
+                     "student_num_layers": 2, "student_init_layers": [1, 3], "mode": "on-policy (GKD)",
+                     "divergence": "jsd", "lmbda": 0.5, "seq_kd": False, "max_new_tokens": 6,
+                     "generation_temperature": 1.0, "loss_chunk_size": None, "peft": True},
+    "teacher": {"cross_entropy": 2.5, "perplexity": 12.18249, "parameters": 2000, "examples_per_second": 10.0},
+    "student": {"cross_entropy": 3.0, "perplexity": 20.08554, "parameters": 1000, "examples_per_second": 25.0},
+    "generation_samples": [{"prompt": "a | b\nc", "reference": "d", "teacher": "e", "student": "f"}],
+    "example_text": 'say "hi"\nnow',
+    "command": "accelerate launch recipes/distil_causal_lm.py --lmbda 0.5",
+}
+
+
+def test_causal_lm_runs_get_their_own_template():
+    text = render_model_card(LM_RESULTS)
+    assert ModelCard(text).data.pipeline_tag == "text-generation"
+    assert "| cross-entropy (nats/token) | 2.5000 | 3.0000 |" in text and "| perplexity | 12.1825 | 20.0855 |" in text
+    assert "| mode | on-policy (GKD) |" in text and "| divergence | `jsd` |" in text
+    assert "| loss chunk size (tokens) | off |" in text and "| LoRA adapter (merged) | True |" in text
+    # free text becomes one table cell: pipes escaped, newlines flattened; the usage snippet stays one line
+    assert "| a \\| b c | d | e | f |" in text
+    assert 'generator("say \'hi\' now", max_new_tokens=32)' in text
+    assert "agarwal2024gkd" in text and "sanh2019distilbert" not in text and "{{" not in text
+    no_samples = render_model_card({**LM_RESULTS, "generation_samples": []})
+    assert "## Generation samples" not in no_samples and "## How it was distilled" in no_samples
