@@ -92,7 +92,8 @@ def place_teacher(teacher: nn.Module, accelerator, device: torch.device, dtype: 
 
     - DeepSpeed: initialised as an inference engine with the training config (ZeRO-3 shards it like the
       student; other stages keep a full replica per process, stage set to 0 so it owns no optimizer).
-    - FSDP: wrapped by Accelerate in evaluation mode (sharded, never in the optimizer).
+    - FSDP2: sharded with `fully_shard` block by block on the student's mesh (never in the optimizer);
+      FSDP1: a full frozen replica on each device.
     - Otherwise (CPU, one GPU, DDP): moved to the training device; it is not DDP-wrapped because it
       receives no gradients.
     """
@@ -120,7 +121,18 @@ def place_teacher(teacher: nn.Module, accelerator, device: torch.device, dtype: 
         engine, *_ = deepspeed.initialize(model=teacher, config=ds_config)
         return freeze(engine)
     if name == "FSDP":
-        return freeze(accelerator.prepare_model(teacher, evaluation_mode=True))
+        plugin = accelerator.state.fsdp_plugin
+        if getattr(plugin, "fsdp_version", 1) == 2:
+            # accelerator.prepare_model(teacher, evaluation_mode=True) neither wraps nor moves it (accelerate 1.15):
+            # shard it ourselves, block by block like the student, on the mesh the student will use (the default
+            # world mesh unless a parallelism config gives one). It all-gathers one block at a time in forward.
+            from .sharding import fully_shard_model  # noqa: PLC0415
+
+            mesh = getattr(accelerator, "torch_device_mesh", None)
+            if mesh is not None:
+                mesh = mesh[tuple(accelerator.parallelism_config.fsdp_dim_names)]
+            return freeze(fully_shard_model(teacher, mesh=mesh))
+        logger.info("FSDP1: the teacher is a full frozen replica on each device (it is not sharded).")
     return freeze(teacher.to(device))
 
 

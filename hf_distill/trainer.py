@@ -18,6 +18,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from . import losses
 from .config import DistillationArguments
 from .layers import build_projections, count_layers, hidden_size, resolve_layer_map
+from .sharding import adapt_to_sharding, check_sharding, full_state_dict
 from .teacher import (
     CACHE_COLUMNS,
     CachedOutputsCollator,
@@ -172,6 +173,8 @@ class DistillationTrainer(Trainer):
             )
 
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
+        check_sharding(self.accelerator, self.args)  # FSDP / DeepSpeed asked for must be in effect
+        adapt_to_sharding(self.accelerator, self.model)
         if self.cached:
             self.data_collator = CachedOutputsCollator(self.data_collator)
         if merge_adapter_on_save and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
@@ -613,6 +616,14 @@ class DistillationTrainer(Trainer):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         unwrapped = self.accelerator.unwrap_model(self.model)
         final = not _internal_call or getattr(self, "_pushing", False)  # not a checkpoint
+        if self.is_fsdp_enabled and final and not self.merge_adapter_on_save:
+            # The Trainer writes nothing here with SHARDED_STATE_DICT: gather the full student whatever the format.
+            output_dir = output_dir if output_dir is not None else self.args.output_dir
+            state_dict = full_state_dict(self.model)  # collective: every rank
+            self._save(output_dir, state_dict=state_dict)
+            if self.args.push_to_hub and not _internal_call:
+                self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+            return None
         if not (self.merge_adapter_on_save and final and hasattr(unwrapped, "merge_and_unload")):
             return super().save_model(output_dir, _internal_call)  # checkpoints always keep the adapter (resume)
         output_dir = output_dir if output_dir is not None else self.args.output_dir

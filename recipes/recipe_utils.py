@@ -397,6 +397,8 @@ def finish_run(trainer, args, results: dict, token: str | None) -> dict:
             push_folder(args.output_dir, args.hub_model_id, token, args.hub_private_repo)
         print_summary(results, args.output_dir)
     trainer.accelerator.wait_for_everyone()
+    # Tear the process group down here, not in an interpreter-exit destructor (gloo can deadlock there).
+    trainer.accelerator.end_training()
     return results
 
 

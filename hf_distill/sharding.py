@@ -1,0 +1,144 @@
+"""Sharded training (DeepSpeed ZeRO, FSDP2): is the requested mode in effect, what FSDP wraps, full final saves.
+
+Launchers fall back silently: `accelerate launch` with an FSDP config on CPU (or `--fsdp` under torchrun
+on CPU) runs plain DDP, and a multi-process launch on a machine where the distributed backend is not set
+up gives several independent single-process runs that write into one output folder. `check_sharding`
+turns each of these into a ValueError before training.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() in ("1", "true", "yes")
+
+
+def requested_sharding(args) -> str | None:
+    """"deepspeed", "fsdp" or None: what the launch asked for (accelerate config env vars or TrainingArguments)."""
+    if _env_flag("ACCELERATE_USE_DEEPSPEED") or getattr(args, "deepspeed", None):
+        return "deepspeed"
+    if _env_flag("ACCELERATE_USE_FSDP") or getattr(args, "fsdp", None):
+        return "fsdp"
+    return None
+
+
+def check_sharding(accelerator, args) -> None:
+    """ValueError when the launch asked for more than it got: sharding, or several cooperating processes."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes != launched:
+        raise ValueError(
+            f"the launcher started {launched} processes (WORLD_SIZE={launched}) but this one runs alone "
+            f"(num_processes={accelerator.num_processes}): {launched} independent runs would train and write "
+            f"{args.output_dir} at once. accelerate sets up multi-process training only on supported devices; on a "
+            "CPU machine pass --use_cpu (gloo), or launch with --num_processes 1."
+        )
+    asked = requested_sharding(args)
+    distributed = getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type)).upper()
+    if asked == "fsdp" and distributed != "FSDP":
+        raise ValueError(
+            f"FSDP was requested (accelerate FSDP config or --fsdp) but the run is {distributed}: accelerate only "
+            "uses FSDP on GPUs (and similar accelerators), so on CPU it would silently train unsharded. Use a GPU "
+            "machine, or an unsharded config (recipes/configs/accelerate_cpu.yaml / accelerate_ddp.yaml) on purpose."
+        )
+    if asked == "deepspeed" and distributed != "DEEPSPEED":
+        raise ValueError(
+            f"DeepSpeed was requested but the run is {distributed}. On CPU set DS_ACCELERATOR=cpu and use a config "
+            'with mixed_precision "no" and use_cpu true (tests/configs/accelerate_zero*_cpu.yaml); check that '
+            "`deepspeed` is installed (pip install -e .[deepspeed])."
+        )
+
+
+def fsdp_wrap_class_names(model: nn.Module) -> list[str]:
+    """The block classes FSDP shards one by one: the model's `_no_split_modules` without its embeddings.
+
+    Embedding modules are listed there too (BertEmbeddings) so that device_map never splits them, but
+    wrapping them as their own FSDP unit shards `word_embeddings` twice when it is tied to the output
+    layer (fully_shard fails: "value was None when it should not be"); they stay in the root unit.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = set()
+    for module in base.modules():
+        names.update(getattr(module, "_no_split_modules", None) or [])
+    present = {type(m).__name__ for m in base.modules()}
+    return sorted(n for n in names if n in present and "Embedding" not in n)
+
+
+def fully_shard_model(model: nn.Module, mesh=None, reshard_after_forward: bool = True) -> nn.Module:
+    """FSDP2: `fully_shard` each block named by `fsdp_wrap_class_names`, then the root (the rest), on `mesh`."""
+    from torch.distributed.fsdp import fully_shard
+
+    classes = set(fsdp_wrap_class_names(model))
+    if not classes:
+        raise ValueError(
+            f"{type(model).__name__} lists no transformer block classes in _no_split_modules: set "
+            "fsdp_transformer_layer_cls_to_wrap in the accelerate FSDP config."
+        )
+    for module in list(model.modules()):
+        if type(module).__name__ in classes:
+            fully_shard(module, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    return model
+
+
+def device_mesh_of(model: nn.Module):
+    """The DeviceMesh an FSDP2 model is sharded on (its parameters are DTensors), or None."""
+    for p in model.parameters():
+        mesh = getattr(p, "device_mesh", None)
+        if mesh is not None:
+            return mesh
+    return None
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's state dict, gathered from the FSDP shards onto the CPU (collective: call on every rank).
+
+    Unlike `accelerator.get_state_dict`, this does not depend on fsdp_state_dict_type: the final save
+    and the Hub push get a full model also when checkpoints are sharded.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def drop_legacy_renamings(model: nn.Module) -> None:
+    """Save standard weight names: undo transformers' reverse of the legacy `LayerNorm.gamma/.beta` renaming.
+
+    A model loaded under DeepSpeed ZeRO-3 (zero.Init) keeps every conversion it was offered, the legacy
+    ones included, and `save_pretrained` reverts them: its LayerNorms are saved as `.gamma`/`.beta`, which
+    transformers maps back but other tools do not. Loading outside ZeRO-3 keeps only conversions in use.
+    """
+    conversions = getattr(model, "_weight_conversions", None)
+    if not conversions:
+        return
+    try:
+        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+        legacy = get_checkpoint_conversion_mapping("legacy")
+    except (ImportError, KeyError, ValueError):
+        return
+    keys = {(tuple(c.source_patterns), tuple(c.target_patterns)) for c in legacy}
+    kept = [c for c in conversions if (tuple(c.source_patterns), tuple(c.target_patterns)) not in keys]
+    if len(kept) != len(conversions):
+        model._weight_conversions = kept
+
+
+def adapt_to_sharding(accelerator, model: nn.Module) -> None:
+    """Settings the student needs before Accelerate wraps it: the FSDP wrap classes, standard saved names."""
+    drop_legacy_renamings(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    if plugin is None or getattr(plugin, "transformer_cls_names_to_wrap", None):
+        return
+    policy = getattr(plugin.auto_wrap_policy, "func", plugin.auto_wrap_policy)
+    if getattr(policy, "__name__", "") == "transformer_auto_wrap_policy":
+        # Accelerate's default for TRANSFORMER_BASED_WRAP is all of _no_split_modules, embeddings included.
+        plugin.transformer_cls_names_to_wrap = fsdp_wrap_class_names(model)
+        logger.info("FSDP wraps %s (the model's _no_split_modules without embeddings)",
+                    plugin.transformer_cls_names_to_wrap)
