@@ -20,7 +20,7 @@ import transformers
 from datasets import DatasetDict, load_dataset, load_from_disk
 from transformers import AutoTokenizer, DataCollatorWithPadding, HfArgumentParser
 
-from .teacher import DTYPES, cache_teacher_outputs
+from .teacher import DTYPES, cache_teacher_outputs, load_pretrained_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         dataset = dataset.map(encode, batched=True, desc="tokenizing")
     auto = getattr(transformers, TASKS[cli.task])
     kwargs = {"dtype": DTYPES[cli.teacher_dtype]} if cli.teacher_dtype else {}
-    teacher = auto.from_pretrained(cli.teacher_model_name_or_path, **kwargs)
+    teacher = load_pretrained_teacher(auto, cli.teacher_model_name_or_path, **kwargs)  # a random head is refused
     device = cli.device or ("cuda" if torch.cuda.is_available() else "cpu")
     teacher.to(device)
     cached = cache_teacher_outputs(teacher, dataset, top_k=cli.top_k, temperature=cli.temperature,

@@ -124,7 +124,7 @@ def _full_tensors(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]
     partitioned = list({id(params[n]): params[n] for n in names if n in params and hasattr(params[n], "ds_id")}.values())
     gather = contextlib.nullcontext()
     if partitioned:
-        import deepspeed  # noqa: PLC0415  (only reached when deepspeed has partitioned the model)
+        import deepspeed  # only reached when deepspeed has partitioned the model
 
         gather = deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
     with gather, torch.no_grad():

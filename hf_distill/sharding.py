@@ -103,7 +103,10 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     Unlike `accelerator.get_state_dict`, this does not depend on fsdp_state_dict_type: the final save
     and the Hub push get a full model also when checkpoints are sharded.
     """
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+    )
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 

@@ -66,10 +66,47 @@ def load_teacher(teacher: PreTrainedModel | str | os.PathLike, student: nn.Modul
             f"cannot tell which Auto class loads a teacher for a {type(student).__name__} student; "
             "load the teacher yourself and pass the model object."
         )
+    return load_pretrained_teacher(auto, path, **kwargs)
+
+
+def load_pretrained_teacher(auto, path: str, **kwargs) -> PreTrainedModel:
+    """`auto.from_pretrained(path)`, refusing a checkpoint that lacks weights of the loaded model.
+
+    transformers initialises missing weights at random and only logs them (a base model loaded as a
+    classifier gets a random head): a teacher with random weights would teach noise.
+    """
     try:
-        return auto.from_pretrained(path, **kwargs)
+        model, info = auto.from_pretrained(path, output_loading_info=True, **kwargs)
     except OSError as err:
         raise ValueError(f"could not load teacher_model {path!r} with {auto.__name__}: {err}") from err
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        saved = getattr(model.config, "architectures", None) or [model.config.model_type]
+        raise ValueError(
+            f"the teacher {path!r} holds no weights for {len(missing)} tensors of {type(model).__name__} "
+            f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}): they would be freshly initialised, "
+            f"so the teacher would teach noise. The checkpoint was saved as {saved}; use a teacher fine-tuned for "
+            "this task (same head), or the task that matches the checkpoint."
+        )
+    return model
+
+
+def teacher_tokenizer(teacher_spec, teacher: nn.Module | None, given=None):
+    """The teacher's tokenizer for the vocabulary check: `given`, else the one saved beside the teacher
+    (the folder it was given as, or the local folder a model object was loaded from), else None."""
+    if given is not None:
+        return given
+    candidates = [teacher_spec] if isinstance(teacher_spec, (str, os.PathLike)) else []
+    candidates.append(getattr(teacher, "name_or_path", None))
+    for path in candidates:
+        if path and os.path.isdir(str(path)):
+            try:
+                from transformers import AutoTokenizer
+
+                return AutoTokenizer.from_pretrained(str(path))
+            except (OSError, ValueError, TypeError):  # a model folder without tokenizer files
+                continue
+    return None
 
 
 def forward_params(model: nn.Module) -> set[str] | None:
@@ -126,7 +163,7 @@ def place_teacher(teacher: nn.Module, accelerator, device: torch.device, dtype: 
             # accelerator.prepare_model(teacher, evaluation_mode=True) neither wraps nor moves it (accelerate 1.15):
             # shard it ourselves, block by block like the student, on the mesh the student will use (the default
             # world mesh unless a parallelism config gives one). It all-gathers one block at a time in forward.
-            from .sharding import fully_shard_model  # noqa: PLC0415
+            from .sharding import fully_shard_model
 
             mesh = getattr(accelerator, "torch_device_mesh", None)
             if mesh is not None:

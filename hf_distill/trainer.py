@@ -26,6 +26,7 @@ from .teacher import (
     has_cached_outputs,
     load_teacher,
     place_teacher,
+    teacher_tokenizer,
 )
 from .teacher import forward_params as _forward_params
 
@@ -317,15 +318,10 @@ class DistillationTrainer(Trainer):
                         f"the student's id2label {s_map} differs from {who}'s {t_map}: label i must mean the same "
                         "class in both. Set student.config.id2label (and label2id) to the teacher's."
                     )
-        t_tok = teacher_processing_class
-        if t_tok is None and processing_class is not None and teacher_list and isinstance(teacher_list[0], (str, os.PathLike)):
-            if os.path.isdir(str(teacher_list[0])):
-                try:
-                    from transformers import AutoTokenizer
-
-                    t_tok = AutoTokenizer.from_pretrained(str(teacher_list[0]))
-                except (OSError, ValueError):
-                    t_tok = None
+        t_tok = None
+        if processing_class is not None and teacher_list:
+            # Also for a teacher given as a model object: the tokenizer saved where it was loaded from.
+            t_tok = teacher_tokenizer(teacher_list[0], self.teachers[0], teacher_processing_class)
         if t_tok is not None and processing_class is not None and hasattr(t_tok, "get_vocab"):
             if t_tok.get_vocab() != processing_class.get_vocab():
                 raise ValueError(

@@ -20,7 +20,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "recipes"))
 
-import distil_bert  # noqa: E402
+import distil_bert
 
 
 def _gathered_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
