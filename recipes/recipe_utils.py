@@ -12,6 +12,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import shlex
 import sys
 import time
@@ -20,7 +21,6 @@ from dataclasses import dataclass, field
 import torch
 import yaml
 from transformers import HfArgumentParser
-from transformers.trainer_utils import get_last_checkpoint
 
 import hf_distill
 from hf_distill.layers import count_layers
@@ -100,9 +100,10 @@ def resolve_resume(args, out: OutputArguments) -> str | None:
     resume = args.resume_from_checkpoint
     folder = args.output_dir
     if resume in ("last", "true", "True"):
-        last = get_last_checkpoint(folder) if os.path.isdir(folder) else None
+        last = last_complete_checkpoint(folder) if os.path.isdir(folder) else None
         if last is None:
-            raise ValueError(f"--resume_from_checkpoint {resume} but {folder} holds no checkpoint-* folder to resume.")
+            raise ValueError(f"--resume_from_checkpoint {resume} but {folder} holds no complete checkpoint-* folder "
+                             "to resume; start again with --overwrite_output_dir.")
         return last
     if resume is not None:
         if not os.path.isdir(resume):
@@ -114,6 +115,19 @@ def resolve_resume(args, out: OutputArguments) -> str | None:
             f"output_dir {folder} already holds a previous run ({found}); pass --overwrite_output_dir to replace it, "
             "--resume_from_checkpoint last (or a checkpoint folder) to continue it, or choose another --output_dir."
         )
+    return None
+
+
+def last_complete_checkpoint(folder: str) -> str | None:
+    """The newest checkpoint-N in `folder` that was written to the end (the Trainer writes trainer_state.json
+    last); newer half-written ones (a run killed while saving) are skipped with a warning."""
+    steps = sorted((int(m.group(1)), d) for d in os.listdir(folder)
+                   if (m := re.fullmatch(r"checkpoint-(\d+)", d)) and os.path.isdir(os.path.join(folder, d)))
+    for _, name in reversed(steps):
+        path = os.path.join(folder, name)
+        if os.path.isfile(os.path.join(path, "trainer_state.json")):
+            return path
+        logger.warning("skipping %s: it is incomplete (no trainer_state.json, the run stopped while saving it)", path)
     return None
 
 
