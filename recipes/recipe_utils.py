@@ -102,8 +102,8 @@ def resolve_resume(args, out: OutputArguments) -> str | None:
     if resume in ("last", "true", "True"):
         last = last_complete_checkpoint(folder) if os.path.isdir(folder) else None
         if last is None:
-            raise ValueError(f"--resume_from_checkpoint {resume} but {folder} holds no complete checkpoint-* folder "
-                             "to resume; start again with --overwrite_output_dir.")
+            raise ValueError(f"--resume_from_checkpoint {resume} but {folder} holds no checkpoint-* folder written to "
+                             "the end (with trainer_state.json) to resume; start again with --overwrite_output_dir.")
         return last
     if resume is not None:
         if not os.path.isdir(resume):
