@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -163,15 +164,23 @@ def test_sharding_not_in_effect_is_an_error(monkeypatch, env, args, obtained, in
 
 
 @pytest.mark.distributed
-def test_fsdp_config_on_cpu_stops_before_training(tmp_path):
-    """accelerate launch with the shipped FSDP config and --use_cpu used to exit 0 as plain DDP."""
+@pytest.mark.parametrize("use_cpu, message", [
+    (True, "FSDP was requested.*MULTI_CPU"),  # used to exit 0 as plain DDP
+    (False, "2 independent runs would train and write"),  # used to train twice, both writing one folder
+])
+def test_fsdp_config_on_cpu_stops_before_training(tmp_path, use_cpu, message):
+    """accelerate launch with the shipped FSDP config on a CPU machine, with or without --use_cpu."""
     teacher = save_classifier(tmp_path / "teacher")
     data = write_csv(tmp_path / "train.csv", 16, seed=0), write_csv(tmp_path / "dev.csv", 8, seed=1)
     out = tmp_path / "out"
-    argv = [str(ROOT / "recipes" / "distil_bert.py"), *recipe_args(teacher, data, out, "--student_num_layers", "2")]
-    proc = _launch(ROOT / "recipes" / "configs" / "accelerate_fsdp.yaml", ["--num_processes", "2", *argv])
+    argv = recipe_args(teacher, data, out, "--student_num_layers", "2")
+    if not use_cpu:
+        i = argv.index("--use_cpu")
+        del argv[i:i + 2]
+    proc = _launch(ROOT / "recipes" / "configs" / "accelerate_fsdp.yaml",
+                   ["--num_processes", "2", str(ROOT / "recipes" / "distil_bert.py"), *argv])
     assert proc.returncode != 0
-    assert "FSDP was requested" in proc.stderr and "MULTI_CPU" in proc.stderr
+    assert re.search(message, proc.stderr), proc.stderr[-3000:]
     assert not (out / "model.safetensors").exists() and "'loss'" not in proc.stdout  # no training step ran
 
 
