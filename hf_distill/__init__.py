@@ -1,21 +1,35 @@
 """hf_distill: knowledge distillation for Hugging Face Transformers models."""
 
+from .cache import cache_teacher_outputs
 from .config import DistillationArguments
 from .layers import init_student_from_teacher, uniform_layer_map
-from .losses import ensemble_log_probs, hidden_state_loss, logit_mse_loss, soft_target_loss, topk_soft_target_loss
+from .losses import (
+    DIVERGENCES,
+    divergence_loss,
+    ensemble_log_probs,
+    hidden_state_loss,
+    logit_mse_loss,
+    soft_target_loss,
+    teacher_log_probs,
+    topk_divergence_loss,
+    topk_soft_target_loss,
+)
 from .model_card import render_model_card, save_model_card
-from .teacher import cache_teacher_outputs
-from .trainer import DistillationTrainer, LogitsPair, NonFiniteLossError, TopKTargets
+from .objective import DistillationObjective, LogitsPair, TopKTargets
+from .trainer import DistillationTrainer, NonFiniteLossError
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DIVERGENCES",
     "DistillationArguments",
+    "DistillationObjective",
     "DistillationTrainer",
     "LogitsPair",
     "NonFiniteLossError",
     "TopKTargets",
     "cache_teacher_outputs",
+    "divergence_loss",
     "ensemble_log_probs",
     "hidden_state_loss",
     "init_student_from_teacher",
@@ -23,6 +37,8 @@ __all__ = [
     "render_model_card",
     "save_model_card",
     "soft_target_loss",
+    "teacher_log_probs",
+    "topk_divergence_loss",
     "topk_soft_target_loss",
     "uniform_layer_map",
 ]

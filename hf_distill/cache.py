@@ -1,4 +1,6 @@
-"""Cache a teacher's outputs on a dataset once, then distil without the teacher.
+"""Cached teacher outputs: their format (the columns), `cache_teacher_outputs`, the collator, and the CLI.
+
+Run a teacher once over a dataset, then distil without it:
 
     python -m hf_distill.cache --teacher_model_name_or_path TEACHER --data_file train.csv \\
         --text_column text --output_dir train_cached            # full logits (small label sets)
@@ -18,19 +20,182 @@ from dataclasses import dataclass, field
 import torch
 import transformers
 from datasets import DatasetDict, load_dataset, load_from_disk
+from torch import nn
 from transformers import AutoTokenizer, DataCollatorWithPadding, HfArgumentParser
 
-from .teacher import DTYPES, cache_teacher_outputs, load_pretrained_teacher
+from .modeling import TASKS, forward_params, unwrap_peft
+from .teacher import DTYPES, load_pretrained_teacher
 
 logger = logging.getLogger(__name__)
 
-TASKS = {
-    "sequence-classification": "AutoModelForSequenceClassification",
-    "token-classification": "AutoModelForTokenClassification",
-    "question-answering": "AutoModelForQuestionAnswering",
-    "masked-lm": "AutoModelForMaskedLM",
-    "causal-lm": "AutoModelForCausalLM",
+# Local data file extension -> (datasets builder, its keyword arguments). The one table the CLI and the recipes use.
+DATA_FILE_FORMATS: dict[str, tuple[str, dict]] = {
+    "csv": ("csv", {}),
+    "tsv": ("csv", {"delimiter": "\t"}),
+    "json": ("json", {}),
+    "jsonl": ("json", {}),
+    "parquet": ("parquet", {}),
+    "txt": ("text", {}),
 }
+
+
+def load_data_files(files: dict[str, str]) -> DatasetDict:
+    """Load local data files, one per split (`{"train": "train.csv", ...}`), all of one format."""
+    exts = {os.path.splitext(path)[1].lstrip(".").lower() for path in files.values()}
+    if len(exts) != 1 or next(iter(exts)) not in DATA_FILE_FORMATS:
+        raise ValueError(f"data files must share one of the formats {sorted(DATA_FILE_FORMATS)}, got {sorted(exts)}.")
+    builder, kwargs = DATA_FILE_FORMATS[exts.pop()]
+    return load_dataset(builder, data_files=files, **kwargs)
+
+
+# Columns a cached dataset carries, and the number of dims of one example's value for sequence-level
+# outputs (token-level outputs have one more: the example's real tokens first).
+CACHE_COLUMNS = {
+    "teacher_logits": 1,  # (C,) raw logits, any temperature can be applied later
+    "teacher_topk_indices": 1,  # (k,) class / token ids of the k largest teacher logits
+    "teacher_topk_values": 1,  # (k,) their raw logits
+    "teacher_topk_rest": 0,  # () teacher probability of all other classes, at teacher_temperature
+    "teacher_temperature": 0,  # () the temperature the rest mass was computed at
+}
+
+
+def has_cached_outputs(dataset) -> bool:
+    """Whether `dataset` (a datasets.Dataset or anything with column_names) carries cached teacher outputs."""
+    columns = getattr(dataset, "column_names", None) or []
+    return "teacher_logits" in columns or "teacher_topk_indices" in columns
+
+
+def cached_teacher_outputs(batch: dict) -> list[dict] | None:
+    """A batch's cached teacher outputs in the form a teacher forward has: [{"logits": tensor or TopKTargets}]."""
+    from .objective import TopKTargets
+
+    if "teacher_logits" in batch:
+        return [{"logits": batch["teacher_logits"]}]
+    if "teacher_topk_indices" in batch:
+        return [{"logits": TopKTargets(batch["teacher_topk_indices"], batch["teacher_topk_values"],
+                                       batch["teacher_topk_rest"])}]
+    return None
+
+
+def cache_teacher_outputs(
+    teacher: nn.Module,
+    dataset,
+    *,
+    top_k: int | None = None,
+    temperature: float = 2.0,
+    batch_size: int = 32,
+    data_collator=None,
+    output_field: str = "logits",
+    device: str | torch.device | None = None,
+):
+    """Run the teacher once over a tokenized `datasets.Dataset`; return it with the teacher's outputs as columns.
+
+    `top_k=None` stores the full logits (`teacher_logits`), right for small label sets: training on them
+    equals training with the live teacher at any temperature. `top_k=k` stores, for large vocabularies,
+    the k largest logits and their ids plus the probability mass of the rest at `temperature` (which the
+    trainer then requires). Token-level outputs are stored for the example's real tokens only
+    (attention_mask == 1). The DistillationTrainer reads these columns and then needs no teacher.
+    """
+    from transformers import default_data_collator
+    from transformers.utils import find_labels
+
+    taken = [c for c in CACHE_COLUMNS if c in dataset.column_names]
+    if taken:
+        raise ValueError(f"the dataset already has cached teacher columns {taken}; remove them to cache again.")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 (or None for full logits), got {top_k}.")
+    accepted = forward_params(teacher)
+    label_names = set(find_labels(type(unwrap_peft(teacher))))
+    features = [c for c in dataset.column_names if c in accepted and c not in label_names]
+    if not features:
+        raise ValueError(
+            f"none of the dataset's columns {dataset.column_names} is an input of {type(teacher).__name__}.forward; "
+            "tokenize the dataset first (input_ids, attention_mask, ...)."
+        )
+    collate = data_collator or default_data_collator
+    device = torch.device(device) if device is not None else next(teacher.parameters()).device
+    was_training = teacher.training
+    teacher.eval()
+    columns: dict[str, list] = {}
+    try:
+        with torch.no_grad():
+            for start in range(0, len(dataset), batch_size):
+                rows = dataset[start : start + batch_size]  # dict of column -> list
+                examples = [{c: rows[c][i] for c in features} for i in range(len(rows[features[0]]))]
+                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(examples).items()}
+                outputs = teacher(**batch)
+                if output_field not in outputs:
+                    raise ValueError(f"the teacher returned no {output_field!r} (it returned {list(outputs.keys())}).")
+                logits = outputs[output_field].float()  # (B, C) or (B, L, C)
+                mask = batch.get("attention_mask")
+                for name, values in _cache_values(logits, top_k, temperature).items():
+                    for i in range(logits.shape[0]):
+                        v = values[i]
+                        if logits.dim() == 3 and mask is not None:
+                            v = v[mask[i].bool()]  # (L_i, ...): the example's real tokens
+                        columns.setdefault(name, []).append(v.cpu().tolist())
+    finally:
+        teacher.train(was_training)
+    for name, values in columns.items():
+        dataset = dataset.add_column(name, values)
+    logger.info("cached the teacher's %s for %d examples (%s)", output_field, len(dataset),
+                "full logits" if top_k is None else f"top-{top_k}")
+    return dataset
+
+
+def _cache_values(logits: torch.Tensor, top_k: int | None, temperature: float) -> dict[str, torch.Tensor]:
+    if top_k is None:
+        return {"teacher_logits": logits}
+    k = min(top_k, logits.shape[-1])
+    values, indices = logits.topk(k, dim=-1)  # (..., k)
+    log_p = torch.log_softmax(logits / temperature, dim=-1)
+    kept = torch.logsumexp(log_p.gather(-1, indices), dim=-1).exp()  # (...,)
+    rest = (1.0 - kept).clamp_min(0.0)
+    return {
+        "teacher_topk_indices": indices.int(),
+        "teacher_topk_values": values,
+        "teacher_topk_rest": rest,
+        "teacher_temperature": torch.full_like(rest, float(temperature)),
+    }
+
+
+class CachedOutputsCollator:
+    """Wraps a data collator: batches the cached teacher columns beside what the wrapped collator builds.
+
+    Token-level values (one row per real token) are scattered into the positions where the batch's
+    attention_mask is 1, so right and left padding both line up; padding positions hold zeros.
+    """
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, features):
+        present = [c for c in CACHE_COLUMNS if c in features[0]]
+        batch = self.collator([{k: v for k, v in f.items() if k not in CACHE_COLUMNS} for f in features])
+        for name in present:
+            rows = [torch.as_tensor(f[name]) for f in features]
+            batch[name] = self._stack(name, rows, batch.get("attention_mask"))
+        return batch
+
+    @staticmethod
+    def _stack(name: str, rows: list[torch.Tensor], attention_mask) -> torch.Tensor:
+        if rows[0].dim() == CACHE_COLUMNS[name]:
+            return torch.stack(rows)  # sequence-level: (B, ...)
+        if attention_mask is None:
+            raise ValueError(f"token-level cached column {name!r} needs an attention_mask in the batch to line up.")
+        mask = attention_mask.bool()  # (B, L)
+        out = torch.zeros((*mask.shape, *rows[0].shape[1:]), dtype=rows[0].dtype)  # (B, L, ...)
+        for i, row in enumerate(rows):
+            if row.shape[0] != int(mask[i].sum()):
+                raise ValueError(
+                    f"example {i} of the batch has {int(mask[i].sum())} real tokens but {row.shape[0]} cached "
+                    f"{name!r} rows: the dataset was tokenized differently when the teacher outputs were cached."
+                )
+            out[i, mask[i]] = row
+        return out
+
+
+# ---- the command line ---------------------------------------------------------------------------
 
 
 @dataclass
@@ -39,7 +204,7 @@ class CacheArguments:
     output_dir: str = field(metadata={"help": "Where the dataset with the teacher columns is saved (save_to_disk)."})
     task: str = field(default="sequence-classification", metadata={"help": "Teacher head.", "choices": list(TASKS)})
     dataset_path: str | None = field(default=None, metadata={"help": "A tokenized dataset saved with save_to_disk."})
-    data_file: str | None = field(default=None, metadata={"help": "Or a csv / json / parquet file of raw text."})
+    data_file: str | None = field(default=None, metadata={"help": "Or a local file of raw text: " + " / ".join(DATA_FILE_FORMATS) + "."})
     text_column: str = field(default="text", metadata={"help": "Text column of data_file."})
     text_pair_column: str | None = field(default=None, metadata={"help": "Second text column (sentence pairs)."})
     max_length: int = field(default=128, metadata={"help": "Truncation length when tokenizing data_file."})
@@ -60,8 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     if cli.dataset_path is not None:
         dataset = load_from_disk(cli.dataset_path)
     else:
-        ext = os.path.splitext(cli.data_file)[1].lstrip(".").replace("jsonl", "json")
-        dataset = load_dataset(ext, data_files={cli.split: cli.data_file})
+        dataset = load_data_files({cli.split: cli.data_file})
     if isinstance(dataset, DatasetDict):
         if cli.split not in dataset:
             raise ValueError(f"no split {cli.split!r}; the dataset has {list(dataset)}.")

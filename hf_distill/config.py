@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
+
+from .losses import DIVERGENCE_NAMES, DIVERGENCE_PARAM_RANGES, check_divergence_params, divergence_params
+
+logger = logging.getLogger(__name__)
 
 _LAYER_MAP_RE = re.compile(r"^\s*\d+\s*:\s*\d+\s*(,\s*\d+\s*:\s*\d+\s*)*$")
 
@@ -59,11 +64,34 @@ class DistillationArguments(TrainingArguments):
         metadata={"help": "Student:teacher hidden-state pairs such as '1:2,2:4,3:6' (0 = embedding output). "
                   "Unset = uniform map, student layer i <-> teacher layer i*Lt/Ls."},
     )
-    logit_loss: str = field(
-        default="kl",
-        metadata={"help": "'kl' = soft-target KL at temperature T (Hinton et al.); 'mse' = squared error between "
-                  "raw logits (logit matching, the high-T limit). Regression heads (one output) always use 'mse'.",
-                  "choices": ["kl", "mse"]},
+    divergence: str = field(
+        default="forward_kl",
+        metadata={"help": "Soft-loss divergence between teacher p_t and student p_s at temperature T, scaled by T^2: "
+                  "'forward_kl' KL(p_t||p_s) (Hinton et al.), 'reverse_kl' KL(p_s||p_t) (MiniLLM), 'jsd' generalized "
+                  "JSD with jsd_beta (GKD), 'skew_forward_kl' / 'skew_reverse_kl' with skew_alpha (DistiLLM), 'tvd' "
+                  "total variation; 'mse' = squared error between raw logits (no T). Regression heads always use "
+                  "'mse'.", "choices": list(DIVERGENCE_NAMES)},
+    )
+    jsd_beta: float = field(
+        default=0.5,
+        metadata={"help": "divergence='jsd': weight beta in [0, 1] of the teacher in the mixture M = beta p_t + "
+                  "(1-beta) p_s; JSD = beta KL(p_t||M) + (1-beta) KL(p_s||M); beta=0 is forward KL, beta=1 reverse "
+                  "KL (TRL's convention)."},
+    )
+    skew_alpha: float = field(
+        default=0.1,
+        metadata={"help": "divergence='skew_forward_kl' / 'skew_reverse_kl': skew alpha in [0, 1); KL(p_t || alpha "
+                  "p_t + (1-alpha) p_s) resp. KL(p_s || alpha p_s + (1-alpha) p_t); alpha=0 is the plain KL."},
+    )
+    loss_chunk_size: int | None = field(
+        default=None,
+        metadata={"help": "Causal LMs: tokens per chunk for the output layer; logits, divergence and hard loss are "
+                  "computed chunk by chunk from the last hidden states, never the full (B, L, V). Unset = off."},
+    )
+    logit_loss: str | None = field(
+        default=None,
+        metadata={"help": "Deprecated, use `divergence`: 'mse' is divergence='mse', 'kl' keeps the KL-family "
+                  "divergence.", "choices": [None, "kl", "mse"]},
     )
     ensemble_mode: str = field(
         default="mean",
@@ -106,8 +134,14 @@ class DistillationArguments(TrainingArguments):
             )
         if self.hidden_loss not in ("mse", "cosine"):
             raise ValueError(f"hidden_loss must be 'mse' or 'cosine', got {self.hidden_loss!r}.")
-        if self.logit_loss not in ("kl", "mse"):
-            raise ValueError(f"logit_loss must be 'kl' or 'mse', got {self.logit_loss!r}.")
+        self._check_divergence()
+        if self.loss_chunk_size is not None and (
+            isinstance(self.loss_chunk_size, bool) or not isinstance(self.loss_chunk_size, int)
+            or self.loss_chunk_size <= 0
+        ):
+            raise ValueError(
+                f"loss_chunk_size must be a positive number of tokens (e.g. 1024) or unset, got {self.loss_chunk_size!r}."
+            )
         if self.ensemble_mode not in ("mean", "geometric"):
             raise ValueError(f"ensemble_mode must be 'mean' or 'geometric', got {self.ensemble_mode!r}.")
         if self.teacher_dtype not in (None, "bfloat16", "float16", "float32"):
@@ -116,3 +150,27 @@ class DistillationArguments(TrainingArguments):
             )
         parse_layer_map(self.layer_map)  # syntax check only; ranges are checked against the models
         parse_layer_map(self.attention_layer_map)
+
+    def _check_divergence(self) -> None:
+        if self.logit_loss is not None:  # the old name of the logit-matching choice
+            if self.logit_loss not in ("kl", "mse"):
+                raise ValueError(f"logit_loss must be 'kl' or 'mse', got {self.logit_loss!r}; prefer `divergence`.")
+            wanted_mse = self.logit_loss == "mse"
+            if wanted_mse and self.divergence not in ("forward_kl", "mse"):
+                raise ValueError(
+                    f"logit_loss='mse' and divergence={self.divergence!r} disagree; drop logit_loss (deprecated) and "
+                    "set divergence alone."
+                )
+            if not wanted_mse and self.divergence == "mse":
+                raise ValueError("logit_loss='kl' and divergence='mse' disagree; drop logit_loss and keep divergence.")
+            if wanted_mse:
+                logger.warning("logit_loss='mse' is deprecated; use divergence='mse'.")
+                self.divergence = "mse"
+        if self.divergence not in DIVERGENCE_NAMES:
+            raise ValueError(f"divergence must be one of {list(DIVERGENCE_NAMES)}, got {self.divergence!r}.")
+        # Every parameter is range-checked, also those of divergences not chosen: a bad value is a typo either way.
+        check_divergence_params(**{name: getattr(self, name) for name in DIVERGENCE_PARAM_RANGES})
+
+    def divergence_kwargs(self) -> dict[str, float]:
+        """The parameters of the chosen divergence, e.g. {"jsd_beta": 0.5} for "jsd", {} for "forward_kl"."""
+        return {name: getattr(self, name) for name in divergence_params(self.divergence)}

@@ -1,16 +1,35 @@
-"""Pure tensor functions for distillation losses.
+"""Pure tensor functions for distillation losses, and the divergence registry.
 
-Nothing here knows about the Trainer: every function takes tensors and returns a scalar
-tensor, so each loss can be checked against a hand computation and reused by any loop.
-All softmax / KL arithmetic runs in float32, whatever dtype the models ran in.
+Nothing here knows about the Trainer: every function takes tensors and returns tensors, so each loss
+can be checked against a hand computation and reused by any loop. All softmax / divergence arithmetic
+runs in float32, whatever dtype the models ran in.
+
+The soft loss is built from three pieces, each written once:
+
+- `teacher_target` / `teacher_log_probs`: the teachers' logits -> ONE target (the only place where
+  several teachers are combined);
+- `DIVERGENCES`: name -> fn(log_ps (P, C), log_pt (P, C), **params) -> (P,), one value per position;
+  a new divergence is one function plus one entry (its keyword parameters become config fields);
+- `divergence_loss` (full targets) / `topk_divergence_loss` (cached top-k targets): flatten the kept
+  positions, apply the divergence at temperature T, reduce, scale by T^2.
+
+`"mse"` compares raw logits, not distributions, so it lives in `LOGIT_DIVERGENCES` (same signature,
+applied to raw student / teacher logits, no temperature, no T^2); `divergence_loss` then takes the
+teachers' mean raw logits (what `teacher_target(..., divergence="mse")` returns) as its target.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+# Finite stand-in for -inf: softmax gives it probability exactly 0 at any temperature, and unlike
+# -inf it never produces 0 * inf = NaN in a KL.
+_MASKED_LOGIT = -1e9
 
 
 def _flatten_positions(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -24,62 +43,135 @@ def _flatten_positions(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tens
     return x[mask.bool()]
 
 
-def soft_target_loss_from_log_probs(
-    student_logits: torch.Tensor,
-    teacher_log_probs: torch.Tensor,
-    temperature: float,
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """T^2 * mean over positions of KL(p_t || softmax(z_s / T)), with log p_t already given.
+# ---- divergences: fn(log_ps (P, C), log_pt (P, C), **params) -> (P,) ------------------------------
+# Inputs are float32 log-probabilities at temperature T (student s, teacher t). Terms of the form
+# p * (log p - log q) go through F.kl_div(log q, log p, log_target=True), which is exact where p
+# underflows to 0 (no 0 * -inf). Mixtures are formed in log space (logaddexp), never as
+# log(a * p + b * q), so they stay finite when probabilities underflow (extreme logits, fp16 / bf16).
 
-    `teacher_log_probs` are the teacher's log-probabilities at temperature T (for an ensemble,
-    the combined target). Shapes: (..., C) for both, `mask` (...) selects the positions.
-    A fully masked batch gives 0 (with a gradient path), never NaN.
+
+def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per position: sum_c p_c (log p_c - log q_c). (P, C), (P, C) -> (P,)."""
+    return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1)
+
+
+def _log_mixture(log_p: torch.Tensor, log_q: torch.Tensor, weight_p: float) -> torch.Tensor:
+    """log(w * p + (1 - w) * q) for 0 < w < 1, in log space. (P, C)."""
+    return torch.logaddexp(log_p + math.log(weight_p), log_q + math.log1p(-weight_p))
+
+
+def forward_kl(log_ps: torch.Tensor, log_pt: torch.Tensor) -> torch.Tensor:
+    """KL(p_t || p_s): Hinton et al.'s soft-target loss (mean-seeking: the student covers all teacher modes)."""
+    return _kl(log_pt, log_ps)
+
+
+def reverse_kl(log_ps: torch.Tensor, log_pt: torch.Tensor) -> torch.Tensor:
+    """KL(p_s || p_t): MiniLLM's choice (mode-seeking: the student may drop teacher modes it cannot fit)."""
+    return _kl(log_ps, log_pt)
+
+
+def jsd(log_ps: torch.Tensor, log_pt: torch.Tensor, jsd_beta: float = 0.5) -> torch.Tensor:
+    """Generalized JSD of GKD (Agarwal et al. 2024) in TRL's convention.
+
+    For 0 < beta < 1: M = beta * p_t + (1 - beta) * p_s, JSD_beta = beta * KL(p_t || M) + (1 - beta) * KL(p_s || M).
+    beta = 0 is forward KL and beta = 1 reverse KL, by definition (the bounded mixture form itself tends to 0
+    there; TRL uses the same endpoints).
     """
-    s = _flatten_positions(student_logits, mask).float()  # (P, C)
-    log_pt = _flatten_positions(teacher_log_probs, mask).float()  # (P, C)
-    if s.shape != log_pt.shape:
-        raise ValueError(
-            f"student logits {tuple(s.shape)} and teacher targets {tuple(log_pt.shape)} differ in shape: "
-            "teacher and student must predict over the same classes / vocabulary."
-        )
-    if s.shape[0] == 0:
-        return student_logits.float().sum() * 0.0
-    log_ps = F.log_softmax(s / temperature, dim=-1)
-    # xlogy-style: positions where p_t == 0 contribute 0 (kl_div with log_target handles it).
-    kl = F.kl_div(log_ps, log_pt, reduction="none", log_target=True).sum(-1)  # (P,)
-    return kl.mean() * temperature**2
+    if jsd_beta == 0.0:
+        return forward_kl(log_ps, log_pt)
+    if jsd_beta == 1.0:
+        return reverse_kl(log_ps, log_pt)
+    log_m = _log_mixture(log_pt, log_ps, jsd_beta)  # (P, C)
+    return jsd_beta * _kl(log_pt, log_m) + (1.0 - jsd_beta) * _kl(log_ps, log_m)
 
 
-def soft_target_loss(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    temperature: float,
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Hinton et al. soft-target loss: T^2 * mean_positions sum_c p_t[c] (log p_t[c] - log p_s[c]).
-
-    p_t = softmax(teacher_logits / T), log p_s = log_softmax(student_logits / T), in float32.
-    2-D logits (B, C): one position per row. 3-D logits (B, L, C): `mask` (B, L), usually the
-    attention mask, selects the positions that count.
-    """
-    teacher_log_probs = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    return soft_target_loss_from_log_probs(student_logits, teacher_log_probs, temperature, mask)
+def skew_forward_kl(log_ps: torch.Tensor, log_pt: torch.Tensor, skew_alpha: float = 0.1) -> torch.Tensor:
+    """DistiLLM's skew KL (Ko et al. 2024): KL(p_t || alpha * p_t + (1 - alpha) * p_s); alpha = 0 is forward KL."""
+    if skew_alpha == 0.0:
+        return forward_kl(log_ps, log_pt)
+    return _kl(log_pt, _log_mixture(log_pt, log_ps, skew_alpha))
 
 
-def logit_mse_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Mean over positions of the mean squared difference of raw outputs (logit matching / regression).
+def skew_reverse_kl(log_ps: torch.Tensor, log_pt: torch.Tensor, skew_alpha: float = 0.1) -> torch.Tensor:
+    """DistiLLM's skew reverse KL: KL(p_s || alpha * p_s + (1 - alpha) * p_t); alpha = 0 is reverse KL."""
+    if skew_alpha == 0.0:
+        return reverse_kl(log_ps, log_pt)
+    return _kl(log_ps, _log_mixture(log_ps, log_pt, skew_alpha))
 
-    Used for regression heads (one output, no softmax) and as `logit_loss="mse"`, the
-    high-temperature limit of the soft-target loss.
-    """
-    s = _flatten_positions(student_logits, mask).float()
-    t = _flatten_positions(teacher_logits, mask).float()
-    if s.shape[0] == 0:
-        return student_logits.float().sum() * 0.0
-    return (s - t).pow(2).mean()
+
+def tvd(log_ps: torch.Tensor, log_pt: torch.Tensor) -> torch.Tensor:
+    """Total variation distance 1/2 * sum_c |p_t - p_s| (bounded by 1, symmetric)."""
+    return 0.5 * (log_pt.exp() - log_ps.exp()).abs().sum(-1)
+
+
+def logit_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over classes of the squared difference of raw logits, per position. (P, C), (P, C) -> (P,)."""
+    return (student_logits - teacher_logits).pow(2).mean(-1)
+
+
+DIVERGENCES: dict[str, Callable[..., torch.Tensor]] = {
+    "forward_kl": forward_kl,
+    "reverse_kl": reverse_kl,
+    "jsd": jsd,
+    "skew_forward_kl": skew_forward_kl,
+    "skew_reverse_kl": skew_reverse_kl,
+    "tvd": tvd,
+}
+# Divergences on raw logits: no softmax, no temperature, no T^2 (logit matching / regression heads).
+LOGIT_DIVERGENCES: dict[str, Callable[..., torch.Tensor]] = {"mse": logit_mse}
+DIVERGENCE_NAMES: tuple[str, ...] = (*DIVERGENCES, *LOGIT_DIVERGENCES)
+
+# Valid range of every divergence parameter: name -> (low, high, high included). The low end is included.
+DIVERGENCE_PARAM_RANGES: dict[str, tuple[float, float, bool]] = {
+    "jsd_beta": (0.0, 1.0, True),
+    "skew_alpha": (0.0, 1.0, False),  # alpha = 1 would make the target the student itself: a zero loss
+}
+
+
+def _divergence_fn(name: str) -> Callable[..., torch.Tensor]:
+    fn = DIVERGENCES.get(name) or LOGIT_DIVERGENCES.get(name)
+    if fn is None:
+        raise ValueError(f"unknown divergence {name!r}: choose one of {list(DIVERGENCE_NAMES)}.")
+    return fn
+
+
+def divergence_params(name: str) -> tuple[str, ...]:
+    """Names of the keyword parameters of divergence `name` (e.g. ("jsd_beta",) for "jsd")."""
+    signature = inspect.signature(_divergence_fn(name))
+    return tuple(p.name for p in list(signature.parameters.values())[2:])
+
+
+def check_divergence_params(**params: float) -> None:
+    """Raise a ValueError naming the parameter and its valid range when a value is out of range."""
+    for name, value in params.items():
+        if name not in DIVERGENCE_PARAM_RANGES:
+            raise ValueError(f"unknown divergence parameter {name!r}; known: {list(DIVERGENCE_PARAM_RANGES)}.")
+        low, high, high_ok = DIVERGENCE_PARAM_RANGES[name]
+        ok = isinstance(value, (int, float)) and low <= value and (value <= high if high_ok else value < high)
+        if not ok:
+            bracket = "]" if high_ok else ")"
+            raise ValueError(f"{name} must be in [{low:g}, {high:g}{bracket}, got {value!r}.")
+
+
+def _checked_params(name: str, params: dict) -> dict:
+    """`params` after checking that divergence `name` takes them and that they are in range."""
+    accepted = divergence_params(name)
+    unknown = set(params) - set(accepted)
+    if unknown:
+        raise ValueError(f"divergence {name!r} takes {list(accepted) or 'no parameters'}, not {sorted(unknown)}.")
+    check_divergence_params(**params)
+    return params
+
+
+def _reduce(per_position: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return per_position.mean()
+    if reduction == "sum":
+        return per_position.sum()
+    raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}.")
+
+
+# ---- teacher targets: the one place where several teachers are combined -----------------------------
 
 
 def ensemble_log_probs(teacher_logits: list[torch.Tensor], temperature: float, mode: str = "mean") -> torch.Tensor:
@@ -94,6 +186,110 @@ def ensemble_log_probs(teacher_logits: list[torch.Tensor], temperature: float, m
     if mode == "geometric":
         return F.log_softmax(log_probs.mean(dim=0), dim=-1)
     raise ValueError(f"unknown ensemble mode {mode!r}: use 'mean' or 'geometric'.")
+
+
+def teacher_log_probs(
+    teacher_logits: torch.Tensor | Sequence[torch.Tensor], temperature: float, ensemble_mode: str = "mean"
+) -> torch.Tensor:
+    """The target log-probabilities at temperature T, float32, from one teacher's logits or several (..., C)."""
+    if torch.is_tensor(teacher_logits):
+        return F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    if len(teacher_logits) == 0:
+        raise ValueError("teacher_log_probs needs at least one teacher's logits.")
+    if len(teacher_logits) == 1:
+        return F.log_softmax(teacher_logits[0].float() / temperature, dim=-1)
+    return ensemble_log_probs(list(teacher_logits), temperature, ensemble_mode)
+
+
+def teacher_target(
+    teacher_logits: torch.Tensor | Sequence[torch.Tensor],
+    temperature: float,
+    ensemble_mode: str = "mean",
+    divergence: str = "forward_kl",
+) -> torch.Tensor:
+    """What `divergence_loss` compares the student with: log-probs at T, or for "mse" the mean raw logits."""
+    _divergence_fn(divergence)
+    if divergence in LOGIT_DIVERGENCES:
+        logits = [teacher_logits] if torch.is_tensor(teacher_logits) else list(teacher_logits)
+        return torch.stack([z.float() for z in logits]).mean(0)  # (..., C): the teachers' mean raw outputs
+    return teacher_log_probs(teacher_logits, temperature, ensemble_mode)
+
+
+# ---- losses -----------------------------------------------------------------------------------------
+
+
+def divergence_loss(
+    student_logits: torch.Tensor,
+    teacher_log_probs: torch.Tensor,
+    temperature: float,
+    mask: torch.Tensor | None = None,
+    *,
+    divergence: str = "forward_kl",
+    reduction: str = "mean",
+    **params: float,
+) -> torch.Tensor:
+    """T^2 * (mean or sum) over the kept positions of divergence(p_s, p_t), in float32.
+
+    `student_logits` (..., C) raw; `teacher_log_probs` (..., C) the target from `teacher_target`: the
+    (combined) teacher log-probabilities at T, or for the logit divergence "mse" the raw teacher logits (then
+    no temperature and no T^2). `mask` (...) selects the positions (all when None). reduction="sum" lets a
+    caller normalise by its own token count (gradient accumulation, chunking). `params` are the divergence's
+    own (jsd_beta, skew_alpha). A fully masked batch gives 0 with a gradient path, never NaN.
+    """
+    fn = _divergence_fn(divergence)
+    params = _checked_params(divergence, params)
+    s = _flatten_positions(student_logits, mask).float()  # (P, C)
+    t = _flatten_positions(teacher_log_probs, mask).float()  # (P, C)
+    if s.shape != t.shape:
+        raise ValueError(
+            f"student logits {tuple(s.shape)} and teacher targets {tuple(t.shape)} differ in shape: "
+            "teacher and student must predict over the same classes / vocabulary."
+        )
+    _reduce(s.new_zeros(0), reduction)  # reject a bad reduction also on an empty batch
+    if s.shape[0] == 0:
+        return student_logits.float().sum() * 0.0
+    if divergence in LOGIT_DIVERGENCES:
+        return _reduce(fn(s, t, **params), reduction)  # raw logits: no temperature, no T^2
+    log_ps = F.log_softmax(s / temperature, dim=-1)  # (P, C)
+    per_position = fn(log_ps, t, **params)  # (P,)
+    return _reduce(per_position, reduction) * temperature**2
+
+
+def soft_target_loss_from_log_probs(
+    student_logits: torch.Tensor,
+    teacher_log_probs: torch.Tensor,
+    temperature: float,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """T^2 * mean over positions of KL(p_t || softmax(z_s / T)), with log p_t already given (forward KL)."""
+    return divergence_loss(student_logits, teacher_log_probs, temperature, mask, divergence="forward_kl")
+
+
+def soft_target_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Hinton et al. soft-target loss: T^2 * mean_positions sum_c p_t[c] (log p_t[c] - log p_s[c]).
+
+    p_t = softmax(teacher_logits / T), log p_s = log_softmax(student_logits / T), in float32.
+    2-D logits (B, C): one position per row. 3-D logits (B, L, C): `mask` (B, L), usually the
+    attention mask, selects the positions that count.
+    """
+    target = teacher_log_probs(teacher_logits, temperature)
+    return divergence_loss(student_logits, target, temperature, mask, divergence="forward_kl")
+
+
+def logit_mse_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean over positions of the mean squared difference of raw outputs (logit matching / regression).
+
+    Used for regression heads (one output, no softmax) and as divergence "mse" (old name
+    `logit_loss="mse"`), the high-temperature limit of the soft-target loss.
+    """
+    return divergence_loss(student_logits, teacher_logits, 1.0, mask, divergence="mse")
 
 
 def hidden_state_loss(
@@ -122,11 +318,6 @@ def hidden_state_loss(
     if kind == "cosine":
         return (1.0 - F.cosine_similarity(s, t, dim=-1)).mean()
     raise ValueError(f"unknown hidden loss {kind!r}: use 'mse' or 'cosine'.")
-
-
-# Finite stand-in for -inf: softmax gives it probability exactly 0 at any temperature, and unlike
-# -inf it never produces 0 * inf = NaN in the KL.
-_MASKED_LOGIT = -1e9
 
 
 def mask_logits(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -167,6 +358,76 @@ def attention_map_loss(
     return rows.mean()
 
 
+def _coarsened_log_probs(
+    student_logits: torch.Tensor,
+    indices: torch.Tensor,
+    values: torch.Tensor,
+    rest: torch.Tensor,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Student and teacher log-probs at T over the k cached classes plus one "rest" bin: (P, k + 1) each.
+
+    `student_logits` (P, C), `indices` / `values` (P, k) the teacher's top-k ids and raw logits,
+    `rest` (P,) the teacher's probability of every other class at T.
+    """
+    rest = rest.float().clamp(0.0, 1.0)
+    # The cached rest is 1 - sum(top-k probabilities) in float32: known to about eps, so below eps it is rounding
+    # noise. Both rest bins are floored at eps: with k = C (rest 0 on both sides) the bin then adds exactly 0 to
+    # every divergence, and a teacher's noise rest of ~1e-7 against a student rest of 0 cannot blow up a KL.
+    eps = torch.finfo(torch.float32).eps
+    tiny = torch.finfo(torch.float32).tiny
+    log_kept = torch.log((1.0 - rest).clamp_min(tiny))  # (P,)
+    # Teacher: log q_i = v_i / T - log Z, Z chosen so that the kept classes carry 1 - rest.
+    log_q = F.log_softmax(values.float() / temperature, dim=-1) + log_kept.unsqueeze(-1)  # (P, k)
+    log_q = torch.cat([log_q, torch.log(rest.clamp_min(eps)).unsqueeze(-1)], dim=-1)  # (P, k + 1)
+    # Student: gather the same k classes; its rest bin is the logsumexp over the other classes (exact, also when
+    # the rest is small, unlike log(1 - kept)), with the k gathered entries pushed to _MASKED_LOGIT.
+    log_ps_all = F.log_softmax(student_logits.float() / temperature, dim=-1)  # (P, C)
+    log_ps_kept = log_ps_all.gather(-1, indices)  # (P, k)
+    others = log_ps_all.scatter(-1, indices, _MASKED_LOGIT)  # (P, C)
+    log_ps_rest = torch.logsumexp(others, dim=-1, keepdim=True).clamp_min(math.log(eps))  # (P, 1)
+    return torch.cat([log_ps_kept, log_ps_rest], dim=-1), log_q
+
+
+def topk_divergence_loss(
+    student_logits: torch.Tensor,
+    indices: torch.Tensor,
+    values: torch.Tensor,
+    rest: torch.Tensor,
+    temperature: float,
+    mask: torch.Tensor | None = None,
+    *,
+    divergence: str = "forward_kl",
+    reduction: str = "mean",
+    **params: float,
+) -> torch.Tensor:
+    """Any divergence against a cached top-k teacher, on the coarsened (k classes + one rest bin) distributions.
+
+    `indices` / `values` (..., k) the teacher's top-k class ids and raw logits; `rest` (...) the teacher's
+    probability of all other classes at T. The student's distribution at T is coarsened the same way (the k
+    classes + the sum of the others). T^2 * (mean or sum) over the kept positions. With k = C this is
+    `divergence_loss`; otherwise, for the KLs, a lower bound of the full divergence (coarsening never
+    increases an f-divergence).
+    """
+    if divergence in LOGIT_DIVERGENCES:
+        raise ValueError(
+            f"divergence {divergence!r} compares all raw logits, which a top-k cache does not store; "
+            "cache the full logits (no --top_k) or choose a distribution divergence."
+        )
+    fn = _divergence_fn(divergence)
+    params = _checked_params(divergence, params)
+    _reduce(student_logits.new_zeros(0), reduction)  # reject a bad reduction also on an empty batch
+    s = _flatten_positions(student_logits, mask)  # (P, C)
+    idx = _flatten_positions(indices, mask).long()  # (P, k)
+    vals = _flatten_positions(values, mask)  # (P, k)
+    rest_p = rest.reshape(-1) if mask is None else rest[mask.bool()]  # (P,)
+    if s.shape[0] == 0:
+        return student_logits.float().sum() * 0.0
+    log_ps, log_q = _coarsened_log_probs(s, idx, vals, rest_p, temperature)  # (P, k + 1) each
+    per_position = fn(log_ps, log_q, **params)  # (P,)
+    return _reduce(per_position, reduction) * temperature**2
+
+
 def topk_soft_target_loss(
     student_logits: torch.Tensor,
     topk_indices: torch.Tensor,
@@ -178,24 +439,8 @@ def topk_soft_target_loss(
     """Soft-target loss against a cached top-k teacher: T^2 * KL over the k kept classes plus one "rest" bin.
 
     `topk_values` (..., k) are the teacher's raw logits at `topk_indices` (..., k); `rest_mass` (...)
-    is the teacher probability (at temperature T) of all other classes together. The student's
-    distribution at T is coarsened the same way (k classes + the sum of the others). With k = C the
+    is the teacher probability (at temperature T) of all other classes together. With k = C the
     result equals `soft_target_loss`; otherwise it is the KL between the coarsened distributions, a
-    lower bound of the full one.
+    lower bound of the full one. (`topk_divergence_loss` with divergence="forward_kl".)
     """
-    s = _flatten_positions(student_logits, mask).float()  # (P, C)
-    idx = _flatten_positions(topk_indices, mask).long()  # (P, k)
-    vals = _flatten_positions(topk_values, mask).float()  # (P, k)
-    rest = (rest_mass.reshape(-1) if mask is None else rest_mass[mask.bool()]).float().clamp(0.0, 1.0)  # (P,)
-    if s.shape[0] == 0:
-        return student_logits.float().sum() * 0.0
-    # teacher: log q_i = v_i / T - log Z, with Z from the kept mass: sum_i q_i = 1 - rest
-    kept = (1.0 - rest).clamp_min(1e-12)
-    log_q = vals / temperature - torch.logsumexp(vals / temperature, dim=-1, keepdim=True) + kept.log().unsqueeze(-1)
-    log_ps_all = F.log_softmax(s / temperature, dim=-1)
-    log_ps = log_ps_all.gather(-1, idx)  # (P, k)
-    log_ps_kept = torch.logsumexp(log_ps, dim=-1)  # (P,) log of the student's mass on the k classes
-    log_ps_rest = torch.log1p(-log_ps_kept.exp().clamp(max=1.0 - 1e-7))  # (P,)
-    kl = (log_q.exp() * (log_q - log_ps)).sum(-1)
-    kl = kl + torch.xlogy(rest, rest) - rest * log_ps_rest
-    return kl.mean() * temperature**2
+    return topk_divergence_loss(student_logits, topk_indices, topk_values, rest_mass, temperature, mask)

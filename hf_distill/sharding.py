@@ -1,59 +1,17 @@
-"""Sharded training (DeepSpeed ZeRO, FSDP2): is the requested mode in effect, what FSDP wraps, full final saves.
+"""Sharded students (FSDP2, DeepSpeed ZeRO): what FSDP wraps, full-state-dict final saves, standard saved names.
 
-Launchers fall back silently: `accelerate launch` with an FSDP config on CPU (or `--fsdp` under torchrun
-on CPU) runs plain DDP, and a multi-process launch on a machine where the distributed backend is not set
-up gives several independent single-process runs that write into one output folder. `check_sharding`
-turns each of these into a ValueError before training.
+Whether the requested sharding is in effect is checked in `hf_distill.checks.check_sharding`; the teacher is
+placed (sharded or replicated) by `hf_distill.teacher.place_teacher`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 from torch import nn
 
 logger = logging.getLogger(__name__)
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "false").lower() in ("1", "true", "yes")
-
-
-def requested_sharding(args) -> str | None:
-    """"deepspeed", "fsdp" or None: what the launch asked for (accelerate config env vars or TrainingArguments)."""
-    if _env_flag("ACCELERATE_USE_DEEPSPEED") or getattr(args, "deepspeed", None):
-        return "deepspeed"
-    if _env_flag("ACCELERATE_USE_FSDP") or getattr(args, "fsdp", None):
-        return "fsdp"
-    return None
-
-
-def check_sharding(accelerator, args) -> None:
-    """ValueError when the launch asked for more than it got: sharding, or several cooperating processes."""
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > 1 and accelerator.num_processes != launched:
-        raise ValueError(
-            f"the launcher started {launched} processes (WORLD_SIZE={launched}) but this one runs alone "
-            f"(num_processes={accelerator.num_processes}): {launched} independent runs would train and write "
-            f"{args.output_dir} at once. accelerate sets up multi-process training only on supported devices; on a "
-            "CPU machine pass --use_cpu (gloo), or launch with --num_processes 1."
-        )
-    asked = requested_sharding(args)
-    distributed = getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type)).upper()
-    if asked == "fsdp" and distributed != "FSDP":
-        raise ValueError(
-            f"FSDP was requested (accelerate FSDP config or --fsdp) but the run is {distributed}: accelerate only "
-            "uses FSDP on GPUs (and similar accelerators), so on CPU it would silently train unsharded. Use a GPU "
-            "machine, or an unsharded config (recipes/configs/accelerate_cpu.yaml / accelerate_ddp.yaml) on purpose."
-        )
-    if asked == "deepspeed" and distributed != "DEEPSPEED":
-        raise ValueError(
-            f"DeepSpeed was requested but the run is {distributed}. On CPU set DS_ACCELERATOR=cpu and use a config "
-            'with mixed_precision "no" and use_cpu true (tests/configs/accelerate_zero*_cpu.yaml); check that '
-            "`deepspeed` is installed (pip install -e .[deepspeed])."
-        )
 
 
 def fsdp_wrap_class_names(model: nn.Module) -> list[str]:

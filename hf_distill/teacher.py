@@ -3,47 +3,20 @@
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 import os
-import re
 
 import torch
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from torch import nn
-import transformers
 from transformers import PreTrainedModel
+
+from .modeling import auto_class_for
 
 logger = logging.getLogger(__name__)
 
-# Auto classes tried, in order, to find the task of a student; the teacher is loaded with the same one.
-TASK_AUTO_CLASSES = (
-    "AutoModelForSequenceClassification",
-    "AutoModelForTokenClassification",
-    "AutoModelForQuestionAnswering",
-    "AutoModelForMaskedLM",
-    "AutoModelForCausalLM",
-    "AutoModelForMultipleChoice",
-    "AutoModelForSeq2SeqLM",
-    "AutoModel",
-)
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")  # "name" or "org/name"
-
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-def auto_class_for(model: nn.Module):
-    """The transformers Auto class whose mapping contains `type(model)` (unwrapping PEFT models)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for name in TASK_AUTO_CLASSES:
-        auto = getattr(transformers, name)
-        mapping = getattr(auto, "_model_mapping", None)
-        try:
-            if mapping is not None and type(base) in set(mapping.values()):
-                return auto
-        except Exception:  # lazy mappings may fail on optional backends
-            continue
-    return None
 
 
 def load_teacher(teacher: PreTrainedModel | str | os.PathLike, student: nn.Module, **kwargs) -> PreTrainedModel:
@@ -51,11 +24,11 @@ def load_teacher(teacher: PreTrainedModel | str | os.PathLike, student: nn.Modul
     if isinstance(teacher, nn.Module):
         return teacher
     if not isinstance(teacher, (str, os.PathLike)):
-        raise ValueError(
+        raise ValueError(  # noqa: TRY004 - bad input is a ValueError throughout the API
             f"teacher_model must be a PreTrainedModel, a Hub id or a local directory, got {type(teacher).__name__}."
         )
     path = os.path.expanduser(str(teacher))
-    if not os.path.isdir(path) and not _HUB_ID.match(path):
+    if not os.path.isdir(path) and not _is_hub_id(path):
         raise ValueError(
             f"teacher_model {str(teacher)!r} is not an existing directory; give the folder written by "
             "save_pretrained or a Hub id such as 'bert-base-uncased'."
@@ -91,30 +64,12 @@ def load_pretrained_teacher(auto, path: str, **kwargs) -> PreTrainedModel:
     return model
 
 
-def teacher_tokenizer(teacher_spec, teacher: nn.Module | None, given=None):
-    """The teacher's tokenizer for the vocabulary check: `given`, else the one saved beside the teacher
-    (the folder it was given as, or the local folder a model object was loaded from), else None."""
-    if given is not None:
-        return given
-    candidates = [teacher_spec] if isinstance(teacher_spec, (str, os.PathLike)) else []
-    candidates.append(getattr(teacher, "name_or_path", None))
-    for path in candidates:
-        if path and os.path.isdir(str(path)):
-            try:
-                from transformers import AutoTokenizer
-
-                return AutoTokenizer.from_pretrained(str(path))
-            except (OSError, ValueError, TypeError):  # a model folder without tokenizer files
-                continue
-    return None
-
-
-def forward_params(model: nn.Module) -> set[str] | None:
-    """The parameters the model's forward names (its **kwargs excluded): the inputs it is given."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base = getattr(base, "module", base)  # DDP / DeepSpeed engine
-    params = inspect.signature(base.forward).parameters
-    return {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+def _is_hub_id(name: str) -> bool:
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
 
 
 def freeze(teacher: nn.Module) -> nn.Module:
@@ -139,7 +94,7 @@ def place_teacher(teacher: nn.Module, accelerator, device: torch.device, dtype: 
     distributed = getattr(accelerator, "distributed_type", None)
     name = getattr(distributed, "value", str(distributed)).upper()
     if name == "DEEPSPEED":
-        import deepspeed  # noqa: PLC0415  (optional dependency)
+        import deepspeed  # optional dependency
 
         ds_config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
         zero = ds_config.setdefault("zero_optimization", {})
@@ -171,141 +126,3 @@ def place_teacher(teacher: nn.Module, accelerator, device: torch.device, dtype: 
             return freeze(fully_shard_model(teacher, mesh=mesh))
         logger.info("FSDP1: the teacher is a full frozen replica on each device (it is not sharded).")
     return freeze(teacher.to(device))
-
-
-# ---- caching teacher outputs ---------------------------------------------------------------------
-
-# Columns a cached dataset carries, and the number of dims of one example's value for sequence-level
-# outputs (token-level outputs have one more: the example's real tokens first).
-CACHE_COLUMNS = {
-    "teacher_logits": 1,  # (C,) raw logits, any temperature can be applied later
-    "teacher_topk_indices": 1,  # (k,) class / token ids of the k largest teacher logits
-    "teacher_topk_values": 1,  # (k,) their raw logits
-    "teacher_topk_rest": 0,  # () teacher probability of all other classes, at teacher_temperature
-    "teacher_temperature": 0,  # () the temperature the rest mass was computed at
-}
-
-
-def has_cached_outputs(dataset) -> bool:
-    """Whether `dataset` (a datasets.Dataset or anything with column_names) carries cached teacher outputs."""
-    columns = getattr(dataset, "column_names", None) or []
-    return "teacher_logits" in columns or "teacher_topk_indices" in columns
-
-
-def cache_teacher_outputs(
-    teacher: nn.Module,
-    dataset,
-    *,
-    top_k: int | None = None,
-    temperature: float = 2.0,
-    batch_size: int = 32,
-    data_collator=None,
-    output_field: str = "logits",
-    device: str | torch.device | None = None,
-):
-    """Run the teacher once over a tokenized `datasets.Dataset`; return it with the teacher's outputs as columns.
-
-    `top_k=None` stores the full logits (`teacher_logits`), right for small label sets: training on them
-    equals training with the live teacher at any temperature. `top_k=k` stores, for large vocabularies,
-    the k largest logits and their ids plus the probability mass of the rest at `temperature` (which the
-    trainer then requires). Token-level outputs are stored for the example's real tokens only
-    (attention_mask == 1). The DistillationTrainer reads these columns and then needs no teacher.
-    """
-    from transformers import default_data_collator
-    from transformers.utils import find_labels
-
-    taken = [c for c in CACHE_COLUMNS if c in dataset.column_names]
-    if taken:
-        raise ValueError(f"the dataset already has cached teacher columns {taken}; remove them to cache again.")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1 (or None for full logits), got {top_k}.")
-    accepted = forward_params(teacher)
-    base = teacher.get_base_model() if hasattr(teacher, "get_base_model") else teacher
-    label_names = set(find_labels(type(base)))
-    features = [c for c in dataset.column_names if c in accepted and c not in label_names]
-    if not features:
-        raise ValueError(
-            f"none of the dataset's columns {dataset.column_names} is an input of {type(teacher).__name__}.forward; "
-            "tokenize the dataset first (input_ids, attention_mask, ...)."
-        )
-    collate = data_collator or default_data_collator
-    device = torch.device(device) if device is not None else next(teacher.parameters()).device
-    was_training = teacher.training
-    teacher.eval()
-    columns: dict[str, list] = {}
-    try:
-        with torch.no_grad():
-            for start in range(0, len(dataset), batch_size):
-                rows = dataset[start : start + batch_size]  # dict of column -> list
-                examples = [{c: rows[c][i] for c in features} for i in range(len(rows[features[0]]))]
-                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(examples).items()}
-                outputs = teacher(**batch)
-                if output_field not in outputs:
-                    raise ValueError(f"the teacher returned no {output_field!r} (it returned {list(outputs.keys())}).")
-                logits = outputs[output_field].float()  # (B, C) or (B, L, C)
-                mask = batch.get("attention_mask")
-                for name, values in _cache_values(logits, top_k, temperature).items():
-                    for i in range(logits.shape[0]):
-                        v = values[i]
-                        if logits.dim() == 3 and mask is not None:
-                            v = v[mask[i].bool()]  # (L_i, ...): the example's real tokens
-                        columns.setdefault(name, []).append(v.cpu().tolist())
-    finally:
-        teacher.train(was_training)
-    for name, values in columns.items():
-        dataset = dataset.add_column(name, values)
-    logger.info("cached the teacher's %s for %d examples (%s)", output_field, len(dataset),
-                "full logits" if top_k is None else f"top-{top_k}")
-    return dataset
-
-
-def _cache_values(logits: torch.Tensor, top_k: int | None, temperature: float) -> dict[str, torch.Tensor]:
-    if top_k is None:
-        return {"teacher_logits": logits}
-    k = min(top_k, logits.shape[-1])
-    values, indices = logits.topk(k, dim=-1)  # (..., k)
-    log_p = torch.log_softmax(logits / temperature, dim=-1)
-    kept = torch.logsumexp(log_p.gather(-1, indices), dim=-1).exp()  # (...,)
-    rest = (1.0 - kept).clamp_min(0.0)
-    return {
-        "teacher_topk_indices": indices.int(),
-        "teacher_topk_values": values,
-        "teacher_topk_rest": rest,
-        "teacher_temperature": torch.full_like(rest, float(temperature)),
-    }
-
-
-class CachedOutputsCollator:
-    """Wraps a data collator: batches the cached teacher columns beside what the wrapped collator builds.
-
-    Token-level values (one row per real token) are scattered into the positions where the batch's
-    attention_mask is 1, so right and left padding both line up; padding positions hold zeros.
-    """
-
-    def __init__(self, collator):
-        self.collator = collator
-
-    def __call__(self, features):
-        present = [c for c in CACHE_COLUMNS if c in features[0]]
-        batch = self.collator([{k: v for k, v in f.items() if k not in CACHE_COLUMNS} for f in features])
-        for name in present:
-            rows = [torch.as_tensor(f[name]) for f in features]
-            batch[name] = self._stack(name, rows, batch.get("attention_mask"))
-        return batch
-
-    @staticmethod
-    def _stack(name: str, rows: list[torch.Tensor], attention_mask) -> torch.Tensor:
-        if rows[0].dim() == CACHE_COLUMNS[name]:
-            return torch.stack(rows)  # sequence-level: (B, ...)
-        if attention_mask is None:
-            raise ValueError(f"token-level cached column {name!r} needs an attention_mask in the batch to line up.")
-        mask = attention_mask.bool()  # (B, L)
-        out = torch.zeros((*mask.shape, *rows[0].shape[1:]), dtype=rows[0].dtype)  # (B, L, ...)
-        for i, row in enumerate(rows):
-            if row.shape[0] != int(mask[i].sum()):
-                raise ValueError(
-                    f"example {i} of the batch has {int(mask[i].sum())} real tokens but {row.shape[0]} cached "
-                    f"{name!r} rows: the dataset was tokenized differently when the teacher outputs were cached."
-                )
-            out[i, mask[i]] = row
-        return out

@@ -14,7 +14,7 @@ import torch
 from datasets import Dataset
 from torch import nn
 
-from .teacher import cache_teacher_outputs
+from .cache import cache_teacher_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def label_with_teacher(
 ) -> Dataset:
     """Return `dataset` with a `column` holding the teacher's raw `output_field` for each example (float32).
 
-    The full-logits case of `hf_distill.teacher.cache_teacher_outputs` (see there): sequence-level logits
+    The full-logits case of `hf_distill.cache.cache_teacher_outputs` (see there), kept under the transfer-set name: sequence-level logits
     are stored as C values per example, token-level ones for the example's real tokens (L_i x C). Under
     the default column name the DistillationTrainer trains on them without running the teacher.
     """

@@ -10,13 +10,13 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import classification_data, tiny_bert  # noqa: E402
+from conftest import classification_data, tiny_bert
 
-from hf_distill import DistillationArguments, DistillationTrainer  # noqa: E402
+from hf_distill import DistillationArguments, DistillationTrainer
 
 
 def main(out_dir: str, per_device_batch: int) -> None:
-    no_dropout = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
     teacher = tiny_bert(layers=4, hidden=64, **no_dropout)
     student = tiny_bert(layers=2, hidden=32, seed=1, **no_dropout)
     args = DistillationArguments(

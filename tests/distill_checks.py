@@ -12,11 +12,11 @@ from hf_distill import DistillationArguments
 
 
 def make_args(tmp_path, **kw) -> DistillationArguments:
-    defaults = dict(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=3, learning_rate=5e-3,
-        report_to=[], save_strategy="no", logging_steps=1, use_cpu=True, temperature=2.0,
-        soft_weight=0.7, hard_weight=0.3, dataloader_num_workers=0, disable_tqdm=True,
-    )
+    defaults = {
+        "output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 4, "max_steps": 3, "learning_rate": 5e-3,
+        "report_to": [], "save_strategy": "no", "logging_steps": 1, "use_cpu": True, "temperature": 2.0,
+        "soft_weight": 0.7, "hard_weight": 0.3, "dataloader_num_workers": 0, "disable_tqdm": True,
+    }
     defaults.update(kw)
     return DistillationArguments(**defaults)
 
@@ -68,14 +68,11 @@ def assert_trains_student_not_teacher(trainer) -> None:
 
 
 def eval_components(trainer, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-    """compute_loss on `batch` with the student in eval mode (no dropout), and the components it recorded."""
+    """The loss of `batch` and its named terms, with the student in eval mode (no dropout)."""
     trainer.model.eval()
-    trainer._sums["eval"] = {}
     with torch.no_grad():
-        loss = trainer.compute_loss(trainer.model, dict(batch))
-    comps = {k: float(v[0] / v[1]) for k, v in trainer._sums["eval"].items()}
-    trainer._sums["eval"] = {}
-    return loss, comps
+        loss, terms, _ = trainer.compute_distillation_loss(trainer.model, dict(batch))
+    return loss, {k: float(v) for k, v in terms.items()}
 
 
 def sharpen(model: torch.nn.Module, scale: float = 40.0) -> torch.nn.Module:

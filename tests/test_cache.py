@@ -9,13 +9,14 @@ import transformers as tf
 from conftest import VOCAB, classification_data, tiny_bert
 
 from hf_distill import DistillationArguments, DistillationTrainer
+from hf_distill.cache import CachedOutputsCollator, cache_teacher_outputs, load_data_files
 from hf_distill.losses import soft_target_loss, topk_soft_target_loss
-from hf_distill.teacher import CachedOutputsCollator, cache_teacher_outputs
 
 
 def dargs(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, per_device_train_batch_size=4,
-                learning_rate=1e-3, logging_steps=1, save_strategy="no", disable_tqdm=True, seed=0, max_steps=4)
+    base = {"output_dir": str(tmp_path / "out"), "report_to": [], "use_cpu": True, "per_device_train_batch_size": 4,
+            "learning_rate": 1e-3, "logging_steps": 1, "save_strategy": "no", "disable_tqdm": True, "seed": 0,
+            "max_steps": 4}
     base.update(kw)
     return DistillationArguments(**base)
 
@@ -72,14 +73,34 @@ def test_cache_stores_teacher_logits_per_example_and_real_tokens_only():
         torch.testing.assert_close(torch.tensor(top[i]["teacher_topk_rest"]), rest, rtol=1e-4, atol=1e-5)
 
 
-def test_collator_scatters_token_rows_into_real_positions_for_left_and_right_padding():
-    rows = [torch.arange(3.0).unsqueeze(-1), torch.arange(5.0).unsqueeze(-1)]  # (L_i, 1)
-    for mask in (torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]), torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])):
-        out = CachedOutputsCollator._stack("teacher_logits", rows, mask)
-        assert out.shape == (2, 5, 1)
-        assert out[0, mask[0].bool(), 0].tolist() == [0.0, 1.0, 2.0] and out[0, ~mask[0].bool()].abs().sum() == 0
+def _masks_only(features):  # the wrapped collator: whatever it builds, the cached columns are added beside it
+    return {"attention_mask": torch.tensor([f["attention_mask"] for f in features])}
+
+
+@pytest.mark.parametrize("mask", [[[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]],
+                         ids=["right_padding", "left_padding"])
+def test_collator_scatters_token_rows_into_real_positions(mask):
+    collate = CachedOutputsCollator(_masks_only)
+    features = [{"attention_mask": m, "teacher_logits": [[float(i)] for i in range(sum(m))]} for m in mask]
+    batch = collate(features)
+    keep = torch.tensor(mask).bool()
+    assert batch["teacher_logits"].shape == (2, 5, 1)
+    assert batch["teacher_logits"][0, keep[0], 0].tolist() == [0.0, 1.0, 2.0]
+    assert batch["teacher_logits"][1, :, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert batch["teacher_logits"][0, ~keep[0]].abs().sum() == 0
+
+
+def test_collator_refuses_rows_that_do_not_match_the_real_tokens():
+    features = [{"attention_mask": [1, 1, 1, 1], "teacher_logits": [[0.0]] * 3}] * 2
     with pytest.raises(ValueError, match="real tokens"):
-        CachedOutputsCollator._stack("teacher_logits", rows, torch.ones(2, 5))
+        CachedOutputsCollator(_masks_only)(features)
+
+
+def test_data_file_formats_share_one_table(tmp_path):
+    (tmp_path / "a.tsv").write_text("text\tlabel\nw1 w2\t0\nw3\t1\n")
+    assert load_data_files({"train": str(tmp_path / "a.tsv")})["train"]["label"] == [0, 1]
+    with pytest.raises(ValueError, match="formats"):
+        load_data_files({"train": str(tmp_path / "a.tsv"), "validation": str(tmp_path / "b.csv")})
 
 
 def _run(tmp_path, name, teacher, data, **kw):

@@ -15,7 +15,7 @@ def run(cmd, env, attempts=2):
     """Run to completion; a run that stalls (seen once on a machine shared by several torchrun jobs) is retried."""
     for attempt in range(attempts):
         try:
-            result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
+            result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150, check=False)
             break
         except subprocess.TimeoutExpired as err:
             if attempt == attempts - 1:

@@ -8,13 +8,19 @@ import os
 import pytest
 import torch
 import transformers as tf
+from conftest import classification_data, fixed_batch, tiny_bert, tiny_llama
 from datasets import Dataset
+from distill_checks import (
+    assert_trains_student_not_teacher,
+    changed,
+    eval_components,
+    make_args,
+    ref_soft,
+    sharpen,
+    snapshot,
+)
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from conftest import classification_data, fixed_batch, tiny_bert, tiny_llama
-from distill_checks import (
-    assert_trains_student_not_teacher, changed, eval_components, make_args, ref_soft, sharpen, snapshot,
-)
 from hf_distill import DistillationTrainer
 
 T = 2.0
@@ -104,3 +110,27 @@ def test_peft_config_misuse(tmp_path):
     with pytest.raises(ValueError, match="already a PeftModel"):
         DistillationTrainer(model=get_peft_model(tiny_llama(layers=1), lora()), teacher_model=teacher,
                             args=make_args(tmp_path), peft_config=lora())
+
+
+@pytest.mark.parametrize("merge", [False, True], ids=["adapter", "merged"])
+def test_lora_student_with_projections_trains_adapter_and_projections_and_saves_the_student(tmp_path, merge):
+    data = lm_data()
+    teacher = tiny_llama(layers=4, hidden=64)  # wider than the student: learned projections join the student
+    trainer = DistillationTrainer(model=tiny_llama(layers=2, hidden=32, seed=1), teacher_model=teacher,
+                                  args=make_args(tmp_path, max_steps=3, learning_rate=2e-2, hidden_weight=1.0),
+                                  train_dataset=data, peft_config=lora(), merge_adapter_on_save=merge)
+    assert isinstance(trainer.student, PeftModel) and trainer.projections is not None
+    before = snapshot(trainer.model)
+    assert_trains_student_not_teacher(trainer)
+    moved = changed(before, trainer.model)
+    assert any(n.startswith("projections.") for n in moved) and any("lora_" in n for n in moved)
+    assert all("lora_" in n or n.startswith("projections.") for n in moved), moved
+    out = tmp_path / "saved"
+    trainer.save_model(str(out))
+    if merge:
+        saved = tf.AutoModelForCausalLM.from_pretrained(str(out))
+        assert not any("lora_" in n for n, _ in saved.named_parameters())
+    else:
+        assert not os.path.isfile(out / "model.safetensors")  # the adapter alone
+        saved = PeftModel.from_pretrained(tiny_llama(layers=2, hidden=32, seed=1), str(out))
+    torch.testing.assert_close(lm_logits(saved, data), lm_logits(trainer.student, data), rtol=1e-4, atol=1e-5)

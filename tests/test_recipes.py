@@ -19,6 +19,8 @@ from safetensors.torch import load_file
 
 from conftest import make_tokenizer, tiny_bert
 
+from hf_distill import DistillationObjective
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "recipes"))
 
@@ -183,7 +185,7 @@ def test_mlm_soft_loss_only_on_masked_positions():
     batch = {"labels": torch.tensor([[-100, 5, -100], [7, -100, -100]]), "attention_mask": torch.ones(2, 3)}
     s, t = torch.randn(2, 3, 11), torch.randn(2, 3, 11)
     trainer = distil_bert_mlm.MaskedLMDistillationTrainer.__new__(distil_bert_mlm.MaskedLMDistillationTrainer)
-    trainer._vocab_limit, trainer.args = None, mock.Mock(logit_loss="kl")
+    trainer.objective = DistillationObjective(weights={})  # the default rules, forward KL, whole vocabulary
     (pair,) = trainer.distillation_pairs(batch, {"logits": s}, [{"logits": t}])
     assert pair.mask.tolist() == [[False, True, False], [True, False, False]]
 

@@ -150,7 +150,7 @@ def _state(distributed: str, processes: int):
     ({"WORLD_SIZE": "2"}, {}, _state("NO", 1), _state("MULTI_CPU", 2), "2 independent runs"),
 ])
 def test_sharding_not_in_effect_is_an_error(monkeypatch, env, args, obtained, in_effect, message):
-    from hf_distill.sharding import check_sharding
+    from hf_distill.checks import check_sharding
 
     for name in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)

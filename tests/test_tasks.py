@@ -11,13 +11,19 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as tf
+from conftest import VOCAB, WORDS, classification_data, make_tokenizer, tiny_bert, tiny_llama
 from datasets import Dataset
-
-from conftest import VOCAB, WORDS, classification_data, tiny_bert, tiny_llama, make_tokenizer
 from distill_checks import (
-    assert_trains_student_not_teacher, eval_components, make_args, probs, ref_kl, ref_soft, sharpen,
+    assert_trains_student_not_teacher,
+    eval_components,
+    make_args,
+    probs,
+    ref_kl,
+    ref_soft,
+    sharpen,
     token_positions,
 )
+
 from hf_distill import DistillationTrainer
 
 T = 2.0
@@ -155,7 +161,7 @@ def test_causal_lm_with_padded_teacher_vocabulary(tmp_path, tokenizer, caplog):
     teacher = tiny_llama(layers=4, hidden=32, vocab=128)  # 27 padding rows beyond the 101 tokens
     student = tiny_llama(layers=2, hidden=32, seed=1, vocab=VOCAB)
     assert len(tokenizer) == VOCAB
-    with caplog.at_level(logging.WARNING, logger="hf_distill.trainer"):
+    with caplog.at_level(logging.WARNING, logger="hf_distill.checks"):
         trainer = DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path),
                                       train_dataset=to_dataset(rows), processing_class=tokenizer)
     assert any("padding rows" in r.getMessage() for r in caplog.records)
@@ -313,7 +319,7 @@ def test_attention_teacher_given_by_path_is_loaded_eager(tmp_path):
 def readme_tasks_example() -> str:
     text = README.read_text()
     section = text.split("<!-- section: tasks -->")[1].split("<!-- /section: tasks -->")[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
     assert blocks, "the README tasks section has no python example"
     return blocks[0]
 

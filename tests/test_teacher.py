@@ -1,5 +1,7 @@
 """The teacher forward: no autograd graph, only the outputs a loss needs, optional lower precision."""
 
+import math
+
 import pytest
 import torch
 from conftest import classification_data, fixed_batch, tiny_bert
@@ -8,8 +10,8 @@ from hf_distill import DistillationArguments, DistillationTrainer
 
 
 def dargs(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, per_device_train_batch_size=4,
-                logging_steps=1, save_strategy="no", disable_tqdm=True, max_steps=2)
+    base = {"output_dir": str(tmp_path / "out"), "report_to": [], "use_cpu": True, "per_device_train_batch_size": 4,
+            "logging_steps": 1, "save_strategy": "no", "disable_tqdm": True, "max_steps": 2}
     base.update(kw)
     return DistillationArguments(**base)
 
@@ -54,6 +56,14 @@ def test_teacher_dtype_runs_the_teacher_in_bf16_and_keeps_the_losses_in_fp32(tmp
     assert all(p.dtype == torch.float32 for p in student.parameters())
     out = trainer.teacher_forward(fixed_batch())[0]
     assert out.logits.dtype == torch.bfloat16
-    loss, parts, _ = trainer.compute_distillation_loss(student, fixed_batch())
+    _, parts, _ = trainer.compute_distillation_loss(student, fixed_batch())
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in parts.values())
+    t_before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+    s_before = {k: v.clone() for k, v in student.state_dict().items()}
     trainer.train()
+    # Training kept the teacher frozen in bf16 and moved the fp32 student on finite losses.
+    assert all(torch.equal(v, t_before[k]) for k, v in trainer.teacher.state_dict().items())
+    assert all(p.dtype == torch.bfloat16 for p in trainer.teacher.parameters())
+    assert any(not torch.equal(v, s_before[k]) for k, v in student.state_dict().items())
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logged) == 2 and all(math.isfinite(h[k]) for h in logged for k in ("soft_loss", "hidden_loss"))

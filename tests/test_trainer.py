@@ -8,16 +8,22 @@ import torch
 import torch.nn.functional as F
 import transformers as tf
 from conftest import VOCAB, WORDS, classification_data, fixed_batch, make_tokenizer, tiny_bert, tiny_distilbert
+from distill_checks import sharpen
 from safetensors import safe_open
 
-from hf_distill import DistillationArguments, DistillationTrainer, NonFiniteLossError, init_student_from_teacher
-from hf_distill.trainer import PROJECTIONS_NAME
+from hf_distill import (
+    DistillationArguments,
+    DistillationObjective,
+    DistillationTrainer,
+    NonFiniteLossError,
+    init_student_from_teacher,
+)
 
 
 def dargs(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, per_device_train_batch_size=4,
-                per_device_eval_batch_size=8, learning_rate=1e-3, logging_steps=1, save_strategy="no",
-                disable_tqdm=True, seed=0, data_seed=0)
+    base = {"output_dir": str(tmp_path / "out"), "report_to": [], "use_cpu": True, "per_device_train_batch_size": 4,
+            "per_device_eval_batch_size": 8, "learning_rate": 1e-3, "logging_steps": 1, "save_strategy": "no",
+            "disable_tqdm": True, "seed": 0, "data_seed": 0}
     base.update(kw)
     return DistillationArguments(**base)
 
@@ -60,11 +66,10 @@ def test_bert_12_to_6_trains_student_only_and_never_saves_the_teacher(tmp_path):
         keys = saved_keys(folder)
         assert keys and keys <= student_keys, folder  # only student tensors
         with safe_open(os.path.join(folder, "model.safetensors"), "pt") as f:
-            n_layers = {k.split(".")[3] for k in f.keys() if k.startswith("bert.encoder.layer.")}
+            n_layers = {k.split(".")[3] for k in f.keys() if k.startswith("bert.encoder.layer.")}  # noqa: SIM118
         assert len(n_layers) == 6
         reloaded = tf.AutoModelForSequenceClassification.from_pretrained(folder)
         assert reloaded.config.num_hidden_layers == 6
-    assert not os.path.exists(os.path.join(args.output_dir, PROJECTIONS_NAME))
 
 
 def test_projections_for_different_hidden_sizes_learn_and_stay_out_of_the_student(tmp_path):
@@ -72,20 +77,27 @@ def test_projections_for_different_hidden_sizes_learn_and_stay_out_of_the_studen
     student = tiny_bert(layers=2, hidden=32, seed=1)
     args = dargs(tmp_path, max_steps=3, hidden_weight=1.0, save_strategy="steps", save_steps=3)
     trainer = DistillationTrainer(student, teacher, args, train_dataset=classification_data(16))
+    assert trainer.student is student
     assert set(trainer.projections.keys()) == {"1", "2"}
     assert trainer.projections["1"].weight.shape == (64, 32)
     p_before = {k: v.clone() for k, v in trainer.projections.state_dict().items()}
     trainer.train()
     trainer.save_model()
     assert all(not torch.equal(v, p_before[k]) for k, v in trainer.projections.state_dict().items())
+    optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert {id(p) for p in trainer.projections.parameters()} <= optimized  # the Trainer's own optimizer
+    # The checkpoint holds student and projections (an exact resume), under the module's names.
     ckpt = os.path.join(args.output_dir, "checkpoint-3")
-    with safe_open(os.path.join(ckpt, PROJECTIONS_NAME), "pt") as f:
-        for k in f.keys():
-            torch.testing.assert_close(f.get_tensor(k), trainer.projections.state_dict()[k])
-    for folder in (ckpt, args.output_dir):
-        assert saved_keys(os.path.join(folder)) - {PROJECTIONS_NAME} <= set(student.state_dict()) | set(
-            trainer.projections.state_dict()) and not any("proj" in k for k in saved_keys(folder) if k in student.state_dict())
-    assert saved_keys(args.output_dir) <= set(student.state_dict())
+    with safe_open(os.path.join(ckpt, "model.safetensors"), "pt") as f:
+        assert set(f.keys()) == ({f"student.{k}" for k in student.state_dict()}
+                                 | {f"projections.{k}" for k in trainer.projections.state_dict()})
+        for k, v in trainer.projections.state_dict().items():
+            torch.testing.assert_close(f.get_tensor(f"projections.{k}"), v)
+    # The saved model is the student alone, reloadable as is.
+    assert saved_keys(args.output_dir) == set(student.state_dict())
+    reloaded = tf.AutoModelForSequenceClassification.from_pretrained(args.output_dir)
+    for k, v in reloaded.state_dict().items():
+        torch.testing.assert_close(v, student.state_dict()[k])
 
 
 def _losses(trainer):
@@ -129,9 +141,9 @@ def test_compute_loss_equals_the_design_formula(tmp_path):
     T, ws, wh, wd = 3.0, 0.6, 0.3, 0.7
     args = dargs(tmp_path, temperature=T, soft_weight=ws, hard_weight=wh, hidden_weight=wd, layer_map="1:2,2:4")
     trainer = DistillationTrainer(student, teacher, args)
-    student.eval()
+    trainer.model.eval()  # the student with its projections
     batch = fixed_batch(n=4, seq=10)
-    got = trainer.compute_loss(student, dict(batch))
+    got = trainer.compute_loss(trainer.model, dict(batch))
 
     with torch.no_grad():
         so = student(**batch, output_hidden_states=True)
@@ -289,6 +301,7 @@ class NoHiddenStates(torch.nn.Module):
     ("missing_path", "is not an existing directory"),
     ("plain_args", "must be a DistillationArguments"),
     ("same_object", "same object"),
+    ("seq2seq", "encoder-decoder"),
 ])
 def test_bad_input_fails_at_construction(tmp_path, case, message):
     teacher, student = tiny_bert(layers=4, hidden=32), tiny_bert(layers=2, hidden=32, seed=1)
@@ -314,6 +327,10 @@ def test_bad_input_fails_at_construction(tmp_path, case, message):
         args = tf.TrainingArguments(output_dir=str(tmp_path), report_to=[])
     elif case == "same_object":
         teacher = student
+    elif case == "seq2seq":
+        t5 = {"vocab_size": VOCAB, "d_model": 16, "d_kv": 8, "d_ff": 32, "num_heads": 2, "decoder_start_token_id": 0}
+        teacher = tf.T5ForConditionalGeneration(tf.T5Config(num_layers=2, **t5))
+        student = tf.T5ForConditionalGeneration(tf.T5Config(num_layers=1, **t5))
     with pytest.raises(ValueError, match=message):
         DistillationTrainer(student, teacher, args, **kwargs)
 
@@ -350,5 +367,102 @@ def test_bf16_mixed_precision_runs_the_teacher_under_autocast_and_the_losses_in_
     logged = [h for h in trainer.state.log_history if "soft_loss" in h]
     assert logged and all(torch.isfinite(torch.tensor(h["loss"])) for h in logged)
     with trainer.accelerator.autocast():
-        loss, parts, _ = trainer.compute_distillation_loss(trainer.model, fixed_batch())
+        _loss, parts, _ = trainer.compute_distillation_loss(trainer.model, fixed_batch())
     assert all(v.dtype == torch.float32 for v in parts.values())
+
+
+# ---- the loss composition: registry, weights of every term, usable without a Trainer ----------------
+
+
+@pytest.mark.parametrize("divergence", ["reverse_kl", "jsd", "tvd"])
+def test_the_divergence_chosen_in_args_is_the_soft_loss(tmp_path, divergence):
+    teacher, student = sharpen(tiny_bert(layers=2, hidden=32)), tiny_bert(layers=1, hidden=32, seed=1)
+    T = 2.0
+    trainer = DistillationTrainer(student, teacher, dargs(tmp_path, temperature=T, divergence=divergence))
+    batch = fixed_batch()
+    with torch.no_grad():
+        _, terms, _ = trainer.compute_distillation_loss(student.eval(), dict(batch))
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        p_s, p_t = torch.softmax(student(**inputs).logits.double() / T, -1), torch.softmax(teacher(**inputs).logits.double() / T, -1)
+
+    def kl(p, q):
+        return (p * (p.log() - q.log())).sum(-1)
+
+    if divergence == "reverse_kl":
+        per_row = kl(p_s, p_t)
+    elif divergence == "jsd":  # beta = 0.5: the symmetric Jensen-Shannon divergence
+        m = 0.5 * (p_s + p_t)
+        per_row = 0.5 * kl(p_t, m) + 0.5 * kl(p_s, m)
+    else:
+        per_row = 0.5 * (p_s - p_t).abs().sum(-1)
+    assert float(terms["soft_loss"]) == pytest.approx(float(T**2 * per_row.mean()), rel=1e-4)
+
+
+class L2Distiller(DistillationTrainer):
+    """Adds a penalty on the student's logits: a term the built-in objective does not know."""
+
+    def extra_losses(self, inputs, student_outputs, teacher_outputs):
+        return {"logit_l2_loss": student_outputs["logits"].float().pow(2).mean()}
+
+
+def test_extra_loss_terms_need_a_declared_weight_and_are_logged(tmp_path):
+    teacher, student = tiny_bert(layers=2, hidden=32), tiny_bert(layers=1, hidden=32, seed=1)
+    undeclared = L2Distiller(student, teacher, dargs(tmp_path))
+    with pytest.raises(ValueError, match="logit_l2_loss.*have no weight"):
+        undeclared.compute_distillation_loss(student, fixed_batch())
+
+    class Declared(L2Distiller):
+        extra_loss_weights = {"logit_l2_loss": 0.25}  # noqa: RUF012 - the documented way to declare it
+
+    trainer = Declared(student, teacher, dargs(tmp_path, max_steps=2), train_dataset=classification_data(8))
+    assert trainer.loss_weights == {"soft_loss": 0.9, "hard_loss": 0.1, "hidden_loss": 0.0, "attention_loss": 0.0,
+                                    "logit_l2_loss": 0.25}
+    loss, terms, _ = trainer.compute_distillation_loss(student.eval(), fixed_batch())
+    expected = 0.9 * terms["soft_loss"] + 0.1 * terms["hard_loss"] + 0.25 * terms["logit_l2_loss"]
+    torch.testing.assert_close(loss, expected)
+    trainer.train()
+    assert all("logit_l2_loss" in h for h in trainer.state.log_history if "loss" in h)
+
+
+def test_the_objective_gives_the_trainers_loss_without_a_trainer(tmp_path):
+    teacher = tiny_bert(layers=4, hidden=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    student = init_student_from_teacher(teacher, num_layers=2)
+    args = dargs(tmp_path, hidden_weight=0.5, hard_weight=0.2, soft_weight=0.8)
+    batch = fixed_batch()
+    trainer = DistillationTrainer(student, teacher, args)
+    want, want_terms, _ = trainer.compute_distillation_loss(student.eval(), dict(batch))
+
+    objective = DistillationObjective.from_args(args, layer_map={1: 2, 2: 4})  # the uniform map for 4 -> 2
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    s_out = student(**batch, output_hidden_states=True)
+    with torch.no_grad():
+        t_out = teacher(**inputs, output_hidden_states=True)
+    got, terms = objective(batch, s_out, [t_out], hard_loss=s_out.loss)
+    torch.testing.assert_close(got, want)
+    assert terms.keys() == want_terms.keys() == {"soft_loss", "hard_loss", "hidden_loss"}
+
+
+def test_tied_lm_student_with_projections_checkpoints_resumes_and_saves_clean(tmp_path):
+    """A masked-LM student ties its decoder to its embeddings; projections join it in one module."""
+    data = classification_data(16).remove_columns("labels")
+    data = data.add_column("labels", data["input_ids"])
+
+    def run(out, resume=None, steps=4):
+        teacher = tiny_bert(layers=2, hidden=64, cls=tf.BertForMaskedLM)
+        student = tiny_bert(layers=1, hidden=32, seed=1, cls=tf.BertForMaskedLM)
+        args = dargs(tmp_path, output_dir=str(tmp_path / out), max_steps=steps, hidden_weight=1.0,
+                     save_strategy="steps", save_steps=2)
+        trainer = DistillationTrainer(student, teacher, args, train_dataset=data)
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    full = run("full")
+    resumed = run("full_again", resume=str(tmp_path / "full" / "checkpoint-2"))
+    for k, v in full.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[k], v, msg=k)
+    resumed.save_model()
+    reloaded = tf.BertForMaskedLM.from_pretrained(resumed.args.output_dir)
+    assert reloaded.config.hidden_size == 32
+    assert saved_keys(resumed.args.output_dir) <= set(resumed.student.state_dict())
+    for k, v in reloaded.state_dict().items():
+        torch.testing.assert_close(v, resumed.student.state_dict()[k])

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers as tf
-from datasets import Dataset
-
 from conftest import classification_data, make_tokenizer, tiny_bert
-from distill_checks import eval_components, make_args, ref_soft, sharpen, snapshot, changed
+from datasets import Dataset
+from distill_checks import changed, eval_components, make_args, ref_soft, sharpen, snapshot
+
 from hf_distill import DistillationTrainer
 from hf_distill.transfer import label_with_teacher, mark_unlabelled
 

@@ -1,0 +1,80 @@
+"""Facts about models that several modules need: the task -> Auto class table, PEFT unwrapping, forward inputs."""
+
+from __future__ import annotations
+
+import inspect
+
+import transformers
+from torch import nn
+
+# Task name -> the transformers Auto class of its head. The order is the order `auto_class_for` tries them in
+# (the most specific heads first: a causal-LM class is also in no other mapping, but AutoModel holds every base
+# model). The cache CLI's --task choices are these names.
+TASKS: dict[str, str] = {
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "token-classification": "AutoModelForTokenClassification",
+    "question-answering": "AutoModelForQuestionAnswering",
+    "masked-lm": "AutoModelForMaskedLM",
+    "causal-lm": "AutoModelForCausalLM",
+    "multiple-choice": "AutoModelForMultipleChoice",
+    "feature-extraction": "AutoModel",
+}
+
+
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """The transformers model inside a PEFT model (the model itself otherwise)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def auto_class_for(model: nn.Module):
+    """The transformers Auto class whose mapping contains `type(model)` (PEFT unwrapped), or None."""
+    base = unwrap_peft(model)
+    for name in TASKS.values():
+        if type(base) in _mapped_classes(getattr(transformers, name)):
+            return getattr(transformers, name)
+    return None
+
+
+def _mapped_classes(auto) -> set:
+    mapping = getattr(auto, "_model_mapping", None)
+    try:
+        return set(mapping.values()) if mapping is not None else set()
+    except (ImportError, AttributeError, KeyError, ValueError):  # lazy mappings may fail on optional backends
+        return set()
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    """Whether the model's loss shifts its labels (next-token prediction)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return type(unwrap_peft(model)).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+
+
+def forward_params(model: nn.Module) -> set[str]:
+    """The inputs a model's forward names (PEFT, DDP and DeepSpeed wrappers looked through; **kwargs excluded).
+
+    These are the batch keys the model is given: a BERT teacher takes token_type_ids, a DistilBERT student not.
+    """
+    base = unwrap_peft(model)
+    base = getattr(base, "module", base)  # DDP / DeepSpeed engine
+    params = inspect.signature(base.forward).parameters
+    return {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+def wrap_peft(model: nn.Module, peft_config) -> nn.Module:
+    """Wrap the student with `peft.get_peft_model` when a `peft_config` is given (as TRL trainers do)."""
+    if peft_config is None:
+        return model
+    from peft import PeftConfig, PeftModel, get_peft_model
+
+    if not isinstance(peft_config, PeftConfig):
+        raise ValueError(  # noqa: TRY004 - bad input is a ValueError throughout the API
+            f"peft_config must be a peft.PeftConfig (e.g. LoraConfig(task_type='SEQ_CLS', r=8)), "
+            f"got {type(peft_config).__name__}."
+        )
+    if isinstance(model, PeftModel):
+        raise ValueError(  # noqa: TRY004 - bad input is a ValueError throughout the API
+            "the student is already a PeftModel and a peft_config was given too; pass the base model with "
+            "peft_config, or the PeftModel without it."
+        )
+    return get_peft_model(model, peft_config)
