@@ -199,6 +199,7 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 def _accepted(model) -> set[str]:
     base = getattr(model, "module", model)
+    base = getattr(base, "student", base)  # a ProjectedStudent (learned projections) passes its inputs on
     return set(inspect.signature(base.forward).parameters)
 
 
@@ -245,7 +246,7 @@ def compare_on_eval(trainer, models: dict[str, torch.nn.Module], eval_dataset, m
                     model(**inputs)
                 _sync(device)
                 start = time.perf_counter()
-                logits = model(**inputs).logits  # (B, C), or (B, L, V) for token-level heads
+                logits = model(**inputs)["logits"]  # (B, C), or (B, L, V) for token-level heads (ProjectedStudent: dict)
                 _sync(device)
                 seconds[name] += time.perf_counter() - start
                 preds[name].append(_gather(accelerator, logits.argmax(-1)))

@@ -16,6 +16,7 @@ import os
 import sys
 
 import torch
+from torch import nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "recipes"))
@@ -75,6 +76,8 @@ class RecordingTrainer(distil_bert.DistillationTrainer):
             "optimizer_numel": sum(getattr(p, "ds_numel", p.numel()) for p in in_optimizer),
             "student_numel": sum(getattr(p, "ds_numel", p.numel()) for p in engine.parameters()),
             "teacher_unchanged": after == self._teacher_before,
+            "trained_module": type(getattr(engine, "module", engine)).__name__,
+            "projection_numel": sum(getattr(p, "ds_numel", p.numel()) for p in (self.projections or nn.ModuleDict()).parameters()),
         }
         if self.is_world_process_zero():
             with open(self.report_path, "w") as f:

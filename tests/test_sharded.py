@@ -20,9 +20,9 @@ import pytest
 import torch
 import transformers as tf
 import yaml
-from conftest import tiny_bert
+from conftest import make_tokenizer, tiny_bert
 from safetensors.torch import load_file
-from test_recipes import recipe_args, save_classifier, write_csv
+from test_recipes import LABELS, recipe_args, save_classifier, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "tests" / "configs"
@@ -54,15 +54,27 @@ def test_cpu_configs_are_the_shipped_ones_on_cpu():
         assert cpu == shipped
 
 
+def _save_wide_student(folder):
+    """2 layers of width 48 (the teacher's is 32): wider only so that its 3200 x 48 embedding is above ZeRO-3's
+    persistence threshold and really partitioned too; the projections 48 -> 32 are learned all the same."""
+    model = tiny_bert(layers=2, hidden=48, vocab=3200, seed=1, hidden_dropout_prob=0.0,
+                      attention_probs_dropout_prob=0.0)
+    model.config.id2label = dict(enumerate(LABELS))
+    model.config.label2id = {name: i for i, name in enumerate(LABELS)}
+    model.save_pretrained(folder)
+    make_tokenizer(folder)
+    return str(folder)
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A 4-layer teacher whose 3200 x 32 word embeddings exceed ZeRO-3's persistence threshold (1e5 elements),
-    so ZeRO-3 really partitions them; a prebuilt 2-layer student of the same kind; train/dev CSVs."""
+    so ZeRO-3 really partitions them; a prebuilt 2-layer student of another width; train/dev CSVs."""
     tmp = tmp_path_factory.mktemp("sharded")
     return SimpleNamespace(
         tmp=tmp,
         teacher=save_classifier(tmp / "teacher", vocab=3200),
-        student=save_classifier(tmp / "student", layers=2, seed=1, vocab=3200),
+        student=_save_wide_student(tmp / "student"),
         data=(write_csv(tmp / "train.csv", 32, seed=0), write_csv(tmp / "dev.csv", 12, seed=1)),
     )
 
@@ -81,9 +93,14 @@ def _single_process(files, name, *extra):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("stage, student", [(2, "cut"), (3, "cut"), (3, "prebuilt")])
+@pytest.mark.parametrize("stage, student", [(2, "projected"), (3, "cut"), (3, "projected")])
 def test_deepspeed_zero_recipe_matches_single_process(files, stage, student):
-    """2 processes x 4 examples under ZeRO-{2,3} == 1 process x 8; the mode is in effect and the teacher is kept out."""
+    """2 processes x 4 examples under ZeRO-{2,3} == 1 process x 8; the mode is in effect and the teacher is kept out.
+
+    "cut": the student is cut from the (partitioned, under ZeRO-3) teacher by the recipe. "projected": a prebuilt
+    student of another width, loaded by the recipe (under zero.Init with ZeRO-3), aligned on hidden states through
+    learned projections that train inside the sharded module and are left out of the saved student.
+    """
     student_args = ["--student_num_layers", "2"] if student == "cut" else ["--student_model_name_or_path", files.student]
     out, report = files.tmp / f"zero{stage}_{student}", files.tmp / f"zero{stage}_{student}.json"
     argv = [str(ROOT / "tests" / "sharded_recipe.py"), str(report),
@@ -96,6 +113,8 @@ def test_deepspeed_zero_recipe_matches_single_process(files, stage, student):
     assert got["teacher_engine_optimizer"] != "DeepSpeedZeroOptimizer"  # the teacher's engine trains nothing
     assert not got["teacher_requires_grad"] and not got["teacher_training"] and got["teacher_unchanged"]
     assert not got["teacher_in_optimizer"] and got["optimizer_numel"] == got["student_numel"]
+    if student == "projected":  # (2 mapped layers) x Linear(48, 32) train with the student, in its optimizer
+        assert got["projection_numel"] == 2 * (48 * 32 + 32) and got["trained_module"] == "ProjectedStudent"
 
     saved = load_file(out / "model.safetensors")
     assert set(os.listdir(out)) >= {"config.json", "tokenizer.json", "distillation_results.json", "README.md"}
