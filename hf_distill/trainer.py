@@ -278,7 +278,7 @@ class DistillationTrainer(Trainer):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         final = not _internal_call or self._pushing  # not a checkpoint (those keep everything, to resume exactly)
         merge = self.merge_adapter_on_save and hasattr(self.student, "merge_and_unload")
-        # FSDP too: the Trainer's own save writes nothing there when checkpoints are sharded (SHARDED_STATE_DICT).
+        # Under FSDP the Trainer writes no loadable model with SHARDED_STATE_DICT: gather the full student ourselves.
         if not final or not (merge or self.projections is not None or self.is_fsdp_enabled):
             return super().save_model(output_dir, _internal_call)
         self._save_student(output_dir if output_dir is not None else self.args.output_dir, merge)

@@ -8,15 +8,11 @@ such examples train on the soft target only.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from datasets import Dataset
 from torch import nn
 
 from .cache import cache_teacher_outputs
-
-logger = logging.getLogger(__name__)
 
 UNLABELLED = -100  # the label value of an example without a label (as PyTorch's ignore_index)
 
