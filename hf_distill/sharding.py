@@ -11,17 +11,19 @@ import logging
 import torch
 from torch import nn
 
+from .modeling import unwrap_peft
+
 logger = logging.getLogger(__name__)
 
 
 def fsdp_wrap_class_names(model: nn.Module) -> list[str]:
     """The block classes FSDP shards one by one: the model's `_no_split_modules` without its embeddings.
 
-    Embedding modules are listed there too (BertEmbeddings) so that device_map never splits them, but
-    wrapping them as their own FSDP unit shards `word_embeddings` twice when it is tied to the output
-    layer (fully_shard fails: "value was None when it should not be"); they stay in the root unit.
+    Embedding modules are listed there too (BertEmbeddings) so that device_map never splits them; with them
+    as FSDP units of their own, accelerate 1.15 + transformers 5.24 fail in fully_shard ("Invariant
+    encountered: value was None when it should not be", issue 14). They stay in the root unit.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     names = set()
     for module in base.modules():
         names.update(getattr(module, "_no_split_modules", None) or [])
@@ -44,15 +46,6 @@ def fully_shard_model(model: nn.Module, mesh=None, reshard_after_forward: bool =
             fully_shard(module, mesh=mesh, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
     return model
-
-
-def device_mesh_of(model: nn.Module):
-    """The DeviceMesh an FSDP2 model is sharded on (its parameters are DTensors), or None."""
-    for p in model.parameters():
-        mesh = getattr(p, "device_mesh", None)
-        if mesh is not None:
-            return mesh
-    return None
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -93,7 +86,7 @@ def drop_legacy_renamings(model: nn.Module) -> None:
 
 def adapt_to_sharding(accelerator, model: nn.Module) -> None:
     """Settings the student needs before Accelerate wraps it: the FSDP wrap classes, standard saved names."""
-    drop_legacy_renamings(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    drop_legacy_renamings(unwrap_peft(model))
     plugin = getattr(accelerator.state, "fsdp_plugin", None)
     if plugin is None or getattr(plugin, "transformer_cls_names_to_wrap", None):
         return
