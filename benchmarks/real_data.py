@@ -298,7 +298,8 @@ def summarise(results: dict, preds: dict, test_labels: np.ndarray, cfg: RealData
     t_acc = runs["teacher"]["accuracy"]
     for r in runs.values():
         r["retention"] = r["accuracy"] / t_acc if t_acc else float("nan")
-    distilled = [n for n, r in runs.items() if n != "teacher" and r.get("data") == "100% labels" and "temperature" in r]
+    distilled = [n for n, r in runs.items()
+                 if n != "teacher" and r.get("data") == "100% labels" and "temperature" in r]
     if distilled and "hard" in runs:
         best = max(distilled, key=lambda n: runs[n]["best_val_accuracy"])  # chosen on validation
         correct = {n: (preds[n] == test_labels).astype(float) for n in (best, "hard")}

@@ -30,7 +30,8 @@ def main():
         steps = make_steps(size, batch_size, seq)
         t = interleaved({k: steps[k] for k in ("student_step", "teacher_forward", "distill_step")}, args.repeats)
         base = t["student_step"] + t["teacher_forward"]
-        print(f"{batch_size:>5} {seq:>5} {batch_size * seq / t['distill_step']:>10.0f} {t['distill_step'] * 1000:>11.1f} "
+        tokens_per_s = batch_size * seq / t["distill_step"]
+        print(f"{batch_size:>5} {seq:>5} {tokens_per_s:>10.0f} {t['distill_step'] * 1000:>11.1f} "
               f"{base * 1000:>19.1f} {t['distill_step'] / base:>6.3f}")
 
 

@@ -1,24 +1,31 @@
 """Model cards for distilled students, rendered from a finished run's `distillation_results.json`.
 
-The template (Jinja, `model_cards/distilled_student.md`) is rendered by `huggingface_hub.ModelCard`,
-which also writes the YAML metadata (base model, datasets, metrics as a model-index).
+The template (Jinja, `hf_distill/templates/distilled_student.md`, shipped inside the package and read with
+`importlib.resources`) is rendered by `huggingface_hub.ModelCard`, which also writes the YAML metadata (base
+model, datasets, metrics as a model-index). The repository's `model_cards/distilled_student.md` is a copy
+to edit: pass it as `template_path=`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from importlib import resources
 from pathlib import Path
 
 RESULTS_NAME = "distillation_results.json"
 CARD_NAME = "README.md"
-DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "distilled_student.md"
+TEMPLATE_NAME = "distilled_student.md"
 
-# What the card needs from the results; each key is written by the recipes.
-REQUIRED_KEYS = ("task", "teacher_model", "dataset", "distillation", "teacher", "student", "speedup", "command")
+# What the card cannot do without. Everything else it reads is optional: `dataset` and `distillation` fill the
+# "how it was distilled" table when present, `speedup` defaults to the ratio of the two examples/s.
+REQUIRED_KEYS = ("task", "teacher_model", "teacher", "student", "command")
+SIDE_KEYS = ("parameters", "examples_per_second")  # in both `teacher` and `student`
 # metric key -> label in the card; other metrics are shown under their own name.
 METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "masked_accuracy": "masked-token accuracy"}
 _NOT_METRICS = ("parameters", "examples_per_second")
+NO_LAYER_MAP = "none (no hidden-state loss)"
 
 
 def format_count(n: int) -> str:
@@ -26,8 +33,30 @@ def format_count(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
 
 
-def _is_hub_id(name: str) -> bool:
-    return not os.path.isabs(name) and not name.startswith((".", "~")) and not os.path.exists(name) and name.count("/") <= 1
+def is_hub_id(name: str) -> bool:
+    """True when `name` is not an existing local path and has the form of a Hub repo id ('name' or 'owner/name')."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if os.path.exists(name) or name.startswith(("~", ".")):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def template_file(template_path: str | os.PathLike | None = None):
+    """The template as a file path: `template_path` when given, else the one shipped inside the package."""
+    if template_path is not None:
+        if not Path(template_path).is_file():
+            raise ValueError(f"model card template {template_path} not found; leave template_path unset to use the "
+                             f"packaged one (hf_distill/templates/{TEMPLATE_NAME}).")
+        yield Path(template_path)
+        return
+    with resources.as_file(resources.files("hf_distill") / "templates" / TEMPLATE_NAME) as path:
+        yield path
 
 
 def load_results(results: dict | str | os.PathLike) -> dict:
@@ -39,11 +68,15 @@ def load_results(results: dict | str | os.PathLike) -> dict:
         if path.is_dir():
             path = path / RESULTS_NAME
         if not path.is_file():
-            raise ValueError(f"{path} does not exist: render the card from a finished run's folder or its {RESULTS_NAME}.")
+            raise ValueError(f"{path} does not exist: render the card from a finished run's folder or its "
+                             f"{RESULTS_NAME}.")
         data = json.loads(path.read_text())
     missing = [k for k in REQUIRED_KEYS if k not in data]
+    missing += [f"{side}.{k}" for side in ("teacher", "student") if side in data for k in SIDE_KEYS
+                if k not in data[side]]
     if missing:
-        raise ValueError(f"the run results lack {missing}; they are written by recipes/distil_bert*.py at the end of a run.")
+        raise ValueError(f"the run results lack {missing}; they are written by recipes/distil_bert*.py at the end "
+                         "of a run.")
     return data
 
 
@@ -61,14 +94,18 @@ def render_model_card(
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     r = load_results(results)
-    teacher, student, dist, data = r["teacher"], r["student"], r["distillation"], r["dataset"]
+    teacher, student, dist, data = r["teacher"], r["student"], r.get("distillation", {}), r.get("dataset", {})
+    speedup = r.get("speedup", student["examples_per_second"] / teacher["examples_per_second"])
     model_id = model_id or r.get("model_id") or "path/to/student"
     metrics = [k for k in student if k in teacher and k not in _NOT_METRICS]
     dataset_label = data.get("name") or f"local files ({data.get('train_file')})"
     if data.get("config"):
         dataset_label = f"{dataset_label}/{data['config']}"
     teacher_model = str(r["teacher_model"])
-    hub_teacher = _is_hub_id(teacher_model)
+    hub_teacher = is_hub_id(teacher_model)
+    teacher_ref = f"`{teacher_model}`"
+    if hub_teacher:
+        teacher_ref = f"[{teacher_ref}](https://huggingface.co/{teacher_model})"
 
     eval_results = [
         EvalResult(
@@ -95,53 +132,48 @@ def render_model_card(
         student_init = f"copied from teacher layers {list(init_layers)} (0-based), embeddings and head copied"
     else:
         student_init = f"`{dist.get('student_model') or 'given model'}` (not initialised from the teacher)"
-    template_path = Path(template_path or DEFAULT_TEMPLATE)
-    if not template_path.is_file():
-        raise ValueError(
-            f"model card template {template_path} not found; pass template_path= (the default lives in the "
-            "repository's model_cards/ folder, present with an editable install `pip install -e .`)."
+    with template_file(template_path) as path:
+        card = ModelCard.from_template(
+            card_data,
+            template_path=str(path),
+            model_name=model_id.split("/")[-1],
+            model_id=model_id,
+            task=r["task"],
+            teacher_model=teacher_model,
+            teacher_ref=teacher_ref,
+            teacher_num_layers=dist.get("teacher_num_layers"),
+            student_num_layers=dist.get("student_num_layers"),
+            dataset_label=dataset_label,
+            eval_split=data.get("eval_split", "validation"),
+            eval_examples=data.get("eval_examples"),
+            train_examples=data.get("train_examples"),
+            metric_rows=[
+                {"name": METRIC_LABELS.get(m, m), "teacher": f"{teacher[m]:.4f}", "student": f"{student[m]:.4f}"}
+                for m in metrics
+            ],
+            teacher_parameters=format_count(teacher["parameters"]),
+            student_parameters=format_count(student["parameters"]),
+            size_ratio=f"{student['parameters'] / teacher['parameters']:.0%}",
+            teacher_speed=f"{teacher['examples_per_second']:.1f}",
+            student_speed=f"{student['examples_per_second']:.1f}",
+            speed_device=r.get("device", "cpu"),
+            speedup=f"{speedup:.2f}",
+            student_init=student_init,
+            temperature=dist.get("temperature"),
+            soft_weight=dist.get("soft_weight"),
+            hard_weight=dist.get("hard_weight"),
+            hidden_weight=dist.get("hidden_weight"),
+            hidden_loss=dist.get("hidden_loss"),
+            layer_map=", ".join(f"{s}:{t}" for s, t in layer_map.items()) if layer_map else NO_LAYER_MAP,
+            epochs=dist.get("num_train_epochs"),
+            learning_rate=dist.get("learning_rate"),
+            global_batch=dist.get("global_train_batch_size"),
+            max_length=dist.get("max_length"),
+            seed=dist.get("seed"),
+            command=r["command"],
+            example_text=r.get("example_text", "I love this!").replace('"', "'"),
+            license=license,
         )
-    card = ModelCard.from_template(
-        card_data,
-        template_path=str(template_path),
-        model_name=model_id.split("/")[-1],
-        model_id=model_id,
-        task=r["task"],
-        teacher_model=teacher_model,
-        teacher_ref=f"[`{teacher_model}`](https://huggingface.co/{teacher_model})" if hub_teacher else f"`{teacher_model}`",
-        teacher_num_layers=dist.get("teacher_num_layers"),
-        student_num_layers=dist.get("student_num_layers"),
-        dataset_label=dataset_label,
-        eval_split=data.get("eval_split", "validation"),
-        eval_examples=data.get("eval_examples"),
-        train_examples=data.get("train_examples"),
-        metric_rows=[
-            {"name": METRIC_LABELS.get(m, m), "teacher": f"{teacher[m]:.4f}", "student": f"{student[m]:.4f}"}
-            for m in metrics
-        ],
-        teacher_parameters=format_count(teacher["parameters"]),
-        student_parameters=format_count(student["parameters"]),
-        size_ratio=f"{student['parameters'] / teacher['parameters']:.0%}",
-        teacher_speed=f"{teacher['examples_per_second']:.1f}",
-        student_speed=f"{student['examples_per_second']:.1f}",
-        speed_device=r.get("device", "cpu"),
-        speedup=f"{r['speedup']:.2f}",
-        student_init=student_init,
-        temperature=dist.get("temperature"),
-        soft_weight=dist.get("soft_weight"),
-        hard_weight=dist.get("hard_weight"),
-        hidden_weight=dist.get("hidden_weight"),
-        hidden_loss=dist.get("hidden_loss"),
-        layer_map=", ".join(f"{s}:{t}" for s, t in layer_map.items()) if layer_map else "none (no hidden-state loss)",
-        epochs=dist.get("num_train_epochs"),
-        learning_rate=dist.get("learning_rate"),
-        global_batch=dist.get("global_train_batch_size"),
-        max_length=dist.get("max_length"),
-        seed=dist.get("seed"),
-        command=r["command"],
-        example_text=r.get("example_text", "I love this!").replace('"', "'"),
-        license=license,
-    )
     return str(card)
 
 

@@ -2,7 +2,8 @@
 
     accelerate launch recipes/distil_bert_mlm.py recipes/configs/mlm_distilbert.yaml
     python recipes/distil_bert_mlm.py --teacher_model_name_or_path TEACHER --train_file train.txt \
-        --validation_file dev.txt --output_dir out --soft_weight 5 --hard_weight 2 --hidden_weight 1 --hidden_loss cosine
+        --validation_file dev.txt --output_dir out --soft_weight 5 --hard_weight 2 --hidden_weight 1 \
+        --hidden_loss cosine
 
 loss = soft_weight * T^2 KL on the masked-LM logits at the masked positions
      + hard_weight * the student's MLM loss + hidden_weight * (1 - cos) between hidden states
@@ -14,17 +15,20 @@ other layer by default), or --student_model_name_or_path. It can then be fine-tu
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass, field
 
 from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling, set_seed
+from transformers.trainer_pt_utils import get_model_param_count
 
 from hf_distill import DistillationArguments, DistillationTrainer
-from hf_distill.layers import count_layers, resolve_layer_map
+from hf_distill.layers import resolve_layer_map
 from hf_distill.metrics import accuracy_and_macro_f1
-import recipe_utils as ru
-
-logger = logging.getLogger(__name__)
+from hf_distill.recipes import data as rd
+from hf_distill.recipes.arguments import DataSourceArguments
+from hf_distill.recipes.evaluation import compare_on_eval
+from hf_distill.recipes.models import build_student, check_student_tokenizer
+from hf_distill.recipes.output import save_final_model
+from hf_distill.recipes.run import start_run
 
 
 @dataclass
@@ -35,7 +39,7 @@ class MLMModelArguments:
 
 
 @dataclass
-class MLMDataArguments(ru.DataSourceArguments):
+class MLMDataArguments(DataSourceArguments):
     text_column: str = field(default="text", metadata={"help": "Column with the raw text ('text' for .txt files)."})
     mlm_probability: float = field(default=0.15, metadata={"help": "Fraction of tokens masked (BERT: 0.15)."})
 
@@ -45,7 +49,8 @@ class MaskedLMDistillationTrainer(DistillationTrainer):
 
     def distillation_pairs(self, inputs, student_outputs, teacher_outputs):
         masked = inputs["labels"] != -100  # (B, L)
-        return [dataclasses.replace(p, mask=masked) for p in super().distillation_pairs(inputs, student_outputs, teacher_outputs)]
+        pairs = super().distillation_pairs(inputs, student_outputs, teacher_outputs)
+        return [dataclasses.replace(p, mask=masked) for p in pairs]
 
 
 def masked_accuracy(predictions, references) -> dict[str, float]:
@@ -53,39 +58,35 @@ def masked_accuracy(predictions, references) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, out_args, args = ru.parse_args(
-        (MLMModelArguments, MLMDataArguments, ru.OutputArguments, DistillationArguments), argv
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        level=logging.INFO if args.should_log else logging.WARNING)
-    if not model_args.teacher_model_name_or_path:
-        raise ValueError("--teacher_model_name_or_path is required: a masked-language model such as bert-base-uncased.")
+    run = start_run(__file__, MLMModelArguments, MLMDataArguments, DistillationArguments, argv,
+                    required={"teacher_model_name_or_path": "a masked-language model such as bert-base-uncased"})
+    model_args, data_args, args = run.model_args, run.data_args, run.args
     teacher_path = model_args.teacher_model_name_or_path
-    resume = ru.resolve_resume(args, out_args)
-    token = ru.check_push(args)
     config = AutoConfig.from_pretrained(teacher_path)
     if not any(a.endswith("ForMaskedLM") or a.endswith("ForPreTraining") for a in (config.architectures or [])):
-        raise ValueError(f"the teacher {teacher_path} is a {config.architectures} checkpoint, not a masked-language model.")
+        raise ValueError(f"the teacher {teacher_path} is a {config.architectures} checkpoint, not a masked-language "
+                         "model.")
+    rd.check_max_length(data_args.max_length, config, f"teacher {teacher_path}")
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
-    ru.check_student_tokenizer(model_args.student_model_name_or_path, tokenizer, teacher_path)
+    check_student_tokenizer(model_args.student_model_name_or_path, tokenizer, teacher_path)
 
     splits = [data_args.train_split, data_args.validation_split]
-    raw = ru.load_raw_datasets(data_args)
-    ru.require_columns(raw, splits, {"text_column": data_args.text_column})
+    raw, sources = rd.load_raw_datasets(data_args)
+    rd.require_columns(raw, sources, {"text_column": data_args.text_column})
+    rd.require_values(raw, sources, {"text_column": data_args.text_column}, allow_some_blank=True)
 
     set_seed(args.seed)
     teacher = AutoModelForMaskedLM.from_pretrained(teacher_path)
-    n_teacher = count_layers(teacher)
-    student, init_layers = ru.build_student(AutoModelForMaskedLM, teacher, model_args.student_model_name_or_path,
-                                            model_args.student_num_layers)
-    n_student = count_layers(student)
+    student, info = build_student(AutoModelForMaskedLM, teacher, model_args.student_model_name_or_path,
+                                  model_args.student_num_layers)
     if args.layer_map is None:  # DistilBERT: align the last hidden states only
-        args = dataclasses.replace(args, layer_map=f"{n_student}:{n_teacher}")
-    layer_map = resolve_layer_map(args.layer_map, n_student, n_teacher) if args.hidden_weight > 0 else None
-    params = {"teacher": ru.count_parameters(teacher), "student": ru.count_parameters(student)}
+        args = dataclasses.replace(args, layer_map=f"{info.student_num_layers}:{info.teacher_num_layers}")
+    if args.hidden_weight > 0:
+        info.layer_map = resolve_layer_map(args.layer_map, info.student_num_layers, info.teacher_num_layers)
+    params = {"teacher": get_model_param_count(teacher), "student": get_model_param_count(student)}
 
     def encode(batch):
-        texts = [t for t in batch[data_args.text_column] if t and t.strip()]
+        texts = [t for t in batch[data_args.text_column] if t and t.strip()]  # blank lines separate paragraphs
         return tokenizer(texts, truncation=True, max_length=data_args.max_length, return_special_tokens_mask=True)
 
     with args.main_process_first(desc="tokenizing"):
@@ -94,24 +95,23 @@ def main(argv: list[str] | None = None) -> dict:
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=data_args.mlm_probability, seed=args.seed)
     trainer = MaskedLMDistillationTrainer(
         model=student, teacher_model=teacher, args=dataclasses.replace(args, push_to_hub=False),
-        train_dataset=data[splits[0]], eval_dataset=data[splits[1]], processing_class=tokenizer, data_collator=collator,
+        train_dataset=data[splits[0]], eval_dataset=data[splits[1]], processing_class=tokenizer,
+        data_collator=collator,
     )
-    train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
-    trainer.save_model(args.output_dir)
-    eval_metrics = trainer.evaluate()  # eval_loss and its soft/hard/hidden components
-    set_seed(args.seed)  # same masks for teacher and student (they see the same batches anyway)
-    metrics, speed = ru.compare_on_eval(
-        trainer, {"teacher": trainer.teacher, "student": trainer.model_wrapped}, data[splits[1]], masked_accuracy
-    )
-    results = ru.run_results(
-        task="fill-mask", script=__file__, argv=argv, trainer=trainer, args=args, data_args=data_args,
-        teacher_path=teacher_path, n_train=len(data[splits[0]]), n_eval=len(data[splits[1]]), layer_map=layer_map,
-        n_teacher=n_teacher, n_student=n_student, init_layers=init_layers,
-        student_model=model_args.student_model_name_or_path, params=params, metrics=metrics, speed=speed,
-        train_metrics=train_metrics, distillation_extra={"mlm_probability": data_args.mlm_probability},
-        eval=eval_metrics,
-    )
-    return ru.finish_run(trainer, args, results, token)
+    with run.owning_output_dir():
+        train_metrics = trainer.train(resume_from_checkpoint=run.resume).metrics
+        save_final_model(trainer, args.output_dir)
+        eval_metrics = trainer.evaluate()  # eval_loss and its soft/hard/hidden components
+        set_seed(args.seed)  # same masks for teacher and student (they see the same batches anyway)
+        comparison = compare_on_eval(trainer, {"teacher": trainer.teacher, "student": trainer.model_wrapped},
+                                     data[splits[1]], masked_accuracy, parameters=params)
+        results = run.results(
+            trainer, task="fill-mask", teacher=teacher_path, student=info, comparison=comparison,
+            dataset=rd.dataset_summary(data_args, len(data[splits[0]]), len(data[splits[1]])),
+            train_metrics=train_metrics, eval=eval_metrics,
+        )
+        results["distillation"]["mlm_probability"] = data_args.mlm_probability
+        return run.finish(trainer, results)
 
 
 if __name__ == "__main__":

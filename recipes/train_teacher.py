@@ -10,18 +10,23 @@ distillation recipe can check that its data uses the same labels.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, field
 
 from transformers import (
-    AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments, set_seed,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainingArguments,
+    set_seed,
 )
 
 from hf_distill.metrics import compute_classification_metrics
-import recipe_utils as ru
-
-logger = logging.getLogger(__name__)
+from hf_distill.recipes import data as rd
+from hf_distill.recipes.arguments import ClassificationDataArguments
+from hf_distill.recipes.output import save_final_model
+from hf_distill.recipes.run import start_run
 
 
 @dataclass
@@ -32,19 +37,16 @@ class TeacherModelArguments:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, out_args, args = ru.parse_args(
-        (TeacherModelArguments, ru.ClassificationDataArguments, ru.OutputArguments, TrainingArguments), argv
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        level=logging.INFO if args.should_log else logging.WARNING)
-    if not model_args.model_name_or_path:
-        raise ValueError("--model_name_or_path is required: the pretrained encoder to fine-tune.")
-    resume = ru.resolve_resume(args, out_args)
+    run = start_run(__file__, TeacherModelArguments, ClassificationDataArguments, TrainingArguments, argv,
+                    required={"model_name_or_path": "the pretrained encoder to fine-tune"})
+    model_args, data_args, args = run.model_args, run.data_args, run.args
     splits = [data_args.train_split, data_args.validation_split]
-    raw = ru.load_raw_datasets(data_args)
-    ru.require_columns(raw, splits, {"text_column": data_args.text_column, "text_column_2": data_args.text_column_2,
-                                     "label_column": data_args.label_column})
-    names = ru.data_label_names(raw, splits, data_args.label_column)
+    raw, sources = rd.load_raw_datasets(data_args)
+    columns = {"text_column": data_args.text_column, "text_column_2": data_args.text_column_2,
+               "label_column": data_args.label_column}
+    rd.require_columns(raw, sources, columns)
+    rd.require_values(raw, sources, columns)
+    names = rd.data_label_names(raw, splits, data_args.label_column)
     id2label = {i: str(n) for i, n in enumerate(names)}
 
     set_seed(args.seed)
@@ -53,17 +55,19 @@ def main(argv: list[str] | None = None) -> dict:
         model_args.model_name_or_path, num_labels=len(names), id2label=id2label,
         label2id={n: i for i, n in id2label.items()},
     )
-    mapping = ru.label_mapping(raw, splits, data_args.label_column, id2label)
-    data = ru.tokenize_classification(raw, splits, tokenizer, data_args, mapping, args)
+    rd.check_max_length(data_args.max_length, model.config, f"model {model_args.model_name_or_path}")
+    mapping = rd.label_mapping(raw, splits, data_args.label_column, id2label)
+    data = rd.tokenize_classification(raw, splits, tokenizer, data_args, mapping, args)
     trainer = Trainer(
         model=model, args=args, train_dataset=data[splits[0]], eval_dataset=data[splits[1]],
         processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_classification_metrics,
     )
-    trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(args.output_dir)
-    metrics = trainer.evaluate()
-    trainer.save_metrics("eval", metrics)
+    with run.owning_output_dir():
+        trainer.train(resume_from_checkpoint=run.resume)
+        save_final_model(trainer, args.output_dir)
+        metrics = trainer.evaluate()
+        trainer.save_metrics("eval", metrics)
     if trainer.is_world_process_zero():
         scores = ", ".join(f"{k.removeprefix('eval_')} {v:.4f}" for k, v in metrics.items()
                            if k in ("eval_accuracy", "eval_macro_f1"))

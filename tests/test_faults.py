@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_recipes import recipe_args, save_classifier, write_csv
+from recipe_helpers import recipe_args, save_classifier, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 14

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+from importlib import resources
+from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
@@ -60,9 +62,29 @@ def test_save_reads_the_run_folder_and_rejects_incomplete_results(tmp_path):
     (tmp_path / "distillation_results.json").write_text(json.dumps(RESULTS))
     path = save_model_card(tmp_path)
     assert path.endswith("README.md") and "0.9106" in (tmp_path / "README.md").read_text()
-    with pytest.raises(ValueError, match="speedup"):
-        render_model_card({k: v for k, v in RESULTS.items() if k != "speedup"})
+    with pytest.raises(ValueError, match=r"lack \['command'\]"):
+        render_model_card({k: v for k, v in RESULTS.items() if k != "command"})
+    with pytest.raises(ValueError, match=r"lack \['student.examples_per_second'\]"):
+        render_model_card({**RESULTS, "student": {"accuracy": 0.9, "parameters": 10}})
     with pytest.raises(ValueError, match="does not exist"):
         render_model_card(tmp_path / "nope")
     with pytest.raises(ValueError, match="template .* not found"):
         render_model_card(RESULTS, template_path=tmp_path / "missing.md")
+
+
+def test_optional_sections_default_sensibly():
+    """Only task, teacher_model, teacher, student and command are needed; speedup defaults to the speed ratio."""
+    minimal = {k: RESULTS[k] for k in ("task", "teacher_model", "teacher", "student", "command")}
+    text = render_model_card(minimal, model_id="me/s")
+    assert "**1.90x**" in text  # 190 / 100 examples/s
+    assert "| accuracy | 0.9266 | 0.9106 |" in text and "{{" not in text
+
+
+def test_the_template_ships_in_the_package_and_model_cards_is_an_editable_copy(tmp_path):
+    packaged = resources.files("hf_distill") / "templates" / "distilled_student.md"
+    copy = Path(__file__).resolve().parents[1] / "model_cards" / "distilled_student.md"
+    assert packaged.read_text() == copy.read_text()  # keep the two in step when editing the template
+    edited = tmp_path / "mine.md"
+    edited.write_text(copy.read_text().replace("## Results", "## My results"))
+    assert "## My results" in render_model_card(RESULTS, template_path=edited)
+    assert "## My results" not in render_model_card(RESULTS)  # the copy is used only when given

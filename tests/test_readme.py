@@ -28,3 +28,70 @@ def test_usage_example_runs_as_written(tmp_path, monkeypatch):
     saved = os.listdir(tmp_path / "distilled-minilm")
     assert "model.safetensors" in saved and "tokenizer.json" in saved
     assert namespace["student"].config.num_hidden_layers == 3
+
+
+# ---- the set-up command installs what the test command needs ---------------------------------------------
+
+ROOT = README.parent
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503 normalised distribution name
+
+
+def _requirements() -> dict[str, set[str]]:
+    """{"core" / extra name / "quickstart": canonical distribution names} from pyproject.toml and quickstart.sh."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    groups = {"core": project["dependencies"], **project["optional-dependencies"]}
+    found = {name: {_canonical(re.split(r"[<>=!~\[; ]", r)[0]) for r in reqs} for name, reqs in groups.items()}
+    script = (ROOT / "quickstart.sh").read_text()
+    assert re.search(r'pip install -q -e "\.\[dev\]"', script), "quickstart.sh must install the dev extra"
+    extra_packages = re.findall(r"--no-deps ([\w-]+(?: [\w-]+)*)", script)[0].split()
+    found["quickstart"] = {_canonical(n) for n in extra_packages}
+    return found
+
+
+def _imported_distributions(folders: list[str]) -> dict[str, set[str]]:
+    """{canonical distribution: files importing it} for the third-party imports of the .py files in `folders`."""
+    import ast
+    import sys
+    from importlib.metadata import packages_distributions
+
+    dists = packages_distributions()
+    local = {p.stem for folder in ("tests", "benchmarks", "recipes") for p in (ROOT / folder).glob("*.py")}
+    local |= {"hf_distill", "recipes"}
+    used: dict[str, set[str]] = {}
+    for folder in folders:
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    top = name.split(".")[0]
+                    if top in sys.stdlib_module_names or top in local or top == "__future__":
+                        continue
+                    assert top in dists, f"{path.name} imports {top}, which no installed distribution provides"
+                    for dist in dists[top]:
+                        used.setdefault(_canonical(dist), set()).add(str(path.relative_to(ROOT)))
+    return used
+
+
+def test_library_imports_only_its_declared_dependencies():
+    groups = _requirements()
+    declared = set().union(*(names for group, names in groups.items() if group not in ("dev", "quickstart")))
+    undeclared = {d: f for d, f in _imported_distributions(["hf_distill"]).items() if d not in declared}
+    assert not undeclared, f"add to [project] dependencies (or an extra) in pyproject.toml: {undeclared}"
+
+
+def test_quickstart_installs_everything_the_tests_import():
+    groups = _requirements()
+    installed = groups["core"] | groups["dev"] | groups["quickstart"]
+    missing = {d: f for d, f in _imported_distributions(["tests", "benchmarks", "recipes"]).items()
+               if d not in installed}
+    assert not missing, f"`bash quickstart.sh` leaves these out (add them to the dev extra): {missing}"

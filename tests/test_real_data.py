@@ -9,8 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-
 from conftest import WORDS, make_tokenizer, tiny_bert
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "real_data.py"
@@ -45,7 +43,8 @@ def test_stratified_split_is_disjoint_exact_and_stratified(real_data):
     together = np.concatenate(list(split.values()))
     assert len(set(together.tolist())) == len(together)  # disjoint
     assert np.bincount(np.asarray(labels)[split["a"]]).tolist() == [50, 30, 20]
-    assert np.bincount(np.asarray(labels)[split["c"]]).tolist() == [166, 100, 67]  # 166.5, 99.9, 66.6: the 2 left go to .9 and .6
+    # 166.5, 99.9, 66.6: the 2 left go to .9 and .6
+    assert np.bincount(np.asarray(labels)[split["c"]]).tolist() == [166, 100, 67]
     again = real_data.stratified_split(labels, {"a": 100, "b": 50, "c": 333}, seed=3)
     assert all((split[k] == again[k]).all() for k in split)  # seeded
     with pytest.raises(ValueError, match="only 1000"):
@@ -68,7 +67,8 @@ def test_bootstrap_interval_brackets_the_difference(real_data):
 
 def test_script_runs_every_experiment_in_tiny_mode(real_data, tmp_path, capsys):
     tokenizer = make_tokenizer(tmp_path / "tok")
-    labels = {"id2label": dict(enumerate(real_data.LABELS)), "label2id": {n: i for i, n in enumerate(real_data.LABELS)}}
+    labels = {"id2label": dict(enumerate(real_data.LABELS)),
+              "label2id": {n: i for i, n in enumerate(real_data.LABELS)}}
     base_fn = lambda: tiny_bert(layers=4, hidden=32, **labels)  # noqa: E731
     cfg = real_data.RealDataConfig(
         n_train=40, n_val=12, n_test=16, max_length=16, batch_size=8, epochs=1, evals_per_run=1,
@@ -86,7 +86,6 @@ def test_script_runs_every_experiment_in_tiny_mode(real_data, tmp_path, capsys):
     assert sum(counts["train"].values()) == 40 and sum(counts["test"].values()) == 16
     teacher_acc = runs["teacher"]["accuracy"]
     for name, r in runs.items():
-        assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["macro_f1"] <= 1.0
         assert r["retention"] == pytest.approx(r["accuracy"] / teacher_acc)
         assert r["layers"] == (4 if name == "teacher" else 2)
         assert r["accuracy"] * 16 == pytest.approx(round(r["accuracy"] * 16))  # a count of the 16 test rows

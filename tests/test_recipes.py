@@ -1,4 +1,4 @@
-"""The recipes end to end on tiny local models and data (seconds each), plus their bad-input errors."""
+"""The recipes end to end on tiny local models and data (seconds each); bad inputs: test_recipe_inputs.py."""
 
 from __future__ import annotations
 
@@ -15,58 +15,22 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
+from conftest import make_tokenizer, tiny_bert
+from recipe_helpers import COMMON, LABELS, NO_DROPOUT, recipe_args, save_classifier, write_csv
 from safetensors.torch import load_file
 
-from conftest import make_tokenizer, tiny_bert
-
 from hf_distill import DistillationObjective
+from hf_distill.recipes import data as recipe_data
+from hf_distill.recipes.arguments import ClassificationDataArguments, OutputArguments, parse_args
+from recipes import distil_bert, distil_bert_mlm, train_teacher
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "recipes"))
 
-import distil_bert  # noqa: E402
-import distil_bert_mlm  # noqa: E402
-import recipe_utils  # noqa: E402
-import train_teacher  # noqa: E402
-
-LABELS = ("negative", "neutral", "positive")
-NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-COMMON = ["--report_to", "none", "--save_strategy", "no", "--logging_steps", "1", "--disable_tqdm", "true",
-          "--use_cpu", "true", "--per_device_eval_batch_size", "16"]
-
-
-def write_csv(path, n, seed, words=8, labels=LABELS, extra_rows=()):
-    """Rows of `words` tokens w0..w95; label = number of even ids mod 3 (learnable)."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        ids = [rng.randrange(0, 96) for _ in range(words)]
-        rows.append((" ".join(f"w{i}" for i in ids), labels[sum(i % 2 == 0 for i in ids) % 3]))
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        w.writerows(rows + list(extra_rows))
-    return str(path)
-
-
-def save_classifier(folder, layers=4, seed=0, vocab_dir=None, **config):
-    model = tiny_bert(layers=layers, hidden=32, num_labels=3, seed=seed, **{**NO_DROPOUT, **config})
-    model.config.id2label = dict(enumerate(LABELS))
-    model.config.label2id = {name: i for i, name in enumerate(LABELS)}
-    model.save_pretrained(folder)
-    make_tokenizer(vocab_dir or folder).save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.fixture
 def data(tmp_path):
     return write_csv(tmp_path / "train.csv", 48, seed=0), write_csv(tmp_path / "dev.csv", 20, seed=1)
-
-
-def recipe_args(teacher, data, out, *extra):
-    return ["--teacher_model_name_or_path", teacher, "--train_file", data[0], "--validation_file", data[1],
-            "--output_dir", str(out), "--per_device_train_batch_size", "8", "--max_steps", "3",
-            "--learning_rate", "1e-3", *COMMON, *extra]
 
 
 def predict(folder, csv_path):
@@ -107,7 +71,8 @@ def test_train_teacher_then_distil_end_to_end(tmp_path, data):
     for who, folder in (("teacher", teacher), ("student", out)):
         preds, labels = predict(folder, data[1])
         assert saved[who]["accuracy"] == pytest.approx(float(np.mean(preds == labels)))
-    assert saved["speedup"] == pytest.approx(saved["student"]["examples_per_second"] / saved["teacher"]["examples_per_second"])
+    speeds = saved["student"]["examples_per_second"], saved["teacher"]["examples_per_second"]
+    assert saved["speedup"] == pytest.approx(speeds[0] / speeds[1])
     assert {"soft_loss", "hard_loss", "hidden_loss"} <= set(saved["train_log"][0])
     card = (out / "README.md").read_text()
     assert f"{saved['student']['accuracy']:.4f}" in card and f"{saved['teacher']['macro_f1']:.4f}" in card
@@ -118,16 +83,15 @@ def test_config_file_with_flag_overrides(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("teacher_model_name_or_path: t\nlearning_rate: 5e-5\ntemperature: 4\noutput_dir: o\n"
                    "text_column: sentence\n")
-    model_args, data_args, out_args, args = recipe_utils.parse_args(
-        (distil_bert.ModelArguments, recipe_utils.ClassificationDataArguments, recipe_utils.OutputArguments,
-         distil_bert.DistillationArguments),
+    model_args, data_args, out_args, args = parse_args(
+        (distil_bert.ModelArguments, ClassificationDataArguments, OutputArguments, distil_bert.DistillationArguments),
         [str(cfg), "--temperature", "3", "--overwrite_output_dir"],
     )
     assert (model_args.teacher_model_name_or_path, data_args.text_column) == ("t", "sentence")
     assert args.learning_rate == 5e-5 and args.temperature == 3.0 and out_args.overwrite_output_dir
     cfg.write_text("not_a_field: 1\n")
     with pytest.raises(ValueError, match="not_a_field"):
-        recipe_utils.parse_args((recipe_utils.OutputArguments,), [str(cfg)])
+        parse_args((OutputArguments,), [str(cfg)])
 
 
 def test_two_processes_match_one_process(tmp_path):
@@ -177,8 +141,9 @@ def test_mlm_recipe_logs_its_loss_components(tmp_path):
         assert entry["loss"] == pytest.approx(5 * parts[0] + 2 * parts[1] + 1 * parts[2], rel=1e-3)
     assert {"eval_soft_loss", "eval_hard_loss", "eval_hidden_loss"} <= set(results["eval"])
     assert results["distillation"]["layer_map"] == {"2": 4}  # DistilBERT: last layer to last layer
-    assert 0.0 <= results["student"]["masked_accuracy"] <= 1.0
-    assert "fill-mask" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    t, s = results["teacher"]["masked_accuracy"], results["student"]["masked_accuracy"]
+    assert f"| masked-token accuracy | {t:.4f} | {s:.4f} |" in card and 'pipeline("fill-mask"' in card
 
 
 def test_mlm_soft_loss_only_on_masked_positions():
@@ -190,70 +155,31 @@ def test_mlm_soft_loss_only_on_masked_positions():
     assert pair.mask.tolist() == [[False, True, False], [True, False, False]]
 
 
-def test_push_uploads_exactly_the_output_folder(tmp_path, data):
+def test_push_uploads_exactly_the_output_folder_and_no_token(tmp_path, data):
     teacher = save_classifier(tmp_path / "teacher")
     out = tmp_path / "pushed"
     seen = {}
+    secret = "hf_" + "aB3" * 10  # a token given on the command line must not be published
 
     def upload_folder(**kwargs):
-        seen.update(kwargs, files=sorted(os.listdir(kwargs["folder_path"])))
+        folder = Path(kwargs["folder_path"])
+        seen.update(kwargs, files=sorted(os.listdir(folder)),
+                    text={name: (folder / name).read_text() for name in ("README.md", "distillation_results.json")})
 
-    with mock.patch("huggingface_hub.get_token", return_value="hf_test"), \
-            mock.patch("huggingface_hub.HfApi") as api_cls:
+    with mock.patch("huggingface_hub.get_token", return_value=None), mock.patch("huggingface_hub.HfApi") as api_cls:
         api = api_cls.return_value
         api.create_repo.return_value = mock.Mock(repo_id="me/tiny-student")
         api.upload_folder.side_effect = upload_folder
         distil_bert.main(recipe_args(teacher, data, out, "--push_to_hub", "--hub_model_id", "me/tiny-student",
-                                     "--student_num_layers", "2", "--max_steps", "1"))
-    api_cls.assert_called_once_with(token="hf_test")
+                                     "--student_num_layers", "2", "--max_steps", "1", "--hub_token", secret))
+    api_cls.assert_called_once_with(token=secret)
+    for name, text in seen["text"].items():  # what was uploaded: the command is recorded, the token is not
+        assert secret not in text and "--hub_token REDACTED" in text, name
     api.create_repo.assert_called_once_with("me/tiny-student", private=False, exist_ok=True, repo_type="model")
     assert seen["repo_id"] == "me/tiny-student" and seen["folder_path"] == str(out)
     assert {"model.safetensors", "README.md", "distillation_results.json", "tokenizer.json"} <= set(seen["files"])
     assert "checkpoint-*" in seen["ignore_patterns"]
     assert "me/tiny-student" in (out / "README.md").read_text()  # the card says how to load the pushed model
-
-
-# ---- bad input: a clear error before any training ------------------------------------------------
-
-
-def _bad_cases(tmp_path):
-    teacher = save_classifier(tmp_path / "teacher")
-    good = write_csv(tmp_path / "train.csv", 16, 0), write_csv(tmp_path / "dev.csv", 8, 1)
-    base = tmp_path / "base"
-    tiny_bert(layers=2, hidden=32, cls=tf.BertModel).save_pretrained(base)
-    make_tokenizer(base).save_pretrained(base)
-    other = tmp_path / "other_student"
-    save_classifier(other, layers=2)
-    make_tokenizer(other, words=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"x{i}" for i in range(96)])
-    angry = write_csv(tmp_path / "dev_angry.csv", 8, 1, extra_rows=[("w1 w2", "angry")])
-    previous = tmp_path / "previous"
-    previous.mkdir()
-    (previous / "distillation_results.json").write_text("{}")
-    out = str(tmp_path / "out")
-    return {
-        "missing_column": (recipe_args(teacher, good, out, "--text_column", "sentence"),
-                           r"'sentence'.*columns are \['text', 'label'\]"),
-        "not_a_classifier": (recipe_args(str(base), good, out), "not a sequence classifier"),
-        "tokenizer_mismatch": (recipe_args(teacher, good, out, "--student_model_name_or_path", str(other)),
-                               "different vocabularies"),
-        "unknown_label": (recipe_args(teacher, (good[0], angry), out), r"\['angry'\].*not known to the teacher"),
-        "previous_run": (recipe_args(teacher, good, str(previous)), "already holds a previous run.*--overwrite_output_dir"),
-        "resume_nothing": (recipe_args(teacher, good, str(previous), "--resume_from_checkpoint", "last"),
-                           "holds no checkpoint"),
-        "push_without_id": (recipe_args(teacher, good, out, "--push_to_hub"), "--hub_model_id"),
-        "push_without_token": (recipe_args(teacher, good, out, "--push_to_hub", "--hub_model_id", "me/x"),
-                               "no Hugging Face credentials"),
-    }
-
-
-def test_bad_inputs_fail_before_training(tmp_path, monkeypatch):
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(distil_bert.DistillationTrainer, "train", mock.Mock(side_effect=AssertionError("trained")))
-    for name, (argv, message) in _bad_cases(tmp_path).items():
-        with mock.patch("huggingface_hub.get_token", return_value=None):
-            with pytest.raises(ValueError, match=message):
-                distil_bert.main(argv)
-        assert not (tmp_path / "out").exists(), name
 
 
 @pytest.mark.parametrize(
@@ -270,13 +196,14 @@ def test_bad_inputs_fail_before_training(tmp_path, monkeypatch):
 def test_label_mapping(values, class_names, teacher_id2label, expected):
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-    feature = ClassLabel(names=class_names) if class_names else Value("string" if isinstance(values[0], str) else "int64")
+    plain = Value("string" if isinstance(values[0], str) else "int64")
+    feature = ClassLabel(names=class_names) if class_names else plain
     raw = DatasetDict(train=Dataset.from_dict({"label": values}, features=Features({"label": feature})))
     if isinstance(expected, str):
         with pytest.raises(ValueError, match=expected):
-            recipe_utils.label_mapping(raw, ["train"], "label", teacher_id2label)
+            recipe_data.label_mapping(raw, ["train"], "label", teacher_id2label)
     else:
-        assert recipe_utils.label_mapping(raw, ["train"], "label", teacher_id2label) == expected
+        assert recipe_data.label_mapping(raw, ["train"], "label", teacher_id2label) == expected
 
 
 def test_sentence_pairs_are_encoded_as_pairs(tmp_path):
@@ -284,8 +211,28 @@ def test_sentence_pairs_are_encoded_as_pairs(tmp_path):
 
     tok = make_tokenizer(tmp_path / "tok")
     raw = DatasetDict(train=Dataset.from_dict({"a": ["w1 w2"], "b": ["w3 w4 w5"], "y": ["neutral"]}))
-    data_args = recipe_utils.ClassificationDataArguments(text_column="a", text_column_2="b", label_column="y")
+    data_args = ClassificationDataArguments(text_column="a", text_column_2="b", label_column="y")
     args = tf.TrainingArguments(output_dir=str(tmp_path / "o"), report_to=[])
-    row = recipe_utils.tokenize_classification(raw, ["train"], tok, data_args, {"neutral": 1}, args)["train"][0]
+    row = recipe_data.tokenize_classification(raw, ["train"], tok, data_args, {"neutral": 1}, args)["train"][0]
     assert tok.convert_ids_to_tokens(row["input_ids"]) == ["[CLS]", "w1", "w2", "[SEP]", "w3", "w4", "w5", "[SEP]"]
     assert row["token_type_ids"] == [0, 0, 0, 0, 1, 1, 1, 1] and row["labels"] == 1
+
+
+def test_narrower_student_with_learned_projections(tmp_path, data):
+    """hidden_weight > 0 with a 16-wide student of a 32-wide teacher: the trainer adds projections (a
+    ProjectedStudent); evaluation reads the wrapped model, the saved student and its parameter count are bare."""
+    teacher = save_classifier(tmp_path / "teacher")
+    student_dir = tmp_path / "narrow"
+    narrow = tiny_bert(layers=2, hidden=16, num_labels=3, **NO_DROPOUT)
+    narrow.config.id2label, narrow.config.label2id = dict(enumerate(LABELS)), {n: i for i, n in enumerate(LABELS)}
+    narrow.save_pretrained(student_dir)
+    make_tokenizer(student_dir)
+    out = tmp_path / "out"
+    results = distil_bert.main(recipe_args(teacher, data, out, "--student_model_name_or_path", str(student_dir),
+                                           "--hidden_weight", "1.0", "--layer_map", "1:2,2:4"))
+    weights = load_file(out / "model.safetensors")
+    assert not any("proj" in k for k in weights)  # the projections train with the student but are not saved with it
+    assert sum(v.numel() for v in weights.values()) == results["student"]["parameters"]
+    preds, labels = predict(out, data[1])
+    assert results["student"]["accuracy"] == pytest.approx(float(np.mean(preds == labels)))
+    assert results["train_log"][0]["hidden_loss"] > 0

@@ -22,7 +22,7 @@ import transformers as tf
 import yaml
 from conftest import make_tokenizer, tiny_bert
 from safetensors.torch import load_file
-from test_recipes import LABELS, recipe_args, save_classifier, write_csv
+from recipe_helpers import LABELS, recipe_args, save_classifier, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "tests" / "configs"
@@ -83,7 +83,7 @@ COMMON = ["--max_steps", "3", "--seed", "7", "--hidden_weight", "1.0"]
 
 
 def _single_process(files, name, *extra):
-    import distil_bert
+    from recipes import distil_bert
 
     out = files.tmp / name
     if not out.exists():

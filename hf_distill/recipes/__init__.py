@@ -1,0 +1,10 @@
+"""Code shared by the scripts in the repository's `recipes/` folder, importable from an installed package.
+
+- `arguments`: data/output argument dataclasses, `CONFIG.yaml + flags` parsing, numeric checks, the recorded
+  (secret-free) launch command;
+- `data`: local files / Hub datasets with errors that name the file and column, labels, tokenisation;
+- `models`: model paths, the student's tokenizer, building the student;
+- `output`: the output folder (checks, lock, overwrite, resume from the newest complete checkpoint, atomic save);
+- `evaluation`: teacher and student on the same batches;
+- `run`: the common start (`start_run`) and end (`Run.finish`) of a recipe's `main()`.
+"""
