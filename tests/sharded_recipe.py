@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "recipes"))
+sys.path.insert(0, ROOT)
 
-import distil_bert
+from recipes import distil_bert  # noqa: E402
 
 
 def _gathered_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -77,7 +77,8 @@ class RecordingTrainer(distil_bert.DistillationTrainer):
             "student_numel": sum(getattr(p, "ds_numel", p.numel()) for p in engine.parameters()),
             "teacher_unchanged": after == self._teacher_before,
             "trained_module": type(getattr(engine, "module", engine)).__name__,
-            "projection_numel": sum(getattr(p, "ds_numel", p.numel()) for p in (self.projections or nn.ModuleDict()).parameters()),
+            "projection_numel": sum(getattr(p, "ds_numel", p.numel())
+                                    for p in (self.projections or nn.ModuleDict()).parameters()),
         }
         if self.is_world_process_zero():
             with open(self.report_path, "w") as f:

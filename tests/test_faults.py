@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from recipe_helpers import recipe_args, save_classifier, write_csv
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 14

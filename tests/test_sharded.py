@@ -21,8 +21,8 @@ import torch
 import transformers as tf
 import yaml
 from conftest import make_tokenizer, tiny_bert
-from safetensors.torch import load_file
 from recipe_helpers import LABELS, recipe_args, save_classifier, write_csv
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "tests" / "configs"
@@ -101,7 +101,9 @@ def test_deepspeed_zero_recipe_matches_single_process(files, stage, student):
     student of another width, loaded by the recipe (under zero.Init with ZeRO-3), aligned on hidden states through
     learned projections that train inside the sharded module and are left out of the saved student.
     """
-    student_args = ["--student_num_layers", "2"] if student == "cut" else ["--student_model_name_or_path", files.student]
+    student_args = ["--student_num_layers", "2"]
+    if student == "projected":
+        student_args = ["--student_model_name_or_path", files.student]
     out, report = files.tmp / f"zero{stage}_{student}", files.tmp / f"zero{stage}_{student}.json"
     argv = [str(ROOT / "tests" / "sharded_recipe.py"), str(report),
             *recipe_args(files.teacher, files.data, out, *COMMON, *student_args, "--per_device_train_batch_size", "4")]
