@@ -121,7 +121,9 @@ def _full_tensors(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]
     under zero.Init, their local tensor is empty) are gathered for the copy and released afterwards."""
     params = dict(model.named_parameters(remove_duplicate=False))
     tensors = {**dict(model.named_buffers(remove_duplicate=False)), **params}
-    partitioned = list({id(params[n]): params[n] for n in names if n in params and hasattr(params[n], "ds_id")}.values())
+    # ZeRO-3 parameters carry ds_id; a tied parameter is listed under several names but gathered once.
+    partitioned = {id(params[n]): params[n] for n in names if n in params and hasattr(params[n], "ds_id")}
+    partitioned = list(partitioned.values())
     gather = contextlib.nullcontext()
     if partitioned:
         import deepspeed  # only reached when deepspeed has partitioned the model

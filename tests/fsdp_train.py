@@ -47,8 +47,10 @@ def main(out_dir: str) -> None:
     args = DistillationArguments(output_dir=out_dir, report_to=[], use_cpu=True, ddp_backend="gloo", seed=0,
                                  hidden_weight=1.0, save_strategy="no", disable_tqdm=True)
     tokenizer = make_tokenizer(os.path.join(out_dir, "tokenizer"))
-    data = classification_data(STEPS * 2 * PER_RANK, with_padding=False)  # equal token counts per rank: mean of means = mean
-    trainer = DistillationTrainer(student, copy.deepcopy(teacher), args, train_dataset=data, processing_class=tokenizer)
+    # No padding: every rank has as many tokens, so the mean over ranks of per-rank means is the global mean.
+    data = classification_data(STEPS * 2 * PER_RANK, with_padding=False)
+    trainer = DistillationTrainer(student, copy.deepcopy(teacher), args, train_dataset=data,
+                                  processing_class=tokenizer)
     rank, world = trainer.args.process_index, trainer.args.world_size
     ref_student, ref_teacher = copy.deepcopy(student), freeze(copy.deepcopy(teacher))
     teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}

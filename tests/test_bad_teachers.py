@@ -52,7 +52,8 @@ def base_model_folder(tmp_path):
 
 
 def test_teacher_path_without_the_task_head_is_refused(tmp_path, base_model_folder):
-    with pytest.raises(ValueError, match=r"no weights for 2 tensors .*classifier\.bias, classifier\.weight.*BertModel"):
+    message = r"no weights for 2 tensors .*classifier\.bias, classifier\.weight.*BertModel"
+    with pytest.raises(ValueError, match=message):
         DistillationTrainer(tiny_bert(layers=1, seed=1), str(base_model_folder), args(tmp_path),
                             train_dataset=classification_data(8))
 
