@@ -64,5 +64,6 @@ def test_cache_cli_with_a_task_the_checkpoint_lacks_is_refused(tmp_path, base_mo
         csv.writer(f).writerows([["text"], ["w1 w2 w3"], ["w4 w5"]])
     with pytest.raises(ValueError, match="freshly initialised"):
         cache_main(["--teacher_model_name_or_path", str(base_model_folder), "--data_file", str(data),
-                    "--output_dir", str(tmp_path / "cached"), "--task", "sequence-classification", "--device", "cpu"])
+                    "--output_dir", str(tmp_path / "cached"), "--task", "sequence-classification", "--device", "cpu",
+                    "--max_length", "32"])
     assert not (tmp_path / "cached").exists()
