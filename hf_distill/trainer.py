@@ -18,13 +18,19 @@ from transformers import PreTrainedModel, Trainer
 from transformers.trainer_pt_utils import find_batch_size
 from transformers.utils import can_return_loss, find_labels
 
-from .cache import CACHE_COLUMNS, CachedOutputsCollator, cached_teacher_outputs, has_cached_outputs
+from .cache import (
+    CACHE_COLUMNS,
+    CachedOutputsCollator,
+    cached_teacher_outputs,
+    has_cached_outputs,
+)
 from .checks import (
     NonFiniteLossError,
     check_args,
     check_cache_only,
     check_finite,
     check_pair,
+    check_sharding,
     check_tokenizers,
     teacher_list,
 )
@@ -43,6 +49,7 @@ from .objective import (
     token_scales,
     with_projections,
 )
+from .sharding import adapt_to_sharding, full_state_dict
 from .teacher import freeze, load_teacher, place_teacher
 
 logger = logging.getLogger(__name__)
@@ -110,11 +117,13 @@ class DistillationTrainer(Trainer):
         """Check every student/teacher pair, then build the loss (layer maps resolved against the models)."""
         limits = [check_pair(student, t, args, processing_class, "the teacher" if len(self.teachers) == 1 else
                              f"teacher {k}") for k, t in enumerate(self.teachers)]
-        check_tokenizers(processing_class, teacher_processing_class, sources[0] if sources else None)
+        check_tokenizers(processing_class, teacher_processing_class, sources[0] if sources else None, self.teacher)
         return DistillationObjective.for_models(args, student, self.teacher, extra_weights=self.extra_loss_weights,
                                                 vocab_limit=next((n for n in limits if n is not None), None))
 
     def _finish_setup(self, student: nn.Module) -> None:
+        check_sharding(self.accelerator, self.args)  # the FSDP / DeepSpeed / processes asked for must be in effect
+        adapt_to_sharding(self.accelerator, student)
         if self.cached:
             self.data_collator = CachedOutputsCollator(self.data_collator)
         if self.merge_adapter_on_save and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
@@ -378,7 +387,7 @@ class DistillationTrainer(Trainer):
         if self.is_deepspeed_enabled:
             return self.accelerator.get_state_dict(self.model_wrapped)
         if self.is_fsdp_enabled:
-            return self.accelerator.get_state_dict(self.model)
+            return full_state_dict(self.model)  # whatever fsdp_state_dict_type says
         return None
 
     def push_to_hub(self, *args, **kwargs):

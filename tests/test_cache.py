@@ -202,7 +202,7 @@ def test_cache_cli_writes_a_dataset_the_trainer_uses_without_teacher(tmp_path, t
     rows = [" ".join(words[i % 7: i % 7 + 3 + i % 5]) for i in range(12)]
     (tmp_path / "train.csv").write_text("text,label\n" + "\n".join(f"{r},{i % 3}" for i, r in enumerate(rows)))
     main(["--teacher_model_name_or_path", str(tmp_path / "teacher"), "--data_file", str(tmp_path / "train.csv"),
-          "--output_dir", str(tmp_path / "cached"), "--batch_size", "5"])
+          "--output_dir", str(tmp_path / "cached"), "--batch_size", "5", "--max_length", "32"])
     cached = load_from_disk(str(tmp_path / "cached"))
     assert {"teacher_logits", "input_ids", "label"} <= set(cached.column_names)
     enc = tokenizer(rows[3], return_tensors="pt")

@@ -86,7 +86,6 @@ def test_script_runs_every_experiment_in_tiny_mode(real_data, tmp_path, capsys):
     assert sum(counts["train"].values()) == 40 and sum(counts["test"].values()) == 16
     teacher_acc = runs["teacher"]["accuracy"]
     for name, r in runs.items():
-        assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["macro_f1"] <= 1.0
         assert r["retention"] == pytest.approx(r["accuracy"] / teacher_acc)
         assert r["layers"] == (4 if name == "teacher" else 2)
         assert r["accuracy"] * 16 == pytest.approx(round(r["accuracy"] * 16))  # a count of the 16 test rows

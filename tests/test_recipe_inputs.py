@@ -4,6 +4,7 @@ and without touching the output folder. One table row per mistake a user can mak
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ from unittest import mock
 import pytest
 import transformers as tf
 from conftest import make_tokenizer, tiny_bert
-from recipe_helpers import COMMON, recipe_args, save_classifier, write_csv
+from recipe_helpers import COMMON, LABELS, recipe_args, save_classifier, write_csv
 
 from hf_distill.recipes.arguments import redact_secrets
 from hf_distill.recipes.models import check_student_tokenizer
@@ -247,3 +248,53 @@ def test_student_folder_without_tokenizer_files_but_the_same_vocabulary_gets_a_w
         check_student_tokenizer(str(tmp_path / "student"), teacher_tokenizer, "teacher")
     expected = "has no tokenizer files; it is trained with the teacher's tokenizer (same vocabulary size, 101)"
     assert expected in caplog.text
+
+
+@pytest.mark.parametrize("name, extra, data, message", [
+    ("NaN temperature", ["--top_k", "2", "--temperature", "nan"], None,
+     r"--temperature is nan: it must be a finite"),
+    ("temperature 0", ["--temperature", "0"], None, r"--temperature is 0.0: it must be > 0"),
+    ("top_k 0", ["--top_k", "0"], None, r"--top_k is 0: it must be >= 1"),
+    ("batch size 0", ["--batch_size", "0"], None, r"--batch_size is 0: it must be >= 1"),
+    ("fp16 as dtype", ["--teacher_dtype", "fp16"], None,
+     r"--teacher_dtype 'fp16' is not one of \['bfloat16', 'float16'"),
+    ("max_length above the positions", ["--max_length", "100"], None, r"--max_length 100 is more than the teacher"),
+    ("missing teacher folder", ["--teacher_model_name_or_path", "runs/x/teacher"], None,
+     r"no such local folder"),
+    (".tsv file (read locally, not as a Hub name)", [], ("d.tsv", "text\tlabel\nw1\t0\n\t1\n"),
+     r"row\(s\) of --data_file .*d.tsv have no value in column 'text'"),
+    (".txt file, blank", [], ("d.txt", "\n\n"), r"d.txt has only blank lines"),
+    ("NaN text", [], ("d.csv", "text,label\nw1 w2,0\n,1\n"), r"no value in column 'text' .*data row\(s\) 1 "),
+    ("non-UTF-8", [], ("d.csv", "text\ncaf\xe9\n".encode("latin-1")), r"d.csv is not UTF-8"),
+    ("header only", [], ("d.csv", "text,label\n"), r"d.csv has only a header line"),
+])
+def test_cache_cli_bad_input(name, extra, data, message, assets, tmp_path):
+    from hf_distill.cache import main
+
+    data_file = _file(tmp_path, *data) if data else assets["train"]
+    argv = ["--teacher_model_name_or_path", assets["teacher"], "--data_file", data_file, "--max_length", "32",
+            "--output_dir", str(tmp_path / "cached"), *extra]
+    with pytest.raises(ValueError, match=message):
+        main(argv)
+    assert not (tmp_path / "cached").exists()
+
+
+def test_cache_cli_stores_label_names_as_the_teacher_ids_and_the_cache_trains(assets, tmp_path):
+    from datasets import load_from_disk
+
+    from hf_distill import DistillationArguments, DistillationTrainer
+    from hf_distill.cache import main
+
+    out = tmp_path / "cached"
+    main(["--teacher_model_name_or_path", assets["teacher"], "--data_file", assets["dev"], "--max_length", "32",
+          "--output_dir", str(out)])
+    cached = load_from_disk(str(out))
+    with open(assets["dev"]) as f:
+        names = [row["label"] for row in csv.DictReader(f)]
+    assert cached["label"] == [LABELS.index(n) for n in names]  # the teacher's id2label is LABELS in order
+    args = DistillationArguments(output_dir=str(tmp_path / "o"), report_to=[], max_steps=1, use_cpu=True,
+                                 per_device_train_batch_size=4, save_strategy="no", logging_steps=1)
+    trainer = DistillationTrainer(tiny_bert(layers=1, hidden=32), None, args, train_dataset=cached,
+                                  processing_class=tf.AutoTokenizer.from_pretrained(assets["teacher"]))
+    trainer.train()  # used to fail at step 1: string labels, "excessive nesting"
+    assert {"soft_loss", "hard_loss"} <= set(trainer.state.log_history[0])

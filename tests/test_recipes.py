@@ -19,11 +19,10 @@ from conftest import make_tokenizer, tiny_bert
 from recipe_helpers import COMMON, LABELS, NO_DROPOUT, recipe_args, save_classifier, write_csv
 from safetensors.torch import load_file
 
+from hf_distill import DistillationObjective
 from hf_distill.recipes import data as recipe_data
 from hf_distill.recipes.arguments import ClassificationDataArguments, OutputArguments, parse_args
 from recipes import distil_bert, distil_bert_mlm, train_teacher
-
-from hf_distill import DistillationObjective
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -217,3 +216,23 @@ def test_sentence_pairs_are_encoded_as_pairs(tmp_path):
     row = recipe_data.tokenize_classification(raw, ["train"], tok, data_args, {"neutral": 1}, args)["train"][0]
     assert tok.convert_ids_to_tokens(row["input_ids"]) == ["[CLS]", "w1", "w2", "[SEP]", "w3", "w4", "w5", "[SEP]"]
     assert row["token_type_ids"] == [0, 0, 0, 0, 1, 1, 1, 1] and row["labels"] == 1
+
+
+def test_narrower_student_with_learned_projections(tmp_path, data):
+    """hidden_weight > 0 with a 16-wide student of a 32-wide teacher: the trainer adds projections (a
+    ProjectedStudent); evaluation reads the wrapped model, the saved student and its parameter count are bare."""
+    teacher = save_classifier(tmp_path / "teacher")
+    student_dir = tmp_path / "narrow"
+    narrow = tiny_bert(layers=2, hidden=16, num_labels=3, **NO_DROPOUT)
+    narrow.config.id2label, narrow.config.label2id = dict(enumerate(LABELS)), {n: i for i, n in enumerate(LABELS)}
+    narrow.save_pretrained(student_dir)
+    make_tokenizer(student_dir)
+    out = tmp_path / "out"
+    results = distil_bert.main(recipe_args(teacher, data, out, "--student_model_name_or_path", str(student_dir),
+                                           "--hidden_weight", "1.0", "--layer_map", "1:2,2:4"))
+    weights = load_file(out / "model.safetensors")
+    assert not any("proj" in k for k in weights)  # the projections train with the student but are not saved with it
+    assert sum(v.numel() for v in weights.values()) == results["student"]["parameters"]
+    preds, labels = predict(out, data[1])
+    assert results["student"]["accuracy"] == pytest.approx(float(np.mean(preds == labels)))
+    assert results["train_log"][0]["hidden_loss"] > 0

@@ -59,6 +59,9 @@ RANGES = {
     "max_eval_samples": (1, None, False, False),
     "student_num_layers": (1, None, False, False),
     "mlm_probability": (0, 1, True, True),
+    "temperature": (0, None, True, False),  # the cache CLI's (DistillationArguments checks its own too)
+    "top_k": (1, None, False, False),
+    "batch_size": (1, None, False, False),
     "learning_rate": (0, None, False, False),
     "num_train_epochs": (0, None, True, False),
     "weight_decay": (0, None, False, False),

@@ -103,12 +103,22 @@ def load_data_file(path: str, split: str = "train"):
     return dataset
 
 
+def load_data_files(files: dict[str, str]):
+    """Local data files, one per split (`{"train": "train.csv", ...}`), all of one format, as a DatasetDict."""
+    from datasets import DatasetDict
+
+    if len({str(data_format(p)) for p in files.values()}) != 1:
+        raise ValueError(f"data files must have the same format (one of the formats {sorted(DATA_FORMATS)}), got "
+                         f"{sorted(files.values())}.")
+    return DatasetDict({split: load_data_file(path, split) for split, path in files.items()})
+
+
 def load_raw_datasets(data_args: DataSourceArguments):
     """(DatasetDict with `train_split` and `validation_split`, {split: where it comes from}).
 
     Local files are read one by one so that every error names its file.
     """
-    from datasets import DatasetDict, load_dataset
+    from datasets import load_dataset
 
     if data_args.dataset_name:
         if os.path.splitext(data_args.dataset_name)[1].lstrip(".").lower() in DATA_FORMATS:
@@ -118,11 +128,7 @@ def load_raw_datasets(data_args: DataSourceArguments):
         sources = {s: f"the {s} split of {data_args.dataset_name}" for s in raw}
     elif data_args.train_file and data_args.validation_file:
         files = {data_args.train_split: data_args.train_file, data_args.validation_split: data_args.validation_file}
-        builders = {data_format(p)[0] for p in files.values()}
-        if len(builders) != 1:
-            raise ValueError(f"train_file and validation_file must have the same format, got "
-                             f"{sorted(files.values())}.")
-        raw = DatasetDict({split: load_data_file(path, split) for split, path in files.items()})
+        raw = load_data_files(files)
         flags = {data_args.train_split: "--train_file", data_args.validation_split: "--validation_file"}
         sources = {split: f"{flags[split]} {path}" for split, path in files.items()}
     else:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass
 
 import torch
 from transformers.trainer_pt_utils import get_model_param_count, nested_concat
+
+from ..modeling import forward_params
 
 
 @dataclass
@@ -27,8 +28,9 @@ class Comparison:
 
 
 def _accepted(model) -> set[str]:
-    base = getattr(model, "module", model)
-    return set(inspect.signature(base.forward).parameters)
+    base = getattr(model, "module", model)  # DDP / DeepSpeed engine
+    base = getattr(base, "student", base)  # a ProjectedStudent (learned projections) passes its inputs on
+    return forward_params(base)
 
 
 def _sync(device: torch.device) -> None:
@@ -73,7 +75,7 @@ def compare_on_eval(trainer, models: dict[str, torch.nn.Module], eval_dataset, m
                     model(**inputs)
                 _sync(device)
                 start = time.perf_counter()
-                logits = model(**inputs).logits  # (B, C), or (B, L, V) for token-level heads
+                logits = model(**inputs)["logits"]  # (B, C), or (B, L, V) for token heads; a ProjectedStudent: dict
                 _sync(device)
                 seconds[name] += time.perf_counter() - start
                 preds[name] = _append(preds[name], _gather(accelerator, logits.argmax(-1)))

@@ -215,14 +215,15 @@ class OutputFolder:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(owner, f)
         try:
-            if self.overwrite:
-                for name in self._previous_run():
+            if self.overwrite and (previous := self._previous_run()):
+                for name in previous:
                     target = os.path.join(self.path, name)
                     if os.path.isdir(target) and not os.path.islink(target):
                         shutil.rmtree(target)
                     else:
                         os.remove(target)
-                logger.info("--overwrite_output_dir: removed the previous run in %s", self.path)
+                logger.info("--overwrite_output_dir: removed the previous run in %s (%s)", self.path,
+                            ", ".join(previous[:5]) + (", ..." if len(previous) > 5 else ""))
             else:  # another run may have finished in this folder since check()
                 self._check_previous_run()
         except BaseException:

@@ -140,7 +140,8 @@ def start_run(script: str, model_class, data_class, training_class, argv: list[s
     for name, path in model_paths.items():
         check_model_source(path, name)
     output = OutputFolder(args.output_dir, overwrite=out_args.overwrite_output_dir, resume=args.resume_from_checkpoint)
-    inputs = [p for p in (*model_paths.values(), data_args.train_file, data_args.validation_file) if p]
+    inputs = [p for p in (*model_paths.values(), data_args.train_file, data_args.validation_file)
+              if p and os.path.exists(p)]
     output.check(inputs, needed_bytes(list(model_paths.values()), args))
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     token = check_push(args)
