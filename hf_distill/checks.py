@@ -97,6 +97,24 @@ def check_pair(student: nn.Module, teacher: nn.Module, args, processing_class=No
     return vocab_limit(getattr(s_cfg, "vocab_size", None), getattr(t_cfg, "vocab_size", None), n_tokens, who)
 
 
+def check_teachers(student: nn.Module, teachers: list, args, processing_class=None, teacher_processing_class=None,
+                   teacher_source=None) -> int | None:
+    """`check_pair` for every teacher and `check_tokenizers` for the first; returns the vocabulary limit, if any."""
+    limits = [check_pair(student, t, args, processing_class, "the teacher" if len(teachers) == 1 else f"teacher {k}")
+              for k, t in enumerate(teachers)]
+    check_tokenizers(processing_class, teacher_processing_class, teacher_source, teachers[0] if teachers else None)
+    return next((n for n in limits if n is not None), None)
+
+
+def check_merge_on_save(merge_adapter_on_save: bool, sharded: bool) -> None:
+    """merge_adapter_on_save needs the whole adapter in one process: not under DeepSpeed or FSDP."""
+    if merge_adapter_on_save and sharded:
+        raise ValueError(
+            "merge_adapter_on_save is not supported under DeepSpeed or FSDP (the adapter is sharded); save the "
+            "adapter and merge it afterwards with PeftModel.from_pretrained(...).merge_and_unload()."
+        )
+
+
 def check_not_encoder_decoder(model: nn.Module, who: str) -> None:
     if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
         # Decoder positions need their own mask (decoder_attention_mask / labels != -100) and teachers need decoder

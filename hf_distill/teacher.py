@@ -12,6 +12,7 @@ from huggingface_hub.utils import validate_repo_id
 from torch import nn
 from transformers import PreTrainedModel
 
+from .checks import teacher_list
 from .modeling import auto_class_for
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,20 @@ def load_teacher(teacher: PreTrainedModel | str | os.PathLike, student: nn.Modul
             "load the teacher yourself and pass the model object."
         )
     return load_pretrained_teacher(auto, path, **kwargs)
+
+
+def load_teachers(teacher_model, student: nn.Module, args, cached: bool) -> tuple[list, list[nn.Module]]:
+    """(the sources given, the frozen teachers) for `teacher_model`: a model, a name/path or a list of them.
+
+    None is allowed only when the train set carries cached teacher outputs (`cached`).
+    """
+    sources = teacher_list(teacher_model, cached)
+    # Attention maps are only returned by the eager implementation: load teachers given by path with it.
+    load_kwargs = {"attn_implementation": "eager"} if args.attention_weight > 0 else {}
+    teachers = [freeze(load_teacher(t, student, **load_kwargs)) for t in sources]
+    if any(t is student for t in teachers):
+        raise ValueError("the teacher and the student are the same object; pass a separate student model.")
+    return sources, teachers
 
 
 def load_pretrained_teacher(auto, path: str, **kwargs) -> PreTrainedModel:
