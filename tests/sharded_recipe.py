@@ -21,18 +21,13 @@ from torch import nn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from hf_distill.layers import _full_tensors  # noqa: E402
 from recipes import distil_bert  # noqa: E402
 
 
 def _gathered_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Full copies of every parameter, gathered when DeepSpeed ZeRO-3 has partitioned them."""
-    params = dict(module.named_parameters())
-    if any(hasattr(p, "ds_id") for p in params.values()):
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(list(params.values())):
-            return {k: p.detach().clone().cpu() for k, p in params.items()}
-    return {k: p.detach().clone().cpu() for k, p in params.items()}
+    return _full_tensors(module, [name for name, _ in module.named_parameters()])
 
 
 def _optimizer_tensors(optimizer) -> list[torch.Tensor]:
