@@ -26,7 +26,7 @@ from .modeling import TASKS, forward_params, unwrap_peft
 from .recipes.arguments import check_numbers
 from .recipes.data import DATA_FORMATS, check_max_length, label_mapping, load_data_files, require_values
 from .recipes.models import check_model_source
-from .teacher import DTYPES
+from .teacher import DTYPES, load_pretrained_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         dataset = dataset.map(encode, batched=True, desc="tokenizing")
     auto = getattr(transformers, TASKS[cli.task])
     kwargs = {"dtype": DTYPES[cli.teacher_dtype]} if cli.teacher_dtype else {}
-    teacher = auto.from_pretrained(cli.teacher_model_name_or_path, **kwargs)
+    teacher = load_pretrained_teacher(auto, cli.teacher_model_name_or_path, **kwargs)  # a random head is refused
     device = cli.device or ("cuda" if torch.cuda.is_available() else "cpu")
     teacher.to(device)
     cached = cache_teacher_outputs(teacher, dataset, top_k=cli.top_k, temperature=cli.temperature,

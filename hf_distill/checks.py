@@ -97,6 +97,24 @@ def check_pair(student: nn.Module, teacher: nn.Module, args, processing_class=No
     return vocab_limit(getattr(s_cfg, "vocab_size", None), getattr(t_cfg, "vocab_size", None), n_tokens, who)
 
 
+def check_teachers(student: nn.Module, teachers: list, args, processing_class=None, teacher_processing_class=None,
+                   teacher_source=None) -> int | None:
+    """`check_pair` for every teacher and `check_tokenizers` for the first; returns the vocabulary limit, if any."""
+    limits = [check_pair(student, t, args, processing_class, "the teacher" if len(teachers) == 1 else f"teacher {k}")
+              for k, t in enumerate(teachers)]
+    check_tokenizers(processing_class, teacher_processing_class, teacher_source, teachers[0] if teachers else None)
+    return next((n for n in limits if n is not None), None)
+
+
+def check_merge_on_save(merge_adapter_on_save: bool, sharded: bool) -> None:
+    """merge_adapter_on_save needs the whole adapter in one process: not under DeepSpeed or FSDP."""
+    if merge_adapter_on_save and sharded:
+        raise ValueError(
+            "merge_adapter_on_save is not supported under DeepSpeed or FSDP (the adapter is sharded); save the "
+            "adapter and merge it afterwards with PeftModel.from_pretrained(...).merge_and_unload()."
+        )
+
+
 def check_not_encoder_decoder(model: nn.Module, who: str) -> None:
     if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
         # Decoder positions need their own mask (decoder_attention_mask / labels != -100) and teachers need decoder
@@ -184,27 +202,81 @@ def vocab_limit(student_vocab: int | None, teacher_vocab: int | None, n_tokens: 
     )
 
 
-def check_tokenizers(processing_class, teacher_processing_class=None, teacher_source=None) -> None:
+def check_tokenizers(processing_class, teacher_processing_class=None, teacher_source=None,
+                     teacher: nn.Module | None = None) -> None:
     """Student and teacher tokenizers must map the same ids to the same tokens.
 
-    Without `teacher_processing_class`, a teacher given as a local directory is checked with the tokenizer saved
-    there, if any.
+    Without `teacher_processing_class`, the teacher's tokenizer is the one saved where the teacher comes from:
+    the local directory it was given as, or, for a model object, the local directory it was loaded from
+    (`name_or_path`). A teacher built in memory has none, and only its vocabulary size is checked.
     """
+    if processing_class is None or not hasattr(processing_class, "get_vocab"):
+        return
     t_tok = teacher_processing_class
-    from_folder = isinstance(teacher_source, (str, os.PathLike)) and os.path.isdir(str(teacher_source))
-    if t_tok is None and processing_class is not None and from_folder:
-        from transformers import AutoTokenizer
+    folders = [teacher_source] if isinstance(teacher_source, (str, os.PathLike)) else []
+    folders.append(getattr(teacher, "name_or_path", None))
+    for folder in folders if t_tok is None else []:
+        if folder and os.path.isdir(str(folder)):
+            from transformers import AutoTokenizer
 
-        try:
-            t_tok = AutoTokenizer.from_pretrained(str(teacher_source))
-        except (OSError, ValueError):
-            t_tok = None  # a model folder without a tokenizer
-    if t_tok is None or processing_class is None or not hasattr(t_tok, "get_vocab"):
+            try:
+                t_tok = AutoTokenizer.from_pretrained(str(folder))
+                break
+            except (OSError, ValueError, TypeError):
+                continue  # a model folder without tokenizer files
+    if t_tok is None or not hasattr(t_tok, "get_vocab"):
         return
     if t_tok.get_vocab() != processing_class.get_vocab():
         raise ValueError(
             "the teacher's tokenizer and the student's (processing_class) have different vocabularies: the same "
             "ids would mean different tokens. Use the teacher's tokenizer for the student."
+        )
+
+
+# ---- sharding: what the launch asked for must be in effect ---------------------------------------------
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() in ("1", "true", "yes")
+
+
+def requested_sharding(args) -> str | None:
+    """"deepspeed", "fsdp" or None: what the launch asked for (accelerate config env vars or TrainingArguments)."""
+    if _env_flag("ACCELERATE_USE_DEEPSPEED") or getattr(args, "deepspeed", None):
+        return "deepspeed"
+    if _env_flag("ACCELERATE_USE_FSDP") or getattr(args, "fsdp", None):
+        return "fsdp"
+    return None
+
+
+def check_sharding(accelerator, args) -> None:
+    """ValueError when the launch asked for more than it got: sharding, or several cooperating processes.
+
+    Launchers fall back silently: `accelerate launch` with an FSDP config on CPU (or `--fsdp` under torchrun on
+    CPU) runs plain DDP, and a multi-process launch whose processes do not join one process group gives several
+    independent single-process runs writing into one output folder.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes != launched:
+        raise ValueError(
+            f"the launcher started {launched} processes (WORLD_SIZE={launched}) but this one runs alone "
+            f"(num_processes={accelerator.num_processes}): {launched} independent runs would train and write "
+            f"{args.output_dir} at once. accelerate sets up multi-process training only on supported devices; on a "
+            "CPU machine pass --use_cpu (gloo), or launch with --num_processes 1."
+        )
+    asked = requested_sharding(args)
+    distributed = getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type)).upper()
+    if asked == "fsdp" and distributed != "FSDP":
+        raise ValueError(
+            f"FSDP was requested (accelerate FSDP config or --fsdp) but the run is {distributed}: accelerate only "
+            "uses FSDP on GPUs (and similar accelerators), so on CPU it would silently train unsharded. Use a GPU "
+            "machine, or an unsharded config (recipes/configs/accelerate_cpu.yaml / accelerate_ddp.yaml) on purpose."
+        )
+    if asked == "deepspeed" and distributed != "DEEPSPEED":
+        raise ValueError(
+            f"DeepSpeed was requested but the run is {distributed}. On CPU set DS_ACCELERATOR=cpu and use a config "
+            'with mixed_precision "no" and use_cpu true (tests/configs/accelerate_zero*_cpu.yaml); check that '
+            "`deepspeed` is installed (pip install -e .[deepspeed])."
         )
 
 

@@ -331,6 +331,15 @@ def token_counts(batch: dict) -> torch.Tensor:
     return torch.stack([soft.long().cpu(), hard.long().cpu()])
 
 
+def step_token_totals(batches: list[dict], device, gather=None) -> torch.Tensor:
+    """(2,) long on `device`: `token_counts` (soft, hard) summed over one optimizer step's micro-batches, and over
+    the processes with `gather` (e.g. accelerator.gather, for average_tokens_across_devices)."""
+    totals = torch.stack([token_counts(b) for b in batches]).sum(0).to(device)  # (k, 2) -> (2,): soft, hard
+    if gather is not None:
+        totals = gather(totals[None]).sum(0)  # (P, 2) -> (2,)
+    return totals
+
+
 def check_chunkable(model: nn.Module, who: str) -> None:
     """ValueError unless `model` is a causal LM the chunked loss can run: `logits_to_keep` and a plain head."""
     from .modeling import is_causal_lm, unwrap_peft

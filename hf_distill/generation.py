@@ -227,6 +227,13 @@ class CompletionSampler:
         return logs
 
 
+def sampled_batches(sampler: CompletionSampler, epoch_iterator, student, teacher, step: int, accelerator):
+    """The micro-batches of optimizer step `step`, each with its completions from the student (prob. lmbda), the
+    teacher (seq_kd) or the data, decided by a coin seeded from (seed, step, micro-batch) on every process."""
+    for micro, batch in enumerate(epoch_iterator):
+        yield sampler(batch, student, teacher, step, micro, accelerator.process_index, accelerator.autocast)
+
+
 def special_token_ids(processing_class, model) -> tuple[int | None, int | None]:
     """(eos, pad) token ids for generation: the tokenizer's, else the model's generation config / config.
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 
+import torch
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -114,6 +116,23 @@ def _layer_list_path(model: PreTrainedModel) -> str:
     return max(lists, key=lambda nm: sum(p.numel() for p in nm[1].parameters()))[0]
 
 
+def _full_tensors(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """Copies of the named state-dict tensors of `model`; parameters partitioned by DeepSpeed ZeRO-3 (loaded
+    under zero.Init, their local tensor is empty) are gathered for the copy and released afterwards."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    tensors = {**dict(model.named_buffers(remove_duplicate=False)), **params}
+    # ZeRO-3 parameters carry ds_id; a tied parameter is listed under several names but gathered once.
+    partitioned = {id(params[n]): params[n] for n in names if n in params and hasattr(params[n], "ds_id")}
+    partitioned = list(partitioned.values())
+    gather = contextlib.nullcontext()
+    if partitioned:
+        import deepspeed  # only reached when deepspeed has partitioned the model
+
+        gather = deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
+    with gather, torch.no_grad():
+        return {n: tensors[n].detach().clone() for n in names}
+
+
 def init_student_from_teacher(
     teacher: PreTrainedModel, num_layers: int | None = None, layers: list[int] | None = None
 ) -> PreTrainedModel:
@@ -146,16 +165,15 @@ def init_student_from_teacher(
     student.to(dtype=next(teacher.parameters()).dtype)
 
     prefix = _layer_list_path(teacher) + "."
-    teacher_sd = teacher.state_dict()
+    names = list(teacher.state_dict())
+    # One group per copied block plus one for everything outside the blocks, gathered one at a time under
+    # DeepSpeed ZeRO-3 (at most one teacher block is whole in memory beside the student).
+    groups = [(f"{prefix}{j}.", f"{prefix}{k}.") for k, j in enumerate(layers)]  # (teacher block, student block)
     new_sd = {}
-    for k, j in enumerate(layers):  # student block k <- teacher block j
-        src, dst = f"{prefix}{j}.", f"{prefix}{k}."
-        for name, tensor in teacher_sd.items():
-            if name.startswith(src):
-                new_sd[dst + name[len(src):]] = tensor
-    for name, tensor in teacher_sd.items():
-        if not name.startswith(prefix):
-            new_sd[name] = tensor  # embeddings, pooler, final norm, head
+    for src, dst in groups:
+        taken = [n for n in names if n.startswith(src)]
+        new_sd.update({dst + n[len(src):]: t for n, t in _full_tensors(teacher, taken).items()})
+    new_sd.update(_full_tensors(teacher, [n for n in names if not n.startswith(prefix)]))  # embeddings, head, ...
     student_sd = student.state_dict()
     missing = sorted(set(student_sd) - set(new_sd))
     unexpected = sorted(set(new_sd) - set(student_sd))
@@ -163,7 +181,7 @@ def init_student_from_teacher(
         raise RuntimeError(f"weight names do not line up: missing {missing[:5]}, unexpected {unexpected[:5]}")
     for name, tensor in new_sd.items():
         assert student_sd[name].shape == tensor.shape, f"{name}: {student_sd[name].shape} vs {tensor.shape}"
-    student.load_state_dict({k: v.clone() for k, v in new_sd.items()}, strict=True)
+    student.load_state_dict(new_sd, strict=True)
     student.train(teacher.training)
     logger.info("initialised a %d-layer student from teacher layers %s", len(layers), layers)
     return student

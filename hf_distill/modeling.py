@@ -78,3 +78,21 @@ def wrap_peft(model: nn.Module, peft_config) -> nn.Module:
             "peft_config, or the PeftModel without it."
         )
     return get_peft_model(model, peft_config)
+
+
+# Inputs every transformers model accepts through **kwargs although they are not named in forward().
+OUTPUT_FLAGS = ("output_hidden_states", "output_attentions", "return_dict")
+
+
+def select_inputs(inputs: dict, accepted: set[str], drop: tuple[str, ...] = ()) -> dict:
+    """The entries of `inputs` a model whose forward takes `accepted` can receive, without the names in `drop`."""
+    kept = {k: v for k, v in inputs.items() if k in accepted or k in OUTPUT_FLAGS}
+    for name in drop:
+        kept.pop(name, None)
+    return kept
+
+
+def signature_columns(student: nn.Module, teachers: list, extra) -> list[str]:
+    """The dataset columns `remove_unused_columns` must keep: every model's forward inputs, and `extra`."""
+    columns = set().union(forward_params(student), *[forward_params(t) for t in teachers], extra)
+    return sorted(columns | {"label", "label_ids"})

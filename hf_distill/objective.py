@@ -22,8 +22,8 @@ from torch import nn
 
 from . import losses
 from .chunked import IGNORE_INDEX, OutputHead, causal_lm_rows, chunked_head_loss
-from .lm_data import soft_token_mask
 from .layers import build_projections, count_layers, hidden_size, resolve_layer_map
+from .lm_data import soft_token_mask
 
 # 2-D output fields whose classes are the sequence positions (extractive QA): the softmax runs over the
 # tokens of each example, so padding positions are masked out of it in teacher and student alike.
@@ -253,6 +253,26 @@ class DistillationObjective:
             terms["hard_loss"] = out.hard_sum / n_hard
         return out.loss, terms
 
+    def chunked_loss(self, inputs: dict, student_outputs, teacher_outputs: list, student_head: OutputHead,
+                     teacher_heads: list[OutputHead], chunk_size: int, scales=None, extra=None):
+        """(total loss, {term: value}) of a causal LM run with output_hidden_states and logits_to_keep=1.
+
+        Soft and hard terms come from the last hidden states, `chunk_size` tokens at a time (`lm_head_loss`);
+        hidden, attention and `extra` terms are computed and weighted as usual (`terms`, `combine`).
+        """
+        head_loss, terms = self.lm_head_loss(
+            inputs, student_outputs["hidden_states"][-1], [out["hidden_states"][-1] for out in teacher_outputs],
+            student_head, teacher_heads, chunk_size, scales)  # (B, L, H) each
+        others = self.terms(inputs, student_outputs, teacher_outputs, include_soft=False)
+        others.update(extra or {})
+        loss = head_loss + self.combine(others, scales) if others else head_loss
+        return loss, {**terms, **others}
+
+    def output_flags(self) -> dict:
+        """The forward flags the weighted terms need: hidden states for hidden_loss, attentions for attention_loss."""
+        flags = {"output_hidden_states": True} if self.weights["hidden_loss"] > 0 else {}
+        return {**flags, "output_attentions": True} if self.weights["attention_loss"] > 0 else flags
+
     # ---- putting them together --------------------------------------------------------------------
 
     def combine(self, terms: dict[str, torch.Tensor], scales: dict[str, float] | None = None) -> torch.Tensor:
@@ -277,6 +297,37 @@ class DistillationObjective:
         terms = self.terms(inputs, student_outputs, teacher_outputs, hard_loss, pairs)
         terms.update(extra or {})
         return self.combine(terms, scales), terms
+
+
+class TermMeans:
+    """Running means of the logged loss terms, one set per split ("train", "eval").
+
+    Training weighs each step alike (like `loss`); evaluation weighs each batch by its size (like eval_loss).
+    `pop` averages over the processes with `reduce` (e.g. accelerator.reduce) and starts again.
+    """
+
+    def __init__(self):
+        self.sums: dict[str, dict[str, tuple]] = {"train": {}, "eval": {}}
+
+    def add(self, split: str, terms: dict[str, torch.Tensor], weight: float = 1) -> None:
+        sums = self.sums[split]
+        for name, value in terms.items():
+            total, count = sums.get(name, (0.0, 0))
+            sums[name] = (total + value.detach().float() * weight, count + weight)
+
+    def reset(self, split: str) -> None:
+        self.sums[split] = {}
+
+    def pop(self, split: str, device, reduce) -> dict[str, float]:
+        sums, self.sums[split] = self.sums[split], {}
+        return mean_over_processes({name: total / count for name, (total, count) in sorted(sums.items())}, device,
+                                   reduce)
+
+
+def mean_over_processes(values: dict, device, reduce) -> dict[str, float]:
+    """Each value (a number or 0-d tensor) averaged over the processes with `reduce` (accelerator.reduce)."""
+    return {name: reduce(torch.as_tensor(value, device=device, dtype=torch.float32), reduction="mean").item()
+            for name, value in values.items()}
 
 
 def token_scales(weights: dict[str, float], local: torch.Tensor, totals: tuple | None, steps: int,
@@ -340,6 +391,11 @@ class ProjectedStudent(nn.Module):
             )
         return outputs
 
+    @staticmethod
+    def parts(model: nn.Module) -> tuple[nn.Module, nn.ModuleDict | None]:
+        """(the student, its projections) of a ProjectedStudent; (model, None) for any other model."""
+        return (model.student, model.projections) if isinstance(model, ProjectedStudent) else (model, None)
+
     def gradient_checkpointing_enable(self, **kwargs):
         self.student.gradient_checkpointing_enable(**kwargs)
 
@@ -392,8 +448,15 @@ def hold_labels(student_inputs: dict, smoothing: bool = False) -> tuple[dict, He
     return (rest, HeldLabels(labels)) if smoothing else (student_inputs, None)
 
 
-def hard_loss(student_outputs, held: HeldLabels | None, config=None) -> torch.Tensor | None:
-    """The student's own loss: the model's `.loss`, or for held float labels the loss on the labelled rows."""
+def hard_loss(student_outputs, held: HeldLabels | None, config=None, label_smoother=None,
+              shift_labels: bool = False) -> torch.Tensor | None:
+    """The student's own loss: the model's `.loss`, or for held float labels the loss on the labelled rows.
+
+    Labels held for label smoothing (`held.rows` None) go through `label_smoother` (the Trainer's
+    `LabelSmoother`), with next-token labels shifted for a causal LM (`shift_labels`).
+    """
+    if held is not None and held.rows is None:
+        return label_smoother(student_outputs, held.labels, shift_labels=shift_labels)
     if held is None:  # from whatever labels the task uses (labels, start/end_positions, ...); None without labels
         return student_outputs.get("loss") if isinstance(student_outputs, dict) else None
     from transformers.loss.loss_utils import ForSequenceClassificationLoss

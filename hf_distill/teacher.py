@@ -12,6 +12,7 @@ from huggingface_hub.utils import validate_repo_id
 from torch import nn
 from transformers import PreTrainedModel
 
+from .checks import teacher_list
 from .modeling import auto_class_for
 
 logger = logging.getLogger(__name__)
@@ -39,10 +40,43 @@ def load_teacher(teacher: PreTrainedModel | str | os.PathLike, student: nn.Modul
             f"cannot tell which Auto class loads a teacher for a {type(student).__name__} student; "
             "load the teacher yourself and pass the model object."
         )
+    return load_pretrained_teacher(auto, path, **kwargs)
+
+
+def load_teachers(teacher_model, student: nn.Module, args, cached: bool) -> tuple[list, list[nn.Module]]:
+    """(the sources given, the frozen teachers) for `teacher_model`: a model, a name/path or a list of them.
+
+    None is allowed only when the train set carries cached teacher outputs (`cached`).
+    """
+    sources = teacher_list(teacher_model, cached)
+    # Attention maps are only returned by the eager implementation: load teachers given by path with it.
+    load_kwargs = {"attn_implementation": "eager"} if args.attention_weight > 0 else {}
+    teachers = [freeze(load_teacher(t, student, **load_kwargs)) for t in sources]
+    if any(t is student for t in teachers):
+        raise ValueError("the teacher and the student are the same object; pass a separate student model.")
+    return sources, teachers
+
+
+def load_pretrained_teacher(auto, path: str, **kwargs) -> PreTrainedModel:
+    """`auto.from_pretrained(path)`, refusing a checkpoint that lacks weights of the loaded model.
+
+    transformers initialises missing weights at random and only logs them (a base model loaded as a
+    classifier gets a random head): a teacher with random weights would teach noise.
+    """
     try:
-        return auto.from_pretrained(path, **kwargs)
+        model, info = auto.from_pretrained(path, output_loading_info=True, **kwargs)
     except OSError as err:
         raise ValueError(f"could not load teacher_model {path!r} with {auto.__name__}: {err}") from err
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        saved = getattr(model.config, "architectures", None) or [model.config.model_type]
+        raise ValueError(
+            f"the teacher {path!r} holds no weights for {len(missing)} tensors of {type(model).__name__} "
+            f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}): they would be freshly initialised, "
+            f"so the teacher would teach noise. The checkpoint was saved as {saved}; use a teacher fine-tuned for "
+            "this task (same head), or the task that matches the checkpoint."
+        )
+    return model
 
 
 def _is_hub_id(name: str) -> bool:
@@ -65,7 +99,8 @@ def place_teacher(teacher: nn.Module, accelerator, device: torch.device, dtype: 
 
     - DeepSpeed: initialised as an inference engine with the training config (ZeRO-3 shards it like the
       student; other stages keep a full replica per process, stage set to 0 so it owns no optimizer).
-    - FSDP: wrapped by Accelerate in evaluation mode (sharded, never in the optimizer).
+    - FSDP2: sharded with `fully_shard` block by block on the student's mesh (never in the optimizer);
+      FSDP1: a full frozen replica on each device.
     - Otherwise (CPU, one GPU, DDP): moved to the training device; it is not DDP-wrapped because it
       receives no gradients.
     """
@@ -93,5 +128,16 @@ def place_teacher(teacher: nn.Module, accelerator, device: torch.device, dtype: 
         engine, *_ = deepspeed.initialize(model=teacher, config=ds_config)
         return freeze(engine)
     if name == "FSDP":
-        return freeze(accelerator.prepare_model(teacher, evaluation_mode=True))
+        plugin = accelerator.state.fsdp_plugin
+        if getattr(plugin, "fsdp_version", 1) == 2:
+            # accelerator.prepare_model(teacher, evaluation_mode=True) neither wraps nor moves it (accelerate 1.15):
+            # shard it ourselves, block by block like the student, on the mesh the student will use (the default
+            # world mesh unless a parallelism config gives one). It all-gathers one block at a time in forward.
+            from .sharding import fully_shard_model
+
+            mesh = getattr(accelerator, "torch_device_mesh", None)
+            if mesh is not None:
+                mesh = mesh[tuple(accelerator.parallelism_config.fsdp_dim_names)]
+            return freeze(fully_shard_model(teacher, mesh=mesh))
+        logger.info("FSDP1: the teacher is a full frozen replica on each device (it is not sharded).")
     return freeze(teacher.to(device))

@@ -7,9 +7,7 @@ weights) from `hf_distill.objective`, whose numbers come from `hf_distill.losses
 
 from __future__ import annotations
 
-import copy
 import logging
-import os
 from typing import ClassVar
 
 import torch
@@ -24,33 +22,33 @@ from .checks import (
     check_args,
     check_cache_only,
     check_finite,
-    check_pair,
-    check_tokenizers,
-    teacher_list,
+    check_merge_on_save,
+    check_sharding,
+    check_teachers,
 )
-from .chunked import OutputHead, check_chunking, token_counts
+from .chunked import OutputHead, check_chunking, step_token_totals, token_counts
 from .config import DistillationArguments
-from .generation import CompletionSampler, check_generation_setup, special_token_ids
-from .modeling import forward_params, is_causal_lm, unwrap_peft, wrap_peft
+from .generation import CompletionSampler, check_generation_setup, sampled_batches, special_token_ids
+from .modeling import forward_params, is_causal_lm, select_inputs, signature_columns, unwrap_peft, wrap_peft
 from .objective import (
     DistillationObjective,
-    HeldLabels,
     LogitsPair,
     ProjectedStudent,
+    TermMeans,
     TopKTargets,
     hard_loss,
     hold_labels,
+    mean_over_processes,
     token_scales,
     with_projections,
 )
-from .teacher import freeze, load_teacher, place_teacher
+from .saving import gathered_state_dict, save_student, student_part
+from .sharding import adapt_to_sharding
+from .teacher import load_teachers, place_teacher
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DistillationTrainer", "LogitsPair", "NonFiniteLossError", "TopKTargets"]
-
-# Inputs every transformers model accepts through **kwargs although they are not named in forward().
-_OUTPUT_FLAGS = ("output_hidden_states", "output_attentions", "return_dict")
 
 
 class DistillationTrainer(Trainer):
@@ -71,17 +69,10 @@ class DistillationTrainer(Trainer):
     # Weights of the terms a subclass's `extra_losses` returns, e.g. {"contrastive_loss": 0.5}.
     extra_loss_weights: ClassVar[dict[str, float]] = {}
 
-    def __init__(
-        self,
-        model: PreTrainedModel | nn.Module | None = None,
-        teacher_model: PreTrainedModel | nn.Module | str | list | None = None,
-        args: DistillationArguments | None = None,
-        *trainer_args,
-        teacher_processing_class=None,
-        peft_config=None,
-        merge_adapter_on_save: bool = False,
-        **trainer_kwargs,
-    ):
+    def __init__(self, model: PreTrainedModel | nn.Module | None = None,
+                 teacher_model: PreTrainedModel | nn.Module | str | list | None = None,
+                 args: DistillationArguments | None = None, *trainer_args, teacher_processing_class=None,
+                 peft_config=None, merge_adapter_on_save: bool = False, **trainer_kwargs):
         if model is None:
             raise ValueError("DistillationTrainer needs the student as `model`.")
         args = check_args(args if args is not None else DistillationArguments(output_dir="distilled_model"))
@@ -90,38 +81,26 @@ class DistillationTrainer(Trainer):
         self.cached = has_cached_outputs(train)
         if self.cached:
             check_cache_only(model, args, train, trainer_kwargs.get("eval_dataset"), has_cached_outputs)
-        sources = teacher_list(teacher_model, self.cached)
-        # Attention maps are only returned by the eager implementation: load teachers given by path with it.
-        load_kwargs = {"attn_implementation": "eager"} if args.attention_weight > 0 else {}
-        self.teachers = [freeze(load_teacher(t, model, **load_kwargs)) for t in sources]
-        if any(t is model for t in self.teachers):
-            raise ValueError("the teacher and the student are the same object; pass a separate student model.")
+        sources, self.teachers = load_teachers(teacher_model, model, args, self.cached)
         student = wrap_peft(model, peft_config)
         self.merge_adapter_on_save, self._pushing = merge_adapter_on_save, False
-        processing_class = trainer_kwargs.get("processing_class")
-        self.objective = self._build_objective(student, args, processing_class, teacher_processing_class, sources)
-        super().__init__(with_projections(student, self.objective.layer_map, self.teacher), args, *trainer_args, **trainer_kwargs)
+        limit = check_teachers(student, self.teachers, args, trainer_kwargs.get("processing_class"),
+                               teacher_processing_class, sources[0] if sources else None)
+        self.objective = DistillationObjective.for_models(args, student, self.teacher, vocab_limit=limit,
+                                                          extra_weights=self.extra_loss_weights)
+        super().__init__(with_projections(student, self.objective.layer_map, self.teacher), args, *trainer_args,
+                         **trainer_kwargs)
         self._finish_setup(student)
         # On-policy / sequence-level KD (lmbda, seq_kd): completions sampled as the batches are drawn.
         check_generation_setup(args, student, self.teachers, self.cached)
         self.sampler = CompletionSampler(args, *special_token_ids(self.processing_class, unwrap_peft(student)))
 
-    def _build_objective(self, student, args, processing_class, teacher_processing_class, sources):
-        """Check every student/teacher pair, then build the loss (layer maps resolved against the models)."""
-        limits = [check_pair(student, t, args, processing_class, "the teacher" if len(self.teachers) == 1 else
-                             f"teacher {k}") for k, t in enumerate(self.teachers)]
-        check_tokenizers(processing_class, teacher_processing_class, sources[0] if sources else None)
-        return DistillationObjective.for_models(args, student, self.teacher, extra_weights=self.extra_loss_weights,
-                                                vocab_limit=next((n for n in limits if n is not None), None))
-
     def _finish_setup(self, student: nn.Module) -> None:
+        check_sharding(self.accelerator, self.args)  # the FSDP / DeepSpeed / processes asked for must be in effect
+        adapt_to_sharding(self.accelerator, student)
         if self.cached:
             self.data_collator = CachedOutputsCollator(self.data_collator)
-        if self.merge_adapter_on_save and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
-            raise ValueError(
-                "merge_adapter_on_save is not supported under DeepSpeed or FSDP (the adapter is sharded); save the "
-                "adapter and merge it afterwards with PeftModel.from_pretrained(...).merge_and_unload()."
-            )
+        check_merge_on_save(self.merge_adapter_on_save, self.is_deepspeed_enabled or self.is_fsdp_enabled)
         # We compute our own loss: the Trainer must neither count label tokens nor pass num_items_in_batch.
         self.model_accepts_loss_kwargs = False
         if self.args.label_names is None:  # read from the student's class, not from a ProjectedStudent wrapper
@@ -132,19 +111,16 @@ class DistillationTrainer(Trainer):
         self._teacher_params = [forward_params(t) for t in self.teachers]
         self._student_params = forward_params(student)
         self._shift_labels = is_causal_lm(student)  # label smoothing must shift next-token labels
-        self._sums = {"train": {}, "eval": {}}
+        self._term_means = TermMeans()
         # Causal LMs: soft and hard terms are token-level. compute_loss normalises them by the tokens of the whole
         # accumulated batch (counted in get_batch_samples) and every other term by the accumulation steps itself.
         self._token_totals = None
-        if self._shift_labels:
-            self.loss_is_scaled_for_ga = True
-        self._chunk_size = self._check_chunking(student)
-
-    def _check_chunking(self, student: nn.Module) -> int | None:
-        """args.loss_chunk_size if the chunked output-layer loss can run here (ValueError where it cannot)."""
+        self.loss_is_scaled_for_ga = self.loss_is_scaled_for_ga or self._shift_labels
+        # args.loss_chunk_size if the chunked output-layer loss can run here (ValueError where it cannot).
         zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
-        return check_chunking(self.args.loss_chunk_size, student, self.teachers, cached=self.cached,
-                              sharded=self.is_fsdp_enabled or zero3, label_smoothing=self.label_smoother is not None)
+        self._chunk_size = check_chunking(args.loss_chunk_size, student, self.teachers, cached=self.cached,
+                                          sharded=self.is_fsdp_enabled or zero3,
+                                          label_smoothing=self.label_smoother is not None)
 
     @property
     def teacher(self) -> nn.Module | None:
@@ -154,14 +130,12 @@ class DistillationTrainer(Trainer):
     @property
     def student(self) -> nn.Module:
         """The student (a PeftModel with a peft_config), without a ProjectedStudent or DDP/FSDP wrapper."""
-        model = self.accelerator.unwrap_model(self.model)
-        return model.student if isinstance(model, ProjectedStudent) else model
+        return ProjectedStudent.parts(self.accelerator.unwrap_model(self.model))[0]
 
     @property
     def projections(self) -> nn.ModuleDict | None:
         """The learned hidden-size projections (str(student layer) -> nn.Linear(d_s, d_t)), or None."""
-        model = self.accelerator.unwrap_model(self.model)
-        return model.projections if isinstance(model, ProjectedStudent) else None
+        return ProjectedStudent.parts(self.accelerator.unwrap_model(self.model))[1]
 
     @property
     def layer_map(self) -> dict[int, int] | None:
@@ -188,19 +162,11 @@ class DistillationTrainer(Trainer):
     # ---- forward passes -----------------------------------------------------------------------
 
     def _inputs_for(self, accepted: set[str], inputs: dict, drop_labels: bool) -> dict:
-        kept = {k: v for k, v in inputs.items() if k in accepted or k in _OUTPUT_FLAGS}
-        if drop_labels:  # teachers get no labels of any name (QA: start/end_positions): no wasted loss
-            for name in ("labels", *self.label_names):
-                kept.pop(name, None)
-        return kept
+        # Teachers get no labels of any name (QA: start/end_positions): no wasted loss.
+        return select_inputs(inputs, accepted, ("labels", *self.label_names) if drop_labels else ())
 
-    def _output_flags(self) -> dict:
-        weights = self.objective.weights
-        flags = {"output_hidden_states": True} if weights["hidden_loss"] > 0 else {}
-        return {**flags, "output_attentions": True} if weights["attention_loss"] > 0 else flags
-
-    def teacher_forward(self, inputs: dict) -> list:
-        """Run every teacher on its share of the inputs, without building an autograd graph.
+    def teacher_forward(self, inputs: dict, flags: dict | None = None) -> list:
+        """Run every teacher on its share of the inputs (with forward `flags`), without an autograd graph.
 
         A batch with cached teacher outputs is read instead: one output, {"logits": tensor or TopKTargets}.
         """
@@ -209,15 +175,11 @@ class DistillationTrainer(Trainer):
             return cached
         if not self.teachers:
             raise ValueError("this batch carries no cached teacher outputs and no teacher was loaded.")
+        flags = self.objective.output_flags() if flags is None else flags
         # The student's forward gets autocast from Accelerate's wrapper; the teacher is not wrapped, so ask for it.
         with torch.no_grad(), self.accelerator.autocast():
-            return [teacher(**self._inputs_for(accepted, inputs, drop_labels=True), **self._output_flags())
+            return [teacher(**self._inputs_for(accepted, inputs, drop_labels=True), **flags)
                     for teacher, accepted in zip(self.teachers, self._teacher_params)]
-
-    def _hard_loss(self, student_outputs, held: HeldLabels | None) -> torch.Tensor | None:
-        if held is not None and held.rows is None:
-            return self.label_smoother(student_outputs, held.labels, shift_labels=self._shift_labels)
-        return hard_loss(student_outputs, held, getattr(unwrap_peft(self.student), "config", None))
 
     def compute_distillation_loss(self, model, inputs: dict, scales: dict[str, float] | None = None):
         """Return (total loss, {term: value}, student outputs) for one batch; `scales` see objective.combine."""
@@ -225,14 +187,14 @@ class DistillationTrainer(Trainer):
         student_inputs, held = hold_labels(student_inputs, smoothing=self.label_smoother is not None)
         # Teacher first: its activations are freed before the student's (kept for backward) are built.
         teacher_outputs = self.teacher_forward(inputs)
-        student_outputs = model(**student_inputs, **self._output_flags())
+        student_outputs = model(**student_inputs, **self.objective.output_flags())
         pairs = None
         if self.objective.weights["soft_loss"] > 0:
             pairs = self.distillation_pairs(inputs, student_outputs, teacher_outputs)
         extra = self.extra_losses(inputs, student_outputs, teacher_outputs)
-        hard = self._hard_loss(student_outputs, held)
-        loss, terms = self.objective(inputs, student_outputs, teacher_outputs, hard_loss=hard, pairs=pairs, extra=extra,
-                                     scales=scales)
+        config = getattr(unwrap_peft(self.student), "config", None)
+        hard = hard_loss(student_outputs, held, config, self.label_smoother, self._shift_labels)
+        loss, terms = self.objective(inputs, student_outputs, teacher_outputs, hard, pairs, extra, scales)
         return loss, terms, student_outputs
 
     def chunked_distillation_loss(self, model, inputs: dict, scales: dict[str, float] | None = None):
@@ -241,19 +203,14 @@ class DistillationTrainer(Trainer):
         Student and teachers run with logits_to_keep=1; their last hidden states go through the output layers
         chunk by chunk (DistillationObjective.lm_head_loss); hidden, attention and extra terms are as usual.
         """
-        flags = {**self._output_flags(), "output_hidden_states": True, "logits_to_keep": 1}
-        with torch.no_grad(), self.accelerator.autocast():
-            teacher_outputs = [teacher(**self._inputs_for(accepted, inputs, drop_labels=True), **flags)
-                               for teacher, accepted in zip(self.teachers, self._teacher_params)]
+        flags = {**self.objective.output_flags(), "output_hidden_states": True, "logits_to_keep": 1}
+        teacher_outputs = self.teacher_forward(inputs, flags)
         student_outputs = model(**self._inputs_for(self._student_params, inputs, drop_labels=True), **flags)
-        head_loss, terms = self.objective.lm_head_loss(
-            inputs, student_outputs["hidden_states"][-1], [out["hidden_states"][-1] for out in teacher_outputs],
-            OutputHead.from_model(unwrap_peft(self.student)),
-            [OutputHead.from_model(unwrap_peft(t)) for t in self.teachers], self._chunk_size, scales)
-        others = self.objective.terms(inputs, student_outputs, teacher_outputs, include_soft=False)
-        others.update(self.extra_losses(inputs, student_outputs, teacher_outputs))
-        loss = head_loss + self.objective.combine(others, scales) if others else head_loss
-        return loss, {**terms, **others}, student_outputs
+        heads = [OutputHead.from_model(unwrap_peft(m)) for m in (self.student, *self.teachers)]
+        loss, terms = self.objective.chunked_loss(inputs, student_outputs, teacher_outputs, heads[0], heads[1:],
+                                                  self._chunk_size, scales,
+                                                  self.extra_losses(inputs, student_outputs, teacher_outputs))
+        return loss, terms, student_outputs
 
     # ---- Trainer hooks --------------------------------------------------------------------------
 
@@ -268,11 +225,7 @@ class DistillationTrainer(Trainer):
         if split == "train":
             check_finite(loss, terms, self.state.global_step + 1, self.state.epoch)
         # Training logs average per step (like `loss`); evaluation weights each batch by its size (like eval_loss).
-        weight = 1 if split == "train" else (find_batch_size(inputs) or 1)
-        sums = self._sums[split]
-        for name, value in terms.items():
-            total, count = sums.get(name, (0.0, 0))
-            sums[name] = (total + value.detach().float() * weight, count + weight)
+        self._term_means.add(split, terms, 1 if split == "train" else (find_batch_size(inputs) or 1))
         if return_outputs:
             # Only the student's logits go to prediction gathering / compute_metrics (no hidden states).
             return loss, {} if chunked else {k: v for k, v in student_outputs.items() if k.endswith("logits")}
@@ -290,49 +243,32 @@ class DistillationTrainer(Trainer):
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """The micro-batches of one optimizer step and num_items_in_batch, their next-token label count.
 
-        Public Trainer hook, extended for causal LMs: the Trainer counts label tokens only for models whose own
-        loss takes num_items_in_batch; here both counts of `token_counts` are taken (soft: real tokens; hard:
-        next-token labels), summed over the processes when average_tokens_across_devices.
+        Causal LMs: both counts of `token_counts` (soft: real tokens; hard: next-token labels) are taken, summed
+        over the processes when average_tokens_across_devices (the Trainer's own count skips our models).
         """
         if self.sampler.active:  # swap in sampled completions first, so that their tokens are the ones counted
-            epoch_iterator = self._sampled_batches(epoch_iterator)
+            epoch_iterator = sampled_batches(self.sampler, epoch_iterator, self.student, self.teacher,
+                                             self.state.global_step, self.accelerator)
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         if not self._shift_labels or not batches:
             return batches, num_items
-        totals = torch.stack([token_counts(b) for b in batches]).sum(0).to(device)  # (2,): soft, hard
-        if self.args.average_tokens_across_devices and self.args.world_size > 1:
-            totals = self.accelerator.gather(totals[None]).sum(0)
+        across = self.args.average_tokens_across_devices and self.args.world_size > 1
+        totals = step_token_totals(batches, device, self.accelerator.gather if across else None)  # (2,): soft, hard
         self._token_totals = totals.cpu()
         return batches, (totals[1] if int(totals[1]) > 0 else None)
 
-    def _sampled_batches(self, epoch_iterator):
-        """Each micro-batch of this step with its completions from the student (prob. lmbda), the teacher
-        (seq_kd) or the data, decided by a coin seeded from (seed, global step, micro-batch) on every process."""
-        step = self.state.global_step
-        for micro, batch in enumerate(epoch_iterator):
-            yield self.sampler(batch, self.student, self.teacher, step, micro, self.accelerator.process_index,
-                               self.accelerator.autocast)
-
-    def _pop_term_means(self, split: str) -> dict[str, float]:
-        sums, self._sums[split] = self._sums[split], {}
-        means = {}
-        for name, (total, count) in sorted(sums.items()):
-            value = torch.as_tensor(total / count, device=self.args.device, dtype=torch.float32)
-            means[name] = self.accelerator.reduce(value, reduction="mean").item()
-        return means
-
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and "eval_loss" not in logs:
-            generation = {k: self.accelerator.reduce(torch.tensor(v, device=self.args.device), reduction="mean").item()
-                          for k, v in self.sampler.pop_logs().items()}  # on-policy fraction, length, time
-            logs = {**logs, **self._pop_term_means("train"), **generation}
+            # on-policy fraction, generated length, generation time
+            generation = mean_over_processes(self.sampler.pop_logs(), self.args.device, self.accelerator.reduce)
+            logs = {**logs, **self._term_means.pop("train", self.args.device, self.accelerator.reduce), **generation}
         super().log(logs, start_time)
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix: str = "eval"):
-        self._sums["eval"] = {}
+        self._term_means.reset("eval")
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-        for name, value in self._pop_term_means("eval").items():
+        for name, value in self._term_means.pop("eval", self.args.device, self.accelerator.reduce).items():
             output.metrics[f"{metric_key_prefix}_{name}"] = value
         return output
 
@@ -341,9 +277,8 @@ class DistillationTrainer(Trainer):
         # teachers' inputs too (token_type_ids for a BERT teacher of a DistilBERT student) and the cached columns,
         # and read the student's forward, not that of a ProjectedStudent wrapper.
         if self._signature_columns is None:
-            teachers = [forward_params(t) for t in self.teachers]
-            columns = set().union(forward_params(self.student), *teachers, CACHE_COLUMNS, self.label_names)
-            self._signature_columns = sorted(columns | {"label", "label_ids"})
+            extra = {*CACHE_COLUMNS, *self.label_names}
+            self._signature_columns = signature_columns(self.student, self.teachers, extra)
 
     # ---- saving: the student alone, its adapter merged on request; checkpoints keep everything ---------
 
@@ -353,32 +288,15 @@ class DistillationTrainer(Trainer):
         # Under FSDP the Trainer writes no loadable model with SHARDED_STATE_DICT: gather the full student ourselves.
         if not final or not (merge or self.projections is not None or self.is_fsdp_enabled):
             return super().save_model(output_dir, _internal_call)
-        self._save_student(output_dir if output_dir is not None else self.args.output_dir, merge)
+        # The student alone (no projections), its adapter merged on a copy when `merge`; gathering is a collective.
+        state_dict = gathered_state_dict(self.accelerator, self.model, self.model_wrapped,
+                                         deepspeed=self.is_deepspeed_enabled, fsdp=self.is_fsdp_enabled)
+        if self.args.should_save:
+            save_student(self.student, output_dir if output_dir is not None else self.args.output_dir, args=self.args,
+                         processing_class=self.processing_class,
+                         state_dict=student_part(state_dict, self.projections is not None), merge=merge)
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
-        return None
-
-    def _save_student(self, output_dir: str, merge: bool) -> None:
-        """Write the student alone (no projections), its adapter merged into the base weights when `merge`."""
-        state_dict = self._gathered_state_dict()
-        if state_dict is not None and self.projections is not None:  # keep the student's part of the wrapper
-            state_dict = {k.removeprefix("student."): v for k, v in state_dict.items() if k.startswith("student.")}
-        if not self.args.should_save:
-            return
-        student = copy.deepcopy(self.student).merge_and_unload() if merge else self.student  # trainer's stays as is
-        os.makedirs(output_dir, exist_ok=True)
-        student.save_pretrained(output_dir, state_dict=state_dict)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
-        logger.info("saved the student%s to %s", " with its adapter merged" if merge else "", output_dir)
-
-    def _gathered_state_dict(self) -> dict | None:
-        """The full state dict of a sharded model, gathered on every process (a collective); None if not sharded."""
-        if self.is_deepspeed_enabled:
-            return self.accelerator.get_state_dict(self.model_wrapped)
-        if self.is_fsdp_enabled:
-            return self.accelerator.get_state_dict(self.model)
         return None
 
     def push_to_hub(self, *args, **kwargs):

@@ -91,3 +91,7 @@ def fixed_batch(n=4, seq=10, num_labels=3, seed=1) -> dict[str, torch.Tensor]:
 @pytest.fixture
 def tokenizer(tmp_path):
     return make_tokenizer(tmp_path / "tokenizer")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "distributed: multi-process runs (torchrun / accelerate launch, gloo on CPU)")

@@ -1,0 +1,50 @@
+"""The final save of a distilled student: the student alone (no projections), its adapter merged on request.
+
+Checkpoints are not written here (the Trainer's keep everything, projections included, to resume exactly); these
+functions write the model that `save_model` / `push_to_hub` hand out.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+
+import torch
+from torch import nn
+
+from .sharding import full_state_dict
+
+logger = logging.getLogger(__name__)
+
+
+def gathered_state_dict(accelerator, model: nn.Module, model_wrapped: nn.Module, *, deepspeed: bool,
+                        fsdp: bool) -> dict[str, torch.Tensor] | None:
+    """The full state dict of a sharded model, gathered on every process (a collective); None if not sharded."""
+    if deepspeed:
+        return accelerator.get_state_dict(model_wrapped)
+    if fsdp:
+        return full_state_dict(model)  # whatever fsdp_state_dict_type says
+    return None
+
+
+def student_part(state_dict: dict[str, torch.Tensor] | None, projected: bool) -> dict[str, torch.Tensor] | None:
+    """The student's entries of a `ProjectedStudent`'s state dict ("student.x" -> "x"); others' as they are."""
+    if state_dict is None or not projected:
+        return state_dict
+    return {k.removeprefix("student."): v for k, v in state_dict.items() if k.startswith("student.")}
+
+
+def save_student(student: nn.Module, output_dir: str, *, args, processing_class=None,
+                 state_dict: dict[str, torch.Tensor] | None = None, merge: bool = False) -> None:
+    """Write `student` (with `state_dict` when gathered from shards), its tokenizer and the training arguments.
+
+    With `merge`, a copy of the PeftModel has its adapter merged into the base weights (the trainer's stays as is).
+    """
+    student = copy.deepcopy(student).merge_and_unload() if merge else student
+    os.makedirs(output_dir, exist_ok=True)
+    student.save_pretrained(output_dir, state_dict=state_dict)
+    if processing_class is not None:
+        processing_class.save_pretrained(output_dir)
+    torch.save(args, os.path.join(output_dir, "training_args.bin"))
+    logger.info("saved the student%s to %s", " with its adapter merged" if merge else "", output_dir)

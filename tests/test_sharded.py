@@ -1,0 +1,232 @@
+"""Sharded runs on CPU: DeepSpeed ZeRO-2/3 through `accelerate launch`, FSDP2 with `fully_shard` on a gloo mesh,
+and launches whose requested sharding is not in effect.
+
+The DeepSpeed runs use tests/configs/accelerate_zero{2,3}_cpu.yaml (the shipped configs with mixed_precision "no"
+and use_cpu true) with DS_ACCELERATOR=cpu; each runs recipes/distil_bert.py on two gloo processes through
+tests/sharded_recipe.py, which records what the trainer really did. Select them with `-m distributed`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import transformers as tf
+import yaml
+from conftest import make_tokenizer, tiny_bert
+from recipe_helpers import LABELS, recipe_args, save_classifier, write_csv
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "tests" / "configs"
+# CI installs the deepspeed extra (pip install -e .[deepspeed]); elsewhere only the DeepSpeed runs are skipped.
+requires_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                                        reason="the deepspeed extra is not installed")
+
+# Single-process and sharded runs do the same float32 arithmetic in a different order (bucketed, flattened
+# reduce-scatter and all-gather instead of one backward over the whole batch): ~1e-7 relative per step. Three
+# AdamW steps of lr 1e-3 move a weight by at most 3e-3, so 1e-5 absolute is far below any real difference (a
+# lost or doubled gradient, a skipped step, a teacher in the optimizer all change weights by ~1e-3).
+TOL = {"rtol": 1e-4, "atol": 1e-5}
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+def _launch(config: Path, argv: list[str], timeout=240) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), *argv]
+    return subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def test_cpu_configs_are_the_shipped_ones_on_cpu():
+    for stage in (2, 3):
+        shipped = yaml.safe_load((ROOT / "recipes" / "configs" / f"accelerate_zero{stage}.yaml").read_text())
+        cpu = yaml.safe_load((CONFIGS / f"accelerate_zero{stage}_cpu.yaml").read_text())
+        assert cpu.pop("mixed_precision") == "no" and cpu.pop("use_cpu") is True
+        shipped.pop("mixed_precision"), shipped.pop("use_cpu")
+        assert cpu == shipped
+
+
+def _save_wide_student(folder):
+    """2 layers of width 48 (the teacher's is 32): wider only so that its 3200 x 48 embedding is above ZeRO-3's
+    persistence threshold and really partitioned too; the projections 48 -> 32 are learned all the same."""
+    model = tiny_bert(layers=2, hidden=48, vocab=3200, seed=1, hidden_dropout_prob=0.0,
+                      attention_probs_dropout_prob=0.0)
+    model.config.id2label = dict(enumerate(LABELS))
+    model.config.label2id = {name: i for i, name in enumerate(LABELS)}
+    model.save_pretrained(folder)
+    make_tokenizer(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A 4-layer teacher whose 3200 x 32 word embeddings exceed ZeRO-3's persistence threshold (1e5 elements),
+    so ZeRO-3 really partitions them; a prebuilt 2-layer student of another width; train/dev CSVs."""
+    tmp = tmp_path_factory.mktemp("sharded")
+    return SimpleNamespace(
+        tmp=tmp,
+        teacher=save_classifier(tmp / "teacher", vocab=3200),
+        student=_save_wide_student(tmp / "student"),
+        data=(write_csv(tmp / "train.csv", 32, seed=0), write_csv(tmp / "dev.csv", 12, seed=1)),
+    )
+
+
+COMMON = ["--max_steps", "3", "--seed", "7", "--hidden_weight", "1.0"]
+
+
+def _single_process(files, name, *extra):
+    from recipes import distil_bert
+
+    out = files.tmp / name
+    if not out.exists():
+        distil_bert.main(recipe_args(files.teacher, files.data, out, *COMMON, *extra,
+                                     "--per_device_train_batch_size", "8"))
+    return load_file(out / "model.safetensors")
+
+
+@pytest.mark.distributed
+@requires_deepspeed
+@pytest.mark.parametrize("stage, student", [(2, "projected"), (3, "cut"), (3, "projected")])
+def test_deepspeed_zero_recipe_matches_single_process(files, stage, student):
+    """2 processes x 4 examples under ZeRO-{2,3} == 1 process x 8; the mode is in effect and the teacher is kept out.
+
+    "cut": the student is cut from the (partitioned, under ZeRO-3) teacher by the recipe. "projected": a prebuilt
+    student of another width, loaded by the recipe (under zero.Init with ZeRO-3), aligned on hidden states through
+    learned projections that train inside the sharded module and are left out of the saved student.
+    """
+    student_args = ["--student_num_layers", "2"]
+    if student == "projected":
+        student_args = ["--student_model_name_or_path", files.student]
+    out, report = files.tmp / f"zero{stage}_{student}", files.tmp / f"zero{stage}_{student}.json"
+    argv = [str(ROOT / "tests" / "sharded_recipe.py"), str(report),
+            *recipe_args(files.teacher, files.data, out, *COMMON, *student_args, "--per_device_train_batch_size", "4")]
+    proc = _launch(CONFIGS / f"accelerate_zero{stage}_cpu.yaml", argv)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    got = json.loads(report.read_text())
+    assert got["is_deepspeed_enabled"] and got["zero_stage"] == stage and got["world_size"] == 2
+    assert got["student_partitioned"] == got["teacher_partitioned"] == (stage == 3)  # ZeRO-2 keeps full replicas
+    assert got["teacher_engine_optimizer"] != "DeepSpeedZeroOptimizer"  # the teacher's engine trains nothing
+    assert not got["teacher_requires_grad"] and not got["teacher_training"] and got["teacher_unchanged"]
+    assert not got["teacher_in_optimizer"] and got["optimizer_numel"] == got["student_numel"]
+    if student == "projected":  # (2 mapped layers) x Linear(48, 32) train with the student, in its optimizer
+        assert got["projection_numel"] == 2 * (48 * 32 + 32) and got["trained_module"] == "ProjectedStudent"
+
+    saved = load_file(out / "model.safetensors")
+    assert set(os.listdir(out)) >= {"config.json", "tokenizer.json", "distillation_results.json", "README.md"}
+    assert not any(k.endswith((".gamma", ".beta")) for k in saved), sorted(saved)[:5]  # standard LayerNorm names
+    reference = _single_process(files, f"single_{student}", *student_args)
+    assert saved.keys() == reference.keys()  # 2 layers, no teacher keys
+    model = tf.AutoModelForSequenceClassification.from_pretrained(out)
+    assert model.config.num_hidden_layers == 2
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    start = load_file(Path(files.teacher if student == "cut" else files.student) / "model.safetensors")
+    start_key = key.replace("layer.0", "layer.1") if student == "cut" else key  # layer 1 of the teacher was copied
+    assert not torch.allclose(saved[key], start[start_key], atol=1e-4)  # it trained
+    for k in reference:
+        torch.testing.assert_close(saved[k], reference[k], **TOL, msg=k)
+
+
+# ---- FSDP2 on a gloo CPU mesh --------------------------------------------------------------------
+
+
+@pytest.mark.distributed
+def test_fsdp2_teacher_sharding_training_and_full_save(tmp_path):
+    """tests/fsdp_train.py under torchrun: the project's FSDP2 wrapping, teacher sharding and full-state-dict
+    save on two gloo processes; it compares with the same training unsharded and writes what it found."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "tests" / "fsdp_train.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    got = json.loads((tmp_path / "report.json").read_text())
+    assert got["world_size"] == 2 and got["wrapped"] == ["BertForSequenceClassification", "BertLayer", "BertLayer"]
+    assert got["student_sharded"] and got["teacher_sharded"]  # DTensor shards of half the rows on each rank
+    assert got["teacher_outputs_match"] and got["teacher_unchanged"] and not got["teacher_requires_grad"]
+    saved = load_file(tmp_path / "student" / "model.safetensors")
+    reference = torch.load(tmp_path / "reference.pt")
+    assert saved.keys() == reference.keys() and all(".layer.2." not in k for k in saved)
+    for k in reference:
+        torch.testing.assert_close(saved[k], reference[k], **TOL, msg=k)
+    tf.AutoModelForSequenceClassification.from_pretrained(tmp_path / "student")
+    assert (tmp_path / "student" / "tokenizer_config.json").exists()
+
+
+# ---- launches whose sharding is not in effect ----------------------------------------------------
+
+
+def _state(distributed: str, processes: int):
+    return SimpleNamespace(distributed_type=distributed, num_processes=processes)
+
+
+@pytest.mark.parametrize("env, args, obtained, in_effect, message", [
+    ({"ACCELERATE_USE_FSDP": "true"}, {}, _state("MULTI_CPU", 2), _state("FSDP", 2), "FSDP was requested"),
+    ({}, {"fsdp": "full_shard auto_wrap"}, _state("MULTI_CPU", 2), _state("FSDP", 2), "FSDP was requested"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, {}, _state("NO", 1), _state("DEEPSPEED", 1), "DeepSpeed was requested"),
+    ({"WORLD_SIZE": "2"}, {}, _state("NO", 1), _state("MULTI_CPU", 2), "2 independent runs"),
+])
+def test_sharding_not_in_effect_is_an_error(monkeypatch, env, args, obtained, in_effect, message):
+    from hf_distill.checks import check_sharding
+
+    for name in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    run_args = SimpleNamespace(output_dir="out", fsdp=None, deepspeed=None)
+    vars(run_args).update(args)
+    with pytest.raises(ValueError, match=message):
+        check_sharding(obtained, run_args)
+    check_sharding(in_effect, run_args)  # the same launch with the mode in effect passes
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("use_cpu, message", [
+    (True, "FSDP was requested.*MULTI_CPU"),  # used to exit 0 as plain DDP
+    (False, "2 independent runs would train and write"),  # used to train twice, both writing one folder
+])
+def test_fsdp_config_on_cpu_stops_before_training(tmp_path, use_cpu, message):
+    """accelerate launch with the shipped FSDP config on a CPU machine, with or without --use_cpu."""
+    teacher = save_classifier(tmp_path / "teacher")
+    data = write_csv(tmp_path / "train.csv", 16, seed=0), write_csv(tmp_path / "dev.csv", 8, seed=1)
+    out = tmp_path / "out"
+    argv = recipe_args(teacher, data, out, "--student_num_layers", "2")
+    if not use_cpu:
+        i = argv.index("--use_cpu")
+        del argv[i:i + 2]
+    proc = _launch(ROOT / "recipes" / "configs" / "accelerate_fsdp.yaml",
+                   ["--num_processes", "2", str(ROOT / "recipes" / "distil_bert.py"), *argv])
+    assert proc.returncode != 0
+    assert re.search(message, proc.stderr), proc.stderr[-3000:]
+    assert not (out / "model.safetensors").exists() and "'loss'" not in proc.stdout  # no training step ran
+
+
+def test_fsdp_wrap_classes_leave_embeddings_in_the_root():
+    from hf_distill.sharding import fsdp_wrap_class_names
+
+    assert tiny_bert(layers=2)._no_split_modules >= {"BertEmbeddings", "BertLayer"}
+    assert fsdp_wrap_class_names(tiny_bert(layers=2)) == ["BertLayer"]
+
+
+def test_zero3_loaded_student_saves_standard_layernorm_names(tmp_path):
+    """drop_legacy_renamings undoes the gamma/beta renaming that a zero.Init-loaded model carries into the save."""
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+    from hf_distill.sharding import drop_legacy_renamings
+
+    model = tiny_bert(layers=1)
+    model._weight_conversions = list(get_checkpoint_conversion_mapping("legacy"))  # as transformers' ZeRO-3 load does
+    model.save_pretrained(tmp_path / "before")
+    assert any(k.endswith(".gamma") for k in load_file(tmp_path / "before" / "model.safetensors"))  # the defect
+    drop_legacy_renamings(model)
+    model.save_pretrained(tmp_path / "after")
+    saved = load_file(tmp_path / "after" / "model.safetensors")
+    assert saved.keys() == model.state_dict().keys()
