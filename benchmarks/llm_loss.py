@@ -51,9 +51,16 @@ SMALL_SWEEP = _configs((256,), (128256,), [(1, s) for s in (256, 512, 1024)])
 
 def build(cfg: dict, device: str):
     h = cfg["hidden"]
-    config = tf.LlamaConfig(vocab_size=cfg["vocab"], hidden_size=h, intermediate_size=4 * h, num_hidden_layers=2,
-                            num_attention_heads=max(1, h // 64), num_key_value_heads=max(1, h // 128),
-                            max_position_embeddings=cfg["seq"], tie_word_embeddings=False)
+    config = tf.LlamaConfig(
+        vocab_size=cfg["vocab"],
+        hidden_size=h,
+        intermediate_size=4 * h,
+        num_hidden_layers=2,
+        num_attention_heads=max(1, h // 64),
+        num_key_value_heads=max(1, h // 128),
+        max_position_embeddings=cfg["seq"],
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     student = tf.LlamaForCausalLM(config).to(device).train()
     teacher = tf.LlamaForCausalLM(config).to(device).eval().requires_grad_(False)
@@ -83,10 +90,18 @@ def make_step(path: str, student, teacher, inputs, labels, chunk: int, device: s
             h_s = last_hidden_states(student, inputs)
             keep, soft_mask, next_labels = causal_lm_rows(inputs["attention_mask"], labels, labels.shape)
             n_soft, n_hard = soft_mask.sum().item(), (next_labels != -100).sum().item()
-            out = chunked_head_loss(h_s[keep], OutputHead.from_model(student), [h_t[keep]],
-                                    [OutputHead.from_model(teacher)], labels=next_labels, soft_mask=soft_mask,
-                                    temperature=T, soft_scale=SOFT_WEIGHT / n_soft, hard_scale=HARD_WEIGHT / n_hard,
-                                    chunk_size=chunk)
+            out = chunked_head_loss(
+                h_s[keep],
+                OutputHead.from_model(student),
+                [h_t[keep]],
+                [OutputHead.from_model(teacher)],
+                labels=next_labels,
+                soft_mask=soft_mask,
+                temperature=T,
+                soft_scale=SOFT_WEIGHT / n_soft,
+                hard_scale=HARD_WEIGHT / n_hard,
+                chunk_size=chunk,
+            )
         out.loss.backward()
         return out.loss.detach()
 
@@ -103,7 +118,11 @@ def measure(cfg: dict, path: str, chunk: int, device: str, repeats: int) -> dict
     student, teacher, inputs, labels = build(cfg, device)
     step = make_step(path, student, teacher, inputs, labels, chunk, device)
     # what the process holds before any step: the models and the inputs (and on CPU the Python / torch runtime)
-    base = torch.cuda.memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base = (
+        torch.cuda.memory_allocated()
+        if device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
     student.zero_grad(set_to_none=True)
     loss = step()  # warm-up
     student.zero_grad(set_to_none=True)
@@ -122,8 +141,15 @@ def measure(cfg: dict, path: str, chunk: int, device: str, repeats: int) -> dict
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
-    result = dict(cfg, path=path, chunk=chunk, seconds=statistics.median(times), peak_mb=peak, base_mb=base / 2**20,
-                  loss=loss.item())
+    result = dict(
+        cfg,
+        path=path,
+        chunk=chunk,
+        seconds=statistics.median(times),
+        peak_mb=peak,
+        base_mb=base / 2**20,
+        loss=loss.item(),
+    )
     del student, teacher, inputs, step
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -136,24 +162,47 @@ def run_pair(cfg: dict, chunk: int, device: str, repeats: int) -> dict:
     else:  # peak RSS never goes down: a fresh process per configuration and path
         results = {}
         for p in ("full", "chunked"):
-            cmd = [sys.executable, os.path.abspath(__file__), "--one", json.dumps(cfg), "--path", p,
-                   "--chunk", str(chunk), "--repeats", str(repeats)]
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--one",
+                json.dumps(cfg),
+                "--path",
+                p,
+                "--chunk",
+                str(chunk),
+                "--repeats",
+                str(repeats),
+            ]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             results[p] = json.loads(out.strip().splitlines()[-1])
     f, c = results["full"], results["chunked"]
-    return dict(cfg, chunk=chunk, base_mb=f["base_mb"], full_mb=f["peak_mb"], chunked_mb=c["peak_mb"], memory_ratio=c["peak_mb"] / f["peak_mb"],
-                full_s=f["seconds"], chunked_s=c["seconds"], time_ratio=c["seconds"] / f["seconds"],
-                loss_rel_diff=abs(c["loss"] - f["loss"]) / abs(f["loss"]))
+    return dict(
+        cfg,
+        chunk=chunk,
+        base_mb=f["base_mb"],
+        full_mb=f["peak_mb"],
+        chunked_mb=c["peak_mb"],
+        memory_ratio=c["peak_mb"] / f["peak_mb"],
+        full_s=f["seconds"],
+        chunked_s=c["seconds"],
+        time_ratio=c["seconds"] / f["seconds"],
+        loss_rel_diff=abs(c["loss"] - f["loss"]) / abs(f["loss"]),
+    )
 
 
 def table(rows: list[dict], device: str) -> str:
-    header = ("| hidden | V | B x L | chunk | peak full (MB) | peak chunked (MB) | memory ratio | before step (MB) "
-              "| step full (s) | step chunked (s) | time ratio | loss rel. diff |")
+    header = (
+        "| hidden | V | B x L | chunk | peak full (MB) | peak chunked (MB) | memory ratio | before step (MB) "
+        "| step full (s) | step chunked (s) | time ratio | loss rel. diff |"
+    )
     lines = [f"device: {device}", "", header, "|---" * 12 + "|"]
     for r in rows:
-        lines.append(f"| {r['hidden']} | {r['vocab']} | {r['batch']} x {r['seq']} | {r['chunk']} | {r['full_mb']:.0f} | "
-                     f"{r['chunked_mb']:.0f} | {r['memory_ratio']:.3f} | {r['base_mb']:.0f} | {r['full_s']:.3f} | "
-                     f"{r['chunked_s']:.3f} | {r['time_ratio']:.2f} | {r['loss_rel_diff']:.1e} |")
+        lines.append(
+            f"| {r['hidden']} | {r['vocab']} | {r['batch']} x {r['seq']} | {r['chunk']} | {r['full_mb']:.0f} | "
+            f"{r['chunked_mb']:.0f} | {r['memory_ratio']:.3f} | {r['base_mb']:.0f} | {r['full_s']:.3f} | "
+            f"{r['chunked_s']:.3f} | {r['time_ratio']:.2f} | {r['loss_rel_diff']:.1e} |"
+        )
     return "\n".join(lines)
 
 
@@ -214,8 +263,10 @@ def main(argv=None):
     with open(os.path.join(args.out, f"llm_loss_{tag}.json"), "w") as f:
         json.dump(report, f, indent=1)
     with open(os.path.join(args.out, f"llm_loss_{tag}.md"), "w") as f:
-        f.write(f"# Chunked output-layer loss vs full logits ({tag})\n\nCommand: `python benchmarks/llm_loss.py "
-                f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n\n{text}\n")
+        f.write(
+            f"# Chunked output-layer loss vs full logits ({tag})\n\nCommand: `python benchmarks/llm_loss.py "
+            f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n\n{text}\n"
+        )
     if not args.no_sweep:
         plot(report["sweep"], os.path.join(args.out, f"llm_loss_memory_{tag}.png"), name)
     print("\n" + text)

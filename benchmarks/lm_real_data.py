@@ -1,7 +1,7 @@
 """Real result for causal-LM distillation: a GPT-2-shaped teacher on tweets, 3-layer students, six losses.
 
     HF_HUB_OFFLINE=1 PYTHONPATH=. python benchmarks/lm_real_data.py --jobs 12          # GPU: 4.2 min on an H200
-    HF_HUB_OFFLINE=1 PYTHONPATH=. python benchmarks/lm_real_data.py --preset cpu        # 2 CPU cores: ~35-40 min (estimate)
+    HF_HUB_OFFLINE=1 PYTHONPATH=. python benchmarks/lm_real_data.py --preset cpu  # 2 CPU cores: ~35-40 min (estimate)
     HF_HUB_OFFLINE=1 PYTHONPATH=. python benchmarks/lm_real_data.py --preset tiny --out_dir /tmp/x   # tests
 
 No pretrained causal LM is reachable offline, so the teacher is trained here: a GPT-2 with 6 layers and
@@ -88,12 +88,36 @@ PRESETS = {  # overrides of the defaults (the defaults are the GPU run)
     # the shared 2-core box at load ~7: teacher step (B=64) 24.5 s, student step (B=32) CE 15.7 s, JSD 21.5 s,
     # on-policy 70.7 s), so this is a smoke-scale run, ~35-40 min on 2 idle cores by that estimate, not
     # comparable with the GPU table.
-    "cpu": {"seeds": "0", "n_train": 3000, "n_val": 200, "n_test": 500, "teacher_epochs": 1.0, "student_steps": 40,
-            "batch_size": 16, "max_new_tokens": 24, "timing_steps": 5, "timing_warmup": 1},
-    "tiny": {"seeds": "0,1", "n_train": 48, "n_val": 16, "n_test": 16, "teacher_layers": 2, "hidden": 32,
-             "heads": 2, "student_layers": 1, "teacher_epochs": 1.0, "student_steps": 3, "batch_size": 8,
-             "teacher_batch_size": 16, "max_new_tokens": 6, "timing_steps": 3, "timing_warmup": 1,
-             "methods": "ce,forward_kl,gkd_1.0,seq_kd"},
+    "cpu": {
+        "seeds": "0",
+        "n_train": 3000,
+        "n_val": 200,
+        "n_test": 500,
+        "teacher_epochs": 1.0,
+        "student_steps": 40,
+        "batch_size": 16,
+        "max_new_tokens": 24,
+        "timing_steps": 5,
+        "timing_warmup": 1,
+    },
+    "tiny": {
+        "seeds": "0,1",
+        "n_train": 48,
+        "n_val": 16,
+        "n_test": 16,
+        "teacher_layers": 2,
+        "hidden": 32,
+        "heads": 2,
+        "student_layers": 1,
+        "teacher_epochs": 1.0,
+        "student_steps": 3,
+        "batch_size": 8,
+        "teacher_batch_size": 16,
+        "max_new_tokens": 6,
+        "timing_steps": 3,
+        "timing_warmup": 1,
+        "methods": "ce,forward_kl,gkd_1.0,seq_kd",
+    },
 }
 
 
@@ -160,11 +184,11 @@ def prepare_data(cfg: LMBenchConfig, tokenizer) -> dict[str, list[dict]]:
     for i in order:
         ids = tokenizer(texts[i], add_special_tokens=False)["input_ids"][: cfg.max_length - 1]
         if len(ids) > cfg.prompt_tokens:  # at least one completion token besides [SEP]
-            examples.append(encode_example(ids[: cfg.prompt_tokens], ids[cfg.prompt_tokens:] + [sep], cfg.max_length))
+            examples.append(encode_example(ids[: cfg.prompt_tokens], ids[cfg.prompt_tokens :] + [sep], cfg.max_length))
         if len(examples) == cfg.n_test + cfg.n_val + cfg.n_train:
             break
-    test, val = examples[: cfg.n_test], examples[cfg.n_test: cfg.n_test + cfg.n_val]
-    return {"train": examples[cfg.n_test + cfg.n_val:], "validation": val, "test": test}
+    test, val = examples[: cfg.n_test], examples[cfg.n_test : cfg.n_test + cfg.n_val]
+    return {"train": examples[cfg.n_test + cfg.n_val :], "validation": val, "test": test}
 
 
 class FullSequenceCollator:
@@ -192,29 +216,59 @@ def device_kwargs() -> dict:
 
 def train_teacher(cfg: LMBenchConfig, tokenizer, data, folder: str) -> None:
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=cfg.hidden, n_layer=cfg.teacher_layers,
-                        n_head=cfg.heads, bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
-                        pad_token_id=tokenizer.pad_token_id)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=64,
+        n_embd=cfg.hidden,
+        n_layer=cfg.teacher_layers,
+        n_head=cfg.heads,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     model = GPT2LMHeadModel(config)
     args = TrainingArguments(
-        output_dir=os.path.join(folder, "trainer"), num_train_epochs=cfg.teacher_epochs,
-        per_device_train_batch_size=cfg.teacher_batch_size, learning_rate=cfg.teacher_lr,
+        output_dir=os.path.join(folder, "trainer"),
+        num_train_epochs=cfg.teacher_epochs,
+        per_device_train_batch_size=cfg.teacher_batch_size,
+        learning_rate=cfg.teacher_lr,
         warmup_steps=max(int(cfg.teacher_epochs * len(data["train"]) / cfg.teacher_batch_size) // 20, 1),
-        weight_decay=0.01, lr_scheduler_type="cosine", save_strategy="no", report_to="none", logging_steps=100,
-        disable_tqdm=True, seed=0, **device_kwargs(),
+        weight_decay=0.01,
+        lr_scheduler_type="cosine",
+        save_strategy="no",
+        report_to="none",
+        logging_steps=100,
+        disable_tqdm=True,
+        seed=0,
+        **device_kwargs(),
     )
-    Trainer(model=model, args=args, train_dataset=data["train"],
-            data_collator=FullSequenceCollator(tokenizer.pad_token_id)).train()
+    Trainer(
+        model=model, args=args, train_dataset=data["train"], data_collator=FullSequenceCollator(tokenizer.pad_token_id)
+    ).train()
     model.save_pretrained(folder)
 
 
 def student_args(cfg: LMBenchConfig, method: str, seed: int, output_dir: str, **overrides) -> DistillationArguments:
     settings = {
-        "output_dir": output_dir, "max_steps": cfg.student_steps, "per_device_train_batch_size": cfg.batch_size,
-        "learning_rate": cfg.student_lr, "warmup_steps": max(cfg.student_steps // 20, 1), "lr_scheduler_type": "cosine", "weight_decay": 0.01,
-        "temperature": 1.0, "max_new_tokens": cfg.max_new_tokens, "generation_temperature": 1.0,
-        "save_strategy": "no", "report_to": "none", "logging_steps": max(cfg.student_steps // 4, 1),
-        "disable_tqdm": True, "seed": seed, "data_seed": seed, **device_kwargs(), **METHODS[method], **overrides,
+        "output_dir": output_dir,
+        "max_steps": cfg.student_steps,
+        "per_device_train_batch_size": cfg.batch_size,
+        "learning_rate": cfg.student_lr,
+        "warmup_steps": max(cfg.student_steps // 20, 1),
+        "lr_scheduler_type": "cosine",
+        "weight_decay": 0.01,
+        "temperature": 1.0,
+        "max_new_tokens": cfg.max_new_tokens,
+        "generation_temperature": 1.0,
+        "save_strategy": "no",
+        "report_to": "none",
+        "logging_steps": max(cfg.student_steps // 4, 1),
+        "disable_tqdm": True,
+        "seed": seed,
+        "data_seed": seed,
+        **device_kwargs(),
+        **METHODS[method],
+        **overrides,
     }
     return DistillationArguments(**settings)
 
@@ -223,8 +277,12 @@ def make_trainer(cfg, method, seed, teacher, tokenizer, train, output_dir, callb
     torch.manual_seed(seed)
     student = init_student_from_teacher(teacher, num_layers=cfg.student_layers)
     return DistillationTrainer(
-        model=student, teacher_model=teacher, args=student_args(cfg, method, seed, output_dir, **overrides),
-        train_dataset=train, processing_class=tokenizer, callbacks=list(callbacks),
+        model=student,
+        teacher_model=teacher,
+        args=student_args(cfg, method, seed, output_dir, **overrides),
+        train_dataset=train,
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
         data_collator=collator or PromptCompletionCollator(tokenizer.pad_token_id),
     )
 
@@ -236,7 +294,7 @@ def evaluate_ce(model, rows: list[dict], pad_token_id: int, device, batch_size: 
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(rows), batch_size):
-        batch = {k: v.to(device) for k, v in collator(rows[start: start + batch_size]).items()}
+        batch = {k: v.to(device) for k, v in collator(rows[start : start + batch_size]).items()}
         nll, n = completion_nll(model, batch, chunk_size=4096)
         total, count = total + nll.sum().item(), count + int(n.sum())
     return total / count
@@ -252,8 +310,9 @@ def load_work(work: str):
 def run_student(cfg: LMBenchConfig, method: str, seed: int, work: str) -> dict:
     """One student: train with the method's loss for the fixed budget, then evaluate on validation and test."""
     tokenizer, data, teacher = load_work(work)
-    trainer = make_trainer(cfg, method, seed, teacher, tokenizer, data["train"],
-                           os.path.join(work, "runs", f"{method}-{seed}"))
+    trainer = make_trainer(
+        cfg, method, seed, teacher, tokenizer, data["train"], os.path.join(work, "runs", f"{method}-{seed}")
+    )
     start = time.perf_counter()
     train_metrics = trainer.train().metrics
     seconds = time.perf_counter() - start
@@ -261,14 +320,17 @@ def run_student(cfg: LMBenchConfig, method: str, seed: int, work: str) -> dict:
     logs = [e for e in trainer.state.log_history if "loss" in e]
     device = trainer.args.device
     return {
-        "method": method, "seed": seed,
+        "method": method,
+        "seed": seed,
         "val_ce": evaluate_ce(model, data["validation"], tokenizer.pad_token_id, device),
         "test_ce": evaluate_ce(model, data["test"], tokenizer.pad_token_id, device),
-        "train_seconds": seconds, "train_loss": train_metrics.get("train_loss"),
+        "train_seconds": seconds,
+        "train_loss": train_metrics.get("train_loss"),
         "on_policy_fraction": float(np.mean([e.get("on_policy_fraction", 0.0) for e in logs])) if logs else 0.0,
         "generation_seconds": float(sum(e.get("generation_seconds", 0.0) for e in logs)),
         "generated_length": float(np.mean([e["generated_length"] for e in logs if "generated_length" in e]))
-        if any("generated_length" in e for e in logs) else None,
+        if any("generated_length" in e for e in logs)
+        else None,
     }
 
 
@@ -320,8 +382,18 @@ def timing(cfg: LMBenchConfig, work: str, methods: list[str]) -> dict:
     captured = []
     for method in methods:
         clock = StepClock()
-        trainer = make_trainer(cfg, method, 0, teacher, tokenizer, data["train"], os.path.join(work, "timing", method),
-                               callbacks=[clock], max_steps=steps, logging_steps=10**6)
+        trainer = make_trainer(
+            cfg,
+            method,
+            0,
+            teacher,
+            tokenizer,
+            data["train"],
+            os.path.join(work, "timing", method),
+            callbacks=[clock],
+            max_steps=steps,
+            logging_steps=10**6,
+        )
         clock.trainer = trainer
         if method == "gkd_1.0":  # keep the sampled batches: the off-policy step is timed on the same sequences
             sample = trainer.sampler.__call__
@@ -346,8 +418,16 @@ def timing(cfg: LMBenchConfig, work: str, methods: list[str]) -> dict:
         clock = StepClock()
         # Same sequences (prompt + sampled completion), same loss (JSD, labels -100 as on-policy), no sampling; each
         # batch is collated from its rows like any dataset batch, so both sides pay the same data pipeline.
-        rows = [[{"input_ids": ids[m.bool()].tolist(), "labels": ids.masked_fill(c == 0, IGNORE_INDEX)[m.bool()].tolist()}
-                 for ids, m, c in zip(b["input_ids"], b["attention_mask"], b["completion_mask"])] for b in captured]
+        rows = [
+            [
+                {
+                    "input_ids": ids[m.bool()].tolist(),
+                    "labels": ids.masked_fill(c == 0, IGNORE_INDEX)[m.bool()].tolist(),
+                }
+                for ids, m, c in zip(b["input_ids"], b["attention_mask"], b["completion_mask"])
+            ]
+            for b in captured
+        ]
         collate = PromptCompletionCollator(tokenizer.pad_token_id)
 
         def collate_unlabelled(features):
@@ -355,15 +435,28 @@ def timing(cfg: LMBenchConfig, work: str, methods: list[str]) -> dict:
             batch["labels"] = torch.full_like(batch["labels"], IGNORE_INDEX)  # as student samples carry no labels
             return batch
 
-        trainer = make_trainer(cfg, "jsd", 0, teacher, tokenizer, Prebatched(rows),
-                               os.path.join(work, "timing", "offpolicy_same"), callbacks=[clock],
-                               collator=collate_unlabelled, max_steps=len(rows), logging_steps=10**6,
-                               per_device_train_batch_size=1)
+        trainer = make_trainer(
+            cfg,
+            "jsd",
+            0,
+            teacher,
+            tokenizer,
+            Prebatched(rows),
+            os.path.join(work, "timing", "offpolicy_same"),
+            callbacks=[clock],
+            collator=collate_unlabelled,
+            max_steps=len(rows),
+            logging_steps=10**6,
+            per_device_train_batch_size=1,
+        )
         trainer.train()
-        off = statistics.median(clock.intervals[cfg.timing_warmup:])
+        off = statistics.median(clock.intervals[cfg.timing_warmup :])
         on = per_mode["gkd_1.0"]["non_generation_seconds"]
-        overhead = {"on_policy_non_generation_seconds": on, "off_policy_same_sequences_seconds": off,
-                    "ratio": on / off}
+        overhead = {
+            "on_policy_non_generation_seconds": on,
+            "off_policy_same_sequences_seconds": off,
+            "ratio": on / off,
+        }
     return {"per_mode": per_mode, "on_policy_overhead": overhead}
 
 
@@ -401,46 +494,75 @@ def summarise(cfg, teacher_ce: dict, runs: list[dict], timings: dict, meta: dict
         rs = [r for r in runs if r["method"] == m]
         ppl = [math.exp(r["test_ce"]) for r in rs]
         gap = [(base_ppl - p) / (base_ppl - t_ppl) for p in ppl] if base_ppl and base_ppl != t_ppl else [float("nan")]
-        rows.append({
-            "method": m, "seeds": [r["seed"] for r in rs],
-            "test_ce": statistics.mean(r["test_ce"] for r in rs), "test_ce_ci95": interval95([r["test_ce"] for r in rs]),
-            "test_ppl": statistics.mean(ppl), "test_ppl_ci95": interval95(ppl),
-            "val_ppl": statistics.mean(math.exp(r["val_ce"]) for r in rs),
-            "gap_recovered": statistics.mean(gap), "gap_recovered_ci95": interval95(gap),
-            "on_policy_fraction": statistics.mean(r["on_policy_fraction"] for r in rs),
-            **{k: v for k, v in timings["per_mode"].get(m, {}).items()},
-        })
-    return {"config": asdict(cfg), "meta": meta,
-            "teacher": {"test_ce": teacher_ce["test"], "test_ppl": t_ppl, "val_ppl": math.exp(teacher_ce["validation"])},
-            "students": rows, "on_policy_overhead": timings["on_policy_overhead"], "runs": runs}
+        rows.append(
+            {
+                "method": m,
+                "seeds": [r["seed"] for r in rs],
+                "test_ce": statistics.mean(r["test_ce"] for r in rs),
+                "test_ce_ci95": interval95([r["test_ce"] for r in rs]),
+                "test_ppl": statistics.mean(ppl),
+                "test_ppl_ci95": interval95(ppl),
+                "val_ppl": statistics.mean(math.exp(r["val_ce"]) for r in rs),
+                "gap_recovered": statistics.mean(gap),
+                "gap_recovered_ci95": interval95(gap),
+                "on_policy_fraction": statistics.mean(r["on_policy_fraction"] for r in rs),
+                **{k: v for k, v in timings["per_mode"].get(m, {}).items()},
+            }
+        )
+    return {
+        "config": asdict(cfg),
+        "meta": meta,
+        "teacher": {"test_ce": teacher_ce["test"], "test_ppl": t_ppl, "val_ppl": math.exp(teacher_ce["validation"])},
+        "students": rows,
+        "on_policy_overhead": timings["on_policy_overhead"],
+        "runs": runs,
+    }
 
 
 def markdown(summary: dict) -> str:
     t = summary["teacher"]
     lines = [
-        ("| model | test CE (nats/token) | test perplexity | gap recovered | on-policy batches | step (ms) | "
-        "generating |"),
+        (
+            "| model | test CE (nats/token) | test perplexity | gap recovered | on-policy batches | step (ms) | "
+            "generating |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|",
-        f"| teacher ({summary['config']['teacher_layers']} layers) | {t['test_ce']:.4f} | {t['test_ppl']:.2f} | 100% | | | |",
+        f"| teacher ({summary['config']['teacher_layers']} layers) | {t['test_ce']:.4f} | {t['test_ppl']:.2f} "
+        "| 100% | | | |",
     ]
+    def ci(v):
+        return f" ± {v:.2f}" if v else ""
+
     for r in summary["students"]:
-        ci = lambda v: f" ± {v:.2f}" if v else ""
         step = f"{1000 * r['step_seconds']:.1f}" if "step_seconds" in r else ""
         share = f"{100 * r['generation_share']:.0f}%" if "generation_share" in r else ""
         lines.append(
-            f"| {r['method']} | {r['test_ce']:.4f}{ci(r['test_ce_ci95'])} | {r['test_ppl']:.2f}{ci(r['test_ppl_ci95'])} | "
+            f"| {r['method']} | {r['test_ce']:.4f}{ci(r['test_ce_ci95'])} "
+            f"| {r['test_ppl']:.2f}{ci(r['test_ppl_ci95'])} | "
             f"{100 * r['gap_recovered']:.0f}%{ci(100 * r['gap_recovered_ci95'])} | {r['on_policy_fraction']:.2f} | "
             f"{step} | {share} |"
         )
     o = summary["on_policy_overhead"]
     if o:
-        lines += ["", (f"On-policy overhead: the non-generation part of an on-policy step takes "
-                      f"{1000 * o['on_policy_non_generation_seconds']:.1f} ms against {1000 * o['off_policy_same_sequences_seconds']:.1f} ms "
-                      f"for an off-policy step on the same sampled sequences, collated from their rows like a dataset batch: "
-                      f"**{o['ratio']:.3f}x** (target <= 1.05x).")]
+        lines += [
+            "",
+            (
+                f"On-policy overhead: the non-generation part of an on-policy step takes "
+                f"{1000 * o['on_policy_non_generation_seconds']:.1f} ms against "
+                f"{1000 * o['off_policy_same_sequences_seconds']:.1f} ms "
+                f"for an off-policy step on the same sampled sequences, collated from their rows like a dataset "
+                f"batch: "
+                f"**{o['ratio']:.3f}x** (target <= 1.05x)."
+            ),
+        ]
     m = summary["meta"]
-    lines += ["", (f"Device: {m['device']}; {len(summary['students'][0]['seeds']) if summary['students'] else 0} seed(s) "
-                  f"per student (± = 95% t-interval over seeds); total wall time {m['total_seconds'] / 60:.1f} min.")]
+    lines += [
+        "",
+        (
+            f"Device: {m['device']}; {len(summary['students'][0]['seeds']) if summary['students'] else 0} seed(s) "
+            f"per student (± = 95% t-interval over seeds); total wall time {m['total_seconds'] / 60:.1f} min."
+        ),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -455,8 +577,12 @@ def plots(summary: dict, out: Path, prefix: str) -> list[str]:
     written = []
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.bar(names, [r["test_ppl"] for r in rows], yerr=[r["test_ppl_ci95"] for r in rows], color="tab:blue")
-    ax.axhline(summary["teacher"]["test_ppl"], color="black", linestyle="--",
-               label=f"teacher ({summary['config']['teacher_layers']} layers)")
+    ax.axhline(
+        summary["teacher"]["test_ppl"],
+        color="black",
+        linestyle="--",
+        label=f"teacher ({summary['config']['teacher_layers']} layers)",
+    )
     ax.set_ylabel("test perplexity (completion tokens)")
     ax.set_title(f"{summary['config']['student_layers']}-layer students, same budget")
     ax.legend()
@@ -465,8 +591,12 @@ def plots(summary: dict, out: Path, prefix: str) -> list[str]:
     fig.savefig(out / f"{prefix}_perplexity.png", dpi=120)
     written.append(f"{prefix}_perplexity.png")
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.bar(names, [100 * r["gap_recovered"] for r in rows], yerr=[100 * r["gap_recovered_ci95"] for r in rows],
-           color="tab:green")
+    ax.bar(
+        names,
+        [100 * r["gap_recovered"] for r in rows],
+        yerr=[100 * r["gap_recovered_ci95"] for r in rows],
+        color="tab:green",
+    )
     ax.axhline(50, color="grey", linestyle=":", label="target 50%")
     ax.set_ylabel("% of the CE-only -> teacher\nperplexity gap recovered")
     ax.legend()
@@ -567,10 +697,14 @@ def main(argv=None) -> dict:
     timing_seconds = time.perf_counter() - start
     meta = {
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
-        "teacher_seconds": teacher_seconds, "students_seconds": students_seconds, "parallel_jobs": cfg.jobs,
-        "timing_seconds": timing_seconds, "total_seconds": time.perf_counter() - begin,
+        "teacher_seconds": teacher_seconds,
+        "students_seconds": students_seconds,
+        "parallel_jobs": cfg.jobs,
+        "timing_seconds": timing_seconds,
+        "total_seconds": time.perf_counter() - begin,
         "n_examples": {k: len(v) for k, v in data.items()},
-        "torch": torch.__version__, "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
+        "torch": torch.__version__,
+        "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
     }
     summary = summarise(cfg, teacher_ce, runs, timings, meta)
     out = Path(cfg.out_dir)

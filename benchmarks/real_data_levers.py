@@ -253,7 +253,7 @@ def examples_per_second(
     return {k: len(rows) / float(np.median(t)) for k, t in times.items()}
 
 
-def measure_sweep_speeds(results: dict, teacher, student_fn, test_ds, collator, cfg: "LeversConfig") -> None:
+def measure_sweep_speeds(results: dict, teacher, student_fn, test_ds, collator, cfg: LeversConfig) -> None:
     """Fill in examples/s (CPU) of every size of the sweep and of the teacher, timed interleaved."""
     sweep = results.get("size_sweep") or {}
     if not sweep:

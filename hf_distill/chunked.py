@@ -137,10 +137,14 @@ def _run_chunks(hidden: torch.Tensor, plan: _Plan, grads_for: tuple[bool, bool, 
     cd = _compute_dtype(head.weight)
     w = head.weight.detach().to(cd)  # (V, H): cast once, as autocast would (it caches the cast weight)
     b = None if head.bias is None else head.bias.detach().to(cd)
-    teachers = [(h_t.detach(), t_head, _compute_dtype(t_head.weight)) for h_t, t_head in
-                zip(plan.teacher_hidden, plan.teacher_heads)]
-    t_weights = [(t_head.weight.detach().to(tcd), None if t_head.bias is None else t_head.bias.detach().to(tcd))
-                 for _, t_head, tcd in teachers]
+    teachers = [
+        (h_t.detach(), t_head, _compute_dtype(t_head.weight))
+        for h_t, t_head in zip(plan.teacher_hidden, plan.teacher_heads)
+    ]
+    t_weights = [
+        (t_head.weight.detach().to(tcd), None if t_head.bias is None else t_head.bias.detach().to(tcd))
+        for _, t_head, tcd in teachers
+    ]
     want_soft = plan.soft_scale != 0.0 and bool(teachers)
     want_hard = plan.hard_scale != 0.0 and plan.labels is not None
     n_rows = hidden.shape[0]
@@ -160,8 +164,10 @@ def _run_chunks(hidden: torch.Tensor, plan: _Plan, grads_for: tuple[bool, bool, 
                 total = raw.new_zeros((), dtype=torch.float32)
                 if want_soft:
                     with torch.no_grad():
-                        t_logits = [t_head.finish(F.linear(h_t[rows].to(tcd), tw, tb))
-                                    for (h_t, t_head, tcd), (tw, tb) in zip(teachers, t_weights)]  # K x (n, V_t)
+                        t_logits = [
+                            t_head.finish(F.linear(h_t[rows].to(tcd), tw, tb))
+                            for (h_t, t_head, tcd), (tw, tb) in zip(teachers, t_weights)
+                        ]  # K x (n, V_t)
                         limit = plan.vocab_limit
                         if limit is not None:
                             t_logits = [t[:, :limit] for t in t_logits]
@@ -169,8 +175,15 @@ def _run_chunks(hidden: torch.Tensor, plan: _Plan, grads_for: tuple[bool, bool, 
                         del t_logits
                     mask = None if plan.soft_mask is None else plan.soft_mask[rows]
                     z_soft = z if plan.vocab_limit is None else z[:, : plan.vocab_limit]
-                    soft = divergence_loss(z_soft, target, plan.temperature, mask, divergence=plan.divergence,
-                                           reduction="sum", **plan.params)
+                    soft = divergence_loss(
+                        z_soft,
+                        target,
+                        plan.temperature,
+                        mask,
+                        divergence=plan.divergence,
+                        reduction="sum",
+                        **plan.params,
+                    )
                     soft_sum += soft.detach()
                     total = total + plan.soft_scale * soft
                 if want_hard:
@@ -285,9 +298,21 @@ def chunked_head_loss(
     if soft_mask is not None and bool(soft_mask.all()):
         # every row counts (the usual case): skip the (n, V) copy that selecting rows makes in each chunk
         soft_mask = None
-    plan = _Plan(student_head, list(teacher_hidden), list(teacher_heads),
-                 None if soft_mask is None else soft_mask.bool(), labels, temperature, divergence, ensemble_mode,
-                 vocab_limit, float(soft_scale), float(hard_scale), int(chunk_size), params)
+    plan = _Plan(
+        student_head,
+        list(teacher_hidden),
+        list(teacher_heads),
+        None if soft_mask is None else soft_mask.bool(),
+        labels,
+        temperature,
+        divergence,
+        ensemble_mode,
+        vocab_limit,
+        float(soft_scale),
+        float(hard_scale),
+        int(chunk_size),
+        params,
+    )
     loss, soft_sum, hard_sum = _ChunkedHeadLoss.apply(student_hidden, student_head.weight, student_head.bias, plan)
     if soft_mask is None:
         soft_count = torch.tensor(n_rows, device=student_hidden.device)
@@ -321,8 +346,8 @@ def causal_lm_rows(
 
 
 def token_counts(batch: dict) -> torch.Tensor:
-    """(2,) long: the soft positions (attention_mask == 1, or the completion's) and the hard ones (next-token labels != -100) of a
-    causal-LM batch, counted the way `causal_lm_rows` selects them."""
+    """(2,) long: the soft positions (attention_mask == 1, or the completion's) and the hard ones
+    (next-token labels != -100) of a causal-LM batch, counted the way `causal_lm_rows` selects them."""
     ids = batch.get("input_ids")
     mask = soft_token_mask(batch)  # prompt/completion batches: the completion positions only
     soft = mask.sum() if torch.is_tensor(mask) else torch.tensor(ids.numel() if torch.is_tensor(ids) else 0)
@@ -354,15 +379,26 @@ def check_chunkable(model: nn.Module, who: str) -> None:
     OutputHead.from_model(unwrap_peft(model))
 
 
-def check_chunking(size: int | None, student: nn.Module, teachers: Sequence[nn.Module], *, cached: bool = False,
-                   sharded: bool = False, label_smoothing: bool = False) -> int | None:
+def check_chunking(
+    size: int | None,
+    student: nn.Module,
+    teachers: Sequence[nn.Module],
+    *,
+    cached: bool = False,
+    sharded: bool = False,
+    label_smoothing: bool = False,
+) -> int | None:
     """`size` (loss_chunk_size) when the chunked loss can run for these models and settings, else a ValueError."""
     if size is None:
         return None
     problem = (
-        "it needs live teachers (cached outputs are logits already)" if cached else
-        "the output layer's weight must not be sharded (FSDP / DeepSpeed ZeRO-3)" if sharded else
-        "label smoothing is not implemented on the chunked path" if label_smoothing else None
+        "it needs live teachers (cached outputs are logits already)"
+        if cached
+        else "the output layer's weight must not be sharded (FSDP / DeepSpeed ZeRO-3)"
+        if sharded
+        else "label smoothing is not implemented on the chunked path"
+        if label_smoothing
+        else None
     )
     if problem:
         raise ValueError(f"loss_chunk_size={size} cannot be used here: {problem}; unset loss_chunk_size.")

@@ -27,7 +27,9 @@ def parse_layer_map(spec: str | dict | None) -> dict[int, int] | None:
     pairs = [p.split(":") for p in spec.split(",")]
     mapping = {int(s): int(t) for s, t in pairs}
     if len(mapping) != len(pairs):
-        raise ValueError(f"layer_map={spec!r} names a student layer twice; each student layer maps to one teacher layer.")
+        raise ValueError(
+            f"layer_map={spec!r} names a student layer twice; each student layer maps to one teacher layer."
+        )
     return mapping
 
 
@@ -40,102 +42,137 @@ class DistillationArguments(TrainingArguments):
 
     temperature: float = field(
         default=2.0,
-        metadata={"help": "Softmax temperature T > 0 applied to teacher and student logits for the soft-target loss; "
-                  "the soft loss is multiplied by T^2 so its gradients keep their scale when T changes."},
+        metadata={
+            "help": "Softmax temperature T > 0 applied to teacher and student logits for the soft-target loss; "
+            "the soft loss is multiplied by T^2 so its gradients keep their scale when T changes."
+        },
     )
     soft_weight: float = field(
         default=0.9, metadata={"help": "Weight of the soft-target loss T^2 * KL(teacher || student) at temperature T."}
     )
     hard_weight: float = field(
         default=0.1,
-        metadata={"help": "Weight of the student's own loss on the true labels (the model output's `.loss`); "
-                  "batches without labels skip it."},
+        metadata={
+            "help": "Weight of the student's own loss on the true labels (the model output's `.loss`); "
+            "batches without labels skip it."
+        },
     )
     hidden_weight: float = field(
         default=0.0, metadata={"help": "Weight of the hidden-state alignment loss; > 0 turns it on."}
     )
     hidden_loss: str = field(
         default="mse",
-        metadata={"help": "Distance for hidden-state alignment: 'mse' (mean squared error over hidden dims) "
-                  "or 'cosine' (1 - cosine similarity).", "choices": ["mse", "cosine"]},
+        metadata={
+            "help": "Distance for hidden-state alignment: 'mse' (mean squared error over hidden dims) "
+            "or 'cosine' (1 - cosine similarity).",
+            "choices": ["mse", "cosine"],
+        },
     )
     layer_map: str | None = field(
         default=None,
-        metadata={"help": "Student:teacher hidden-state pairs such as '1:2,2:4,3:6' (0 = embedding output). "
-                  "Unset = uniform map, student layer i <-> teacher layer i*Lt/Ls."},
+        metadata={
+            "help": "Student:teacher hidden-state pairs such as '1:2,2:4,3:6' (0 = embedding output). "
+            "Unset = uniform map, student layer i <-> teacher layer i*Lt/Ls."
+        },
     )
     divergence: str | None = field(
         default=None,
-        metadata={"help": "Soft-loss divergence between teacher p_t and student p_s at temperature T, scaled by T^2 "
-                  "(unset = 'forward_kl', or 'jsd' with jsd_beta 0.5 when lmbda > 0, GKD's best on-policy setting): "
-                  "'forward_kl' KL(p_t||p_s) (Hinton et al.), 'reverse_kl' KL(p_s||p_t) (MiniLLM), 'jsd' generalized "
-                  "JSD with jsd_beta (GKD), 'skew_forward_kl' / 'skew_reverse_kl' with skew_alpha (DistiLLM), 'tvd' "
-                  "total variation; 'mse' = squared error between raw logits (no T). Regression heads always use "
-                  "'mse'.", "choices": list(DIVERGENCE_NAMES)},
+        metadata={
+            "help": "Soft-loss divergence between teacher p_t and student p_s at temperature T, scaled by T^2 "
+            "(unset = 'forward_kl', or 'jsd' with jsd_beta 0.5 when lmbda > 0, GKD's best on-policy setting): "
+            "'forward_kl' KL(p_t||p_s) (Hinton et al.), 'reverse_kl' KL(p_s||p_t) (MiniLLM), 'jsd' generalized "
+            "JSD with jsd_beta (GKD), 'skew_forward_kl' / 'skew_reverse_kl' with skew_alpha (DistiLLM), 'tvd' "
+            "total variation; 'mse' = squared error between raw logits (no T). Regression heads always use "
+            "'mse'.",
+            "choices": list(DIVERGENCE_NAMES),
+        },
     )
     jsd_beta: float = field(
         default=0.5,
-        metadata={"help": "divergence='jsd': weight beta in [0, 1] of the teacher in the mixture M = beta p_t + "
-                  "(1-beta) p_s; JSD = beta KL(p_t||M) + (1-beta) KL(p_s||M); beta=0 is forward KL, beta=1 reverse "
-                  "KL (TRL's convention)."},
+        metadata={
+            "help": "divergence='jsd': weight beta in [0, 1] of the teacher in the mixture M = beta p_t + "
+            "(1-beta) p_s; JSD = beta KL(p_t||M) + (1-beta) KL(p_s||M); beta=0 is forward KL, beta=1 reverse "
+            "KL (TRL's convention)."
+        },
     )
     skew_alpha: float = field(
         default=0.1,
-        metadata={"help": "divergence='skew_forward_kl' / 'skew_reverse_kl': skew alpha in [0, 1); KL(p_t || alpha "
-                  "p_t + (1-alpha) p_s) resp. KL(p_s || alpha p_s + (1-alpha) p_t); alpha=0 is the plain KL."},
+        metadata={
+            "help": "divergence='skew_forward_kl' / 'skew_reverse_kl': skew alpha in [0, 1); KL(p_t || alpha "
+            "p_t + (1-alpha) p_s) resp. KL(p_s || alpha p_s + (1-alpha) p_t); alpha=0 is the plain KL."
+        },
     )
     loss_chunk_size: int | None = field(
         default=None,
-        metadata={"help": "Causal LMs: tokens per chunk for the output layer; logits, divergence and hard loss are "
-                  "computed chunk by chunk from the last hidden states, never the full (B, L, V). Unset = off."},
+        metadata={
+            "help": "Causal LMs: tokens per chunk for the output layer; logits, divergence and hard loss are "
+            "computed chunk by chunk from the last hidden states, never the full (B, L, V). Unset = off."
+        },
     )
     logit_loss: str | None = field(
         default=None,
-        metadata={"help": "Deprecated, use `divergence`: 'mse' is divergence='mse', 'kl' keeps the KL-family "
-                  "divergence.", "choices": [None, "kl", "mse"]},
+        metadata={
+            "help": "Deprecated, use `divergence`: 'mse' is divergence='mse', 'kl' keeps the KL-family divergence.",
+            "choices": [None, "kl", "mse"],
+        },
     )
     ensemble_mode: str = field(
         default="mean",
-        metadata={"help": "How several teachers' predictions combine into one target: 'mean' (arithmetic mean of "
-                  "probabilities) or 'geometric' (renormalised geometric mean).", "choices": ["mean", "geometric"]},
+        metadata={
+            "help": "How several teachers' predictions combine into one target: 'mean' (arithmetic mean of "
+            "probabilities) or 'geometric' (renormalised geometric mean).",
+            "choices": ["mean", "geometric"],
+        },
     )
     attention_weight: float = field(
         default=0.0,
-        metadata={"help": "Weight of attention-map distillation (TinyBERT style KL between attention distributions "
-                  "of mapped layers); > 0 turns it on. Needs the same number of heads."},
+        metadata={
+            "help": "Weight of attention-map distillation (TinyBERT style KL between attention distributions "
+            "of mapped layers); > 0 turns it on. Needs the same number of heads."
+        },
     )
     attention_layer_map: str | None = field(
         default=None,
-        metadata={"help": "Student:teacher transformer-layer pairs for attention distillation (1-based). "
-                  "Unset = uniform map."},
+        metadata={
+            "help": "Student:teacher transformer-layer pairs for attention distillation (1-based). "
+            "Unset = uniform map."
+        },
     )
     teacher_dtype: str | None = field(
         default=None,
-        metadata={"help": "Run the teacher in this dtype ('bfloat16', 'float16', 'float32'); the losses stay in "
-                  "float32. Unset = the teacher's own dtype.", "choices": [None, "bfloat16", "float16", "float32"]},
+        metadata={
+            "help": "Run the teacher in this dtype ('bfloat16', 'float16', 'float32'); the losses stay in "
+            "float32. Unset = the teacher's own dtype.",
+            "choices": [None, "bfloat16", "float16", "float32"],
+        },
     )
 
     # ---- on-policy (GKD) and sequence-level distillation of causal LMs (hf_distill.generation) ----
     lmbda: float = field(
         default=0.0,
-        metadata={"help": "Probability in [0, 1] that a training batch's completions are sampled from the student "
-                  "(on-policy, GKD's lambda); teacher and student then score the sampled tokens. 0 = off-policy "
-                  "(the dataset's completions). Student samples train the soft loss only (their labels are -100). "
-                  "Needs prompt/completion data (hf_distill.lm_data)."},
+        metadata={
+            "help": "Probability in [0, 1] that a training batch's completions are sampled from the student "
+            "(on-policy, GKD's lambda); teacher and student then score the sampled tokens. 0 = off-policy "
+            "(the dataset's completions). Student samples train the soft loss only (their labels are -100). "
+            "Needs prompt/completion data (hf_distill.lm_data)."
+        },
     )
     seq_kd: bool = field(
         default=False,
-        metadata={"help": "Sequence-level KD (Kim & Rush 2016): batches not sampled from the student get their "
-                  "completions sampled from the teacher instead of the dataset; the hard loss then trains on "
-                  "the teacher's samples."},
+        metadata={
+            "help": "Sequence-level KD (Kim & Rush 2016): batches not sampled from the student get their "
+            "completions sampled from the teacher instead of the dataset; the hard loss then trains on "
+            "the teacher's samples."
+        },
     )
     max_new_tokens: int = field(
         default=128, metadata={"help": "Most tokens sampled per completion when lmbda > 0 or seq_kd."}
     )
     generation_temperature: float = field(
         default=1.0,
-        metadata={"help": "Sampling temperature of on-policy / teacher generation (GKD samples at 1.0); "
-                  "0 = greedy decoding."},
+        metadata={
+            "help": "Sampling temperature of on-policy / teacher generation (GKD samples at 1.0); 0 = greedy decoding."
+        },
     )
     generation_top_p: float = field(
         default=1.0, metadata={"help": "Nucleus sampling: keep the smallest token set with this much mass (1 = off)."}
@@ -168,11 +205,13 @@ class DistillationArguments(TrainingArguments):
             self.divergence = "jsd" if self.lmbda > 0 else "forward_kl"
         self._check_divergence()
         if self.loss_chunk_size is not None and (
-            isinstance(self.loss_chunk_size, bool) or not isinstance(self.loss_chunk_size, int)
+            isinstance(self.loss_chunk_size, bool)
+            or not isinstance(self.loss_chunk_size, int)
             or self.loss_chunk_size <= 0
         ):
             raise ValueError(
-                f"loss_chunk_size must be a positive number of tokens (e.g. 1024) or unset, got {self.loss_chunk_size!r}."
+                "loss_chunk_size must be a positive number of tokens (e.g. 1024) or unset, "
+                f"got {self.loss_chunk_size!r}."
             )
         if self.ensemble_mode not in ("mean", "geometric"):
             raise ValueError(f"ensemble_mode must be 'mean' or 'geometric', got {self.ensemble_mode!r}.")
@@ -190,9 +229,7 @@ class DistillationArguments(TrainingArguments):
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
         if self.generation_temperature < 0:
-            raise ValueError(
-                f"generation_temperature must be >= 0 (0 = greedy), got {self.generation_temperature}."
-            )
+            raise ValueError(f"generation_temperature must be >= 0 (0 = greedy), got {self.generation_temperature}.")
         if not 0.0 < self.generation_top_p <= 1.0:
             raise ValueError(f"generation_top_p must be in (0, 1], got {self.generation_top_p} (1 = off).")
         if self.generation_top_k < 0:

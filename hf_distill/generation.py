@@ -39,14 +39,21 @@ STUDENT, TEACHER, DATA = "student", "teacher", "data"
 def generation_config_from_args(args, eos_token_id: int | None, pad_token_id: int) -> GenerationConfig:
     """The sampling settings of `DistillationArguments` as a `GenerationConfig` (temperature 0 = greedy)."""
     greedy = args.generation_temperature == 0
-    sampling = {} if greedy else {
-        "temperature": args.generation_temperature,
-        "top_p": args.generation_top_p,
-        "top_k": args.generation_top_k or None,
-    }
+    sampling = (
+        {}
+        if greedy
+        else {
+            "temperature": args.generation_temperature,
+            "top_p": args.generation_top_p,
+            "top_k": args.generation_top_k or None,
+        }
+    )
     return GenerationConfig(
-        max_new_tokens=args.max_new_tokens, do_sample=not greedy, eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id, **sampling,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=not greedy,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        **sampling,
     )
 
 
@@ -104,16 +111,18 @@ def sample_completions(
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast():
             torch.manual_seed(seed)
-            out = model.generate(input_ids=prompt_input_ids, attention_mask=prompt_attention_mask,
-                                 generation_config=generation_config)  # (B, P + N)
+            out = model.generate(
+                input_ids=prompt_input_ids, attention_mask=prompt_attention_mask, generation_config=generation_config
+            )  # (B, P + N)
     finally:
         model.train(was_training)
-    new_tokens = out[:, prompt_input_ids.shape[1]:]  # (B, N)
+    new_tokens = out[:, prompt_input_ids.shape[1] :]  # (B, N)
     return new_tokens, completion_lengths(new_tokens, generation_config.eos_token_id)
 
 
-def with_completions(batch: dict, new_tokens: torch.Tensor, lengths: torch.Tensor, pad_token_id: int,
-                     train_on_labels: bool) -> dict:
+def with_completions(
+    batch: dict, new_tokens: torch.Tensor, lengths: torch.Tensor, pad_token_id: int, train_on_labels: bool
+) -> dict:
     """A copy of `batch` whose completions are the first `lengths[b]` of `new_tokens[b]`, in dataset layout.
 
     Row b becomes prompt + completion + right padding, exactly as `PromptCompletionCollator` lays out a
@@ -138,8 +147,12 @@ def with_completions(batch: dict, new_tokens: torch.Tensor, lengths: torch.Tenso
     input_ids = input_ids.masked_fill(attention_mask == 0, pad_token_id)
     completion_mask = in_completion.long()
     labels = input_ids.masked_fill(~in_completion if train_on_labels else torch.ones_like(in_prompt), IGNORE_INDEX)
-    new = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-           COMPLETION_MASK: completion_mask}
+    new = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        COMPLETION_MASK: completion_mask,
+    }
     return {**batch, **new}  # the prompts (and any column a custom collator adds) stay as they were
 
 
@@ -158,8 +171,9 @@ class CompletionSampler:
                     "the tokenizer as processing_class (with tokenizer.pad_token set, e.g. to the eos token)."
                 )
             if eos_token_id is None:
-                logger.warning("no eos token is known: every sampled completion runs to max_new_tokens=%d.",
-                               args.max_new_tokens)
+                logger.warning(
+                    "no eos token is known: every sampled completion runs to max_new_tokens=%d.", args.max_new_tokens
+                )
         self.lmbda, self.seq_kd, self.seed = args.lmbda, args.seq_kd, args.seed
         self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
         self.generation_config = generation_config_from_args(args, eos_token_id, pad_token_id or 0)
@@ -170,7 +184,13 @@ class CompletionSampler:
         return self.lmbda > 0 or self.seq_kd
 
     def _reset(self) -> None:
-        self.batches, self.on_policy, self.generated_batches, self.generated_tokens, self.generated_rows = 0, 0, 0, 0, 0
+        self.batches, self.on_policy, self.generated_batches, self.generated_tokens, self.generated_rows = (
+            0,
+            0,
+            0,
+            0,
+            0,
+        )
         self.seconds = 0.0
         self._since = time.perf_counter()
 
@@ -182,8 +202,16 @@ class CompletionSampler:
                 return STUDENT
         return TEACHER if self.seq_kd else DATA
 
-    def __call__(self, batch: dict, student, teacher, step: int, micro: int, process_index: int = 0,
-                 autocast=contextlib.nullcontext) -> dict:
+    def __call__(
+        self,
+        batch: dict,
+        student,
+        teacher,
+        step: int,
+        micro: int,
+        process_index: int = 0,
+        autocast=contextlib.nullcontext,
+    ) -> dict:
         """The batch to train on for micro-batch `micro` of optimizer step `step`."""
         source = self.source(step, micro)
         self.batches += 1
@@ -201,9 +229,14 @@ class CompletionSampler:
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         # Processes see different prompts; their sampling streams differ too, while the coin above does not.
-        new_tokens, lengths = sample_completions(model, batch[PROMPT_INPUT_IDS], batch[PROMPT_ATTENTION_MASK],
-                                                 self.generation_config, _seed(self.seed, step, micro, 1 + process_index),
-                                                 autocast)
+        new_tokens, lengths = sample_completions(
+            model,
+            batch[PROMPT_INPUT_IDS],
+            batch[PROMPT_ATTENTION_MASK],
+            self.generation_config,
+            _seed(self.seed, step, micro, 1 + process_index),
+            autocast,
+        )
         self.generated_tokens += int(lengths.sum())  # synchronises: the generation time below is complete
         self.seconds += time.perf_counter() - start
         self.on_policy += source == STUDENT

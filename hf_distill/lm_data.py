@@ -71,7 +71,7 @@ def split_chat(messages: list[dict], tokenizer) -> tuple[str, str]:
             "(it rewrites earlier turns), so prompt and completion cannot be separated; use 'prompt' / "
             "'completion' columns instead."
         )
-    return prompt, full[len(prompt):]
+    return prompt, full[len(prompt) :]
 
 
 def encode_example(
@@ -121,8 +121,10 @@ def tokenize_prompt_completion(dataset, tokenizer, max_length: int, append_eos: 
         if kind == "messages":
             pairs = [split_chat(m, tokenizer) for m in batch[MESSAGES]]
         else:  # conversational prompt / completion (lists of messages, as in TRL datasets) go through the template
-            pairs = [split_chat(list(p) + list(c), tokenizer) if isinstance(p, list) and isinstance(c, list) else (p, c)
-                     for p, c in zip(batch["prompt"], batch["completion"])]
+            pairs = [
+                split_chat(list(p) + list(c), tokenizer) if isinstance(p, list) and isinstance(c, list) else (p, c)
+                for p, c in zip(batch["prompt"], batch["completion"])
+            ]
         templated = kind == "messages" or isinstance(batch["prompt"][0], list)  # the template writes its own bos
         rows = {"input_ids": [], "labels": []}
         for index, (prompt, completion) in zip(indices, pairs):
@@ -142,8 +144,13 @@ def tokenize_prompt_completion(dataset, tokenizer, max_length: int, append_eos: 
             rows["labels"].append(example["labels"])
         return rows
 
-    return dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names,
-                       desc=desc or "tokenizing prompt/completion")
+    return dataset.map(
+        encode,
+        batched=True,
+        with_indices=True,
+        remove_columns=dataset.column_names,
+        desc=desc or "tokenizing prompt/completion",
+    )
 
 
 def prompt_length(labels: Sequence[int]) -> int:
@@ -237,7 +244,9 @@ class PromptCompletionCollator:
             prompts.append(ids[:n])
             completions.append(ids[n:])
             completion_labels.append(labels[n:])
-        return pad_prompt_completion(prompts, completions, self.pad_token_id, self.pad_to_multiple_of, completion_labels)
+        return pad_prompt_completion(
+            prompts, completions, self.pad_token_id, self.pad_to_multiple_of, completion_labels
+        )
 
 
 @torch.no_grad()
@@ -259,10 +268,16 @@ def completion_nll(model, batch: dict, chunk_size: int | None = 1024) -> tuple[t
     if chunk_size and head is not None and getattr(base, "base_model", base) is not base:
         hidden = base.base_model(**inputs).last_hidden_state[:, :-1][keep]  # (N, d), completion positions only
         y = targets[keep]  # (N,)
-        nll = torch.cat([
-            F.cross_entropy(head(hidden[i: i + chunk_size]).float(), y[i: i + chunk_size], reduction="none")
-            for i in range(0, hidden.shape[0], chunk_size)
-        ]) if hidden.shape[0] else hidden.new_zeros(0, dtype=torch.float32)  # (N,), one (chunk, V) block at a time
+        nll = (
+            torch.cat(
+                [
+                    F.cross_entropy(head(hidden[i : i + chunk_size]).float(), y[i : i + chunk_size], reduction="none")
+                    for i in range(0, hidden.shape[0], chunk_size)
+                ]
+            )
+            if hidden.shape[0]
+            else hidden.new_zeros(0, dtype=torch.float32)
+        )  # (N,), one (chunk, V) block at a time
     else:
         logits = model(**inputs).logits[:, :-1].float()  # (B, L-1, V)
         nll = F.cross_entropy(logits[keep], targets[keep], reduction="none")  # (N,)

@@ -29,14 +29,15 @@ def label_with_teacher(
 ) -> Dataset:
     """Return `dataset` with a `column` holding the teacher's raw `output_field` for each example (float32).
 
-    The full-logits case of `hf_distill.cache.cache_teacher_outputs` (see there), kept under the transfer-set name: sequence-level logits
-    are stored as C values per example, token-level ones for the example's real tokens (L_i x C). Under
+    The full-logits case of `hf_distill.cache.cache_teacher_outputs` (see there), kept under the transfer-set name:
+    sequence-level logits are stored as C values per example, token-level ones for the example's real tokens (L_i x C). Under
     the default column name the DistillationTrainer trains on them without running the teacher.
     """
     if column in dataset.column_names:
         raise ValueError(f"the dataset already has a {column!r} column; pass another `column=` name or remove it.")
-    labelled = cache_teacher_outputs(teacher, dataset, batch_size=batch_size, data_collator=data_collator,
-                                     output_field=output_field, device=device)
+    labelled = cache_teacher_outputs(
+        teacher, dataset, batch_size=batch_size, data_collator=data_collator, output_field=output_field, device=device
+    )
     return labelled if column == "teacher_logits" else labelled.rename_column("teacher_logits", column)
 
 
@@ -44,7 +45,8 @@ def mark_unlabelled(dataset: Dataset, label_column: str = "labels") -> Dataset:
     """Replace missing labels (None) with -100 so unlabelled and labelled examples can share a batch.
 
     Sequence-level labels become -100 (-100.0 for float regression labels), token-level label lists
-    a list of -100, one per input token. The trainer then takes the hard loss over the labelled examples only and the soft loss over all.
+    a list of -100, one per input token. The trainer then takes the hard loss over the labelled examples only and
+    the soft loss over all.
     """
     if label_column not in dataset.column_names:
         raise ValueError(f"the dataset has no {label_column!r} column (columns: {dataset.column_names}).")

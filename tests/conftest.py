@@ -24,8 +24,14 @@ WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range
 
 def bert_config(layers=12, hidden=64, heads=4, num_labels=3, vocab=VOCAB, **kw):
     return tf.BertConfig(
-        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=2 * hidden, max_position_embeddings=64, num_labels=num_labels, **kw,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        **kw,
     )
 
 
@@ -36,27 +42,59 @@ def tiny_bert(layers=12, hidden=64, num_labels=3, seed=0, cls=tf.BertForSequence
 
 def tiny_roberta(layers=4, hidden=32, seed=0, cls=tf.RobertaForSequenceClassification):
     torch.manual_seed(seed)
-    return cls(tf.RobertaConfig(vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-                                intermediate_size=64, max_position_embeddings=70, num_labels=3))
+    return cls(
+        tf.RobertaConfig(
+            vocab_size=VOCAB,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=70,
+            num_labels=3,
+        )
+    )
 
 
 def tiny_distilbert(layers=4, hidden=32, seed=0, cls=tf.DistilBertForSequenceClassification, num_labels=3):
     torch.manual_seed(seed)
-    return cls(tf.DistilBertConfig(vocab_size=VOCAB, dim=hidden, n_layers=layers, n_heads=4, hidden_dim=64,
-                                   max_position_embeddings=64, num_labels=num_labels))
+    return cls(
+        tf.DistilBertConfig(
+            vocab_size=VOCAB,
+            dim=hidden,
+            n_layers=layers,
+            n_heads=4,
+            hidden_dim=64,
+            max_position_embeddings=64,
+            num_labels=num_labels,
+        )
+    )
 
 
 def tiny_gpt2(layers=4, hidden=32, seed=0, vocab=VOCAB):
     torch.manual_seed(seed)
-    return tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=4, n_positions=64,
-                                            bos_token_id=0, eos_token_id=0))
+    return tf.GPT2LMHeadModel(
+        tf.GPT2Config(
+            vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0
+        )
+    )
 
 
 def tiny_llama(layers=4, hidden=32, seed=0, vocab=VOCAB):
     torch.manual_seed(seed)
-    return tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
-                                              num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-                                              max_position_embeddings=64, bos_token_id=0, eos_token_id=0, pad_token_id=0))
+    return tf.LlamaForCausalLM(
+        tf.LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
+    )
 
 
 def make_tokenizer(directory, words=WORDS) -> tf.PreTrainedTokenizerBase:
@@ -77,10 +115,14 @@ def classification_data(n=32, seq=12, num_labels=3, seed=0, with_padding=True) -
             mask[i, length:] = 0
             ids[i, length:] = 0
     labels = ((ids % 2 == 0) & (mask == 1)).sum(1) % num_labels
-    return Dataset.from_dict({
-        "input_ids": ids.tolist(), "attention_mask": mask.tolist(),
-        "token_type_ids": torch.zeros_like(ids).tolist(), "labels": labels.tolist(),
-    })
+    return Dataset.from_dict(
+        {
+            "input_ids": ids.tolist(),
+            "attention_mask": mask.tolist(),
+            "token_type_ids": torch.zeros_like(ids).tolist(),
+            "labels": labels.tolist(),
+        }
+    )
 
 
 def fixed_batch(n=4, seq=10, num_labels=3, seed=1) -> dict[str, torch.Tensor]:

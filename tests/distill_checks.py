@@ -13,9 +13,19 @@ from hf_distill import DistillationArguments
 
 def make_args(tmp_path, **kw) -> DistillationArguments:
     defaults = {
-        "output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 4, "max_steps": 3, "learning_rate": 5e-3,
-        "report_to": [], "save_strategy": "no", "logging_steps": 1, "use_cpu": True, "temperature": 2.0,
-        "soft_weight": 0.7, "hard_weight": 0.3, "dataloader_num_workers": 0, "disable_tqdm": True,
+        "output_dir": str(tmp_path / "out"),
+        "per_device_train_batch_size": 4,
+        "max_steps": 3,
+        "learning_rate": 5e-3,
+        "report_to": [],
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "use_cpu": True,
+        "temperature": 2.0,
+        "soft_weight": 0.7,
+        "hard_weight": 0.3,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
     }
     defaults.update(kw)
     return DistillationArguments(**defaults)
@@ -42,7 +52,9 @@ def ref_soft(student: torch.Tensor, teacher: torch.Tensor, T: float, positions) 
 
 
 def token_positions(attention_mask: torch.Tensor) -> list[tuple[int, int]]:
-    return [(b, i) for b in range(attention_mask.shape[0]) for i in range(attention_mask.shape[1]) if attention_mask[b, i]]
+    return [
+        (b, i) for b in range(attention_mask.shape[0]) for i in range(attention_mask.shape[1]) if attention_mask[b, i]
+    ]
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""Tiny causal LMs, a 50-token tokenizer and unequally padded data for the chunked-loss trainer tests and DDP script."""
+"""Tiny causal LMs, a 50-token tokenizer and unequally padded data for the chunked-loss trainer tests and the DDP
+script."""
 
 import torch
 import transformers as tf
@@ -10,19 +11,41 @@ TOKENS = 50  # the shared tokenizer's size; output layers are padded beyond it (
 
 def tokenizer():
     vocab = {f"t{i}": i for i in range(TOKENS)}
-    return tf.PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t1")),
-                                      pad_token="t0", unk_token="t1")
+    return tf.PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t1")), pad_token="t0", unk_token="t1"
+    )
 
 
 def tiny_lm(arch: str = "llama", vocab: int = 56, hidden: int = 16, seed: int = 0):
     torch.manual_seed(seed)
     if arch == "gpt2":
-        config = tf.GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=2, n_head=2, n_positions=32, resid_pdrop=0.0,
-                               embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+        config = tf.GPT2Config(
+            vocab_size=vocab,
+            n_embd=hidden,
+            n_layer=2,
+            n_head=2,
+            n_positions=32,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
         return tf.GPT2LMHeadModel(config)
-    config = tf.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-                            num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False,
-                            max_position_embeddings=32, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    config = tf.LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=False,
+        max_position_embeddings=32,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
     return tf.LlamaForCausalLM(config)
 
 

@@ -14,9 +14,18 @@ from hf_distill.losses import soft_target_loss, topk_soft_target_loss
 
 
 def dargs(tmp_path, **kw):
-    base = {"output_dir": str(tmp_path / "out"), "report_to": [], "use_cpu": True, "per_device_train_batch_size": 4,
-            "learning_rate": 1e-3, "logging_steps": 1, "save_strategy": "no", "disable_tqdm": True, "seed": 0,
-            "max_steps": 4}
+    base = {
+        "output_dir": str(tmp_path / "out"),
+        "report_to": [],
+        "use_cpu": True,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1e-3,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "seed": 0,
+        "max_steps": 4,
+    }
     base.update(kw)
     return DistillationArguments(**base)
 
@@ -38,7 +47,10 @@ def hand_topk_loss(s, idx, vals, rest, T):
 @pytest.mark.parametrize("T", [1.0, 2.0, 4.0])
 def test_topk_loss_matches_hand_computation_and_full_loss_at_k_equal_c(T):
     g = torch.Generator().manual_seed(0)
-    s, t = torch.randn(6, 20, generator=g, dtype=torch.float64) * 2, torch.randn(6, 20, generator=g, dtype=torch.float64) * 3
+    s, t = (
+        torch.randn(6, 20, generator=g, dtype=torch.float64) * 2,
+        torch.randn(6, 20, generator=g, dtype=torch.float64) * 3,
+    )
     k = 5
     vals, idx = t.topk(k, dim=-1)
     p_t = torch.softmax(t / T, -1)
@@ -77,8 +89,11 @@ def _masks_only(features):  # the wrapped collator: whatever it builds, the cach
     return {"attention_mask": torch.tensor([f["attention_mask"] for f in features])}
 
 
-@pytest.mark.parametrize("mask", [[[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]],
-                         ids=["right_padding", "left_padding"])
+@pytest.mark.parametrize(
+    "mask",
+    [[[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]],
+    ids=["right_padding", "left_padding"],
+)
 def test_collator_scatters_token_rows_into_real_positions(mask):
     collate = CachedOutputsCollator(_masks_only)
     features = [{"attention_mask": m, "teacher_logits": [[float(i)] for i in range(sum(m))]} for m in mask]
@@ -128,8 +143,14 @@ def test_cached_run_equals_live_run_token_level_with_dynamic_padding(tmp_path, t
     lengths = torch.randint(4, 12, (16,), generator=g).tolist()
     ids = [torch.randint(5, VOCAB, (n,), generator=g).tolist() for n in lengths]
     from datasets import Dataset
-    data = Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * n for n in lengths],
-                              "labels": [[i % 3 for i in row] for row in ids]})  # unpadded: padded per batch
+
+    data = Dataset.from_dict(
+        {
+            "input_ids": ids,
+            "attention_mask": [[1] * n for n in lengths],
+            "labels": [[i % 3 for i in row] for row in ids],
+        }
+    )  # unpadded: padded per batch
     collator = tf.DataCollatorForTokenClassification(tokenizer)
     live = _run(tmp_path, "live", teacher, data, data_collator=collator)
     cached_data = cache_teacher_outputs(teacher, data, data_collator=collator, batch_size=5)
@@ -167,17 +188,23 @@ def test_cached_run_never_constructs_or_loads_the_teacher(tmp_path, monkeypatch)
     assert any("soft_loss" in h for h in trainer.state.log_history)
 
 
-@pytest.mark.parametrize("case, message", [
-    ("hidden", "hidden-state and attention alignment need the live teacher"),
-    ("eval", "eval_dataset does not"),
-    ("temperature", "made at temperature 2.0"),
-    ("width", "cached teacher logits have 3 classes"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("hidden", "hidden-state and attention alignment need the live teacher"),
+        ("eval", "eval_dataset does not"),
+        ("temperature", "made at temperature 2.0"),
+        ("width", "cached teacher logits have 3 classes"),
+    ],
+)
 def test_cache_misuse_fails_at_construction(tmp_path, case, message):
     teacher = tiny_bert(layers=2, hidden=32)
     data = classification_data(8)
-    cached = cache_teacher_outputs(teacher, data, top_k=2, temperature=2.0) if case == "temperature" else \
-        cache_teacher_outputs(teacher, data)
+    cached = (
+        cache_teacher_outputs(teacher, data, top_k=2, temperature=2.0)
+        if case == "temperature"
+        else cache_teacher_outputs(teacher, data)
+    )
     student = tiny_bert(layers=1, hidden=32, seed=1, num_labels=2 if case == "width" else 3)
     kw = {"hidden_weight": 1.0} if case == "hidden" else {"temperature": 4.0} if case == "temperature" else {}
     extra = {"eval_dataset": data} if case == "eval" else {}
@@ -187,7 +214,9 @@ def test_cache_misuse_fails_at_construction(tmp_path, case, message):
 
 def test_no_teacher_and_no_cache_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="cached teacher outputs"):
-        DistillationTrainer(tiny_bert(layers=1, hidden=32), None, dargs(tmp_path), train_dataset=classification_data(4))
+        DistillationTrainer(
+            tiny_bert(layers=1, hidden=32), None, dargs(tmp_path), train_dataset=classification_data(4)
+        )
 
 
 def test_cache_cli_writes_a_dataset_the_trainer_uses_without_teacher(tmp_path, tokenizer):
@@ -199,17 +228,30 @@ def test_cache_cli_writes_a_dataset_the_trainer_uses_without_teacher(tmp_path, t
     teacher.save_pretrained(tmp_path / "teacher")
     tokenizer.save_pretrained(tmp_path / "teacher")
     words = [f"w{i}" for i in range(40)]
-    rows = [" ".join(words[i % 7: i % 7 + 3 + i % 5]) for i in range(12)]
+    rows = [" ".join(words[i % 7 : i % 7 + 3 + i % 5]) for i in range(12)]
     (tmp_path / "train.csv").write_text("text,label\n" + "\n".join(f"{r},{i % 3}" for i, r in enumerate(rows)))
-    main(["--teacher_model_name_or_path", str(tmp_path / "teacher"), "--data_file", str(tmp_path / "train.csv"),
-          "--output_dir", str(tmp_path / "cached"), "--batch_size", "5", "--max_length", "32"])
+    main(
+        [
+            "--teacher_model_name_or_path",
+            str(tmp_path / "teacher"),
+            "--data_file",
+            str(tmp_path / "train.csv"),
+            "--output_dir",
+            str(tmp_path / "cached"),
+            "--batch_size",
+            "5",
+            "--max_length",
+            "32",
+        ]
+    )
     cached = load_from_disk(str(tmp_path / "cached"))
     assert {"teacher_logits", "input_ids", "label"} <= set(cached.column_names)
     enc = tokenizer(rows[3], return_tensors="pt")
     with torch.no_grad():
         ref = teacher(**enc).logits[0]
     torch.testing.assert_close(torch.tensor(cached[3]["teacher_logits"]), ref, rtol=1e-5, atol=1e-5)
-    trainer = DistillationTrainer(tiny_bert(layers=1, hidden=32, seed=1), None, dargs(tmp_path),
-                                  train_dataset=cached, processing_class=tokenizer)
+    trainer = DistillationTrainer(
+        tiny_bert(layers=1, hidden=32, seed=1), None, dargs(tmp_path), train_dataset=cached, processing_class=tokenizer
+    )
     trainer.train()
     assert any("soft_loss" in h for h in trainer.state.log_history)

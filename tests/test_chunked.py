@@ -32,15 +32,16 @@ def assert_grads_close(got, want, name=""):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * scale + 1e-12, msg=lambda m: f"{name}: {m}")
 
 
-def reference(h_s, head, h_ts, t_heads, labels, soft_mask, T, divergence, vocab_limit, ws, wh, params,
-              ensemble_mode="mean"):
+def reference(
+    h_s, head, h_ts, t_heads, labels, soft_mask, T, divergence, vocab_limit, ws, wh, params, ensemble_mode="mean"
+):
     """The unchunked computation: full (N, V) logits, the registry loss and F.cross_entropy, plain autograd."""
     z = head.finish(F.linear(h_s, head.weight, head.bias))  # (N, V_s)
-    t_logits = [th.finish(F.linear(h.to(th.weight.dtype), th.weight, th.bias))[:, :vocab_limit]
-                for h, th in zip(h_ts, t_heads)]
+    t_logits = [
+        th.finish(F.linear(h.to(th.weight.dtype), th.weight, th.bias))[:, :vocab_limit] for h, th in zip(h_ts, t_heads)
+    ]
     target = teacher_target(t_logits, T, ensemble_mode, divergence)
-    soft = divergence_loss(z[:, :vocab_limit], target, T, soft_mask, divergence=divergence, reduction="sum",
-                           **params)
+    soft = divergence_loss(z[:, :vocab_limit], target, T, soft_mask, divergence=divergence, reduction="sum", **params)
     hard = F.cross_entropy(z.float(), labels, ignore_index=-100, reduction="sum")
     return ws * soft + wh * hard, soft, hard
 
@@ -51,8 +52,12 @@ def test_chunked_head_loss_equals_unchunked_on_raw_tensors(divergence, params):
     g = torch.Generator().manual_seed(0)
     N, H, Ht, Vs, Vt, limit, T = 37, 8, 12, 23, 25, 20, 2.0
     h_s = torch.randn(N, H, generator=g, requires_grad=True)
-    head = OutputHead(torch.randn(Vs, H, generator=g).requires_grad_(True),
-                      torch.randn(Vs, generator=g).requires_grad_(True), scale=0.7, softcap=6.0)
+    head = OutputHead(
+        torch.randn(Vs, H, generator=g).requires_grad_(True),
+        torch.randn(Vs, generator=g).requires_grad_(True),
+        scale=0.7,
+        softcap=6.0,
+    )
     h_ts = [torch.randn(N, Ht, generator=g), torch.randn(N, Ht, generator=g).bfloat16()]
     t_heads = [OutputHead(torch.randn(Vt, Ht, generator=g)), OutputHead(torch.randn(Vt, Ht, generator=g).bfloat16())]
     labels = torch.randint(0, Vs, (N,), generator=g)
@@ -60,12 +65,25 @@ def test_chunked_head_loss_equals_unchunked_on_raw_tensors(divergence, params):
     soft_mask = torch.rand(N, generator=g) > 0.3
     ws, wh = 0.9 / int(soft_mask.sum()), 0.1 / int((labels != -100).sum())
 
-    want, want_soft, want_hard = reference(h_s, head, h_ts, t_heads, labels, soft_mask, T, divergence, limit, ws, wh,
-                                           params)
+    want, want_soft, want_hard = reference(
+        h_s, head, h_ts, t_heads, labels, soft_mask, T, divergence, limit, ws, wh, params
+    )
     want_grads = torch.autograd.grad(want, [h_s, head.weight, head.bias])
-    got = chunked_head_loss(h_s, head, h_ts, t_heads, labels=labels, soft_mask=soft_mask, temperature=T,
-                            divergence=divergence, vocab_limit=limit, soft_scale=ws, hard_scale=wh, chunk_size=5,
-                            **params)
+    got = chunked_head_loss(
+        h_s,
+        head,
+        h_ts,
+        t_heads,
+        labels=labels,
+        soft_mask=soft_mask,
+        temperature=T,
+        divergence=divergence,
+        vocab_limit=limit,
+        soft_scale=ws,
+        hard_scale=wh,
+        chunk_size=5,
+        **params,
+    )
     got_grads = torch.autograd.grad(got.loss, [h_s, head.weight, head.bias])
     assert got.loss.item() == pytest.approx(want.item(), rel=1e-5)
     assert got.soft_sum.item() == pytest.approx(want_soft.item(), rel=1e-5)
@@ -128,14 +146,34 @@ def test_chunked_head_loss_rejects_bad_inputs():
 
 
 def _gpt2(vocab, hidden=16):
-    return tf.GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=2, n_head=2, n_positions=32, resid_pdrop=0.0,
-                         embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    return tf.GPT2Config(
+        vocab_size=vocab,
+        n_embd=hidden,
+        n_layer=2,
+        n_head=2,
+        n_positions=32,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
 
 
 def _llama(vocab, hidden=16):
-    return tf.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-                          num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False,
-                          max_position_embeddings=32, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    return tf.LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=False,
+        max_position_embeddings=32,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
 
 
 MODELS = {
@@ -171,8 +209,9 @@ def test_chunked_equals_unchunked_on_tiny_models(arch, divergence, params):
     with torch.no_grad():
         t_logits = teacher(**inputs).logits
     target = teacher_target(t_logits[..., :TOKENS], T, divergence=divergence)
-    soft = divergence_loss(out.logits[..., :TOKENS], target, T, inputs["attention_mask"], divergence=divergence,
-                           **params)
+    soft = divergence_loss(
+        out.logits[..., :TOKENS], target, T, inputs["attention_mask"], divergence=divergence, **params
+    )
     want = ws * soft + wh * out.loss
     params_s = [p for p in student.parameters() if p.requires_grad]
     want_grads = torch.autograd.grad(want, params_s)
@@ -183,10 +222,21 @@ def test_chunked_equals_unchunked_on_tiny_models(arch, divergence, params):
         h_t = last_hidden_states(teacher, inputs)  # (B, L, H_t)
     keep, soft_mask, next_labels = causal_lm_rows(inputs["attention_mask"], labels, labels.shape)
     n_soft, n_hard = int(soft_mask.sum()), int((next_labels != -100).sum())
-    got = chunked_head_loss(h_s[keep], OutputHead.from_model(student), [h_t[keep]], [OutputHead.from_model(teacher)],
-                            labels=next_labels, soft_mask=soft_mask, temperature=T, divergence=divergence,
-                            vocab_limit=TOKENS, soft_scale=ws / n_soft, hard_scale=wh / n_hard, chunk_size=4,
-                            **params)
+    got = chunked_head_loss(
+        h_s[keep],
+        OutputHead.from_model(student),
+        [h_t[keep]],
+        [OutputHead.from_model(teacher)],
+        labels=next_labels,
+        soft_mask=soft_mask,
+        temperature=T,
+        divergence=divergence,
+        vocab_limit=TOKENS,
+        soft_scale=ws / n_soft,
+        hard_scale=wh / n_hard,
+        chunk_size=4,
+        **params,
+    )
     got_grads = torch.autograd.grad(got.loss, params_s)
     assert got.loss.item() == pytest.approx(want.item(), rel=1e-5)
     assert (got.soft_sum / n_soft).item() == pytest.approx(soft.item(), rel=1e-5)
@@ -209,7 +259,9 @@ def test_causal_lm_rows_shift_labels_like_the_model():
     keep, soft, nxt = causal_lm_rows(torch.tensor([[1, 1, 0]]), torch.tensor([[1, 2, 3]]), (1, 3))
     assert keep.tolist() == [[True, True, False]] and soft.tolist() == [True, True] and nxt.tolist() == [2, 3]
     keep, soft, nxt = causal_lm_rows(torch.tensor([[0, 1, 1]]), torch.tensor([[1, 2, 3]]), (1, 3))
-    assert keep.tolist() == [[True, True, True]] and soft.tolist() == [False, True, True] and nxt.tolist() == [2, 3, -100]
+    assert (
+        keep.tolist() == [[True, True, True]] and soft.tolist() == [False, True, True] and nxt.tolist() == [2, 3, -100]
+    )
 
 
 def test_chunked_head_loss_under_bf16_autocast_matches_the_autocast_reference():
@@ -222,8 +274,18 @@ def test_chunked_head_loss_under_bf16_autocast_matches_the_autocast_reference():
     labels = torch.randint(0, V, (N,), generator=g)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         want, _, _ = reference(h_s, head, [h_t], [t_head], labels, None, 2.0, "reverse_kl", None, 0.5 / N, 0.5 / N, {})
-        got = chunked_head_loss(h_s, head, [h_t], [t_head], labels=labels, temperature=2.0, divergence="reverse_kl",
-                                soft_scale=0.5 / N, hard_scale=0.5 / N, chunk_size=16)
+        got = chunked_head_loss(
+            h_s,
+            head,
+            [h_t],
+            [t_head],
+            labels=labels,
+            temperature=2.0,
+            divergence="reverse_kl",
+            soft_scale=0.5 / N,
+            hard_scale=0.5 / N,
+            chunk_size=16,
+        )
     assert got.loss.dtype == torch.float32 and want.dtype == torch.float32
     assert got.loss.item() == pytest.approx(want.item(), rel=1e-3)
     want_grads = torch.autograd.grad(want, [h_s, head.weight])

@@ -30,8 +30,9 @@ def test_two_teacher_soft_target(tmp_path, mode):
     teachers = [sharpen(tiny_bert(layers=2, hidden=32, seed=10)), sharpen(tiny_bert(layers=3, hidden=48, seed=11))]
     student = tiny_bert(layers=1, hidden=32, seed=1)
     args = make_args(tmp_path, temperature=T, ensemble_mode=mode, soft_weight=1.0, hard_weight=0.5)
-    trainer = DistillationTrainer(model=student, teacher_model=teachers, args=args,
-                                  train_dataset=classification_data(8, 10))
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teachers, args=args, train_dataset=classification_data(8, 10)
+    )
     batch = fixed_batch(n=4, seq=10)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     with torch.no_grad():
@@ -43,15 +44,18 @@ def test_two_teacher_soft_target(tmp_path, mode):
     assert comps["soft_loss"] == pytest.approx(float(expected), rel=1e-4)
     # the other mode gives a different number: the argument is actually used
     other = "geometric" if mode == "mean" else "mean"
-    other_expected = torch.stack([ref_kl(s[b], combined_target(t1[b], t2[b], other), T) for b in range(4)]).mean() * T**2
+    other_expected = (
+        torch.stack([ref_kl(s[b], combined_target(t1[b], t2[b], other), T) for b in range(4)]).mean() * T**2
+    )
     assert abs(float(other_expected) - float(expected)) > 1e-6
 
 
 def test_ensemble_trains_student_only_and_saves_no_teacher(tmp_path):
     teachers = [tiny_bert(layers=2, hidden=32, seed=10), tiny_distilbert(layers=2, hidden=32, seed=12)]
     student = tiny_bert(layers=1, hidden=32, seed=1)
-    trainer = DistillationTrainer(model=student, teacher_model=teachers, args=make_args(tmp_path),
-                                  train_dataset=classification_data(16, 10))
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teachers, args=make_args(tmp_path), train_dataset=classification_data(16, 10)
+    )
     assert len(trainer.teachers) == 2 and trainer.teacher is trainer.teachers[0]
     assert_trains_student_not_teacher(trainer)
     out = tmp_path / "saved"

@@ -15,12 +15,32 @@ from hf_distill import DistillationArguments, DistillationTrainer
 
 
 def make_trainer(tmp_path, student, teachers, data=None, peft_config=None, **kw):
-    defaults = {"output_dir": str(tmp_path), "report_to": [], "use_cpu": True, "per_device_train_batch_size": 4,
-                "max_steps": 3, "optim": "sgd", "learning_rate": 0.5, "save_strategy": "no", "disable_tqdm": True,
-                "logging_steps": 1, "seed": 0, "soft_weight": 0.6, "hard_weight": 0.4, "temperature": 1.0}
+    defaults = {
+        "output_dir": str(tmp_path),
+        "report_to": [],
+        "use_cpu": True,
+        "per_device_train_batch_size": 4,
+        "max_steps": 3,
+        "optim": "sgd",
+        "learning_rate": 0.5,
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "logging_steps": 1,
+        "seed": 0,
+        "soft_weight": 0.6,
+        "hard_weight": 0.4,
+        "temperature": 1.0,
+    }
     args = DistillationArguments(**{**defaults, **kw})
-    return DistillationTrainer(student, teachers, args, train_dataset=data if data is not None else lm_data(),
-                               data_collator=collate, processing_class=tokenizer(), peft_config=peft_config)
+    return DistillationTrainer(
+        student,
+        teachers,
+        args,
+        train_dataset=data if data is not None else lm_data(),
+        data_collator=collate,
+        processing_class=tokenizer(),
+        peft_config=peft_config,
+    )
 
 
 def train(tmp_path, arch="llama", teachers=1, **kw):
@@ -37,9 +57,14 @@ def assert_same_weights(a, b, rtol=1e-5):
         torch.testing.assert_close(a[k], b[k], rtol=rtol, atol=rtol * a[k].abs().max().item(), msg=k)
 
 
-@pytest.mark.parametrize("arch, divergence, teachers", [
-    ("llama", "forward_kl", 1), ("gpt2", "jsd", 1), ("llama", "reverse_kl", 2),
-])
+@pytest.mark.parametrize(
+    "arch, divergence, teachers",
+    [
+        ("llama", "forward_kl", 1),
+        ("gpt2", "jsd", 1),
+        ("llama", "reverse_kl", 2),
+    ],
+)
 def test_chunked_training_equals_full_logits_training(tmp_path, arch, divergence, teachers):
     """Padding, vocabulary padding (56 / 64 rows for 50 tokens), ignored labels, several teachers."""
     full, t_full = train(tmp_path / "full", arch, teachers, divergence=divergence)
@@ -49,7 +74,9 @@ def test_chunked_training_equals_full_logits_training(tmp_path, arch, divergence
     assert_same_weights(chunked, full)
     logs = [(h["soft_loss"], h["hard_loss"]) for h in t_full.state.log_history if "soft_loss" in h]
     logs_chunked = [(h["soft_loss"], h["hard_loss"]) for h in t_chunked.state.log_history if "soft_loss" in h]
-    assert len(logs) == 3 and [v for r in logs_chunked for v in r] == pytest.approx([v for r in logs for v in r], rel=1e-5)
+    assert len(logs) == 3 and [v for r in logs_chunked for v in r] == pytest.approx(
+        [v for r in logs for v in r], rel=1e-5
+    )
 
 
 def test_no_full_logits_in_training_or_evaluation(tmp_path):
@@ -93,10 +120,12 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path, chunk):
     assert_same_weights(four, big)
     # the check can fail: averaging per-micro-batch means weighs short rows' tokens more
     student, teacher = tiny_lm(vocab=56, seed=1), tiny_lm(vocab=64, hidden=24, seed=10)
-    args = make_trainer(tmp_path / "means", student, teacher, per_device_train_batch_size=1,
-                        gradient_accumulation_steps=4, **kw).args
-    PerMicroBatchMeans(student, teacher, args, train_dataset=lm_data(), data_collator=collate,
-                       processing_class=tokenizer()).train()
+    args = make_trainer(
+        tmp_path / "means", student, teacher, per_device_train_batch_size=1, gradient_accumulation_steps=4, **kw
+    ).args
+    PerMicroBatchMeans(
+        student, teacher, args, train_dataset=lm_data(), data_collator=collate, processing_class=tokenizer()
+    ).train()
     assert any(not torch.allclose(student.state_dict()[k], big[k], rtol=1e-4) for k in big)
 
 
@@ -115,8 +144,14 @@ def test_peft_student_and_bf16_teacher(tmp_path):
     lora = LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["q_proj", "v_proj"])
     results = {}
     for name, chunk in (("full", None), ("chunked", 4)):
-        trainer = make_trainer(tmp_path / name, tiny_lm(vocab=56, seed=1), tiny_lm(vocab=64, hidden=24, seed=2),
-                               peft_config=lora, teacher_dtype="bfloat16", loss_chunk_size=chunk)
+        trainer = make_trainer(
+            tmp_path / name,
+            tiny_lm(vocab=56, seed=1),
+            tiny_lm(vocab=64, hidden=24, seed=2),
+            peft_config=lora,
+            teacher_dtype="bfloat16",
+            loss_chunk_size=chunk,
+        )
         results[name] = _one_batch_loss_and_grads(trainer, batch)
     (loss_f, grads_f), (loss_c, grads_c) = results["full"], results["chunked"]
     assert grads_f and all("lora_" in n for n in grads_f)  # only the adapter trains
@@ -125,35 +160,50 @@ def test_peft_student_and_bf16_teacher(tmp_path):
     for n in grads_f:
         torch.testing.assert_close(grads_c[n], grads_f[n], rtol=1e-4, atol=1e-4 * grads_f[n].abs().max().item())
     with pytest.raises(ValueError, match="plain nn.Linear"):
-        make_trainer(tmp_path / "head", tiny_lm(vocab=56, seed=1), tiny_lm(vocab=64, hidden=24, seed=2),
-                     peft_config=LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["q_proj", "lm_head"]),
-                     loss_chunk_size=4)
+        make_trainer(
+            tmp_path / "head",
+            tiny_lm(vocab=56, seed=1),
+            tiny_lm(vocab=64, hidden=24, seed=2),
+            peft_config=LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["q_proj", "lm_head"]),
+            loss_chunk_size=4,
+        )
 
 
 def test_chunking_refuses_what_it_cannot_do(tmp_path):
     import transformers as tf
 
-    bert = tf.BertForSequenceClassification(tf.BertConfig(vocab_size=TOKENS, hidden_size=16, num_hidden_layers=1,
-                                                          num_attention_heads=2, intermediate_size=32))
+    bert = tf.BertForSequenceClassification(
+        tf.BertConfig(
+            vocab_size=TOKENS, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+        )
+    )
     with pytest.raises(ValueError, match="causal language models"):
-        DistillationTrainer(bert, bert.__class__(bert.config), DistillationArguments(
-            output_dir=str(tmp_path), report_to=[], use_cpu=True, loss_chunk_size=8))
+        DistillationTrainer(
+            bert,
+            bert.__class__(bert.config),
+            DistillationArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, loss_chunk_size=8),
+        )
     with pytest.raises(ValueError, match="label smoothing"):
-        make_trainer(tmp_path, tiny_lm(seed=1), tiny_lm(vocab=64, seed=2), loss_chunk_size=8,
-                     label_smoothing_factor=0.1)
+        make_trainer(
+            tmp_path, tiny_lm(seed=1), tiny_lm(vocab=64, seed=2), loss_chunk_size=8, label_smoothing_factor=0.1
+        )
     with pytest.raises(ValueError, match="vocab_size"):  # a teacher vocabulary that is more than padding
         make_trainer(tmp_path, tiny_lm(vocab=40, seed=1), tiny_lm(vocab=64, seed=2), loss_chunk_size=8)
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun"))
-                    and shutil.which("torchrun") is None, reason="torchrun not installed")
+@pytest.mark.skipif(
+    not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")) and shutil.which("torchrun") is None,
+    reason="torchrun not installed",
+)
 def test_two_process_chunked_ddp_equals_one_process(tmp_path):
     """2 processes x 2 rows == 1 process x 4 rows, with unequal token counts on the two ranks."""
     script = os.path.join(os.path.dirname(__file__), "ddp_chunked_train.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(os.path.dirname(script))}
     torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
-    for cmd in ([sys.executable, script, str(tmp_path / "one"), "4"],
-                [torchrun, "--nproc_per_node", "2", "--standalone", script, str(tmp_path / "two"), "2"]):
+    for cmd in (
+        [sys.executable, script, str(tmp_path / "one"), "4"],
+        [torchrun, "--nproc_per_node", "2", "--standalone", script, str(tmp_path / "two"), "2"],
+    ):
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     one, two = torch.load(tmp_path / "one" / "final.pt"), torch.load(tmp_path / "two" / "final.pt")

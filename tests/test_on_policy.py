@@ -34,9 +34,20 @@ def lm_data(tok, n=16, seed=0):
 
 
 def make_args(tmp_path, **kw):
-    defaults = {"output_dir": str(tmp_path / "out"), "report_to": "none", "use_cpu": True, "max_steps": 4,
-                    "per_device_train_batch_size": 4, "logging_steps": 2, "learning_rate": 1e-2, "disable_tqdm": True,
-                    "save_strategy": "no", "max_new_tokens": 5, "seed": 7, "temperature": 1.0}
+    defaults = {
+        "output_dir": str(tmp_path / "out"),
+        "report_to": "none",
+        "use_cpu": True,
+        "max_steps": 4,
+        "per_device_train_batch_size": 4,
+        "logging_steps": 2,
+        "learning_rate": 1e-2,
+        "disable_tqdm": True,
+        "save_strategy": "no",
+        "max_new_tokens": 5,
+        "seed": 7,
+        "temperature": 1.0,
+    }
     return DistillationArguments(**{**defaults, **kw})
 
 
@@ -44,8 +55,10 @@ def make_trainer(tmp_path, tok, student=None, teacher=None, data=None, **kw):
     return DistillationTrainer(
         student if student is not None else tiny_gpt2(layers=2, seed=0),
         teacher if teacher is not None else tiny_gpt2(layers=3, seed=1),
-        make_args(tmp_path, **kw), train_dataset=data if data is not None else lm_data(tok),
-        processing_class=tok, data_collator=PromptCompletionCollator.from_tokenizer(tok),
+        make_args(tmp_path, **kw),
+        train_dataset=data if data is not None else lm_data(tok),
+        processing_class=tok,
+        data_collator=PromptCompletionCollator.from_tokenizer(tok),
     )
 
 
@@ -90,14 +103,22 @@ def test_completion_lengths_stop_at_the_first_eos():
 def test_with_completions_equals_the_collator_on_the_sampled_rows(train_on_labels):
     """The gathered on-device layout == the dataset collator run on prompt + completion rows."""
     collator = PromptCompletionCollator(0)
-    batch = collator([{"input_ids": [5, 6, 7], "labels": [-100, -100, 7]}, {"input_ids": [8, 9], "labels": [-100, 9]},
-                      {"input_ids": [10, 11, 12, 13], "labels": [-100, -100, -100, 13]}])
+    batch = collator(
+        [
+            {"input_ids": [5, 6, 7], "labels": [-100, -100, 7]},
+            {"input_ids": [8, 9], "labels": [-100, 9]},
+            {"input_ids": [10, 11, 12, 13], "labels": [-100, -100, -100, 13]},
+        ]
+    )
     new_tokens = torch.tensor([[20, 21, 3, 0], [22, 3, 0, 0], [23, 24, 25, 26]])
-    new = with_completions(batch, new_tokens, completion_lengths(new_tokens, 3), pad_token_id=0,
-                           train_on_labels=train_on_labels)
+    new = with_completions(
+        batch, new_tokens, completion_lengths(new_tokens, 3), pad_token_id=0, train_on_labels=train_on_labels
+    )
     completions = cut_completions(new_tokens, 3, 0)
-    rows = [{"input_ids": p + c, "labels": [-100] * len(p) + (c if train_on_labels else [-100] * len(c))}
-            for p, c in zip([[5, 6], [8], [10, 11, 12]], completions)]
+    rows = [
+        {"input_ids": p + c, "labels": [-100] * len(p) + (c if train_on_labels else [-100] * len(c))}
+        for p, c in zip([[5, 6], [8], [10, 11, 12]], completions)
+    ]
     reference = collator(rows)
     assert new["input_ids"].tolist() == [[5, 6, 20, 21, 3, 0, 0], [8, 22, 3, 0, 0, 0, 0], [10, 11, 12, 23, 24, 25, 26]]
     for key in ("input_ids", "attention_mask", "labels"):
@@ -129,7 +150,7 @@ def test_on_policy_batches_are_student_samples_scored_by_the_teacher(tmp_path, t
     assert len(s_rec.generated) == 4 and not any(training or grad for training, grad in s_rec.generate_modes)
     assert student.training  # back in training mode after sampling
     for (prompts, out), t_inputs in zip(s_rec.generated, t_rec.forward_inputs):
-        completions = cut_completions(out[:, prompts.shape[1]:], tok.sep_token_id, tok.pad_token_id)
+        completions = cut_completions(out[:, prompts.shape[1] :], tok.sep_token_id, tok.pad_token_id)
         for b, completion in enumerate(completions):
             prompt = prompts[b][prompts[b] != tok.pad_token_id].tolist()  # word ids are never the pad id 0
             n = len(prompt) + len(completion)
@@ -165,8 +186,9 @@ def test_on_policy_loss_equals_the_off_policy_loss_on_the_sampled_sequences(tmp_
 
 def test_lmbda_zero_is_the_existing_path(tmp_path, tok):
     """lmbda=0 (any generation settings) trains exactly like the trainer with no sampler at all."""
-    a = make_trainer(tmp_path, tok, lmbda=0.0, max_new_tokens=3, generation_temperature=0.5,
-                     gradient_accumulation_steps=2)
+    a = make_trainer(
+        tmp_path, tok, lmbda=0.0, max_new_tokens=3, generation_temperature=0.5, gradient_accumulation_steps=2
+    )
     a.train()
     b = make_trainer(tmp_path, tok, gradient_accumulation_steps=2)
     b.sampler = types.SimpleNamespace(active=False, pop_logs=dict)  # the path without on-policy sampling
@@ -192,7 +214,9 @@ def test_seeded_runs_are_reproducible(tmp_path, tok):
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
     # the fraction logged is the share of micro-batches whose seeded coin said "student"
     sampler = trainer.sampler
-    expected = [sum(sampler.source(s, m) == "student" for s in steps for m in range(2)) / 4 for steps in ([0, 1], [2, 3])]
+    expected = [
+        sum(sampler.source(s, m) == "student" for s in steps for m in range(2)) / 4 for steps in ([0, 1], [2, 3])
+    ]
     assert [e["on_policy_fraction"] for e in trainer.state.log_history if "loss" in e] == expected
     samples_c, _, _ = run(8)
     assert not all(torch.equal(x, y) for x, y in zip(samples_a, samples_c)) or len(samples_a) != len(samples_c)
@@ -215,7 +239,7 @@ def test_seq_kd_trains_on_teacher_samples_with_labels(tmp_path, tok):
     trainer.train()
     assert len(t_rec.generated) == 4 and not s_rec.generated
     prompts, out = t_rec.generated[0]
-    completions = cut_completions(out[:, prompts.shape[1]:], tok.sep_token_id, tok.pad_token_id)
+    completions = cut_completions(out[:, prompts.shape[1] :], tok.sep_token_id, tok.pad_token_id)
     labels = s_rec.forward_inputs[0]["labels"]
     for b, completion in enumerate(completions):
         assert labels[b][labels[b] != -100].tolist() == completion  # the hard loss learns the teacher's samples
@@ -225,10 +249,15 @@ def test_seq_kd_trains_on_teacher_samples_with_labels(tmp_path, tok):
 
 @pytest.mark.parametrize(
     ("kw", "match"),
-    [({"lmbda": 1.5}, "lmbda is a probability"), ({"lmbda": -0.1}, "lmbda is a probability"),
-     ({"generation_top_p": 0.0}, "generation_top_p"), ({"generation_top_k": -1}, "generation_top_k"),
-     ({"max_new_tokens": 0}, "max_new_tokens"), ({"generation_temperature": -1.0}, "generation_temperature"),
-     ({"lmbda": 0.5, "soft_weight": 0.0, "hard_weight": 1.0}, "soft_weight must be > 0")],
+    [
+        ({"lmbda": 1.5}, "lmbda is a probability"),
+        ({"lmbda": -0.1}, "lmbda is a probability"),
+        ({"generation_top_p": 0.0}, "generation_top_p"),
+        ({"generation_top_k": -1}, "generation_top_k"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"generation_temperature": -1.0}, "generation_temperature"),
+        ({"lmbda": 0.5, "soft_weight": 0.0, "hard_weight": 1.0}, "soft_weight must be > 0"),
+    ],
 )
 def test_bad_generation_settings(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
@@ -241,11 +270,23 @@ def test_on_policy_needs_models_that_generate(tmp_path, tok):
 
 
 def test_generation_config_from_args(tmp_path, tok):
-    trainer = make_trainer(tmp_path, tok, lmbda=0.5, generation_temperature=0.7, generation_top_p=0.9,
-                           generation_top_k=20, max_new_tokens=9)
+    trainer = make_trainer(
+        tmp_path,
+        tok,
+        lmbda=0.5,
+        generation_temperature=0.7,
+        generation_top_p=0.9,
+        generation_top_k=20,
+        max_new_tokens=9,
+    )
     config = trainer.sampler.generation_config
     assert (config.do_sample, config.temperature, config.top_p, config.top_k, config.max_new_tokens) == (
-        True, 0.7, 0.9, 20, 9)
+        True,
+        0.7,
+        0.9,
+        20,
+        9,
+    )
     assert (config.eos_token_id, config.pad_token_id) == (tok.sep_token_id, tok.pad_token_id)
     greedy = make_trainer(tmp_path, tok, lmbda=0.5, generation_temperature=0.0).sampler.generation_config
     assert greedy.do_sample is False
@@ -256,8 +297,12 @@ def test_peft_student_samples_with_its_adapter(tmp_path, tok):
 
     student = tiny_gpt2(layers=2, seed=0)
     trainer = DistillationTrainer(
-        student, tiny_gpt2(layers=3, seed=1), make_args(tmp_path, lmbda=1.0, max_steps=2),
-        train_dataset=lm_data(tok), processing_class=tok, data_collator=PromptCompletionCollator.from_tokenizer(tok),
+        student,
+        tiny_gpt2(layers=3, seed=1),
+        make_args(tmp_path, lmbda=1.0, max_steps=2),
+        train_dataset=lm_data(tok),
+        processing_class=tok,
+        data_collator=PromptCompletionCollator.from_tokenizer(tok),
         peft_config=LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["c_attn"]),
     )
     before = copy.deepcopy(trainer.model.base_model.model.transformer.h[0].attn.c_attn.lora_B.default.weight)

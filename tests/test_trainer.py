@@ -21,9 +21,19 @@ from hf_distill import (
 
 
 def dargs(tmp_path, **kw):
-    base = {"output_dir": str(tmp_path / "out"), "report_to": [], "use_cpu": True, "per_device_train_batch_size": 4,
-            "per_device_eval_batch_size": 8, "learning_rate": 1e-3, "logging_steps": 1, "save_strategy": "no",
-            "disable_tqdm": True, "seed": 0, "data_seed": 0}
+    base = {
+        "output_dir": str(tmp_path / "out"),
+        "report_to": [],
+        "use_cpu": True,
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 8,
+        "learning_rate": 1e-3,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "seed": 0,
+        "data_seed": 0,
+    }
     base.update(kw)
     return DistillationArguments(**base)
 
@@ -89,8 +99,10 @@ def test_projections_for_different_hidden_sizes_learn_and_stay_out_of_the_studen
     # The checkpoint holds student and projections (an exact resume), under the module's names.
     ckpt = os.path.join(args.output_dir, "checkpoint-3")
     with safe_open(os.path.join(ckpt, "model.safetensors"), "pt") as f:
-        assert set(f.keys()) == ({f"student.{k}" for k in student.state_dict()}
-                                 | {f"projections.{k}" for k in trainer.projections.state_dict()})
+        assert set(f.keys()) == (
+            {f"student.{k}" for k in student.state_dict()}
+            | {f"projections.{k}" for k in trainer.projections.state_dict()}
+        )
         for k, v in trainer.projections.state_dict().items():
             torch.testing.assert_close(f.get_tensor(f"projections.{k}"), v)
     # The saved model is the student alone, reloadable as is.
@@ -106,20 +118,30 @@ def _losses(trainer):
 
 def test_resume_from_checkpoint_continues_exactly(tmp_path):
     """Interrupt after 3 of 6 steps, resume: the loss history equals an uninterrupted run (projections too)."""
+
     def run(out, stop_at=None, resume=None):
         teacher = tiny_bert(layers=4, hidden=64)
         student = tiny_bert(layers=2, hidden=32, seed=1)
-        args = dargs(tmp_path, output_dir=str(tmp_path / out), max_steps=6, hidden_weight=1.0,
-                     save_strategy="steps", save_steps=3)
+        args = dargs(
+            tmp_path,
+            output_dir=str(tmp_path / out),
+            max_steps=6,
+            hidden_weight=1.0,
+            save_strategy="steps",
+            save_steps=3,
+        )
         callbacks = []
         if stop_at:
+
             class Stop(tf.TrainerCallback):
                 def on_step_end(self, args, state, control, **kw):
                     if state.global_step == stop_at:
                         control.should_training_stop = True
+
             callbacks = [Stop()]
-        trainer = DistillationTrainer(student, teacher, args, train_dataset=classification_data(48),
-                                      callbacks=callbacks)
+        trainer = DistillationTrainer(
+            student, teacher, args, train_dataset=classification_data(48), callbacks=callbacks
+        )
         trainer.train(resume_from_checkpoint=resume)
         return trainer
 
@@ -153,10 +175,12 @@ def test_compute_loss_equals_the_design_formula(tmp_path):
         soft = T**2 * (p_t * (p_t.log() - log_ps)).sum(-1).mean()
         hard = F.cross_entropy(so.logits, batch["labels"])
         m = batch["attention_mask"].bool()
-        hidden = torch.stack([
-            ((trainer.projections[str(i)](so.hidden_states[i]) - to.hidden_states[j]) ** 2).mean(-1)[m].mean()
-            for i, j in {1: 2, 2: 4}.items()
-        ]).mean()
+        hidden = torch.stack(
+            [
+                ((trainer.projections[str(i)](so.hidden_states[i]) - to.hidden_states[j]) ** 2).mean(-1)[m].mean()
+                for i, j in {1: 2, 2: 4}.items()
+            ]
+        ).mean()
         expected = ws * soft + wh * hard + wd * hidden
     torch.testing.assert_close(got.detach(), expected, rtol=1e-5, atol=1e-6)
 
@@ -174,13 +198,21 @@ def test_label_smoothing_applies_to_the_hard_loss(tmp_path):
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     """4 accumulation steps of batch 2 == 1 step of batch 8 (same data order, dropout off)."""
+
     def run(out, bs, ga):
         teacher = tiny_bert(layers=4, hidden=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         student = init_student_from_teacher(teacher, num_layers=2)
-        args = dargs(tmp_path, output_dir=str(tmp_path / out), max_steps=2, per_device_train_batch_size=bs,
-                     gradient_accumulation_steps=ga, hidden_weight=0.5, optim="sgd", learning_rate=0.5)
-        DistillationTrainer(student, teacher, args,
-                            train_dataset=classification_data(16, with_padding=False)).train()
+        args = dargs(
+            tmp_path,
+            output_dir=str(tmp_path / out),
+            max_steps=2,
+            per_device_train_batch_size=bs,
+            gradient_accumulation_steps=ga,
+            hidden_weight=0.5,
+            optim="sgd",
+            learning_rate=0.5,
+        )
+        DistillationTrainer(student, teacher, args, train_dataset=classification_data(16, with_padding=False)).train()
         return state(student)
 
     big, accumulated = run("big", 8, 1), run("acc", 2, 4)
@@ -216,11 +248,26 @@ def test_evaluate_reports_components_and_metrics_see_student_logits_only(tmp_pat
         received.append(pred.predictions)
         return {"accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}
 
-    args = dargs(tmp_path, max_steps=4, hidden_weight=1.0, eval_strategy="steps", eval_steps=2,
-                 save_strategy="steps", save_steps=2, load_best_model_at_end=True, metric_for_best_model="eval_loss",
-                 greater_is_better=False)
-    trainer = DistillationTrainer(student, teacher, args, train_dataset=classification_data(32),
-                                  eval_dataset=classification_data(12, seed=5), compute_metrics=compute_metrics)
+    args = dargs(
+        tmp_path,
+        max_steps=4,
+        hidden_weight=1.0,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+    )
+    trainer = DistillationTrainer(
+        student,
+        teacher,
+        args,
+        train_dataset=classification_data(32),
+        eval_dataset=classification_data(12, seed=5),
+        compute_metrics=compute_metrics,
+    )
     trainer.train()
     metrics = trainer.evaluate()
     for key in ("eval_loss", "eval_soft_loss", "eval_hard_loss", "eval_hidden_loss", "eval_accuracy"):
@@ -270,8 +317,9 @@ def test_non_finite_loss_stops_training_before_the_weights_are_touched(tmp_path)
     def state_of():
         return state(student)
 
-    trainer = DistillationTrainer(student, teacher, dargs(tmp_path, max_steps=5), train_dataset=classification_data(32),
-                                  callbacks=[Snapshot()])
+    trainer = DistillationTrainer(
+        student, teacher, dargs(tmp_path, max_steps=5), train_dataset=classification_data(32), callbacks=[Snapshot()]
+    )
     with pytest.raises(NonFiniteLossError, match=r"non-finite soft_loss at step 3"):
         trainer.train()
     assert len(snapshots) == 2
@@ -282,6 +330,7 @@ def test_non_finite_loss_stops_training_before_the_weights_are_touched(tmp_path)
 
 # ---- bad input: a ValueError at construction ---------------------------------------------------
 
+
 class NoHiddenStates(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -291,18 +340,21 @@ class NoHiddenStates(torch.nn.Module):
         return {"logits": self.linear(input_ids.float()[..., :4])}
 
 
-@pytest.mark.parametrize("case, message", [
-    ("vocab", "vocab_size"),
-    ("num_labels", "predicts 2 labels"),
-    ("id2label", "id2label"),
-    ("student_layer", "student index 3 is out of range"),
-    ("teacher_layer", "teacher index 9 is out of range"),
-    ("no_hidden", "returns no hidden states"),
-    ("missing_path", "is not an existing directory"),
-    ("plain_args", "must be a DistillationArguments"),
-    ("same_object", "same object"),
-    ("seq2seq", "encoder-decoder"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("vocab", "vocab_size"),
+        ("num_labels", "predicts 2 labels"),
+        ("id2label", "id2label"),
+        ("student_layer", "student index 3 is out of range"),
+        ("teacher_layer", "teacher index 9 is out of range"),
+        ("no_hidden", "returns no hidden states"),
+        ("missing_path", "is not an existing directory"),
+        ("plain_args", "must be a DistillationArguments"),
+        ("same_object", "same object"),
+        ("seq2seq", "encoder-decoder"),
+    ],
+)
 def test_bad_input_fails_at_construction(tmp_path, case, message):
     teacher, student = tiny_bert(layers=4, hidden=32), tiny_bert(layers=2, hidden=32, seed=1)
     kwargs = {}
@@ -383,7 +435,10 @@ def test_the_divergence_chosen_in_args_is_the_soft_loss(tmp_path, divergence):
     with torch.no_grad():
         _, terms, _ = trainer.compute_distillation_loss(student.eval(), dict(batch))
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        p_s, p_t = torch.softmax(student(**inputs).logits.double() / T, -1), torch.softmax(teacher(**inputs).logits.double() / T, -1)
+        p_s, p_t = (
+            torch.softmax(student(**inputs).logits.double() / T, -1),
+            torch.softmax(teacher(**inputs).logits.double() / T, -1),
+        )
 
     def kl(p, q):
         return (p * (p.log() - q.log())).sum(-1)
@@ -415,8 +470,13 @@ def test_extra_loss_terms_need_a_declared_weight_and_are_logged(tmp_path):
         extra_loss_weights = {"logit_l2_loss": 0.25}  # noqa: RUF012 - the documented way to declare it
 
     trainer = Declared(student, teacher, dargs(tmp_path, max_steps=2), train_dataset=classification_data(8))
-    assert trainer.loss_weights == {"soft_loss": 0.9, "hard_loss": 0.1, "hidden_loss": 0.0, "attention_loss": 0.0,
-                                    "logit_l2_loss": 0.25}
+    assert trainer.loss_weights == {
+        "soft_loss": 0.9,
+        "hard_loss": 0.1,
+        "hidden_loss": 0.0,
+        "attention_loss": 0.0,
+        "logit_l2_loss": 0.25,
+    }
     loss, terms, _ = trainer.compute_distillation_loss(student.eval(), fixed_batch())
     expected = 0.9 * terms["soft_loss"] + 0.1 * terms["hard_loss"] + 0.25 * terms["logit_l2_loss"]
     torch.testing.assert_close(loss, expected)
@@ -450,8 +510,14 @@ def test_tied_lm_student_with_projections_checkpoints_resumes_and_saves_clean(tm
     def run(out, resume=None, steps=4):
         teacher = tiny_bert(layers=2, hidden=64, cls=tf.BertForMaskedLM)
         student = tiny_bert(layers=1, hidden=32, seed=1, cls=tf.BertForMaskedLM)
-        args = dargs(tmp_path, output_dir=str(tmp_path / out), max_steps=steps, hidden_weight=1.0,
-                     save_strategy="steps", save_steps=2)
+        args = dargs(
+            tmp_path,
+            output_dir=str(tmp_path / out),
+            max_steps=steps,
+            hidden_weight=1.0,
+            save_strategy="steps",
+            save_steps=2,
+        )
         trainer = DistillationTrainer(student, teacher, args, train_dataset=data)
         trainer.train(resume_from_checkpoint=resume)
         return trainer
