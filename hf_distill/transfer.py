@@ -30,8 +30,8 @@ def label_with_teacher(
     """Return `dataset` with a `column` holding the teacher's raw `output_field` for each example (float32).
 
     The full-logits case of `hf_distill.cache.cache_teacher_outputs` (see there), kept under the transfer-set name:
-    sequence-level logits are stored as C values per example, token-level ones for the example's real tokens (L_i x C). Under
-    the default column name the DistillationTrainer trains on them without running the teacher.
+    sequence-level logits are stored as C values per example, token-level ones for the example's real tokens
+    (L_i x C). Under the default column name the DistillationTrainer trains on them without running the teacher.
     """
     if column in dataset.column_names:
         raise ValueError(f"the dataset already has a {column!r} column; pass another `column=` name or remove it.")
