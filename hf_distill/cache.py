@@ -13,9 +13,11 @@ The output is a `datasets` folder (`save_to_disk`) with the teacher columns besi
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import transformers
 from datasets import DatasetDict, Value, load_from_disk
@@ -43,7 +45,18 @@ CACHE_COLUMNS = {
     "teacher_topk_values": 1,  # (k,) their raw logits
     "teacher_topk_rest": 0,  # () teacher probability of all other classes, at teacher_temperature
     "teacher_temperature": 0,  # () the temperature the rest mass was computed at
+    "teacher_input_hash": 0,  # () fingerprint of the row's input_ids (`input_hash`), checked by the collator
 }
+# Why a fingerprint: a sequence-level cache (one logits vector per example) shifted by one row against its inputs
+# has the right shapes everywhere and would train silently on the wrong targets. Token-level rows are also checked
+# against the number of real tokens. Caches written before this column existed have no check.
+INPUT_HASH = "teacher_input_hash"
+
+
+def input_hash(input_ids) -> int:
+    """A short stable fingerprint of one example's input_ids: the first 8 bytes of blake2b, as a signed int64."""
+    data = np.asarray(input_ids, dtype="<i8").tobytes()  # fixed width and byte order: the same on every machine
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
 
 
 def has_cached_outputs(dataset) -> bool:
@@ -121,6 +134,8 @@ def cache_teacher_outputs(
                         if logits.dim() == 3 and mask is not None:
                             v = v[mask[i].bool()]  # (L_i, ...): the example's real tokens
                         columns.setdefault(name, []).append(v.cpu().tolist())
+                if "input_ids" in rows:  # the fingerprint the collator checks each row against
+                    columns.setdefault(INPUT_HASH, []).extend(input_hash(ids) for ids in rows["input_ids"])
     finally:
         teacher.train(was_training)
     for name, values in columns.items():
@@ -150,19 +165,39 @@ class CachedOutputsCollator:
     """Wraps a data collator: batches the cached teacher columns beside what the wrapped collator builds.
 
     Token-level values (one row per real token) are scattered into the positions where the batch's
-    attention_mask is 1, so right and left padding both line up; padding positions hold zeros.
+    attention_mask is 1, so right and left padding both line up; padding positions hold zeros. Rows that carry
+    `teacher_input_hash` are checked against their own input_ids first; the fingerprint is not batched.
     """
 
     def __init__(self, collator):
         self.collator = collator
 
     def __call__(self, features):
-        present = [c for c in CACHE_COLUMNS if c in features[0]]
+        self._check_fingerprints(features)
+        present = [c for c in CACHE_COLUMNS if c in features[0] and c != INPUT_HASH]
         batch = self.collator([{k: v for k, v in f.items() if k not in CACHE_COLUMNS} for f in features])
         for name in present:
             rows = [torch.as_tensor(f[name]) for f in features]
             batch[name] = self._stack(name, rows, batch.get("attention_mask"))
         return batch
+
+    @staticmethod
+    def _check_fingerprints(features) -> None:
+        for i, f in enumerate(features):
+            if f.get(INPUT_HASH) is None:
+                continue  # a cache written before the fingerprint existed: nothing to check
+            if "input_ids" not in f:
+                raise ValueError(
+                    f"example {i} of the batch carries a cached {INPUT_HASH!r} but no input_ids to check it against; "
+                    "keep the input_ids column in the dataset."
+                )
+            if input_hash(f["input_ids"]) != int(f[INPUT_HASH]):
+                raise ValueError(
+                    f"example {i} of the batch: the cached teacher outputs no longer match their inputs (the "
+                    f"input_ids fingerprint differs from the cached {INPUT_HASH!r}; rows were reordered, shifted or "
+                    "re-tokenized after caching). Re-run `python -m hf_distill.cache` or `cache_teacher_outputs` "
+                    "on this exact dataset."
+                )
 
     @staticmethod
     def _stack(name: str, rows: list[torch.Tensor], attention_mask) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Cached teacher outputs: the cache, the top-k loss, and training without a teacher."""
 
+import hashlib
 import math
 
 import numpy as np
@@ -135,6 +136,59 @@ def test_cached_run_equals_live_run_sequence_level(tmp_path):
     assert len(live) == len(cached) == 4
     for a, b in zip(live, cached):
         assert a == pytest.approx(b, rel=1e-5)
+
+
+def _blake8(ids) -> int:  # the fingerprint computed another way: struct-free int64 bytes of the row, by hand
+    raw = b"".join(int(i).to_bytes(8, "little", signed=True) for i in ids)
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little", signed=True)
+
+
+def test_cache_stores_a_fingerprint_of_each_rows_input_ids_that_never_reaches_the_model():
+    data = classification_data(6)
+    cached = cache_teacher_outputs(tiny_bert(layers=2, hidden=32), data, batch_size=4)
+    assert cached["teacher_input_hash"] == [_blake8(row) for row in data["input_ids"]]
+    assert len(set(cached["teacher_input_hash"])) == 6
+    batch = CachedOutputsCollator(tf.default_data_collator)([cached[i] for i in range(3)])
+    assert "teacher_input_hash" not in batch and batch["teacher_logits"].shape == (3, 3)
+
+
+def _shift_teacher_columns(cached, by=1):
+    # The teacher's columns (outputs and fingerprint, written together) moved one row against the inputs, as when a
+    # cache made on one ordering of the data is attached to another: every shape still fits.
+    teacher_cols = [c for c in cached.column_names if c.startswith("teacher_")]
+    order = np.roll(np.arange(len(cached)), by)
+    shifted = cached.remove_columns(teacher_cols)
+    for c in teacher_cols:
+        shifted = shifted.add_column(c, [cached[c][int(j)] for j in order])
+    return shifted
+
+
+def test_collator_refuses_a_row_whose_inputs_do_not_match_the_cached_fingerprint():
+    cached = cache_teacher_outputs(tiny_bert(layers=2, hidden=32), classification_data(4))
+    features = [cached[0], cached[1]]
+    features[1] = {**features[1], "teacher_input_hash": cached[2]["teacher_input_hash"]}
+    with pytest.raises(ValueError, match=r"example 1 of the batch: the cached teacher outputs no longer match"):
+        CachedOutputsCollator(tf.default_data_collator)(features)
+
+
+def test_sequence_cache_shifted_by_one_row_fails_at_the_first_batch(tmp_path):
+    cached = cache_teacher_outputs(tiny_bert(layers=2, hidden=32), classification_data(16))
+    shifted = _shift_teacher_columns(cached)
+    assert shifted["teacher_logits"][1] == cached["teacher_logits"][0]
+    trainer = DistillationTrainer(tiny_bert(layers=1, hidden=32, seed=1), None, dargs(tmp_path), train_dataset=shifted)
+    with pytest.raises(ValueError, match=r"no longer match their inputs.*python -m hf_distill.cache"):
+        trainer.train()
+    assert trainer.state.global_step == 0  # refused before any optimizer step
+
+
+def test_old_cache_without_fingerprint_trains_like_one_with_it(tmp_path):
+    cached = cache_teacher_outputs(tiny_bert(layers=2, hidden=32), classification_data(16))
+    old = cached.remove_columns("teacher_input_hash")  # written before the fingerprint existed: no check, same run
+    new_run = _run(tmp_path, "new", None, cached, cls=tf.BertForSequenceClassification)
+    old_run = _run(tmp_path, "old", None, old, cls=tf.BertForSequenceClassification)
+    assert len(new_run) == len(old_run) == 4
+    for a, b in zip(new_run, old_run):
+        assert a == pytest.approx(b, rel=1e-6)
 
 
 def test_cached_run_equals_live_run_token_level_with_dynamic_padding(tmp_path, tokenizer):

@@ -92,7 +92,7 @@ def test_label_with_teacher_stores_the_teachers_logits(tmp_path):
     collator = tf.DataCollatorWithPadding(tokenizer)
     labelled = label_with_teacher(teacher, ds, batch_size=2, data_collator=collator)
     assert teacher.training  # mode restored
-    assert labelled.column_names == ds.column_names + ["teacher_logits"]
+    assert labelled.column_names == ds.column_names + ["teacher_logits", "teacher_input_hash"]
     teacher.eval()
     for example, stored in zip(ds, labelled["teacher_logits"]):
         alone = {k: torch.tensor([example[k]]) for k in ("input_ids", "attention_mask", "token_type_ids")}
