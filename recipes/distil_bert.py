@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
             first = DistillationTrainer(model=student, teacher_model=teacher, args=stage1, train_dataset=train,
                                         eval_dataset=evals, **common)
             first.train()
-            steps, student = first.state.global_step, first.model
+            steps, student = first.state.global_step, first.student  # the bare student, not a ProjectedStudent
             shutil.rmtree(stage1.output_dir, ignore_errors=True)
         trainer = DistillationTrainer(model=student, teacher_model=teacher_arg, args=args, train_dataset=distil_train,
                                       eval_dataset=distil_eval, **common)

@@ -293,10 +293,31 @@ def test_narrower_student_with_learned_projections(tmp_path, data):
     make_tokenizer(student_dir)
     out = tmp_path / "out"
     results = distil_bert.main(recipe_args(teacher, data, out, "--student_model_name_or_path", str(student_dir),
-                                           "--hidden_weight", "1.0", "--layer_map", "1:2,2:4"))
+                                           "--hidden_weight", "1.0", "--layer_map", "1:2,2:4",
+                                           "--two_stage", "no"))  # one stage: the logged run aligns hidden states
     weights = load_file(out / "model.safetensors")
     assert not any("proj" in k for k in weights)  # the projections train with the student but are not saved with it
     assert sum(v.numel() for v in weights.values()) == results["student"]["parameters"]
     preds, labels = predict(out, data[1])
     assert results["student"]["accuracy"] == pytest.approx(float(np.mean(preds == labels)))
     assert results["train_log"][0]["hidden_loss"] > 0
+
+
+def test_two_stage_with_learned_projections_hands_the_bare_student_to_the_second_stage(tmp_path, data):
+    """Stage 1 wraps a narrower student with its projections (a ProjectedStudent); stage 2 must get the bare
+    student back, or its inputs are filtered against the wrapper's empty signature and nothing reaches the model."""
+    teacher = save_classifier(tmp_path / "teacher")
+    student_dir = tmp_path / "narrow"
+    narrow = tiny_bert(layers=2, hidden=16, num_labels=3, **NO_DROPOUT)
+    narrow.config.id2label, narrow.config.label2id = dict(enumerate(LABELS)), {n: i for i, n in enumerate(LABELS)}
+    narrow.save_pretrained(student_dir)
+    make_tokenizer(student_dir)
+    out = tmp_path / "out"
+    results = distil_bert.main(recipe_args(teacher, data, out, "--student_model_name_or_path", str(student_dir),
+                                           "--two_stage", "yes", "--layer_map", "1:2,2:4",
+                                           "--num_train_epochs", "2", "--max_steps", "-1"))
+    assert results["levers"]["two_stage"] is True
+    assert results["train_log"] and all("soft_loss" in e for e in results["train_log"])  # the prediction stage
+    weights = load_file(out / "model.safetensors")
+    assert not any("proj" in k for k in weights)
+    assert weights["bert.embeddings.word_embeddings.weight"].shape[-1] == 16
