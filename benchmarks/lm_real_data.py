@@ -246,6 +246,7 @@ def train_teacher(cfg: LMBenchConfig, tokenizer, data, folder: str) -> None:
         model=model, args=args, train_dataset=data["train"], data_collator=FullSequenceCollator(tokenizer.pad_token_id)
     ).train()
     model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)  # a teacher folder carries its tokenizer
 
 
 def student_args(cfg: LMBenchConfig, method: str, seed: int, output_dir: str, **overrides) -> DistillationArguments:

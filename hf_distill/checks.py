@@ -202,6 +202,12 @@ def vocab_limit(student_vocab: int | None, teacher_vocab: int | None, n_tokens: 
     )
 
 
+# Files whose presence says a folder carries its own tokenizer.
+_TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+)
+
+
 def check_tokenizers(processing_class, teacher_processing_class=None, teacher_source=None,
                      teacher: nn.Module | None = None) -> None:
     """Student and teacher tokenizers must map the same ids to the same tokens.
@@ -216,7 +222,11 @@ def check_tokenizers(processing_class, teacher_processing_class=None, teacher_so
     folders = [teacher_source] if isinstance(teacher_source, (str, os.PathLike)) else []
     folders.append(getattr(teacher, "name_or_path", None))
     for folder in folders if t_tok is None else []:
-        if folder and os.path.isdir(str(folder)):
+        # Only a folder that holds tokenizer files: for one without, AutoTokenizer may fall back to the tokenizer
+        # its config's model type names (a GPT-2 config gives GPT-2's), which says nothing about this teacher.
+        if folder and os.path.isdir(str(folder)) and any(
+            os.path.isfile(os.path.join(str(folder), name)) for name in _TOKENIZER_FILES
+        ):
             from transformers import AutoTokenizer
 
             try:
