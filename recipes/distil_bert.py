@@ -202,6 +202,14 @@ def main(argv: list[str] | None = None) -> dict:
     student, info = build_student(AutoModelForSequenceClassification, teacher, model_args.student_model_name_or_path,
                                   model_args.student_num_layers, model_args.student_layers)
     two_stage = args.two_stage == "yes" or (args.two_stage == "auto" and bool(model_args.student_model_name_or_path))
+    if two_stage and (args.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"):
+        # accelerate refuses a second Accelerator with a DeepSpeed plugin in one process, and the two stages are
+        # two trainers: run the stages as two launches (--two_stage no with hidden weights, then predictions).
+        if args.two_stage == "yes":
+            raise ValueError("--two_stage yes cannot run under DeepSpeed (one DeepSpeed engine per process): use "
+                             "--two_stage no, or run the hidden-state stage and the prediction stage as two launches.")
+        logger.warning("--two_stage auto: off under DeepSpeed (one DeepSpeed engine per process); single stage.")
+        two_stage = False
     if args.hidden_weight > 0 or two_stage:
         info.layer_map = resolve_layer_map(args.layer_map, info.student_num_layers, info.teacher_num_layers)
     params = {"teacher": get_model_param_count(teacher), "student": get_model_param_count(student)}
