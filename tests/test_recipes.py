@@ -282,15 +282,20 @@ def test_recipe_defaults_use_the_levers_that_won_on_validation(tmp_path):
     assert distil_bert.LeverDataArguments().augment == 0
 
 
+def save_narrow_student(folder):
+    """A 2-layer, 16-wide student (the teacher is 32 wide) with the teacher's labels and tokenizer, in `folder`."""
+    narrow = tiny_bert(layers=2, hidden=16, num_labels=3, **NO_DROPOUT)
+    narrow.config.id2label, narrow.config.label2id = dict(enumerate(LABELS)), {n: i for i, n in enumerate(LABELS)}
+    narrow.save_pretrained(folder)
+    make_tokenizer(folder)
+    return folder
+
+
 def test_narrower_student_with_learned_projections(tmp_path, data):
     """hidden_weight > 0 with a 16-wide student of a 32-wide teacher: the trainer adds projections (a
     ProjectedStudent); evaluation reads the wrapped model, the saved student and its parameter count are bare."""
     teacher = save_classifier(tmp_path / "teacher")
-    student_dir = tmp_path / "narrow"
-    narrow = tiny_bert(layers=2, hidden=16, num_labels=3, **NO_DROPOUT)
-    narrow.config.id2label, narrow.config.label2id = dict(enumerate(LABELS)), {n: i for i, n in enumerate(LABELS)}
-    narrow.save_pretrained(student_dir)
-    make_tokenizer(student_dir)
+    student_dir = save_narrow_student(tmp_path / "narrow")
     out = tmp_path / "out"
     results = distil_bert.main(recipe_args(teacher, data, out, "--student_model_name_or_path", str(student_dir),
                                            "--hidden_weight", "1.0", "--layer_map", "1:2,2:4",
@@ -307,11 +312,7 @@ def test_two_stage_with_learned_projections_hands_the_bare_student_to_the_second
     """Stage 1 wraps a narrower student with its projections (a ProjectedStudent); stage 2 must get the bare
     student back, or its inputs are filtered against the wrapper's empty signature and nothing reaches the model."""
     teacher = save_classifier(tmp_path / "teacher")
-    student_dir = tmp_path / "narrow"
-    narrow = tiny_bert(layers=2, hidden=16, num_labels=3, **NO_DROPOUT)
-    narrow.config.id2label, narrow.config.label2id = dict(enumerate(LABELS)), {n: i for i, n in enumerate(LABELS)}
-    narrow.save_pretrained(student_dir)
-    make_tokenizer(student_dir)
+    student_dir = save_narrow_student(tmp_path / "narrow")
     out = tmp_path / "out"
     results = distil_bert.main(recipe_args(teacher, data, out, "--student_model_name_or_path", str(student_dir),
                                            "--two_stage", "yes", "--layer_map", "1:2,2:4",
