@@ -37,7 +37,8 @@ from hf_distill.recipes.models import build_student, check_student_tokenizer
 from hf_distill.recipes.output import save_final_model
 from hf_distill.recipes.run import start_run
 
-DEFAULT_CHUNK = 1024  # tokens per chunk of the output-layer loss
+DEFAULT_CHUNK = "auto"  # tokens per chunk of the output-layer loss: sized from a memory budget
+EVAL_CHUNK = 1024  # tokens per chunk of the evaluation cross-entropy when loss_chunk_size is not a number
 
 
 @dataclass
@@ -60,7 +61,8 @@ class LMModelArguments:
     chunked_loss: bool = field(
         default=True,
         metadata={"help": "Output-layer losses chunk by chunk, never the full (B, L, V) logits: loss_chunk_size "
-                  "(default here 1024 tokens). --chunked_loss false computes full logits."},
+                  "(default here 'auto': chunks sized from a memory budget). --chunked_loss false computes full "
+                  "logits."},
     )
 
 
@@ -200,7 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
         train_metrics = trainer.train(resume_from_checkpoint=run.resume).metrics
         save_final_model(trainer, args.output_dir)  # the student (adapter merged) + tokenizer, never the teacher
         models = {"teacher": trainer.teacher, "student": trainer.accelerator.unwrap_model(trainer.model_wrapped)}
-        comparison, n_tokens = evaluate_lm(trainer, models, data[splits[1]], args.loss_chunk_size or DEFAULT_CHUNK,
+        eval_chunk = args.loss_chunk_size if isinstance(args.loss_chunk_size, int) else EVAL_CHUNK
+        comparison, n_tokens = evaluate_lm(trainer, models, data[splits[1]], eval_chunk,
                                            params)
         samples = []
         if trainer.is_world_process_zero():
