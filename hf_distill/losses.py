@@ -255,16 +255,6 @@ def divergence_loss(
     return _reduce(per_position, reduction) * temperature**2
 
 
-def soft_target_loss_from_log_probs(
-    student_logits: torch.Tensor,
-    teacher_log_probs: torch.Tensor,
-    temperature: float,
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """T^2 * mean over positions of KL(p_t || softmax(z_s / T)), with log p_t already given (forward KL)."""
-    return divergence_loss(student_logits, teacher_log_probs, temperature, mask, divergence="forward_kl")
-
-
 def soft_target_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
