@@ -100,8 +100,10 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
 # ---- chunk size: a number of rows, or "auto" from a memory budget ---------------------------------------------
 
 # "auto" budget: on CUDA this fraction of the memory still free when the loss runs (free device memory plus what
-# torch's allocator caches unused), elsewhere this many MiB.
-AUTO_GPU_FREE_FRACTION = 0.25
+# torch's allocator caches unused: 1.6 GB of an 80 GB card), elsewhere this many MiB. Small enough that the chunked
+# loss keeps its memory saving where logits are large (V = 128k, 4096 tokens: several chunks), large enough that
+# chunks are hundreds of rows (no per-chunk cost) and small problems run as one chunk.
+AUTO_GPU_FREE_FRACTION = 0.02
 AUTO_CPU_BUDGET_MB = 512
 # float32 (rows, V) buffers alive at once while one chunk is processed (the estimate "auto" divides the budget by):
 # the student's logits, its log-probabilities at T and at 1 (turned into gradients in place) and one temporary;

@@ -107,7 +107,7 @@ class DistillationArguments(TrainingArguments):
         metadata={
             "help": "Causal LMs: tokens per chunk for the output layer; logits, divergence and hard loss are "
             "computed chunk by chunk from the last hidden states, never the full (B, L, V). 'auto' sizes the chunks "
-            "from a memory budget (a quarter of the free GPU memory, 512 MiB on CPU): one chunk when the logits fit. "
+            "from a memory budget (2% of the free GPU memory, 512 MiB on CPU): one chunk when the logits fit. "
             "Unset = off."
         },
     )

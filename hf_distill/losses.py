@@ -20,6 +20,7 @@ teachers' mean raw logits (what `teacher_target(..., divergence="mse")` returns)
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -137,8 +138,13 @@ def _divergence_fn(name: str) -> Callable[..., torch.Tensor]:
 
 def divergence_params(name: str) -> tuple[str, ...]:
     """Names of the keyword parameters of divergence `name` (e.g. ("jsd_beta",) for "jsd")."""
-    signature = inspect.signature(_divergence_fn(name))
-    return tuple(p.name for p in list(signature.parameters.values())[2:])
+    return _signature_params(_divergence_fn(name))
+
+
+@functools.cache
+def _signature_params(fn: Callable[..., torch.Tensor]) -> tuple[str, ...]:
+    # read once per function: the loss asks on every step
+    return tuple(p.name for p in list(inspect.signature(fn).parameters.values())[2:])
 
 
 def check_divergence_params(**params: float) -> None:

@@ -180,6 +180,8 @@ class DistillationObjective:
         """
         s_states = student_outputs.get("projected_hidden_states") or student_outputs["hidden_states"]  # (B, L, d_t)
         mask = inputs.get("attention_mask")
+        if mask is not None and bool(mask.all()):  # no padding (one check per step): no token selection per pair
+            mask = None
         terms = [
             losses.hidden_state_loss(s_states[i], t_out["hidden_states"][j], mask, self.hidden_distance)
             for t_out in teacher_outputs for i, j in self.layer_map.items()

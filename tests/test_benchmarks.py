@@ -78,3 +78,17 @@ def test_topk_error_shrinks_as_more_teacher_mass_is_kept():
         assert errors == sorted(errors, reverse=True), (a, t)  # larger k, smaller error
         assert masses == sorted(masses) and cosines == sorted(cosines), (a, t)
 
+
+
+def test_llm_loss_ratios_follow_from_its_medians():
+    out = run_tiny("llm_loss.py")
+    row = (rf"^\| (\d+) \| (\d+) \| (\d+) x (\d+) \| auto \| (\d+) \| {NUMBER} \| {NUMBER} \| {NUMBER} \| {NUMBER} "
+           rf"\| {NUMBER} \| {NUMBER} \| {NUMBER} \| {NUMBER}-{NUMBER} \| ([\d.e+-]+) \|$")
+    rows = re.findall(row, out, flags=re.M)
+    assert len(rows) == 4  # two configurations, printed as they finish and again in the table
+    for *_, chunks, full_mb, chunked_mb, memory_ratio, _, full_s, chunked_s, ratio, low, high, diff in rows:
+        assert int(chunks) == 1  # tiny logits fit the CPU budget: one chunk
+        assert close(float(memory_ratio), float(chunked_mb) / float(full_mb), 3)
+        assert close(float(ratio), float(chunked_s) / float(full_s), 3)
+        assert float(low) <= float(high)
+        assert float(diff) < 1e-5  # same loss on both paths
