@@ -56,7 +56,7 @@ def main():
         args.batch_size, args.seq, args.repeats, args.runs = 4, 16, 2, 1
     trees = [os.path.abspath(t) for t in args.trees]
     results = {t: [] for t in trees}
-    print(f"BERT 12 -> 6 ({size}), batch {args.batch_size}, seq {args.seq}, {args.repeats} interleaved repeats per run")
+    print(f"BERT 12 -> 6 ({size}), batch {args.batch_size}, seq {args.seq}, {args.repeats} interleaved repeats a run")
     print("| run | tree | student step (ms) | teacher fwd (ms) | distill (ms) | distill / (student + teacher) "
           "| with hidden alignment | cached / student |")
     print("|---|---|---|---|---|---|---|---|")
