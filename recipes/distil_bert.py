@@ -136,8 +136,7 @@ def unlabelled_rows(texts, tokenizer, data_args, texts_2=None):
     """Tokenised rows without a hard label (labels -100): augmented copies and transfer text."""
     from datasets import Dataset
 
-    enc = tokenizer([str(t) for t in texts], None if texts_2 is None else [str(t) for t in texts_2],
-                    truncation=True, max_length=data_args.max_length)
+    enc = rd.encode_texts(tokenizer, list(texts), None if texts_2 is None else list(texts_2), data_args.max_length)
     return Dataset.from_dict({**{k: list(v) for k, v in enc.items()}, "labels": [UNLABELLED] * len(texts)})
 
 
@@ -156,8 +155,9 @@ def build_train_set(train, raw_train, tokenizer, data_args: LeverDataArguments, 
     if data_args.transfer_file:
         raw = rd.load_data_file(data_args.transfer_file)
         wanted = [c for c in (data_args.text_column, pair) if c]
-        rd.require_columns({"transfer": raw}, {"transfer": data_args.transfer_file},
-                           {"text_column": data_args.text_column, "text_column_2": pair})
+        source = {"transfer": f"--transfer_file {data_args.transfer_file}"}
+        rd.require_columns({"transfer": raw}, source, {"text_column": data_args.text_column, "text_column_2": pair})
+        rd.require_text({"transfer": raw}, source, {"text_column": data_args.text_column, "text_column_2": pair})
         transfer = unlabelled_rows(raw[wanted[0]], tokenizer, data_args, raw[pair] if pair else None)
         train = mix_transfer_set(train, transfer, data_args.transfer_ratio, args.seed)
     return train
@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     rd.check_max_length(data_args.max_length, teacher_config, f"teacher {teacher_path}")
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+    rd.check_length_leaves_text(data_args.max_length, tokenizer, pair=bool(data_args.text_column_2))
     check_student_tokenizer(model_args.student_model_name_or_path, tokenizer, teacher_path)
     if model_args.student_model_name_or_path:
         rd.check_max_length(data_args.max_length, AutoConfig.from_pretrained(model_args.student_model_name_or_path),
@@ -194,7 +195,9 @@ def main(argv: list[str] | None = None) -> dict:
     columns = {"text_column": data_args.text_column, "text_column_2": data_args.text_column_2,
                "label_column": data_args.label_column}
     rd.require_columns(raw, sources, columns)
-    rd.require_values(raw, sources, columns)
+    rd.require_text(raw, sources, {"text_column": data_args.text_column, "text_column_2": data_args.text_column_2})
+    rd.require_values(raw, sources, {"label_column": data_args.label_column})
+    rd.require_class_labels(raw, sources, data_args.label_column)
     mapping = rd.label_mapping(raw, splits, data_args.label_column, teacher_config.id2label)
 
     set_seed(args.seed)

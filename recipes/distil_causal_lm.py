@@ -20,6 +20,7 @@ completion tokens (logits chunk by chunk); a few greedy generations of both go i
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Genera
 from transformers.trainer_pt_utils import get_model_param_count
 
 from hf_distill import DistillationArguments, DistillationTrainer, PromptCompletionCollator, tokenize_prompt_completion
-from hf_distill.lm_data import PROMPT_ATTENTION_MASK, PROMPT_INPUT_IDS, completion_nll, end_token_id
+from hf_distill.lm_data import PROMPT_ATTENTION_MASK, PROMPT_INPUT_IDS, completion_nll, end_token_id, prompt_length
 from hf_distill.recipes import data as rd
 from hf_distill.recipes.arguments import DataSourceArguments
 from hf_distill.recipes.evaluation import Comparison
@@ -37,6 +38,7 @@ from hf_distill.recipes.models import build_student, check_student_tokenizer
 from hf_distill.recipes.output import save_final_model
 from hf_distill.recipes.run import start_run
 
+logger = logging.getLogger(__name__)
 DEFAULT_CHUNK = 1024  # tokens per chunk of the output-layer loss
 
 
@@ -142,6 +144,19 @@ def generation_samples(models: dict, tokenizer, dataset, collator, n: int, max_n
     return samples
 
 
+def card_sample_tokens(configs: dict, dataset, n: int, max_new_tokens: int) -> int:
+    """New tokens for the card's generation samples: --max_new_tokens, cut (with a warning) so that the longest
+    sample prompt plus them fits every model's positions; 0 = no samples (the prompts fill the positions)."""
+    prompts = [prompt_length(dataset[i]["labels"]) for i in range(min(n, len(dataset)))]
+    room, who = rd.generation_room(configs, max(prompts, default=0))
+    if not prompts or room is None or room >= max_new_tokens:
+        return max_new_tokens
+    logger.warning("the model card's generation samples get %d new tokens, not --max_new_tokens %d: their longest "
+                   "prompt (%d tokens) plus %d would exceed the %s's positions.%s", max(room, 0), max_new_tokens,
+                   max(prompts), max_new_tokens, who, " No samples: the prompts fill them." if room < 1 else "")
+    return max(room, 0)
+
+
 def main(argv: list[str] | None = None) -> dict:
     run = start_run(__file__, LMModelArguments, LMDataArguments, DistillationArguments, argv,
                     required={"teacher_model_name_or_path": "a causal LM (Hub id or folder)"})
@@ -159,21 +174,23 @@ def main(argv: list[str] | None = None) -> dict:
     if tokenizer.pad_token is None:  # GPT-2 / Llama tokenizers: pad with eos (padding is masked everywhere)
         tokenizer.pad_token = tokenizer.eos_token
     check_student_tokenizer(model_args.student_model_name_or_path, tokenizer, teacher_path)
-    if model_args.student_model_name_or_path:
-        rd.check_max_length(data_args.max_length, AutoConfig.from_pretrained(model_args.student_model_name_or_path),
-                            f"student {model_args.student_model_name_or_path}")
-    positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-    if (args.lmbda > 0 or args.seq_kd) and positions and data_args.max_length + args.max_new_tokens > positions:
-        raise ValueError(
-            f"max_length ({data_args.max_length}) + max_new_tokens ({args.max_new_tokens}) exceeds the teacher's "
-            f"{positions} positions: sampled sequences would not fit. Lower one of them."
-        )
+    configs = {"teacher": config}  # what the end of the run needs is checked now, against every model
+    student_path = model_args.student_model_name_or_path
+    if student_path:
+        configs["student"] = AutoConfig.from_pretrained(student_path)
+        rd.check_max_length(data_args.max_length, configs["student"], f"student {student_path}")
+    rd.check_lm_length_leaves_text(data_args.max_length, tokenizer)
+    if args.lmbda > 0 or args.seq_kd:
+        rd.check_generation_fits(configs, data_args.max_length, args.max_new_tokens, "--lmbda / --seq_kd")
 
     splits = [data_args.train_split, data_args.validation_split]
-    raw = standard_columns(rd.load_raw_datasets(data_args)[0], splits, data_args)
+    raw, sources = rd.load_raw_datasets(data_args)
+    raw = standard_columns(raw, splits, data_args)
     with args.main_process_first(desc="tokenizing"):
-        data = {s: tokenize_prompt_completion(raw[s], tokenizer, data_args.max_length, desc=f"tokenizing {s}")
-                for s in splits}
+        data = {s: tokenize_prompt_completion(raw[s], tokenizer, data_args.max_length, desc=f"tokenizing {s}",
+                                              source=sources[s]) for s in splits}
+    sample_tokens = card_sample_tokens(configs, data[splits[1]], data_args.num_generation_samples,
+                                       args.max_new_tokens)
 
     set_seed(args.seed)
     teacher = AutoModelForCausalLM.from_pretrained(teacher_path)
@@ -205,7 +222,8 @@ def main(argv: list[str] | None = None) -> dict:
         samples = []
         if trainer.is_world_process_zero():
             samples = generation_samples(models, tokenizer, data[splits[1]], collator,
-                                         data_args.num_generation_samples, args.max_new_tokens, args.device)
+                                         data_args.num_generation_samples if sample_tokens else 0, sample_tokens,
+                                         args.device)
         results = run.results(
             trainer, task="text-generation", teacher=teacher_path, student=info, comparison=comparison,
             dataset=rd.dataset_summary(data_args, len(data[splits[0]]), len(data[splits[1]])),
