@@ -56,7 +56,7 @@ from hf_distill.recipes.evaluation import compare_on_eval
 from hf_distill.recipes.models import build_student, check_student_tokenizer
 from hf_distill.recipes.output import save_final_model
 from hf_distill.recipes.run import start_run
-from hf_distill.stages import hard_baseline_arguments, two_stage_arguments
+from hf_distill.stages import hard_baseline_arguments, two_stage_budget
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +163,23 @@ def build_train_set(train, raw_train, tokenizer, data_args: LeverDataArguments, 
     return train
 
 
+def use_two_stages(args: LeverTrainingArguments, student_given: bool) -> bool:
+    """--two_stage yes / no, or auto (on for a student given by path), where two stages can run: not under DeepSpeed
+    (one engine per process) and not with --max_steps 1 (nothing to split); `yes` there is a ValueError."""
+    wanted = args.two_stage == "yes" or (args.two_stage == "auto" and student_given)
+    deepspeed = args.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    why = ("cannot run under DeepSpeed (one DeepSpeed engine per process)" if deepspeed else
+           f"cannot split --max_steps {args.max_steps} between two stages" if args.max_steps == 1 else None)
+    if not wanted or why is None:
+        return wanted
+    if args.two_stage == "yes":
+        fix = "run the hidden-state stage and the prediction stage as two launches" if deepspeed else \
+            "pass --max_steps 2 or more"
+        raise ValueError(f"--two_stage yes {why}: use --two_stage no, or {fix}.")
+    logger.warning("--two_stage auto: off (%s); single stage.", why)
+    return False
+
+
 def _is_sequence_classifier(config) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
 
@@ -204,15 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_path)
     student, info = build_student(AutoModelForSequenceClassification, teacher, model_args.student_model_name_or_path,
                                   model_args.student_num_layers, model_args.student_layers)
-    two_stage = args.two_stage == "yes" or (args.two_stage == "auto" and bool(model_args.student_model_name_or_path))
-    if two_stage and (args.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"):
-        # accelerate refuses a second Accelerator with a DeepSpeed plugin in one process, and the two stages are
-        # two trainers: run the stages as two launches (--two_stage no with hidden weights, then predictions).
-        if args.two_stage == "yes":
-            raise ValueError("--two_stage yes cannot run under DeepSpeed (one DeepSpeed engine per process): use "
-                             "--two_stage no, or run the hidden-state stage and the prediction stage as two launches.")
-        logger.warning("--two_stage auto: off under DeepSpeed (one DeepSpeed engine per process); single stage.")
-        two_stage = False
+    two_stage = use_two_stages(args, bool(model_args.student_model_name_or_path))
     if args.hidden_weight > 0 or two_stage:
         info.layer_map = resolve_layer_map(args.layer_map, info.student_num_layers, info.teacher_num_layers)
     params = {"teacher": get_model_param_count(teacher), "student": get_model_param_count(student)}
@@ -223,10 +232,8 @@ def main(argv: list[str] | None = None) -> dict:
     # The recipe pushes the final folder itself (Run.finish); the Trainer must not create repos or push checkpoints.
     args = dataclasses.replace(args, push_to_hub=False)
     stage1 = None
-    if two_stage:
-        total, share = args.num_train_epochs, args.two_stage_fraction  # the same budget, split between the stages
-        stage1, args = two_stage_arguments(dataclasses.replace(args, num_train_epochs=total * (1 - share)),
-                                           intermediate_epochs=total * share)
+    if two_stage:  # the same budget (--max_steps or --num_train_epochs), split between the stages
+        stage1, args = two_stage_budget(args, args.two_stage_fraction)
         stage1 = dataclasses.replace(stage1, save_strategy="no", eval_strategy="no")
     common = dict(processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
                   compute_metrics=compute_classification_metrics)
@@ -267,6 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
         levers = {"augment": data_args.augment, "transfer_file": data_args.transfer_file,
                   "transfer_ratio": data_args.transfer_ratio, "two_stage": two_stage,
                   "hidden_stage_epochs": stage1.num_train_epochs if stage1 is not None else None,
+                  "hidden_stage_steps": stage1.max_steps if stage1 is not None and stage1.max_steps > 0 else None,
                   "training_rows": len(train), "labelled_rows": len(data[splits[0]])}
         results = run.results(
             trainer, task="text-classification", teacher=teacher_path, student=info, comparison=comparison,

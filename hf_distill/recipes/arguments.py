@@ -113,6 +113,32 @@ def check_numbers(*parsed) -> None:
                 raise ValueError(f"--{f.name} is {value}: it must be {_range_text(*bounds)}.")
 
 
+def check_device(device: str | None, flag: str = "device") -> None:
+    """A device named on the command line must exist here (checked at the start, not after the models loaded).
+
+    Args:
+        device: "cpu", "cuda", "cuda:1", "mps", ...; None or "" = let the program choose.
+        flag: the argument that named it (for the message).
+    """
+    if not device:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"--{flag} {device!r} is not a device ({e}); use cpu, cuda or cuda:N.") from None
+    if dev.type == "cuda":
+        if torch.version.cuda is None or not torch.cuda.is_available():
+            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"--{flag} {device}, but {why} (torch {torch.__version__}): pass --{flag} cpu, or run "
+                             "where a GPU is visible with a CUDA build of torch.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--{flag} {device}, but only {torch.cuda.device_count()} CUDA device(s) are visible.")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--{flag} {device}, but MPS is not available here: pass --{flag} cpu.")
+
+
 def parse_args(dataclass_types, argv: list[str] | None = None):
     """`recipe.py [CONFIG.yaml|CONFIG.json] [--flag value ...]`: the file's values, overridden by flags.
 
