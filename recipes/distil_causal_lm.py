@@ -32,7 +32,7 @@ from transformers.trainer_pt_utils import get_model_param_count
 from hf_distill import DistillationArguments, DistillationTrainer, PromptCompletionCollator, tokenize_prompt_completion
 from hf_distill.lm_data import PROMPT_ATTENTION_MASK, PROMPT_INPUT_IDS, completion_nll, end_token_id, prompt_length
 from hf_distill.recipes import data as rd
-from hf_distill.recipes.arguments import DataSourceArguments
+from hf_distill.recipes.arguments import DataSourceArguments, LoraArguments, lora_config
 from hf_distill.recipes.evaluation import Comparison
 from hf_distill.recipes.models import build_student, check_student_tokenizer
 from hf_distill.recipes.output import save_final_model
@@ -43,21 +43,12 @@ DEFAULT_CHUNK = 1024  # tokens per chunk of the output-layer loss
 
 
 @dataclass
-class LMModelArguments:
+class LMModelArguments(LoraArguments):
     teacher_model_name_or_path: str | None = field(default=None, metadata={"help": "Causal-LM teacher (required)."})
     student_model_name_or_path: str | None = field(default=None, metadata={"help": "Unset = cut down the teacher."})
     student_num_layers: int | None = field(default=None, metadata={"help": "Default: half the teacher's layers."})
     student_layers: str | None = field(
         default=None, metadata={"help": "0-based teacher layers copied into the student, e.g. '0,2,4'."}
-    )
-    use_peft: bool = field(
-        default=False, metadata={"help": "Train a LoRA adapter on the student instead of all weights."}
-    )
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: str = field(
-        default="all-linear", metadata={"help": "Comma-separated module names, or 'all-linear'."}
     )
     chunked_loss: bool = field(
         default=True,
@@ -197,14 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
     student, info = build_student(AutoModelForCausalLM, teacher, model_args.student_model_name_or_path,
                                   model_args.student_num_layers, model_args.student_layers)
     params = {"teacher": get_model_param_count(teacher), "student": get_model_param_count(student)}
-    peft_config = None
-    if model_args.use_peft:
-        from peft import LoraConfig
-
-        targets = model_args.lora_target_modules
-        peft_config = LoraConfig(task_type="CAUSAL_LM", r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
-                                 lora_dropout=model_args.lora_dropout,
-                                 target_modules=targets if targets == "all-linear" else targets.split(","))
+    peft_config = lora_config(model_args)
 
     collator = PromptCompletionCollator.from_tokenizer(tokenizer)
     # The recipe pushes the final folder itself (Run.finish); the Trainer must not create repos or push checkpoints.

@@ -44,6 +44,52 @@ class ClassificationDataArguments(DataSourceArguments):
     label_column: str = field(default="label", metadata={"help": "Column with the labels (names or ids)."})
 
 
+# LoRA flags (`--use_peft`): peft.LoraConfig field -> the recipe's default. The flags are `--lora_<field>` (fields
+# already named lora_* keep their name), typed and documented from LoraConfig itself (`lora_config` builds it).
+LORA_DEFAULTS = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear", "use_rslora": False,
+                 "use_dora": False}
+
+
+def _lora_flag(name: str) -> str:
+    return name if name.startswith("lora_") else f"lora_{name}"
+
+
+def _lora_arguments():
+    from peft import LoraConfig
+
+    helps = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(LoraConfig)}
+    fields = [("use_peft", bool, field(default=False, metadata={
+        "help": "Train a LoRA adapter on the student instead of all weights (the --lora_* flags configure it)."}))]
+    for name, default in LORA_DEFAULTS.items():
+        text = helps[name].split(". ")[0].rstrip(".") + "."  # peft's first sentence
+        if name == "target_modules":
+            text = "Comma-separated module names, or 'all-linear'. (peft: " + text + ")"
+        fields.append((_lora_flag(name), type(default), field(default=default, metadata={"help": text})))
+    namespace = {"__module__": __name__,
+                 "__doc__": "--use_peft and the LoRA flags, built from peft.LoraConfig's fields (LORA_DEFAULTS)."}
+    return dataclasses.make_dataclass("LoraArguments", fields, namespace=namespace)
+
+
+LoraArguments = _lora_arguments()
+
+
+def lora_config(args, task_type: str = "CAUSAL_LM"):
+    """The `peft.LoraConfig` that `--use_peft` and the `--lora_*` flags describe (None without --use_peft).
+
+    Args:
+        args: an instance of a LoraArguments (sub)class.
+        task_type: peft's task type of the model the adapter goes on.
+    """
+    from peft import LoraConfig
+
+    if not args.use_peft:
+        return None
+    values = {name: getattr(args, _lora_flag(name)) for name in LORA_DEFAULTS}
+    targets = values["target_modules"]
+    values["target_modules"] = targets if targets == "all-linear" else targets.split(",")
+    return LoraConfig(task_type=task_type, **values)
+
+
 @dataclass
 class OutputArguments:
     overwrite_output_dir: bool = field(
