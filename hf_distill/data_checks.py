@@ -108,8 +108,10 @@ def check_chat_column(values: Iterable, column: str = "messages", source: str | 
         if not isinstance(conversation, (list, tuple)):
             hint = (" It looks like JSON text: parse it (json.loads) into a list before training."
                     if isinstance(conversation, str) and conversation.lstrip().startswith("[") else "")
+            what = f"a string ({_shown(conversation)})" if isinstance(conversation, str) else \
+                non_text_reason(conversation)
             raise ValueError(
-                f"{place} holds {non_text_reason(conversation) or 'None'} where chat data needs a list of messages "
+                f"{place} holds {what} where chat data needs a list of messages "
                 f"[{{'role': ..., 'content': ...}}, ...].{hint} For plain text use 'prompt' / 'completion' columns."
             )
         for i, message in enumerate(conversation):

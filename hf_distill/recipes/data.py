@@ -99,9 +99,19 @@ def load_data_file(path: str, split: str = "train"):
     mixed = [name for name, feature in dataset.features.items() if type(feature).__name__ == "Json"]
     if mixed:
         kinds = {name: sorted({type(v).__name__ for v in dataset[name]}) for name in mixed}
-        raise ValueError(f"{path}: column(s) {kinds} mix value types; every value of a column must have one type "
-                         "(e.g. all label names or all label ids).")
+        rows = "; ".join(f"column {name!r}: " + ", ".join(f"{kind} at row {row}" for kind, row in _first_rows(
+            dataset[name]).items()) for name in mixed)
+        raise ValueError(f"{path}: column(s) {kinds} mix value types ({rows}); every value of a column must have one "
+                         "type (e.g. all label names or all label ids; one string per text).")
     return dataset
+
+
+def _first_rows(values) -> dict[str, int]:
+    """{type name: the first row (0-based) holding a value of that type}."""
+    first = {}
+    for row, value in enumerate(values):
+        first.setdefault(type(value).__name__, row)
+    return first
 
 
 def load_data_files(files: dict[str, str]):
