@@ -70,12 +70,12 @@ def split_chat(messages: list[dict], tokenizer, where: str = "a conversation") -
             f"a conversation with roles {roles} has no answer to learn: chat examples need at least one prompt "
             f"message followed by a final 'assistant' message (the completion). ({where})"
         )
-    from jinja2 import TemplateError
-
     try:
         prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
         full = tokenizer.apply_chat_template(messages, tokenize=False)
-    except TemplateError as e:  # the template's own raise_exception(...), e.g. "roles must alternate"
+    except Exception as e:  # jinja2's TemplateError: the template's raise_exception(...), e.g. "roles must alternate"
+        if not type(e).__module__.startswith("jinja2"):
+            raise
         roles = [m.get("role") for m in messages]
         raise ValueError(
             f"{where}: the tokenizer's chat template refused the conversation with roles {roles}: {e}. Change that "

@@ -112,6 +112,9 @@ def _cases(a, tmp_path: Path):
         # --- budgets
         "--two_stage yes with --max_steps 1": lambda: Case(args("--two_stage", "yes", "--max_steps", "1"),
             r"--two_stage yes cannot split --max_steps 1 between two stages.*--max_steps 2 or more"),
+        "--push_to_hub offline (the push is the run's last step)": lambda: Case(
+            args("--push_to_hub", "--hub_model_id", "me/x", "--hub_token", "t"),
+            r"--push_to_hub, but HF_HUB_OFFLINE is set: the push at the end of the run would fail after training"),
         # --- models
         "truncated model.safetensors in the teacher folder": lambda: Case(
             args(teacher=a["truncated"]), r"--teacher_model_name_or_path: the weight file .*truncated_teacher/"
@@ -135,6 +138,7 @@ def _listing(folder: Path) -> dict:
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_bad_data_fails_before_training(name, assets, tmp_path, monkeypatch):
     monkeypatch.setattr(distil_bert.DistillationTrainer, "train", mock.Mock(side_effect=AssertionError("trained")))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # as in CI, whatever the environment
     case = _cases(assets, tmp_path)[name]()
     before = _listing(tmp_path), _listing(assets["root"])
     with pytest.raises(ValueError, match=case.message):
