@@ -155,8 +155,8 @@ def _cases(a, tmp_path):
         "output_dir is a file": lambda: Case(args(output=train), r"--output_dir .*train.csv is a file"),
         "output_dir under a file": lambda: Case(
             args(output=os.path.join(train, "out")), r"cannot be created: .* is a file"),
-        "overwrite would delete the inputs": lambda: Case(args("--overwrite_output_dir", output=str(a["root"])),
-            r"would delete \[.*teacher.*\], inputs of this run"),
+        "overwrite over the teacher's folder": lambda: Case(args("--overwrite_output_dir", output=a["teacher"]),
+            r"--overwrite_output_dir removes only what earlier runs wrote .*\['config.json', 'model.safetensors'"),
         "output_dir not writable": lambda: Case(
             args(), r"is not writable",
             mock.patch("tempfile.TemporaryFile", side_effect=PermissionError(13, "denied"))),
