@@ -269,7 +269,7 @@ def test_student_folder_without_tokenizer_files_but_the_same_vocabulary_gets_a_w
     ("header only", [], ("d.csv", "text,label\n"), r"d.csv has only a header line"),
 ])
 def test_cache_cli_bad_input(name, extra, data, message, assets, tmp_path):
-    from hf_distill.cache import main
+    from hf_distill.recipes.cache_cli import main
 
     data_file = _file(tmp_path, *data) if data else assets["train"]
     argv = ["--teacher_model_name_or_path", assets["teacher"], "--data_file", data_file, "--max_length", "32",
@@ -283,7 +283,7 @@ def test_cache_cli_stores_label_names_as_the_teacher_ids_and_the_cache_trains(as
     from datasets import load_from_disk
 
     from hf_distill import DistillationArguments, DistillationTrainer
-    from hf_distill.cache import main
+    from hf_distill.recipes.cache_cli import main
 
     out = tmp_path / "cached"
     main(["--teacher_model_name_or_path", assets["teacher"], "--data_file", assets["dev"], "--max_length", "32",

@@ -160,12 +160,8 @@ def owned_by_runs(name: str, manifest: dict | None) -> bool:
     return name not in manifest["foreign"] and _matches(name, RUN_PATTERNS)
 
 
-def input_paths(*parsed, extra=()) -> list[str]:
-    """Every existing path that an argument of the run names: each string (or list of strings) of every field of
-    the parsed argument dataclasses — *_file, *_path, *_name_or_path, dataset_name, augment_mlm, deepspeed,
-    resume_from_checkpoint and any other — that exists on disk, plus `extra` (the config file). The output folder
-    (output_dir, logging_dir) is where the run writes, not an input."""
-    found = []
+def _named_paths(*parsed):
+    """(field name, path) for every existing path a field of the parsed argument dataclasses names."""
     for obj in parsed:
         for f in dataclasses.fields(obj):
             if f.name in ("output_dir", "logging_dir"):
@@ -173,7 +169,28 @@ def input_paths(*parsed, extra=()) -> list[str]:
             value = getattr(obj, f.name)
             for v in value if isinstance(value, (list, tuple)) else [value]:
                 if isinstance(v, (str, os.PathLike)) and str(v) and os.path.exists(v):
-                    found.append(str(v))
+                    yield f.name, str(v)
+
+
+def input_overlaps(output_dir: str, *parsed) -> list[tuple[str, str, str]]:
+    """(flag, path, relation) for each input named by the arguments that is, contains or lies inside `output_dir`."""
+    found = []
+    for name, path in _named_paths(*parsed):
+        if os.path.realpath(path) == os.path.realpath(output_dir):
+            found.append((name, path, "is"))
+        elif _inside(path, output_dir):
+            found.append((name, path, "contains"))
+        elif _inside(output_dir, path):
+            found.append((name, path, "is inside"))
+    return found
+
+
+def input_paths(*parsed, extra=()) -> list[str]:
+    """Every existing path that an argument of the run names: each string (or list of strings) of every field of
+    the parsed argument dataclasses — *_file, *_path, *_name_or_path, dataset_name, augment_mlm, deepspeed,
+    resume_from_checkpoint and any other — that exists on disk, plus `extra` (the config file). The output folder
+    (output_dir, logging_dir) is where the run writes, not an input."""
+    found = [path for _, path in _named_paths(*parsed)]
     found += [str(p) for p in extra if p and os.path.exists(p)]
     return list(dict.fromkeys(found))
 
@@ -256,6 +273,8 @@ class OutputFolder:
     resume: str | None = None
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     inputs: list[str] = field(default_factory=list)
+    writes: tuple[str, ...] = FINAL_PATTERNS  # names the run writes at its end (foreign ones would be written over)
+    resumable: bool = True  # a recipe run can be continued from its checkpoints; a cache run cannot
 
     @property
     def lock_path(self) -> str:
@@ -312,7 +331,7 @@ class OutputFolder:
                 f"--overwrite_output_dir would delete {hit}: an input of this run (named by its arguments) is, or is "
                 f"inside, what the previous run wrote in --output_dir {self.path}. Move it out of the folder or "
                 "choose another --output_dir.")
-        clash = [name for name in kept if _matches(name, RUN_PATTERNS + FINAL_PATTERNS)]
+        clash = [name for name in kept if _matches(name, RUN_PATTERNS + tuple(self.writes))]
         if clash:
             why = ("it has no manifest of what runs wrote there (not a folder of an hf_distill run, or one from "
                    "before manifests)" if manifest is None else f"the manifest ({MANIFEST_NAME}) does not list them")
@@ -325,11 +344,12 @@ class OutputFolder:
     def _check_previous_run(self) -> None:
         found = self._entries()
         if found and not self.overwrite and self.resume is None:
+            resume = ("--resume_from_checkpoint last (or a checkpoint folder) to continue it, " if self.resumable
+                      else "")
             raise ValueError(
                 f"--output_dir {self.path} already holds a previous run ({', '.join(found[:5])}); pass "
-                "--overwrite_output_dir to replace it (only what runs wrote there is removed), "
-                "--resume_from_checkpoint last (or a checkpoint folder) to continue it, or choose another "
-                "--output_dir."
+                f"--overwrite_output_dir to replace it (only what runs wrote there is removed), {resume}or choose "
+                "another --output_dir."
             )
 
     def _read_lock(self) -> dict:
@@ -414,6 +434,29 @@ def needed_bytes(model_paths: list[str], args) -> int:
     return max(MIN_FREE_BYTES, max(sizes) * (1 + 3 * kept))
 
 
+def publish(output_dir: str, write) -> list[str]:
+    """`write(folder)` into a staging folder inside `output_dir`, then record what it wrote in the manifest and move
+    it into `output_dir` by renames (a crash never leaves a half-written file beside finished-looking ones). Returns
+    the names moved in. Main process only."""
+    staging = os.path.join(output_dir, STAGING_NAME)
+    if os.path.isdir(staging):
+        shutil.rmtree(staging)
+    write(staging)
+    return _move_in(staging, output_dir)
+
+
+def _move_in(staging: str, output_dir: str) -> list[str]:
+    names = sorted(os.listdir(staging))
+    record_written(output_dir, names)  # before they appear in the folder (see read_manifest)
+    for name in names:
+        target = os.path.join(output_dir, name)
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target)
+        os.replace(os.path.join(staging, name), target)
+    os.rmdir(staging)
+    return names
+
+
 def save_final_model(trainer, output_dir: str) -> None:
     """`trainer.save_model` into a staging folder, then moved into `output_dir` by renames: a crash or a full disk
     never leaves a half-written weights or tokenizer file beside a finished-looking run. Call on every process
@@ -425,13 +468,7 @@ def save_final_model(trainer, output_dir: str) -> None:
     trainer.save_model(staging)
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
-        record_written(output_dir, os.listdir(staging))  # before they appear in the folder (see read_manifest)
-        for name in os.listdir(staging):
-            target = os.path.join(output_dir, name)
-            if os.path.isdir(target):
-                shutil.rmtree(target)
-            os.replace(os.path.join(staging, name), target)
-        os.rmdir(staging)
+        _move_in(staging, output_dir)
     trainer.accelerator.wait_for_everyone()
 
 
