@@ -232,3 +232,55 @@ def test_input_paths_come_from_every_argument(tmp_path):
     (tmp_path / "c.yaml").write_text("{}")
     assert input_paths(Odd(), extra=[str(tmp_path / "c.yaml"), None]) == [
         str(tmp_path / "a.bin"), str(tmp_path / "b"), str(tmp_path / "c.yaml")]
+
+
+def test_cache_cli_follows_the_output_folder_rules(setup, tmp_path):
+    """Issue 21: the cache CLI wrote into an existing cache (16 rows silently became 8) and into its own input."""
+    from datasets import load_from_disk
+
+    from hf_distill.recipes.cache_cli import main as cache_main
+
+    teacher, (train, dev) = setup  # train.csv: 32 rows, dev.csv: 8 rows
+
+    def cache(data_file, out, *extra):
+        cache_main(["--teacher_model_name_or_path", teacher, "--data_file", str(data_file), "--max_length", "32",
+                    "--output_dir", str(out), "--device", "cpu", *extra])
+
+    out = tmp_path / "cached"
+    cache(train, out)
+    assert len(load_from_disk(str(out))) == 32
+    with pytest.raises(ValueError, match=r"already holds a previous run .*--overwrite_output_dir to replace it") as e:
+        cache(dev, out)
+    assert "resume" not in str(e.value) and len(load_from_disk(str(out))) == 32  # refused, nothing replaced
+    (out / "notes.txt").write_text("mine")
+    cache(dev, out, "--overwrite_output_dir")
+    assert len(load_from_disk(str(out))) == 8 and (out / "notes.txt").read_text() == "mine"
+    assert {"dataset_info.json", "state.json"} <= set(read_manifest(str(out))["written"])
+
+    # its own input: the same folder, a folder holding the data file, a folder inside the input dataset
+    with pytest.raises(ValueError, match=r"--output_dir .*cached is --dataset_path .*cached, an input of this run"):
+        cache_main(["--teacher_model_name_or_path", teacher, "--dataset_path", str(out), "--output_dir", str(out),
+                    "--overwrite_output_dir"])
+    with pytest.raises(ValueError, match=r"contains --teacher_model_name_or_path .*; contains --data_file .*train"):
+        cache(train, tmp_path, "--overwrite_output_dir")
+    with pytest.raises(ValueError, match=r"is inside --dataset_path"):
+        cache_main(["--teacher_model_name_or_path", teacher, "--dataset_path", str(out), "--output_dir",
+                    str(out / "sub")])
+    with pytest.raises(ValueError, match=r"is --teacher_model_name_or_path"):
+        cache(train, teacher, "--overwrite_output_dir")
+    # a model folder (not an input) is not empty: refused without --overwrite_output_dir
+    other = tmp_path / "other_model"
+    save_classifier(other, layers=1)
+    with pytest.raises(ValueError, match="already holds a previous run"):
+        cache(dev, other)
+    assert len(load_from_disk(str(out))) == 8
+
+
+def test_core_cache_module_does_not_import_the_recipes_and_the_documented_command_works(tmp_path):
+    code = ("import sys, hf_distill.cache; "
+            "print(sorted(m for m in sys.modules if m.startswith('hf_distill.recipes')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+    done = subprocess.run([sys.executable, "-m", "hf_distill.cache", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "--overwrite_output_dir" in done.stdout and "--teacher_model_name_or_path" in (
+        done.stdout)

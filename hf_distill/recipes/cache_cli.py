@@ -123,9 +123,11 @@ def check_output_dir(cli: CacheArguments) -> OutputFolder:
     """The recipes' rules for the output folder, before anything loads: an input of the run (the teacher, the data)
     may not be, contain or lie inside --output_dir; a non-empty folder is refused unless --overwrite_output_dir,
     which removes only what an earlier cache run wrote there."""
-    for flag, path, relation in input_overlaps(cli.output_dir, cli):
-        raise ValueError(f"--output_dir {cli.output_dir} {relation} --{flag} {path}, an input of this run: the cache "
-                         "would be written into (or over) its own input. Choose another --output_dir.")
+    overlaps = input_overlaps(cli.output_dir, cli)
+    if overlaps:
+        which = "; ".join(f"{relation} --{flag} {path}" for flag, path, relation in overlaps)
+        raise ValueError(f"--output_dir {cli.output_dir} {which}, an input of this run: the cache would be written "
+                         "into (or over) its own input. Choose another --output_dir.")
     output = OutputFolder(cli.output_dir, overwrite=cli.overwrite_output_dir, writes=CACHE_PATTERNS, resumable=False)
     output.check(input_paths(cli))
     return output
