@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
             shutil.rmtree(stage1.output_dir, ignore_errors=True)
         trainer = DistillationTrainer(model=student, teacher_model=teacher_arg, args=args, train_dataset=distil_train,
                                       eval_dataset=distil_eval, **common)
-        train_metrics = trainer.train(resume_from_checkpoint=run.resume).metrics
+        train_metrics = run.train(trainer).metrics
         steps += trainer.state.global_step
         save_final_model(trainer, args.output_dir)  # student weights + tokenizer (the teacher is never saved)
         models = {"teacher": teacher, "student": trainer.model_wrapped}

@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
         data_collator=collator, peft_config=peft_config, merge_adapter_on_save=model_args.use_peft,
     )
     with run.owning_output_dir():
-        train_metrics = trainer.train(resume_from_checkpoint=run.resume).metrics
+        train_metrics = run.train(trainer).metrics
         save_final_model(trainer, args.output_dir)  # the student (adapter merged) + tokenizer, never the teacher
         models = {"teacher": trainer.teacher, "student": trainer.accelerator.unwrap_model(trainer.model_wrapped)}
         comparison, n_tokens = evaluate_lm(trainer, models, data[splits[1]], args.loss_chunk_size or DEFAULT_CHUNK,

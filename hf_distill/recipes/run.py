@@ -21,7 +21,15 @@ from ..model_card import CARD_NAME, RESULTS_NAME, format_count, save_model_card
 from .arguments import OutputArguments, config_file, launch_command, parse_args
 from .evaluation import Comparison
 from .models import StudentInfo, check_model_source
-from .output import PUSH_IGNORE, OutputFolder, input_paths, needed_bytes, resolve_resume, write_json
+from .output import (
+    PUSH_IGNORE,
+    OutputFolder,
+    check_checkpoint_fits,
+    input_paths,
+    needed_bytes,
+    resolve_resume,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +60,13 @@ class Run:
         finally:
             if self.args.process_index == 0:
                 self.output.release()
+
+    def train(self, trainer):
+        """`trainer.train()`, resuming from `self.resume` after checking that the checkpoint was written for this
+        trainer's model (another size or depth is a ValueError naming both, not a raw traceback)."""
+        if self.resume is not None:
+            check_checkpoint_fits(self.resume, trainer.model)
+        return trainer.train(resume_from_checkpoint=self.resume)
 
     def results(self, trainer, *, task: str, teacher: str, student: StudentInfo, comparison: Comparison,
                 dataset: dict, train_metrics: dict, **extra) -> dict:
