@@ -151,7 +151,7 @@ class DistillationTrainer(Trainer):
     def distillation_pairs(self, inputs: dict, student_outputs, teacher_outputs: list) -> list[LogitsPair]:
         """Say what to distill; by default `DistillationObjective.pairs` (every common `*logits` field).
 
-        Override this for tasks those rules do not fit (see the README's tasks section).
+        Override this for tasks those rules do not fit (see docs/tasks.md).
         """
         return self.objective.pairs(inputs, student_outputs, teacher_outputs)
 
