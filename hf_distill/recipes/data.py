@@ -8,6 +8,7 @@ import logging
 import math
 import os
 
+from ..modeling import is_default_id2label
 from .arguments import ClassificationDataArguments, DataSourceArguments
 
 logger = logging.getLogger(__name__)
@@ -204,10 +205,6 @@ def check_max_length(max_length: int, config, who: str) -> None:
 # ---- sequence classification -----------------------------------------------------------------------
 
 
-def _is_default_names(id2label: dict) -> bool:
-    return all(str(v) == f"LABEL_{k}" for k, v in id2label.items())
-
-
 def data_label_names(raw, splits, label_column: str) -> list:
     """The label values found in the data (ClassLabel names when the column has them)."""
     names = getattr(raw[splits[0]].features[label_column], "names", None)
@@ -221,7 +218,7 @@ def label_mapping(raw, splits, label_column: str, id2label: dict) -> dict:
     id2label = {int(k): str(v) for k, v in id2label.items()}
     label2id = {v: k for k, v in id2label.items()}
     names = getattr(raw[splits[0]].features[label_column], "names", None)  # ClassLabel
-    named = not _is_default_names(id2label)
+    named = not is_default_id2label(id2label)
     values = set().union(*(raw[s].unique(label_column) for s in splits))
     mapping, unknown = {}, []
     for value in sorted(values, key=str):
