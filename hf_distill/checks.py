@@ -25,7 +25,7 @@ ATTENTION_RETURNING = ("eager",)
 
 def check_args(args) -> DistillationArguments:
     if not isinstance(args, DistillationArguments):
-        raise ValueError(  # noqa: TRY004 - bad input is a ValueError throughout the API
+        raise ValueError(  # bad input is a ValueError throughout the API (not TypeError)
             f"args must be a DistillationArguments (it carries temperature and the loss weights), "
             f"got {type(args).__name__}; build one with the same fields plus the distillation ones."
         )

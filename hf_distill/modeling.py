@@ -95,12 +95,12 @@ def wrap_peft(model: nn.Module, peft_config) -> nn.Module:
     from peft import PeftConfig, PeftModel, get_peft_model
 
     if not isinstance(peft_config, PeftConfig):
-        raise ValueError(  # noqa: TRY004 - bad input is a ValueError throughout the API
+        raise ValueError(  # bad input is a ValueError throughout the API (not TypeError)
             f"peft_config must be a peft.PeftConfig (e.g. LoraConfig(task_type='SEQ_CLS', r=8)), "
             f"got {type(peft_config).__name__}."
         )
     if isinstance(model, PeftModel):
-        raise ValueError(  # noqa: TRY004 - bad input is a ValueError throughout the API
+        raise ValueError(  # bad input is a ValueError throughout the API (not TypeError)
             "the student is already a PeftModel and a peft_config was given too; pass the base model with "
             "peft_config, or the PeftModel without it."
         )

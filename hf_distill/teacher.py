@@ -23,7 +23,7 @@ def load_teacher(teacher: PreTrainedModel | str | os.PathLike, student: nn.Modul
     if isinstance(teacher, nn.Module):
         return teacher
     if not isinstance(teacher, (str, os.PathLike)):
-        raise ValueError(  # noqa: TRY004 - bad input is a ValueError throughout the API
+        raise ValueError(  # bad input is a ValueError throughout the API (not TypeError)
             f"teacher_model must be a PreTrainedModel, a Hub id or a local directory, got {type(teacher).__name__}."
         )
     path = os.path.expanduser(str(teacher))
