@@ -24,12 +24,8 @@ import numpy as np
 import torch
 from transformers import GenerationConfig
 
-from .lm_data import (
-    COMPLETION_MASK,
-    IGNORE_INDEX,
-    PROMPT_ATTENTION_MASK,
-    PROMPT_INPUT_IDS,
-)
+from .lm_data import PROMPT_ATTENTION_MASK, PROMPT_INPUT_IDS
+from .positions import COMPLETION_MASK, IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 

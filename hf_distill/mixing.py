@@ -13,15 +13,17 @@ import logging
 
 import numpy as np
 
+from .positions import IGNORE_INDEX
+
 logger = logging.getLogger(__name__)
 
-UNLABELLED = -100
+UNLABELLED = IGNORE_INDEX  # the old name, kept importable
 
 
 def _row_has_label(value) -> bool:
     if isinstance(value, list):  # token-level labels: labelled if any token is
-        return any(v != UNLABELLED for v in value)
-    return value is not None and value != UNLABELLED
+        return any(v != IGNORE_INDEX for v in value)
+    return value is not None and value != IGNORE_INDEX
 
 
 def mix_transfer_set(labelled, transfer, ratio: float | None = None, seed: int = 0, label_column: str = "labels"):
@@ -63,7 +65,7 @@ def mix_transfer_set(labelled, transfer, ratio: float | None = None, seed: int =
     token_level = bool(len(labelled)) and isinstance(labelled[0][label_column], list)
 
     def unlabel(example):
-        value = [UNLABELLED] * len(example["input_ids"]) if token_level else UNLABELLED
+        value = [IGNORE_INDEX] * len(example["input_ids"]) if token_level else IGNORE_INDEX
         return {label_column: value}
 
     if label_column in picked.column_names:

@@ -26,7 +26,7 @@ from .checks import (
     check_sharding,
     check_teachers,
 )
-from .chunked import OutputHead, check_chunking, step_token_totals, token_counts
+from .chunked import OutputHead, check_chunking
 from .config import DistillationArguments
 from .generation import CompletionSampler, check_generation_setup, sampled_batches, special_token_ids
 from .modeling import forward_params, is_causal_lm, select_inputs, signature_columns, unwrap_peft, wrap_peft
@@ -39,9 +39,9 @@ from .objective import (
     hard_loss,
     hold_labels,
     mean_over_processes,
-    token_scales,
     with_projections,
 )
+from .positions import StepTokens
 from .saving import gathered_state_dict, save_student, student_part
 from .sharding import adapt_to_sharding
 from .teacher import load_teachers, place_teacher
@@ -114,7 +114,7 @@ class DistillationTrainer(Trainer):
         self._term_means = TermMeans()
         # Causal LMs: soft and hard terms are token-level. compute_loss normalises them by the tokens of the whole
         # accumulated batch (counted in get_batch_samples) and every other term by the accumulation steps itself.
-        self._token_totals = None
+        self._step_tokens = StepTokens()
         self.loss_is_scaled_for_ga = self.loss_is_scaled_for_ga or self._shift_labels
         # args.loss_chunk_size if the chunked output-layer loss can run here (ValueError where it cannot).
         zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
@@ -232,13 +232,12 @@ class DistillationTrainer(Trainer):
         return loss
 
     def _token_scales(self, inputs: dict, num_items_in_batch) -> dict[str, float] | None:
-        """objective.token_scales for a causal LM's micro-batch in training; None for sequence-level students."""
+        """positions.token_scales for a causal LM's micro-batch in training; None for sequence-level students."""
         if not self._shift_labels:
             return None
         k = getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps
         processes = self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
-        totals = None if self._token_totals is None else (self._token_totals[0], num_items_in_batch)
-        return token_scales(self.objective.weights, token_counts(inputs), totals, k, processes)
+        return self._step_tokens.scales(self.objective.weights, inputs, num_items_in_batch, k, processes)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """The micro-batches of one optimizer step and num_items_in_batch, their next-token label count.
@@ -253,9 +252,7 @@ class DistillationTrainer(Trainer):
         if not self._shift_labels or not batches:
             return batches, num_items
         across = self.args.average_tokens_across_devices and self.args.world_size > 1
-        totals = step_token_totals(batches, device, self.accelerator.gather if across else None)  # (2,): soft, hard
-        self._token_totals = totals.cpu()
-        return batches, (totals[1] if int(totals[1]) > 0 else None)
+        return batches, self._step_tokens.count(batches, device, self.accelerator.gather if across else None)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and "eval_loss" not in logs:

@@ -13,8 +13,9 @@ from datasets import Dataset
 from torch import nn
 
 from .cache import cache_teacher_outputs
+from .positions import IGNORE_INDEX
 
-UNLABELLED = -100  # the label value of an example without a label (as PyTorch's ignore_index)
+UNLABELLED = IGNORE_INDEX  # the old name, kept importable
 
 
 def label_with_teacher(
@@ -56,7 +57,7 @@ def mark_unlabelled(dataset: Dataset, label_column: str = "labels") -> Dataset:
     def fill(example):
         value = example[label_column]
         if value is None:  # token-level labels: one -100 per token
-            value = [UNLABELLED] * len(example["input_ids"]) if token_level else UNLABELLED
+            value = [IGNORE_INDEX] * len(example["input_ids"]) if token_level else IGNORE_INDEX
         return {label_column: value}
 
     return dataset.map(fill, desc="marking unlabelled examples")

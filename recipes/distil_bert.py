@@ -49,7 +49,8 @@ from hf_distill import DistillationArguments, DistillationTrainer, cache_teacher
 from hf_distill.augment import augment_dataset
 from hf_distill.layers import resolve_layer_map
 from hf_distill.metrics import accuracy_and_macro_f1, compute_classification_metrics
-from hf_distill.mixing import UNLABELLED, labelled_only, mix_transfer_set
+from hf_distill.mixing import labelled_only, mix_transfer_set
+from hf_distill.positions import IGNORE_INDEX
 from hf_distill.recipes import data as rd
 from hf_distill.recipes.arguments import ClassificationDataArguments
 from hf_distill.recipes.evaluation import compare_on_eval
@@ -138,7 +139,7 @@ def unlabelled_rows(texts, tokenizer, data_args, texts_2=None):
 
     enc = tokenizer([str(t) for t in texts], None if texts_2 is None else [str(t) for t in texts_2],
                     truncation=True, max_length=data_args.max_length)
-    return Dataset.from_dict({**{k: list(v) for k, v in enc.items()}, "labels": [UNLABELLED] * len(texts)})
+    return Dataset.from_dict({**{k: list(v) for k, v in enc.items()}, "labels": [IGNORE_INDEX] * len(texts)})
 
 
 def build_train_set(train, raw_train, tokenizer, data_args: LeverDataArguments, args):
