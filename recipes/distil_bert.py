@@ -133,7 +133,7 @@ def check_levers(data_args: LeverDataArguments) -> None:
         raise ValueError("--transfer_ratio is set but --transfer_file is not: give the unlabelled text file.")
 
 
-def unlabelled_rows(texts, tokenizer, data_args, texts_2=None):
+def tokenize_unlabelled(texts, tokenizer, data_args, texts_2=None):
     """Tokenised rows without a hard label (labels -100): augmented copies and transfer text."""
     from datasets import Dataset
 
@@ -152,14 +152,14 @@ def build_train_set(train, raw_train, tokenizer, data_args: LeverDataArguments, 
                           mlm_tokenizer=AutoTokenizer.from_pretrained(data_args.augment_mlm))
         aug = augment_dataset(raw_train, data_args.text_column, data_args.augment, args.seed, label_column=None,
                               keep_columns=[pair] if pair else [], **kwargs)
-        train = mix_transfer_set(train, unlabelled_rows(aug[data_args.text_column], tokenizer, data_args,
-                                                        aug[pair] if pair else None), None, args.seed)
+        train = mix_transfer_set(train, tokenize_unlabelled(aug[data_args.text_column], tokenizer, data_args,
+                                                            aug[pair] if pair else None), None, args.seed)
     if data_args.transfer_file:
         raw = rd.load_data_file(data_args.transfer_file)
         wanted = [c for c in (data_args.text_column, pair) if c]
         rd.require_columns({"transfer": raw}, {"transfer": data_args.transfer_file},
                            {"text_column": data_args.text_column, "text_column_2": pair})
-        transfer = unlabelled_rows(raw[wanted[0]], tokenizer, data_args, raw[pair] if pair else None)
+        transfer = tokenize_unlabelled(raw[wanted[0]], tokenizer, data_args, raw[pair] if pair else None)
         train = mix_transfer_set(train, transfer, data_args.transfer_ratio, args.seed)
     return train
 

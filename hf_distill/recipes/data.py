@@ -27,7 +27,7 @@ TEXT_FORMATS = ("csv", "json", "text")  # read as text: must be UTF-8
 PADDING_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert", "longformer")
 
 
-def data_format(path: str) -> tuple[str, dict]:
+def file_builder(path: str) -> tuple[str, dict]:
     """(builder, kwargs) for a local data file, from its extension."""
     ext = os.path.splitext(path)[1].lstrip(".").lower()
     if ext not in DATA_FORMATS:
@@ -74,7 +74,7 @@ def load_data_file(path: str, split: str = "train"):
     `ValueError` that names it."""
     from datasets import load_dataset
 
-    builder, kwargs = data_format(path)
+    builder, kwargs = file_builder(path)
     if not os.path.isfile(path):
         raise ValueError(f"data file {path} does not exist (or is not a file).")
     if os.path.getsize(path) == 0:
@@ -108,7 +108,7 @@ def load_data_files(files: dict[str, str]):
     """Local data files, one per split (`{"train": "train.csv", ...}`), all of one format, as a DatasetDict."""
     from datasets import DatasetDict
 
-    if len({str(data_format(p)) for p in files.values()}) != 1:
+    if len({str(file_builder(p)) for p in files.values()}) != 1:
         raise ValueError(f"data files must have the same format (one of the formats {sorted(DATA_FORMATS)}), got "
                          f"{sorted(files.values())}.")
     return DatasetDict({split: load_data_file(path, split) for split, path in files.items()})
