@@ -29,14 +29,14 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
-import transformers as tf  # noqa: E402
+import torch
+import transformers as tf
 
-from hf_distill.chunked import OutputHead, causal_lm_rows, chunked_head_loss, last_hidden_states  # noqa: E402
-from hf_distill.losses import divergence_loss, teacher_target  # noqa: E402
+from hf_distill.chunked import OutputHead, causal_lm_rows, chunked_head_loss, last_hidden_states
+from hf_distill.losses import divergence_loss, teacher_target
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from provenance import provenance, provenance_line  # noqa: E402
+from provenance import provenance, provenance_line
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "results")
 T, SOFT_WEIGHT, HARD_WEIGHT = 2.0, 0.5, 0.5

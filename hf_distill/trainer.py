@@ -82,7 +82,7 @@ class DistillationTrainer(Trainer):
         train = trainer_kwargs.get("train_dataset")
         self.cached = has_cached_outputs(train)
         if self.cached:
-            check_cache_only(model, args, train, trainer_kwargs.get("eval_dataset"), has_cached_outputs)
+            check_cache_only(model, args, train, trainer_kwargs.get("eval_dataset"))
         sources, self.teachers = load_teachers(teacher_model, model, args, self.cached)
         student = wrap_peft(model, peft_config)
         self.merge_adapter_on_save, self._pushing = merge_adapter_on_save, False
