@@ -180,6 +180,12 @@ def push_folder(folder: str, repo_id: str, token: str, private: bool | None = No
     return repo_id
 
 
+def shown_path(path: str) -> str:
+    """`path` relative to the working directory when it lies inside it (no machine-specific prefix), else absolute."""
+    relative = os.path.relpath(os.path.abspath(path))
+    return os.path.abspath(path) if relative == ".." or relative.startswith(".." + os.sep) else relative
+
+
 def print_summary(results: dict, output_dir: str) -> None:
     """The closing table of a recipe: teacher vs student metrics, size and speed, and where things are."""
     t, s = results["teacher"], results["student"]
@@ -191,5 +197,5 @@ def print_summary(results: dict, output_dir: str) -> None:
     lines = [f"{'':<{width}}  {'teacher':>10}  {'student':>10}"]
     lines += [f"{a:<{width}}  {b:>10}  {c:>10}" for a, b, c in rows]
     lines.append(f"speed-up: {results['speedup']:.2f}x   size: {s['parameters'] / t['parameters']:.0%} of the teacher")
-    lines.append(f"student, card (README.md) and {RESULTS_NAME}: {os.path.abspath(output_dir)}")
+    lines.append(f"student, card (README.md) and {RESULTS_NAME}: {shown_path(output_dir)}")
     print("\n".join(lines), flush=True)  # the recipe's closing report to the user (stdout), not a log line
