@@ -44,7 +44,7 @@ from .objective import (
     with_projections,
 )
 from .positions import StepTokens
-from .saving import gathered_state_dict, save_student, student_part
+from .saving import gathered_state_dict, save_student, save_training_args, student_part
 from .sharding import adapt_to_sharding
 from .teacher import load_teachers, place_teacher
 
@@ -317,6 +317,12 @@ class DistillationTrainer(Trainer):
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
         return None
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        # The Trainer pickles self.args (hub_token included) into every checkpoint: write a redacted copy over it.
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            save_training_args(self.args, output_dir if output_dir is not None else self.args.output_dir)
 
     def push_to_hub(self, *args, **kwargs):
         self._pushing = True  # Trainer.push_to_hub saves through save_model(_internal_call=True): the final student

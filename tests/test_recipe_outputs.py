@@ -382,3 +382,54 @@ def test_after_a_failed_final_save_every_refusal_says_the_one_thing_that_works(s
     with pytest.raises(ValueError, match=r"Continue it with --resume_from_checkpoint last \(from checkpoint-1\)"):
         _run(teacher, data, out, *SAVE_EACH_STEP, "--max_steps", "2")
     _run(teacher, data, out, *SAVE_EACH_STEP, "--max_steps", "2", "--resume_from_checkpoint", "last")
+
+
+SECRET = "hf_" + "Sx7" * 8  # token-shaped
+
+
+def _files_holding(folder: Path, secret: str) -> list[str]:
+    return [str(p) for p in folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+def test_no_secret_reaches_any_file_of_the_run(setup, tmp_path):
+    """Issue 21: --hub_token and a token in --run_name were pickled into training_args.bin (folder + checkpoints)."""
+    teacher, data = setup
+    out = tmp_path / "out"
+    _run(teacher, data, out, *SAVE_EACH_STEP, "--max_steps", "2", "--hub_token", SECRET, "--run_name",
+         f"exp-{SECRET}-a")
+    saved = sorted(out.rglob("training_args.bin"))
+    assert len(saved) == 3  # the student's folder and both checkpoints
+    for path in saved:
+        args = torch.load(path, weights_only=False)
+        assert args.hub_token is None and args.run_name == "exp-REDACTED-a" and args.max_steps == 2, path
+    assert _files_holding(out, SECRET) == [] and _files_holding(out, SECRET[3:]) == []
+
+
+def test_the_trainer_itself_writes_redacted_arguments(tmp_path):
+    """Without the recipes: DistillationTrainer's checkpoints and final save hold no token either; its own args keep
+    the token (a push still works)."""
+    from conftest import classification_data
+
+    from hf_distill import DistillationArguments, DistillationTrainer
+
+    args = DistillationArguments(output_dir=str(tmp_path / "o"), report_to=[], max_steps=1, use_cpu=True,
+                                 per_device_train_batch_size=4, save_strategy="steps", save_steps=1,
+                                 hub_token=SECRET, run_name=f"r-{SECRET}")
+    trainer = DistillationTrainer(tiny_bert(layers=1, hidden=32), tiny_bert(layers=2, hidden=32), args,
+                                  train_dataset=classification_data(4))
+    trainer.train()
+    trainer.save_model()
+    assert len(list((tmp_path / "o").rglob("training_args.bin"))) == 2
+    assert _files_holding(tmp_path / "o", SECRET) == [] and trainer.args.hub_token == SECRET
+
+
+def test_redacted_args_copy_leaves_the_original_alone():
+    from transformers import TrainingArguments
+
+    from hf_distill.redaction import redacted_args
+
+    args = TrainingArguments(output_dir="x", hub_token=SECRET, run_name=f"a {SECRET}", report_to=[],
+                             label_names=[f"l-{SECRET}"])
+    safe = redacted_args(args)
+    assert (safe.hub_token, safe.run_name, safe.label_names) == (None, "a REDACTED", ["l-REDACTED"])
+    assert (args.hub_token, args.run_name) == (SECRET, f"a {SECRET}") and safe.output_dir == "x"

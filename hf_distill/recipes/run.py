@@ -18,6 +18,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .. import __version__
 from ..model_card import CARD_NAME, RESULTS_NAME, format_count, save_model_card
+from ..redaction import redacted_args
 from .arguments import OutputArguments, config_file, launch_command, parse_args
 from .evaluation import Comparison
 from .models import StudentInfo, check_model_source
@@ -162,6 +163,9 @@ def start_run(script: str, model_class, data_class, training_class, argv: list[s
     output.check(inputs, needed_bytes(list(model_paths.values()), args))
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     token = check_push(args)
+    # From here on the run holds its token in Run.token only: every Trainer gets arguments without secrets, so no
+    # training_args.bin (checkpoints, the student's folder, plain Trainers too) and no tracker sees them.
+    args = redacted_args(args)
     return Run(model_args, data_args, args, output, resume, token, launch_command(script, argv))
 
 
