@@ -295,7 +295,8 @@ class DistillationArguments(TrainingArguments):
             )
         if self.on_policy_divergence is not None and self.on_policy_divergence not in DIVERGENCE_NAMES:
             raise ValueError(
-                f"on_policy_divergence must be one of {list(DIVERGENCE_NAMES)} or unset, got {self.on_policy_divergence!r}."
+                f"on_policy_divergence must be one of {list(DIVERGENCE_NAMES)} or unset, "
+                f"got {self.on_policy_divergence!r}."
             )
         if self.generation_cache not in ("dynamic", "static"):
             raise ValueError(f"generation_cache must be 'dynamic' or 'static', got {self.generation_cache!r}.")

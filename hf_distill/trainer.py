@@ -221,7 +221,8 @@ class DistillationTrainer(Trainer):
         name = self.args.on_policy_divergence
         if name is None or completions_from(inputs) != STUDENT:
             return self.objective
-        return dataclasses.replace(self.objective, divergence=name, divergence_kwargs=self.args.divergence_kwargs(name))
+        params = self.args.divergence_kwargs(name)
+        return dataclasses.replace(self.objective, divergence=name, divergence_kwargs=params)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if completions_from(inputs) == STUDENT:  # the student's own samples are no labels: soft loss only

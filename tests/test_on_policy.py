@@ -344,7 +344,8 @@ def test_lmbda_schedule_by_hand(tmp_path):
         assert abs(fraction - p) < 0.04, (step, fraction, p)
         if p == 0:
             assert fraction == 0.0
-        coins = [torch.rand((), generator=torch.Generator().manual_seed(_seed(7, step, m, 0))).item() for m in range(50)]
+        coins = [torch.rand((), generator=torch.Generator().manual_seed(_seed(7, step, m, 0))).item()
+                 for m in range(50)]
         assert draws[:50] == ["student" if c < p else "data" for c in coins]
 
 
@@ -360,7 +361,8 @@ def test_warm_start_equals_an_off_policy_run_for_its_first_steps(tmp_path, tok):
             snapshots[(self.name, state.global_step)] = {k: v.clone() for k, v in model.state_dict().items()}
 
     runs = {}
-    for name, kw in (("off", {}), ("warm", {"lmbda": 1.0, "lmbda_start_step": 2, "on_policy_divergence": "reverse_kl"})):
+    warm = {"lmbda": 1.0, "lmbda_start_step": 2, "on_policy_divergence": "reverse_kl"}
+    for name, kw in (("off", {}), ("warm", warm)):
         student = tiny_gpt2(layers=2, seed=0)
         rec = Recorder(student)
         trainer = make_trainer(tmp_path / name, tok, student, divergence="forward_kl", lr_scheduler_type="constant",
