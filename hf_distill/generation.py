@@ -86,7 +86,9 @@ def generation_config_from_args(args, eos_token_id: int | None, pad_token_id: in
         else {
             "temperature": args.generation_temperature,
             "top_p": args.generation_top_p,
-            "top_k": args.generation_top_k or None,
+            # 0, not None: an unset top_k falls back to transformers' default of 50, which would truncate the
+            # student's distribution (on-policy distillation samples from all of it).
+            "top_k": args.generation_top_k,
         }
     )
     cache = args.generation_cache

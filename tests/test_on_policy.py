@@ -499,3 +499,26 @@ def test_samples_completions_and_static_cache_config(tmp_path, tok):
     assert (config.use_cache, config.cache_implementation, config.disable_compile) == (True, "static", True)
     compiled = make_trainer(tmp_path, tok, lmbda=1.0, generation_cache="static", generation_compile=True)
     assert compiled.sampler.generation_config.compile_config._compile_all_devices
+
+
+def test_sampling_draws_from_the_whole_distribution(tmp_path, tok):
+    """generation_top_k=0 is off: transformers' default top_k of 50 must not truncate the student's distribution.
+
+    The student's next-token distribution is made uniform over the 101 tokens (eos excluded): 320 draws hit
+    about 96 distinct tokens; a top-50 filter would allow at most 50.
+    """
+    trainer = make_trainer(tmp_path, tok, lmbda=1.0, max_new_tokens=5)
+    student = trainer.model
+
+    def uniform(module, args, output):
+        logits = torch.zeros_like(output)
+        logits[..., tok.sep_token_id] = float("-inf")
+        return logits
+
+    handle = student.lm_head.register_forward_hook(uniform)
+    collate = PromptCompletionCollator.from_tokenizer(tok)
+    batch = collate([trainer.train_dataset[i % 16] for i in range(64)])
+    (sampled,) = trainer.sampler.sample_step([batch], student, trainer.teacher, step=0)
+    handle.remove()
+    drawn = sampled["input_ids"][sampled["completion_mask"].bool()]
+    assert drawn.numel() == 320 and len(set(drawn.tolist())) > 60
