@@ -510,8 +510,8 @@ def test_sampling_draws_from_the_whole_distribution(tmp_path, tok):
     trainer = make_trainer(tmp_path, tok, lmbda=1.0, max_new_tokens=5)
     student = trainer.model
 
-    def uniform(module, args, output):
-        logits = torch.zeros_like(output)
+    def uniform(module, args, output):  # nearly uniform, no ties (a top-k filter keeps ties at its threshold)
+        logits = (-1e-3 * torch.arange(output.shape[-1], dtype=output.dtype)).expand_as(output).clone()
         logits[..., tok.sep_token_id] = float("-inf")
         return logits
 
