@@ -202,6 +202,16 @@ class DistillationArguments(TrainingArguments):
             "afterwards; TRL's generation_batch_size). False = one call per micro-batch (less memory, slower)."
         },
     )
+    generation_sampler: str = field(
+        default="inverse_cdf",
+        metadata={
+            "help": "How sampled tokens are drawn from the (temperature / top-k / top-p shaped) distribution: "
+            "'inverse_cdf' (one uniform number per row; the same distribution, several times faster on CPUs "
+            "where torch.multinomial draws one exponential number per vocabulary entry) or 'multinomial' "
+            "(transformers' do_sample).",
+            "choices": ["inverse_cdf", "multinomial"],
+        },
+    )
     generation_cache: str = field(
         default="dynamic",
         metadata={
@@ -297,6 +307,10 @@ class DistillationArguments(TrainingArguments):
             raise ValueError(
                 f"on_policy_divergence must be one of {list(DIVERGENCE_NAMES)} or unset, "
                 f"got {self.on_policy_divergence!r}."
+            )
+        if self.generation_sampler not in ("inverse_cdf", "multinomial"):
+            raise ValueError(
+                f"generation_sampler must be 'inverse_cdf' or 'multinomial', got {self.generation_sampler!r}."
             )
         if self.generation_cache not in ("dynamic", "static"):
             raise ValueError(f"generation_cache must be 'dynamic' or 'static', got {self.generation_cache!r}.")

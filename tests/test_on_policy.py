@@ -15,10 +15,12 @@ from hf_distill import DistillationArguments, DistillationTrainer
 from hf_distill.generation import (
     COMPLETIONS_FROM,
     CompletionSampler,
+    InverseCDFSampler,
     _seed,
     completion_lengths,
     completions_from,
     cut_completions,
+    inverse_cdf_decoding,
     stack_prompts,
     with_completions,
 )
@@ -522,3 +524,32 @@ def test_sampling_draws_from_the_whole_distribution(tmp_path, tok):
     handle.remove()
     drawn = sampled["input_ids"][sampled["completion_mask"].bool()]
     assert drawn.numel() == 320 and len(set(drawn.tolist())) > 60
+
+
+def test_inverse_cdf_sampler_draws_from_the_softmax():
+    """40000 draws from 3 rows of fixed logits: frequencies within 0.01 of softmax (and of torch.multinomial's);
+    tokens masked to -inf (top-k) are never drawn; the returned scores make argmax pick the drawn token."""
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, float("-inf")], [0.0] * 5, [5.0, -5.0, 1.0, 0.5, 0.2]])
+    probs = torch.softmax(logits, -1)
+    torch.manual_seed(0)
+    draws = torch.stack([InverseCDFSampler()(None, logits).argmax(-1) for _ in range(40000)])  # (40000, 3)
+    for row in range(3):
+        freq = torch.bincount(draws[:, row], minlength=5).float() / len(draws)
+        torch.testing.assert_close(freq, probs[row], atol=0.01, rtol=0)
+        reference = torch.bincount(torch.multinomial(probs[row], 40000, replacement=True), minlength=5).float() / 40000
+        torch.testing.assert_close(freq, reference, atol=0.015, rtol=0)
+    assert not (draws[:, 0] == 4).any()
+    scores = InverseCDFSampler()(None, logits)
+    assert ((scores == 0).sum(-1) == 1).all() and torch.isinf(scores).sum() == 3 * 4
+
+
+def test_inverse_cdf_decoding_keeps_the_distribution_settings(tmp_path, tok):
+    config = make_trainer(tmp_path, tok, lmbda=0.5, generation_temperature=0.7, generation_top_p=0.9,
+                          generation_top_k=20).sampler.generation_config
+    greedy, processors = inverse_cdf_decoding(config)
+    assert greedy.do_sample is False and config.do_sample is True  # the original is left alone
+    assert [type(p).__name__ for p in processors] == ["TemperatureLogitsWarper", "TopKLogitsWarper",
+                                                      "TopPLogitsWarper", "InverseCDFSampler"]
+    assert (processors[0].temperature, processors[1].top_k, processors[2].top_p) == (0.7, 20, 0.9)
+    plain = make_trainer(tmp_path, tok, lmbda=0.5).sampler.generation_config
+    assert [type(p).__name__ for p in inverse_cdf_decoding(plain)[1]] == ["InverseCDFSampler"]
