@@ -43,12 +43,8 @@ from transformers.generation import (
     TopPLogitsWarper,
 )
 
-from .lm_data import (
-    COMPLETION_MASK,
-    IGNORE_INDEX,
-    PROMPT_ATTENTION_MASK,
-    PROMPT_INPUT_IDS,
-)
+from .lm_data import PROMPT_ATTENTION_MASK, PROMPT_INPUT_IDS, is_packed, pack_padded
+from .positions import COMPLETION_MASK, IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
@@ -313,7 +309,8 @@ def with_completions(
         COMPLETION_MASK: completion_mask,
         COMPLETIONS_FROM: source or (TEACHER if train_on_labels else STUDENT),
     }
-    return {**batch, **new}  # the prompts (and any column a custom collator adds) stay as they were
+    out = {**batch, **new}  # the prompts (and any column a custom collator adds) stay as they were
+    return pack_padded(out) if is_packed(batch) else out  # a packed batch stays packed (lm_data.pack_padded)
 
 
 def stack_prompts(batches: list[dict], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
