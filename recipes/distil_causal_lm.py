@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
         rd.check_max_length(data_args.max_length, AutoConfig.from_pretrained(model_args.student_model_name_or_path),
                             f"student {model_args.student_model_name_or_path}")
     positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-    if (args.lmbda > 0 or args.seq_kd) and positions and data_args.max_length + args.max_new_tokens > positions:
+    if args.samples_completions and positions and data_args.max_length + args.max_new_tokens > positions:
         raise ValueError(
             f"max_length ({data_args.max_length}) + max_new_tokens ({args.max_new_tokens}) exceeds the teacher's "
             f"{positions} positions: sampled sequences would not fit. Lower one of them."
@@ -216,6 +216,8 @@ def main(argv: list[str] | None = None) -> dict:
         results["distillation"].update(
             mode="on-policy (GKD)" if args.lmbda > 0 else ("sequence-level KD" if args.seq_kd else "off-policy"),
             divergence=args.divergence, lmbda=args.lmbda, seq_kd=args.seq_kd, max_new_tokens=args.max_new_tokens,
+            lmbda_start_step=args.lmbda_start_step, lmbda_warmup_steps=args.lmbda_warmup_steps,
+            on_policy_divergence=args.on_policy_divergence or (args.divergence if args.lmbda > 0 else None),
             generation_temperature=args.generation_temperature, loss_chunk_size=args.loss_chunk_size,
             peft=model_args.use_peft,
         )
