@@ -8,11 +8,27 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .losses import DIVERGENCE_NAMES, DIVERGENCE_PARAM_RANGES, check_divergence_params, divergence_params
+from .losses import (
+    DIVERGENCE_NAMES,
+    DIVERGENCE_PARAM_RANGES,
+    DIVERGENCE_PARAMS,
+    check_divergence_params,
+    divergence_param_default,
+    divergence_params,
+)
 
 logger = logging.getLogger(__name__)
 
 _LAYER_MAP_RE = re.compile(r"^\s*\d+\s*:\s*\d+\s*(,\s*\d+\s*:\s*\d+\s*)*$")
+
+
+def divergence_field(name: str):
+    """The `DistillationArguments` field of divergence parameter `name`: default and help from the registry.
+
+    Args:
+        name: a key of `losses.DIVERGENCE_PARAMS`, e.g. "jsd_beta".
+    """
+    return field(default=divergence_param_default(name), metadata={"help": DIVERGENCE_PARAMS[name].help})
 
 
 def parse_layer_map(spec: str | dict | None) -> dict[int, int] | None:
@@ -87,21 +103,9 @@ class DistillationArguments(TrainingArguments):
             "choices": list(DIVERGENCE_NAMES),
         },
     )
-    jsd_beta: float = field(
-        default=0.5,
-        metadata={
-            "help": "divergence='jsd': weight beta in [0, 1] of the teacher in the mixture M = beta p_t + "
-            "(1-beta) p_s; JSD = beta KL(p_t||M) + (1-beta) KL(p_s||M); beta=0 is forward KL, beta=1 reverse "
-            "KL (TRL's convention)."
-        },
-    )
-    skew_alpha: float = field(
-        default=0.1,
-        metadata={
-            "help": "divergence='skew_forward_kl' / 'skew_reverse_kl': skew alpha in [0, 1); KL(p_t || alpha "
-            "p_t + (1-alpha) p_s) resp. KL(p_s || alpha p_s + (1-alpha) p_t); alpha=0 is the plain KL."
-        },
-    )
+    # One line per divergence parameter; default, help and range come from the registry (losses.DIVERGENCE_PARAMS).
+    jsd_beta: float = divergence_field("jsd_beta")
+    skew_alpha: float = divergence_field("skew_alpha")
     loss_chunk_size: int | None = field(
         default=None,
         metadata={

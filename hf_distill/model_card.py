@@ -15,6 +15,8 @@ import os
 from importlib import resources
 from pathlib import Path
 
+from .modeling import is_hub_id
+
 RESULTS_NAME = "distillation_results.json"
 CARD_NAME = "README.md"
 TEMPLATE_NAME = "distilled_student.md"  # the default template
@@ -37,17 +39,6 @@ def format_count(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
 
 
-def is_hub_id(name: str) -> bool:
-    """True when `name` is not an existing local path and has the form of a Hub repo id ('name' or 'owner/name')."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if os.path.exists(name) or name.startswith(("~", ".")):
-        return False
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
 
 
 def template_name(task: str | None) -> str:

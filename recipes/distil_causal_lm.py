@@ -30,6 +30,7 @@ from transformers.trainer_pt_utils import get_model_param_count
 
 from hf_distill import DistillationArguments, DistillationTrainer, PromptCompletionCollator, tokenize_prompt_completion
 from hf_distill.lm_data import PROMPT_ATTENTION_MASK, PROMPT_INPUT_IDS, completion_nll, end_token_id
+from hf_distill.positions import IGNORE_INDEX
 from hf_distill.recipes import data as rd
 from hf_distill.recipes.arguments import DataSourceArguments
 from hf_distill.recipes.evaluation import Comparison
@@ -130,7 +131,7 @@ def generation_samples(models: dict, tokenizer, dataset, collator, n: int, max_n
                               pad_token_id=collator.pad_token_id)
     prompts = batch[PROMPT_INPUT_IDS].to(device)
     samples = [{"prompt": tokenizer.decode(p[m.bool()], skip_special_tokens=True),
-                "reference": tokenizer.decode([t for t, y in zip(r["input_ids"], r["labels"]) if y != -100],
+                "reference": tokenizer.decode([t for t, y in zip(r["input_ids"], r["labels"]) if y != IGNORE_INDEX],
                                               skip_special_tokens=True)}
                for p, m, r in zip(batch[PROMPT_INPUT_IDS], batch[PROMPT_ATTENTION_MASK], rows)]
     for name, model in models.items():
