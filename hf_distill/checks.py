@@ -271,6 +271,27 @@ class NonFiniteLossError(FloatingPointError):
     """Raised when a loss term is NaN or infinite, before it reaches the weights."""
 
 
+def check_packing(models: dict[str, nn.Module], args, cached: bool = False) -> None:
+    """ValueError unless packed (padding-free) batches give every model and loss term what padded ones give.
+
+    Args:
+        models: name (for the message) -> model, e.g. {"the student": ..., "the teacher": ...}.
+        args: the DistillationArguments (attention maps cannot be compared across packed rows).
+        cached: whether the teacher outputs are cached (stored per padded row, not packed).
+    """
+    from .modeling import packing_problem
+
+    fix = "use padded batches (PromptCompletionCollator(pack=False), no --packing)"
+    if cached:
+        raise ValueError(f"packed batches cannot carry cached teacher outputs (stored per row); {fix}.")
+    if args.attention_weight > 0:
+        raise ValueError(f"attention_weight > 0 compares attention maps per row, which packed batches lack; {fix}.")
+    for who, model in models.items():
+        problem = packing_problem(model)
+        if problem is not None:
+            raise ValueError(f"packed batches would be silently wrong for {who}: {problem}; {fix}.")
+
+
 def check_finite(loss: torch.Tensor, terms: dict[str, torch.Tensor], step: int, epoch: float | None) -> None:
     """Stop before the optimizer step when the loss or a term is NaN / infinite (one sync for all of them)."""
     values = torch.stack([loss.detach().float()] + [v.detach().float() for v in terms.values()])

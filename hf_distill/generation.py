@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from transformers import GenerationConfig
 
-from .lm_data import PROMPT_ATTENTION_MASK, PROMPT_INPUT_IDS
+from .lm_data import PROMPT_ATTENTION_MASK, PROMPT_INPUT_IDS, is_packed, pack_padded
 from .positions import COMPLETION_MASK, IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
@@ -149,7 +149,8 @@ def with_completions(
         "labels": labels,
         COMPLETION_MASK: completion_mask,
     }
-    return {**batch, **new}  # the prompts (and any column a custom collator adds) stay as they were
+    out = {**batch, **new}  # the prompts (and any column a custom collator adds) stay as they were
+    return pack_padded(out) if is_packed(batch) else out  # a packed batch stays packed (lm_data.pack_padded)
 
 
 class CompletionSampler:

@@ -207,27 +207,81 @@ def pad_prompt_completion(
     }
 
 
+def is_packed(batch: dict) -> bool:
+    """Whether a causal-LM batch is packed: rows concatenated, `position_ids` restarting per row, no attention_mask.
+
+    Args:
+        batch: a training batch.
+    """
+    return torch.is_tensor(batch.get("position_ids")) and batch.get("attention_mask") is None
+
+
+def pack_padded(batch: dict) -> dict:
+    """The padding-free form of a padded causal-LM batch: its rows' real tokens as one (1, N) sequence.
+
+    input_ids / labels / completion_mask (B, L) become (1, N), N = attention_mask.sum(); `position_ids` (1, N)
+    restart at 0 with each row, which is how transformers' attention keeps the rows apart (block-diagonal causal
+    masks for eager / sdpa / flex, variable-length kernels for flash-attention); attention_mask is dropped (with
+    it, transformers would not look for packed rows). Each row's first token gets label -100 and completion 0,
+    so that no position predicts the next row's first token: the losses see the same positions as padded. Other
+    entries (the left-padded prompts for generation, ...) are kept as they are.
+
+    Args:
+        batch: input_ids, attention_mask (B, L), with labels and completion_mask (B, L) where the batch has them.
+    """
+    mask = batch["attention_mask"].bool()  # (B, L): each row's real tokens
+    packed = {k: v for k, v in batch.items() if k != "attention_mask"}
+    position = mask.long().cumsum(1) - 1  # (B, L): 0 at each row's first real token
+    packed["input_ids"] = batch["input_ids"][mask][None]  # (1, N)
+    packed["position_ids"] = position[mask][None]  # (1, N)
+    first = mask & (position == 0)  # (B, L)
+    if torch.is_tensor(batch.get("labels")):
+        packed["labels"] = batch["labels"].masked_fill(first, IGNORE_INDEX)[mask][None]
+    if torch.is_tensor(batch.get(COMPLETION_MASK)):
+        packed[COMPLETION_MASK] = batch[COMPLETION_MASK].masked_fill(first, 0)[mask][None]
+    return packed
+
+
 class PromptCompletionCollator:
     """Batches {"input_ids", "labels"} examples (from `tokenize_prompt_completion`) for causal-LM distillation.
 
     Returns the padded training batch with `completion_mask` (1 on completion tokens) and the prompts
     padded on the left (`prompt_input_ids`, `prompt_attention_mask`) for on-policy generation. The
-    prompt of an example is everything before its first label that is not -100.
+    prompt of an example is everything before its first label that is not -100. With `pack=True` the training
+    rows are concatenated without padding (`pack_padded`): both models then run on real tokens only, with the
+    same losses (docs/packing.md).
+
+    Args:
+        pad_token_id: the id padding is filled with (the prompts for generation are padded either way).
+        pad_to_multiple_of: pad the training rows to a multiple of this length (not with pack=True).
+        pack: return padding-free packed batches (causal LMs whose attention honours packed position_ids).
     """
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None, pack: bool = False):
         if pad_token_id is None:
             raise ValueError(
                 "PromptCompletionCollator needs a pad_token_id; for tokenizers without a pad token (GPT-2, Llama) "
                 "set tokenizer.pad_token = tokenizer.eos_token first."
             )
+        if pack and pad_to_multiple_of:
+            raise ValueError(
+                "pack=True makes batches without padding, so pad_to_multiple_of cannot apply; drop one of them."
+            )
         self.pad_token_id = int(pad_token_id)
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.pack = bool(pack)
 
     @classmethod
-    def from_tokenizer(cls, tokenizer, pad_to_multiple_of: int | None = None) -> PromptCompletionCollator:
+    def from_tokenizer(cls, tokenizer, pad_to_multiple_of: int | None = None, pack: bool = False):
+        """The collator with the tokenizer's pad token (its eos token when it has none).
+
+        Args:
+            tokenizer: the student's tokenizer.
+            pad_to_multiple_of: see the class.
+            pack: see the class.
+        """
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        return cls(pad, pad_to_multiple_of)
+        return cls(pad, pad_to_multiple_of, pack)
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         prompts, completions, completion_labels = [], [], []
@@ -239,9 +293,9 @@ class PromptCompletionCollator:
             prompts.append(ids[:n])
             completions.append(ids[n:])
             completion_labels.append(labels[n:])
-        return pad_prompt_completion(
-            prompts, completions, self.pad_token_id, self.pad_to_multiple_of, completion_labels
-        )
+        batch = pad_prompt_completion(prompts, completions, self.pad_token_id, self.pad_to_multiple_of,
+                                      completion_labels)
+        return pack_padded(batch) if self.pack else batch
 
 
 @torch.no_grad()

@@ -23,12 +23,14 @@ from .checks import (
     check_cache_only,
     check_finite,
     check_merge_on_save,
+    check_packing,
     check_sharding,
     check_teachers,
 )
 from .chunked import OutputHead, check_chunking
 from .config import DistillationArguments
 from .generation import CompletionSampler, check_generation_setup, sampled_batches, special_token_ids
+from .lm_data import is_packed
 from .modeling import forward_params, is_causal_lm, select_inputs, signature_columns, unwrap_peft, wrap_peft
 from .objective import (
     DistillationObjective,
@@ -91,6 +93,9 @@ class DistillationTrainer(Trainer):
         super().__init__(with_projections(student, self.objective.layer_map, self.teacher), args, *trainer_args,
                          **trainer_kwargs)
         self._finish_setup(student)
+        self._packing_checked = False
+        if getattr(self.data_collator, "pack", False):  # PromptCompletionCollator(pack=True): refuse before training
+            self._check_packing()
         # On-policy / sequence-level KD (lmbda, seq_kd): completions sampled as the batches are drawn.
         check_generation_setup(args, student, self.teachers, self.cached)
         self.sampler = CompletionSampler(args, *special_token_ids(self.processing_class, unwrap_peft(student)))
@@ -181,13 +186,29 @@ class DistillationTrainer(Trainer):
             return [teacher(**self._inputs_for(accepted, inputs, drop_labels=True), **flags)
                     for teacher, accepted in zip(self.teachers, self._teacher_params)]
 
+    def _packing_flags(self, inputs: dict) -> dict:
+        """Forward flags for a packed batch (lm_data.pack_padded): use_cache=False, as a cache turns transformers'
+        packed-row masks off. The models and settings are checked (check_packing) at the first packed batch."""
+        if not is_packed(inputs):
+            return {}
+        if not self._packing_checked:
+            self._check_packing()
+        return {"use_cache": False}
+
+    def _check_packing(self) -> None:
+        names = ["the teacher"] if len(self.teachers) == 1 else [f"teacher {k}" for k in range(len(self.teachers))]
+        teachers = dict(zip(names, self.teachers))
+        check_packing({"the student": self.student, **teachers}, self.args, self.cached)
+        self._packing_checked = True
+
     def compute_distillation_loss(self, model, inputs: dict, scales: dict[str, float] | None = None):
         """Return (total loss, {term: value}, student outputs) for one batch; `scales` see objective.combine."""
         student_inputs = self._inputs_for(self._student_params, inputs, drop_labels=False)
         student_inputs, held = hold_labels(student_inputs, smoothing=self.label_smoother is not None)
+        flags = {**self.objective.output_flags(), **self._packing_flags(inputs)}
         # Teacher first: its activations are freed before the student's (kept for backward) are built.
-        teacher_outputs = self.teacher_forward(inputs)
-        student_outputs = model(**student_inputs, **self.objective.output_flags())
+        teacher_outputs = self.teacher_forward(inputs, flags)
+        student_outputs = model(**student_inputs, **flags)
         pairs = None
         if self.objective.weights["soft_loss"] > 0:
             pairs = self.distillation_pairs(inputs, student_outputs, teacher_outputs)
@@ -203,7 +224,8 @@ class DistillationTrainer(Trainer):
         Student and teachers run with logits_to_keep=1; their last hidden states go through the output layers
         chunk by chunk (DistillationObjective.lm_head_loss); hidden, attention and extra terms are as usual.
         """
-        flags = {**self.objective.output_flags(), "output_hidden_states": True, "logits_to_keep": 1}
+        flags = {**self.objective.output_flags(), "output_hidden_states": True, "logits_to_keep": 1,
+                 **self._packing_flags(inputs)}
         teacher_outputs = self.teacher_forward(inputs, flags)
         student_outputs = model(**self._inputs_for(self._student_params, inputs, drop_labels=True), **flags)
         heads = [OutputHead.from_model(unwrap_peft(m)) for m in (self.student, *self.teachers)]

@@ -15,7 +15,16 @@ import torch
 from recipe_helpers import recipe_args, save_classifier, write_csv
 from safetensors.torch import load_file
 
-from hf_distill.recipes.output import LOCK_NAME, OutputFolder, resolve_resume, save_final_model, write_json
+from hf_distill.recipes.output import (
+    LOCK_NAME,
+    MANIFEST_NAME,
+    OutputFolder,
+    input_paths,
+    read_manifest,
+    resolve_resume,
+    save_final_model,
+    write_json,
+)
 from recipes import distil_bert
 
 SAVE_EACH_STEP = ["--save_strategy", "steps", "--save_steps", "1", "--student_num_layers", "2", "--seed", "3"]
@@ -37,11 +46,15 @@ def test_overwrite_removes_the_previous_run_and_its_checkpoints(setup, tmp_path)
     out = tmp_path / "out"
     first = _run(teacher, data, out, *SAVE_EACH_STEP, "--max_steps", "2")
     assert {"checkpoint-1", "checkpoint-2"} <= set(os.listdir(out))
-    (out / "notes.txt").write_text("left by the user")
+    (out / "notes.txt").write_text("left by the user")  # not written by the run: it stays
     second = _run(teacher, data, out, "--overwrite_output_dir", "--max_steps", "1", "--student_num_layers", "2")
     left = set(os.listdir(out))
-    assert not any(name.startswith("checkpoint-") for name in left) and "notes.txt" not in left
+    assert not any(name.startswith("checkpoint-") for name in left)
+    assert (out / "notes.txt").read_text() == "left by the user"
     assert LOCK_NAME not in left and ".incomplete-save" not in left  # released, staging moved in
+    manifest = read_manifest(str(out))  # what the second run wrote, recorded by name; the user's file is foreign
+    assert {"model.safetensors", "config.json", "README.md", "distillation_results.json"} <= set(manifest["written"])
+    assert manifest["foreign"] == ["notes.txt"] and [r["run_id"] for r in manifest["runs"]] == [second["run_id"]]
     saved = json.loads((out / "distillation_results.json").read_text())
     assert saved["run_id"] == second["run_id"] != first["run_id"]
     assert [e["step"] for e in saved["train_log"]] == [1]  # the new run's log only
@@ -144,3 +157,130 @@ def test_results_json_has_no_bare_nan(tmp_path):
     write_json(str(path), {"a": float("nan"), "b": [1.5, float("inf")], "c": {"d": 2}})
     assert json.loads(path.read_text()) == {"a": None, "b": [1.5, None], "c": {"d": 2}}
     assert "NaN" not in path.read_text() and not (tmp_path / "r.json.tmp").exists()
+
+
+def test_overwrite_never_deletes_what_the_arguments_name_nor_what_no_run_wrote(setup, tmp_path, caplog):
+    """Issue 21: a --transfer_file, a local --dataset_name folder and the YAML config inside --output_dir survive
+    --overwrite_output_dir (they are inputs, and no run wrote them); a foreign file stays and is reported."""
+    teacher, (train, dev) = setup
+    out = tmp_path / "out"
+    first = _run(teacher, (train, dev), out, *SAVE_EACH_STEP, "--max_steps", "2")
+    (out / "data").mkdir()  # a local dataset folder: load_dataset(folder) reads its train / validation files
+    for name, path in (("train.csv", train), ("validation.csv", dev)):
+        (out / "data" / name).write_text(Path(path).read_text())
+    (out / "transfer.txt").write_text("text\n" + "\n".join(f"w{i} w{i + 1} w{i + 2}" for i in range(12)) + "\n")
+    (out / "config.yaml").write_text(f"teacher_model_name_or_path: {teacher}\n")
+    (out / "notes.txt").write_text("mine")
+    before = {p: (out / p).read_bytes() for p in ("data/train.csv", "data/validation.csv", "transfer.txt",
+                                                   "config.yaml", "notes.txt")}
+    argv = [str(out / "config.yaml"), *recipe_args(teacher, (train, dev), out, "--overwrite_output_dir",
+                                                   "--max_steps", "1", "--student_num_layers", "2")]
+    argv = [a for a in argv if a not in ("--train_file", "--validation_file", train, dev)]
+    with caplog.at_level(logging.INFO):
+        second = distil_bert.main([*argv, "--dataset_name", str(out / "data"), "--transfer_file",
+                                   str(out / "transfer.txt")])
+    assert {p: (out / p).read_bytes() for p in before} == before  # every input and the foreign file, untouched
+    assert second["run_id"] != first["run_id"]
+    assert second["levers"]["training_rows"] > second["levers"]["labelled_rows"]  # the transfer file was read
+    assert not (out / "checkpoint-1").exists()  # the first run's checkpoints went
+    assert "kept config.yaml, data, notes.txt, transfer.txt" in caplog.text  # reported
+
+
+def test_overwrite_refuses_to_delete_an_input_the_previous_run_wrote(setup, tmp_path):
+    """The previous run's student (or a checkpoint of it) given as this run's student: overwriting would delete it."""
+    teacher, data = setup
+    out = tmp_path / "out"
+    _run(teacher, data, out, *SAVE_EACH_STEP, "--max_steps", "2")
+    files = sorted(os.listdir(out))
+    for student in (out / "checkpoint-2", out):
+        with pytest.raises(ValueError, match=r"--overwrite_output_dir would delete \[.*out.*\]: an input of this run"):
+            _run(teacher, data, out, "--overwrite_output_dir", "--student_model_name_or_path", str(student))
+        assert sorted(os.listdir(out)) == files
+
+
+def test_overwrite_refuses_a_folder_whose_files_no_run_recorded(tmp_path):
+    """No manifest (another tool's folder, or a run from before manifests): nothing there is known to be a run's,
+    and a file this run would write over stops it; files it would not touch are kept."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "model.safetensors").write_text("somebody's model")
+    with pytest.raises(ValueError, match=r"removes only what earlier runs wrote .*\['model.safetensors'\] were not "
+                                         r"\(it has no manifest"):
+        OutputFolder(str(tmp_path / "out"), overwrite=True).check()
+    (tmp_path / "out" / "model.safetensors").rename(tmp_path / "out" / "notes.md")
+    folder = OutputFolder(str(tmp_path / "out"), overwrite=True)
+    folder.check()
+    folder.claim()
+    folder.release()
+    assert sorted(os.listdir(tmp_path / "out")) == [MANIFEST_NAME, "notes.md"]
+    assert read_manifest(str(tmp_path / "out"))["foreign"] == ["notes.md"]
+
+
+def test_input_paths_come_from_every_argument(tmp_path):
+    """No hand list: any field of any argument dataclass that names an existing path is an input."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class Odd:
+        some_new_option: str = str(tmp_path / "a.bin")
+        many: tuple = (str(tmp_path / "b"), "not a path")
+        output_dir: str = str(tmp_path)  # where the run writes: not an input
+        missing_file: str = str(tmp_path / "nope.txt")
+        number: int = 3
+
+    (tmp_path / "a.bin").write_text("x")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "c.yaml").write_text("{}")
+    assert input_paths(Odd(), extra=[str(tmp_path / "c.yaml"), None]) == [
+        str(tmp_path / "a.bin"), str(tmp_path / "b"), str(tmp_path / "c.yaml")]
+
+
+def test_cache_cli_follows_the_output_folder_rules(setup, tmp_path):
+    """Issue 21: the cache CLI wrote into an existing cache (16 rows silently became 8) and into its own input."""
+    from datasets import load_from_disk
+
+    from hf_distill.recipes.cache_cli import main as cache_main
+
+    teacher, (train, dev) = setup  # train.csv: 32 rows, dev.csv: 8 rows
+
+    def cache(data_file, out, *extra):
+        cache_main(["--teacher_model_name_or_path", teacher, "--data_file", str(data_file), "--max_length", "32",
+                    "--output_dir", str(out), "--device", "cpu", *extra])
+
+    out = tmp_path / "cached"
+    cache(train, out)
+    assert len(load_from_disk(str(out))) == 32
+    with pytest.raises(ValueError, match=r"already holds a previous run .*--overwrite_output_dir to replace it") as e:
+        cache(dev, out)
+    assert "resume" not in str(e.value) and len(load_from_disk(str(out))) == 32  # refused, nothing replaced
+    (out / "notes.txt").write_text("mine")
+    cache(dev, out, "--overwrite_output_dir")
+    assert len(load_from_disk(str(out))) == 8 and (out / "notes.txt").read_text() == "mine"
+    assert {"dataset_info.json", "state.json"} <= set(read_manifest(str(out))["written"])
+
+    # its own input: the same folder, a folder holding the data file, a folder inside the input dataset
+    with pytest.raises(ValueError, match=r"--output_dir .*cached is --dataset_path .*cached, an input of this run"):
+        cache_main(["--teacher_model_name_or_path", teacher, "--dataset_path", str(out), "--output_dir", str(out),
+                    "--overwrite_output_dir"])
+    with pytest.raises(ValueError, match=r"contains --teacher_model_name_or_path .*; contains --data_file .*train"):
+        cache(train, tmp_path, "--overwrite_output_dir")
+    with pytest.raises(ValueError, match=r"is inside --dataset_path"):
+        cache_main(["--teacher_model_name_or_path", teacher, "--dataset_path", str(out), "--output_dir",
+                    str(out / "sub")])
+    with pytest.raises(ValueError, match=r"is --teacher_model_name_or_path"):
+        cache(train, teacher, "--overwrite_output_dir")
+    # a model folder (not an input) is not empty: refused without --overwrite_output_dir
+    other = tmp_path / "other_model"
+    save_classifier(other, layers=1)
+    with pytest.raises(ValueError, match="already holds a previous run"):
+        cache(dev, other)
+    assert len(load_from_disk(str(out))) == 8
+
+
+def test_core_cache_module_does_not_import_the_recipes_and_the_documented_command_works(tmp_path):
+    code = ("import sys, hf_distill.cache; "
+            "print(sorted(m for m in sys.modules if m.startswith('hf_distill.recipes')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+    done = subprocess.run([sys.executable, "-m", "hf_distill.cache", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "--overwrite_output_dir" in done.stdout and "--teacher_model_name_or_path" in (
+        done.stdout)

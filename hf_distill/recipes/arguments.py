@@ -113,6 +113,14 @@ def check_numbers(*parsed) -> None:
                 raise ValueError(f"--{f.name} is {value}: it must be {_range_text(*bounds)}.")
 
 
+def config_file(argv: list[str] | None = None) -> str | None:
+    """The CONFIG.yaml / CONFIG.json of `recipe.py CONFIG [--flag value ...]`, or None."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-") and argv[0].endswith(CONFIG_SUFFIXES):
+        return argv[0]
+    return None
+
+
 def parse_args(dataclass_types, argv: list[str] | None = None):
     """`recipe.py [CONFIG.yaml|CONFIG.json] [--flag value ...]`: the file's values, overridden by flags.
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .. import __version__
-from ..model_card import RESULTS_NAME, format_count, save_model_card
-from .arguments import OutputArguments, launch_command, parse_args
+from ..model_card import CARD_NAME, RESULTS_NAME, format_count, save_model_card
+from .arguments import OutputArguments, config_file, launch_command, parse_args
 from .evaluation import Comparison
 from .models import StudentInfo, check_model_source
-from .output import PUSH_IGNORE, OutputFolder, needed_bytes, resolve_resume, write_json
+from .output import PUSH_IGNORE, OutputFolder, input_paths, needed_bytes, resolve_resume, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class Run:
         """On the main process: write the results and the model card, push the folder if asked, print the table."""
         args = self.args
         if trainer.is_world_process_zero():
+            self.output.record([RESULTS_NAME, CARD_NAME])
             write_json(os.path.join(args.output_dir, RESULTS_NAME), results)
             save_model_card(args.output_dir, results, model_id=results["model_id"])
             if args.push_to_hub:
@@ -140,8 +141,9 @@ def start_run(script: str, model_class, data_class, training_class, argv: list[s
     for name, path in model_paths.items():
         check_model_source(path, name)
     output = OutputFolder(args.output_dir, overwrite=out_args.overwrite_output_dir, resume=args.resume_from_checkpoint)
-    inputs = [p for p in (*model_paths.values(), data_args.train_file, data_args.validation_file)
-              if p and os.path.exists(p)]
+    # Never deleted by --overwrite_output_dir: every path an argument names (models, data files and folders, the
+    # transfer file, the augmentation model, the config file, ...), found generically from the parsed arguments.
+    inputs = input_paths(model_args, data_args, out_args, args, extra=[config_file(argv)])
     output.check(inputs, needed_bytes(list(model_paths.values()), args))
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     token = check_push(args)
