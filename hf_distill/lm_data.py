@@ -19,17 +19,22 @@ import logging
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
+from .chunked import OutputHead, accepts_logits_to_keep, chunked_token_nll, next_token_nll
 from .data_checks import check_chat_column, check_text_column
+from .modeling import unwrap_peft
+from .positions import COMPLETION_MASK, IGNORE_INDEX, next_labels
+
+# Old homes of names that now live in hf_distill.positions, kept importable.
+from .positions import next_token_mask as next_token_mask
+from .positions import soft_token_mask as soft_token_mask
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 PROMPT_COMPLETION = ("prompt", "completion")
 MESSAGES = "messages"
-# Keys the collator adds next to input_ids / attention_mask / labels; the trainer reads them, models never see them.
-COMPLETION_MASK = "completion_mask"
+# Keys the collator adds next to input_ids / attention_mask / labels (and COMPLETION_MASK, see
+# hf_distill.positions); the trainer reads them, models never see them.
 PROMPT_INPUT_IDS = "prompt_input_ids"
 PROMPT_ATTENTION_MASK = "prompt_attention_mask"
 
@@ -233,17 +238,6 @@ def prompt_length(labels: Sequence[int]) -> int:
     return len(labels)
 
 
-def next_token_mask(completion_mask: torch.Tensor) -> torch.Tensor:
-    """(B, L) bool: positions whose logits predict a completion token (causal LMs predict the next token).
-
-    Position i scores token i + 1, so the mask is `completion_mask` shifted left by one; the last
-    position predicts nothing in the batch.
-    """
-    mask = torch.zeros_like(completion_mask, dtype=torch.bool)  # (B, L)
-    mask[:, :-1] = completion_mask[:, 1:].bool()
-    return mask
-
-
 def _pad(rows: list[list[int]], value: int, left: bool, multiple: int | None) -> torch.Tensor:
     width = max((len(r) for r in rows), default=0)
     if multiple:
@@ -284,27 +278,81 @@ def pad_prompt_completion(
     }
 
 
+def is_packed(batch: dict) -> bool:
+    """Whether a causal-LM batch is packed: rows concatenated, `position_ids` restarting per row, no attention_mask.
+
+    Args:
+        batch: a training batch.
+    """
+    return torch.is_tensor(batch.get("position_ids")) and batch.get("attention_mask") is None
+
+
+def pack_padded(batch: dict) -> dict:
+    """The padding-free form of a padded causal-LM batch: its rows' real tokens as one (1, N) sequence.
+
+    input_ids / labels / completion_mask (B, L) become (1, N), N = attention_mask.sum(); `position_ids` (1, N)
+    restart at 0 with each row, which is how transformers' attention keeps the rows apart (block-diagonal causal
+    masks for eager / sdpa / flex, variable-length kernels for flash-attention); attention_mask is dropped (with
+    it, transformers would not look for packed rows). Each row's first token gets label -100 and completion 0,
+    so that no position predicts the next row's first token: the losses see the same positions as padded. Other
+    entries (the left-padded prompts for generation, ...) are kept as they are.
+
+    Args:
+        batch: input_ids, attention_mask (B, L), with labels and completion_mask (B, L) where the batch has them.
+    """
+    mask = batch["attention_mask"].bool()  # (B, L): each row's real tokens
+    packed = {k: v for k, v in batch.items() if k != "attention_mask"}
+    position = mask.long().cumsum(1) - 1  # (B, L): 0 at each row's first real token
+    packed["input_ids"] = batch["input_ids"][mask][None]  # (1, N)
+    packed["position_ids"] = position[mask][None]  # (1, N)
+    first = mask & (position == 0)  # (B, L)
+    if torch.is_tensor(batch.get("labels")):
+        packed["labels"] = batch["labels"].masked_fill(first, IGNORE_INDEX)[mask][None]
+    if torch.is_tensor(batch.get(COMPLETION_MASK)):
+        packed[COMPLETION_MASK] = batch[COMPLETION_MASK].masked_fill(first, 0)[mask][None]
+    return packed
+
+
 class PromptCompletionCollator:
     """Batches {"input_ids", "labels"} examples (from `tokenize_prompt_completion`) for causal-LM distillation.
 
     Returns the padded training batch with `completion_mask` (1 on completion tokens) and the prompts
     padded on the left (`prompt_input_ids`, `prompt_attention_mask`) for on-policy generation. The
-    prompt of an example is everything before its first label that is not -100.
+    prompt of an example is everything before its first label that is not -100. With `pack=True` the training
+    rows are concatenated without padding (`pack_padded`): both models then run on real tokens only, with the
+    same losses (docs/packing.md).
+
+    Args:
+        pad_token_id: the id padding is filled with (the prompts for generation are padded either way).
+        pad_to_multiple_of: pad the training rows to a multiple of this length (not with pack=True).
+        pack: return padding-free packed batches (causal LMs whose attention honours packed position_ids).
     """
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None, pack: bool = False):
         if pad_token_id is None:
             raise ValueError(
                 "PromptCompletionCollator needs a pad_token_id; for tokenizers without a pad token (GPT-2, Llama) "
                 "set tokenizer.pad_token = tokenizer.eos_token first."
             )
+        if pack and pad_to_multiple_of:
+            raise ValueError(
+                "pack=True makes batches without padding, so pad_to_multiple_of cannot apply; drop one of them."
+            )
         self.pad_token_id = int(pad_token_id)
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.pack = bool(pack)
 
     @classmethod
-    def from_tokenizer(cls, tokenizer, pad_to_multiple_of: int | None = None) -> PromptCompletionCollator:
+    def from_tokenizer(cls, tokenizer, pad_to_multiple_of: int | None = None, pack: bool = False):
+        """The collator with the tokenizer's pad token (its eos token when it has none).
+
+        Args:
+            tokenizer: the student's tokenizer.
+            pad_to_multiple_of: see the class.
+            pack: see the class.
+        """
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        return cls(pad, pad_to_multiple_of)
+        return cls(pad, pad_to_multiple_of, pack)
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         prompts, completions, completion_labels = [], [], []
@@ -316,54 +364,48 @@ class PromptCompletionCollator:
             prompts.append(ids[:n])
             completions.append(ids[n:])
             completion_labels.append(labels[n:])
-        return pad_prompt_completion(
-            prompts, completions, self.pad_token_id, self.pad_to_multiple_of, completion_labels
-        )
+        batch = pad_prompt_completion(prompts, completions, self.pad_token_id, self.pad_to_multiple_of,
+                                      completion_labels)
+        return pack_padded(batch) if self.pack else batch
 
 
 @torch.no_grad()
 def completion_nll(model, batch: dict, chunk_size: int | None = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """Per example: (sum of next-token negative log-likelihoods over its completion tokens, their number), (B,) each.
 
-    Per-token cross-entropy = sum / count over the examples; perplexity = exp of it. With `chunk_size`,
-    and a model whose logits come from an output embedding, the logits are computed chunk by chunk over
-    the completion positions only, so that the full (B, L, V) logits are never held; otherwise one
-    forward gives them.
+    Per-token cross-entropy = sum / count over the examples; perplexity = exp of it. With `chunk_size`, and a
+    causal LM whose logits come from a plain output layer (`hf_distill.chunked.OutputHead`), the model runs with
+    logits_to_keep=1 and the logits are computed chunk by chunk over the completion positions only
+    (`chunked_token_nll`, the chunked loss's own cross-entropy), so that the full (B, L, V) logits are never
+    held; otherwise one forward gives them.
+
+    Args:
+        model: the causal LM (a PeftModel too: its adapters stay active).
+        batch: input_ids, attention_mask and labels (B, L), labels -100 outside the completions.
+        chunk_size: logits rows per chunk, or None for one full forward.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: LoRA layers stay active
     labels = batch["labels"]  # (B, L), -100 outside the completions
-    targets = labels[:, 1:]  # (B, L-1): position i predicts token i + 1
+    targets = next_labels(labels)  # (B, L): position i predicts token i + 1
     keep = targets != IGNORE_INDEX
     rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(targets)[keep]  # (N,) row ids
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    if chunk_size and head is not None and getattr(base, "base_model", base) is not base:
-        hidden = base.base_model(**inputs).last_hidden_state[:, :-1][keep]  # (N, d), completion positions only
-        y = targets[keep]  # (N,)
-        nll = (
-            torch.cat(
-                [
-                    F.cross_entropy(head(hidden[i : i + chunk_size]).float(), y[i : i + chunk_size], reduction="none")
-                    for i in range(0, hidden.shape[0], chunk_size)
-                ]
-            )
-            if hidden.shape[0]
-            else hidden.new_zeros(0, dtype=torch.float32)
-        )  # (N,), one (chunk, V) block at a time
+    head = _plain_head(model) if chunk_size else None
+    if head is not None:
+        out = model(**inputs, logits_to_keep=1, output_hidden_states=True)
+        hidden = out["hidden_states"][-1][keep]  # (N, H), completion positions only
+        nll = chunked_token_nll(hidden, head, targets[keep], chunk_size)  # (N,)
     else:
-        logits = model(**inputs).logits[:, :-1].float()  # (B, L-1, V)
-        nll = F.cross_entropy(logits[keep], targets[keep], reduction="none")  # (N,)
+        logits = model(**inputs).logits  # (B, L, V)
+        nll = next_token_nll(logits[keep], targets[keep], reduction="none")  # (N,)
     per_row = torch.zeros(labels.shape[0], device=nll.device).index_add_(0, rows, nll.float())  # (B,)
     return per_row, keep.sum(1)
 
 
-def soft_token_mask(inputs: dict) -> torch.Tensor | None:
-    """(B, L) positions whose next-token distribution the soft loss compares, for causal-LM batches.
-
-    Prompt/completion batches (with `completion_mask`): the positions that predict a completion token.
-    Other batches: the real tokens (attention_mask), as before; None without an attention mask.
-    """
-    completion = inputs.get(COMPLETION_MASK)
-    if torch.is_tensor(completion):
-        return next_token_mask(completion)
-    return inputs.get("attention_mask")
+def _plain_head(model) -> OutputHead | None:
+    """The output layer of a causal LM that can skip its full logits, or None (a LoRA head, another task)."""
+    if not accepts_logits_to_keep(model):
+        return None
+    try:
+        return OutputHead.from_model(unwrap_peft(model))
+    except ValueError:
+        return None

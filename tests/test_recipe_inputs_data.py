@@ -192,12 +192,12 @@ def test_train_teacher_reinitialises_a_head_of_another_size_when_asked(assets, t
     ("--max_length 1", None, ("--max_length", "1"), r"--max_length 1 leaves no room for text"),
 ])
 def test_cache_cli_refuses_non_text_and_missing_devices(name, data, extra, message, assets, tmp_path):
-    from hf_distill.cache import main
+    from hf_distill.recipes.cache_cli import main
 
     if "cuda" in name and torch.cuda.is_available():
         pytest.skip("a GPU is visible")
     data_file = _file(tmp_path, "d.csv", data) if data else assets["train"]
-    with mock.patch("hf_distill.cache.load_pretrained_teacher", side_effect=AssertionError("loaded")):
+    with mock.patch("hf_distill.recipes.cache_cli.load_pretrained_teacher", side_effect=AssertionError("loaded")):
         with pytest.raises(ValueError, match=message):
             main(["--teacher_model_name_or_path", assets["teacher"], "--data_file", data_file, "--max_length", "32",
                   "--output_dir", str(tmp_path / "cached"), *extra])
@@ -302,8 +302,9 @@ def test_shipped_config_with_local_files_and_a_cut_student_finishes_its_card(lm_
     assert results["distillation"]["mode"] == "off-policy"
     dev = tokenize_prompt_completion(Dataset.from_list(_lm_rows(4, 1)), tf.AutoTokenizer.from_pretrained(lm_teacher),
                                      24)
-    longest = max(sum(1 for y in row["labels"] if y == -100) for row in dev.select(range(3)))
-    assert f"get {64 - longest} new tokens, not --max_new_tokens 128" in caplog.text
+    longest = max(sum(1 for y in row["labels"] if y == -100) for row in dev)  # prompt tokens, by hand
+    assert f"gets {64 - longest} new tokens, not --max_new_tokens 128" in caplog.text
+    assert results["distillation"]["max_new_tokens"] == 64 - longest
     samples = results["generation_samples"]
     assert len(samples) == 3 and (tmp_path / "out" / "README.md").exists()
 

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 
 from ..layers import count_layers, init_student_from_teacher, uniform_layer_map
-from ..model_card import is_hub_id
+from ..modeling import is_hub_id
 
 logger = logging.getLogger(__name__)
 
@@ -41,17 +41,15 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
 def check_weight_files(folder: str, flag: str) -> None:
-    """The weight files of a saved model folder are whole: every `*.safetensors` header and data (safetensors checks
-    that the data covers what the header lists) and every zipped `*.bin` (its directory is written last, so a cut
-    file has none). Reads headers only, before any model is loaded.
+    """The weight files of a saved model folder are whole (`output.saved_file_problem`: safetensors headers against
+    the file sizes, torch zip directories), before any model is loaded; a folder with config.json but no weights is
+    refused too.
 
     Args:
         folder: a saved model folder (with config.json).
         flag: the argument that named it (for the message).
     """
-    import zipfile
-
-    from safetensors import SafetensorError, safe_open
+    from .output import saved_file_problem
 
     names = sorted(f for f in os.listdir(folder) if f.endswith(WEIGHT_SUFFIXES))
     if not names:
@@ -59,18 +57,9 @@ def check_weight_files(folder: str, flag: str) -> None:
                          "not finish. Save the model again (`save_pretrained`) or give another folder.")
     for name in names:
         file = os.path.join(folder, name)
-        try:
-            if name.endswith(".safetensors"):
-                with safe_open(file, framework="pt"):
-                    pass
-            else:  # torch.save's zip format (a legacy pickle, not starting with "PK", is not checked)
-                with open(file, "rb") as f:
-                    zipped = f.read(2) == b"PK"
-                if zipped and not zipfile.is_zipfile(file):
-                    raise OSError("the zip archive has no central directory")
-        except (SafetensorError, OSError) as e:
-            raise ValueError(f"--{flag}: the weight file {file} is damaged or truncated ({e}). Copy or save the model "
-                             "again (`save_pretrained`), or give another folder.") from None
+        if problem := saved_file_problem(file, legacy_pickle_ok=True):
+            raise ValueError(f"--{flag}: the weight file {file} is damaged or truncated ({problem}). Copy or save the "
+                             "model again (`save_pretrained`), or give another folder.")
 
 
 def check_student_tokenizer(student_path: str | None, tokenizer, teacher_path: str) -> None:
