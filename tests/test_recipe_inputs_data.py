@@ -327,3 +327,62 @@ def test_two_stages_share_max_steps(assets, tmp_path, monkeypatch):
     assert results["levers"]["two_stage"] is True
     assert [(w > 0, n) for w, n in steps] == [(True, 1), (False, 1)]  # hidden states, then predictions
     assert results["train"]["train_runtime"] > 0 and len(results["train_log"]) == 1  # the prediction stage's step
+
+
+# ---- config file and command line ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("config, flags, kept, message", [
+    ({"dataset_name": "hub/data", "dataset_config_name": "c", "student_num_layers": 3},
+     ["--train_file", "t.csv", "--validation_file", "v.csv"], {"student_num_layers": 3},
+     "the data: --train_file t.csv --validation_file v.csv on the command line takes precedence over --dataset_name "
+     "hub/data --dataset_config_name c in c.yaml (ignored)"),
+    ({"student_model_name_or_path": "hub/student", "train_file": "t.csv"}, ["--student_layers", "0,2"],
+     {"train_file": "t.csv"}, "the student: --student_layers 0,2 on the command line takes precedence over "
+     "--student_model_name_or_path hub/student in c.yaml (ignored)"),
+    ({"dataset_name": "hub/data"}, ["--dataset_name", ""], {"dataset_name": "hub/data"}, None),  # "" unsets only
+    ({"train_file": "t.csv"}, ["--train_file", "u.csv"], {"train_file": "t.csv"}, None),  # same alternative: flag wins
+])
+def test_command_line_sources_replace_the_config_files(config, flags, kept, message, caplog):
+    from hf_distill.recipes.arguments import resolve_sources
+
+    given = dict(zip(flags[::2], flags[1::2]))
+    given = {k.removeprefix("--"): v for k, v in given.items()}
+    with caplog.at_level(logging.WARNING):
+        assert resolve_sources(config, given, "c.yaml") == kept
+    assert (message in caplog.text) if message else not caplog.text
+
+
+def test_two_sources_in_the_config_file_are_an_error(tmp_path):
+    from hf_distill.recipes.arguments import OutputArguments, parse_args
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("teacher_model_name_or_path: t\ndataset_name: glue\ntrain_file: a.csv\nvalidation_file: b.csv\n")
+    types = (distil_bert.ModelArguments, distil_bert.LeverDataArguments, OutputArguments)
+    with pytest.raises(ValueError, match=r"the data is named twice: --dataset_name glue \(.*c.yaml\); --train_file "
+                                         r"a.csv --validation_file b.csv \(.*c.yaml\)"):
+        parse_args(types, [str(cfg)])
+    model_args, data_args, _ = parse_args(types, [str(cfg), "--dataset_name", ""])  # blanked on the command line
+    assert (data_args.dataset_name, data_args.train_file) == ("", "a.csv")
+    cfg.write_text("learning_rate: fast\n")
+    with pytest.raises(ValueError, match=r"c.yaml: argument --learning_rate.*: invalid float value: 'fast'"):
+        parse_args((distil_bert.LeverTrainingArguments,), [str(cfg)])
+
+
+def test_lora_flags_are_built_from_peft_lora_config():
+    import dataclasses
+
+    from peft import LoraConfig
+
+    from hf_distill.recipes.arguments import LORA_DEFAULTS, LoraArguments, lora_config, parse_args
+
+    peft_fields = {f.name for f in dataclasses.fields(LoraConfig)}
+    assert set(LORA_DEFAULTS) <= peft_fields
+    (defaults,) = parse_args((LoraArguments,), ["--use_peft", "true"])
+    assert (defaults.lora_r, defaults.lora_alpha, defaults.lora_dropout, defaults.lora_target_modules) == \
+        (16, 32, 0.05, "all-linear")  # the recipe's defaults, as before
+    (args,) = parse_args((LoraArguments,), ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q,v",
+                                            "--lora_use_rslora", "true"])
+    expected = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=32, lora_dropout=0.05, target_modules=["q", "v"],
+                          use_rslora=True)
+    assert lora_config(args) == expected
+    assert lora_config(parse_args((LoraArguments,), [])[0]) is None
