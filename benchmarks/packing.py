@@ -22,7 +22,6 @@ import copy
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -33,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 from lm_real_data import load_tweets, minilm_path  # noqa: E402
+from provenance import provenance, provenance_line  # noqa: E402
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 from hf_distill import DistillationArguments, DistillationTrainer, PromptCompletionCollator  # noqa: E402
@@ -169,17 +169,6 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def git_commit() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return commit + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny models and batches (tests)")
@@ -194,15 +183,12 @@ def main() -> None:
     print(text)
     out_dir = a.out_dir or (None if a.tiny else os.path.join(ROOT, "docs", "results"))
     if out_dir:
-        command = "OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "?") + " python " + " ".join(sys.argv)
-        result.update(commit=git_commit(), command=command)
+        result.update(provenance())
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "packing_cpu.json"), "w") as f:
             json.dump(result, f, indent=1)
         with open(os.path.join(out_dir, "packing_cpu.md"), "w") as f:
-            f.write(f"# Packed vs padded distillation (CPU)\n\ncommit: {result['commit']}\n\ncommand: `{command}`"
-                    f"\n\n{text}\n")
-
+            f.write(f"# Packed vs padded distillation (CPU)\n\n{provenance_line(result)}\n\n{text}\n")
 
 if __name__ == "__main__":
     main()

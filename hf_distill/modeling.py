@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import os
 
 import transformers
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from torch import nn
 
 # Task name -> the transformers Auto class of its head. The order is the order `auto_class_for` tries them in
@@ -24,6 +27,30 @@ TASKS: dict[str, str] = {
 def unwrap_peft(model: nn.Module) -> nn.Module:
     """The transformers model inside a PEFT model (the model itself otherwise)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def is_hub_id(name: str) -> bool:
+    """True when `name` is not an existing local path and has the form of a Hub repo id ('name' or 'owner/name').
+
+    Args:
+        name: a model reference as the user gave it (a folder or a Hub id).
+    """
+    if os.path.exists(name) or name.startswith(("~", ".")):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def is_default_id2label(id2label: dict) -> bool:
+    """True when a config's `id2label` holds only transformers' placeholder names LABEL_0, LABEL_1, ...
+
+    Args:
+        id2label: {label id: label name}, as in `PretrainedConfig.id2label`.
+    """
+    return all(str(v) == f"LABEL_{k}" for k, v in id2label.items())
 
 
 def auto_class_for(model: nn.Module):
@@ -99,12 +126,12 @@ def wrap_peft(model: nn.Module, peft_config) -> nn.Module:
     from peft import PeftConfig, PeftModel, get_peft_model
 
     if not isinstance(peft_config, PeftConfig):
-        raise ValueError(  # noqa: TRY004 - bad input is a ValueError throughout the API
+        raise ValueError(  # bad input is a ValueError throughout the API (not TypeError)
             f"peft_config must be a peft.PeftConfig (e.g. LoraConfig(task_type='SEQ_CLS', r=8)), "
             f"got {type(peft_config).__name__}."
         )
     if isinstance(model, PeftModel):
-        raise ValueError(  # noqa: TRY004 - bad input is a ValueError throughout the API
+        raise ValueError(  # bad input is a ValueError throughout the API (not TypeError)
             "the student is already a PeftModel and a peft_config was given too; pass the base model with "
             "peft_config, or the PeftModel without it."
         )

@@ -18,6 +18,9 @@ import os
 
 from .config import DistillationArguments
 
+# On-policy settings that only make sense with lmbda > 0: off in the baseline (where the arguments have them).
+ON_POLICY_OFF = {"lmbda_start_step": 0, "lmbda_warmup_steps": 0, "on_policy_divergence": None}
+
 
 def two_stage_arguments(
     args: DistillationArguments,
@@ -59,7 +62,8 @@ def two_stage_arguments(
 
 def hard_baseline_arguments(args: DistillationArguments, max_steps: int, output_dir: str | None = None):
     """Arguments of the hard-label baseline: `args` (seed, batch, schedule, learning rate) with soft, hidden and
-    attention weights 0, hard weight 1, and exactly `max_steps` optimizer steps (the distilled run's count)."""
+    attention weights 0, hard weight 1, exactly `max_steps` optimizer steps (the distilled run's count), and the
+    dataset's own labels (causal LMs: no on-policy or teacher-sampled completions)."""
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1 (the distilled run's optimizer steps), got {max_steps}.")
     return dataclasses.replace(
@@ -68,6 +72,9 @@ def hard_baseline_arguments(args: DistillationArguments, max_steps: int, output_
         hard_weight=1.0,
         hidden_weight=0.0,
         attention_weight=0.0,
+        lmbda=0.0,
+        seq_kd=False,
+        **{name: value for name, value in ON_POLICY_OFF.items() if hasattr(args, name)},
         max_steps=int(max_steps),
         output_dir=output_dir or os.path.join(args.output_dir, "hard_baseline"),
     )

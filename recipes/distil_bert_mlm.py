@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
         data_collator=collator,
     )
     with run.owning_output_dir():
-        train_metrics = trainer.train(resume_from_checkpoint=run.resume).metrics
+        train_metrics = run.train(trainer).metrics
         save_final_model(trainer, args.output_dir)
         eval_metrics = trainer.evaluate()  # eval_loss and its soft/hard/hidden components
         set_seed(args.seed)  # same masks for teacher and student (they see the same batches anyway)

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
         compute_metrics=compute_classification_metrics,
     )
     with run.owning_output_dir():
-        trainer.train(resume_from_checkpoint=run.resume)
+        run.train(trainer)
         save_final_model(trainer, args.output_dir)
         metrics = trainer.evaluate()
         trainer.save_metrics("eval", metrics)

@@ -73,8 +73,8 @@ def reference_ce(folder, dev_file):
 
 
 def expected_fractions(seed, steps, lmbda=0.5):
-    args = type("A", (), {"lmbda": lmbda, "seq_kd": False, "seed": seed, "max_new_tokens": 6,
-                          "generation_temperature": 1.0, "generation_top_p": 1.0, "generation_top_k": 0})()
+    args = hf_distill.DistillationArguments(output_dir="unused", report_to="none", use_cpu=True, lmbda=lmbda,
+                                            seed=seed, max_new_tokens=6)
     sampler = CompletionSampler(args, 3, 0)
     return [float(sampler.source(s, 0) == "student") for s in range(steps)]
 

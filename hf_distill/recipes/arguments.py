@@ -7,13 +7,14 @@ import argparse
 import dataclasses
 import math
 import os
-import re
 import shlex
 import sys
 from dataclasses import dataclass, field
 
 import yaml
 from transformers import HfArgumentParser
+
+from ..redaction import REDACTED, SECRET_VALUE, is_secret_name
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -113,6 +114,14 @@ def check_numbers(*parsed) -> None:
                 raise ValueError(f"--{f.name} is {value}: it must be {_range_text(*bounds)}.")
 
 
+def config_file(argv: list[str] | None = None) -> str | None:
+    """The CONFIG.yaml / CONFIG.json of `recipe.py CONFIG [--flag value ...]`, or None."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-") and argv[0].endswith(CONFIG_SUFFIXES):
+        return argv[0]
+    return None
+
+
 def parse_args(dataclass_types, argv: list[str] | None = None):
     """`recipe.py [CONFIG.yaml|CONFIG.json] [--flag value ...]`: the file's values, overridden by flags.
 
@@ -146,18 +155,11 @@ def parse_args(dataclass_types, argv: list[str] | None = None):
 
 # ---- the recorded command -------------------------------------------------------------------------
 
-# A flag with one of these words in its name (split at "_" / "-") carries a secret; its value is never recorded.
-SECRET_WORDS = {"token", "password", "passwd", "pwd", "secret", "key", "apikey", "credentials", "auth"}
-# Values that look like credentials wherever they appear (Hugging Face, OpenAI-style, AWS, GitHub tokens).
-SECRET_VALUE = re.compile(
-    r"\b(hf_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_-]{16,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{20,})\b"
-)
-REDACTED = "REDACTED"
+# Which names and values are secrets: hf_distill/redaction.py (also used for the pickled TrainingArguments).
 
 
 def _is_secret_flag(arg: str) -> bool:
-    name = arg.lstrip("-").split("=", 1)[0].lower()
-    return arg.startswith("-") and bool(SECRET_WORDS.intersection(re.split(r"[_-]", name)))
+    return arg.startswith("-") and is_secret_name(arg)
 
 
 def redact_secrets(argv: list[str]) -> list[str]:

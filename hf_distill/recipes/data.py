@@ -8,6 +8,7 @@ import logging
 import math
 import os
 
+from ..modeling import is_default_id2label
 from .arguments import ClassificationDataArguments, DataSourceArguments
 
 logger = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ TEXT_FORMATS = ("csv", "json", "text")  # read as text: must be UTF-8
 PADDING_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert", "longformer")
 
 
-def data_format(path: str) -> tuple[str, dict]:
+def file_builder(path: str) -> tuple[str, dict]:
     """(builder, kwargs) for a local data file, from its extension."""
     ext = os.path.splitext(path)[1].lstrip(".").lower()
     if ext not in DATA_FORMATS:
@@ -73,7 +74,7 @@ def load_data_file(path: str, split: str = "train"):
     `ValueError` that names it."""
     from datasets import load_dataset
 
-    builder, kwargs = data_format(path)
+    builder, kwargs = file_builder(path)
     if not os.path.isfile(path):
         raise ValueError(f"data file {path} does not exist (or is not a file).")
     if os.path.getsize(path) == 0:
@@ -107,7 +108,7 @@ def load_data_files(files: dict[str, str]):
     """Local data files, one per split (`{"train": "train.csv", ...}`), all of one format, as a DatasetDict."""
     from datasets import DatasetDict
 
-    if len({str(data_format(p)) for p in files.values()}) != 1:
+    if len({str(file_builder(p)) for p in files.values()}) != 1:
         raise ValueError(f"data files must have the same format (one of the formats {sorted(DATA_FORMATS)}), got "
                          f"{sorted(files.values())}.")
     return DatasetDict({split: load_data_file(path, split) for split, path in files.items()})
@@ -204,10 +205,6 @@ def check_max_length(max_length: int, config, who: str) -> None:
 # ---- sequence classification -----------------------------------------------------------------------
 
 
-def _is_default_names(id2label: dict) -> bool:
-    return all(str(v) == f"LABEL_{k}" for k, v in id2label.items())
-
-
 def data_label_names(raw, splits, label_column: str) -> list:
     """The label values found in the data (ClassLabel names when the column has them)."""
     names = getattr(raw[splits[0]].features[label_column], "names", None)
@@ -221,7 +218,7 @@ def label_mapping(raw, splits, label_column: str, id2label: dict) -> dict:
     id2label = {int(k): str(v) for k, v in id2label.items()}
     label2id = {v: k for k, v in id2label.items()}
     names = getattr(raw[splits[0]].features[label_column], "names", None)  # ClassLabel
-    named = not _is_default_names(id2label)
+    named = not is_default_id2label(id2label)
     values = set().union(*(raw[s].unique(label_column) for s in splits))
     mapping, unknown = {}, []
     for value in sorted(values, key=str):

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 
 from ..layers import count_layers, init_student_from_teacher, uniform_layer_map
-from ..model_card import is_hub_id
+from ..modeling import is_hub_id
 
 logger = logging.getLogger(__name__)
 
