@@ -381,14 +381,22 @@ def completion_nll(model, batch: dict, chunk_size: int | None = 1024) -> tuple[t
 
     Args:
         model: the causal LM (a PeftModel too: its adapters stay active).
-        batch: input_ids, attention_mask and labels (B, L), labels -100 outside the completions.
+        batch: input_ids, attention_mask and labels (B, L), labels -100 outside the completions; or a packed
+            batch (`pack_padded`: input_ids, position_ids, labels (1, N)), whose rows are told apart by
+            position_ids restarting at 0.
         chunk_size: logits rows per chunk, or None for one full forward.
     """
     labels = batch["labels"]  # (B, L), -100 outside the completions
     targets = next_labels(labels)  # (B, L): position i predicts token i + 1
     keep = targets != IGNORE_INDEX
-    rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(targets)[keep]  # (N,) row ids
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
+    if is_packed(batch):  # (1, N): row r is the r-th run of positions starting at 0
+        row_of = (batch["position_ids"] == 0).long().cumsum(1) - 1
+        inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
+    else:
+        row_of = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(targets)
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
+    n_rows = int(row_of.max()) + 1 if row_of.numel() else 0
+    rows = row_of[keep]  # (N,) row ids
     head = _plain_head(model) if chunk_size else None
     if head is not None:
         out = model(**inputs, logits_to_keep=1, output_hidden_states=True)
@@ -397,8 +405,9 @@ def completion_nll(model, batch: dict, chunk_size: int | None = 1024) -> tuple[t
     else:
         logits = model(**inputs).logits  # (B, L, V)
         nll = next_token_nll(logits[keep], targets[keep], reduction="none")  # (N,)
-    per_row = torch.zeros(labels.shape[0], device=nll.device).index_add_(0, rows, nll.float())  # (B,)
-    return per_row, keep.sum(1)
+    per_row = torch.zeros(n_rows, device=nll.device).index_add_(0, rows, nll.float())  # (B,)
+    counts = torch.zeros(n_rows, dtype=torch.long, device=rows.device).index_add_(0, rows, torch.ones_like(rows))
+    return per_row, counts
 
 
 def _plain_head(model) -> OutputHead | None:

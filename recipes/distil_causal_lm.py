@@ -71,6 +71,10 @@ class LMDataArguments(DataSourceArguments):
     num_generation_samples: int = field(
         default=3, metadata={"help": "Validation prompts whose greedy teacher / student generations go into the card."}
     )
+    packing: bool = field(
+        default=False, metadata={"help": "Padding-free batches: a micro-batch's rows as one sequence, position_ids "
+                                 "restarting per row; same losses, no padding computed (docs/packing.md)."}
+    )
 
 
 @dataclass
@@ -124,7 +128,7 @@ def evaluate_lm(trainer, models: dict, dataset, chunk_size: int | None, paramete
         m.eval()
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
-        examples += batch["input_ids"].shape[0]
+        examples += batch[PROMPT_INPUT_IDS].shape[0]  # rows, packed or not
         for name, model in models.items():
             start = time.perf_counter()
             with acc.autocast():
@@ -281,7 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
     params = {"teacher": get_model_param_count(teacher), "student": get_model_param_count(student)}
     peft_config = lora_config(model_args)
 
-    collator = PromptCompletionCollator.from_tokenizer(tokenizer)
+    collator = PromptCompletionCollator.from_tokenizer(tokenizer, pack=data_args.packing)
     baseline_init = copy.deepcopy(student) if args.compare_with_hard_baseline else None
     # The recipe pushes the final folder itself (Run.finish); the Trainer must not create repos or push checkpoints.
     trainer = DistillationTrainer(
