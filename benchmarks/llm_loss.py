@@ -35,12 +35,15 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
-import transformers as tf  # noqa: E402
+import torch
+import transformers as tf
 
-from hf_distill.chunked import OutputHead  # noqa: E402
-from hf_distill.losses import divergence_loss, teacher_target  # noqa: E402
-from hf_distill.objective import DistillationObjective  # noqa: E402
+from hf_distill.chunked import OutputHead
+from hf_distill.losses import divergence_loss, teacher_target
+from hf_distill.objective import DistillationObjective
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from provenance import provenance, provenance_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "docs", "results")
@@ -238,13 +241,6 @@ def _chunk_arg(text: str):
     return text if text == "auto" else int(text)
 
 
-def _commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "hf_distill", "benchmarks"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
-    return out.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
-
-
 def run_grid(grid: list[dict], args, device: str, name: str) -> list[dict]:
     rows = []
     for cfg in grid:
@@ -275,8 +271,7 @@ def main(argv=None):
         return
     grid, sweep = (SMALL_GRID, SMALL_SWEEP) if args.small else (GRID, SWEEP)
     rows = run_grid(grid, args, device, name)
-    command = "python benchmarks/llm_loss.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    report = {"device": name, "commit": _commit(), "command": command.strip(), "grid": rows}
+    report = {"provenance": provenance(argv), "device": name, "grid": rows}
     text = "## Grid\n\n" + table(rows, name)
     if not args.no_sweep:
         done = {(r["hidden"], r["vocab"], r["batch"], r["seq"]): r for r in rows}
@@ -290,8 +285,8 @@ def main(argv=None):
         json.dump(report, f, indent=1)
     with open(os.path.join(args.out, f"llm_loss_{tag}.md"), "w") as f:
         f.write(
-            f"# Chunked output-layer loss vs full logits ({tag})\n\nCommit: {report['commit']}\n\n"
-            f"Command: `{report['command']}`\n\nTime ratio = median chunked step / median full step over "
+            f"# Chunked output-layer loss vs full logits ({tag})\n\n{provenance_line(report['provenance'])}\n\n"
+            f"Time ratio = median chunked step / median full step over "
             f"{args.repeats} interleaved repeats; per-repeat ratios: the range of chunked / full within each "
             f"repeat (the noise).\n\n{text}\n"
         )
