@@ -290,7 +290,7 @@ def test_shipped_config_with_local_files_and_a_cut_student_finishes_its_card(lm_
     nor crash in the card's samples after training: the command line wins, the samples are cut to fit."""
     argv = _lm_argv(lm_teacher, tmp_path, "--student_num_layers", "2", "--max_length", "24",
                     "--per_device_eval_batch_size", "4", "--gradient_accumulation_steps", "1",
-                    "--overwrite_output_dir", "false", config=OFFPOLICY_CONFIG)
+                    "--overwrite_output_dir", "false", "--final_generation_eval_samples", "2", config=OFFPOLICY_CONFIG)
     with caplog.at_level(logging.WARNING):
         results = distil_causal_lm.main(argv)
     assert "the data: --train_file" in caplog.text and "takes precedence over --dataset_name " \
@@ -307,6 +307,7 @@ def test_shipped_config_with_local_files_and_a_cut_student_finishes_its_card(lm_
     assert results["distillation"]["max_new_tokens"] == 64 - longest
     samples = results["generation_samples"]
     assert len(samples) == 3 and (tmp_path / "out" / "README.md").exists()
+    assert results["generation_eval_examples"] == 2  # the generation metrics ran at the fitted length too
 
 
 def test_two_stages_share_max_steps(assets, tmp_path, monkeypatch):
