@@ -38,6 +38,13 @@ def assets(tmp_path_factory):
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])  # a copy cut short
     a["truncated"] = str(broken)
+    sharded = root / "sharded_teacher"
+    tf.AutoModelForSequenceClassification.from_pretrained(a["teacher"]).save_pretrained(sharded, max_shard_size="20KB")
+    make_tokenizer(sharded)
+    shards = sorted(sharded.glob("model-*.safetensors"))
+    assert len(shards) > 1
+    shards[-1].unlink()  # one shard lost in a copy
+    a["missing_shard"], a["lost_shard"] = str(sharded), shards[-1].name
     mlm = root / "mlm_teacher"
     tiny_bert(layers=2, hidden=32, cls=tf.BertForMaskedLM).save_pretrained(mlm)
     make_tokenizer(mlm).save_pretrained(mlm)
@@ -119,6 +126,9 @@ def _cases(a, tmp_path: Path):
         "truncated model.safetensors in the teacher folder": lambda: Case(
             args(teacher=a["truncated"]), r"--teacher_model_name_or_path: the weight file .*truncated_teacher/"
             r"model.safetensors is damaged or truncated.*save the model\s+again"),
+        "a shard listed in the index is missing": lambda: Case(
+            args(teacher=a["missing_shard"]), r"model.safetensors.index.json lists shard\(s\) \['"
+            + a["lost_shard"] + r"'\] that are not in the folder"),
         # --- two sources for one thing on the command line
         "Hub dataset and local files": lambda: Case(args("--dataset_name", "glue"),
             r"the data is named twice: --dataset_name glue \(command line\); --train_file .*\(command line\)"),
@@ -128,7 +138,8 @@ def _cases(a, tmp_path: Path):
     }
 
 
-CASE_NAMES = list(_cases({k: "" for k in ("teacher", "train", "dev", "student", "truncated")}, Path("/nonexistent")))
+CASE_NAMES = list(_cases({k: "" for k in ("teacher", "train", "dev", "student", "truncated", "missing_shard",
+                                           "lost_shard")}, Path("/nonexistent")))
 
 
 def _listing(folder: Path) -> dict:
