@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+from conftest import HANG_TIMEOUT_S
+
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 NUMBER = r"(-?\d+(?:\.\d+)?)"
 
@@ -15,7 +17,7 @@ NUMBER = r"(-?\d+(?:\.\d+)?)"
 def run_tiny(script: str) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, script, "--tiny"], cwd=BENCH, env=env, capture_output=True, text=True,
-                         timeout=400)
+                         timeout=HANG_TIMEOUT_S)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as tf
-from conftest import make_tokenizer, tiny_gpt2
+from conftest import HANG_TIMEOUT_S, make_tokenizer, tiny_gpt2
 
 import hf_distill
 from hf_distill import render_model_card
@@ -127,7 +127,7 @@ def test_recipe_torchrun_two_processes(setup, tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
          str(ROOT / "recipes" / "distil_causal_lm.py"),
          *recipe_args(teacher, data, tmp_path / "two", "--lmbda", "0.5", "--per_device_train_batch_size", "2")],
-        env=env, capture_output=True, text=True, timeout=300, check=False,
+        env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT_S, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "two" / "distillation_results.json").read_text())

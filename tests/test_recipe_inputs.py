@@ -15,7 +15,7 @@ from unittest import mock
 
 import pytest
 import transformers as tf
-from conftest import make_tokenizer, tiny_bert
+from conftest import HANG_TIMEOUT_S, make_tokenizer, tiny_bert
 from recipe_helpers import COMMON, LABELS, recipe_args, save_classifier, write_csv
 
 from hf_distill.recipes.arguments import redact_secrets
@@ -236,7 +236,7 @@ def test_cli_error_is_one_clear_line(assets, tmp_path):
     proc = subprocess.run([sys.executable, str(root / "recipes" / "distil_bert.py"),
                            *recipe_args(assets["teacher"], (assets["train"], assets["dev"]), tmp_path / "o",
                                         "--soft_weight", "nan")],
-                          env=env, capture_output=True, text=True, timeout=120)
+                          env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == "ValueError: --soft_weight is nan: it must be a finite number."
 
