@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import fnmatch
 import json
 import logging
@@ -250,6 +251,8 @@ def _named_paths(*parsed):
                 continue
             value = getattr(obj, f.name)
             for v in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(v, enum.Enum):  # a choice ("linear", "steps"), never a path
+                    continue
                 if isinstance(v, (str, os.PathLike)) and str(v) and os.path.exists(v):
                     yield f.name, str(v)
 
@@ -340,6 +343,8 @@ def lock_is_stale(held: dict) -> bool:
     if not _pid_alive(pid):
         return True
     recorded, now = held.get("start_ticks"), _start_ticks(pid)
+    if recorded is None and pid == me["pid"]:
+        return True  # a lock without a start time comes from an older version, so not from this very process
     return recorded is not None and now is not None and recorded != now
 
 
