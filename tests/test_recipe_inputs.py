@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import os
 import subprocess
 import sys
@@ -61,11 +60,11 @@ def _previous_run(tmp_path) -> str:
 
 
 def _held_folder(tmp_path) -> str:
-    """A folder locked by a live run (this test process)."""
+    """A folder locked by a live run (this test process, as a run claims it)."""
+    from hf_distill.recipes.output import OutputFolder
+
     held = tmp_path / "held"
-    held.mkdir()
-    owner = {"run_id": "abc123", "pid": os.getpid(), "host": os.uname().nodename, "started": "now"}
-    (held / ".hf_distill.lock").write_text(json.dumps(owner))
+    OutputFolder(str(held), run_id="abc123").claim()
     return str(held)
 
 
