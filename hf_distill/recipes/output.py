@@ -77,7 +77,8 @@ def checkpoint_problem(folder: str) -> str | None:
     except (OSError, ValueError) as e:
         return f"unreadable trainer_state.json ({e})"
     weights = [name for name in WEIGHT_FILES if os.path.isfile(os.path.join(folder, name))]
-    if not weights and not any(name.startswith("global_step") for name in os.listdir(folder)):
+    sharded = ("global_step", "pytorch_model_fsdp")  # DeepSpeed / FSDP sharded states: folders, not one file
+    if not weights and not any(name.startswith(sharded) for name in os.listdir(folder)):
         return f"no model weights ({' / '.join(WEIGHT_FILES[:3])})"
     from safetensors import safe_open
 
