@@ -62,6 +62,36 @@ def _torch_file_problem(path: str) -> str | None:
     return None
 
 
+TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+
+
+def saved_file_problem(path: str, legacy_pickle_ok: bool = False) -> str | None:
+    """Why a saved weights / state file cannot be read to its end (None when it can): a safetensors header that
+    does not match the file's size, a torch zip archive without its directory. The one check of whole files, for
+    checkpoints and for model folders given as inputs.
+
+    Args:
+        path: a `*.safetensors`, `*.pt`, `*.pth` or `*.bin` file (other files: None).
+        legacy_pickle_ok: accept a torch file that is not a zip archive (torch.save before 1.6; old model folders).
+    """
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, "pt"):
+                pass
+        except Exception as e:  # safetensors checks the header against the file size: truncation shows here
+            return str(e)
+        return None
+    if not path.endswith(TORCH_SUFFIXES):
+        return None
+    if legacy_pickle_ok and os.path.getsize(path) > 0:
+        with open(path, "rb") as f:
+            if f.read(2) != b"PK":  # not a zip archive: a legacy pickle, which has no directory to check
+                return None
+    return _torch_file_problem(path)
+
+
 def checkpoint_problem(folder: str) -> str | None:
     """Why `folder` cannot be resumed from (None when it is complete). Complete = trainer_state.json (the Trainer's
     last write) readable, model weights present, and every file the Trainer wrote readable to its end: each
@@ -80,20 +110,11 @@ def checkpoint_problem(folder: str) -> str | None:
     sharded = ("global_step", "pytorch_model_fsdp")  # DeepSpeed / FSDP sharded states: folders, not one file
     if not weights and not any(name.startswith(sharded) for name in os.listdir(folder)):
         return f"no model weights ({' / '.join(WEIGHT_FILES[:3])})"
-    from safetensors import safe_open
-
     for root, _, names in os.walk(folder):
         for name in sorted(names):
             path = os.path.join(root, name)
-            rel = os.path.relpath(path, folder)
-            if name.endswith(".safetensors"):
-                try:
-                    with safe_open(path, "pt"):
-                        pass
-                except Exception as e:  # safetensors checks the header against the file size: truncation shows here
-                    return f"truncated or unreadable {rel} ({e})"
-            elif name.endswith((".pt", ".pth", ".bin")) and (problem := _torch_file_problem(path)):
-                return f"truncated or unreadable {rel} ({problem})"
+            if problem := saved_file_problem(path):
+                return f"truncated or unreadable {os.path.relpath(path, folder)} ({problem})"
     return None
 
 
