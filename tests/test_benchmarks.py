@@ -120,6 +120,20 @@ def test_topk_error_shrinks_as_more_teacher_mass_is_kept():
 
 
 
+def test_llm_loss_ratios_follow_from_its_medians():
+    out = run_tiny("llm_loss.py")
+    row = (rf"^\| (\d+) \| (\d+) \| (\d+) x (\d+) \| auto \| (\d+) \| {NUMBER} \| {NUMBER} \| {NUMBER} \| {NUMBER} "
+           rf"\| {NUMBER} \| {NUMBER} \| {NUMBER} \| {NUMBER}-{NUMBER} \| ([\d.e+-]+) \|$")
+    rows = re.findall(row, out, flags=re.M)
+    assert len(rows) == 4  # two configurations, printed as they finish and again in the table
+    for *_, chunks, full_mb, chunked_mb, memory_ratio, _, full_s, chunked_s, ratio, low, high, diff in rows:
+        assert int(chunks) == 1  # tiny logits fit the CPU budget: one chunk
+        assert consistent(memory_ratio, lambda a, b: a / b, chunked_mb, full_mb)
+        assert consistent(ratio, lambda a, b: a / b, chunked_s, full_s)
+        assert float(low) <= float(high)
+        assert float(diff) < 1e-5  # same loss on both paths
+
+
 def test_packing_ratio_follows_from_its_times_and_losses_match():
     out = run_tiny("packing.py")
     tokens = int(value(r"per repeat: (\d+) distilled tokens", out))
