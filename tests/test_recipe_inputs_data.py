@@ -398,3 +398,23 @@ def test_lora_flags_are_built_from_peft_lora_config():
                           use_rslora=True)
     assert lora_config(args) == expected
     assert lora_config(parse_args((LoraArguments,), [])[0]) is None
+
+
+@pytest.mark.parametrize("max_steps, epochs, share, expected", [
+    (10, 3.0, 1 / 3, ((3, None), (7, None))),  # steps: round(10 / 3) = 3 hidden-state steps, then the other 7
+    (2, 3.0, 0.1, ((1, None), (1, None))),  # at least one step each
+    (2, 3.0, 0.9, ((1, None), (1, None))),
+    (-1, 3.0, 1 / 3, ((-1, 1.0), (-1, 2.0))),  # no --max_steps: the epochs are split
+])
+def test_two_stage_budget_splits_one_budget(max_steps, epochs, share, expected, tmp_path):
+    from hf_distill import DistillationArguments
+    from hf_distill.stages import two_stage_budget
+
+    args = DistillationArguments(output_dir=str(tmp_path), max_steps=max_steps, num_train_epochs=epochs, use_cpu=True,
+                                 report_to=[])
+    stage1, stage2 = two_stage_budget(args, share)
+    for stage, (steps, stage_epochs) in zip((stage1, stage2), expected):
+        assert stage.max_steps == steps
+        assert stage_epochs is None or stage.num_train_epochs == pytest.approx(stage_epochs)
+    assert (stage1.hidden_weight, stage1.soft_weight, stage2.hidden_weight) == (1.0, 0.0, 0.0)
+    assert args.max_steps == max_steps  # the user's arguments are not modified
