@@ -10,8 +10,10 @@ model, datasets, metrics as a model-index). The repository's `model_cards/` hold
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import os
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -59,9 +61,46 @@ def template_file(template_path: str | os.PathLike | None = None, name: str = TE
         yield path
 
 
+# ---- values from file names, paths and data, made inert where the card puts them ---------------------------------
+
+
+def markdown_text(text, limit: int | None = None) -> str:
+    """Free text (a file name, a dataset label, a prompt) as inert markdown on one line: HTML escaped (a file named
+    `<img onerror=...>.csv` shows as text) and markdown punctuation backslash-escaped (no links, emphasis, code or
+    table cells out of it)."""
+    text = str(text if text is not None else "").replace("\r", " ").replace("\n", " ")[:limit]
+    text = html.escape(text, quote=False)
+    return re.sub(r"([\\`*_\[\]|#!])", r"\\\1", text)
+
+
 def _cell(text) -> str:
     """Free text (a prompt, a generation) as one markdown table cell."""
-    return str(text or "").replace("|", "\\|").replace("\n", " ")[:300]
+    return markdown_text(text, limit=300)
+
+
+def code_span(text, table: bool = False) -> str:
+    """`text` as an inline code span that nothing in it can end (HTML is not interpreted inside one); in a table
+    cell its pipes are escaped too (GFM splits cells at them even inside code)."""
+    text = str(text).replace("\r", " ").replace("\n", " ")
+    ticks = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    span = f"{ticks}{pad}{text}{pad}{ticks}"
+    return span.replace("|", "\\|") if table else span
+
+
+def python_literal(text) -> str:
+    """`text` as a Python string literal for the card's usage snippet: `repr` (quotes, backslashes and newlines
+    escaped, so the snippet is valid Python that does only what it says), with backticks written as \\x60 so that
+    nothing in it can close the markdown code block around the snippet. Double quotes when the text has none."""
+    literal = repr(str(text))
+    if literal.startswith("'") and '"' not in literal:
+        literal = f'"{literal[1:-1]}"'  # the same escapes: only the delimiter changes
+    return literal.replace("`", "\\x60")
+
+
+def code_fence(text: str) -> str:
+    """A fence for a code block holding `text`: longer than any run of backticks in it."""
+    return "`" * max(3, max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
 
 
 def load_results(results: dict | str | os.PathLike) -> dict:
@@ -93,25 +132,62 @@ def render_model_card(
 ) -> str:
     """The model card (markdown with YAML metadata) for a distilled student, filled from a finished run.
 
-    `results` is the dict the recipes write as `distillation_results.json`, or the run folder / file.
-    `model_id` is how users load it (the Hub repo id when pushed; defaults to the output folder name).
+    Args:
+        results: the dict the recipes write as `distillation_results.json`, or the run folder / that file.
+        model_id: how users load the student (the Hub repo id when pushed; defaults to the run's `model_id`).
+        template_path: a card template to fill instead of the packaged one for the run's task
+            (`model_cards/` holds editable copies).
+        license: the license written into the card's metadata.
     """
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+    from huggingface_hub import ModelCard
 
     r = load_results(results)
-    teacher, student, dist, data = r["teacher"], r["student"], r.get("distillation", {}), r.get("dataset", {})
-    speedup = r.get("speedup", student["examples_per_second"] / teacher["examples_per_second"])
     model_id = model_id or r.get("model_id") or "path/to/student"
-    metrics = [k for k in student if k in teacher and k not in _NOT_METRICS]
-    dataset_label = data.get("name") or f"local files ({data.get('train_file')})"
-    if data.get("config"):
-        dataset_label = f"{dataset_label}/{data['config']}"
-    teacher_model = str(r["teacher_model"])
-    hub_teacher = is_hub_id(teacher_model)
-    teacher_ref = f"`{teacher_model}`"
-    if hub_teacher:
-        teacher_ref = f"[{teacher_ref}](https://huggingface.co/{teacher_model})"
+    metrics = [k for k in r["student"] if k in r["teacher"] and k not in _NOT_METRICS]
+    dataset_label = _dataset_label(r.get("dataset", {}))
+    card_data = _card_data(r, model_id, metrics, dataset_label, license)
+    with template_file(template_path, template_name(r["task"])) as path:
+        card = ModelCard.from_template(
+            card_data,
+            template_path=str(path),
+            model_name=markdown_text(model_id.split("/")[-1]),
+            model_id=markdown_text(model_id),
+            model_id_literal=python_literal(model_id),
+            task=r["task"],
+            teacher_model=markdown_text(r["teacher_model"]),
+            teacher_code=code_span(r["teacher_model"], table=True),
+            teacher_ref=_teacher_ref(str(r["teacher_model"])),
+            dataset_label=markdown_text(dataset_label),
+            **_comparison_fields(r, metrics),
+            **_distillation_fields(r.get("distillation", {})),
+            baseline_note=_baseline_note(r),
+            command=r["command"],
+            command_fence=code_fence(r["command"]),
+            example_text=markdown_text(r.get("example_text", "I love this!")),
+            example_literal=python_literal(r.get("example_text", "I love this!")),
+            generation_samples=[{k: _cell(v) for k, v in s.items()} for s in r.get("generation_samples") or []],
+            license=license,
+        )
+    return str(card)
 
+
+def _dataset_label(data: dict) -> str:
+    label = data.get("name") or f"local files ({data.get('train_file')})"
+    return f"{label}/{data['config']}" if data.get("config") else label
+
+
+def _teacher_ref(teacher_model: str) -> str:
+    """The teacher in markdown: a link to its Hub page when it is a Hub id (letters, digits, -_. and one /), else its
+    path as a code span that nothing in it can end."""
+    ref = code_span(teacher_model)
+    return f"[{ref}](https://huggingface.co/{teacher_model})" if is_hub_id(teacher_model) else ref
+
+
+def _card_data(r: dict, model_id: str, metrics: list[str], dataset_label: str, license: str):
+    """The card's YAML metadata, with the student's evaluation results."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    data, student, teacher_model = r.get("dataset", {}), r["student"], str(r["teacher_model"])
     eval_results = [
         EvalResult(
             task_type=r["task"], dataset_type=data.get("name") or "local", dataset_name=dataset_label,
@@ -120,9 +196,9 @@ def render_model_card(
         )
         for name in metrics
     ]
-    card_data = ModelCardData(
+    return ModelCardData(
         model_name=model_id.split("/")[-1],
-        base_model=teacher_model if hub_teacher else None,
+        base_model=teacher_model if is_hub_id(teacher_model) else None,
         datasets=[data["name"]] if data.get("name") else None,
         license=license,
         library_name="transformers",
@@ -131,66 +207,66 @@ def render_model_card(
         metrics=metrics,
         eval_results=eval_results or None,
     )
+
+
+def _comparison_fields(r: dict, metrics: list[str]) -> dict:
+    """Teacher vs student: metrics, size and speed, and the evaluation data."""
+    teacher, student, data = r["teacher"], r["student"], r.get("dataset", {})
+    speedup = r.get("speedup", student["examples_per_second"] / teacher["examples_per_second"])
+    return dict(
+        eval_split=data.get("eval_split", "validation"),
+        eval_examples=data.get("eval_examples"),
+        train_examples=data.get("train_examples"),
+        metric_rows=[
+            {"name": METRIC_LABELS.get(m, m), "teacher": f"{teacher[m]:.4f}", "student": f"{student[m]:.4f}"}
+            for m in metrics
+        ],
+        teacher_parameters=format_count(teacher["parameters"]),
+        student_parameters=format_count(student["parameters"]),
+        size_ratio=f"{student['parameters'] / teacher['parameters']:.0%}",
+        teacher_speed=f"{teacher['examples_per_second']:.1f}",
+        student_speed=f"{student['examples_per_second']:.1f}",
+        speed_device=r.get("device", "cpu"),
+        speedup=f"{speedup:.2f}",
+    )
+
+
+def _distillation_fields(dist: dict) -> dict:
+    """How the student was made: its initialisation, the loss settings and the training budget."""
     layer_map = dist.get("layer_map")
     init_layers = dist.get("student_init_layers")
     if init_layers is not None:
         student_init = f"copied from teacher layers {list(init_layers)} (0-based), embeddings and head copied"
     else:
-        student_init = f"`{dist.get('student_model') or 'given model'}` (not initialised from the teacher)"
-    baseline_note = ""
+        given = code_span(dist.get("student_model") or "given model", table=True)
+        student_init = f"{given} (not initialised from the teacher)"
+    return dict(
+        teacher_num_layers=dist.get("teacher_num_layers"),
+        student_num_layers=dist.get("student_num_layers"),
+        student_init=student_init,
+        temperature=dist.get("temperature"),
+        soft_weight=dist.get("soft_weight"),
+        hard_weight=dist.get("hard_weight"),
+        hidden_weight=dist.get("hidden_weight"),
+        hidden_loss=dist.get("hidden_loss"),
+        layer_map=", ".join(f"{s}:{t}" for s, t in layer_map.items()) if layer_map else NO_LAYER_MAP,
+        epochs=dist.get("num_train_epochs"),
+        learning_rate=dist.get("learning_rate"),
+        global_batch=dist.get("global_train_batch_size"),
+        max_length=dist.get("max_length"),
+        seed=dist.get("seed"),
+        distillation=dist,  # the whole settings dict: templates show the settings of their kind of run
+    )
+
+
+def _baseline_note(r: dict) -> str:
+    """What the teacher was worth: the same student on the labels alone, same init, seed and optimizer steps."""
     base, gain = r.get("hard_baseline"), r.get("distillation_gain")
-    if base and gain and "accuracy" in gain:
-        # What the teacher was worth: the same student on the labels alone, same init, seed and optimizer steps.
-        baseline_note = (f"Distillation bought **{100 * gain['accuracy']:+.1f} points** of accuracy: the same student "
-                         f"trained on the labels alone with the same budget (same initialisation, seed and "
-                         f"{base.get('optimizer_steps')} optimizer steps) reaches {base['accuracy']:.4f}.")
-    samples = [{k: _cell(v) for k, v in s.items()} for s in r.get("generation_samples") or []]
-    with template_file(template_path, template_name(r["task"])) as path:
-        card = ModelCard.from_template(
-            card_data,
-            template_path=str(path),
-            model_name=model_id.split("/")[-1],
-            model_id=model_id,
-            task=r["task"],
-            teacher_model=teacher_model,
-            teacher_ref=teacher_ref,
-            teacher_num_layers=dist.get("teacher_num_layers"),
-            student_num_layers=dist.get("student_num_layers"),
-            dataset_label=dataset_label,
-            eval_split=data.get("eval_split", "validation"),
-            eval_examples=data.get("eval_examples"),
-            train_examples=data.get("train_examples"),
-            metric_rows=[
-                {"name": METRIC_LABELS.get(m, m), "teacher": f"{teacher[m]:.4f}", "student": f"{student[m]:.4f}"}
-                for m in metrics
-            ],
-            teacher_parameters=format_count(teacher["parameters"]),
-            student_parameters=format_count(student["parameters"]),
-            size_ratio=f"{student['parameters'] / teacher['parameters']:.0%}",
-            teacher_speed=f"{teacher['examples_per_second']:.1f}",
-            student_speed=f"{student['examples_per_second']:.1f}",
-            speed_device=r.get("device", "cpu"),
-            speedup=f"{speedup:.2f}",
-            baseline_note=baseline_note,
-            student_init=student_init,
-            temperature=dist.get("temperature"),
-            soft_weight=dist.get("soft_weight"),
-            hard_weight=dist.get("hard_weight"),
-            hidden_weight=dist.get("hidden_weight"),
-            hidden_loss=dist.get("hidden_loss"),
-            layer_map=", ".join(f"{s}:{t}" for s, t in layer_map.items()) if layer_map else NO_LAYER_MAP,
-            epochs=dist.get("num_train_epochs"),
-            learning_rate=dist.get("learning_rate"),
-            global_batch=dist.get("global_train_batch_size"),
-            max_length=dist.get("max_length"),
-            seed=dist.get("seed"),
-            command=r["command"],
-            example_text=r.get("example_text", "I love this!").replace('"', "'").replace("\n", " "),
-            distillation=dist,  # the whole settings dict: templates show the settings of their kind of run
-            generation_samples=samples,
-            license=license,
-        )
-    return str(card)
+    if not (base and gain and "accuracy" in gain):
+        return ""
+    return (f"Distillation bought **{100 * gain['accuracy']:+.1f} points** of accuracy: the same student "
+            f"trained on the labels alone with the same budget (same initialisation, seed and "
+            f"{base.get('optimizer_steps')} optimizer steps) reaches {base['accuracy']:.4f}.")
 
 
 def save_model_card(output_dir: str | os.PathLike, results: dict | None = None, **kwargs) -> str:

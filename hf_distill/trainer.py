@@ -45,7 +45,7 @@ from .objective import (
     with_projections,
 )
 from .positions import StepTokens
-from .saving import gathered_state_dict, save_student, student_part
+from .saving import gathered_state_dict, save_student, save_training_args, student_part
 from .sharding import adapt_to_sharding
 from .teacher import load_teachers, place_teacher
 
@@ -117,6 +117,7 @@ class DistillationTrainer(Trainer):
         self._teacher_params = [forward_params(t) for t in self.teachers]
         self._student_params = forward_params(student)
         self._shift_labels = is_causal_lm(student)  # label smoothing must shift next-token labels
+        self._student_config = getattr(unwrap_peft(student), "config", None)  # read once, not per step
         self._term_means = TermMeans()
         # Causal LMs: soft and hard terms are token-level. compute_loss normalises them by the tokens of the whole
         # accumulated batch (counted in get_batch_samples) and every other term by the accumulation steps itself.
@@ -214,8 +215,7 @@ class DistillationTrainer(Trainer):
         if self.objective.weights["soft_loss"] > 0:
             pairs = self.distillation_pairs(inputs, student_outputs, teacher_outputs)
         extra = self.extra_losses(inputs, student_outputs, teacher_outputs)
-        config = getattr(unwrap_peft(self.student), "config", None)
-        hard = hard_loss(student_outputs, held, config, self.label_smoother, self._shift_labels)
+        hard = hard_loss(student_outputs, held, self._student_config, self.label_smoother, self._shift_labels)
         loss, terms = self.objective_for(inputs)(inputs, student_outputs, teacher_outputs, hard, pairs, extra, scales)
         return loss, terms, student_outputs
 
@@ -330,6 +330,12 @@ class DistillationTrainer(Trainer):
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
         return None
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        # The Trainer pickles self.args (hub_token included) into every checkpoint: write a redacted copy over it.
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            save_training_args(self.args, output_dir if output_dir is not None else self.args.output_dir)
 
     def push_to_hub(self, *args, **kwargs):
         self._pushing = True  # Trainer.push_to_hub saves through save_model(_internal_call=True): the final student

@@ -18,6 +18,11 @@ from datasets import Dataset
 # a 2-core machine when tests start subprocesses (torchrun) or run beside other work.
 torch.set_num_threads(1)
 
+# Limits on child processes (torchrun, recipes, benchmarks) guard against a hung child only (a deadlocked process
+# group), never against a slow machine: on 2 cores shared with other work a 30 s launch can take many minutes, and no
+# test may fail because the machine is slow or busy. Tests wait on events (exit codes, files, log lines), not on time.
+HANG_TIMEOUT_S = 1800
+
 VOCAB = 101  # tiny shared vocabulary size
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(VOCAB - 5)]
 

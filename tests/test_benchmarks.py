@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+from conftest import HANG_TIMEOUT_S
+
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 NUMBER = r"(-?\d+(?:\.\d+)?)"
 
@@ -15,7 +17,7 @@ NUMBER = r"(-?\d+(?:\.\d+)?)"
 def run_tiny(script: str) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, script, "--tiny"], cwd=BENCH, env=env, capture_output=True, text=True,
-                         timeout=400)
+                         timeout=HANG_TIMEOUT_S)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 
@@ -117,7 +119,6 @@ def test_topk_error_shrinks_as_more_teacher_mass_is_kept():
         assert masses == sorted(masses) and cosines == sorted(cosines), (a, t)
 
 
-
 def test_lm_sampling_tiny_reports_before_and_after(tmp_path):
     """benchmarks/lm_sampling.py in tiny mode: the old path generates per micro-batch, the new one once per step,
     every on-policy mode generates; the summary ratios are those of the per-mode numbers it stores."""
@@ -139,3 +140,30 @@ def test_lm_sampling_tiny_reports_before_and_after(tmp_path):
     assert got["speedup"]["generation_share_before_over_after"] == b["generation_share"] / a["generation_share"]
     assert got["non_generation_over_offpolicy"] == a["non_generation_seconds"] / modes["offpolicy"]["step_seconds"]
     assert "target <= 1.05x" in (tmp_path / "lm_sampling_cpu.md").read_text()
+
+
+def test_llm_loss_ratios_follow_from_its_medians():
+    out = run_tiny("llm_loss.py")
+    row = (rf"^\| (\d+) \| (\d+) \| (\d+) x (\d+) \| auto \| (\d+) \| {NUMBER} \| {NUMBER} \| {NUMBER} \| {NUMBER} "
+           rf"\| {NUMBER} \| {NUMBER} \| {NUMBER} \| {NUMBER}-{NUMBER} \| ([\d.e+-]+) \|$")
+    rows = re.findall(row, out, flags=re.M)
+    assert len(rows) == 4  # two configurations, printed as they finish and again in the table
+    for *_, chunks, full_mb, chunked_mb, memory_ratio, _, full_s, chunked_s, ratio, low, high, diff in rows:
+        assert int(chunks) == 1  # tiny logits fit the CPU budget: one chunk
+        assert consistent(memory_ratio, lambda a, b: a / b, chunked_mb, full_mb)
+        assert consistent(ratio, lambda a, b: a / b, chunked_s, full_s)
+        assert float(low) <= float(high)
+        assert float(diff) < 1e-5  # same loss on both paths
+
+
+def test_packing_ratio_follows_from_its_times_and_losses_match():
+    out = run_tiny("packing.py")
+    tokens = int(value(r"per repeat: (\d+) distilled tokens", out))
+    cells = r" \| ".join([NUMBER] * 5)
+    rows = re.findall(rf"^\| ([a-z() 0-9]+) \| {cells} \|", out, flags=re.M)
+    assert [r[0] for r in rows] == ["full logits", "chunked (1024 rows)"]
+    for _, padded_s, packed_s, padded_tps, packed_tps, ratio in rows:
+        assert consistent(padded_tps, lambda n, t: n / t, tokens, padded_s)
+        assert consistent(packed_tps, lambda n, t: n / t, tokens, packed_s)
+        assert consistent(ratio, lambda a, b: a / b, padded_s, packed_s)
+    assert out.count("same loss to 1e-5: yes") == 2

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from conftest import HANG_TIMEOUT_S
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "ddp_train.py")
 
@@ -15,7 +16,7 @@ def run(cmd, env, attempts=2):
     """Run to completion; a run that stalls (seen once on a machine shared by several torchrun jobs) is retried."""
     for attempt in range(attempts):
         try:
-            result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150, check=False)
+            result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT_S, check=False)
             break
         except subprocess.TimeoutExpired as err:
             if attempt == attempts - 1:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import HANG_TIMEOUT_S
 from recipe_helpers import recipe_args, save_classifier, write_csv
 from safetensors.torch import load_file
 
@@ -28,7 +29,7 @@ STEPS = 14  # a launch advances at most 2 steps before its kill: room for 5 kill
 KILLS = 5
 POINTS = ("train", "weights", "optimizer-half", "rng", "state")  # tests/paused_recipe.py
 TORCH_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth")
-SAFETY_S = 900  # only against a hung child: the waits below end on events, not on time
+SAFETY_S = HANG_TIMEOUT_S  # only against a hung child: the waits below end on events, not on time
 
 
 def complete(folder: Path) -> bool:

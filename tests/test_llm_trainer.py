@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from conftest import HANG_TIMEOUT_S
 from llm_setup import TOKENS, collate, lm_data, tiny_lm, tokenizer
 
 from hf_distill import DistillationArguments, DistillationTrainer
@@ -204,7 +205,7 @@ def test_two_process_chunked_ddp_equals_one_process(tmp_path):
         [sys.executable, script, str(tmp_path / "one"), "4"],
         [torchrun, "--nproc_per_node", "2", "--standalone", script, str(tmp_path / "two"), "2"],
     ):
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT_S, check=False)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     one, two = torch.load(tmp_path / "one" / "final.pt"), torch.load(tmp_path / "two" / "final.pt")
     assert one.pop("world_size").item() == 1 and two.pop("world_size").item() == 2

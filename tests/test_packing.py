@@ -10,10 +10,11 @@ import sys
 import pytest
 import torch
 import transformers as tf
+from conftest import HANG_TIMEOUT_S
 from llm_setup import collate, lm_data, tiny_lm, tokenizer
 
 from hf_distill import DistillationArguments, DistillationTrainer
-from hf_distill.lm_data import PromptCompletionCollator, is_packed, pack_padded
+from hf_distill.lm_data import PromptCompletionCollator, completion_nll, is_packed, pack_padded
 from hf_distill.modeling import PACKING_MODEL_TYPES, packing_problem
 from hf_distill.positions import token_counts
 
@@ -35,6 +36,18 @@ def test_pack_padded_by_hand():
         "position_ids"].tolist() == [[0, 1, 2]]
     with pytest.raises(ValueError, match="pad_to_multiple_of"):
         PromptCompletionCollator(0, pad_to_multiple_of=8, pack=True)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_completion_nll_of_packed_batches_equals_padded(arch):
+    model = tiny_lm(arch, vocab=56, seed=3).eval()
+    features = [lm_data(6, seed=4)[i] for i in range(6)]
+    padded = PromptCompletionCollator(0)(features)
+    for chunk in (None, 3):
+        nll, n = completion_nll(model, padded, chunk)
+        packed_nll, packed_n = completion_nll(model, pack_padded(padded), chunk)
+        assert packed_n.tolist() == n.tolist() and len(n) == 6 and int(n.sum()) > 0
+        torch.testing.assert_close(packed_nll, nll, rtol=1e-5, atol=1e-5)
 
 
 SMALL = {"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -199,7 +212,7 @@ def test_two_process_packed_ddp_equals_one_padded_process(tmp_path):
         [sys.executable, script, str(tmp_path / "one"), "4", "padded"],
         [torchrun, "--nproc_per_node", "2", "--standalone", script, str(tmp_path / "two"), "2", "packed"],
     ):
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT_S, check=False)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     one, two = torch.load(tmp_path / "one" / "final.pt"), torch.load(tmp_path / "two" / "final.pt")
     assert one.pop("world_size").item() == 1 and two.pop("world_size").item() == 2

@@ -21,7 +21,7 @@ import pytest
 import torch
 import transformers as tf
 import yaml
-from conftest import make_tokenizer, tiny_bert
+from conftest import HANG_TIMEOUT_S, make_tokenizer, tiny_bert
 from recipe_helpers import LABELS, recipe_args, save_classifier, write_csv
 from safetensors.torch import load_file
 
@@ -43,7 +43,7 @@ def _env():
             "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
-def _launch(config: Path, argv: list[str], timeout=240) -> subprocess.CompletedProcess:
+def _launch(config: Path, argv: list[str], timeout=HANG_TIMEOUT_S) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), *argv]
     return subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True, timeout=timeout)
 
@@ -147,7 +147,7 @@ def test_fsdp2_teacher_sharding_training_and_full_save(tmp_path):
     save on two gloo processes; it compares with the same training unsharded and writes what it found."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(ROOT / "tests" / "fsdp_train.py"), str(tmp_path)]
-    proc = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     got = json.loads((tmp_path / "report.json").read_text())
     assert got["world_size"] == 2 and got["wrapped"] == ["BertForSequenceClassification", "BertLayer", "BertLayer"]
