@@ -156,6 +156,7 @@ def timed_run(cfg, mode, teacher, tokenizer, train, work, capture=None, collator
         "non_generation_seconds": statistics.median([t - g for t, g in zip(total, gen)]),
         "generation_share": sum(gen) / sum(total),
         "generated_tokens": trainer.sampler.generated_tokens,
+        "generate_calls": trainer.sampler.generate_calls,
         "all_generation_seconds": trainer.sampler.seconds,
     }
 

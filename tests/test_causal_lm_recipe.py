@@ -149,6 +149,19 @@ def test_recipe_rejects_sequences_longer_than_the_model(setup, tmp_path):
         distil_causal_lm.main(recipe_args(teacher, data, tmp_path / "out", "--max_new_tokens", "60"))
 
 
+def test_recipe_warm_start_config(setup, tmp_path):
+    """The shipped warm-start config (paths and sizes overridden): off-policy steps first, then lambda 1."""
+    teacher, data = setup
+    config = str(ROOT / "recipes" / "configs" / "causal_lm_onpolicy_warmstart.yaml")
+    results = distil_causal_lm.main(recipe_args(teacher, data, tmp_path / "out", "--lmbda_start_step", "2",
+                                                "--chunked_loss", "false", config=config))
+    log = [e for e in results["train_log"] if "loss" in e]
+    assert [e["on_policy_fraction"] for e in log] == [0.0, 0.0, 1.0, 1.0]
+    d = results["distillation"]
+    assert (d["divergence"], d["lmbda"], d["lmbda_start_step"]) == ("forward_kl", 1.0, 2)
+    assert d["on_policy_divergence"] in ("jsd", "reverse_kl", "forward_kl")
+
+
 def test_recipe_packing_equals_padded(setup, tmp_path):
     """--packing: the same student and the same evaluation as padded batches (on-policy steps included)."""
     teacher, data = setup
