@@ -218,12 +218,14 @@ def _checked_params(name: str, params: dict) -> dict:
     return params
 
 
+def _check_reduction(reduction: str) -> None:
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}.")
+
+
 def _reduce(per_position: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction == "mean":
-        return per_position.mean()
-    if reduction == "sum":
-        return per_position.sum()
-    raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}.")
+    _check_reduction(reduction)
+    return per_position.mean() if reduction == "mean" else per_position.sum()
 
 
 # ---- teacher targets: the one place where several teachers are combined -----------------------------
@@ -300,7 +302,7 @@ def divergence_loss(
             f"student logits {tuple(s.shape)} and teacher targets {tuple(t.shape)} differ in shape: "
             "teacher and student must predict over the same classes / vocabulary."
         )
-    _reduce(s.new_zeros(0), reduction)  # reject a bad reduction also on an empty batch
+    _check_reduction(reduction)  # also on an empty batch
     if s.shape[0] == 0:
         return student_logits.float().sum() * 0.0
     if divergence in LOGIT_DIVERGENCES:
@@ -461,7 +463,7 @@ def topk_divergence_loss(
         )
     fn = _divergence_fn(divergence)
     params = _checked_params(divergence, params)
-    _reduce(student_logits.new_zeros(0), reduction)  # reject a bad reduction also on an empty batch
+    _check_reduction(reduction)  # also on an empty batch
     s = _flatten_positions(student_logits, mask)  # (P, C)
     idx = _flatten_positions(indices, mask).long()  # (P, k)
     vals = _flatten_positions(values, mask)  # (P, k)
