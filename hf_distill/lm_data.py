@@ -118,6 +118,13 @@ def tokenize_prompt_completion(dataset, tokenizer, max_length: int, append_eos: 
     Texts are tokenised without special tokens (a chat template writes its own); the tokenizer's bos
     token, if it has one, starts each plain-text prompt, and the end token (`end_token_id`) closes
     each completion when `append_eos`, so that the student learns where to stop generating.
+
+    Args:
+        dataset: `prompt` + `completion` columns (text, or lists of chat messages), or a `messages` column.
+        tokenizer: the student's tokenizer (its chat template renders messages).
+        max_length: most tokens per example; a prompt that leaves no room for its completion is a ValueError.
+        append_eos: close each completion with the end token.
+        desc: the progress description of the `datasets` map.
     """
     kind = data_format(dataset.column_names)
     bos = getattr(tokenizer, "bos_token_id", None)

@@ -64,6 +64,18 @@ class DistillationTrainer(Trainer):
 
     Extension points: `distillation_pairs` (what to distill for a new task) and `extra_losses` (more named
     terms, whose weights the class attribute `extra_loss_weights` declares).
+
+    Args:
+        model: the student, a `PreTrainedModel` or any `nn.Module` returning a dict / ModelOutput.
+        teacher_model: a model, a Hub id or a local folder (loaded with the Auto class of the student's task),
+            or a list of them; None when `train_dataset` carries cached teacher outputs (`cache_teacher_outputs`).
+        args: the `DistillationArguments` (every distillation field's `help` text is its reference).
+        *trainer_args: `transformers.Trainer`'s positional arguments after `args`.
+        teacher_processing_class: the teacher's tokenizer when it is not saved with the teacher; it must map
+            the same ids to the same tokens as `processing_class`.
+        peft_config: a PEFT config (e.g. `LoraConfig`) to wrap the student with `get_peft_model`.
+        merge_adapter_on_save: `save_model` writes the merged model instead of the adapter.
+        **trainer_kwargs: `transformers.Trainer`'s keyword arguments (train_dataset, processing_class, ...).
     """
 
     # Each micro-batch loss is a per-batch mean; the Trainer divides it by the accumulation steps.

@@ -9,36 +9,20 @@ import sys
 
 import pytest
 import torch
-from llm_setup import TOKENS, collate, lm_data, tiny_lm, tokenizer
+from testing_utils import LM_TRAINER_ARGS, TOKENS, distillation_args, lm_collate, lm_data, lm_tokenizer, tiny_lm
 
-from hf_distill import DistillationArguments, DistillationTrainer
+from hf_distill import DistillationTrainer
 
 
 def make_trainer(tmp_path, student, teachers, data=None, peft_config=None, **kw):
-    defaults = {
-        "output_dir": str(tmp_path),
-        "report_to": [],
-        "use_cpu": True,
-        "per_device_train_batch_size": 4,
-        "max_steps": 3,
-        "optim": "sgd",
-        "learning_rate": 0.5,
-        "save_strategy": "no",
-        "disable_tqdm": True,
-        "logging_steps": 1,
-        "seed": 0,
-        "soft_weight": 0.6,
-        "hard_weight": 0.4,
-        "temperature": 1.0,
-    }
-    args = DistillationArguments(**{**defaults, **kw})
+    args = distillation_args(tmp_path, **{**LM_TRAINER_ARGS, **kw})
     return DistillationTrainer(
         student,
         teachers,
         args,
         train_dataset=data if data is not None else lm_data(),
-        data_collator=collate,
-        processing_class=tokenizer(),
+        data_collator=lm_collate,
+        processing_class=lm_tokenizer(),
         peft_config=peft_config,
     )
 
@@ -124,7 +108,7 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path, chunk):
         tmp_path / "means", student, teacher, per_device_train_batch_size=1, gradient_accumulation_steps=4, **kw
     ).args
     PerMicroBatchMeans(
-        student, teacher, args, train_dataset=lm_data(), data_collator=collate, processing_class=tokenizer()
+        student, teacher, args, train_dataset=lm_data(), data_collator=lm_collate, processing_class=lm_tokenizer()
     ).train()
     assert any(not torch.allclose(student.state_dict()[k], big[k], rtol=1e-4) for k in big)
 
@@ -140,7 +124,7 @@ def _one_batch_loss_and_grads(trainer, batch):
 def test_peft_student_and_bf16_teacher(tmp_path):
     from peft import LoraConfig
 
-    batch = collate([lm_data(4)[i] for i in range(4)])
+    batch = lm_collate([lm_data(4)[i] for i in range(4)])
     lora = LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["q_proj", "v_proj"])
     results = {}
     for name, chunk in (("full", None), ("chunked", 4)):
@@ -181,7 +165,7 @@ def test_chunking_refuses_what_it_cannot_do(tmp_path):
         DistillationTrainer(
             bert,
             bert.__class__(bert.config),
-            DistillationArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, loss_chunk_size=8),
+            distillation_args(tmp_path, loss_chunk_size=8),
         )
     with pytest.raises(ValueError, match="label smoothing"):
         make_trainer(

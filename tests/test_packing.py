@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 import transformers as tf
-from llm_setup import collate, lm_data, tiny_lm, tokenizer
+from testing_utils import LM_TRAINER_ARGS, distillation_args, lm_collate, lm_data, lm_tokenizer, tiny_lm
 
-from hf_distill import DistillationArguments, DistillationTrainer
+from hf_distill import DistillationTrainer
 from hf_distill.lm_data import PromptCompletionCollator, is_packed, pack_padded
 from hf_distill.modeling import PACKING_MODEL_TYPES, packing_problem
 from hf_distill.positions import token_counts
@@ -81,12 +81,9 @@ def test_a_cache_would_mix_packed_rows():
 
 
 def make_trainer(tmp_path, student, teacher, pack, data=None, **kw):
-    defaults = {"output_dir": str(tmp_path), "report_to": [], "use_cpu": True, "per_device_train_batch_size": 4,
-                "max_steps": 3, "optim": "sgd", "learning_rate": 0.5, "save_strategy": "no", "disable_tqdm": True,
-                "logging_steps": 1, "seed": 0, "soft_weight": 0.6, "hard_weight": 0.4, "temperature": 1.0}
-    args = DistillationArguments(**{**defaults, **kw})
+    args = distillation_args(tmp_path, **{**LM_TRAINER_ARGS, **kw})
     return DistillationTrainer(student, teacher, args, train_dataset=data if data is not None else lm_data(),
-                               data_collator=PromptCompletionCollator(0, pack=pack), processing_class=tokenizer())
+                               data_collator=PromptCompletionCollator(0, pack=pack), processing_class=lm_tokenizer())
 
 
 def train(tmp_path, arch, pack, **kw):
@@ -159,10 +156,9 @@ def test_packing_refuses_what_it_cannot_do(tmp_path):
     custom.config._attn_implementation = "my_kernel"  # a kernel transformers' packed masks do not reach
     assert "my_kernel" in packing_problem(custom)
     # packed batches from another collator (no pack attribute): refused at the first batch, before any update
-    args = DistillationArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, max_steps=1,
-                                 per_device_train_batch_size=4, save_strategy="no", disable_tqdm=True)
+    args = distillation_args(tmp_path, max_steps=1, per_device_train_batch_size=4, logging_steps=500)
     trainer = DistillationTrainer(opt, teacher, args, train_dataset=lm_data(),
-                                  data_collator=lambda f: pack_padded(collate(f)), processing_class=tokenizer())
+                                  data_collator=lambda f: pack_padded(lm_collate(f)), processing_class=lm_tokenizer())
     before = {k: v.clone() for k, v in opt.state_dict().items()}
     with pytest.raises(ValueError, match="silently wrong for the student"):
         trainer.train()
@@ -174,12 +170,11 @@ def test_flattened_batches_without_completion_mask_equal_padded(tmp_path):
     results = {}
     for pack in (False, True):
         student, teacher = tiny_lm("gpt2", vocab=56, seed=1), tiny_lm("gpt2", vocab=64, hidden=24, seed=10)
-        args = DistillationArguments(output_dir=str(tmp_path / str(pack)), report_to=[], use_cpu=True, max_steps=2,
-                                     per_device_train_batch_size=4, optim="sgd", learning_rate=0.5, logging_steps=1,
-                                     save_strategy="no", disable_tqdm=True, seed=0, loss_chunk_size=3)
-        collator = (lambda f: pack_padded(collate(f))) if pack else collate
+        args = distillation_args(tmp_path / str(pack), max_steps=2, per_device_train_batch_size=4, optim="sgd",
+                                 learning_rate=0.5, seed=0, loss_chunk_size=3)
+        collator = (lambda f: pack_padded(lm_collate(f))) if pack else lm_collate
         trainer = DistillationTrainer(student, teacher, args, train_dataset=lm_data(), data_collator=collator,
-                                      processing_class=tokenizer())
+                                      processing_class=lm_tokenizer())
         trainer.train()
         results[pack] = ({k: v.detach().clone() for k, v in student.state_dict().items()}, logged(trainer))
     assert_same_weights(results[True][0], results[False][0])

@@ -133,3 +133,19 @@ def test_quickstart_installs_everything_the_tests_import():
     missing = {d: f for d, f in _imported_distributions(["tests", "benchmarks", "recipes"]).items()
                if d not in installed}
     assert not missing, f"`bash quickstart.sh` leaves these out (add them to the dev extra): {missing}"
+
+
+def test_public_api_documents_its_arguments():
+    """Every function and class exported by hf_distill has a docstring with an `Args:` section."""
+    import inspect
+
+    import hf_distill
+
+    missing = []
+    for name in hf_distill.__all__:
+        obj = getattr(hf_distill, name)
+        if not callable(obj) or (inspect.isclass(obj) and issubclass(obj, Exception)):
+            continue
+        if "Args:" not in (inspect.getdoc(obj) or ""):
+            missing.append(name)
+    assert not missing, f"add an Args: section to the docstrings of {missing}"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import WORDS, make_tokenizer, tiny_bert
+from testing_utils import WORDS, make_tokenizer, tiny_bert
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "real_data.py"
 
