@@ -15,7 +15,7 @@ prompt (batched, left-padded, seeded per batch) and scores it:
 
 Under DDP (torchrun / accelerate) each process generates whole batches (batch k on process k mod world size)
 and the per-example records are gathered, so the numbers equal a one-process run: batch k is the same rows
-with the same seed wherever it runs.
+with the same seed wherever it runs. `GenerationEvalCallback` runs it during training and logs `eval_<metric>`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import math
 from collections.abc import Callable
 
 import torch
+from transformers import TrainerCallback
 
 from .generation import _seed, cut_completions
 from .lm_data import IGNORE_INDEX, end_token_id, pad_prompt_completion, prompt_length, tokenize_prompt_completion
@@ -238,3 +239,37 @@ def _summary(records: list[dict], with_teacher: bool, with_answers: bool, sample
         out["samples"] = [{"prompt": r["prompt"], "reference": r["reference"], "completion": r["text"]}
                           for r in records[:samples]]
     return out
+
+
+class GenerationEvalCallback(TrainerCallback):
+    """Runs `evaluate_generation` every `eval_steps` optimizer steps during training and logs it as eval metrics.
+
+    Logged as `eval_<metric>` (e.g. `eval_rougeL`, `eval_teacher_nll`) through the trainer's `log`, so they reach
+    `state.log_history` and every reporting integration. Every process must run it (DDP shards the prompts).
+
+    Args:
+        trainer: the `Trainer` whose model is evaluated (its unwrapped model) and whose `log` reports.
+        dataset: the prompts to complete (see `evaluate_generation`); keep it small, it runs during training.
+        tokenizer: as in `evaluate_generation`.
+        generation_config: as in `evaluate_generation`.
+        eval_steps: evaluate when the global step is a multiple of it (> 0).
+        teacher: scores the completions (`teacher_nll`); the floor is not recomputed during training.
+        **kwargs: passed on to `evaluate_generation` (batch_size, seed, max_length, answer_checker).
+    """
+
+    def __init__(self, trainer, dataset, tokenizer, generation_config, eval_steps: int, teacher=None, **kwargs):
+        if eval_steps < 1:
+            raise ValueError(f"eval_steps must be >= 1 (optimizer steps between generation evaluations), got "
+                             f"{eval_steps}.")
+        self.trainer, self.dataset, self.tokenizer = trainer, dataset, tokenizer
+        self.generation_config, self.eval_steps = generation_config, eval_steps
+        self.teacher, self.kwargs = teacher, kwargs
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.eval_steps:
+            return
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        model = getattr(model, "student", model)  # a ProjectedStudent wrapper generates with its student
+        metrics = evaluate_generation(model, self.dataset, self.tokenizer, self.generation_config,
+                                      teacher=self.teacher, teacher_floor=False, **self.kwargs)
+        self.trainer.log({f"eval_{k}": v for k, v in metrics.items() if k != "samples"})
