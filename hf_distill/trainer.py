@@ -23,6 +23,7 @@ from .checks import (
     check_args,
     check_cache_only,
     check_finite,
+    check_generation_setup,
     check_merge_on_save,
     check_packing,
     check_sharding,
@@ -30,7 +31,7 @@ from .checks import (
 )
 from .chunked import OutputHead, check_chunking
 from .config import DistillationArguments
-from .generation import STUDENT, CompletionSampler, check_generation_setup, completions_from, special_token_ids
+from .generation import STUDENT, CompletionSampler, completions_from, special_token_ids
 from .lm_data import is_packed
 from .modeling import forward_params, is_causal_lm, select_inputs, signature_columns, unwrap_peft, wrap_peft
 from .objective import (

@@ -3,13 +3,20 @@ full-logits loss, never builds (B, L, V) logits, and token-level terms are norma
 accumulated batch (k micro-batches == one big batch, also on two processes)."""
 
 import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
-from testing_utils import LM_TRAINER_ARGS, TOKENS, distillation_args, lm_collate, lm_data, lm_tokenizer, tiny_lm
+from testing_utils import (
+    LM_TRAINER_ARGS,
+    TOKENS,
+    distillation_args,
+    lm_collate,
+    lm_data,
+    lm_tokenizer,
+    one_and_two_processes,
+    requires_torchrun,
+    tiny_lm,
+)
 
 from hf_distill import DistillationTrainer
 
@@ -175,23 +182,11 @@ def test_chunking_refuses_what_it_cannot_do(tmp_path):
         make_trainer(tmp_path, tiny_lm(vocab=40, seed=1), tiny_lm(vocab=64, seed=2), loss_chunk_size=8)
 
 
-@pytest.mark.skipif(
-    not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")) and shutil.which("torchrun") is None,
-    reason="torchrun not installed",
-)
+@requires_torchrun
 def test_two_process_chunked_ddp_equals_one_process(tmp_path):
     """2 processes x 2 rows == 1 process x 4 rows, with unequal token counts on the two ranks."""
     script = os.path.join(os.path.dirname(__file__), "ddp_chunked_train.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(os.path.dirname(script))}
-    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
-    for cmd in (
-        [sys.executable, script, str(tmp_path / "one"), "4"],
-        [torchrun, "--nproc_per_node", "2", "--standalone", script, str(tmp_path / "two"), "2"],
-    ):
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    one, two = torch.load(tmp_path / "one" / "final.pt"), torch.load(tmp_path / "two" / "final.pt")
-    assert one.pop("world_size").item() == 1 and two.pop("world_size").item() == 2
+    one, two = one_and_two_processes(script, tmp_path, ["4"], ["2"])
     assert_same_weights(two, one, rtol=1e-4)
 
 

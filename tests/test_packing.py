@@ -3,14 +3,20 @@ architectures and attention implementations that cannot keep packed rows apart a
 
 import inspect
 import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 import transformers as tf
-from testing_utils import LM_TRAINER_ARGS, distillation_args, lm_collate, lm_data, lm_tokenizer, tiny_lm
+from testing_utils import (
+    LM_TRAINER_ARGS,
+    distillation_args,
+    lm_collate,
+    lm_data,
+    lm_tokenizer,
+    one_and_two_processes,
+    requires_torchrun,
+    tiny_lm,
+)
 
 from hf_distill import DistillationTrainer
 from hf_distill.lm_data import PromptCompletionCollator, completion_nll, is_packed, pack_padded
@@ -193,21 +199,9 @@ def test_flattened_batches_without_completion_mask_equal_padded(tmp_path):
     assert results[True][1] == pytest.approx(results[False][1], rel=1e-5)
 
 
-@pytest.mark.skipif(
-    not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")) and shutil.which("torchrun") is None,
-    reason="torchrun not installed",
-)
+@requires_torchrun
 def test_two_process_packed_ddp_equals_one_padded_process(tmp_path):
     """2 processes x 2 packed rows == 1 process x 4 padded rows (chunked loss, unequal token counts per rank)."""
     script = os.path.join(os.path.dirname(__file__), "ddp_chunked_train.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(os.path.dirname(script))}
-    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
-    for cmd in (
-        [sys.executable, script, str(tmp_path / "one"), "4", "padded"],
-        [torchrun, "--nproc_per_node", "2", "--standalone", script, str(tmp_path / "two"), "2", "packed"],
-    ):
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    one, two = torch.load(tmp_path / "one" / "final.pt"), torch.load(tmp_path / "two" / "final.pt")
-    assert one.pop("world_size").item() == 1 and two.pop("world_size").item() == 2
+    one, two = one_and_two_processes(script, tmp_path, ["4", "padded"], ["2", "packed"])
     assert_same_weights(two, one, rtol=1e-4)

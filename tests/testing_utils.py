@@ -6,13 +6,19 @@ pytest fixtures and re-exports these names for tests that still import them from
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
+import shutil
+import subprocess
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
 
+import pytest
 import torch
 import transformers as tf
 from datasets import Dataset
@@ -209,3 +215,57 @@ def lm_collate(features: list[dict]) -> dict:
         batch["attention_mask"].append([1] * len(f["input_ids"]) + [0] * pad)
         batch["labels"].append(f["labels"] + [-100] * pad)
     return {k: torch.tensor(v) for k, v in batch.items()}
+
+
+@contextlib.contextmanager
+def imported_script(path, name: str):
+    """A script (e.g. benchmarks/real_data.py) imported as module `name`, in sys.modules while in use
+    (dataclasses look their module up while the class is built)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(name, None)
+
+
+# ---- multi-process runs (torchrun, gloo on CPU) -------------------------------------------------------------
+
+_VENV_TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
+TORCHRUN = _VENV_TORCHRUN if os.path.exists(_VENV_TORCHRUN) else shutil.which("torchrun")
+requires_torchrun = pytest.mark.skipif(TORCHRUN is None, reason="torchrun not installed")
+
+
+def run_to_completion(cmd: list[str], env: dict, timeout: float = 240, attempts: int = 1) -> None:
+    """Run `cmd`; fail with its output unless it exits 0. A run that stalls is retried up to `attempts` times
+    (seen once on a machine shared by several torchrun jobs)."""
+    for attempt in range(attempts):
+        try:
+            result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+            break
+        except subprocess.TimeoutExpired as err:
+            if attempt == attempts - 1:
+                raise AssertionError(f"{cmd} stalled {attempts} time(s):\n{err.stdout}\n{err.stderr}") from err
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def one_and_two_processes(script: str, out_dir, one: list[str], two: list[str], **run_kw) -> tuple[dict, dict]:
+    """`python script OUT/one *one`, then `torchrun --nproc_per_node 2 script OUT/two *two` (one thread each); their
+    OUT/*/final.pt state dicts, after checking that they ran as 1 and 2 processes (the `world_size` entry, removed).
+
+    Args:
+        script: a test script that writes OUT_DIR/final.pt with a `world_size` entry (tests/ddp_train.py).
+        out_dir: the folder for the two runs' output folders.
+        one: the script's arguments after OUT_DIR for the single process.
+        two: the same for each of the two processes.
+        **run_kw: `run_to_completion`'s timeout and attempts.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(os.path.dirname(script))}
+    run_to_completion([sys.executable, script, str(out_dir / "one"), *one], env, **run_kw)
+    run_to_completion([TORCHRUN, "--nproc_per_node", "2", "--standalone", script, str(out_dir / "two"), *two], env,
+                      **run_kw)
+    single, double = torch.load(out_dir / "one" / "final.pt"), torch.load(out_dir / "two" / "final.pt")
+    assert single.pop("world_size").item() == 1 and double.pop("world_size").item() == 2
+    return single, double
