@@ -149,3 +149,14 @@ def test_public_api_documents_its_arguments():
         if "Args:" not in (inspect.getdoc(obj) or ""):
             missing.append(name)
     assert not missing, f"add an Args: section to the docstrings of {missing}"
+
+
+def test_recipes_print_the_output_folder_without_the_machine_path(tmp_path, monkeypatch):
+    """The quickstart's closing line shows runs/quickstart/student, not the absolute path of this machine."""
+    from hf_distill.recipes.run import shown_path
+
+    monkeypatch.chdir(tmp_path)
+    assert shown_path("runs/quickstart/student") == os.path.join("runs", "quickstart", "student")
+    assert shown_path(str(tmp_path / "runs" / "x")) == os.path.join("runs", "x")  # inside the working directory
+    outside = str(tmp_path.parent / "elsewhere")
+    assert shown_path(outside) == outside  # outside it: absolute, never a chain of ../
