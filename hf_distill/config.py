@@ -110,11 +110,13 @@ class DistillationArguments(TrainingArguments):
     # One line per divergence parameter; default, help and range come from the registry (losses.DIVERGENCE_PARAMS).
     jsd_beta: float = divergence_field("jsd_beta")
     skew_alpha: float = divergence_field("skew_alpha")
-    loss_chunk_size: int | None = field(
+    loss_chunk_size: int | str | None = field(
         default=None,
         metadata={
             "help": "Causal LMs: tokens per chunk for the output layer; logits, divergence and hard loss are "
-            "computed chunk by chunk from the last hidden states, never the full (B, L, V). Unset = off."
+            "computed chunk by chunk from the last hidden states, never the full (B, L, V). 'auto' sizes the chunks "
+            "from a memory budget (2% of the free GPU memory, 512 MiB on CPU): one chunk when the logits fit. "
+            "Unset = off."
         },
     )
     logit_loss: str | None = field(
@@ -272,15 +274,7 @@ class DistillationArguments(TrainingArguments):
         if self.divergence is None:  # on-policy samples: GKD found the generalized JSD best
             self.divergence = "jsd" if self.lmbda > 0 else "forward_kl"
         self._check_divergence()
-        if self.loss_chunk_size is not None and (
-            isinstance(self.loss_chunk_size, bool)
-            or not isinstance(self.loss_chunk_size, int)
-            or self.loss_chunk_size <= 0
-        ):
-            raise ValueError(
-                "loss_chunk_size must be a positive number of tokens (e.g. 1024) or unset, "
-                f"got {self.loss_chunk_size!r}."
-            )
+        self._check_loss_chunk_size()
         if self.ensemble_mode not in ("mean", "geometric"):
             raise ValueError(f"ensemble_mode must be 'mean' or 'geometric', got {self.ensemble_mode!r}.")
         if self.teacher_dtype not in (None, "bfloat16", "float16", "float32"):
@@ -331,6 +325,17 @@ class DistillationArguments(TrainingArguments):
             raise ValueError(
                 f"lmbda={self.lmbda} trains on the student's own samples, which carry no labels: only the soft loss "
                 "learns from them, so soft_weight must be > 0."
+            )
+
+    def _check_loss_chunk_size(self) -> None:
+        size = self.loss_chunk_size
+        if isinstance(size, str) and size.strip().isdigit():  # from the command line: "256"
+            size = self.loss_chunk_size = int(size)
+        if size is None or size == "auto":
+            return
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise ValueError(
+                f"loss_chunk_size must be a positive number of tokens (e.g. 1024), 'auto' or unset, got {size!r}."
             )
 
     def _check_divergence(self) -> None:

@@ -22,6 +22,7 @@ teachers' mean raw logits (what `teacher_target(..., divergence="mse")` returns)
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -168,8 +169,13 @@ def _divergence_fn(name: str) -> Callable[..., torch.Tensor]:
 
 def divergence_params(name: str) -> tuple[str, ...]:
     """Names of the keyword parameters of divergence `name` (e.g. ("jsd_beta",) for "jsd")."""
-    signature = inspect.signature(_divergence_fn(name))
-    return tuple(p.name for p in list(signature.parameters.values())[2:])
+    return _signature_params(_divergence_fn(name))
+
+
+@functools.cache
+def _signature_params(fn: Callable[..., torch.Tensor]) -> tuple[str, ...]:
+    # read once per function: the loss asks on every step
+    return tuple(p.name for p in list(inspect.signature(fn).parameters.values())[2:])
 
 
 def divergence_param_default(param: str) -> float:
@@ -318,16 +324,6 @@ def divergence_loss(
     log_ps = F.log_softmax(s / temperature, dim=-1)  # (P, C)
     per_position = fn(log_ps, t, **params)  # (P,)
     return _reduce(per_position, reduction) * temperature**2
-
-
-def soft_target_loss_from_log_probs(
-    student_logits: torch.Tensor,
-    teacher_log_probs: torch.Tensor,
-    temperature: float,
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """T^2 * mean over positions of KL(p_t || softmax(z_s / T)), with log p_t already given (forward KL)."""
-    return divergence_loss(student_logits, teacher_log_probs, temperature, mask, divergence="forward_kl")
 
 
 def soft_target_loss(

@@ -196,6 +196,8 @@ class DistillationObjective:
         """
         s_states = student_outputs.get("projected_hidden_states") or student_outputs["hidden_states"]  # (B, L, d_t)
         mask = inputs.get("attention_mask")
+        if mask is not None and bool(mask.all()):  # no padding (one check per step): no token selection per pair
+            mask = None
         terms = [
             losses.hidden_state_loss(s_states[i], t_out["hidden_states"][j], mask, self.hidden_distance)
             for t_out in teacher_outputs for i, j in self.layer_map.items()
@@ -259,8 +261,8 @@ class DistillationObjective:
         out = chunked_head_loss(
             student_hidden[keep], student_head, [h[keep] for h in teacher_hidden], teacher_heads,
             labels=next_labels, soft_mask=soft_mask, temperature=self.temperature, divergence=self.divergence,
-            ensemble_mode=self.ensemble_mode, vocab_limit=self.vocab_limit, soft_scale=w_soft / n_soft.item(),
-            hard_scale=w_hard / n_hard.item() if n_hard is not None else 0.0, chunk_size=chunk_size, **params,
+            ensemble_mode=self.ensemble_mode, vocab_limit=self.vocab_limit, chunk_size=chunk_size, **params,
+            soft_scale=w_soft / n_soft if w_soft else 0.0, hard_scale=w_hard / n_hard if w_hard else 0.0,  # no sync
         )
         terms = {}
         if self.weights["soft_loss"] > 0:

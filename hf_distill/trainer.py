@@ -130,6 +130,7 @@ class DistillationTrainer(Trainer):
         self._teacher_params = [forward_params(t) for t in self.teachers]
         self._student_params = forward_params(student)
         self._shift_labels = is_causal_lm(student)  # label smoothing must shift next-token labels
+        self._student_config = getattr(unwrap_peft(student), "config", None)  # read once, not per step
         self._term_means = TermMeans()
         # Causal LMs: soft and hard terms are token-level. compute_loss normalises them by the tokens of the whole
         # accumulated batch (counted in get_batch_samples) and every other term by the accumulation steps itself.
@@ -227,8 +228,7 @@ class DistillationTrainer(Trainer):
         if self.objective.weights["soft_loss"] > 0:
             pairs = self.distillation_pairs(inputs, student_outputs, teacher_outputs)
         extra = self.extra_losses(inputs, student_outputs, teacher_outputs)
-        config = getattr(unwrap_peft(self.student), "config", None)
-        hard = hard_loss(student_outputs, held, config, self.label_smoother, self._shift_labels)
+        hard = hard_loss(student_outputs, held, self._student_config, self.label_smoother, self._shift_labels)
         loss, terms = self.objective_for(inputs)(inputs, student_outputs, teacher_outputs, hard, pairs, extra, scales)
         return loss, terms, student_outputs
 

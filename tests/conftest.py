@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 from testing_utils import (  # noqa: F401 - re-exported for tests that import them from conftest
+    HANG_TIMEOUT_S,
     TEST_ARGS,
     TOKENS,
     VOCAB,

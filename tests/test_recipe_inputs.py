@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import os
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from unittest import mock
 import pytest
 import transformers as tf
 from recipe_helpers import COMMON, LABELS, recipe_args, save_classifier, write_csv
-from testing_utils import distillation_args, make_tokenizer, tiny_bert
+from testing_utils import HANG_TIMEOUT_S, distillation_args, make_tokenizer, tiny_bert
 
 from hf_distill.recipes.arguments import redact_secrets
 from hf_distill.recipes.models import check_student_tokenizer
@@ -61,11 +60,11 @@ def _previous_run(tmp_path) -> str:
 
 
 def _held_folder(tmp_path) -> str:
-    """A folder locked by a live run (this test process)."""
+    """A folder locked by a live run (this test process, as a run claims it)."""
+    from hf_distill.recipes.output import OutputFolder
+
     held = tmp_path / "held"
-    held.mkdir()
-    owner = {"run_id": "abc123", "pid": os.getpid(), "host": os.uname().nodename, "started": "now"}
-    (held / ".hf_distill.lock").write_text(json.dumps(owner))
+    OutputFolder(str(held), run_id="abc123").claim()
     return str(held)
 
 
@@ -236,7 +235,7 @@ def test_cli_error_is_one_clear_line(assets, tmp_path):
     proc = subprocess.run([sys.executable, str(root / "recipes" / "distil_bert.py"),
                            *recipe_args(assets["teacher"], (assets["train"], assets["dev"]), tmp_path / "o",
                                         "--soft_weight", "nan")],
-                          env=env, capture_output=True, text=True, timeout=120)
+                          env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == "ValueError: --soft_weight is nan: it must be a finite number."
 
