@@ -14,9 +14,9 @@ from unittest import mock
 import pytest
 import torch
 import transformers as tf
-from conftest import make_tokenizer, tiny_bert, tiny_gpt2
 from datasets import Dataset
 from recipe_helpers import COMMON, recipe_args, save_classifier, write_csv
+from testing_utils import make_tokenizer, tiny_bert, tiny_gpt2
 
 from hf_distill.lm_data import tokenize_prompt_completion
 from recipes import distil_bert, distil_bert_mlm, distil_causal_lm, train_teacher
