@@ -16,9 +16,10 @@ output layer dominates.
 Time: both paths in one process per configuration, `--repeats` (>= 5) timed steps each after a warm-up,
 interleaved (full, chunked / chunked, full, ...) so that machine noise hits both alike; medians, their ratio
 (chunked / full) and the range of the per-repeat ratios. Peak memory: on GPU torch.cuda.max_memory_allocated
-over a step (models, gradients and activations; bf16 autocast), on CPU the peak resident set size of a fresh
-process per configuration and path (float32), after one step. Writes docs/results/llm_loss_<device>.json /
-.md (with the commit and the command) and, with the sweep, docs/results/llm_loss_memory_<device>.png.
+over a step (models, gradients and activations; bf16 autocast), on CPU the peak resident set size (VmHWM, reset
+after the models are built) of a fresh process per configuration and path over one step (float32). Writes
+docs/results/llm_loss_<device>.json / .md (with the commit and the command) and, with the sweep,
+docs/results/llm_loss_memory_<device>.png.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -153,9 +153,19 @@ def peak_memory(cfg: dict, path: str, chunk, device: str) -> dict:
         torch.cuda.reset_peak_memory_stats()
         step()
         return {"base_mb": base, "peak_mb": torch.cuda.max_memory_allocated() / 2**20}
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
-    step()  # peak RSS never goes down: one step shows the step's peak
-    return {"base_mb": base, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    # The process's high-water mark would include the imports and the model building: reset it (Linux) first.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _status_mb("VmRSS")
+    step()
+    return {"base_mb": base, "peak_mb": _status_mb("VmHWM")}
+
+
+def _status_mb(field: str) -> float:
+    """A /proc/self/status memory field (kB) in MB."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
 
 
 def run_config(cfg: dict, chunk, device: str, repeats: int) -> dict:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
+import textwrap
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -54,6 +56,8 @@ class DistillationArguments(TrainingArguments):
     """`TrainingArguments` plus the distillation settings. The field help texts are the reference docs.
 
     loss = soft_weight * soft + hard_weight * hard + hidden_weight * hidden (+ attention_weight * attention)
+
+    The `Args:` section below is generated from the fields' help texts (`_args_section`).
     """
 
     temperature: float = field(
@@ -366,3 +370,18 @@ class DistillationArguments(TrainingArguments):
             divergence: a registry name, e.g. `on_policy_divergence`; unset = `self.divergence`.
         """
         return {name: getattr(self, name) for name in divergence_params(divergence or self.divergence)}
+
+
+def _args_section(cls) -> str:
+    """An `Args:` docstring section from the `help` texts of the fields `cls` adds to `TrainingArguments`."""
+    inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
+    lines = ["", "    Args:"]
+    for f in dataclasses.fields(cls):
+        if f.name not in inherited and f.metadata.get("help"):
+            lines += textwrap.wrap(f"{f.name}: {f.metadata['help']}", 112, initial_indent=" " * 8,
+                                   subsequent_indent=" " * 12)
+    lines.append("        (and every `transformers.TrainingArguments` field)")
+    return "\n".join(lines) + "\n"
+
+
+DistillationArguments.__doc__ = DistillationArguments.__doc__.rstrip() + "\n" + _args_section(DistillationArguments)

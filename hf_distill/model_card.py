@@ -270,7 +270,13 @@ def _baseline_note(r: dict) -> str:
 
 
 def save_model_card(output_dir: str | os.PathLike, results: dict | None = None, **kwargs) -> str:
-    """Render the card for the run in `output_dir` (its results file unless `results` is given) to README.md."""
+    """Render the card for the run in `output_dir` (its results file unless `results` is given) to README.md.
+
+    Args:
+        output_dir: the run folder; the card is written there as README.md (its path is returned).
+        results: the run's results dict (default: `output_dir`'s distillation_results.json).
+        **kwargs: `render_model_card`'s model_id, template_path and license.
+    """
     text = render_model_card(results if results is not None else output_dir, **kwargs)
     path = os.path.join(output_dir, CARD_NAME)
     with open(path, "w", encoding="utf-8") as f:

@@ -18,8 +18,8 @@ import torch
 from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import make_tokenizer, tiny_gpt2
 from datasets import Dataset
+from testing_utils import make_tokenizer, tiny_gpt2
 
 from hf_distill import DistillationArguments, DistillationTrainer
 from hf_distill.generation import synced_generation

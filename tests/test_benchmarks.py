@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-from conftest import HANG_TIMEOUT_S
+from testing_utils import HANG_TIMEOUT_S
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 NUMBER = r"(-?\d+(?:\.\d+)?)"

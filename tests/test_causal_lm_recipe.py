@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as tf
-from conftest import HANG_TIMEOUT_S, make_tokenizer, tiny_gpt2
+from testing_utils import HANG_TIMEOUT_S, make_tokenizer, tiny_gpt2
 
 import hf_distill
 from hf_distill import render_model_card

@@ -1,9 +1,12 @@
 """Chunked output-layer loss == the unchunked loss (values and gradients), without ever holding (N, V) logits."""
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
 import transformers as tf
+from testing_utils import LM_CLASSES, TOKENS, tiny_lm_config
 from torch import nn
 
 from hf_distill.chunked import (
@@ -145,7 +148,7 @@ def test_chunked_head_loss_rejects_bad_inputs():
         chunked_head_loss(h, head, [torch.zeros(2, 4)], [head])
     with pytest.raises(ValueError, match="chunk_size"):
         chunked_head_loss(h, head, chunk_size=0)
-    lora_like = tf.GPT2LMHeadModel(_gpt2(10))
+    lora_like = tf.GPT2LMHeadModel(tiny_lm_config("gpt2", 10))
     lora_like.lm_head = nn.Sequential(nn.Linear(4, 10))
     with pytest.raises(ValueError, match="plain nn.Linear"):
         OutputHead.from_model(lora_like)
@@ -198,42 +201,7 @@ def test_auto_chunked_head_loss_equals_unchunked(monkeypatch, budget_mb, chunks)
 # ---- whole models: tiny GPT-2 and tiny Llama, padding, vocabulary padding, ignored labels ----------------------
 
 
-def _gpt2(vocab, hidden=16):
-    return tf.GPT2Config(
-        vocab_size=vocab,
-        n_embd=hidden,
-        n_layer=2,
-        n_head=2,
-        n_positions=32,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-
-
-def _llama(vocab, hidden=16):
-    return tf.LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        tie_word_embeddings=False,
-        max_position_embeddings=32,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-    )
-
-
-MODELS = {
-    "gpt2": (tf.GPT2LMHeadModel, _gpt2),
-    "llama": (tf.LlamaForCausalLM, _llama),
-}
-TOKENS = 50  # the shared tokenizer's size; the output layers are padded beyond it (student 56, teacher 64)
+MODELS = {arch: (LM_CLASSES[arch], partial(tiny_lm_config, arch)) for arch in LM_CLASSES}
 
 
 def _batch(g, B=3, L=9):

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from conftest import HANG_TIMEOUT_S, make_tokenizer, tiny_gpt2
+from testing_utils import HANG_TIMEOUT_S, make_tokenizer, tiny_gpt2
 from transformers import GenerationConfig
 
 from hf_distill import evaluate_generation

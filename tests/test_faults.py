@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import HANG_TIMEOUT_S
 from recipe_helpers import recipe_args, save_classifier, write_csv
 from safetensors.torch import load_file
+from testing_utils import HANG_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 14  # a launch advances at most 2 steps before its kill: room for 5 kills and a last launch

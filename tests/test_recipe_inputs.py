@@ -14,8 +14,8 @@ from unittest import mock
 
 import pytest
 import transformers as tf
-from conftest import HANG_TIMEOUT_S, make_tokenizer, tiny_bert
 from recipe_helpers import COMMON, LABELS, recipe_args, save_classifier, write_csv
+from testing_utils import HANG_TIMEOUT_S, distillation_args, make_tokenizer, tiny_bert
 
 from hf_distill.recipes.arguments import redact_secrets
 from hf_distill.recipes.models import check_student_tokenizer
@@ -281,7 +281,7 @@ def test_cache_cli_bad_input(name, extra, data, message, assets, tmp_path):
 def test_cache_cli_stores_label_names_as_the_teacher_ids_and_the_cache_trains(assets, tmp_path):
     from datasets import load_from_disk
 
-    from hf_distill import DistillationArguments, DistillationTrainer
+    from hf_distill import DistillationTrainer
     from hf_distill.recipes.cache_cli import main
 
     out = tmp_path / "cached"
@@ -291,8 +291,7 @@ def test_cache_cli_stores_label_names_as_the_teacher_ids_and_the_cache_trains(as
     with open(assets["dev"]) as f:
         names = [row["label"] for row in csv.DictReader(f)]
     assert cached["label"] == [LABELS.index(n) for n in names]  # the teacher's id2label is LABELS in order
-    args = DistillationArguments(output_dir=str(tmp_path / "o"), report_to=[], max_steps=1, use_cpu=True,
-                                 per_device_train_batch_size=4, save_strategy="no", logging_steps=1)
+    args = distillation_args(tmp_path / "o", max_steps=1, per_device_train_batch_size=4, disable_tqdm=False)
     trainer = DistillationTrainer(tiny_bert(layers=1, hidden=32), None, args, train_dataset=cached,
                                   processing_class=tf.AutoTokenizer.from_pretrained(assets["teacher"]))
     trainer.train()  # used to fail at step 1: string labels, "excessive nesting"

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
-from conftest import HANG_TIMEOUT_S, make_tokenizer, tiny_bert
 from recipe_helpers import COMMON, LABELS, NO_DROPOUT, recipe_args, save_classifier, write_csv
 from safetensors.torch import load_file
+from testing_utils import HANG_TIMEOUT_S, make_tokenizer, tiny_bert
 
 from hf_distill import DistillationObjective
 from hf_distill.recipes import data as recipe_data

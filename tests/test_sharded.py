@@ -21,9 +21,9 @@ import pytest
 import torch
 import transformers as tf
 import yaml
-from conftest import HANG_TIMEOUT_S, make_tokenizer, tiny_bert
 from recipe_helpers import LABELS, recipe_args, save_classifier, write_csv
 from safetensors.torch import load_file
+from testing_utils import HANG_TIMEOUT_S, make_tokenizer, tiny_bert
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "tests" / "configs"

@@ -16,9 +16,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import make_tokenizer, tiny_gpt2
 from datasets import Dataset
 from fsdp_sampling import MAX_NEW, end_early
+from testing_utils import make_tokenizer, tiny_gpt2
 
 from hf_distill import DistillationArguments, DistillationTrainer
 from hf_distill.generation import synced_generation
