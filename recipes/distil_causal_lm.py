@@ -2,6 +2,7 @@
 
     accelerate launch recipes/distil_causal_lm.py recipes/configs/causal_lm_gkd.yaml           # on-policy, lmbda 0.5
     accelerate launch recipes/distil_causal_lm.py recipes/configs/causal_lm_offpolicy.yaml     # dataset completions
+    accelerate launch recipes/distil_causal_lm.py recipes/configs/causal_lm_onpolicy_warmstart.yaml  # off, then on
     accelerate launch --config_file recipes/configs/accelerate_ddp.yaml recipes/distil_causal_lm.py CONFIG.yaml
     torchrun --nproc_per_node 2 recipes/distil_causal_lm.py CONFIG.yaml --lmbda 1.0 --output_dir out
     python recipes/distil_causal_lm.py --teacher_model_name_or_path Qwen/Qwen2.5-1.5B-Instruct \
