@@ -38,9 +38,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import logging
 import math
+import multiprocessing
 import os
 import re
 import statistics
@@ -48,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -59,7 +62,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # lm_real_data
 import lm_real_data as lrd
 import numpy as np
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     GenerationConfig,
     GPT2Config,
@@ -110,17 +113,17 @@ class TaskConfig:
     max_length: int
 
 
-FULL = {
+FULL = {  # sized for 2 CPU cores shared with other jobs (see docs/generation_eval.md for the scale actually run)
     "reverse": TaskConfig("reverse", "exact_match", n_train=20000, n_val=200, n_test=500, teacher_layers=4,
-                          student_layers=2, hidden=128, heads=4, teacher_steps=1500, teacher_lr=2e-3, teacher_batch=64,
-                          student_steps=150, student_lr=1e-3, batch=32, max_new_tokens=60, max_length=112),
+                          student_layers=2, hidden=64, heads=4, teacher_steps=600, teacher_lr=2e-3, teacher_batch=32,
+                          student_steps=100, student_lr=1e-3, batch=32, max_new_tokens=28, max_length=56),
     "tweets": TaskConfig("tweets", "rougeL", n_train=20000, n_val=200, n_test=500, teacher_layers=6,
-                         student_layers=3, hidden=128, heads=4, teacher_steps=600, teacher_lr=2e-3, teacher_batch=64,
+                         student_layers=3, hidden=64, heads=4, teacher_steps=400, teacher_lr=2e-3, teacher_batch=32,
                          student_steps=100, student_lr=1e-3, batch=32, max_new_tokens=32, max_length=40),
 }
 TINY = {
-    name: replace(task, n_train=64, n_val=8, n_test=8, teacher_layers=2, student_layers=1, hidden=32, heads=2,
-                  teacher_steps=4, teacher_batch=16, student_steps=4, batch=8)
+    name: replace(task, n_train=32, n_val=4, n_test=6, teacher_layers=2, student_layers=1, hidden=32, heads=2,
+                  teacher_steps=2, teacher_batch=16, student_steps=2, batch=8)
     for name, task in FULL.items()
 }
 
@@ -128,14 +131,14 @@ TINY = {
 # ---- data and tokenizers -------------------------------------------------------------------------------------
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+load_tweets = functools.lru_cache(lrd.load_tweets)  # both tasks read the corpus (slow to parse): once
 
 
-def char_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per character (a-z, space, '='), [SEP] ends a completion; decoding concatenates."""
-    vocab = {t: i for i, t in enumerate(SPECIALS + list("abcdefghijklmnopqrstuvwxyz =_"))}
+def word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
+    """One token per word of `words` (and '='); [SEP] ends a completion; decoding joins tokens with spaces."""
+    vocab = {t: i for i, t in enumerate(SPECIALS + ["="] + words)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
                                    sep_token="[SEP]", eos_token="[SEP]")
 
@@ -143,20 +146,21 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
 NOT_WORDS = {"http", "https", "amp", "www", "com"}  # link and markup debris, not words
 
 
-def frequent_words(tweets: list[str], n: int = 400) -> list[str]:
+def frequent_words(tweets: list[str], n: int = 300) -> list[str]:
     """The n most frequent lower-case words of 3-5 letters in the tweets (ties by first appearance)."""
     counts = collections.Counter(w for t in tweets for w in re.findall(r"\b[a-z]{3,5}\b", t.lower())
                                  if w not in NOT_WORDS)
     return [w for w, _ in counts.most_common(n)]
 
 
-def reverse_data(task: TaskConfig, tokenizer, seed: int = 0) -> tuple[dict[str, list[dict]], list[str]]:
-    """Seeded disjoint splits of reversal examples: rows with input_ids / labels and the `answer` text."""
-    words = frequent_words(lrd.load_tweets())
+def reverse_data(task: TaskConfig, seed: int = 0) -> tuple[dict[str, list[dict]], PreTrainedTokenizerFast]:
+    """Seeded disjoint splits of reversal examples (rows with input_ids / labels and the `answer` text), tokenizer."""
+    words = frequent_words(load_tweets())
+    tokenizer = word_tokenizer(words)
     rng = np.random.default_rng(seed)
     lists = {}  # distinct word lists, in drawing order
     while len(lists) < task.n_train + task.n_val + task.n_test:
-        k = int(rng.integers(5, 8))  # 5-7 words of 3-5 letters: completions of 20-42 tokens with the end token
+        k = int(rng.integers(20, 25))  # 20-24 words: completions of 21-25 tokens with the end token
         lists.setdefault(tuple(words[i] for i in rng.choice(len(words), size=k, replace=False)), None)
     answers = [" ".join(reversed(items)) for items in lists]
     prompts = tokenizer([" ".join(items) + "=" for items in lists], add_special_tokens=False)["input_ids"]
@@ -164,7 +168,8 @@ def reverse_data(task: TaskConfig, tokenizer, seed: int = 0) -> tuple[dict[str, 
     rows = [{**encode_example(p, c + [tokenizer.sep_token_id], task.max_length), "answer": a}
             for p, c, a in zip(prompts, completions, answers)]
     n_test, n_val = task.n_test, task.n_val
-    return {"test": rows[:n_test], "validation": rows[n_test : n_test + n_val], "train": rows[n_test + n_val :]}, words
+    splits = {"test": rows[:n_test], "validation": rows[n_test : n_test + n_val], "train": rows[n_test + n_val :]}
+    return splits, tokenizer
 
 
 def wordpiece_tokenizer(texts: list[str], vocab_size: int = 2000) -> PreTrainedTokenizerFast:
@@ -180,7 +185,7 @@ def wordpiece_tokenizer(texts: list[str], vocab_size: int = 2000) -> PreTrainedT
 
 def tweets_data(task: TaskConfig) -> tuple[dict[str, list[dict]], PreTrainedTokenizerFast]:
     """lm_real_data's splits (same seed, prompt = first 8 tokens), WordPiece vocabulary of the training tweets."""
-    texts = lrd.load_tweets()
+    texts = load_tweets()
     order = np.random.default_rng(0).permutation(len(texts))
     held_out = 2 * (task.n_test + task.n_val)  # a superset of the tweets that prepare_data puts in test / validation
     tokenizer = wordpiece_tokenizer([texts[i] for i in order[held_out:]])
@@ -277,33 +282,53 @@ def scores(model, teacher, tokenizer, task, rows, floor: bool = False) -> dict:
     return out
 
 
-def run_task(task: TaskConfig, seeds: list[int], methods: list[str], work: str) -> dict:
-    begin = time.perf_counter()
-    if task.name == "reverse":
-        tokenizer = char_tokenizer()
-        data, words = reverse_data(task, tokenizer)
-    else:
-        data, tokenizer = tweets_data(task)
-        words = None
+def prepare_task(task: TaskConfig, work: str) -> dict:
+    """Data, tokenizer and teacher of one task, saved under work/<task>/; the teacher's scores."""
+    torch.set_num_threads(1)  # several jobs share the cores: one thread each
+    folder = os.path.join(work, task.name)
+    data, tokenizer = reverse_data(task) if task.name == "reverse" else tweets_data(task)
+    tokenizer.save_pretrained(os.path.join(folder, "tokenizer"))
+    torch.save(data, os.path.join(folder, "data.pt"))
     start = time.perf_counter()
-    teacher = train_teacher(task, tokenizer, data, os.path.join(work, task.name, "teacher"))
-    teacher_seconds = time.perf_counter() - start
+    teacher = train_teacher(task, tokenizer, data, os.path.join(folder, "teacher"))
+    seconds = time.perf_counter() - start
     teacher_scores = {s: scores(teacher, teacher, tokenizer, task, data[s]) for s in ("validation", "test")}
-    print(f"[{task.name}] teacher ({teacher_seconds:.0f} s): test {task.metric} "
-          f"{teacher_scores['test'][task.metric]:.4f}", flush=True)
-    runs = []
-    for seed in seeds:
-        for method in methods:
-            folder = os.path.join(work, task.name, f"{method}-{seed}")
-            student, seconds = train_student(task, method, seed, teacher, tokenizer, data["train"], folder)
-            run = {"method": method, "seed": seed, "train_seconds": seconds,
-                   **{s: scores(student, teacher, tokenizer, task, data[s]) for s in ("validation", "test")}}
-            runs.append(run)
-            print(f"[{task.name}] {method} seed {seed} ({seconds:.0f} s): val {task.metric} "
-                  f"{run['validation'][task.metric]:.4f}, test {run['test'][task.metric]:.4f}", flush=True)
-    return {"config": asdict(task), "teacher": teacher_scores, "teacher_seconds": teacher_seconds, "runs": runs,
-            "words": words[:20] if words else None, "seconds": time.perf_counter() - begin,
-            "examples": {s: len(v) for s, v in data.items()}, "summary": summarise(task, teacher_scores, runs)}
+    print(f"[{task.name}] teacher ({seconds:.0f} s): test {task.metric} {teacher_scores['test'][task.metric]:.4f}",
+          flush=True)
+    return {"teacher": teacher_scores, "teacher_seconds": seconds, "examples": {s: len(v) for s, v in data.items()},
+            "example": {"prompt": tokenizer.decode(data["test"][0]["input_ids"], skip_special_tokens=True)}}
+
+
+def student_job(task: TaskConfig, method: str, seed: int, work: str) -> dict:
+    """One student: trained with the method for the fixed budget, scored on validation and test."""
+    torch.set_num_threads(1)
+    folder = os.path.join(work, task.name)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(os.path.join(folder, "tokenizer"))
+    data = torch.load(os.path.join(folder, "data.pt"))
+    teacher = GPT2LMHeadModel.from_pretrained(os.path.join(folder, "teacher")).eval()
+    student, seconds = train_student(task, method, seed, teacher, tokenizer, data["train"],
+                                     os.path.join(folder, f"{method}-{seed}"))
+    run = {"method": method, "seed": seed, "train_seconds": seconds,
+           **{s: scores(student, teacher, tokenizer, task, data[s]) for s in ("validation", "test")}}
+    print(f"[{task.name}] {method} seed {seed} ({seconds:.0f} s): val {task.metric} "
+          f"{run['validation'][task.metric]:.4f}, test {run['test'][task.metric]:.4f}", flush=True)
+    return run
+
+
+def run_all(tasks: list[TaskConfig], seeds: list[int], methods: list[str], work: str, jobs: int) -> dict:
+    """Teachers (one job per task), then every (task, method, seed) student, `jobs` processes at a time."""
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        prepared = dict(zip([t.name for t in tasks], pool.map(prepare_task, tasks, [work] * len(tasks))))
+        grid = [(t, m, s) for s in seeds for t in tasks for m in methods]
+        runs = list(pool.map(student_job, *zip(*grid), [work] * len(grid)))
+    results = {}
+    for task in tasks:
+        mine = [r for (t, _, _), r in zip(grid, runs) if t.name == task.name]
+        info = prepared[task.name]
+        results[task.name] = {"config": asdict(task), **info, "runs": mine,
+                              "summary": summarise(task, info["teacher"], mine)}
+    return results
 
 
 # ---- report --------------------------------------------------------------------------------------------------
@@ -409,12 +434,15 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny models and data, a few steps (tests)")
     parser.add_argument("--tasks", default="reverse,tweets")
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--methods", default=None, help=f"default: all ({','.join(METHODS)}); --tiny: four")
+    parser.add_argument("--seeds", default=None, help="default 0,1,2; --tiny: 0,1")
     parser.add_argument("--out_dir", default=os.path.join(os.path.dirname(HERE), "docs", "results"))
     parser.add_argument("--work_dir", default=None)
+    parser.add_argument("--jobs", type=int, default=3, help="processes training at once (one thread each)")
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    a.methods = a.methods or ("ce,forward_kl,onpolicy_1.0,seq_kd" if a.tiny else ",".join(METHODS))
+    a.seeds = a.seeds or ("0,1" if a.tiny else "0,1,2")
     methods, tasks = a.methods.split(","), a.tasks.split(",")
     unknown = (set(methods) - set(METHODS)) | (set(tasks) - set(FULL))
     if unknown:
@@ -423,7 +451,7 @@ def main(argv=None) -> dict:
     work = a.work_dir or tempfile.mkdtemp(prefix="lm_generation_")
     seeds = [int(s) for s in a.seeds.split(",")]
     table = TINY if a.tiny else FULL
-    results = {"tasks": {name: run_task(table[name], seeds, methods, work) for name in tasks}}
+    results = {"tasks": run_all([table[name] for name in tasks], seeds, methods, work, a.jobs)}
     native = "lmbda_start_step" in DistillationArguments.__dataclass_fields__
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, shared)"
     command = " ".join(["python", "benchmarks/lm_generation.py", *(argv if argv is not None else sys.argv[1:])])

@@ -29,7 +29,12 @@ REQUIRED_KEYS = ("task", "teacher_model", "teacher", "student", "command")
 SIDE_KEYS = ("parameters", "examples_per_second")  # in both `teacher` and `student`
 # metric key -> label in the card; other metrics are shown under their own name.
 METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "masked_accuracy": "masked-token accuracy",
-                 "cross_entropy": "cross-entropy (nats/token)", "perplexity": "perplexity"}
+                 "cross_entropy": "cross-entropy (nats/token)", "perplexity": "perplexity",
+                 "rougeL": "ROUGE-L F (greedy completions)", "exact_match": "exact match",
+                 "teacher_nll": "teacher NLL of the greedy completions (nats/token)",
+                 "generated_length": "generated length (tokens)", "distinct_2": "distinct-2"}
+LOWER_IS_BETTER = {"cross_entropy", "perplexity", "teacher_nll"}
+NEUTRAL_METRICS = {"generated_length", "distinct_2"}  # descriptive: neither direction is better in itself
 _NOT_METRICS = ("parameters", "examples_per_second")
 NO_LAYER_MAP = "none (no hidden-state loss)"
 
@@ -83,6 +88,15 @@ def load_results(results: dict | str | os.PathLike) -> dict:
         raise ValueError(f"the run results lack {missing}; they are written by the recipes (recipes/distil_*.py) at "
                          "the end of a run.")
     return data
+
+
+def _verdict(metric: str, gain: float) -> str:
+    """'better' / 'worse' / 'same' for the distilled student against the baseline; '' for descriptive metrics."""
+    if metric in NEUTRAL_METRICS:
+        return ""
+    if gain == 0:
+        return "same"
+    return "better" if (gain < 0) == (metric in LOWER_IS_BETTER) else "worse"
 
 
 def render_model_card(
@@ -144,6 +158,11 @@ def render_model_card(
         baseline_note = (f"Distillation bought **{100 * gain['accuracy']:+.1f} points** of accuracy: the same student "
                          f"trained on the labels alone with the same budget (same initialisation, seed and "
                          f"{base.get('optimizer_steps')} optimizer steps) reaches {base['accuracy']:.4f}.")
+    baseline_rows = [
+        {"name": METRIC_LABELS.get(k, k), "student": f"{student[k]:.4f}", "baseline": f"{base[k]:.4f}",
+         "gain": f"{g:+.4f}", "verdict": _verdict(k, g)}
+        for k, g in (gain or {}).items() if base and k in base and k in student and k not in _NOT_METRICS
+    ]
     samples = [{k: _cell(v) for k, v in s.items()} for s in r.get("generation_samples") or []]
     with template_file(template_path, template_name(r["task"])) as path:
         card = ModelCard.from_template(
@@ -172,6 +191,8 @@ def render_model_card(
             speed_device=r.get("device", "cpu"),
             speedup=f"{speedup:.2f}",
             baseline_note=baseline_note,
+            baseline_rows=baseline_rows,
+            baseline_steps=(base or {}).get("optimizer_steps"),
             student_init=student_init,
             temperature=dist.get("temperature"),
             soft_weight=dist.get("soft_weight"),

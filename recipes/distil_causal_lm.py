@@ -326,6 +326,7 @@ def evaluate_and_report(run, trainer, models: dict, params: dict, info, train_me
         comparison=comparison, dataset=rd.dataset_summary(data_args, len(train), len(evals)),
         train_metrics=train_metrics, eval_completion_tokens=n_tokens, generation_samples=samples,
         generation_eval_examples=next(iter(generation.values()), {}).get("examples", 0),
+        eval_log=[e for e in trainer.state.log_history if any(k.startswith("eval_") for k in e)],
         example_text=samples[0]["prompt"] if samples else "", **extra,
     )
 

