@@ -83,8 +83,38 @@ def cache_teacher_outputs(
     the k largest logits and their ids plus the probability mass of the rest at `temperature` (which the
     trainer then requires). Token-level outputs are stored for the example's real tokens only
     (attention_mask == 1). The DistillationTrainer reads these columns and then needs no teacher.
+
+    Args:
+        teacher: the teacher model; it runs in eval mode without gradients, and its mode is restored after.
+        dataset: a tokenized `datasets.Dataset` (the columns the teacher's forward takes, labels are left out).
+        top_k: None for full logits, or how many of the largest logits to keep per position.
+        temperature: the temperature of the top-k rest mass (training must use the same one).
+        batch_size: examples per teacher forward.
+        data_collator: builds the teacher's batches (default: `transformers.default_data_collator`).
+        output_field: the teacher output to cache, e.g. "logits" or "start_logits".
+        device: where the batches go (default: the teacher's device).
     """
     from transformers import default_data_collator
+
+    features = _teacher_features(teacher, dataset, top_k)
+    device = torch.device(device) if device is not None else next(teacher.parameters()).device
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        with torch.no_grad():
+            columns = _run_teacher(teacher, dataset, features, data_collator or default_data_collator, device,
+                                   batch_size, output_field, top_k, temperature)
+    finally:
+        teacher.train(was_training)
+    for name, values in columns.items():
+        dataset = dataset.add_column(name, values)
+    logger.info("cached the teacher's %s for %d examples (%s)", output_field, len(dataset),
+                "full logits" if top_k is None else f"top-{top_k}")
+    return dataset
+
+
+def _teacher_features(teacher: nn.Module, dataset, top_k: int | None) -> list[str]:
+    """The dataset columns the teacher's forward takes (labels left out), after checking the arguments."""
     from transformers.utils import find_labels
 
     taken = [c for c in CACHE_COLUMNS if c in dataset.column_names]
@@ -100,37 +130,31 @@ def cache_teacher_outputs(
             f"none of the dataset's columns {dataset.column_names} is an input of {type(teacher).__name__}.forward; "
             "tokenize the dataset first (input_ids, attention_mask, ...)."
         )
-    collate = data_collator or default_data_collator
-    device = torch.device(device) if device is not None else next(teacher.parameters()).device
-    was_training = teacher.training
-    teacher.eval()
+    return features
+
+
+def _run_teacher(teacher, dataset, features, collate, device, batch_size: int, output_field: str,
+                 top_k: int | None, temperature: float) -> dict[str, list]:
+    """{cache column: one value per example}, batch by batch (under no_grad, teacher in eval mode)."""
     columns: dict[str, list] = {}
-    try:
-        with torch.no_grad():
-            for start in range(0, len(dataset), batch_size):
-                rows = dataset[start : start + batch_size]  # dict of column -> list
-                examples = [{c: rows[c][i] for c in features} for i in range(len(rows[features[0]]))]
-                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(examples).items()}
-                outputs = teacher(**batch)
-                if output_field not in outputs:
-                    raise ValueError(f"the teacher returned no {output_field!r} (it returned {list(outputs.keys())}).")
-                logits = outputs[output_field].float()  # (B, C) or (B, L, C)
-                mask = batch.get("attention_mask")
-                for name, values in _cache_values(logits, top_k, temperature).items():
-                    for i in range(logits.shape[0]):
-                        v = values[i]
-                        if logits.dim() == 3 and mask is not None:
-                            v = v[mask[i].bool()]  # (L_i, ...): the example's real tokens
-                        columns.setdefault(name, []).append(v.cpu().tolist())
-                if "input_ids" in rows:  # the fingerprint the collator checks each row against
-                    columns.setdefault(INPUT_HASH, []).extend(input_hash(ids) for ids in rows["input_ids"])
-    finally:
-        teacher.train(was_training)
-    for name, values in columns.items():
-        dataset = dataset.add_column(name, values)
-    logger.info("cached the teacher's %s for %d examples (%s)", output_field, len(dataset),
-                "full logits" if top_k is None else f"top-{top_k}")
-    return dataset
+    for start in range(0, len(dataset), batch_size):
+        rows = dataset[start : start + batch_size]  # dict of column -> list
+        examples = [{c: rows[c][i] for c in features} for i in range(len(rows[features[0]]))]
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(examples).items()}
+        outputs = teacher(**batch)
+        if output_field not in outputs:
+            raise ValueError(f"the teacher returned no {output_field!r} (it returned {list(outputs.keys())}).")
+        logits = outputs[output_field].float()  # (B, C) or (B, L, C)
+        mask = batch.get("attention_mask")
+        for name, values in _cache_values(logits, top_k, temperature).items():
+            for i in range(logits.shape[0]):
+                v = values[i]
+                if logits.dim() == 3 and mask is not None:
+                    v = v[mask[i].bool()]  # (L_i, ...): the example's real tokens
+                columns.setdefault(name, []).append(v.cpu().tolist())
+        if "input_ids" in rows:  # the fingerprint the collator checks each row against
+            columns.setdefault(INPUT_HASH, []).extend(input_hash(ids) for ids in rows["input_ids"])
+    return columns
 
 
 def _cache_values(logits: torch.Tensor, top_k: int | None, temperature: float) -> dict[str, torch.Tensor]:

@@ -90,6 +90,146 @@ def load_results(results: dict | str | os.PathLike) -> dict:
     return data
 
 
+def render_model_card(
+    results: dict | str | os.PathLike,
+    model_id: str | None = None,
+    template_path: str | os.PathLike | None = None,
+    license: str = "apache-2.0",
+) -> str:
+    """The model card (markdown with YAML metadata) for a distilled student, filled from a finished run.
+
+    Args:
+        results: the dict the recipes write as `distillation_results.json`, or the run folder / that file.
+        model_id: how users load the student (the Hub repo id when pushed; defaults to the run's `model_id`).
+        template_path: a card template to fill instead of the packaged one for the run's task
+            (`model_cards/` holds editable copies).
+        license: the license written into the card's metadata.
+    """
+    from huggingface_hub import ModelCard
+
+    r = load_results(results)
+    model_id = model_id or r.get("model_id") or "path/to/student"
+    metrics = [k for k in r["student"] if k in r["teacher"] and k not in _NOT_METRICS]
+    dataset_label = _dataset_label(r.get("dataset", {}))
+    card_data = _card_data(r, model_id, metrics, dataset_label, license)
+    with template_file(template_path, template_name(r["task"])) as path:
+        card = ModelCard.from_template(
+            card_data,
+            template_path=str(path),
+            model_name=model_id.split("/")[-1],
+            model_id=model_id,
+            task=r["task"],
+            teacher_model=str(r["teacher_model"]),
+            teacher_ref=_teacher_ref(str(r["teacher_model"])),
+            dataset_label=dataset_label,
+            **_comparison_fields(r, metrics),
+            **_distillation_fields(r.get("distillation", {})),
+            baseline_note=_baseline_note(r),
+            **_baseline_fields(r),
+            command=r["command"],
+            example_text=r.get("example_text", "I love this!").replace('"', "'").replace("\n", " "),
+            generation_samples=[{k: _cell(v) for k, v in s.items()} for s in r.get("generation_samples") or []],
+            license=license,
+        )
+    return str(card)
+
+
+def _dataset_label(data: dict) -> str:
+    label = data.get("name") or f"local files ({data.get('train_file')})"
+    return f"{label}/{data['config']}" if data.get("config") else label
+
+
+def _teacher_ref(teacher_model: str) -> str:
+    """The teacher in markdown: a link to its Hub page when it is a Hub id."""
+    ref = f"`{teacher_model}`"
+    return f"[{ref}](https://huggingface.co/{teacher_model})" if is_hub_id(teacher_model) else ref
+
+
+def _card_data(r: dict, model_id: str, metrics: list[str], dataset_label: str, license: str):
+    """The card's YAML metadata, with the student's evaluation results."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    data, student, teacher_model = r.get("dataset", {}), r["student"], str(r["teacher_model"])
+    eval_results = [
+        EvalResult(
+            task_type=r["task"], dataset_type=data.get("name") or "local", dataset_name=dataset_label,
+            dataset_config=data.get("config"), dataset_split=data.get("eval_split", "validation"),
+            metric_type=name, metric_name=METRIC_LABELS.get(name, name), metric_value=float(f"{student[name]:.4f}"),
+        )
+        for name in metrics
+    ]
+    return ModelCardData(
+        model_name=model_id.split("/")[-1],
+        base_model=teacher_model if is_hub_id(teacher_model) else None,
+        datasets=[data["name"]] if data.get("name") else None,
+        license=license,
+        library_name="transformers",
+        pipeline_tag=r["task"],
+        tags=["distillation", "hf_distill", "knowledge-distillation"],
+        metrics=metrics,
+        eval_results=eval_results or None,
+    )
+
+
+def _comparison_fields(r: dict, metrics: list[str]) -> dict:
+    """Teacher vs student: metrics, size and speed, and the evaluation data."""
+    teacher, student, data = r["teacher"], r["student"], r.get("dataset", {})
+    speedup = r.get("speedup", student["examples_per_second"] / teacher["examples_per_second"])
+    return dict(
+        eval_split=data.get("eval_split", "validation"),
+        eval_examples=data.get("eval_examples"),
+        train_examples=data.get("train_examples"),
+        metric_rows=[
+            {"name": METRIC_LABELS.get(m, m), "teacher": f"{teacher[m]:.4f}", "student": f"{student[m]:.4f}"}
+            for m in metrics
+        ],
+        teacher_parameters=format_count(teacher["parameters"]),
+        student_parameters=format_count(student["parameters"]),
+        size_ratio=f"{student['parameters'] / teacher['parameters']:.0%}",
+        teacher_speed=f"{teacher['examples_per_second']:.1f}",
+        student_speed=f"{student['examples_per_second']:.1f}",
+        speed_device=r.get("device", "cpu"),
+        speedup=f"{speedup:.2f}",
+    )
+
+
+def _distillation_fields(dist: dict) -> dict:
+    """How the student was made: its initialisation, the loss settings and the training budget."""
+    layer_map = dist.get("layer_map")
+    init_layers = dist.get("student_init_layers")
+    if init_layers is not None:
+        student_init = f"copied from teacher layers {list(init_layers)} (0-based), embeddings and head copied"
+    else:
+        student_init = f"`{dist.get('student_model') or 'given model'}` (not initialised from the teacher)"
+    return dict(
+        teacher_num_layers=dist.get("teacher_num_layers"),
+        student_num_layers=dist.get("student_num_layers"),
+        student_init=student_init,
+        temperature=dist.get("temperature"),
+        soft_weight=dist.get("soft_weight"),
+        hard_weight=dist.get("hard_weight"),
+        hidden_weight=dist.get("hidden_weight"),
+        hidden_loss=dist.get("hidden_loss"),
+        layer_map=", ".join(f"{s}:{t}" for s, t in layer_map.items()) if layer_map else NO_LAYER_MAP,
+        epochs=dist.get("num_train_epochs"),
+        learning_rate=dist.get("learning_rate"),
+        global_batch=dist.get("global_train_batch_size"),
+        max_length=dist.get("max_length"),
+        seed=dist.get("seed"),
+        distillation=dist,  # the whole settings dict: templates show the settings of their kind of run
+    )
+
+
+def _baseline_note(r: dict) -> str:
+    """What the teacher was worth: the same student on the labels alone, same init, seed and optimizer steps."""
+    base, gain = r.get("hard_baseline"), r.get("distillation_gain")
+    if not (base and gain and "accuracy" in gain):
+        return ""
+    return (f"Distillation bought **{100 * gain['accuracy']:+.1f} points** of accuracy: the same student "
+            f"trained on the labels alone with the same budget (same initialisation, seed and "
+            f"{base.get('optimizer_steps')} optimizer steps) reaches {base['accuracy']:.4f}.")
+
+
 def _verdict(metric: str, gain: float) -> str:
     """'better' / 'worse' / 'same' for the distilled student against the baseline; '' for descriptive metrics."""
     if metric in NEUTRAL_METRICS:
@@ -99,119 +239,13 @@ def _verdict(metric: str, gain: float) -> str:
     return "better" if (gain < 0) == (metric in LOWER_IS_BETTER) else "worse"
 
 
-def render_model_card(
-    results: dict | str | os.PathLike,
-    model_id: str | None = None,
-    template_path: str | os.PathLike | None = None,
-    license: str = "apache-2.0",
-) -> str:
-    """The model card (markdown with YAML metadata) for a distilled student, filled from a finished run.
-
-    `results` is the dict the recipes write as `distillation_results.json`, or the run folder / file.
-    `model_id` is how users load it (the Hub repo id when pushed; defaults to the output folder name).
-    """
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    r = load_results(results)
-    teacher, student, dist, data = r["teacher"], r["student"], r.get("distillation", {}), r.get("dataset", {})
-    speedup = r.get("speedup", student["examples_per_second"] / teacher["examples_per_second"])
-    model_id = model_id or r.get("model_id") or "path/to/student"
-    metrics = [k for k in student if k in teacher and k not in _NOT_METRICS]
-    dataset_label = data.get("name") or f"local files ({data.get('train_file')})"
-    if data.get("config"):
-        dataset_label = f"{dataset_label}/{data['config']}"
-    teacher_model = str(r["teacher_model"])
-    hub_teacher = is_hub_id(teacher_model)
-    teacher_ref = f"`{teacher_model}`"
-    if hub_teacher:
-        teacher_ref = f"[{teacher_ref}](https://huggingface.co/{teacher_model})"
-
-    eval_results = [
-        EvalResult(
-            task_type=r["task"], dataset_type=data.get("name") or "local", dataset_name=dataset_label,
-            dataset_config=data.get("config"), dataset_split=data.get("eval_split", "validation"),
-            metric_type=name, metric_name=METRIC_LABELS.get(name, name), metric_value=float(f"{student[name]:.4f}"),
-        )
-        for name in metrics
-    ]
-    card_data = ModelCardData(
-        model_name=model_id.split("/")[-1],
-        base_model=teacher_model if hub_teacher else None,
-        datasets=[data["name"]] if data.get("name") else None,
-        license=license,
-        library_name="transformers",
-        pipeline_tag=r["task"],
-        tags=["distillation", "hf_distill", "knowledge-distillation"],
-        metrics=metrics,
-        eval_results=eval_results or None,
-    )
-    layer_map = dist.get("layer_map")
-    init_layers = dist.get("student_init_layers")
-    if init_layers is not None:
-        student_init = f"copied from teacher layers {list(init_layers)} (0-based), embeddings and head copied"
-    else:
-        student_init = f"`{dist.get('student_model') or 'given model'}` (not initialised from the teacher)"
-    baseline_note = ""
-    base, gain = r.get("hard_baseline"), r.get("distillation_gain")
-    if base and gain and "accuracy" in gain:
-        # What the teacher was worth: the same student on the labels alone, same init, seed and optimizer steps.
-        baseline_note = (f"Distillation bought **{100 * gain['accuracy']:+.1f} points** of accuracy: the same student "
-                         f"trained on the labels alone with the same budget (same initialisation, seed and "
-                         f"{base.get('optimizer_steps')} optimizer steps) reaches {base['accuracy']:.4f}.")
-    baseline_rows = [
-        {"name": METRIC_LABELS.get(k, k), "student": f"{student[k]:.4f}", "baseline": f"{base[k]:.4f}",
-         "gain": f"{g:+.4f}", "verdict": _verdict(k, g)}
-        for k, g in (gain or {}).items() if base and k in base and k in student and k not in _NOT_METRICS
-    ]
-    samples = [{k: _cell(v) for k, v in s.items()} for s in r.get("generation_samples") or []]
-    with template_file(template_path, template_name(r["task"])) as path:
-        card = ModelCard.from_template(
-            card_data,
-            template_path=str(path),
-            model_name=model_id.split("/")[-1],
-            model_id=model_id,
-            task=r["task"],
-            teacher_model=teacher_model,
-            teacher_ref=teacher_ref,
-            teacher_num_layers=dist.get("teacher_num_layers"),
-            student_num_layers=dist.get("student_num_layers"),
-            dataset_label=dataset_label,
-            eval_split=data.get("eval_split", "validation"),
-            eval_examples=data.get("eval_examples"),
-            train_examples=data.get("train_examples"),
-            metric_rows=[
-                {"name": METRIC_LABELS.get(m, m), "teacher": f"{teacher[m]:.4f}", "student": f"{student[m]:.4f}"}
-                for m in metrics
-            ],
-            teacher_parameters=format_count(teacher["parameters"]),
-            student_parameters=format_count(student["parameters"]),
-            size_ratio=f"{student['parameters'] / teacher['parameters']:.0%}",
-            teacher_speed=f"{teacher['examples_per_second']:.1f}",
-            student_speed=f"{student['examples_per_second']:.1f}",
-            speed_device=r.get("device", "cpu"),
-            speedup=f"{speedup:.2f}",
-            baseline_note=baseline_note,
-            baseline_rows=baseline_rows,
-            baseline_steps=(base or {}).get("optimizer_steps"),
-            student_init=student_init,
-            temperature=dist.get("temperature"),
-            soft_weight=dist.get("soft_weight"),
-            hard_weight=dist.get("hard_weight"),
-            hidden_weight=dist.get("hidden_weight"),
-            hidden_loss=dist.get("hidden_loss"),
-            layer_map=", ".join(f"{s}:{t}" for s, t in layer_map.items()) if layer_map else NO_LAYER_MAP,
-            epochs=dist.get("num_train_epochs"),
-            learning_rate=dist.get("learning_rate"),
-            global_batch=dist.get("global_train_batch_size"),
-            max_length=dist.get("max_length"),
-            seed=dist.get("seed"),
-            command=r["command"],
-            example_text=r.get("example_text", "I love this!").replace('"', "'").replace("\n", " "),
-            distillation=dist,  # the whole settings dict: templates show the settings of their kind of run
-            generation_samples=samples,
-            license=license,
-        )
-    return str(card)
+def _baseline_fields(r: dict) -> dict:
+    """The distilled student against the baseline on every metric both have (the causal-LM card's table)."""
+    student, base, gain = r["student"], r.get("hard_baseline") or {}, r.get("distillation_gain") or {}
+    rows = [{"name": METRIC_LABELS.get(k, k), "student": f"{student[k]:.4f}", "baseline": f"{base[k]:.4f}",
+             "gain": f"{g:+.4f}", "verdict": _verdict(k, g)}
+            for k, g in gain.items() if k in base and k in student and k not in _NOT_METRICS]
+    return {"baseline_rows": rows, "baseline_steps": base.get("optimizer_steps")}
 
 
 def save_model_card(output_dir: str | os.PathLike, results: dict | None = None, **kwargs) -> str:

@@ -7,6 +7,7 @@ weights) from `hf_distill.objective`, whose numbers come from `hf_distill.losses
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import ClassVar
 
@@ -29,7 +30,7 @@ from .checks import (
 )
 from .chunked import OutputHead, check_chunking
 from .config import DistillationArguments
-from .generation import CompletionSampler, check_generation_setup, sampled_batches, special_token_ids
+from .generation import STUDENT, CompletionSampler, check_generation_setup, completions_from, special_token_ids
 from .lm_data import is_packed
 from .modeling import forward_params, is_causal_lm, select_inputs, signature_columns, unwrap_peft, wrap_peft
 from .objective import (
@@ -44,7 +45,7 @@ from .objective import (
     with_projections,
 )
 from .positions import StepTokens
-from .saving import gathered_state_dict, save_student, student_part
+from .saving import gathered_state_dict, save_student, save_training_args, student_part
 from .sharding import adapt_to_sharding
 from .teacher import load_teachers, place_teacher
 
@@ -215,7 +216,7 @@ class DistillationTrainer(Trainer):
         extra = self.extra_losses(inputs, student_outputs, teacher_outputs)
         config = getattr(unwrap_peft(self.student), "config", None)
         hard = hard_loss(student_outputs, held, config, self.label_smoother, self._shift_labels)
-        loss, terms = self.objective(inputs, student_outputs, teacher_outputs, hard, pairs, extra, scales)
+        loss, terms = self.objective_for(inputs)(inputs, student_outputs, teacher_outputs, hard, pairs, extra, scales)
         return loss, terms, student_outputs
 
     def chunked_distillation_loss(self, model, inputs: dict, scales: dict[str, float] | None = None):
@@ -229,14 +230,25 @@ class DistillationTrainer(Trainer):
         teacher_outputs = self.teacher_forward(inputs, flags)
         student_outputs = model(**self._inputs_for(self._student_params, inputs, drop_labels=True), **flags)
         heads = [OutputHead.from_model(unwrap_peft(m)) for m in (self.student, *self.teachers)]
-        loss, terms = self.objective.chunked_loss(inputs, student_outputs, teacher_outputs, heads[0], heads[1:],
-                                                  self._chunk_size, scales,
-                                                  self.extra_losses(inputs, student_outputs, teacher_outputs))
+        loss, terms = self.objective_for(inputs).chunked_loss(inputs, student_outputs, teacher_outputs, heads[0],
+                                                              heads[1:], self._chunk_size, scales,
+                                                              self.extra_losses(inputs, student_outputs,
+                                                                                teacher_outputs))
         return loss, terms, student_outputs
 
     # ---- Trainer hooks --------------------------------------------------------------------------
 
+    def objective_for(self, inputs: dict) -> DistillationObjective:
+        """The objective of a batch: `self.objective`, with `on_policy_divergence` for the student's samples."""
+        name = self.args.on_policy_divergence
+        if name is None or completions_from(inputs) != STUDENT:
+            return self.objective
+        params = self.args.divergence_kwargs(name)
+        return dataclasses.replace(self.objective, divergence=name, divergence_kwargs=params)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if completions_from(inputs) == STUDENT:  # the student's own samples are no labels: soft loss only
+            inputs = {k: v for k, v in inputs.items() if k != "labels"}
         scales = self._token_scales(inputs, num_items_in_batch) if model.training else None
         # Evaluation builds the full logits only when compute_metrics will read them.
         want_logits = return_outputs and self.compute_metrics is not None and not self.args.prediction_loss_only
@@ -268,8 +280,9 @@ class DistillationTrainer(Trainer):
         over the processes when average_tokens_across_devices (the Trainer's own count skips our models).
         """
         if self.sampler.active:  # swap in sampled completions first, so that their tokens are the ones counted
-            epoch_iterator = sampled_batches(self.sampler, epoch_iterator, self.student, self.teacher,
-                                             self.state.global_step, self.accelerator)
+            drawn = [batch for _, batch in zip(range(num_batches), epoch_iterator)]
+            epoch_iterator = iter(self.sampler.sample_step(drawn, self.student, self.teacher, self.state.global_step,
+                                                           self.accelerator.process_index, self.accelerator.autocast))
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         if not self._shift_labels or not batches:
             return batches, num_items
@@ -317,6 +330,12 @@ class DistillationTrainer(Trainer):
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
         return None
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        # The Trainer pickles self.args (hub_token included) into every checkpoint: write a redacted copy over it.
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            save_training_args(self.args, output_dir if output_dir is not None else self.args.output_dir)
 
     def push_to_hub(self, *args, **kwargs):
         self._pushing = True  # Trainer.push_to_hub saves through save_model(_internal_call=True): the final student

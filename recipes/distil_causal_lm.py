@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import os
 import shutil
@@ -33,35 +34,27 @@ from transformers.trainer_pt_utils import get_model_param_count
 
 from hf_distill import DistillationArguments, DistillationTrainer, PromptCompletionCollator, tokenize_prompt_completion
 from hf_distill.evaluation import GenerationEvalCallback, evaluate_generation
-from hf_distill.lm_data import PROMPT_ATTENTION_MASK, PROMPT_INPUT_IDS, completion_nll, end_token_id
+from hf_distill.lm_data import PROMPT_ATTENTION_MASK, PROMPT_INPUT_IDS, completion_nll, end_token_id, prompt_length
 from hf_distill.positions import IGNORE_INDEX
 from hf_distill.recipes import data as rd
-from hf_distill.recipes.arguments import DataSourceArguments
+from hf_distill.recipes.arguments import DataSourceArguments, LoraArguments, lora_config
 from hf_distill.recipes.evaluation import Comparison
 from hf_distill.recipes.models import build_student, check_student_tokenizer
 from hf_distill.recipes.output import save_final_model
 from hf_distill.recipes.run import start_run
 from hf_distill.stages import hard_baseline_arguments
 
+logger = logging.getLogger(__name__)
 DEFAULT_CHUNK = 1024  # tokens per chunk of the output-layer loss
 
 
 @dataclass
-class LMModelArguments:
+class LMModelArguments(LoraArguments):
     teacher_model_name_or_path: str | None = field(default=None, metadata={"help": "Causal-LM teacher (required)."})
     student_model_name_or_path: str | None = field(default=None, metadata={"help": "Unset = cut down the teacher."})
     student_num_layers: int | None = field(default=None, metadata={"help": "Default: half the teacher's layers."})
     student_layers: str | None = field(
         default=None, metadata={"help": "0-based teacher layers copied into the student, e.g. '0,2,4'."}
-    )
-    use_peft: bool = field(
-        default=False, metadata={"help": "Train a LoRA adapter on the student instead of all weights."}
-    )
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: str = field(
-        default="all-linear", metadata={"help": "Comma-separated module names, or 'all-linear'."}
     )
     chunked_loss: bool = field(
         default=True,
@@ -77,6 +70,10 @@ class LMDataArguments(DataSourceArguments):
     messages_column: str = field(default="messages", metadata={"help": "Column with chat messages (alternative)."})
     num_generation_samples: int = field(
         default=3, metadata={"help": "Validation prompts whose greedy teacher / student generations go into the card."}
+    )
+    packing: bool = field(
+        default=False, metadata={"help": "Padding-free batches: a micro-batch's rows as one sequence, position_ids "
+                                 "restarting per row; same losses, no padding computed (docs/packing.md)."}
     )
 
 
@@ -131,7 +128,7 @@ def evaluate_lm(trainer, models: dict, dataset, chunk_size: int | None, paramete
         m.eval()
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
-        examples += batch["input_ids"].shape[0]
+        examples += batch[PROMPT_INPUT_IDS].shape[0]  # rows, packed or not
         for name, model in models.items():
             start = time.perf_counter()
             with acc.autocast():
@@ -232,6 +229,21 @@ def baseline_report(comparison: Comparison, generation: dict, baseline) -> dict:
             "distillation_gain": {k: student[k] - v for k, v in base.items() if k in student}}
 
 
+def fit_generation_length(args, configs: dict, evals):
+    """`args` with --max_new_tokens cut, with a warning, so that the longest validation prompt plus it fits every
+    model: what the end of an off-policy run generates (the card's samples, the generation metrics) must not crash
+    after training. Runs that sample in training were checked against --max_length already (check_generation_fits),
+    so this never cuts them."""
+    longest = max((prompt_length(labels) for labels in evals["labels"]), default=0)
+    room, who = rd.generation_room(configs, longest)
+    if room is None or room >= args.max_new_tokens:
+        return args
+    logger.warning("generation at the end of the run (the card's samples, generation metrics) gets %d new tokens, "
+                   "not --max_new_tokens %d: the longest validation prompt (%d tokens) plus %d would exceed the %s's "
+                   "%d positions.", room, args.max_new_tokens, longest, args.max_new_tokens, who, room + longest)
+    return dataclasses.replace(args, max_new_tokens=room)
+
+
 def main(argv: list[str] | None = None) -> dict:
     run = start_run(__file__, LMModelArguments, LMDataArguments, LMTrainingArguments, argv,
                     required={"teacher_model_name_or_path": "a causal LM (Hub id or folder)"})
@@ -249,37 +261,31 @@ def main(argv: list[str] | None = None) -> dict:
     if tokenizer.pad_token is None:  # GPT-2 / Llama tokenizers: pad with eos (padding is masked everywhere)
         tokenizer.pad_token = tokenizer.eos_token
     check_student_tokenizer(model_args.student_model_name_or_path, tokenizer, teacher_path)
-    if model_args.student_model_name_or_path:
-        rd.check_max_length(data_args.max_length, AutoConfig.from_pretrained(model_args.student_model_name_or_path),
-                            f"student {model_args.student_model_name_or_path}")
-    positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-    if (args.lmbda > 0 or args.seq_kd) and positions and data_args.max_length + args.max_new_tokens > positions:
-        raise ValueError(
-            f"max_length ({data_args.max_length}) + max_new_tokens ({args.max_new_tokens}) exceeds the teacher's "
-            f"{positions} positions: sampled sequences would not fit. Lower one of them."
-        )
+    configs = {"teacher": config}  # what the end of the run needs is checked now, against every model
+    student_path = model_args.student_model_name_or_path
+    if student_path:
+        configs["student"] = AutoConfig.from_pretrained(student_path)
+        rd.check_max_length(data_args.max_length, configs["student"], f"student {student_path}")
+    rd.check_lm_length_leaves_text(data_args.max_length, tokenizer)
+    if args.samples_completions:
+        rd.check_generation_fits(configs, data_args.max_length, args.max_new_tokens, "--lmbda / --seq_kd")
 
     splits = [data_args.train_split, data_args.validation_split]
-    raw = standard_columns(rd.load_raw_datasets(data_args)[0], splits, data_args)
+    raw, sources = rd.load_raw_datasets(data_args)
+    raw = standard_columns(raw, splits, data_args)
     with args.main_process_first(desc="tokenizing"):
-        data = {s: tokenize_prompt_completion(raw[s], tokenizer, data_args.max_length, desc=f"tokenizing {s}")
-                for s in splits}
+        data = {s: tokenize_prompt_completion(raw[s], tokenizer, data_args.max_length, desc=f"tokenizing {s}",
+                                              source=sources[s]) for s in splits}
+    args = fit_generation_length(args, configs, data[splits[1]])
 
     set_seed(args.seed)
     teacher = AutoModelForCausalLM.from_pretrained(teacher_path)
     student, info = build_student(AutoModelForCausalLM, teacher, model_args.student_model_name_or_path,
                                   model_args.student_num_layers, model_args.student_layers)
     params = {"teacher": get_model_param_count(teacher), "student": get_model_param_count(student)}
-    peft_config = None
-    if model_args.use_peft:
-        from peft import LoraConfig
+    peft_config = lora_config(model_args)
 
-        targets = model_args.lora_target_modules
-        peft_config = LoraConfig(task_type="CAUSAL_LM", r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
-                                 lora_dropout=model_args.lora_dropout,
-                                 target_modules=targets if targets == "all-linear" else targets.split(","))
-
-    collator = PromptCompletionCollator.from_tokenizer(tokenizer)
+    collator = PromptCompletionCollator.from_tokenizer(tokenizer, pack=data_args.packing)
     baseline_init = copy.deepcopy(student) if args.compare_with_hard_baseline else None
     # The recipe pushes the final folder itself (Run.finish); the Trainer must not create repos or push checkpoints.
     trainer = DistillationTrainer(
@@ -289,7 +295,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     add_generation_eval(trainer, trainer.teacher, tokenizer, data[splits[1]], args)
     with run.owning_output_dir():
-        train_metrics = trainer.train(resume_from_checkpoint=run.resume).metrics
+        train_metrics = run.train(trainer).metrics
         save_final_model(trainer, args.output_dir)  # the student (adapter merged) + tokenizer, never the teacher
         models = {"teacher": trainer.teacher, "student": trainer.accelerator.unwrap_model(trainer.model_wrapped)}
         baseline = None
@@ -303,6 +309,8 @@ def main(argv: list[str] | None = None) -> dict:
         results["distillation"].update(
             mode="on-policy (GKD)" if args.lmbda > 0 else ("sequence-level KD" if args.seq_kd else "off-policy"),
             divergence=args.divergence, lmbda=args.lmbda, seq_kd=args.seq_kd, max_new_tokens=args.max_new_tokens,
+            lmbda_start_step=args.lmbda_start_step, lmbda_warmup_steps=args.lmbda_warmup_steps,
+            on_policy_divergence=args.on_policy_divergence or (args.divergence if args.lmbda > 0 else None),
             generation_temperature=args.generation_temperature, loss_chunk_size=args.loss_chunk_size,
             peft=model_args.use_peft,
         )

@@ -153,3 +153,16 @@ def test_lm_generation_tiny_summary_follows_from_its_runs(tmp_path):
     assert results["meta"]["commit"] in table and "--tiny" in results["meta"]["command"]
     assert all(f"| {m} |" in table for m in ("teacher", "ce", "forward_kl", "seq_kd"))
     assert (tmp_path / "lm_generation_reverse.png").exists()
+
+
+def test_packing_ratio_follows_from_its_times_and_losses_match():
+    out = run_tiny("packing.py")
+    tokens = int(value(r"per repeat: (\d+) distilled tokens", out))
+    cells = r" \| ".join([NUMBER] * 5)
+    rows = re.findall(rf"^\| ([a-z() 0-9]+) \| {cells} \|", out, flags=re.M)
+    assert [r[0] for r in rows] == ["full logits", "chunked (1024 rows)"]
+    for _, padded_s, packed_s, padded_tps, packed_tps, ratio in rows:
+        assert consistent(padded_tps, lambda n, t: n / t, tokens, padded_s)
+        assert consistent(packed_tps, lambda n, t: n / t, tokens, packed_s)
+        assert consistent(ratio, lambda a, b: a / b, padded_s, packed_s)
+    assert out.count("same loss to 1e-5: yes") == 2

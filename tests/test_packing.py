@@ -13,7 +13,7 @@ import transformers as tf
 from llm_setup import collate, lm_data, tiny_lm, tokenizer
 
 from hf_distill import DistillationArguments, DistillationTrainer
-from hf_distill.lm_data import PromptCompletionCollator, is_packed, pack_padded
+from hf_distill.lm_data import PromptCompletionCollator, completion_nll, is_packed, pack_padded
 from hf_distill.modeling import PACKING_MODEL_TYPES, packing_problem
 from hf_distill.positions import token_counts
 
@@ -35,6 +35,18 @@ def test_pack_padded_by_hand():
         "position_ids"].tolist() == [[0, 1, 2]]
     with pytest.raises(ValueError, match="pad_to_multiple_of"):
         PromptCompletionCollator(0, pad_to_multiple_of=8, pack=True)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_completion_nll_of_packed_batches_equals_padded(arch):
+    model = tiny_lm(arch, vocab=56, seed=3).eval()
+    features = [lm_data(6, seed=4)[i] for i in range(6)]
+    padded = PromptCompletionCollator(0)(features)
+    for chunk in (None, 3):
+        nll, n = completion_nll(model, padded, chunk)
+        packed_nll, packed_n = completion_nll(model, pack_padded(padded), chunk)
+        assert packed_n.tolist() == n.tolist() and len(n) == 6 and int(n.sum()) > 0
+        torch.testing.assert_close(packed_nll, nll, rtol=1e-5, atol=1e-5)
 
 
 SMALL = {"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,

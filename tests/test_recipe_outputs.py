@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
+from conftest import tiny_bert
 from recipe_helpers import recipe_args, save_classifier, write_csv
 from safetensors.torch import load_file
 
@@ -19,10 +22,13 @@ from hf_distill.recipes.output import (
     LOCK_NAME,
     MANIFEST_NAME,
     OutputFolder,
+    _start_ticks,
+    check_checkpoint_fits,
     input_paths,
     read_manifest,
     resolve_resume,
     save_final_model,
+    what_works,
     write_json,
 )
 from recipes import distil_bert
@@ -249,7 +255,7 @@ def test_cache_cli_follows_the_output_folder_rules(setup, tmp_path):
     out = tmp_path / "cached"
     cache(train, out)
     assert len(load_from_disk(str(out))) == 32
-    with pytest.raises(ValueError, match=r"already holds a previous run .*--overwrite_output_dir to replace it") as e:
+    with pytest.raises(ValueError, match=r"already holds a previous run .*Start over with --overwrite_output") as e:
         cache(dev, out)
     assert "resume" not in str(e.value) and len(load_from_disk(str(out))) == 32  # refused, nothing replaced
     (out / "notes.txt").write_text("mine")
@@ -284,3 +290,146 @@ def test_core_cache_module_does_not_import_the_recipes_and_the_documented_comman
     done = subprocess.run([sys.executable, "-m", "hf_distill.cache", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "--overwrite_output_dir" in done.stdout and "--teacher_model_name_or_path" in (
         done.stdout)
+
+
+def test_a_stale_lock_is_known_by_pid_boot_and_start_time_not_by_pid_alone(tmp_path, caplog):
+    """Issue 21: a restarted container runs the recipe as pid 1 again, so the dead run's lock names a live pid (the new
+    process itself). The owner is the pid AND its start time on this boot."""
+    folder = OutputFolder(str(tmp_path / "out"))
+    (tmp_path / "out").mkdir()
+    me = {"run_id": "old", "pid": os.getpid(), "host": os.uname().nodename, "start_ticks": _start_ticks(os.getpid()),
+          "boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip()}
+    (tmp_path / "out" / LOCK_NAME).write_text(json.dumps(me))  # this very process: a live owner
+    with pytest.raises(ValueError, match="in use by run old"):
+        folder.claim()
+    for stale in ({"start_ticks": me["start_ticks"] + 1},  # same pid, another process (the restarted container)
+                  {"boot_id": "another-boot", "pid": 1}):  # written before the machine rebooted
+        (tmp_path / "out" / LOCK_NAME).write_text(json.dumps({**me, **stale}))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            folder.claim()
+        assert "taking over" in caplog.text and "from run old" in caplog.text
+        assert json.loads((tmp_path / "out" / LOCK_NAME).read_text())["run_id"] == folder.run_id
+        folder.release()
+    other_host = {**me, "host": "elsewhere", "start_ticks": 1}  # cannot be judged from here: refused
+    (tmp_path / "out" / LOCK_NAME).write_text(json.dumps(other_host))
+    with pytest.raises(ValueError, match="in use by run old .* on elsewhere"):
+        folder.claim()
+
+
+@pytest.fixture
+def three_checkpoints(setup, tmp_path):
+    teacher, data = setup
+    out = tmp_path / "out"
+    _run(teacher, data, out, *SAVE_EACH_STEP, "--max_steps", "3")
+    return teacher, data, out
+
+
+@pytest.mark.parametrize("name", ["optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin",
+                                  "model.safetensors"])
+def test_resume_last_skips_a_checkpoint_with_any_truncated_file(three_checkpoints, name, caplog, tmp_path):
+    """Issue 21: a truncated optimizer.pt beside a valid trainer_state.json (a power loss before the data reached the
+    disk) was resumed; every file the Trainer writes must be whole."""
+    _, _, out = three_checkpoints
+    shutil.rmtree(out / "checkpoint-1")
+    path = out / "checkpoint-3" / name
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+    with caplog.at_level(logging.WARNING):
+        assert resolve_resume("last", str(out)) == str(out / "checkpoint-2")
+    assert f"checkpoint-3: incomplete (truncated or unreadable {name}" in caplog.text.replace(str(out) + os.sep, "")
+    with pytest.raises(ValueError, match=f"checkpoint-3 is incomplete \\(truncated or unreadable {name}"):
+        resolve_resume(str(out / "checkpoint-3"), str(out))
+
+
+def test_resuming_a_checkpoint_of_another_model_is_a_clear_error(three_checkpoints):
+    """Issue 21: another size was a raw size-mismatch traceback; another depth only a warning (then training a partly
+    fresh model)."""
+    teacher, data, out = three_checkpoints
+    with pytest.raises(ValueError, match=r"checkpoint-3 was written for another model than this run builds \(\d+ of "
+                                         r"the model's tensors not in it \(e\.g\. .*layer\.2\."):
+        _run(teacher, data, out, *SAVE_EACH_STEP, "--max_steps", "4", "--student_num_layers", "3",
+             "--resume_from_checkpoint", "last")
+    with pytest.raises(ValueError, match=r"checkpoint-3 was written for another model .*tensor\(s\) of another shape "
+                                         r"\(bert\.embeddings\.word_embeddings\.weight: \(\d+, 32\) in the "
+                                         r"checkpoint, \(\d+, 16\) in the model"):
+        check_checkpoint_fits(str(out / "checkpoint-3"), tiny_bert(layers=2, hidden=16))
+    check_checkpoint_fits(str(out / "checkpoint-3"), tiny_bert(layers=2, hidden=32))  # the same model: fine
+
+
+def test_after_a_failed_final_save_every_refusal_says_the_one_thing_that_works(setup, tmp_path):
+    """Issue 21: a plain rerun said "resume", and --resume_from_checkpoint last said "start without it"."""
+    teacher, data = setup
+    out = tmp_path / "out"
+    def full_disk(trainer, output_dir):  # the staging folder half written, then the disk is full
+        os.makedirs(os.path.join(output_dir, ".incomplete-save"))
+        Path(output_dir, ".incomplete-save", "model.safetensors").write_bytes(b"\0" * 10)
+        raise OSError(28, "No space left on device")
+
+    with mock.patch("recipes.distil_bert.save_final_model", full_disk):
+        with pytest.raises(OSError):
+            _run(teacher, data, out, "--max_steps", "1", "--student_num_layers", "2")  # no checkpoints
+    hint = what_works(str(out))
+    assert hint.startswith("It holds no complete checkpoint to resume from: start over with --overwrite_output_dir")
+    with pytest.raises(ValueError) as plain:
+        _run(teacher, data, out, "--max_steps", "1", "--student_num_layers", "2")
+    with pytest.raises(ValueError) as resume:
+        _run(teacher, data, out, "--max_steps", "1", "--student_num_layers", "2", "--resume_from_checkpoint", "last")
+    assert str(plain.value).endswith(hint) and str(resume.value).endswith(hint)
+    assert "--resume_from_checkpoint last" not in hint
+    _run(teacher, data, out, "--max_steps", "1", "--student_num_layers", "2", "--overwrite_output_dir")  # it works
+    # with a complete checkpoint the advice is to resume, and that works too
+    _run(teacher, data, out, *SAVE_EACH_STEP, "--max_steps", "1", "--overwrite_output_dir")
+    with pytest.raises(ValueError, match=r"Continue it with --resume_from_checkpoint last \(from checkpoint-1\)"):
+        _run(teacher, data, out, *SAVE_EACH_STEP, "--max_steps", "2")
+    _run(teacher, data, out, *SAVE_EACH_STEP, "--max_steps", "2", "--resume_from_checkpoint", "last")
+
+
+SECRET = "hf_" + "Sx7" * 8  # token-shaped
+
+
+def _files_holding(folder: Path, secret: str) -> list[str]:
+    return [str(p) for p in folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+def test_no_secret_reaches_any_file_of_the_run(setup, tmp_path):
+    """Issue 21: --hub_token and a token in --run_name were pickled into training_args.bin (folder + checkpoints)."""
+    teacher, data = setup
+    out = tmp_path / "out"
+    _run(teacher, data, out, *SAVE_EACH_STEP, "--max_steps", "2", "--hub_token", SECRET, "--run_name",
+         f"exp-{SECRET}-a")
+    saved = sorted(out.rglob("training_args.bin"))
+    assert len(saved) == 3  # the student's folder and both checkpoints
+    for path in saved:
+        args = torch.load(path, weights_only=False)
+        assert args.hub_token is None and args.run_name == "exp-REDACTED-a" and args.max_steps == 2, path
+    assert _files_holding(out, SECRET) == [] and _files_holding(out, SECRET[3:]) == []
+
+
+def test_the_trainer_itself_writes_redacted_arguments(tmp_path):
+    """Without the recipes: DistillationTrainer's checkpoints and final save hold no token either; its own args keep
+    the token (a push still works)."""
+    from conftest import classification_data
+
+    from hf_distill import DistillationArguments, DistillationTrainer
+
+    args = DistillationArguments(output_dir=str(tmp_path / "o"), report_to=[], max_steps=1, use_cpu=True,
+                                 per_device_train_batch_size=4, save_strategy="steps", save_steps=1,
+                                 hub_token=SECRET, run_name=f"r-{SECRET}")
+    trainer = DistillationTrainer(tiny_bert(layers=1, hidden=32), tiny_bert(layers=2, hidden=32), args,
+                                  train_dataset=classification_data(4))
+    trainer.train()
+    trainer.save_model()
+    assert len(list((tmp_path / "o").rglob("training_args.bin"))) == 2
+    assert _files_holding(tmp_path / "o", SECRET) == [] and trainer.args.hub_token == SECRET
+
+
+def test_redacted_args_copy_leaves_the_original_alone():
+    from transformers import TrainingArguments
+
+    from hf_distill.redaction import redacted_args
+
+    args = TrainingArguments(output_dir="x", hub_token=SECRET, run_name=f"a {SECRET}", report_to=[],
+                             label_names=[f"l-{SECRET}"])
+    safe = redacted_args(args)
+    assert (safe.hub_token, safe.run_name, safe.label_names) == (None, "a REDACTED", ["l-REDACTED"])
+    assert (args.hub_token, args.run_name) == (SECRET, f"a {SECRET}") and safe.output_dir == "x"

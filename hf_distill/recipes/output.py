@@ -18,6 +18,7 @@ import socket
 import tempfile
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 
 logger = logging.getLogger(__name__)
@@ -47,9 +48,55 @@ MIN_FREE_BYTES = 50 * 2**20
 # ---- checkpoints -----------------------------------------------------------------------------------
 
 
+def _torch_file_problem(path: str) -> str | None:
+    """torch.save writes a zip archive whose directory is at its end: a file cut short (a kill, a full disk, a power
+    loss before the data reached the disk) has none. Only the directory is read, not the tensors."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            size = os.path.getsize(path)
+            if any(info.header_offset + info.compress_size > size for info in archive.infolist()):
+                return "an entry runs past its end"
+    except (zipfile.BadZipFile, OSError) as e:
+        return str(e)
+    return None
+
+
+TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+
+
+def saved_file_problem(path: str, legacy_pickle_ok: bool = False) -> str | None:
+    """Why a saved weights / state file cannot be read to its end (None when it can): a safetensors header that
+    does not match the file's size, a torch zip archive without its directory. The one check of whole files, for
+    checkpoints and for model folders given as inputs.
+
+    Args:
+        path: a `*.safetensors`, `*.pt`, `*.pth` or `*.bin` file (other files: None).
+        legacy_pickle_ok: accept a torch file that is not a zip archive (torch.save before 1.6; old model folders).
+    """
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, "pt"):
+                pass
+        except Exception as e:  # safetensors checks the header against the file size: truncation shows here
+            return str(e)
+        return None
+    if not path.endswith(TORCH_SUFFIXES):
+        return None
+    if legacy_pickle_ok and os.path.getsize(path) > 0:
+        with open(path, "rb") as f:
+            if f.read(2) != b"PK":  # not a zip archive: a legacy pickle, which has no directory to check
+                return None
+    return _torch_file_problem(path)
+
+
 def checkpoint_problem(folder: str) -> str | None:
-    """Why `folder` cannot be resumed from (None when it is complete): the Trainer writes trainer_state.json after
-    the weights, optimizer and RNG states, so a checkpoint cut short by a kill lacks it or has truncated weights."""
+    """Why `folder` cannot be resumed from (None when it is complete). Complete = trainer_state.json (the Trainer's
+    last write) readable, model weights present, and every file the Trainer wrote readable to its end: each
+    safetensors file's header matches its size, each torch file (optimizer.pt, scheduler.pt, rng_state*.pth,
+    training_args.bin, DeepSpeed's states in subfolders) has its zip directory. A kill or a power loss while saving
+    leaves one of these cut short."""
     state = os.path.join(folder, "trainer_state.json")
     if not os.path.isfile(state):
         return "no trainer_state.json"
@@ -59,17 +106,13 @@ def checkpoint_problem(folder: str) -> str | None:
     except (OSError, ValueError) as e:
         return f"unreadable trainer_state.json ({e})"
     weights = [name for name in WEIGHT_FILES if os.path.isfile(os.path.join(folder, name))]
-    if not weights:
+    if not weights and not any(name.startswith("global_step") for name in os.listdir(folder)):
         return f"no model weights ({' / '.join(WEIGHT_FILES[:3])})"
-    from safetensors import safe_open
-
-    for name in os.listdir(folder):
-        if name.endswith(".safetensors"):
-            try:
-                with safe_open(os.path.join(folder, name), "pt"):
-                    pass
-            except Exception as e:  # safetensors checks the header against the file size: truncation shows here
-                return f"truncated or unreadable {name} ({e})"
+    for root, _, names in os.walk(folder):
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            if problem := saved_file_problem(path):
+                return f"truncated or unreadable {os.path.relpath(path, folder)} ({problem})"
     return None
 
 
@@ -99,7 +142,7 @@ def resolve_resume(resume: str | None, folder: str) -> str | None:
             skipped.append((path, problem))
         details = "; ".join(f"{os.path.basename(p)}: {why}" for p, why in skipped)
         raise ValueError(f"--resume_from_checkpoint {resume} but {folder} holds no complete checkpoint-* folder"
-                         f"{' (' + details + ')' if details else ''}. Start without --resume_from_checkpoint.")
+                         f"{' (' + details + ')' if details else ''}. {what_works(folder)}")
     if not os.path.isdir(resume):
         raise ValueError(f"--resume_from_checkpoint {resume} is not a folder; give a checkpoint-N folder or 'last'.")
     problem = checkpoint_problem(resume)
@@ -107,6 +150,66 @@ def resolve_resume(resume: str | None, folder: str) -> str | None:
         raise ValueError(f"--resume_from_checkpoint {resume} is incomplete ({problem}); give an older checkpoint or "
                          "'last' (the newest complete one).")
     return resume
+
+
+def checkpoint_mismatch(checkpoint: str, model) -> str | None:
+    """How the weights in `checkpoint` do not fit `model` (None when they do, or cannot be read cheaply: adapters,
+    .bin weights, DeepSpeed states). The Trainer would raise a bare size-mismatch RuntimeError for another shape,
+    and only warn for missing or extra layers (then train a partly fresh model)."""
+    from safetensors import safe_open
+
+    files = [name for name in sorted(os.listdir(checkpoint)) if name.startswith("model") and name.endswith(
+        ".safetensors")]
+    if not files:
+        return None
+    saved = {}
+    for name in files:
+        with safe_open(os.path.join(checkpoint, name), "pt") as f:
+            saved.update({key: tuple(f.get_slice(key).get_shape()) for key in f.keys()})  # noqa: SIM118
+    state = model.state_dict()
+    wrong = [f"{key}: {tuple(saved[key])} in the checkpoint, {tuple(t.shape)} in the model"
+             for key, t in state.items() if key in saved and tuple(saved[key]) != tuple(t.shape)]
+    present = {t.data_ptr() for key, t in state.items() if key in saved and t.numel()}
+    missing = [key for key, t in state.items() if key not in saved and not (t.numel() and t.data_ptr() in present)]
+    extra = [key for key in saved if key not in state]  # tied copies are saved once, under one of their names
+    if not (wrong or missing or extra):
+        return None
+    parts = [f"{len(wrong)} tensor(s) of another shape ({'; '.join(wrong[:3])})"] if wrong else []
+    parts += [f"{len(missing)} of the model's tensors not in it (e.g. {', '.join(missing[:3])})"] if missing else []
+    parts += [f"{len(extra)} tensors the model does not have (e.g. {', '.join(extra[:3])})"] if extra else []
+    return "; ".join(parts)
+
+
+def check_checkpoint_fits(checkpoint: str, model) -> None:
+    """A ValueError naming `checkpoint` and the mismatch when it was written for another model (another size, another
+    number of layers): resuming it would fail with a raw traceback or silently train a partly fresh model."""
+    problem = checkpoint_mismatch(checkpoint, model)
+    if problem is not None:
+        raise ValueError(f"--resume_from_checkpoint: {checkpoint} was written for another model than this run builds "
+                         f"({problem}). Resume with the model arguments of the run that wrote it, or start over with "
+                         "--overwrite_output_dir / another --output_dir.")
+
+
+def newest_complete_checkpoint(folder: str) -> str | None:
+    """The newest checkpoint of `folder` that `checkpoint_problem` finds complete, or None."""
+    return next((path for path in checkpoints(folder) if checkpoint_problem(path) is None), None)
+
+
+def what_works(folder: str, resumable: bool = True) -> str:
+    """The one next step that works for a run folder, said the same way by every refusal (a plain rerun in a used
+    folder, `--resume_from_checkpoint last` with nothing to resume): resume when a complete checkpoint exists,
+    otherwise start over or elsewhere."""
+    entries = [n for n in os.listdir(folder) if n not in (LOCK_NAME, MANIFEST_NAME)] if os.path.isdir(folder) else []
+    if not entries:
+        return "Start without --resume_from_checkpoint."
+    newest = newest_complete_checkpoint(folder) if resumable else None
+    if newest is not None:
+        return (f"Continue it with --resume_from_checkpoint last (from {os.path.basename(newest)}), start over with "
+                "--overwrite_output_dir (it removes only what runs wrote there), or choose another --output_dir.")
+    return ("It holds no complete checkpoint to resume from" if resumable else "Start over") + (
+        ": start over with --overwrite_output_dir (it removes only what runs wrote there) or choose another "
+        "--output_dir." if resumable else " with --overwrite_output_dir (it removes only what runs wrote there) or "
+        "choose another --output_dir.")
 
 
 # ---- the manifest: what the runs wrote ------------------------------------------------------------------
@@ -344,13 +447,8 @@ class OutputFolder:
     def _check_previous_run(self) -> None:
         found = self._entries()
         if found and not self.overwrite and self.resume is None:
-            resume = ("--resume_from_checkpoint last (or a checkpoint folder) to continue it, " if self.resumable
-                      else "")
-            raise ValueError(
-                f"--output_dir {self.path} already holds a previous run ({', '.join(found[:5])}); pass "
-                f"--overwrite_output_dir to replace it (only what runs wrote there is removed), {resume}or choose "
-                "another --output_dir."
-            )
+            raise ValueError(f"--output_dir {self.path} already holds a previous run ({', '.join(found[:5])}). "
+                             f"{what_works(self.path, self.resumable)}")
 
     def _read_lock(self) -> dict:
         try:

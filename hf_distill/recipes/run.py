@@ -18,10 +18,19 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .. import __version__
 from ..model_card import CARD_NAME, RESULTS_NAME, format_count, save_model_card
+from ..redaction import redacted_args
 from .arguments import OutputArguments, config_file, launch_command, parse_args
 from .evaluation import Comparison
 from .models import StudentInfo, check_model_source
-from .output import PUSH_IGNORE, OutputFolder, input_paths, needed_bytes, resolve_resume, write_json
+from .output import (
+    PUSH_IGNORE,
+    OutputFolder,
+    check_checkpoint_fits,
+    input_paths,
+    needed_bytes,
+    resolve_resume,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +61,13 @@ class Run:
         finally:
             if self.args.process_index == 0:
                 self.output.release()
+
+    def train(self, trainer):
+        """`trainer.train()`, resuming from `self.resume` after checking that the checkpoint was written for this
+        trainer's model (another size or depth is a ValueError naming both, not a raw traceback)."""
+        if self.resume is not None:
+            check_checkpoint_fits(self.resume, trainer.model)
+        return trainer.train(resume_from_checkpoint=self.resume)
 
     def results(self, trainer, *, task: str, teacher: str, student: StudentInfo, comparison: Comparison,
                 dataset: dict, train_metrics: dict, **extra) -> dict:
@@ -122,6 +138,12 @@ def check_push(args) -> str | None:
             "--push_to_hub but no Hugging Face credentials were found: run `hf auth login`, set HF_TOKEN, "
             "or pass --hub_token."
         )
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:  # the push is the run's last step: it would fail after training
+        raise ValueError("--push_to_hub, but HF_HUB_OFFLINE is set: the push at the end of the run would fail after "
+                         "training. Unset HF_HUB_OFFLINE, or train without --push_to_hub and upload the folder later "
+                         "(`hf upload REPO OUTPUT_DIR`).")
     return token
 
 
@@ -147,6 +169,9 @@ def start_run(script: str, model_class, data_class, training_class, argv: list[s
     output.check(inputs, needed_bytes(list(model_paths.values()), args))
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     token = check_push(args)
+    # From here on the run holds its token in Run.token only: every Trainer gets arguments without secrets, so no
+    # training_args.bin (checkpoints, the student's folder, plain Trainers too) and no tracker sees them.
+    args = redacted_args(args)
     return Run(model_args, data_args, args, output, resume, token, launch_command(script, argv))
 
 
