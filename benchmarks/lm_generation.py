@@ -46,7 +46,6 @@ import multiprocessing
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,6 +61,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # lm_real_data
 import lm_real_data as lrd
 import numpy as np
 import torch
+from provenance import provenance
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     GenerationConfig,
@@ -423,14 +423,6 @@ def plots(results: dict, out: Path, prefix: str) -> list[str]:
     return written
 
 
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny models and data, a few steps (tests)")
@@ -455,10 +447,9 @@ def main(argv=None) -> dict:
     results = {"tasks": run_all([table[name] for name in tasks], seeds, methods, work, a.jobs)}
     native = "lmbda_start_step" in DistillationArguments.__dataclass_fields__
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, shared)"
-    command = " ".join(["python", "benchmarks/lm_generation.py", *(argv if argv is not None else sys.argv[1:])])
+    record = provenance(argv)
     results["meta"] = {"device": device, "seeds": seeds, "total_seconds": time.perf_counter() - begin,
-                       "commit": commit(), "command": command, "torch": torch.__version__, "tiny": a.tiny,
-                       "threads": torch.get_num_threads(),
+                       **record, "torch": torch.__version__, "tiny": a.tiny, "jobs": a.jobs,
                        "warm_start": "lmbda_start_step" if native else "fallback (sampler patched in this script)"}
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
