@@ -457,14 +457,13 @@ def main(argv=None) -> dict:
     unknown = (set(methods) - set(METHODS)) | (set(tasks) - set(FULL))
     if unknown:
         raise ValueError(f"unknown methods / tasks {sorted(unknown)}; methods: {list(METHODS)}, tasks: {list(FULL)}.")
-    begin = time.perf_counter()
+    begin, record = time.perf_counter(), provenance(argv)  # at the start: the code that runs
     work = a.work_dir or tempfile.mkdtemp(prefix="lm_generation_")
     seeds = [int(s) for s in a.seeds.split(",")]
     table = TINY if a.tiny else FULL
     results = {"tasks": run_all([table[name] for name in tasks], seeds, methods, work, a.jobs)}
     native = "lmbda_start_step" in DistillationArguments.__dataclass_fields__
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, shared)"
-    record = provenance(argv)
     results["meta"] = {"device": device, "seeds": seeds, "total_seconds": time.perf_counter() - begin,
                        **record, "torch": torch.__version__, "tiny": a.tiny, "jobs": a.jobs,
                        "warm_start": "lmbda_start_step" if native else "fallback (sampler patched in this script)"}
