@@ -301,26 +301,37 @@ def scores(model, teacher, tokenizer, task, rows, floor: bool = False) -> dict:
 
 
 def prepare_task(task: TaskConfig, work: str) -> dict:
-    """Data, tokenizer and teacher of one task, saved under work/<task>/; the teacher's scores."""
+    """Data, tokenizer and teacher of one task, saved under work/<task>/ (kept and reused when already there,
+    e.g. after an interrupted run); the teacher's scores."""
     torch.set_num_threads(1)  # several jobs share the cores: one thread each
     folder = os.path.join(work, task.name)
+    record = Path(folder, "teacher.json")
+    if record.exists():
+        return json.loads(record.read_text())
     data, tokenizer = reverse_data(task) if task.name == "reverse" else tweets_data(task)
     tokenizer.save_pretrained(os.path.join(folder, "tokenizer"))
     torch.save(data, os.path.join(folder, "data.pt"))
     start = time.perf_counter()
-    teacher = train_teacher(task, tokenizer, data, os.path.join(folder, "teacher"))
-    seconds = time.perf_counter() - start
+    if Path(folder, "teacher", "config.json").exists():
+        teacher, seconds = GPT2LMHeadModel.from_pretrained(os.path.join(folder, "teacher")).eval(), None
+    else:
+        teacher = train_teacher(task, tokenizer, data, os.path.join(folder, "teacher"))
+        seconds = time.perf_counter() - start
     teacher_scores = {s: scores(teacher, teacher, tokenizer, task, data[s]) for s in ("validation", "test")}
-    print(f"[{task.name}] teacher ({seconds:.0f} s): test {task.metric} {teacher_scores['test'][task.metric]:.4f}",
-          flush=True)
-    return {"teacher": teacher_scores, "teacher_seconds": seconds, "examples": {s: len(v) for s, v in data.items()},
-            "example": {"prompt": tokenizer.decode(data["test"][0]["input_ids"], skip_special_tokens=True)}}
+    print(f"[{task.name}] teacher: test {task.metric} {teacher_scores['test'][task.metric]:.4f}", flush=True)
+    info = {"teacher": teacher_scores, "teacher_seconds": seconds, "examples": {s: len(v) for s, v in data.items()}}
+    record.write_text(json.dumps(info))
+    return info
 
 
 def student_job(task: TaskConfig, method: str, seed: int, work: str) -> dict:
-    """One student: trained with the method for the fixed budget, scored on validation and test."""
+    """One student: trained with the method for the fixed budget, scored on validation and test; the record is
+    written to work/<task>/runs/ and reused when already there."""
     torch.set_num_threads(1)
     folder = os.path.join(work, task.name)
+    record = Path(folder, "runs", f"{method}-{seed}.json")
+    if record.exists():
+        return json.loads(record.read_text())
     tokenizer = PreTrainedTokenizerFast.from_pretrained(os.path.join(folder, "tokenizer"))
     data = torch.load(os.path.join(folder, "data.pt"))
     teacher = GPT2LMHeadModel.from_pretrained(os.path.join(folder, "teacher")).eval()
@@ -330,19 +341,27 @@ def student_job(task: TaskConfig, method: str, seed: int, work: str) -> dict:
            **{s: scores(student, teacher, tokenizer, task, data[s]) for s in ("validation", "test")}}
     print(f"[{task.name}] {method} seed {seed} ({seconds:.0f} s): val {task.metric} "
           f"{run['validation'][task.metric]:.4f}, test {run['test'][task.metric]:.4f}", flush=True)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(run))
     return run
 
 
-def run_all(tasks: list[TaskConfig], seeds: list[int], methods: list[str], work: str, jobs: int) -> dict:
-    """Teachers (one job per task), then every (task, method, seed) student, `jobs` processes at a time."""
-    context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        prepared = dict(zip([t.name for t in tasks], pool.map(prepare_task, tasks, [work] * len(tasks))))
-        grid = [(t, m, s) for s in seeds for t in tasks for m in methods]
-        runs = list(pool.map(student_job, *zip(*grid), [work] * len(grid)))
+def run_all(tasks: list[TaskConfig], seeds: list[int], methods: dict[str, list[str]], work: str, jobs: int,
+            summarise_only: bool = False) -> dict:
+    """Teachers (one job per task), then every (task, method, seed) student, `jobs` processes at a time; with
+    `summarise_only`, the records already in `work` (an interrupted run: the table says which seeds it has)."""
+    grid = [(t, m, s) for s in seeds for t in tasks for m in methods[t.name]]
+    if summarise_only:
+        prepared = {t.name: json.loads(Path(work, t.name, "teacher.json").read_text()) for t in tasks}
+        runs = [json.loads(p.read_text()) if (p := Path(work, t.name, "runs", f"{m}-{s}.json")).exists() else None
+                for t, m, s in grid]
+    else:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+            prepared = dict(zip([t.name for t in tasks], pool.map(prepare_task, tasks, [work] * len(tasks))))
+            runs = list(pool.map(student_job, *zip(*grid), [work] * len(grid)))
     results = {}
     for task in tasks:
-        mine = [r for (t, _, _), r in zip(grid, runs) if t.name == task.name]
+        mine = [r for (t, _, _), r in zip(grid, runs) if t.name == task.name and r is not None]
         info = prepared[task.name]
         results[task.name] = {"config": asdict(task), **info, "runs": mine,
                               "summary": summarise(task, info["teacher"], mine)}
@@ -398,7 +417,8 @@ def markdown(results: dict) -> str:
                   "| teacher | " + " | ".join(f"{s['teacher_test'][k]:.3f}" for k in metrics) + " | 100% | |"]
         for method, row in s["methods"].items():
             gap = f"{fmt(row['gap_recovered'], 100, 0)}%" if "gap_recovered" in row else ""
-            lines.append(f"| {method} | " + " | ".join(fmt(row[k]) for k in metrics)
+            seeds = "" if len(row["seeds"]) == len(results["meta"]["seeds"]) else f" ({len(row['seeds'])} seeds)"
+            lines.append(f"| {method}{seeds} | " + " | ".join(fmt(row[k]) for k in metrics)
                          + f" | {gap} | {row['train_seconds']:.0f} |")
         floor = s["teacher_test"].get("teacher_nll_floor")
         lines += ["", f"Teacher NLL floor (the teacher's NLL of its own greedy completions): {floor:.3f}. "
@@ -449,19 +469,23 @@ def main(argv=None) -> dict:
     parser.add_argument("--out_dir", default=os.path.join(os.path.dirname(HERE), "docs", "results"))
     parser.add_argument("--work_dir", default=None)
     parser.add_argument("--jobs", type=int, default=3, help="processes training at once (one thread each)")
+    parser.add_argument("--tweets_methods", default=None, help="methods of the tweets task (default: --methods)")
+    parser.add_argument("--summarise_only", action="store_true",
+                        help="write the report from the records in --work_dir (an interrupted run)")
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     a.methods = a.methods or ("ce,forward_kl,onpolicy_1.0,seq_kd" if a.tiny else ",".join(METHODS))
     a.seeds = a.seeds or ("0,1" if a.tiny else "0,1,2")
     methods, tasks = a.methods.split(","), a.tasks.split(",")
-    unknown = (set(methods) - set(METHODS)) | (set(tasks) - set(FULL))
+    unknown = ((set(methods) | set((a.tweets_methods or "ce").split(","))) - set(METHODS)) | (set(tasks) - set(FULL))
     if unknown:
         raise ValueError(f"unknown methods / tasks {sorted(unknown)}; methods: {list(METHODS)}, tasks: {list(FULL)}.")
     begin, record = time.perf_counter(), provenance(argv)  # at the start: the code that runs
     work = a.work_dir or tempfile.mkdtemp(prefix="lm_generation_")
     seeds = [int(s) for s in a.seeds.split(",")]
     table = TINY if a.tiny else FULL
-    results = {"tasks": run_all([table[name] for name in tasks], seeds, methods, work, a.jobs)}
+    per_task = {name: (a.tweets_methods or a.methods).split(",") if name == "tweets" else methods for name in tasks}
+    results = {"tasks": run_all([table[name] for name in tasks], seeds, per_task, work, a.jobs, a.summarise_only)}
     native = "lmbda_start_step" in DistillationArguments.__dataclass_fields__
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, shared)"
     results["meta"] = {"device": device, "seeds": seeds, "total_seconds": time.perf_counter() - begin,
