@@ -308,9 +308,13 @@ def prepare_task(task: TaskConfig, work: str) -> dict:
     record = Path(folder, "teacher.json")
     if record.exists():
         return json.loads(record.read_text())
-    data, tokenizer = reverse_data(task) if task.name == "reverse" else tweets_data(task)
-    tokenizer.save_pretrained(os.path.join(folder, "tokenizer"))
-    torch.save(data, os.path.join(folder, "data.pt"))
+    if Path(folder, "data.pt").exists():  # an interrupted run: its data and tokenizer, which its teacher was on
+        data = torch.load(os.path.join(folder, "data.pt"))
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(os.path.join(folder, "tokenizer"))
+    else:
+        data, tokenizer = reverse_data(task) if task.name == "reverse" else tweets_data(task)
+        tokenizer.save_pretrained(os.path.join(folder, "tokenizer"))
+        torch.save(data, os.path.join(folder, "data.pt"))
     start = time.perf_counter()
     if Path(folder, "teacher", "config.json").exists():
         teacher, seconds = GPT2LMHeadModel.from_pretrained(os.path.join(folder, "teacher")).eval(), None
