@@ -51,7 +51,8 @@ from hf_distill.recipes.run import start_run
 from hf_distill.stages import hard_baseline_arguments
 
 logger = logging.getLogger(__name__)
-DEFAULT_CHUNK = 1024  # tokens per chunk of the output-layer loss
+DEFAULT_CHUNK = "auto"  # tokens per chunk of the output-layer loss: sized from a memory budget
+EVAL_CHUNK = 1024  # tokens per chunk of the evaluation cross-entropy when loss_chunk_size is not a number
 
 
 @dataclass
@@ -65,7 +66,8 @@ class LMModelArguments(LoraArguments):
     chunked_loss: bool = field(
         default=True,
         metadata={"help": "Output-layer losses chunk by chunk, never the full (B, L, V) logits: loss_chunk_size "
-                  "(default here 1024 tokens). --chunked_loss false computes full logits."},
+                  "(default here 'auto': chunks sized from a memory budget). --chunked_loss false computes full "
+                  "logits."},
     )
 
 
@@ -336,7 +338,8 @@ def evaluate_and_report(run, trainer, models: dict, params: dict, info, train_me
     """Perplexity and generation metrics of every model on the validation split, the card's generation samples,
     and the results JSON payload (with the baseline's metrics and the gain when there is one)."""
     (train, evals, scored), args, data_args = train_eval, trainer.args, run.data_args
-    comparison, n_tokens = evaluate_lm(trainer, models, evals, args.loss_chunk_size or DEFAULT_CHUNK, params)
+    eval_chunk = args.loss_chunk_size if isinstance(args.loss_chunk_size, int) else EVAL_CHUNK
+    comparison, n_tokens = evaluate_lm(trainer, models, evals, eval_chunk, params)
     generation = generation_metrics(models, tokenizer, scored, args)
     extra = baseline_report(comparison, generation, baseline)
     samples = []

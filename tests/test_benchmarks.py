@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+from testing_utils import HANG_TIMEOUT_S
+
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 NUMBER = r"(-?\d+(?:\.\d+)?)"
 
@@ -15,7 +17,7 @@ NUMBER = r"(-?\d+(?:\.\d+)?)"
 def run_tiny(script: str) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, script, "--tiny"], cwd=BENCH, env=env, capture_output=True, text=True,
-                         timeout=400)
+                         timeout=HANG_TIMEOUT_S)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 
@@ -116,6 +118,42 @@ def test_topk_error_shrinks_as_more_teacher_mass_is_kept():
         assert errors == sorted(errors, reverse=True), (a, t)  # larger k, smaller error
         assert masses == sorted(masses) and cosines == sorted(cosines), (a, t)
 
+
+def test_lm_sampling_tiny_reports_before_and_after(tmp_path):
+    """benchmarks/lm_sampling.py in tiny mode: the old path generates per micro-batch, the new one once per step,
+    every on-policy mode generates; the summary ratios are those of the per-mode numbers it stores."""
+    import json
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "lm_sampling.py", "--preset", "tiny", "--out_dir", str(tmp_path),
+                          "--modes", "before,after"], cwd=BENCH, env=env, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads((tmp_path / "lm_sampling_cpu.json").read_text())
+    modes, cfg = got["modes"], got["config"]
+    assert set(modes) == {"before", "after", "offpolicy"} and got["provenance"]["command"].startswith("python")
+    steps, accumulation = cfg["steps"], cfg["accumulation"]
+    assert [r["generate_calls"] for r in modes["before"]["rounds"]] == [steps * accumulation]
+    assert [r["generate_calls"] for r in modes["after"]["rounds"]] == [steps]
+    assert modes["offpolicy"]["generate_calls"] == 0 and modes["after"]["generated_tokens"] > 0
+    b, a = modes["before"], modes["after"]
+    assert got["speedup"]["tokens_per_second"] == a["tokens_per_second"] / b["tokens_per_second"]
+    assert got["speedup"]["generation_share_before_over_after"] == b["generation_share"] / a["generation_share"]
+    assert got["non_generation_over_offpolicy"] == a["non_generation_seconds"] / modes["offpolicy"]["step_seconds"]
+    assert "target <= 1.05x" in (tmp_path / "lm_sampling_cpu.md").read_text()
+
+
+def test_llm_loss_ratios_follow_from_its_medians():
+    out = run_tiny("llm_loss.py")
+    row = (rf"^\| (\d+) \| (\d+) \| (\d+) x (\d+) \| auto \| (\d+) \| {NUMBER} \| {NUMBER} \| {NUMBER} \| {NUMBER} "
+           rf"\| {NUMBER} \| {NUMBER} \| {NUMBER} \| {NUMBER}-{NUMBER} \| ([\d.e+-]+) \|$")
+    rows = re.findall(row, out, flags=re.M)
+    assert len(rows) == 4  # two configurations, printed as they finish and again in the table
+    for *_, chunks, full_mb, chunked_mb, memory_ratio, _, full_s, chunked_s, ratio, low, high, diff in rows:
+        assert int(chunks) == 1  # tiny logits fit the CPU budget: one chunk
+        assert consistent(memory_ratio, lambda a, b: a / b, chunked_mb, full_mb)
+        assert consistent(ratio, lambda a, b: a / b, chunked_s, full_s)
+        assert float(low) <= float(high)
+        assert float(diff) < 1e-5  # same loss on both paths
 
 
 def test_lm_generation_tiny_summary_follows_from_its_runs(tmp_path):

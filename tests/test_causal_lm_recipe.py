@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as tf
-from conftest import make_tokenizer, tiny_gpt2
+from testing_utils import HANG_TIMEOUT_S, make_tokenizer, tiny_gpt2
 
 import hf_distill
 from hf_distill import render_model_card
@@ -84,7 +84,7 @@ def test_recipe_on_policy_one_process(setup, tmp_path):
     results = distil_causal_lm.main(recipe_args(teacher, data, tmp_path / "out", "--lmbda", "0.5"))
     out = tmp_path / "out"
     assert results["distillation"]["mode"] == "on-policy (GKD)"
-    assert (results["distillation"]["divergence"], results["distillation"]["loss_chunk_size"]) == ("jsd", 1024)
+    assert (results["distillation"]["divergence"], results["distillation"]["loss_chunk_size"]) == ("jsd", "auto")
     log = [e for e in results["train_log"] if "loss" in e]
     assert [e["on_policy_fraction"] for e in log] == expected_fractions(3, 4)
     assert all(e["generation_seconds"] > 0 for e, f in zip(log, expected_fractions(3, 4)) if f == 1.0)
@@ -127,7 +127,7 @@ def test_recipe_torchrun_two_processes(setup, tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
          str(ROOT / "recipes" / "distil_causal_lm.py"),
          *recipe_args(teacher, data, tmp_path / "two", "--lmbda", "0.5", "--per_device_train_batch_size", "2")],
-        env=env, capture_output=True, text=True, timeout=300, check=False,
+        env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT_S, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "two" / "distillation_results.json").read_text())
@@ -185,6 +185,19 @@ def test_recipe_hard_baseline_and_generation_metrics(setup, tmp_path):
     ce = distil_causal_lm.main(recipe_args(teacher, data, tmp_path / "ce", "--soft_weight", "0", "--hard_weight",
                                            "1", "--final_generation_eval_samples", "0", config=offpolicy))
     assert base["cross_entropy"] == pytest.approx(ce["student"]["cross_entropy"], rel=1e-5)
+
+
+def test_recipe_warm_start_config(setup, tmp_path):
+    """The shipped warm-start config (paths and sizes overridden): off-policy steps first, then lambda 1."""
+    teacher, data = setup
+    config = str(ROOT / "recipes" / "configs" / "causal_lm_onpolicy_warmstart.yaml")
+    results = distil_causal_lm.main(recipe_args(teacher, data, tmp_path / "out", "--lmbda_start_step", "2",
+                                                "--chunked_loss", "false", config=config))
+    log = [e for e in results["train_log"] if "loss" in e]
+    assert [e["on_policy_fraction"] for e in log] == [0.0, 0.0, 1.0, 1.0]
+    d = results["distillation"]
+    assert (d["divergence"], d["lmbda"], d["lmbda_start_step"]) == ("forward_kl", 1.0, 2)
+    assert d["on_policy_divergence"] in ("jsd", "reverse_kl", "forward_kl")
 
 
 def test_recipe_packing_equals_padded(setup, tmp_path):
