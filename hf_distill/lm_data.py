@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from .chunked import OutputHead, accepts_logits_to_keep, chunked_token_nll, next_token_nll
+from .data_checks import check_chat_column, check_text_column
 from .modeling import unwrap_peft
 from .positions import COMPLETION_MASK, IGNORE_INDEX, next_labels
 
@@ -52,11 +53,16 @@ def data_format(column_names: Sequence[str]) -> str:
     )
 
 
-def split_chat(messages: list[dict], tokenizer) -> tuple[str, str]:
+def split_chat(messages: list[dict], tokenizer, where: str = "a conversation") -> tuple[str, str]:
     """(prompt text, completion text) of a conversation, rendered with the tokenizer's chat template.
 
     The prompt is every message but the last, followed by the template's generation prompt; the
     completion is the rest of the rendered conversation (the last message and its end-of-turn markup).
+
+    Args:
+        messages: [{"role": ..., "content": ...}, ...], the last one the assistant's answer.
+        tokenizer: a tokenizer with a `chat_template`.
+        where: which example this is (e.g. "example 3 of --train_file chat.jsonl"), for the error messages.
     """
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(
@@ -67,10 +73,20 @@ def split_chat(messages: list[dict], tokenizer) -> tuple[str, str]:
         roles = [m.get("role") for m in messages or []]
         raise ValueError(
             f"a conversation with roles {roles} has no answer to learn: chat examples need at least one prompt "
-            "message followed by a final 'assistant' message (the completion)."
+            f"message followed by a final 'assistant' message (the completion). ({where})"
         )
-    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    try:
+        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception as e:  # jinja2's TemplateError: the template's raise_exception(...), e.g. "roles must alternate"
+        if not type(e).__module__.startswith("jinja2"):
+            raise
+        roles = [m.get("role") for m in messages]
+        raise ValueError(
+            f"{where}: the tokenizer's chat template refused the conversation with roles {roles}: {e}. Change that "
+            "row to the roles and order the template accepts (e.g. fold a 'system' message into the first 'user' "
+            "message, alternate 'user' and 'assistant'), or use a tokenizer whose template accepts them."
+        ) from None
     if not full.startswith(prompt):
         raise ValueError(
             "the chat template renders the conversation without its prompt as a prefix of the whole conversation "
@@ -112,40 +128,95 @@ def end_token_id(tokenizer) -> int | None:
     return eos if eos is not None else getattr(tokenizer, "sep_token_id", None)
 
 
-def tokenize_prompt_completion(dataset, tokenizer, max_length: int, append_eos: bool = True, desc: str | None = None):
+def _is_blank(value) -> bool:
+    missing = value is None or (isinstance(value, float) and value != value)  # None / NaN
+    return missing or (isinstance(value, str) and not value.strip())
+
+
+def check_prompt_completion(dataset, source: str | None = None) -> str:
+    """The format of `dataset` ('prompt_completion' or 'messages') after checking every row's values: strings, or
+    lists of chat messages (prompt and completion alike); a completion is never empty, a prompt never None.
+
+    Args:
+        dataset: a `datasets.Dataset` with prompt / completion or messages columns.
+        source: where its rows come from, e.g. "--train_file train.jsonl" (for the messages).
+    """
+    kind = data_format(dataset.column_names)
+    if kind == "messages":
+        check_chat_column(dataset[MESSAGES], MESSAGES, source)
+        return kind
+    prompts, completions = list(dataset["prompt"]), list(dataset["completion"])
+    of = f" of {source}" if source else ""
+    for row, completion in enumerate(completions):
+        if _is_blank(completion) or (isinstance(completion, (list, tuple)) and not completion):
+            raise ValueError(
+                f"example {row}{of} has an empty completion: there is nothing to distil. Drop it (dataset.filter) or "
+                "give it a completion."
+            )
+    for row, (prompt, completion) in enumerate(zip(prompts, completions)):
+        chat = [isinstance(v, (list, tuple)) for v in (prompt, completion)]
+        if chat[0] != chat[1] and prompt is not None:
+            kinds = ["a list of chat messages" if c else "text" for c in chat]
+            raise ValueError(
+                f"example {row}{of}: the prompt is {kinds[0]} but the completion is {kinds[1]}. Give both as lists of "
+                "messages (conversational format, rendered with the chat template), both as strings, or the whole "
+                "conversation in a 'messages' column."
+            )
+    if any(isinstance(c, (list, tuple)) for c in completions):
+        check_chat_column(prompts, "prompt", source)
+        check_chat_column(completions, "completion", source)
+    else:
+        check_text_column(prompts, "prompt", source, blank="allowed")  # "" = no prompt; None is refused
+        check_text_column(completions, "completion", source)
+    return kind
+
+
+def tokenize_prompt_completion(dataset, tokenizer, max_length: int, append_eos: bool = True, desc: str | None = None,
+                               source: str | None = None):
     """Map a `datasets.Dataset` in either format to {"input_ids", "labels"} (see `encode_example`).
 
     Texts are tokenised without special tokens (a chat template writes its own); the tokenizer's bos
     token, if it has one, starts each plain-text prompt, and the end token (`end_token_id`) closes
-    each completion when `append_eos`, so that the student learns where to stop generating.
+    each completion when `append_eos`, so that the student learns where to stop generating. Every row
+    is checked first (`check_prompt_completion`): a number, a struct or None where text belongs is a
+    ValueError naming the row, not a Python repr trained on.
+
+    Args:
+        dataset: a `datasets.Dataset` with prompt / completion or messages columns.
+        tokenizer: the teacher's tokenizer (with a chat template for chat data).
+        max_length: tokens per example; completions are cut to fit, prompts never.
+        append_eos: close each completion with the end token.
+        desc: the progress bar's label.
+        source: where the rows come from, e.g. "--train_file train.jsonl" (for the error messages).
     """
-    kind = data_format(dataset.column_names)
+    kind = check_prompt_completion(dataset, source)
     bos = getattr(tokenizer, "bos_token_id", None)
     eos = end_token_id(tokenizer) if append_eos else None
+    of = f" of {source}" if source else ""
 
     def encode(batch, indices):
         if kind == "messages":
-            pairs = [split_chat(m, tokenizer) for m in batch[MESSAGES]]
+            pairs = [split_chat(m, tokenizer, f"example {i}{of}") for m, i in zip(batch[MESSAGES], indices)]
         else:  # conversational prompt / completion (lists of messages, as in TRL datasets) go through the template
             pairs = [
-                split_chat(list(p) + list(c), tokenizer) if isinstance(p, list) and isinstance(c, list) else (p, c)
-                for p, c in zip(batch["prompt"], batch["completion"])
+                split_chat(list(p) + list(c), tokenizer, f"example {i}{of}") if isinstance(c, list) else (p, c)
+                for p, c, i in zip(batch["prompt"], batch["completion"], indices)
             ]
-        templated = kind == "messages" or isinstance(batch["prompt"][0], list)  # the template writes its own bos
+        templated = kind == "messages" or isinstance(batch["completion"][0], list)  # the template writes its own bos
         rows = {"input_ids": [], "labels": []}
         for index, (prompt, completion) in zip(indices, pairs):
-            if completion is None or not str(completion).strip():
+            if not completion.strip():
                 raise ValueError(
-                    f"example {index} has an empty completion: there is nothing to distil. Drop it (dataset.filter) "
-                    "or give it a completion."
+                    f"example {index}{of} has an empty completion: there is nothing to distil. Drop it "
+                    "(dataset.filter) or give it a completion."
                 )
-            p = tokenizer(str(prompt or ""), add_special_tokens=False)["input_ids"]
+            p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
             if not templated and bos is not None and (not p or p[0] != bos):
                 p = [bos] + p
-            c = tokenizer(str(completion), add_special_tokens=False)["input_ids"]
+            c = tokenizer(completion, add_special_tokens=False)["input_ids"]
             if eos is not None and c[-1:] != [eos]:  # a chat template may already end the turn with it
                 c = c + [eos]
-            example = encode_example(p, c, max_length, where=f"example {index}")
+            example = encode_example(p, c, max_length, where=f"example {index}{of}")
             rows["input_ids"].append(example["input_ids"])
             rows["labels"].append(example["labels"])
         return rows

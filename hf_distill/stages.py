@@ -60,6 +60,31 @@ def two_stage_arguments(
     return stage1, stage2
 
 
+def two_stage_budget(
+    args: DistillationArguments, hidden_share: float
+) -> tuple[DistillationArguments, DistillationArguments]:
+    """(stage 1, stage 2) arguments (see `two_stage_arguments`) that share `args`' budget: the two stages together
+    run `args.max_steps` optimizer steps when it is set (> 0), else `args.num_train_epochs` epochs.
+
+    Args:
+        args: the run's arguments; their budget (max_steps, or num_train_epochs) bounds both stages together.
+        hidden_share: the hidden-state stage's share of the budget, in (0, 1). With max_steps, stage 1 gets
+            round(share * max_steps) steps (at least 1, at most max_steps - 1) and stage 2 the rest.
+    """
+    if not 0 < hidden_share < 1:
+        raise ValueError(f"hidden_share must be in (0, 1), got {hidden_share}.")
+    if args.max_steps > 0:
+        if args.max_steps < 2:
+            raise ValueError(f"--max_steps {args.max_steps} cannot be split between the hidden-state stage and the "
+                             "prediction stage: pass --max_steps 2 or more, or --two_stage no.")
+        first = min(max(1, round(args.max_steps * hidden_share)), args.max_steps - 1)
+        return two_stage_arguments(dataclasses.replace(args, max_steps=args.max_steps - first),
+                                   intermediate_steps=first)
+    total = args.num_train_epochs
+    return two_stage_arguments(dataclasses.replace(args, num_train_epochs=total * (1 - hidden_share)),
+                               intermediate_epochs=total * hidden_share)
+
+
 def hard_baseline_arguments(args: DistillationArguments, max_steps: int, output_dir: str | None = None):
     """Arguments of the hard-label baseline: `args` (seed, batch, schedule, learning rate) with soft, hidden and
     attention weights 0, hard weight 1, exactly `max_steps` optimizer steps (the distilled run's count), and the

@@ -58,7 +58,7 @@ from hf_distill.recipes.evaluation import compare_on_eval
 from hf_distill.recipes.models import build_student, check_student_tokenizer
 from hf_distill.recipes.output import save_final_model
 from hf_distill.recipes.run import start_run
-from hf_distill.stages import hard_baseline_arguments, two_stage_arguments
+from hf_distill.stages import hard_baseline_arguments, two_stage_budget
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +138,7 @@ def tokenize_unlabelled(texts, tokenizer, data_args, texts_2=None):
     """Tokenised rows without a hard label (labels -100): augmented copies and transfer text."""
     from datasets import Dataset
 
-    enc = tokenizer([str(t) for t in texts], None if texts_2 is None else [str(t) for t in texts_2],
-                    truncation=True, max_length=data_args.max_length)
+    enc = rd.encode_texts(tokenizer, list(texts), None if texts_2 is None else list(texts_2), data_args.max_length)
     return Dataset.from_dict({**{k: list(v) for k, v in enc.items()}, "labels": [IGNORE_INDEX] * len(texts)})
 
 
@@ -158,8 +157,9 @@ def build_train_set(train, raw_train, tokenizer, data_args: LeverDataArguments, 
     if data_args.transfer_file:
         raw = rd.load_data_file(data_args.transfer_file)
         wanted = [c for c in (data_args.text_column, pair) if c]
-        rd.require_columns({"transfer": raw}, {"transfer": data_args.transfer_file},
-                           {"text_column": data_args.text_column, "text_column_2": pair})
+        source = {"transfer": f"--transfer_file {data_args.transfer_file}"}
+        rd.require_columns({"transfer": raw}, source, {"text_column": data_args.text_column, "text_column_2": pair})
+        rd.require_text({"transfer": raw}, source, {"text_column": data_args.text_column, "text_column_2": pair})
         transfer = tokenize_unlabelled(raw[wanted[0]], tokenizer, data_args, raw[pair] if pair else None)
         train = mix_transfer_set(train, transfer, data_args.transfer_ratio, args.seed)
     return train
@@ -181,6 +181,7 @@ def check_models(model_args, data_args):
         )
     rd.check_max_length(data_args.max_length, teacher_config, f"teacher {teacher_path}")
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+    rd.check_length_leaves_text(data_args.max_length, tokenizer, pair=bool(data_args.text_column_2))
     check_student_tokenizer(model_args.student_model_name_or_path, tokenizer, teacher_path)
     if model_args.student_model_name_or_path:
         rd.check_max_length(data_args.max_length, AutoConfig.from_pretrained(model_args.student_model_name_or_path),
@@ -190,12 +191,7 @@ def check_models(model_args, data_args):
 
 def load_checked_data(data_args, teacher_config):
     """(raw datasets, [train split, validation split], {label value: teacher label id}), every column checked."""
-    splits = [data_args.train_split, data_args.validation_split]
-    raw, sources = rd.load_raw_datasets(data_args)
-    columns = {"text_column": data_args.text_column, "text_column_2": data_args.text_column_2,
-               "label_column": data_args.label_column}
-    rd.require_columns(raw, sources, columns)
-    rd.require_values(raw, sources, columns)
+    raw, splits = rd.load_classification_data(data_args)
     return raw, splits, rd.label_mapping(raw, splits, data_args.label_column, teacher_config.id2label)
 
 
@@ -211,26 +207,30 @@ def build_models(model_args, args):
 
 
 def use_two_stage(args, model_args) -> bool:
-    """`--two_stage`: yes, no, or auto (on for a student not cut from the teacher); off under DeepSpeed."""
-    two_stage = args.two_stage == "yes" or (args.two_stage == "auto" and bool(model_args.student_model_name_or_path))
-    if two_stage and (args.deepspeed or parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")):
-        # accelerate refuses a second Accelerator with a DeepSpeed plugin in one process, and the two stages are
-        # two trainers: run the stages as two launches (--two_stage no with hidden weights, then predictions).
-        if args.two_stage == "yes":
-            raise ValueError("--two_stage yes cannot run under DeepSpeed (one DeepSpeed engine per process): use "
-                             "--two_stage no, or run the hidden-state stage and the prediction stage as two launches.")
-        logger.warning("--two_stage auto: off under DeepSpeed (one DeepSpeed engine per process); single stage.")
-        two_stage = False
-    return two_stage
+    """`--two_stage`: yes, no, or auto (on for a student not cut from the teacher), where two stages can run: not
+    under DeepSpeed (one engine per process) and not with --max_steps 1 (nothing to split); `yes` there is a
+    ValueError, `auto` turns it off with a warning."""
+    wanted = args.two_stage == "yes" or (args.two_stage == "auto" and bool(model_args.student_model_name_or_path))
+    # accelerate refuses a second Accelerator with a DeepSpeed plugin in one process, and the two stages are two
+    # trainers: run the stages as two launches (--two_stage no with hidden weights, then predictions).
+    deepspeed = bool(args.deepspeed) or parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
+    why = ("cannot run under DeepSpeed (one DeepSpeed engine per process)" if deepspeed else
+           f"cannot split --max_steps {args.max_steps} between two stages" if args.max_steps == 1 else None)
+    if not wanted or why is None:
+        return wanted
+    if args.two_stage == "yes":
+        fix = "run the hidden-state stage and the prediction stage as two launches" if deepspeed else \
+            "pass --max_steps 2 or more"
+        raise ValueError(f"--two_stage yes {why}: use --two_stage no, or {fix}.")
+    logger.warning("--two_stage auto: off (%s); single stage.", why)
+    return False
 
 
 def stage_arguments(args, two_stage: bool):
     """(hidden-state stage arguments or None, prediction stage arguments): one budget split between the stages."""
     if not two_stage:
         return None, args
-    total, share = args.num_train_epochs, args.two_stage_fraction
-    stage1, args = two_stage_arguments(dataclasses.replace(args, num_train_epochs=total * (1 - share)),
-                                       intermediate_epochs=total * share)
+    stage1, args = two_stage_budget(args, args.two_stage_fraction)  # --max_steps or the epochs, split
     return dataclasses.replace(stage1, save_strategy="no", eval_strategy="no"), args
 
 
@@ -314,6 +314,7 @@ def main(argv: list[str] | None = None) -> dict:
         levers = {"augment": data_args.augment, "transfer_file": data_args.transfer_file,
                   "transfer_ratio": data_args.transfer_ratio, "two_stage": two_stage,
                   "hidden_stage_epochs": stage1.num_train_epochs if stage1 is not None else None,
+                  "hidden_stage_steps": stage1.max_steps if stage1 is not None and stage1.max_steps > 0 else None,
                   "training_rows": len(train), "labelled_rows": len(labelled)}
         results = run.results(
             trainer, task="text-classification", teacher=teacher_path, student=info, comparison=comparison,

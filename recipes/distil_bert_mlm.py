@@ -69,12 +69,13 @@ def main(argv: list[str] | None = None) -> dict:
                          "model.")
     rd.check_max_length(data_args.max_length, config, f"teacher {teacher_path}")
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+    rd.check_length_leaves_text(data_args.max_length, tokenizer)
     check_student_tokenizer(model_args.student_model_name_or_path, tokenizer, teacher_path)
 
     splits = [data_args.train_split, data_args.validation_split]
     raw, sources = rd.load_raw_datasets(data_args)
     rd.require_columns(raw, sources, {"text_column": data_args.text_column})
-    rd.require_values(raw, sources, {"text_column": data_args.text_column}, allow_some_blank=True)
+    rd.require_text(raw, sources, {"text_column": data_args.text_column}, allow_some_blank=True)
 
     set_seed(args.seed)
     teacher = AutoModelForMaskedLM.from_pretrained(teacher_path)
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def encode(batch):
         texts = [t for t in batch[data_args.text_column] if t and t.strip()]  # blank lines separate paragraphs
-        return tokenizer(texts, truncation=True, max_length=data_args.max_length, return_special_tokens_mask=True)
+        return rd.encode_texts(tokenizer, texts, None, data_args.max_length, return_special_tokens_mask=True)
 
     with args.main_process_first(desc="tokenizing"):
         data = {s: raw[s].map(encode, batched=True, remove_columns=raw[s].column_names, desc=f"tokenizing {s}")

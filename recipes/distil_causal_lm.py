@@ -2,6 +2,7 @@
 
     accelerate launch recipes/distil_causal_lm.py recipes/configs/causal_lm_gkd.yaml           # on-policy, lmbda 0.5
     accelerate launch recipes/distil_causal_lm.py recipes/configs/causal_lm_offpolicy.yaml     # dataset completions
+    accelerate launch recipes/distil_causal_lm.py recipes/configs/causal_lm_onpolicy_warmstart.yaml  # off, then on
     accelerate launch --config_file recipes/configs/accelerate_ddp.yaml recipes/distil_causal_lm.py CONFIG.yaml
     torchrun --nproc_per_node 2 recipes/distil_causal_lm.py CONFIG.yaml --lmbda 1.0 --output_dir out
     python recipes/distil_causal_lm.py --teacher_model_name_or_path Qwen/Qwen2.5-1.5B-Instruct \
@@ -14,13 +15,20 @@ teacher cut to `--student_num_layers` layers; `--use_peft` trains a LoRA adapter
 `--lmbda p` samples a batch's completions from the student with probability p (GKD; the divergence
 then defaults to the generalized JSD with beta 0.5), `--seq_kd` from the teacher. At the end teacher
 and student are evaluated on the validation split by per-token cross-entropy and perplexity over the
-completion tokens (logits chunk by chunk); a few greedy generations of both go into the model card.
+completion tokens (logits chunk by chunk) and by the quality of their greedy completions of the first
+`--final_generation_eval_samples` validation prompts (`hf_distill.evaluate_generation`: ROUGE-L, the
+teacher's NLL of them, exact match with an `answer` column, length, distinct-2); a few generations of
+each model go into the model card. `--compare_with_hard_baseline` also trains the same student on the
+completion cross-entropy alone (same init, seed and steps) and the card shows what distillation bought
+on every metric; `--generation_eval_steps N` logs the student's generation metrics every N steps
+(eval_rougeL, eval_teacher_nll, ...) on `--generation_eval_samples` validation prompts.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import os
 import shutil
@@ -32,41 +40,35 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Genera
 from transformers.trainer_pt_utils import get_model_param_count
 
 from hf_distill import DistillationArguments, DistillationTrainer, PromptCompletionCollator, tokenize_prompt_completion
-from hf_distill.evaluation import GenerationEvalCallback, evaluate_generation
-from hf_distill.lm_data import PROMPT_ATTENTION_MASK, PROMPT_INPUT_IDS, completion_nll, end_token_id
+from hf_distill.evaluation import ANSWER_COLUMN, GenerationEvalCallback, evaluate_generation
+from hf_distill.lm_data import PROMPT_ATTENTION_MASK, PROMPT_INPUT_IDS, completion_nll, end_token_id, prompt_length
 from hf_distill.positions import IGNORE_INDEX
 from hf_distill.recipes import data as rd
-from hf_distill.recipes.arguments import DataSourceArguments
+from hf_distill.recipes.arguments import DataSourceArguments, LoraArguments, lora_config
 from hf_distill.recipes.evaluation import Comparison
 from hf_distill.recipes.models import build_student, check_student_tokenizer
 from hf_distill.recipes.output import save_final_model
 from hf_distill.recipes.run import start_run
 from hf_distill.stages import hard_baseline_arguments
 
-DEFAULT_CHUNK = 1024  # tokens per chunk of the output-layer loss
+logger = logging.getLogger(__name__)
+DEFAULT_CHUNK = "auto"  # tokens per chunk of the output-layer loss: sized from a memory budget
+EVAL_CHUNK = 1024  # tokens per chunk of the evaluation cross-entropy when loss_chunk_size is not a number
 
 
 @dataclass
-class LMModelArguments:
+class LMModelArguments(LoraArguments):
     teacher_model_name_or_path: str | None = field(default=None, metadata={"help": "Causal-LM teacher (required)."})
     student_model_name_or_path: str | None = field(default=None, metadata={"help": "Unset = cut down the teacher."})
     student_num_layers: int | None = field(default=None, metadata={"help": "Default: half the teacher's layers."})
     student_layers: str | None = field(
         default=None, metadata={"help": "0-based teacher layers copied into the student, e.g. '0,2,4'."}
     )
-    use_peft: bool = field(
-        default=False, metadata={"help": "Train a LoRA adapter on the student instead of all weights."}
-    )
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: str = field(
-        default="all-linear", metadata={"help": "Comma-separated module names, or 'all-linear'."}
-    )
     chunked_loss: bool = field(
         default=True,
         metadata={"help": "Output-layer losses chunk by chunk, never the full (B, L, V) logits: loss_chunk_size "
-                  "(default here 1024 tokens). --chunked_loss false computes full logits."},
+                  "(default here 'auto': chunks sized from a memory budget). --chunked_loss false computes full "
+                  "logits."},
     )
 
 
@@ -184,6 +186,13 @@ def greedy_config(tokenizer, max_new_tokens: int) -> GenerationConfig:
                             pad_token_id=tokenizer.pad_token_id)
 
 
+def with_answers(tokenized, raw):
+    """The tokenised rows, with the raw split's `answer` column when it has one (exact match is then scored)."""
+    if ANSWER_COLUMN not in raw.column_names or ANSWER_COLUMN in tokenized.column_names:
+        return tokenized
+    return tokenized.add_column(ANSWER_COLUMN, [str(a) for a in raw[ANSWER_COLUMN]])
+
+
 def head(dataset, n: int):
     """The first n rows (all for n = -1)."""
     return dataset if n < 0 or n >= len(dataset) else dataset.select(range(n))
@@ -236,6 +245,21 @@ def baseline_report(comparison: Comparison, generation: dict, baseline) -> dict:
             "distillation_gain": {k: student[k] - v for k, v in base.items() if k in student}}
 
 
+def fit_generation_length(args, configs: dict, evals):
+    """`args` with --max_new_tokens cut, with a warning, so that the longest validation prompt plus it fits every
+    model: what the end of an off-policy run generates (the card's samples, the generation metrics) must not crash
+    after training. Runs that sample in training were checked against --max_length already (check_generation_fits),
+    so this never cuts them."""
+    longest = max((prompt_length(labels) for labels in evals["labels"]), default=0)
+    room, who = rd.generation_room(configs, longest)
+    if room is None or room >= args.max_new_tokens:
+        return args
+    logger.warning("generation at the end of the run (the card's samples, generation metrics) gets %d new tokens, "
+                   "not --max_new_tokens %d: the longest validation prompt (%d tokens) plus %d would exceed the %s's "
+                   "%d positions.", room, args.max_new_tokens, longest, args.max_new_tokens, who, room + longest)
+    return dataclasses.replace(args, max_new_tokens=room)
+
+
 def main(argv: list[str] | None = None) -> dict:
     run = start_run(__file__, LMModelArguments, LMDataArguments, LMTrainingArguments, argv,
                     required={"teacher_model_name_or_path": "a causal LM (Hub id or folder)"})
@@ -253,35 +277,29 @@ def main(argv: list[str] | None = None) -> dict:
     if tokenizer.pad_token is None:  # GPT-2 / Llama tokenizers: pad with eos (padding is masked everywhere)
         tokenizer.pad_token = tokenizer.eos_token
     check_student_tokenizer(model_args.student_model_name_or_path, tokenizer, teacher_path)
-    if model_args.student_model_name_or_path:
-        rd.check_max_length(data_args.max_length, AutoConfig.from_pretrained(model_args.student_model_name_or_path),
-                            f"student {model_args.student_model_name_or_path}")
-    positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-    if args.samples_completions and positions and data_args.max_length + args.max_new_tokens > positions:
-        raise ValueError(
-            f"max_length ({data_args.max_length}) + max_new_tokens ({args.max_new_tokens}) exceeds the teacher's "
-            f"{positions} positions: sampled sequences would not fit. Lower one of them."
-        )
+    configs = {"teacher": config}  # what the end of the run needs is checked now, against every model
+    student_path = model_args.student_model_name_or_path
+    if student_path:
+        configs["student"] = AutoConfig.from_pretrained(student_path)
+        rd.check_max_length(data_args.max_length, configs["student"], f"student {student_path}")
+    rd.check_lm_length_leaves_text(data_args.max_length, tokenizer)
+    if args.samples_completions:
+        rd.check_generation_fits(configs, data_args.max_length, args.max_new_tokens, "--lmbda / --seq_kd")
 
     splits = [data_args.train_split, data_args.validation_split]
-    raw = standard_columns(rd.load_raw_datasets(data_args)[0], splits, data_args)
+    raw, sources = rd.load_raw_datasets(data_args)
+    raw = standard_columns(raw, splits, data_args)
     with args.main_process_first(desc="tokenizing"):
-        data = {s: tokenize_prompt_completion(raw[s], tokenizer, data_args.max_length, desc=f"tokenizing {s}")
-                for s in splits}
+        data = {s: tokenize_prompt_completion(raw[s], tokenizer, data_args.max_length, desc=f"tokenizing {s}",
+                                              source=sources[s]) for s in splits}
+    args = fit_generation_length(args, configs, data[splits[1]])
 
     set_seed(args.seed)
     teacher = AutoModelForCausalLM.from_pretrained(teacher_path)
     student, info = build_student(AutoModelForCausalLM, teacher, model_args.student_model_name_or_path,
                                   model_args.student_num_layers, model_args.student_layers)
     params = {"teacher": get_model_param_count(teacher), "student": get_model_param_count(student)}
-    peft_config = None
-    if model_args.use_peft:
-        from peft import LoraConfig
-
-        targets = model_args.lora_target_modules
-        peft_config = LoraConfig(task_type="CAUSAL_LM", r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
-                                 lora_dropout=model_args.lora_dropout,
-                                 target_modules=targets if targets == "all-linear" else targets.split(","))
+    peft_config = lora_config(model_args)
 
     collator = PromptCompletionCollator.from_tokenizer(tokenizer, pack=data_args.packing)
     baseline_init = copy.deepcopy(student) if args.compare_with_hard_baseline else None
@@ -291,7 +309,8 @@ def main(argv: list[str] | None = None) -> dict:
         train_dataset=data[splits[0]], eval_dataset=data[splits[1]], processing_class=tokenizer,
         data_collator=collator, peft_config=peft_config, merge_adapter_on_save=model_args.use_peft,
     )
-    add_generation_eval(trainer, trainer.teacher, tokenizer, data[splits[1]], args)
+    scored = with_answers(data[splits[1]], raw[splits[1]])  # the prompts the generation metrics complete
+    add_generation_eval(trainer, trainer.teacher, tokenizer, scored, args)
     with run.owning_output_dir():
         train_metrics = run.train(trainer).metrics
         save_final_model(trainer, args.output_dir)  # the student (adapter merged) + tokenizer, never the teacher
@@ -303,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
             models["hard_baseline"] = baseline.accelerator.unwrap_model(baseline.model_wrapped)
             params["hard_baseline"] = params["student"]
         results = evaluate_and_report(run, trainer, models, params, info, train_metrics,
-                                      (data[splits[0]], data[splits[1]]), tokenizer, collator, baseline)
+                                      (data[splits[0]], data[splits[1]], scored), tokenizer, collator, baseline)
         results["distillation"].update(
             mode="on-policy (GKD)" if args.lmbda > 0 else ("sequence-level KD" if args.seq_kd else "off-policy"),
             divergence=args.divergence, lmbda=args.lmbda, seq_kd=args.seq_kd, max_new_tokens=args.max_new_tokens,
@@ -319,9 +338,10 @@ def evaluate_and_report(run, trainer, models: dict, params: dict, info, train_me
                         tokenizer, collator, baseline) -> dict:
     """Perplexity and generation metrics of every model on the validation split, the card's generation samples,
     and the results JSON payload (with the baseline's metrics and the gain when there is one)."""
-    (train, evals), args, data_args = train_eval, trainer.args, run.data_args
-    comparison, n_tokens = evaluate_lm(trainer, models, evals, args.loss_chunk_size or DEFAULT_CHUNK, params)
-    generation = generation_metrics(models, tokenizer, evals, args)
+    (train, evals, scored), args, data_args = train_eval, trainer.args, run.data_args
+    eval_chunk = args.loss_chunk_size if isinstance(args.loss_chunk_size, int) else EVAL_CHUNK
+    comparison, n_tokens = evaluate_lm(trainer, models, evals, eval_chunk, params)
+    generation = generation_metrics(models, tokenizer, scored, args)
     extra = baseline_report(comparison, generation, baseline)
     samples = []
     if trainer.is_world_process_zero():
@@ -332,6 +352,7 @@ def evaluate_and_report(run, trainer, models: dict, params: dict, info, train_me
         comparison=comparison, dataset=rd.dataset_summary(data_args, len(train), len(evals)),
         train_metrics=train_metrics, eval_completion_tokens=n_tokens, generation_samples=samples,
         generation_eval_examples=next(iter(generation.values()), {}).get("examples", 0),
+        eval_log=[e for e in trainer.state.log_history if any(k.startswith("eval_") for k in e)],
         example_text=samples[0]["prompt"] if samples else "", **extra,
     )
 

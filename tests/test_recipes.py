@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
-from conftest import make_tokenizer, tiny_bert
 from recipe_helpers import COMMON, LABELS, NO_DROPOUT, recipe_args, save_classifier, write_csv
 from safetensors.torch import load_file
+from testing_utils import HANG_TIMEOUT_S, make_tokenizer, tiny_bert
 
 from hf_distill import DistillationObjective
 from hf_distill.recipes import data as recipe_data
@@ -104,7 +104,7 @@ def test_two_processes_match_one_process(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
          str(ROOT / "recipes" / "distil_bert.py"), *args2],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT_S,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "distillation_results.json").read_text())
@@ -166,7 +166,8 @@ def test_push_uploads_exactly_the_output_folder_and_no_token(tmp_path, data):
         seen.update(kwargs, files=sorted(os.listdir(folder)),
                     text={name: (folder / name).read_text() for name in ("README.md", "distillation_results.json")})
 
-    with mock.patch("huggingface_hub.get_token", return_value=None), mock.patch("huggingface_hub.HfApi") as api_cls:
+    with mock.patch("huggingface_hub.get_token", return_value=None), mock.patch("huggingface_hub.HfApi") as api_cls, \
+            mock.patch("huggingface_hub.constants.HF_HUB_OFFLINE", False):  # the tests run offline
         api = api_cls.return_value
         api.create_repo.return_value = mock.Mock(repo_id="me/tiny-student")
         api.upload_folder.side_effect = upload_folder

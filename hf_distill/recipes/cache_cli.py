@@ -23,8 +23,18 @@ from transformers import AutoConfig, AutoTokenizer, DataCollatorWithPadding, HfA
 from ..cache import cache_teacher_outputs
 from ..modeling import TASKS
 from ..teacher import DTYPES, load_pretrained_teacher
-from .arguments import check_numbers
-from .data import DATA_FORMATS, check_max_length, label_mapping, load_data_files, require_values
+from .arguments import check_device, check_numbers
+from .data import (
+    DATA_FORMATS,
+    check_length_leaves_text,
+    check_max_length,
+    encode_texts,
+    label_mapping,
+    load_data_files,
+    require_class_labels,
+    require_text,
+    require_values,
+)
 from .models import check_model_source
 from .output import OutputFolder, input_overlaps, input_paths, publish
 
@@ -68,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     if (cli.dataset_path is None) == (cli.data_file is None):
         raise ValueError("give exactly one of --dataset_path (tokenized, save_to_disk) and --data_file (raw text).")
     check_model_source(cli.teacher_model_name_or_path, "teacher_model_name_or_path")
+    check_device(cli.device)
     if cli.teacher_dtype is not None and cli.teacher_dtype not in DTYPES:
         raise ValueError(f"--teacher_dtype {cli.teacher_dtype!r} is not one of {sorted(DTYPES)} (e.g. float16, not "
                          "fp16).")
@@ -85,14 +96,15 @@ def main(argv: list[str] | None = None) -> None:
         missing = [c for c in (cli.text_column, cli.text_pair_column) if c and c not in dataset.column_names]
         if missing:
             raise ValueError(f"columns {missing} are not in {cli.data_file}; it has {dataset.column_names}.")
-        require_values({cli.split: dataset}, {cli.split: f"--data_file {cli.data_file}"},
-                       {"text_column": cli.text_column, "text_pair_column": cli.text_pair_column})
+        pair, label, source = cli.text_pair_column, cli.label_column, {cli.split: f"--data_file {cli.data_file}"}
+        require_text({cli.split: dataset}, source, {"text_column": cli.text_column, "text_pair_column": pair})
         config = AutoConfig.from_pretrained(cli.teacher_model_name_or_path)
         check_max_length(cli.max_length, config, f"teacher {cli.teacher_model_name_or_path}")
-        pair, label = cli.text_pair_column, cli.label_column
+        check_length_leaves_text(cli.max_length, tokenizer, pair=bool(pair))
         # Label names ("positive") must become the teacher's ids: the collator batches labels as integers.
         if cli.task == "sequence-classification" and label in dataset.column_names:
-            require_values({cli.split: dataset}, {cli.split: f"--data_file {cli.data_file}"}, {"label_column": label})
+            require_values({cli.split: dataset}, source, {"label_column": label})
+            require_class_labels({cli.split: dataset}, source, label)
             mapping = label_mapping({cli.split: dataset}, [cli.split], label, config.id2label)
             features = dataset.features.copy()
             features[label] = Value("int64")
@@ -100,8 +112,7 @@ def main(argv: list[str] | None = None) -> None:
                                   desc="label ids")
 
         def encode(batch):
-            return tokenizer(batch[cli.text_column], batch[pair] if pair else None, truncation=True,
-                             max_length=cli.max_length)
+            return encode_texts(tokenizer, batch[cli.text_column], batch[pair] if pair else None, cli.max_length)
 
         dataset = dataset.map(encode, batched=True, desc="tokenizing")
     auto = getattr(transformers, TASKS[cli.task])

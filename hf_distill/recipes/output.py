@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import fnmatch
 import json
 import logging
@@ -61,6 +62,36 @@ def _torch_file_problem(path: str) -> str | None:
     return None
 
 
+TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+
+
+def saved_file_problem(path: str, legacy_pickle_ok: bool = False) -> str | None:
+    """Why a saved weights / state file cannot be read to its end (None when it can): a safetensors header that
+    does not match the file's size, a torch zip archive without its directory. The one check of whole files, for
+    checkpoints and for model folders given as inputs.
+
+    Args:
+        path: a `*.safetensors`, `*.pt`, `*.pth` or `*.bin` file (other files: None).
+        legacy_pickle_ok: accept a torch file that is not a zip archive (torch.save before 1.6; old model folders).
+    """
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, "pt"):
+                pass
+        except Exception as e:  # safetensors checks the header against the file size: truncation shows here
+            return str(e)
+        return None
+    if not path.endswith(TORCH_SUFFIXES):
+        return None
+    if legacy_pickle_ok and os.path.getsize(path) > 0:
+        with open(path, "rb") as f:
+            if f.read(2) != b"PK":  # not a zip archive: a legacy pickle, which has no directory to check
+                return None
+    return _torch_file_problem(path)
+
+
 def checkpoint_problem(folder: str) -> str | None:
     """Why `folder` cannot be resumed from (None when it is complete). Complete = trainer_state.json (the Trainer's
     last write) readable, model weights present, and every file the Trainer wrote readable to its end: each
@@ -76,22 +107,14 @@ def checkpoint_problem(folder: str) -> str | None:
     except (OSError, ValueError) as e:
         return f"unreadable trainer_state.json ({e})"
     weights = [name for name in WEIGHT_FILES if os.path.isfile(os.path.join(folder, name))]
-    if not weights and not any(name.startswith("global_step") for name in os.listdir(folder)):
+    sharded = ("global_step", "pytorch_model_fsdp")  # DeepSpeed / FSDP sharded states: folders, not one file
+    if not weights and not any(name.startswith(sharded) for name in os.listdir(folder)):
         return f"no model weights ({' / '.join(WEIGHT_FILES[:3])})"
-    from safetensors import safe_open
-
     for root, _, names in os.walk(folder):
         for name in sorted(names):
             path = os.path.join(root, name)
-            rel = os.path.relpath(path, folder)
-            if name.endswith(".safetensors"):
-                try:
-                    with safe_open(path, "pt"):
-                        pass
-                except Exception as e:  # safetensors checks the header against the file size: truncation shows here
-                    return f"truncated or unreadable {rel} ({e})"
-            elif name.endswith((".pt", ".pth", ".bin")) and (problem := _torch_file_problem(path)):
-                return f"truncated or unreadable {rel} ({problem})"
+            if problem := saved_file_problem(path):
+                return f"truncated or unreadable {os.path.relpath(path, folder)} ({problem})"
     return None
 
 
@@ -250,6 +273,8 @@ def _named_paths(*parsed):
                 continue
             value = getattr(obj, f.name)
             for v in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(v, enum.Enum):  # a choice ("linear", "steps"), never a path
+                    continue
                 if isinstance(v, (str, os.PathLike)) and str(v) and os.path.exists(v):
                     yield f.name, str(v)
 
@@ -340,6 +365,8 @@ def lock_is_stale(held: dict) -> bool:
     if not _pid_alive(pid):
         return True
     recorded, now = held.get("start_ticks"), _start_ticks(pid)
+    if recorded is None and pid == me["pid"]:
+        return True  # a lock without a start time comes from an older version, so not from this very process
     return recorded is not None and now is not None and recorded != now
 
 

@@ -138,6 +138,12 @@ def check_push(args) -> str | None:
             "--push_to_hub but no Hugging Face credentials were found: run `hf auth login`, set HF_TOKEN, "
             "or pass --hub_token."
         )
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:  # the push is the run's last step: it would fail after training
+        raise ValueError("--push_to_hub, but HF_HUB_OFFLINE is set: the push at the end of the run would fail after "
+                         "training. Unset HF_HUB_OFFLINE, or train without --push_to_hub and upload the folder later "
+                         "(`hf upload REPO OUTPUT_DIR`).")
     return token
 
 
