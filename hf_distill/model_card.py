@@ -31,7 +31,12 @@ REQUIRED_KEYS = ("task", "teacher_model", "teacher", "student", "command")
 SIDE_KEYS = ("parameters", "examples_per_second")  # in both `teacher` and `student`
 # metric key -> label in the card; other metrics are shown under their own name.
 METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "masked_accuracy": "masked-token accuracy",
-                 "cross_entropy": "cross-entropy (nats/token)", "perplexity": "perplexity"}
+                 "cross_entropy": "cross-entropy (nats/token)", "perplexity": "perplexity",
+                 "rougeL": "ROUGE-L F (greedy completions)", "exact_match": "exact match",
+                 "teacher_nll": "teacher NLL of the greedy completions (nats/token)",
+                 "generated_length": "generated length (tokens)", "distinct_2": "distinct-2"}
+LOWER_IS_BETTER = {"cross_entropy", "perplexity", "teacher_nll"}
+NEUTRAL_METRICS = {"generated_length", "distinct_2"}  # descriptive: neither direction is better in itself
 _NOT_METRICS = ("parameters", "examples_per_second")
 NO_LAYER_MAP = "none (no hidden-state loss)"
 
@@ -161,6 +166,7 @@ def render_model_card(
             **_comparison_fields(r, metrics),
             **_distillation_fields(r.get("distillation", {})),
             baseline_note=_baseline_note(r),
+            **_baseline_fields(r),
             command=r["command"],
             command_fence=code_fence(r["command"]),
             example_text=markdown_text(r.get("example_text", "I love this!")),
@@ -267,6 +273,24 @@ def _baseline_note(r: dict) -> str:
     return (f"Distillation bought **{100 * gain['accuracy']:+.1f} points** of accuracy: the same student "
             f"trained on the labels alone with the same budget (same initialisation, seed and "
             f"{base.get('optimizer_steps')} optimizer steps) reaches {base['accuracy']:.4f}.")
+
+
+def _verdict(metric: str, gain: float) -> str:
+    """'better' / 'worse' / 'same' for the distilled student against the baseline; '' for descriptive metrics."""
+    if metric in NEUTRAL_METRICS:
+        return ""
+    if gain == 0:
+        return "same"
+    return "better" if (gain < 0) == (metric in LOWER_IS_BETTER) else "worse"
+
+
+def _baseline_fields(r: dict) -> dict:
+    """The distilled student against the baseline on every metric both have (the causal-LM card's table)."""
+    student, base, gain = r["student"], r.get("hard_baseline") or {}, r.get("distillation_gain") or {}
+    rows = [{"name": METRIC_LABELS.get(k, k), "student": f"{student[k]:.4f}", "baseline": f"{base[k]:.4f}",
+             "gain": f"{g:+.4f}", "verdict": _verdict(k, g)}
+            for k, g in gain.items() if k in base and k in student and k not in _NOT_METRICS]
+    return {"baseline_rows": rows, "baseline_steps": base.get("optimizer_steps")}
 
 
 def save_model_card(output_dir: str | os.PathLike, results: dict | None = None, **kwargs) -> str:

