@@ -30,6 +30,8 @@ MESSAGES = "messages"
 COMPLETION_MASK = "completion_mask"
 PROMPT_INPUT_IDS = "prompt_input_ids"
 PROMPT_ATTENTION_MASK = "prompt_attention_mask"
+# (B, L) teacher position paired with each student position, -1 where none (hf_distill.cross_tokenizer).
+TEACHER_POSITION = "teacher_position"
 
 
 def data_format(column_names: Sequence[str]) -> str:
@@ -290,7 +292,12 @@ def soft_token_mask(inputs: dict) -> torch.Tensor | None:
 
     Prompt/completion batches (with `completion_mask`): the positions that predict a completion token.
     Other batches: the real tokens (attention_mask), as before; None without an attention mask.
+    Batches aligned with the teachers' positions (`teacher_position`, routing / cross-tokenizer): the positions
+    paired with a teacher position (a subset of the above).
     """
+    aligned = inputs.get(TEACHER_POSITION)
+    if torch.is_tensor(aligned):
+        return aligned >= 0
     completion = inputs.get(COMPLETION_MASK)
     if torch.is_tensor(completion):
         return next_token_mask(completion)
