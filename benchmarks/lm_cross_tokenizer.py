@@ -80,27 +80,27 @@ PRESETS = {
 @dataclass
 class XTokConfig:
     preset: str | None = field(default=None, metadata={"help": "'tiny' for the tests."})
-    n_train: int = 2000
-    n_val: int = 200
-    n_test: int = 400
-    max_words: int = field(default=16, metadata={"help": "Tweets cut to this many words (short sequences: CPU)."})
+    n_train: int = 1500
+    n_val: int = 150
+    n_test: int = 300
+    max_words: int = field(default=12, metadata={"help": "Tweets cut to this many words (short sequences: CPU)."})
     prompt_words: int = 3
     bpe_merges: int = 8000
     teacher_layers: int = 2
-    teacher_hidden: int = 64
+    teacher_hidden: int = 32
     student_layers: int = 1
-    student_hidden: int = 64
+    student_hidden: int = 32
     heads: int = 2
-    teacher_epochs: float = 1.5
+    teacher_epochs: float = 2.0
     teacher_lr: float = 2e-3
     teacher_batch_size: int = 32
-    student_steps: int = 80
+    student_steps: int = 60
     student_lr: float = 2e-3
     batch_size: int = 16
     seeds: str = "0,1,2"
     modes: str = ",".join(MODES)
     loss_chunk_size: int | None = field(default=None, metadata={"help": "Chunked loss for students (default off)."})
-    timing_repeats: int = 6
+    timing_repeats: int = 5
     out_dir: str = "docs/results"
     work_dir: str | None = None
 
