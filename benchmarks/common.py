@@ -10,10 +10,10 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
-import transformers as tf  # noqa: E402
+import torch
+import transformers as tf
 
-from hf_distill import DistillationArguments, DistillationTrainer, init_student_from_teacher  # noqa: E402
+from hf_distill import DistillationArguments, DistillationTrainer, init_student_from_teacher
 
 SIZES = {  # name -> (hidden, heads, intermediate, vocab)
     "bench": (256, 4, 1024, 30522),  # the size: hidden 256, BERT vocabulary

@@ -11,12 +11,13 @@ import traceback
 
 import torch
 import transformers as tf
+from provenance import provenance  # benchmarks/ is on sys.path: this script's folder
 from safetensors.torch import load_file
 
 from hf_distill import DistillationArguments, DistillationTrainer, init_student_from_teacher
 
 out, name = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "run"
-report = {"name": name, "torch": torch.__version__, "transformers": tf.__version__}
+report = {"provenance": provenance(), "name": name, "torch": torch.__version__, "transformers": tf.__version__}
 try:
     torch.manual_seed(0)
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(96)]

@@ -11,8 +11,8 @@ same Llama-style 2-layer bodies (untied embeddings and output layer, like Llama 
 layer dominates. Prints, per configuration, the peak memory and the median step time of both paths and
 their ratios (chunked / full). Peak memory: on GPU torch.cuda.max_memory_allocated over the step (models,
 gradients and activations; bf16 autocast), on CPU the peak resident set size of a fresh process per
-configuration and path (float32). Writes docs/llm_loss_<device>.json / .md and, with the sweep, the plot
-docs/llm_loss_memory_<device>.png (peak memory vs sequence length for both paths).
+configuration and path (float32). Writes docs/results/llm_loss_<device>.json / .md and, with the sweep, the plot
+docs/results/llm_loss_memory_<device>.png (peak memory vs sequence length for both paths).
 """
 
 from __future__ import annotations
@@ -29,13 +29,16 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
-import transformers as tf  # noqa: E402
+import torch
+import transformers as tf
 
-from hf_distill.chunked import OutputHead, causal_lm_rows, chunked_head_loss, last_hidden_states  # noqa: E402
-from hf_distill.losses import divergence_loss, teacher_target  # noqa: E402
+from hf_distill.chunked import OutputHead, causal_lm_rows, chunked_head_loss, last_hidden_states
+from hf_distill.losses import divergence_loss, teacher_target
 
-DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from provenance import provenance, provenance_line
+
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "results")
 T, SOFT_WEIGHT, HARD_WEIGHT = 2.0, 0.5, 0.5
 
 
@@ -260,13 +263,12 @@ def main(argv=None):
         text += "\n\n## Peak memory vs sequence length\n\n" + table(sweep_rows, name)
     tag = "gpu" if device == "cuda" else "cpu"
     os.makedirs(args.out, exist_ok=True)
+    report = {"provenance": provenance(argv), **report}
     with open(os.path.join(args.out, f"llm_loss_{tag}.json"), "w") as f:
         json.dump(report, f, indent=1)
     with open(os.path.join(args.out, f"llm_loss_{tag}.md"), "w") as f:
-        f.write(
-            f"# Chunked output-layer loss vs full logits ({tag})\n\nCommand: `python benchmarks/llm_loss.py "
-            f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n\n{text}\n"
-        )
+        title = f"# Chunked output-layer loss vs full logits ({tag})"
+        f.write(f"{title}\n\n{provenance_line(report['provenance'])}\n\n{text}\n")
     if not args.no_sweep:
         plot(report["sweep"], os.path.join(args.out, f"llm_loss_memory_{tag}.png"), name)
     print("\n" + text)

@@ -23,7 +23,7 @@ teacher and each student, the fraction of the CE-only-student-to-teacher perplex
 wall time per step of each mode (measured alone, one run after another) with the share spent generating,
 and the on-policy overhead: the non-generation part of an on-policy step against an off-policy step on the
 very same sampled sequences. Splits are seeded; nothing is tuned on the test split (no setting was tuned
-at all: the learning rates and budgets are fixed a priori). Results go to docs/lm_real_data_*.
+at all: the learning rates and budgets are fixed a priori). Results go to docs/results/lm_real_data_*.
 """
 
 from __future__ import annotations
@@ -46,9 +46,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np
 import torch
+from provenance import provenance, provenance_line
 from transformers import (
     AutoTokenizer,
     GPT2Config,
@@ -145,7 +147,7 @@ class LMBenchConfig:
     jobs: int = field(default=1, metadata={"help": "Student runs in parallel (separate processes; GPU: 8)."})
     timing_steps: int = field(default=20, metadata={"help": "Steps per mode in the timing phase."})
     timing_warmup: int = field(default=3, metadata={"help": "First timed steps dropped (warm-up)."})
-    out_dir: str = "docs"
+    out_dir: str = "docs/results"
     work_dir: str | None = field(default=None, metadata={"help": "Where data, teacher and runs go (default: tmp)."})
     worker: str | None = field(default=None, metadata={"help": "Internal: run one 'method:seed' student."})
 
@@ -711,8 +713,9 @@ def main(argv=None) -> dict:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prefix = "lm_real_data"
+    summary = {"provenance": provenance(), **summary}
     table = markdown(summary)
-    (out / f"{prefix}_results.md").write_text(table)
+    (out / f"{prefix}_results.md").write_text(provenance_line(summary["provenance"]) + "\n\n" + table)
     summary["plots"] = plots(summary, out, prefix)
     (out / f"{prefix}_results.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(table, flush=True)

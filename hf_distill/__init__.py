@@ -2,6 +2,7 @@
 
 from .cache import cache_teacher_outputs
 from .config import DistillationArguments
+from .evaluation import evaluate_generation
 from .layers import init_student_from_teacher, uniform_layer_map
 from .lm_data import PromptCompletionCollator, tokenize_prompt_completion
 from .losses import (
@@ -33,6 +34,7 @@ __all__ = [
     "cache_teacher_outputs",
     "divergence_loss",
     "ensemble_log_probs",
+    "evaluate_generation",
     "hidden_state_loss",
     "init_student_from_teacher",
     "logit_mse_loss",

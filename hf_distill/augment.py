@@ -25,10 +25,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .positions import IGNORE_INDEX
+
 logger = logging.getLogger(__name__)
 
 OPERATIONS = ("mask", "drop", "shuffle")
-UNLABELLED = -100  # the label of an augmented row: no hard label, soft targets only
+UNLABELLED = IGNORE_INDEX  # the old name, kept importable
 
 
 def _check(n_copies: int, prob: float, operations: Sequence[str], span: int) -> None:
@@ -171,6 +173,6 @@ def augment_dataset(
         values = dataset[c]
         data[c] = [values[i] for i in source]
     if label_column is not None:
-        data[label_column] = [UNLABELLED] * len(texts)
+        data[label_column] = [IGNORE_INDEX] * len(texts)
     logger.info("augmented %d examples into %d copies (seed %d)", len(dataset), len(texts), seed)
     return Dataset.from_dict(data)

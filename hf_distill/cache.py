@@ -1,4 +1,4 @@
-"""Cached teacher outputs: their format (the columns), `cache_teacher_outputs`, the collator, and the CLI.
+"""Cached teacher outputs: their format (the columns), `cache_teacher_outputs` and the collator.
 
 Run a teacher once over a dataset, then distil without it:
 
@@ -8,34 +8,22 @@ Run a teacher once over a dataset, then distil without it:
         --task causal-lm --top_k 32 --temperature 2 --output_dir cached   # top-k for large vocabularies
 
 The output is a `datasets` folder (`save_to_disk`) with the teacher columns beside the inputs; give it
-(`load_from_disk`) to `DistillationTrainer(student, None, args, train_dataset=...)`.
+(`load_from_disk`) to `DistillationTrainer(student, None, args, train_dataset=...)`. The command line (argument
+checks, data files, the output folder's rules) is `hf_distill/recipes/cache_cli.py`; this module needs none of it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import transformers
-from datasets import DatasetDict, Value, load_from_disk
 from torch import nn
-from transformers import AutoConfig, AutoTokenizer, DataCollatorWithPadding, HfArgumentParser
 
-from .modeling import TASKS, forward_params, unwrap_peft
-from .recipes.arguments import check_numbers
-from .recipes.data import DATA_FORMATS, check_max_length, label_mapping, load_data_files, require_values
-from .recipes.models import check_model_source
-from .teacher import DTYPES, load_pretrained_teacher
+from .modeling import forward_params, unwrap_peft
 
 logger = logging.getLogger(__name__)
-
-# Local data file extension -> (datasets builder, its keyword arguments): the one table the CLI and the recipes use,
-# with one loader whose errors name the file (hf_distill/recipes/data.py).
-DATA_FILE_FORMATS = DATA_FORMATS
-
 
 # Columns a cached dataset carries, and the number of dims of one example's value for sequence-level
 # outputs (token-level outputs have one more: the example's real tokens first).
@@ -95,8 +83,38 @@ def cache_teacher_outputs(
     the k largest logits and their ids plus the probability mass of the rest at `temperature` (which the
     trainer then requires). Token-level outputs are stored for the example's real tokens only
     (attention_mask == 1). The DistillationTrainer reads these columns and then needs no teacher.
+
+    Args:
+        teacher: the teacher model; it runs in eval mode without gradients, and its mode is restored after.
+        dataset: a tokenized `datasets.Dataset` (the columns the teacher's forward takes, labels are left out).
+        top_k: None for full logits, or how many of the largest logits to keep per position.
+        temperature: the temperature of the top-k rest mass (training must use the same one).
+        batch_size: examples per teacher forward.
+        data_collator: builds the teacher's batches (default: `transformers.default_data_collator`).
+        output_field: the teacher output to cache, e.g. "logits" or "start_logits".
+        device: where the batches go (default: the teacher's device).
     """
     from transformers import default_data_collator
+
+    features = _teacher_features(teacher, dataset, top_k)
+    device = torch.device(device) if device is not None else next(teacher.parameters()).device
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        with torch.no_grad():
+            columns = _run_teacher(teacher, dataset, features, data_collator or default_data_collator, device,
+                                   batch_size, output_field, top_k, temperature)
+    finally:
+        teacher.train(was_training)
+    for name, values in columns.items():
+        dataset = dataset.add_column(name, values)
+    logger.info("cached the teacher's %s for %d examples (%s)", output_field, len(dataset),
+                "full logits" if top_k is None else f"top-{top_k}")
+    return dataset
+
+
+def _teacher_features(teacher: nn.Module, dataset, top_k: int | None) -> list[str]:
+    """The dataset columns the teacher's forward takes (labels left out), after checking the arguments."""
     from transformers.utils import find_labels
 
     taken = [c for c in CACHE_COLUMNS if c in dataset.column_names]
@@ -112,37 +130,31 @@ def cache_teacher_outputs(
             f"none of the dataset's columns {dataset.column_names} is an input of {type(teacher).__name__}.forward; "
             "tokenize the dataset first (input_ids, attention_mask, ...)."
         )
-    collate = data_collator or default_data_collator
-    device = torch.device(device) if device is not None else next(teacher.parameters()).device
-    was_training = teacher.training
-    teacher.eval()
+    return features
+
+
+def _run_teacher(teacher, dataset, features, collate, device, batch_size: int, output_field: str,
+                 top_k: int | None, temperature: float) -> dict[str, list]:
+    """{cache column: one value per example}, batch by batch (under no_grad, teacher in eval mode)."""
     columns: dict[str, list] = {}
-    try:
-        with torch.no_grad():
-            for start in range(0, len(dataset), batch_size):
-                rows = dataset[start : start + batch_size]  # dict of column -> list
-                examples = [{c: rows[c][i] for c in features} for i in range(len(rows[features[0]]))]
-                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(examples).items()}
-                outputs = teacher(**batch)
-                if output_field not in outputs:
-                    raise ValueError(f"the teacher returned no {output_field!r} (it returned {list(outputs.keys())}).")
-                logits = outputs[output_field].float()  # (B, C) or (B, L, C)
-                mask = batch.get("attention_mask")
-                for name, values in _cache_values(logits, top_k, temperature).items():
-                    for i in range(logits.shape[0]):
-                        v = values[i]
-                        if logits.dim() == 3 and mask is not None:
-                            v = v[mask[i].bool()]  # (L_i, ...): the example's real tokens
-                        columns.setdefault(name, []).append(v.cpu().tolist())
-                if "input_ids" in rows:  # the fingerprint the collator checks each row against
-                    columns.setdefault(INPUT_HASH, []).extend(input_hash(ids) for ids in rows["input_ids"])
-    finally:
-        teacher.train(was_training)
-    for name, values in columns.items():
-        dataset = dataset.add_column(name, values)
-    logger.info("cached the teacher's %s for %d examples (%s)", output_field, len(dataset),
-                "full logits" if top_k is None else f"top-{top_k}")
-    return dataset
+    for start in range(0, len(dataset), batch_size):
+        rows = dataset[start : start + batch_size]  # dict of column -> list
+        examples = [{c: rows[c][i] for c in features} for i in range(len(rows[features[0]]))]
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(examples).items()}
+        outputs = teacher(**batch)
+        if output_field not in outputs:
+            raise ValueError(f"the teacher returned no {output_field!r} (it returned {list(outputs.keys())}).")
+        logits = outputs[output_field].float()  # (B, C) or (B, L, C)
+        mask = batch.get("attention_mask")
+        for name, values in _cache_values(logits, top_k, temperature).items():
+            for i in range(logits.shape[0]):
+                v = values[i]
+                if logits.dim() == 3 and mask is not None:
+                    v = v[mask[i].bool()]  # (L_i, ...): the example's real tokens
+                columns.setdefault(name, []).append(v.cpu().tolist())
+        if "input_ids" in rows:  # the fingerprint the collator checks each row against
+            columns.setdefault(INPUT_HASH, []).extend(input_hash(ids) for ids in rows["input_ids"])
+    return columns
 
 
 def _cache_values(logits: torch.Tensor, top_k: int | None, temperature: float) -> dict[str, torch.Tensor]:
@@ -217,85 +229,7 @@ class CachedOutputsCollator:
         return out
 
 
-# ---- the command line ---------------------------------------------------------------------------
+if __name__ == "__main__":  # `python -m hf_distill.cache ...`: the command line lives with the recipes
+    from hf_distill.recipes.cache_cli import main
 
-
-@dataclass
-class CacheArguments:
-    teacher_model_name_or_path: str = field(metadata={"help": "The teacher: a Hub id or a local directory."})
-    output_dir: str = field(metadata={"help": "Where the dataset with the teacher columns is saved (save_to_disk)."})
-    task: str = field(default="sequence-classification", metadata={"help": "Teacher head.", "choices": list(TASKS)})
-    dataset_path: str | None = field(default=None, metadata={"help": "A tokenized dataset saved with save_to_disk."})
-    data_file: str | None = field(
-        default=None, metadata={"help": "Or a local file of raw text: " + " / ".join(DATA_FILE_FORMATS) + "."}
-    )
-    text_column: str = field(default="text", metadata={"help": "Text column of data_file."})
-    text_pair_column: str | None = field(default=None, metadata={"help": "Second text column (sentence pairs)."})
-    label_column: str = field(
-        default="label", metadata={"help": "Label column of data_file, if any: names or ids, stored as the teacher's "
-                                           "label ids (sequence classification)."}
-    )
-    max_length: int = field(default=128, metadata={"help": "Truncation length when tokenizing data_file."})
-    split: str = field(default="train", metadata={"help": "Split to cache when the dataset has several."})
-    top_k: int | None = field(default=None, metadata={"help": "Store the top-k logits + rest mass instead of all."})
-    temperature: float = field(default=2.0, metadata={"help": "Temperature of the rest mass (top-k only)."})
-    batch_size: int = field(default=64, metadata={"help": "Teacher batch size."})
-    teacher_dtype: str | None = field(default=None, metadata={"help": "bfloat16 / float16 / float32."})
-    device: str | None = field(default=None, metadata={"help": "cuda / cpu; default: cuda when available."})
-
-
-def main(argv: list[str] | None = None) -> None:
-    (cli,) = HfArgumentParser(CacheArguments).parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    check_numbers(cli)  # finite, and in range: --top_k >= 1, --temperature > 0, --batch_size >= 1, --max_length >= 1
-    if (cli.dataset_path is None) == (cli.data_file is None):
-        raise ValueError("give exactly one of --dataset_path (tokenized, save_to_disk) and --data_file (raw text).")
-    check_model_source(cli.teacher_model_name_or_path, "teacher_model_name_or_path")
-    if cli.teacher_dtype is not None and cli.teacher_dtype not in DTYPES:
-        raise ValueError(f"--teacher_dtype {cli.teacher_dtype!r} is not one of {sorted(DTYPES)} (e.g. float16, not "
-                         "fp16).")
-    tokenizer = AutoTokenizer.from_pretrained(cli.teacher_model_name_or_path)
-    if cli.dataset_path is not None:
-        dataset = load_from_disk(cli.dataset_path)
-    else:
-        dataset = load_data_files({cli.split: cli.data_file})
-    if isinstance(dataset, DatasetDict):
-        if cli.split not in dataset:
-            raise ValueError(f"no split {cli.split!r}; the dataset has {list(dataset)}.")
-        dataset = dataset[cli.split]
-    if cli.data_file is not None:
-        missing = [c for c in (cli.text_column, cli.text_pair_column) if c and c not in dataset.column_names]
-        if missing:
-            raise ValueError(f"columns {missing} are not in {cli.data_file}; it has {dataset.column_names}.")
-        require_values({cli.split: dataset}, {cli.split: f"--data_file {cli.data_file}"},
-                       {"text_column": cli.text_column, "text_pair_column": cli.text_pair_column})
-        config = AutoConfig.from_pretrained(cli.teacher_model_name_or_path)
-        check_max_length(cli.max_length, config, f"teacher {cli.teacher_model_name_or_path}")
-        pair, label = cli.text_pair_column, cli.label_column
-        # Label names ("positive") must become the teacher's ids: the collator batches labels as integers.
-        if cli.task == "sequence-classification" and label in dataset.column_names:
-            require_values({cli.split: dataset}, {cli.split: f"--data_file {cli.data_file}"}, {"label_column": label})
-            mapping = label_mapping({cli.split: dataset}, [cli.split], label, config.id2label)
-            features = dataset.features.copy()
-            features[label] = Value("int64")
-            dataset = dataset.map(lambda b: {label: [mapping[v] for v in b[label]]}, batched=True, features=features,
-                                  desc="label ids")
-
-        def encode(batch):
-            return tokenizer(batch[cli.text_column], batch[pair] if pair else None, truncation=True,
-                             max_length=cli.max_length)
-
-        dataset = dataset.map(encode, batched=True, desc="tokenizing")
-    auto = getattr(transformers, TASKS[cli.task])
-    kwargs = {"dtype": DTYPES[cli.teacher_dtype]} if cli.teacher_dtype else {}
-    teacher = load_pretrained_teacher(auto, cli.teacher_model_name_or_path, **kwargs)  # a random head is refused
-    device = cli.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    teacher.to(device)
-    cached = cache_teacher_outputs(teacher, dataset, top_k=cli.top_k, temperature=cli.temperature,
-                                   batch_size=cli.batch_size, data_collator=DataCollatorWithPadding(tokenizer))
-    cached.save_to_disk(cli.output_dir)
-    logger.info("saved %d examples with cached teacher outputs to %s", len(cached), cli.output_dir)
-
-
-if __name__ == "__main__":
     main()

@@ -10,10 +10,12 @@ import logging
 import os
 
 import torch
+from accelerate.utils import DistributedType, parse_flag_from_env
 from torch import nn
 
+from .cache import has_cached_outputs
 from .config import DistillationArguments
-from .modeling import unwrap_peft
+from .modeling import is_default_id2label, unwrap_peft
 
 logger = logging.getLogger(__name__)
 
@@ -23,31 +25,14 @@ ATTENTION_RETURNING = ("eager",)
 
 def check_args(args) -> DistillationArguments:
     if not isinstance(args, DistillationArguments):
-        raise ValueError(  # noqa: TRY004 - bad input is a ValueError throughout the API
+        raise ValueError(  # bad input is a ValueError throughout the API (not TypeError)
             f"args must be a DistillationArguments (it carries temperature and the loss weights), "
             f"got {type(args).__name__}; build one with the same fields plus the distillation ones."
         )
     return args
 
 
-def teacher_list(teacher_model, cached: bool) -> list:
-    """The teachers to load: [] for cached teacher outputs, one or several (an ensemble) otherwise."""
-    if cached:
-        if teacher_model is not None:
-            logger.info("the train dataset carries cached teacher outputs: the teacher is not loaded or run.")
-        return []
-    if teacher_model is None:
-        raise ValueError(
-            "DistillationTrainer needs a `teacher_model` (a model, a Hub id or a local directory), or a "
-            "train_dataset with cached teacher outputs (python -m hf_distill.cache)."
-        )
-    teachers = list(teacher_model) if isinstance(teacher_model, (list, tuple)) else [teacher_model]
-    if not teachers:
-        raise ValueError("teacher_model is an empty list; give at least one teacher.")
-    return teachers
-
-
-def check_cache_only(student: nn.Module, args, train_dataset, eval_dataset, has_cached_outputs) -> None:
+def check_cache_only(student: nn.Module, args, train_dataset, eval_dataset) -> None:
     """Training on cached teacher outputs: check what the cache can and cannot provide."""
     check_not_encoder_decoder(student, "the student")
     if args.hidden_weight > 0 or args.attention_weight > 0:
@@ -174,10 +159,6 @@ def check_attentions(s_cfg, t_cfg, who: str) -> None:
         )
 
 
-def _is_default_id2label(id2label: dict) -> bool:
-    return all(str(v) == f"LABEL_{k}" for k, v in id2label.items())
-
-
 def check_labels(student: nn.Module, teacher: nn.Module, who: str) -> None:
     """Two classification heads must predict the same classes in the same order."""
     if not (type(unwrap_peft(student)).__name__.endswith("Classification")
@@ -192,7 +173,7 @@ def check_labels(student: nn.Module, teacher: nn.Module, who: str) -> None:
         )
     s_map = {int(i): str(v) for i, v in s_cfg.id2label.items()}
     t_map = {int(i): str(v) for i, v in t_cfg.id2label.items()}
-    if s_map != t_map and not (_is_default_id2label(s_map) or _is_default_id2label(t_map)):
+    if s_map != t_map and not (is_default_id2label(s_map) or is_default_id2label(t_map)):
         raise ValueError(
             f"the student's id2label {s_map} differs from {who}'s {t_map}: label i must mean the same class in "
             "both. Set student.config.id2label (and label2id) to the teacher's."
@@ -285,15 +266,11 @@ def check_tokenizers(processing_class, teacher_processing_class=None, teacher_so
 # ---- sharding: what the launch asked for must be in effect ---------------------------------------------
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "false").lower() in ("1", "true", "yes")
-
-
 def requested_sharding(args) -> str | None:
     """"deepspeed", "fsdp" or None: what the launch asked for (accelerate config env vars or TrainingArguments)."""
-    if _env_flag("ACCELERATE_USE_DEEPSPEED") or getattr(args, "deepspeed", None):
+    if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED") or getattr(args, "deepspeed", None):
         return "deepspeed"
-    if _env_flag("ACCELERATE_USE_FSDP") or getattr(args, "fsdp", None):
+    if parse_flag_from_env("ACCELERATE_USE_FSDP") or getattr(args, "fsdp", None):
         return "fsdp"
     return None
 
@@ -314,14 +291,14 @@ def check_sharding(accelerator, args) -> None:
             "CPU machine pass --use_cpu (gloo), or launch with --num_processes 1."
         )
     asked = requested_sharding(args)
-    distributed = getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type)).upper()
-    if asked == "fsdp" and distributed != "FSDP":
+    distributed = DistributedType(accelerator.distributed_type).value  # a str enum: "FSDP" == DistributedType.FSDP
+    if asked == "fsdp" and distributed != DistributedType.FSDP:
         raise ValueError(
             f"FSDP was requested (accelerate FSDP config or --fsdp) but the run is {distributed}: accelerate only "
             "uses FSDP on GPUs (and similar accelerators), so on CPU it would silently train unsharded. Use a GPU "
             "machine, or an unsharded config (recipes/configs/accelerate_cpu.yaml / accelerate_ddp.yaml) on purpose."
         )
-    if asked == "deepspeed" and distributed != "DEEPSPEED":
+    if asked == "deepspeed" and distributed != DistributedType.DEEPSPEED:
         raise ValueError(
             f"DeepSpeed was requested but the run is {distributed}. On CPU set DS_ACCELERATOR=cpu and use a config "
             'with mixed_precision "no" and use_cpu true (tests/configs/accelerate_zero*_cpu.yaml); check that '
@@ -331,6 +308,27 @@ def check_sharding(accelerator, args) -> None:
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when a loss term is NaN or infinite, before it reaches the weights."""
+
+
+def check_packing(models: dict[str, nn.Module], args, cached: bool = False) -> None:
+    """ValueError unless packed (padding-free) batches give every model and loss term what padded ones give.
+
+    Args:
+        models: name (for the message) -> model, e.g. {"the student": ..., "the teacher": ...}.
+        args: the DistillationArguments (attention maps cannot be compared across packed rows).
+        cached: whether the teacher outputs are cached (stored per padded row, not packed).
+    """
+    from .modeling import packing_problem
+
+    fix = "use padded batches (PromptCompletionCollator(pack=False), no --packing)"
+    if cached:
+        raise ValueError(f"packed batches cannot carry cached teacher outputs (stored per row); {fix}.")
+    if args.attention_weight > 0:
+        raise ValueError(f"attention_weight > 0 compares attention maps per row, which packed batches lack; {fix}.")
+    for who, model in models.items():
+        problem = packing_problem(model)
+        if problem is not None:
+            raise ValueError(f"packed batches would be silently wrong for {who}: {problem}; {fix}.")
 
 
 def check_finite(loss: torch.Tensor, terms: dict[str, torch.Tensor], step: int, epoch: float | None) -> None:

@@ -9,7 +9,7 @@ the stored (N, H) and (V, H) gradients by the incoming gradient. The work is the
 step (one logits matmul per model and two gradient matmuls for the student), never a recomputation.
 
 Pure tensors in, tensors out; no Trainer. The caller runs the bodies (see `last_hidden_states`), picks
-the rows that count (`causal_lm_rows`) and normalises the returned sums by its own token counts.
+the rows that count (`hf_distill.positions.causal_lm_rows`) and normalises the returned sums by its own token counts.
 """
 
 from __future__ import annotations
@@ -22,10 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lm_data import soft_token_mask
 from .losses import divergence_loss, teacher_target
+from .positions import IGNORE_INDEX
 
-IGNORE_INDEX = -100
+# Old homes of names that now live in hf_distill.positions, kept importable.
+from .positions import causal_lm_rows as causal_lm_rows
+from .positions import step_token_totals as step_token_totals
+from .positions import token_counts as token_counts
 
 # How a causal LM's forward turns its output layer's result into logits, beyond `hidden @ W.T + b`:
 # config attribute -> operation. Applied in this order; a model whose config lacks the attribute skips it.
@@ -76,6 +79,41 @@ class OutputHead:
         if self.softcap is not None:
             z = torch.tanh(z / self.softcap) * self.softcap
         return z
+
+
+def next_token_nll(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """The model's own causal-LM loss on logits rows: float32 cross-entropy over the whole (padded) vocabulary.
+
+    Args:
+        logits: (n, V) the model's logits at n positions.
+        labels: (n,) the next-token ids; -100 rows count for nothing.
+        reduction: "sum", "mean" or "none" (then (n,), 0 at -100 rows).
+    """
+    return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction=reduction)
+
+
+@torch.no_grad()
+def chunked_token_nll(hidden: torch.Tensor, head: OutputHead, labels: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """(N,) float32 next-token negative log-likelihoods from last hidden states, `chunk_size` rows at a time.
+
+    The hard term of `chunked_head_loss` per row and without gradients (evaluation): never more than
+    (chunk_size, V) logits at once.
+
+    Args:
+        hidden: (N, H) last hidden states of the positions to score.
+        head: the model's output layer (`OutputHead.from_model`).
+        labels: (N,) the next-token ids.
+        chunk_size: rows per chunk (> 0).
+    """
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}.")
+    w = head.weight.to(hidden.dtype)
+    b = None if head.bias is None else head.bias.to(hidden.dtype)
+    nll = [
+        next_token_nll(head.finish(F.linear(hidden[i : i + chunk_size], w, b)), labels[i : i + chunk_size], "none")
+        for i in range(0, hidden.shape[0], chunk_size)
+    ]  # one (chunk, V) block at a time
+    return torch.cat(nll) if nll else hidden.new_zeros(0, dtype=torch.float32)
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -187,8 +225,7 @@ def _run_chunks(hidden: torch.Tensor, plan: _Plan, grads_for: tuple[bool, bool, 
                     soft_sum += soft.detach()
                     total = total + plan.soft_scale * soft
                 if want_hard:
-                    # the model's own causal-LM loss: cross-entropy over its whole (padded) vocabulary, float32
-                    hard = F.cross_entropy(z.float(), plan.labels[rows], ignore_index=IGNORE_INDEX, reduction="sum")
+                    hard = next_token_nll(z, plan.labels[rows], reduction="sum")
                     hard_sum += hard.detach()
                     total = total + plan.hard_scale * hard
                 if any(grads_for) and total.requires_grad:
@@ -324,45 +361,7 @@ def chunked_head_loss(
     return ChunkedLoss(loss, soft_sum, hard_sum, soft_count, hard_count)
 
 
-# ---- causal-LM plumbing: which rows count, and the bodies' last hidden states -------------------------------
-
-
-def causal_lm_rows(
-    attention_mask: torch.Tensor | None, labels: torch.Tensor | None, shape: tuple[int, int]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The (B, L) positions to compute logits at, and per kept row its soft flag and next-token label.
-
-    Soft rows are the real tokens (attention_mask == 1, as the unchunked soft loss uses); hard rows are the
-    positions whose next label is not -100 (the model's shifted cross-entropy). Returns keep (B, L) bool,
-    soft_mask (N,) bool and next_labels (N,) (None without labels); N = keep.sum().
-    """
-    B, L = shape
-    soft = torch.ones(B, L, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    if labels is None:
-        return soft, soft[soft], None
-    next_labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, L): label of the token after each position
-    keep = soft.to(labels.device) | (next_labels != IGNORE_INDEX)
-    return keep, soft.to(keep.device)[keep], next_labels[keep]
-
-
-def token_counts(batch: dict) -> torch.Tensor:
-    """(2,) long: the soft positions (attention_mask == 1, or the completion's) and the hard ones
-    (next-token labels != -100) of a causal-LM batch, counted the way `causal_lm_rows` selects them."""
-    ids = batch.get("input_ids")
-    mask = soft_token_mask(batch)  # prompt/completion batches: the completion positions only
-    soft = mask.sum() if torch.is_tensor(mask) else torch.tensor(ids.numel() if torch.is_tensor(ids) else 0)
-    labels = batch.get("labels")
-    hard = (labels[..., 1:] != IGNORE_INDEX).sum() if torch.is_tensor(labels) else torch.tensor(0)
-    return torch.stack([soft.long().cpu(), hard.long().cpu()])
-
-
-def step_token_totals(batches: list[dict], device, gather=None) -> torch.Tensor:
-    """(2,) long on `device`: `token_counts` (soft, hard) summed over one optimizer step's micro-batches, and over
-    the processes with `gather` (e.g. accelerator.gather, for average_tokens_across_devices)."""
-    totals = torch.stack([token_counts(b) for b in batches]).sum(0).to(device)  # (k, 2) -> (2,): soft, hard
-    if gather is not None:
-        totals = gather(totals[None]).sum(0)  # (P, 2) -> (2,)
-    return totals
+# ---- causal-LM plumbing: can the chunked loss run, and the bodies' last hidden states -----------------------
 
 
 def check_chunkable(model: nn.Module, who: str) -> None:

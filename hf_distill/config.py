@@ -8,11 +8,27 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .losses import DIVERGENCE_NAMES, DIVERGENCE_PARAM_RANGES, check_divergence_params, divergence_params
+from .losses import (
+    DIVERGENCE_NAMES,
+    DIVERGENCE_PARAM_RANGES,
+    DIVERGENCE_PARAMS,
+    check_divergence_params,
+    divergence_param_default,
+    divergence_params,
+)
 
 logger = logging.getLogger(__name__)
 
 _LAYER_MAP_RE = re.compile(r"^\s*\d+\s*:\s*\d+\s*(,\s*\d+\s*:\s*\d+\s*)*$")
+
+
+def divergence_field(name: str):
+    """The `DistillationArguments` field of divergence parameter `name`: default and help from the registry.
+
+    Args:
+        name: a key of `losses.DIVERGENCE_PARAMS`, e.g. "jsd_beta".
+    """
+    return field(default=divergence_param_default(name), metadata={"help": DIVERGENCE_PARAMS[name].help})
 
 
 def parse_layer_map(spec: str | dict | None) -> dict[int, int] | None:
@@ -87,21 +103,9 @@ class DistillationArguments(TrainingArguments):
             "choices": list(DIVERGENCE_NAMES),
         },
     )
-    jsd_beta: float = field(
-        default=0.5,
-        metadata={
-            "help": "divergence='jsd': weight beta in [0, 1] of the teacher in the mixture M = beta p_t + "
-            "(1-beta) p_s; JSD = beta KL(p_t||M) + (1-beta) KL(p_s||M); beta=0 is forward KL, beta=1 reverse "
-            "KL (TRL's convention)."
-        },
-    )
-    skew_alpha: float = field(
-        default=0.1,
-        metadata={
-            "help": "divergence='skew_forward_kl' / 'skew_reverse_kl': skew alpha in [0, 1); KL(p_t || alpha "
-            "p_t + (1-alpha) p_s) resp. KL(p_s || alpha p_s + (1-alpha) p_t); alpha=0 is the plain KL."
-        },
-    )
+    # One line per divergence parameter; default, help and range come from the registry (losses.DIVERGENCE_PARAMS).
+    jsd_beta: float = divergence_field("jsd_beta")
+    skew_alpha: float = divergence_field("skew_alpha")
     loss_chunk_size: int | None = field(
         default=None,
         metadata={
@@ -185,8 +189,68 @@ class DistillationArguments(TrainingArguments):
             "the teacher's samples."
         },
     )
+    lmbda_start_step: int = field(
+        default=0,
+        metadata={
+            "help": "Warm start: the micro-batches of optimizer steps before this one keep the dataset's completions "
+            "(off-policy); from this step on each is sampled from the student with probability lmbda (or the "
+            "ramped value, see lmbda_warmup_steps). 0 = on-policy from the first step. Needs lmbda > 0."
+        },
+    )
+    lmbda_warmup_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Optimizer steps over which the on-policy probability ramps linearly from 0 to lmbda after "
+            "lmbda_start_step: step s uses lmbda * min(1, (s - lmbda_start_step) / lmbda_warmup_steps) (as a "
+            "learning-rate warm-up). 0 = the full lmbda at once. Needs lmbda > 0."
+        },
+    )
+    on_policy_divergence: str | None = field(
+        default=None,
+        metadata={
+            "help": "Divergence for the batches whose completions the student sampled (unset = `divergence`). With "
+            "a warm start, e.g. divergence='forward_kl' on the dataset's completions and 'reverse_kl' (per-token, "
+            "as in on-policy distillation of Qwen3 / Thinking Machines) or 'jsd' (GKD) on the student's samples. "
+            "Its parameters (jsd_beta, skew_alpha) are shared with `divergence`.",
+            "choices": [None, *DIVERGENCE_NAMES],
+        },
+    )
     max_new_tokens: int = field(
         default=128, metadata={"help": "Most tokens sampled per completion when lmbda > 0 or seq_kd."}
+    )
+    generation_per_step: bool = field(
+        default=True,
+        metadata={
+            "help": "Sample the completions of all micro-batches of an optimizer step in one generate call (one "
+            "generation batch of gradient_accumulation_steps x per_device_train_batch_size prompts, split "
+            "afterwards; TRL's generation_batch_size). False = one call per micro-batch (less memory, slower)."
+        },
+    )
+    generation_sampler: str = field(
+        default="inverse_cdf",
+        metadata={
+            "help": "How sampled tokens are drawn from the (temperature / top-k / top-p shaped) distribution: "
+            "'inverse_cdf' (one uniform number per row; the same distribution, several times faster on CPUs "
+            "where torch.multinomial draws one exponential number per vocabulary entry) or 'multinomial' "
+            "(transformers' do_sample).",
+            "choices": ["inverse_cdf", "multinomial"],
+        },
+    )
+    generation_cache: str = field(
+        default="dynamic",
+        metadata={
+            "help": "KV cache of the decoding loop: 'dynamic' (grows with the sequence) or 'static' (allocated "
+            "once for prompt + max_new_tokens; compilable). The cache is always on (use_cache=True).",
+            "choices": ["dynamic", "static"],
+        },
+    )
+    generation_compile: bool = field(
+        default=False,
+        metadata={
+            "help": "Compile the decoding step with torch.compile (needs generation_cache='static'). It pays only "
+            "when many steps reuse one compiled graph (GPUs, long generations); measured slower on CPU "
+            "(docs/results/lm_sampling_cpu.md)."
+        },
     )
     generation_temperature: float = field(
         default=1.0,
@@ -260,6 +324,31 @@ class DistillationArguments(TrainingArguments):
             raise ValueError(f"generation_top_p must be in (0, 1], got {self.generation_top_p} (1 = off).")
         if self.generation_top_k < 0:
             raise ValueError(f"generation_top_k must be >= 0, got {self.generation_top_k} (0 = off).")
+        for name in ("lmbda_start_step", "lmbda_warmup_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a whole number of optimizer steps >= 0, got {value!r}.")
+        if (self.lmbda_start_step or self.lmbda_warmup_steps or self.on_policy_divergence) and self.lmbda == 0:
+            raise ValueError(
+                "lmbda_start_step, lmbda_warmup_steps and on_policy_divergence shape on-policy training, but lmbda=0 "
+                "samples nothing from the student: set lmbda > 0 (e.g. 1.0 for a warm start) or drop them."
+            )
+        if self.on_policy_divergence is not None and self.on_policy_divergence not in DIVERGENCE_NAMES:
+            raise ValueError(
+                f"on_policy_divergence must be one of {list(DIVERGENCE_NAMES)} or unset, "
+                f"got {self.on_policy_divergence!r}."
+            )
+        if self.generation_sampler not in ("inverse_cdf", "multinomial"):
+            raise ValueError(
+                f"generation_sampler must be 'inverse_cdf' or 'multinomial', got {self.generation_sampler!r}."
+            )
+        if self.generation_cache not in ("dynamic", "static"):
+            raise ValueError(f"generation_cache must be 'dynamic' or 'static', got {self.generation_cache!r}.")
+        if self.generation_compile and self.generation_cache != "static":
+            raise ValueError(
+                "generation_compile=True compiles the decoding step, which needs a fixed-size cache: set "
+                "generation_cache='static' as well (or drop generation_compile)."
+            )
         if self.lmbda > 0 and self.soft_weight <= 0:
             raise ValueError(
                 f"lmbda={self.lmbda} trains on the student's own samples, which carry no labels: only the soft loss "
@@ -286,6 +375,15 @@ class DistillationArguments(TrainingArguments):
         # Every parameter is range-checked, also those of divergences not chosen: a bad value is a typo either way.
         check_divergence_params(**{name: getattr(self, name) for name in DIVERGENCE_PARAM_RANGES})
 
-    def divergence_kwargs(self) -> dict[str, float]:
-        """The parameters of the chosen divergence, e.g. {"jsd_beta": 0.5} for "jsd", {} for "forward_kl"."""
-        return {name: getattr(self, name) for name in divergence_params(self.divergence)}
+    @property
+    def samples_completions(self) -> bool:
+        """Whether training samples completions at all: from the student (lmbda > 0) or the teacher (seq_kd)."""
+        return self.lmbda > 0 or self.seq_kd
+
+    def divergence_kwargs(self, divergence: str | None = None) -> dict[str, float]:
+        """The parameters of a divergence (default: the chosen one), e.g. {"jsd_beta": 0.5} for "jsd".
+
+        Args:
+            divergence: a registry name, e.g. `on_policy_divergence`; unset = `self.divergence`.
+        """
+        return {name: getattr(self, name) for name in divergence_params(divergence or self.divergence)}

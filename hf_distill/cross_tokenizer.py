@@ -36,8 +36,10 @@ import torch
 import torch.nn.functional as F
 
 from . import losses
-from .chunked import IGNORE_INDEX, OutputHead
-from .lm_data import TEACHER_POSITION, end_token_id, soft_token_mask
+from .chunked import OutputHead
+from .lm_data import end_token_id, is_packed
+from .positions import IGNORE_INDEX, TEACHER_POSITION, soft_token_mask
+from .positions import next_labels as shifted_labels
 
 logger = logging.getLogger(__name__)
 
@@ -277,6 +279,9 @@ class TokenAligner:
         return not (torch.is_tensor(done) and done.shape == ids.shape and torch.equal(done.to(ids.device), ids))
 
     def __call__(self, batch: dict) -> dict:
+        if is_packed(batch):
+            raise ValueError("routed / cross-tokenizer teachers need padded batches (one row per example), not packed "
+                             "ones; use PromptCompletionCollator(pack=False).")
         ids = batch["input_ids"]  # (B, Ls)
         device = ids.device
         batch = {k: v for k, v in batch.items() if k not in ALIGNMENT_KEYS}
@@ -441,7 +446,7 @@ class AlignedSoftLoss:
         B, L = student_hidden.shape[:2]
         next_labels = None
         if torch.is_tensor(labels) and not bool((labels == IGNORE_INDEX).all()):
-            next_labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1)  # (B * L,)
+            next_labels = shifted_labels(labels).reshape(-1)  # (B * L,)
         groups, n_soft = [], 0
         for k in range(len(teacher_heads)):
             if teacher_hidden[k] is None or not w_soft:

@@ -8,8 +8,10 @@ The soft loss is built from three pieces, each written once:
 
 - `teacher_target` / `teacher_log_probs`: the teachers' logits -> ONE target (the only place where
   several teachers are combined);
-- `DIVERGENCES`: name -> fn(log_ps (P, C), log_pt (P, C), **params) -> (P,), one value per position;
-  a new divergence is one function plus one entry (its keyword parameters become config fields);
+- `DIVERGENCES`: name -> fn(log_ps (P, C), log_pt (P, C), **params) -> (P,), one value per position.
+  A new divergence is one function plus one entry. Each keyword parameter (default in the function's
+  signature) also needs one `DIVERGENCE_PARAMS` entry (range, help) and one line in `DistillationArguments`,
+  `name: float = divergence_field("name")`; tests/test_losses.py checks that the three agree.
 - `divergence_loss` (full targets) / `topk_divergence_loss` (cached top-k targets): flatten the kept
   positions, apply the divergence at temperature T, reduce, scale by T^2.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -121,10 +124,38 @@ DIVERGENCES: dict[str, Callable[..., torch.Tensor]] = {
 LOGIT_DIVERGENCES: dict[str, Callable[..., torch.Tensor]] = {"mse": logit_mse}
 DIVERGENCE_NAMES: tuple[str, ...] = (*DIVERGENCES, *LOGIT_DIVERGENCES)
 
-# Valid range of every divergence parameter: name -> (low, high, high included). The low end is included.
+
+
+@dataclass(frozen=True)
+class DivergenceParam:
+    """A keyword parameter of registered divergences: its valid range [low, high] or [low, high) and its help.
+
+    Its default is the one in the divergence function's signature (`divergence_param_default`).
+    """
+
+    low: float
+    high: float
+    high_included: bool
+    help: str
+
+
+# Every keyword parameter of a registered divergence. DistillationArguments has one field per entry
+# (`config.divergence_field(name)`), with this help and range and the function's default.
+DIVERGENCE_PARAMS: dict[str, DivergenceParam] = {
+    "jsd_beta": DivergenceParam(
+        0.0, 1.0, True,
+        "divergence='jsd': weight beta in [0, 1] of the teacher in the mixture M = beta p_t + (1-beta) p_s; JSD = "
+        "beta KL(p_t||M) + (1-beta) KL(p_s||M); beta=0 is forward KL, beta=1 reverse KL (TRL's convention).",
+    ),
+    "skew_alpha": DivergenceParam(
+        0.0, 1.0, False,  # alpha = 1 would make the target the student itself: a zero loss
+        "divergence='skew_forward_kl' / 'skew_reverse_kl': skew alpha in [0, 1); KL(p_t || alpha p_t + (1-alpha) "
+        "p_s) resp. KL(p_s || alpha p_s + (1-alpha) p_t); alpha=0 is the plain KL.",
+    ),
+}
+# name -> (low, high, high included), read from DIVERGENCE_PARAMS.
 DIVERGENCE_PARAM_RANGES: dict[str, tuple[float, float, bool]] = {
-    "jsd_beta": (0.0, 1.0, True),
-    "skew_alpha": (0.0, 1.0, False),  # alpha = 1 would make the target the student itself: a zero loss
+    name: (p.low, p.high, p.high_included) for name, p in DIVERGENCE_PARAMS.items()
 }
 
 
@@ -139,6 +170,24 @@ def divergence_params(name: str) -> tuple[str, ...]:
     """Names of the keyword parameters of divergence `name` (e.g. ("jsd_beta",) for "jsd")."""
     signature = inspect.signature(_divergence_fn(name))
     return tuple(p.name for p in list(signature.parameters.values())[2:])
+
+
+def divergence_param_default(param: str) -> float:
+    """The default of divergence parameter `param`, from the signature of the registered divergences that take it.
+
+    Args:
+        param: a key of `DIVERGENCE_PARAMS`, e.g. "jsd_beta".
+    """
+    defaults = {
+        p.default
+        for fn in (*DIVERGENCES.values(), *LOGIT_DIVERGENCES.values())
+        for p in list(inspect.signature(fn).parameters.values())[2:]
+        if p.name == param
+    }
+    if len(defaults) != 1 or inspect.Parameter.empty in defaults:
+        raise ValueError(f"divergence parameter {param!r} needs one default shared by the divergences that take it, "
+                         f"found {sorted(map(str, defaults))}.")
+    return defaults.pop()
 
 
 def check_divergence_params(**params: float) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .positions import IGNORE_INDEX
+
 
 def accuracy_and_macro_f1(predictions, references, num_labels: int | None = None) -> dict[str, float]:
     """{"accuracy", "macro_f1"} of integer predictions against integer references (any shape, flattened)."""
@@ -17,7 +19,7 @@ def accuracy_and_macro_f1(predictions, references, num_labels: int | None = None
     references = np.asarray(references).reshape(-1)
     if predictions.shape != references.shape:
         raise ValueError(f"{predictions.size} predictions for {references.size} references.")
-    keep = references != -100
+    keep = references != IGNORE_INDEX
     predictions, references = predictions[keep], references[keep]
     if len(references) == 0:
         raise ValueError("no references to score (all are -100 or the evaluation set is empty).")

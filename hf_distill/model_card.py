@@ -15,6 +15,8 @@ import os
 from importlib import resources
 from pathlib import Path
 
+from .modeling import is_hub_id
+
 RESULTS_NAME = "distillation_results.json"
 CARD_NAME = "README.md"
 TEMPLATE_NAME = "distilled_student.md"  # the default template
@@ -37,17 +39,6 @@ def format_count(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
 
 
-def is_hub_id(name: str) -> bool:
-    """True when `name` is not an existing local path and has the form of a Hub repo id ('name' or 'owner/name')."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if os.path.exists(name) or name.startswith(("~", ".")):
-        return False
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
 
 
 def template_name(task: str | None) -> str:
@@ -102,25 +93,57 @@ def render_model_card(
 ) -> str:
     """The model card (markdown with YAML metadata) for a distilled student, filled from a finished run.
 
-    `results` is the dict the recipes write as `distillation_results.json`, or the run folder / file.
-    `model_id` is how users load it (the Hub repo id when pushed; defaults to the output folder name).
+    Args:
+        results: the dict the recipes write as `distillation_results.json`, or the run folder / that file.
+        model_id: how users load the student (the Hub repo id when pushed; defaults to the run's `model_id`).
+        template_path: a card template to fill instead of the packaged one for the run's task
+            (`model_cards/` holds editable copies).
+        license: the license written into the card's metadata.
     """
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+    from huggingface_hub import ModelCard
 
     r = load_results(results)
-    teacher, student, dist, data = r["teacher"], r["student"], r.get("distillation", {}), r.get("dataset", {})
-    speedup = r.get("speedup", student["examples_per_second"] / teacher["examples_per_second"])
     model_id = model_id or r.get("model_id") or "path/to/student"
-    metrics = [k for k in student if k in teacher and k not in _NOT_METRICS]
-    dataset_label = data.get("name") or f"local files ({data.get('train_file')})"
-    if data.get("config"):
-        dataset_label = f"{dataset_label}/{data['config']}"
-    teacher_model = str(r["teacher_model"])
-    hub_teacher = is_hub_id(teacher_model)
-    teacher_ref = f"`{teacher_model}`"
-    if hub_teacher:
-        teacher_ref = f"[{teacher_ref}](https://huggingface.co/{teacher_model})"
+    metrics = [k for k in r["student"] if k in r["teacher"] and k not in _NOT_METRICS]
+    dataset_label = _dataset_label(r.get("dataset", {}))
+    card_data = _card_data(r, model_id, metrics, dataset_label, license)
+    with template_file(template_path, template_name(r["task"])) as path:
+        card = ModelCard.from_template(
+            card_data,
+            template_path=str(path),
+            model_name=model_id.split("/")[-1],
+            model_id=model_id,
+            task=r["task"],
+            teacher_model=str(r["teacher_model"]),
+            teacher_ref=_teacher_ref(str(r["teacher_model"])),
+            dataset_label=dataset_label,
+            **_comparison_fields(r, metrics),
+            **_distillation_fields(r.get("distillation", {})),
+            baseline_note=_baseline_note(r),
+            command=r["command"],
+            example_text=r.get("example_text", "I love this!").replace('"', "'").replace("\n", " "),
+            generation_samples=[{k: _cell(v) for k, v in s.items()} for s in r.get("generation_samples") or []],
+            license=license,
+        )
+    return str(card)
 
+
+def _dataset_label(data: dict) -> str:
+    label = data.get("name") or f"local files ({data.get('train_file')})"
+    return f"{label}/{data['config']}" if data.get("config") else label
+
+
+def _teacher_ref(teacher_model: str) -> str:
+    """The teacher in markdown: a link to its Hub page when it is a Hub id."""
+    ref = f"`{teacher_model}`"
+    return f"[{ref}](https://huggingface.co/{teacher_model})" if is_hub_id(teacher_model) else ref
+
+
+def _card_data(r: dict, model_id: str, metrics: list[str], dataset_label: str, license: str):
+    """The card's YAML metadata, with the student's evaluation results."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    data, student, teacher_model = r.get("dataset", {}), r["student"], str(r["teacher_model"])
     eval_results = [
         EvalResult(
             task_type=r["task"], dataset_type=data.get("name") or "local", dataset_name=dataset_label,
@@ -129,9 +152,9 @@ def render_model_card(
         )
         for name in metrics
     ]
-    card_data = ModelCardData(
+    return ModelCardData(
         model_name=model_id.split("/")[-1],
-        base_model=teacher_model if hub_teacher else None,
+        base_model=teacher_model if is_hub_id(teacher_model) else None,
         datasets=[data["name"]] if data.get("name") else None,
         license=license,
         library_name="transformers",
@@ -140,66 +163,65 @@ def render_model_card(
         metrics=metrics,
         eval_results=eval_results or None,
     )
+
+
+def _comparison_fields(r: dict, metrics: list[str]) -> dict:
+    """Teacher vs student: metrics, size and speed, and the evaluation data."""
+    teacher, student, data = r["teacher"], r["student"], r.get("dataset", {})
+    speedup = r.get("speedup", student["examples_per_second"] / teacher["examples_per_second"])
+    return dict(
+        eval_split=data.get("eval_split", "validation"),
+        eval_examples=data.get("eval_examples"),
+        train_examples=data.get("train_examples"),
+        metric_rows=[
+            {"name": METRIC_LABELS.get(m, m), "teacher": f"{teacher[m]:.4f}", "student": f"{student[m]:.4f}"}
+            for m in metrics
+        ],
+        teacher_parameters=format_count(teacher["parameters"]),
+        student_parameters=format_count(student["parameters"]),
+        size_ratio=f"{student['parameters'] / teacher['parameters']:.0%}",
+        teacher_speed=f"{teacher['examples_per_second']:.1f}",
+        student_speed=f"{student['examples_per_second']:.1f}",
+        speed_device=r.get("device", "cpu"),
+        speedup=f"{speedup:.2f}",
+    )
+
+
+def _distillation_fields(dist: dict) -> dict:
+    """How the student was made: its initialisation, the loss settings and the training budget."""
     layer_map = dist.get("layer_map")
     init_layers = dist.get("student_init_layers")
     if init_layers is not None:
         student_init = f"copied from teacher layers {list(init_layers)} (0-based), embeddings and head copied"
     else:
         student_init = f"`{dist.get('student_model') or 'given model'}` (not initialised from the teacher)"
-    baseline_note = ""
+    return dict(
+        teacher_num_layers=dist.get("teacher_num_layers"),
+        student_num_layers=dist.get("student_num_layers"),
+        student_init=student_init,
+        temperature=dist.get("temperature"),
+        soft_weight=dist.get("soft_weight"),
+        hard_weight=dist.get("hard_weight"),
+        hidden_weight=dist.get("hidden_weight"),
+        hidden_loss=dist.get("hidden_loss"),
+        layer_map=", ".join(f"{s}:{t}" for s, t in layer_map.items()) if layer_map else NO_LAYER_MAP,
+        epochs=dist.get("num_train_epochs"),
+        learning_rate=dist.get("learning_rate"),
+        global_batch=dist.get("global_train_batch_size"),
+        max_length=dist.get("max_length"),
+        seed=dist.get("seed"),
+        distillation=dist,  # the whole settings dict: templates show the settings of their kind of run
+    )
+
+
+def _baseline_note(r: dict) -> str:
+    """What the teacher was worth: the same student on the labels alone, same init, seed and optimizer steps."""
     base, gain = r.get("hard_baseline"), r.get("distillation_gain")
-    if base and gain and "accuracy" in gain:
-        # What the teacher was worth: the same student on the labels alone, same init, seed and optimizer steps.
-        baseline_note = (f"Distillation bought **{100 * gain['accuracy']:+.1f} points** of accuracy: the same student "
-                         f"trained on the labels alone with the same budget (same initialisation, seed and "
-                         f"{base.get('optimizer_steps')} optimizer steps) reaches {base['accuracy']:.4f}.")
-    samples = [{k: _cell(v) for k, v in s.items()} for s in r.get("generation_samples") or []]
-    with template_file(template_path, template_name(r["task"])) as path:
-        card = ModelCard.from_template(
-            card_data,
-            template_path=str(path),
-            model_name=model_id.split("/")[-1],
-            model_id=model_id,
-            task=r["task"],
-            teacher_model=teacher_model,
-            teacher_ref=teacher_ref,
-            teacher_num_layers=dist.get("teacher_num_layers"),
-            student_num_layers=dist.get("student_num_layers"),
-            dataset_label=dataset_label,
-            eval_split=data.get("eval_split", "validation"),
-            eval_examples=data.get("eval_examples"),
-            train_examples=data.get("train_examples"),
-            metric_rows=[
-                {"name": METRIC_LABELS.get(m, m), "teacher": f"{teacher[m]:.4f}", "student": f"{student[m]:.4f}"}
-                for m in metrics
-            ],
-            teacher_parameters=format_count(teacher["parameters"]),
-            student_parameters=format_count(student["parameters"]),
-            size_ratio=f"{student['parameters'] / teacher['parameters']:.0%}",
-            teacher_speed=f"{teacher['examples_per_second']:.1f}",
-            student_speed=f"{student['examples_per_second']:.1f}",
-            speed_device=r.get("device", "cpu"),
-            speedup=f"{speedup:.2f}",
-            baseline_note=baseline_note,
-            student_init=student_init,
-            temperature=dist.get("temperature"),
-            soft_weight=dist.get("soft_weight"),
-            hard_weight=dist.get("hard_weight"),
-            hidden_weight=dist.get("hidden_weight"),
-            hidden_loss=dist.get("hidden_loss"),
-            layer_map=", ".join(f"{s}:{t}" for s, t in layer_map.items()) if layer_map else NO_LAYER_MAP,
-            epochs=dist.get("num_train_epochs"),
-            learning_rate=dist.get("learning_rate"),
-            global_batch=dist.get("global_train_batch_size"),
-            max_length=dist.get("max_length"),
-            seed=dist.get("seed"),
-            command=r["command"],
-            example_text=r.get("example_text", "I love this!").replace('"', "'").replace("\n", " "),
-            distillation=dist,  # the whole settings dict: templates show the settings of their kind of run
-            generation_samples=samples,
-            license=license,
-        )
-    return str(card)
+    if not (base and gain and "accuracy" in gain):
+        return ""
+    return (f"Distillation bought **{100 * gain['accuracy']:+.1f} points** of accuracy: the same student "
+            f"trained on the labels alone with the same budget (same initialisation, seed and "
+            f"{base.get('optimizer_steps')} optimizer steps) reaches {base['accuracy']:.4f}.")
 
 
 def save_model_card(output_dir: str | os.PathLike, results: dict | None = None, **kwargs) -> str:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import os
 
 import transformers
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from torch import nn
 
 # Task name -> the transformers Auto class of its head. The order is the order `auto_class_for` tries them in
@@ -26,12 +29,67 @@ def unwrap_peft(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def is_hub_id(name: str) -> bool:
+    """True when `name` is not an existing local path and has the form of a Hub repo id ('name' or 'owner/name').
+
+    Args:
+        name: a model reference as the user gave it (a folder or a Hub id).
+    """
+    if os.path.exists(name) or name.startswith(("~", ".")):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def is_default_id2label(id2label: dict) -> bool:
+    """True when a config's `id2label` holds only transformers' placeholder names LABEL_0, LABEL_1, ...
+
+    Args:
+        id2label: {label id: label name}, as in `PretrainedConfig.id2label`.
+    """
+    return all(str(v) == f"LABEL_{k}" for k, v in id2label.items())
+
+
 def auto_class_for(model: nn.Module):
     """The transformers Auto class whose mapping contains `type(model)` (PEFT unwrapped), or None."""
     base = unwrap_peft(model)
     for name in TASKS.values():
         if type(base) in _mapped_classes(getattr(transformers, name)):
             return getattr(transformers, name)
+    return None
+
+# Packed (padding-free) batches: the causal-LM architectures (config.model_type) whose transformers 5.25 forward
+# keeps packed rows apart from `position_ids` alone (it passes them to `create_causal_mask`, which builds the
+# block-diagonal mask, and its positions come from them). Each entry is checked in tests/test_packing.py: packed
+# logits == each row run alone. Not here, and refused: OPT (positions and mask from attention_mask), Bloom (ALiBi
+# from attention_mask), Mamba and hybrid recurrent models (state flows across rows), and anything not tested.
+PACKING_MODEL_TYPES = (
+    "gpt2", "llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "gpt_neox", "falcon",
+    "starcoder2", "olmo2",
+)
+# Attention implementations whose masks honour packed rows (masking_utils' packed sequence mask; flash-attention
+# reads cu_seqlens from position_ids). A custom kernel registered under another name may ignore them.
+PACKING_ATTENTION = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
+
+
+def packing_problem(model: nn.Module) -> str | None:
+    """Why `model` cannot run packed batches (a sentence), or None when it can (PACKING_MODEL_TYPES / _ATTENTION).
+
+    Args:
+        model: a causal LM (PEFT-wrapped too).
+    """
+    config = getattr(unwrap_peft(model), "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in PACKING_MODEL_TYPES:
+        return (f"its architecture ({model_type!r}) is not one whose attention is known to honour packed "
+                f"position_ids (verified: {', '.join(PACKING_MODEL_TYPES)})")
+    attention = getattr(config, "_attn_implementation", None) or "eager"
+    if attention not in PACKING_ATTENTION:
+        return (f"its attention implementation {attention!r} may ignore packed position_ids (packing works with "
+                f"{', '.join(PACKING_ATTENTION)})")
     return None
 
 
@@ -68,12 +126,12 @@ def wrap_peft(model: nn.Module, peft_config) -> nn.Module:
     from peft import PeftConfig, PeftModel, get_peft_model
 
     if not isinstance(peft_config, PeftConfig):
-        raise ValueError(  # noqa: TRY004 - bad input is a ValueError throughout the API
+        raise ValueError(  # bad input is a ValueError throughout the API (not TypeError)
             f"peft_config must be a peft.PeftConfig (e.g. LoraConfig(task_type='SEQ_CLS', r=8)), "
             f"got {type(peft_config).__name__}."
         )
     if isinstance(model, PeftModel):
-        raise ValueError(  # noqa: TRY004 - bad input is a ValueError throughout the API
+        raise ValueError(  # bad input is a ValueError throughout the API (not TypeError)
             "the student is already a PeftModel and a peft_config was given too; pass the base model with "
             "peft_config, or the PeftModel without it."
         )

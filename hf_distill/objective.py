@@ -21,9 +21,12 @@ import torch
 from torch import nn
 
 from . import losses
-from .chunked import IGNORE_INDEX, OutputHead, causal_lm_rows, chunked_head_loss
+from .chunked import OutputHead, chunked_head_loss
 from .layers import build_projections, count_layers, hidden_size, resolve_layer_map
-from .lm_data import soft_token_mask
+from .positions import IGNORE_INDEX, causal_lm_rows, has_labels, soft_token_mask, token_mask
+
+# Old home of a name that now lives in hf_distill.positions, kept importable.
+from .positions import token_scales as token_scales
 
 # 2-D output fields whose classes are the sequence positions (extractive QA): the softmax runs over the
 # tokens of each example, so padding positions are masked out of it in teacher and student alike.
@@ -57,13 +60,6 @@ class LogitsPair:
     teachers: list[torch.Tensor]
     mask: torch.Tensor | None = None
     kind: str = "kl"
-
-
-def _token_mask(attention_mask: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor | None:
-    """(B, L) bool positions of 3-D logits (B, L, C) that count: the attention mask when it lines up."""
-    if logits.dim() == 3 and attention_mask is not None and attention_mask.shape == logits.shape[:2]:
-        return attention_mask.bool()
-    return None
 
 
 @dataclass
@@ -132,7 +128,7 @@ class DistillationObjective:
                 continue
             ts = [t[name] for t in teacher_outputs]
             if isinstance(ts[0], TopKTargets):  # cached top-k teacher: the student keeps its full vocabulary
-                pairs.append(LogitsPair(name, s, ts, _token_mask(positions, s), "topk"))
+                pairs.append(LogitsPair(name, s, ts, token_mask(positions, s), "topk"))
             else:
                 pairs.append(self._logits_pair(name, s, ts, attention_mask, positions))
         return pairs
@@ -141,7 +137,7 @@ class DistillationObjective:
         if self.vocab_limit is not None and s.dim() == 3:  # padding rows beyond the tokenizer are no tokens
             s, ts = s[..., : self.vocab_limit], [t[..., : self.vocab_limit] for t in ts]
         kind = "mse" if s.shape[-1] == 1 or self.divergence == "mse" else "kl"
-        mask = _token_mask(attention_mask if positions is None else positions, s)
+        mask = token_mask(attention_mask if positions is None else positions, s)
         if name in SPAN_LOGITS and attention_mask is not None and attention_mask.shape == s.shape:
             keep = attention_mask.bool()  # (B, L): the classes are the tokens
             if kind == "mse":  # match raw scores at the real tokens only: (B, L) -> (B, L, 1) positions
@@ -236,7 +232,7 @@ class DistillationObjective:
         of this batch, detached, for the logs.
         """
         labels = inputs.get("labels")
-        if torch.is_tensor(labels) and bool((labels == IGNORE_INDEX).all()):
+        if not has_labels(labels):
             labels = None  # a transfer-set batch: soft targets only
         keep, soft_mask, next_labels = causal_lm_rows(soft_token_mask(inputs), labels, student_hidden.shape[:2])
         keep = keep.to(student_hidden.device)
@@ -357,25 +353,6 @@ def mean_over_processes(values: dict, device, reduce) -> dict[str, float]:
             for name, value in values.items()}
 
 
-def token_scales(weights: dict[str, float], local: torch.Tensor, totals: tuple | None, steps: int,
-                 processes: int = 1) -> dict[str, float]:
-    """Per-term factors (for `combine`) that make k micro-batches on P processes sum to one big batch's loss.
-
-    Token-level terms of a causal LM are per-token means of their micro-batch; "soft_loss" and "hard_loss" are
-    scaled by local tokens * P / tokens of the whole step (`local` and `totals` give (soft, hard) counts: real
-    tokens, next-token labels; DDP then averages over the P processes). Every other term is a per-batch mean
-    and is divided by the k = `steps` micro-batches, as the Trainer does. Without `totals`: 1 / k for all.
-    """
-    scales = {name: 1.0 / steps for name in weights}
-    if totals is None:
-        return scales
-    for i, name in enumerate(("soft_loss", "hard_loss")):
-        total = float(totals[i]) if totals[i] is not None else 0.0
-        if total > 0:
-            scales[name] = float(local[i]) * processes / total
-    return scales
-
-
 def with_projections(student: nn.Module, layer_map: dict[int, int] | None, teacher: nn.Module | None) -> nn.Module:
     """The student, or a ProjectedStudent when hidden alignment needs learned projections (the widths differ)."""
     if layer_map is None:
@@ -450,7 +427,7 @@ class HeldLabels:
 
 def unlabelled_rows(labels: torch.Tensor) -> torch.Tensor:
     """(B,) bool: examples that carry no label at all (-100 everywhere; NaN also counts for float labels)."""
-    missing = labels == -100
+    missing = labels == IGNORE_INDEX
     if labels.is_floating_point():
         missing = missing | torch.isnan(labels)
     return missing.reshape(labels.shape[0], -1).all(dim=1)

@@ -165,6 +165,10 @@ class PairedDistillation:
         return cls(routes, aligner, loss)
 
     def collator(self, collator) -> PairedCollator:
+        if getattr(collator, "pack", False):
+            raise ValueError("cross_tokenizer / teacher_id_column pair the positions of each row with its teacher's, "
+                             "which packed batches do not keep apart; use padded batches (PromptCompletionCollator("
+                             "pack=False), no --packing).")
         return PairedCollator(collator, self.routes, self.aligner)
 
     def batches(self, iterator):

@@ -13,6 +13,7 @@ import os
 import torch
 from torch import nn
 
+from .redaction import redacted_args
 from .sharding import full_state_dict
 
 logger = logging.getLogger(__name__)
@@ -46,5 +47,10 @@ def save_student(student: nn.Module, output_dir: str, *, args, processing_class=
     student.save_pretrained(output_dir, state_dict=state_dict)
     if processing_class is not None:
         processing_class.save_pretrained(output_dir)
-    torch.save(args, os.path.join(output_dir, "training_args.bin"))
+    save_training_args(args, output_dir)
     logger.info("saved the student%s to %s", " with its adapter merged" if merge else "", output_dir)
+
+
+def save_training_args(args, output_dir: str) -> None:
+    """training_args.bin, as the Trainer writes it, but from a redacted copy: no hub token, no token-shaped text."""
+    torch.save(redacted_args(args), os.path.join(output_dir, "training_args.bin"))

@@ -7,13 +7,11 @@ import logging
 import os
 
 import torch
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
+from accelerate.utils import DistributedType
 from torch import nn
 from transformers import PreTrainedModel
 
-from .checks import teacher_list
-from .modeling import auto_class_for
+from .modeling import auto_class_for, is_hub_id
 
 logger = logging.getLogger(__name__)
 
@@ -25,11 +23,11 @@ def load_teacher(teacher: PreTrainedModel | str | os.PathLike, student: nn.Modul
     if isinstance(teacher, nn.Module):
         return teacher
     if not isinstance(teacher, (str, os.PathLike)):
-        raise ValueError(  # noqa: TRY004 - bad input is a ValueError throughout the API
+        raise ValueError(  # bad input is a ValueError throughout the API (not TypeError)
             f"teacher_model must be a PreTrainedModel, a Hub id or a local directory, got {type(teacher).__name__}."
         )
     path = os.path.expanduser(str(teacher))
-    if not os.path.isdir(path) and not _is_hub_id(path):
+    if not os.path.isdir(path) and not is_hub_id(path):
         raise ValueError(
             f"teacher_model {str(teacher)!r} is not an existing directory; give the folder written by "
             "save_pretrained or a Hub id such as 'bert-base-uncased'."
@@ -41,6 +39,23 @@ def load_teacher(teacher: PreTrainedModel | str | os.PathLike, student: nn.Modul
             "load the teacher yourself and pass the model object."
         )
     return load_pretrained_teacher(auto, path, **kwargs)
+
+
+def teacher_list(teacher_model, cached: bool) -> list:
+    """The teachers to load: [] for cached teacher outputs, one or several (an ensemble) otherwise."""
+    if cached:
+        if teacher_model is not None:
+            logger.info("the train dataset carries cached teacher outputs: the teacher is not loaded or run.")
+        return []
+    if teacher_model is None:
+        raise ValueError(
+            "DistillationTrainer needs a `teacher_model` (a model, a Hub id or a local directory), or a "
+            "train_dataset with cached teacher outputs (python -m hf_distill.cache)."
+        )
+    teachers = list(teacher_model) if isinstance(teacher_model, (list, tuple)) else [teacher_model]
+    if not teachers:
+        raise ValueError("teacher_model is an empty list; give at least one teacher.")
+    return teachers
 
 
 def load_teachers(teacher_model, student: nn.Module, args, cached: bool) -> tuple[list, list[nn.Module]]:
@@ -79,14 +94,6 @@ def load_pretrained_teacher(auto, path: str, **kwargs) -> PreTrainedModel:
     return model
 
 
-def _is_hub_id(name: str) -> bool:
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
-
-
 def freeze(teacher: nn.Module) -> nn.Module:
     """Eval mode (no dropout) and requires_grad=False on every parameter."""
     teacher.eval()
@@ -106,9 +113,8 @@ def place_teacher(teacher: nn.Module, accelerator, device: torch.device, dtype: 
     """
     if dtype is not None:
         teacher.to(DTYPES[dtype])
-    distributed = getattr(accelerator, "distributed_type", None)
-    name = getattr(distributed, "value", str(distributed)).upper()
-    if name == "DEEPSPEED":
+    distributed = getattr(accelerator, "distributed_type", None)  # a str enum: "FSDP" == DistributedType.FSDP
+    if distributed == DistributedType.DEEPSPEED:
         import deepspeed  # optional dependency
 
         ds_config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
@@ -127,7 +133,7 @@ def place_teacher(teacher: nn.Module, accelerator, device: torch.device, dtype: 
             ds_config.pop(key, None)
         engine, *_ = deepspeed.initialize(model=teacher, config=ds_config)
         return freeze(engine)
-    if name == "FSDP":
+    if distributed == DistributedType.FSDP:
         plugin = accelerator.state.fsdp_plugin
         if getattr(plugin, "fsdp_version", 1) == 2:
             # accelerator.prepare_model(teacher, evaluation_mode=True) neither wraps nor moves it (accelerate 1.15):

@@ -7,6 +7,7 @@ weights) from `hf_distill.objective`, whose numbers come from `hf_distill.losses
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import ClassVar
 
@@ -23,12 +24,14 @@ from .checks import (
     check_cache_only,
     check_finite,
     check_merge_on_save,
+    check_packing,
     check_sharding,
     check_teachers,
 )
-from .chunked import OutputHead, check_chunking, step_token_totals, token_counts
+from .chunked import OutputHead, check_chunking
 from .config import DistillationArguments
-from .generation import CompletionSampler, check_generation_setup, sampled_batches, special_token_ids
+from .generation import STUDENT, CompletionSampler, check_generation_setup, completions_from, special_token_ids
+from .lm_data import is_packed
 from .modeling import forward_params, is_causal_lm, select_inputs, signature_columns, unwrap_peft, wrap_peft
 from .objective import (
     DistillationObjective,
@@ -39,11 +42,11 @@ from .objective import (
     hard_loss,
     hold_labels,
     mean_over_processes,
-    token_scales,
     with_projections,
 )
+from .positions import StepTokens
 from .routing import PairedDistillation
-from .saving import gathered_state_dict, save_student, student_part
+from .saving import gathered_state_dict, save_student, save_training_args, student_part
 from .sharding import adapt_to_sharding
 from .teacher import load_teachers, place_teacher
 
@@ -81,7 +84,7 @@ class DistillationTrainer(Trainer):
         train = trainer_kwargs.get("train_dataset")
         self.cached = has_cached_outputs(train)
         if self.cached:
-            check_cache_only(model, args, train, trainer_kwargs.get("eval_dataset"), has_cached_outputs)
+            check_cache_only(model, args, train, trainer_kwargs.get("eval_dataset"))
         sources, self.teachers = load_teachers(teacher_model, model, args, self.cached)
         student = wrap_peft(model, peft_config)
         self.merge_adapter_on_save, self._pushing = merge_adapter_on_save, False
@@ -98,6 +101,9 @@ class DistillationTrainer(Trainer):
         super().__init__(with_projections(student, self.objective.layer_map, self.teacher), args, *trainer_args,
                          **trainer_kwargs)
         self._finish_setup(student)
+        self._packing_checked = False
+        if getattr(self.data_collator, "pack", False):  # PromptCompletionCollator(pack=True): refuse before training
+            self._check_packing()
         # On-policy / sequence-level KD (lmbda, seq_kd): completions sampled as the batches are drawn.
         check_generation_setup(args, student, self.teachers, self.cached)
         self.sampler = CompletionSampler(args, *special_token_ids(self.processing_class, unwrap_peft(student)))
@@ -123,7 +129,7 @@ class DistillationTrainer(Trainer):
         self._term_means = TermMeans()
         # Causal LMs: soft and hard terms are token-level. compute_loss normalises them by the tokens of the whole
         # accumulated batch (counted in get_batch_samples) and every other term by the accumulation steps itself.
-        self._token_totals = None
+        self._step_tokens = StepTokens()
         self.loss_is_scaled_for_ga = self.loss_is_scaled_for_ga or self._shift_labels
         # args.loss_chunk_size if the chunked output-layer loss can run here (ValueError where it cannot).
         zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
@@ -160,7 +166,7 @@ class DistillationTrainer(Trainer):
     def distillation_pairs(self, inputs: dict, student_outputs, teacher_outputs: list) -> list[LogitsPair]:
         """Say what to distill; by default `DistillationObjective.pairs` (every common `*logits` field).
 
-        Override this for tasks those rules do not fit (see the README's tasks section).
+        Override this for tasks those rules do not fit (see docs/tasks.md).
         """
         return self.objective.pairs(inputs, student_outputs, teacher_outputs)
 
@@ -193,20 +199,36 @@ class DistillationTrainer(Trainer):
             return [teacher(**self._inputs_for(accepted, inputs, drop_labels=True), **flags)
                     for teacher, accepted in zip(self.teachers, self._teacher_params)]
 
+    def _packing_flags(self, inputs: dict) -> dict:
+        """Forward flags for a packed batch (lm_data.pack_padded): use_cache=False, as a cache turns transformers'
+        packed-row masks off. The models and settings are checked (check_packing) at the first packed batch."""
+        if not is_packed(inputs):
+            return {}
+        if not self._packing_checked:
+            self._check_packing()
+        return {"use_cache": False}
+
+    def _check_packing(self) -> None:
+        names = ["the teacher"] if len(self.teachers) == 1 else [f"teacher {k}" for k in range(len(self.teachers))]
+        teachers = dict(zip(names, self.teachers))
+        check_packing({"the student": self.student, **teachers}, self.args, self.cached)
+        self._packing_checked = True
+
     def compute_distillation_loss(self, model, inputs: dict, scales: dict[str, float] | None = None):
         """Return (total loss, {term: value}, student outputs) for one batch; `scales` see objective.combine."""
         student_inputs = self._inputs_for(self._student_params, inputs, drop_labels=False)
         student_inputs, held = hold_labels(student_inputs, smoothing=self.label_smoother is not None)
+        flags = {**self.objective.output_flags(), **self._packing_flags(inputs)}
         # Teacher first: its activations are freed before the student's (kept for backward) are built.
-        teacher_outputs = self.teacher_forward(inputs)
-        student_outputs = model(**student_inputs, **self.objective.output_flags())
+        teacher_outputs = self.teacher_forward(inputs, flags)
+        student_outputs = model(**student_inputs, **flags)
         pairs = None
         if self.objective.weights["soft_loss"] > 0:
             pairs = self.distillation_pairs(inputs, student_outputs, teacher_outputs)
         extra = self.extra_losses(inputs, student_outputs, teacher_outputs)
         config = getattr(unwrap_peft(self.student), "config", None)
         hard = hard_loss(student_outputs, held, config, self.label_smoother, self._shift_labels)
-        loss, terms = self.objective(inputs, student_outputs, teacher_outputs, hard, pairs, extra, scales)
+        loss, terms = self.objective_for(inputs)(inputs, student_outputs, teacher_outputs, hard, pairs, extra, scales)
         return loss, terms, student_outputs
 
     def chunked_distillation_loss(self, model, inputs: dict, scales: dict[str, float] | None = None):
@@ -215,18 +237,30 @@ class DistillationTrainer(Trainer):
         Student and teachers run with logits_to_keep=1; their last hidden states go through the output layers
         chunk by chunk (DistillationObjective.lm_head_loss); hidden, attention and extra terms are as usual.
         """
-        flags = {**self.objective.output_flags(), "output_hidden_states": True, "logits_to_keep": 1}
+        flags = {**self.objective.output_flags(), "output_hidden_states": True, "logits_to_keep": 1,
+                 **self._packing_flags(inputs)}
         teacher_outputs = self.teacher_forward(inputs, flags)
         student_outputs = model(**self._inputs_for(self._student_params, inputs, drop_labels=True), **flags)
         heads = [OutputHead.from_model(unwrap_peft(m)) for m in (self.student, *self.teachers)]
-        loss, terms = self.objective.chunked_loss(inputs, student_outputs, teacher_outputs, heads[0], heads[1:],
-                                                  self._chunk_size, scales,
-                                                  self.extra_losses(inputs, student_outputs, teacher_outputs))
+        loss, terms = self.objective_for(inputs).chunked_loss(inputs, student_outputs, teacher_outputs, heads[0],
+                                                              heads[1:], self._chunk_size, scales,
+                                                              self.extra_losses(inputs, student_outputs,
+                                                                                teacher_outputs))
         return loss, terms, student_outputs
 
     # ---- Trainer hooks --------------------------------------------------------------------------
 
+    def objective_for(self, inputs: dict) -> DistillationObjective:
+        """The objective of a batch: `self.objective`, with `on_policy_divergence` for the student's samples."""
+        name = self.args.on_policy_divergence
+        if name is None or completions_from(inputs) != STUDENT:
+            return self.objective
+        params = self.args.divergence_kwargs(name)
+        return dataclasses.replace(self.objective, divergence=name, divergence_kwargs=params)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if completions_from(inputs) == STUDENT:  # the student's own samples are no labels: soft loss only
+            inputs = {k: v for k, v in inputs.items() if k != "labels"}
         scales = self._token_scales(inputs, num_items_in_batch) if model.training else None
         # Evaluation builds the full logits only when compute_metrics will read them.
         want_logits = return_outputs and self.compute_metrics is not None and not self.args.prediction_loss_only
@@ -244,13 +278,12 @@ class DistillationTrainer(Trainer):
         return loss
 
     def _token_scales(self, inputs: dict, num_items_in_batch) -> dict[str, float] | None:
-        """objective.token_scales for a causal LM's micro-batch in training; None for sequence-level students."""
+        """positions.token_scales for a causal LM's micro-batch in training; None for sequence-level students."""
         if not self._shift_labels:
             return None
         k = getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps
         processes = self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
-        totals = None if self._token_totals is None else (self._token_totals[0], num_items_in_batch)
-        return token_scales(self.objective.weights, token_counts(inputs), totals, k, processes)
+        return self._step_tokens.scales(self.objective.weights, inputs, num_items_in_batch, k, processes)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """The micro-batches of one optimizer step and num_items_in_batch, their next-token label count.
@@ -259,17 +292,16 @@ class DistillationTrainer(Trainer):
         over the processes when average_tokens_across_devices (the Trainer's own count skips our models).
         """
         if self.sampler.active:  # swap in sampled completions first, so that their tokens are the ones counted
-            epoch_iterator = sampled_batches(self.sampler, epoch_iterator, self.student, self.teacher,
-                                             self.state.global_step, self.accelerator)
+            drawn = [batch for _, batch in zip(range(num_batches), epoch_iterator)]
+            epoch_iterator = iter(self.sampler.sample_step(drawn, self.student, self.teacher, self.state.global_step,
+                                                           self.accelerator.process_index, self.accelerator.autocast))
         if self.paired:  # re-sampled completions are aligned for their teachers again
             epoch_iterator = self.paired.batches(epoch_iterator)
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         if not self._shift_labels or not batches:
             return batches, num_items
         across = self.args.average_tokens_across_devices and self.args.world_size > 1
-        totals = step_token_totals(batches, device, self.accelerator.gather if across else None)  # (2,): soft, hard
-        self._token_totals = totals.cpu()
-        return batches, (totals[1] if int(totals[1]) > 0 else None)
+        return batches, self._step_tokens.count(batches, device, self.accelerator.gather if across else None)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and "eval_loss" not in logs:
@@ -312,6 +344,12 @@ class DistillationTrainer(Trainer):
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
         return None
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        # The Trainer pickles self.args (hub_token included) into every checkpoint: write a redacted copy over it.
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            save_training_args(self.args, output_dir if output_dir is not None else self.args.output_dir)
 
     def push_to_hub(self, *args, **kwargs):
         self._pushing = True  # Trainer.push_to_hub saves through save_model(_internal_call=True): the final student

@@ -34,6 +34,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 
+from accelerate.utils import parse_flag_from_env
 from transformers import (
     AutoConfig,
     AutoModelForMaskedLM,
@@ -49,14 +50,15 @@ from hf_distill import DistillationArguments, DistillationTrainer, cache_teacher
 from hf_distill.augment import augment_dataset
 from hf_distill.layers import resolve_layer_map
 from hf_distill.metrics import accuracy_and_macro_f1, compute_classification_metrics
-from hf_distill.mixing import UNLABELLED, labelled_only, mix_transfer_set
+from hf_distill.mixing import labelled_only, mix_transfer_set
+from hf_distill.positions import IGNORE_INDEX
 from hf_distill.recipes import data as rd
 from hf_distill.recipes.arguments import ClassificationDataArguments
 from hf_distill.recipes.evaluation import compare_on_eval
 from hf_distill.recipes.models import build_student, check_student_tokenizer
 from hf_distill.recipes.output import save_final_model
 from hf_distill.recipes.run import start_run
-from hf_distill.stages import hard_baseline_arguments, two_stage_arguments
+from hf_distill.stages import hard_baseline_arguments, two_stage_budget
 
 logger = logging.getLogger(__name__)
 
@@ -132,13 +134,12 @@ def check_levers(data_args: LeverDataArguments) -> None:
         raise ValueError("--transfer_ratio is set but --transfer_file is not: give the unlabelled text file.")
 
 
-def unlabelled_rows(texts, tokenizer, data_args, texts_2=None):
+def tokenize_unlabelled(texts, tokenizer, data_args, texts_2=None):
     """Tokenised rows without a hard label (labels -100): augmented copies and transfer text."""
     from datasets import Dataset
 
-    enc = tokenizer([str(t) for t in texts], None if texts_2 is None else [str(t) for t in texts_2],
-                    truncation=True, max_length=data_args.max_length)
-    return Dataset.from_dict({**{k: list(v) for k, v in enc.items()}, "labels": [UNLABELLED] * len(texts)})
+    enc = rd.encode_texts(tokenizer, list(texts), None if texts_2 is None else list(texts_2), data_args.max_length)
+    return Dataset.from_dict({**{k: list(v) for k, v in enc.items()}, "labels": [IGNORE_INDEX] * len(texts)})
 
 
 def build_train_set(train, raw_train, tokenizer, data_args: LeverDataArguments, args):
@@ -151,14 +152,15 @@ def build_train_set(train, raw_train, tokenizer, data_args: LeverDataArguments, 
                           mlm_tokenizer=AutoTokenizer.from_pretrained(data_args.augment_mlm))
         aug = augment_dataset(raw_train, data_args.text_column, data_args.augment, args.seed, label_column=None,
                               keep_columns=[pair] if pair else [], **kwargs)
-        train = mix_transfer_set(train, unlabelled_rows(aug[data_args.text_column], tokenizer, data_args,
-                                                        aug[pair] if pair else None), None, args.seed)
+        train = mix_transfer_set(train, tokenize_unlabelled(aug[data_args.text_column], tokenizer, data_args,
+                                                            aug[pair] if pair else None), None, args.seed)
     if data_args.transfer_file:
         raw = rd.load_data_file(data_args.transfer_file)
         wanted = [c for c in (data_args.text_column, pair) if c]
-        rd.require_columns({"transfer": raw}, {"transfer": data_args.transfer_file},
-                           {"text_column": data_args.text_column, "text_column_2": pair})
-        transfer = unlabelled_rows(raw[wanted[0]], tokenizer, data_args, raw[pair] if pair else None)
+        source = {"transfer": f"--transfer_file {data_args.transfer_file}"}
+        rd.require_columns({"transfer": raw}, source, {"text_column": data_args.text_column, "text_column_2": pair})
+        rd.require_text({"transfer": raw}, source, {"text_column": data_args.text_column, "text_column_2": pair})
+        transfer = tokenize_unlabelled(raw[wanted[0]], tokenizer, data_args, raw[pair] if pair else None)
         train = mix_transfer_set(train, transfer, data_args.transfer_ratio, args.seed)
     return train
 
@@ -167,13 +169,8 @@ def _is_sequence_classifier(config) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
 
 
-def main(argv: list[str] | None = None) -> dict:
-    required = {"teacher_model_name_or_path": "a fine-tuned sequence classifier (recipes/train_teacher.py makes one)"}
-    run = start_run(__file__, ModelArguments, LeverDataArguments, LeverTrainingArguments, argv, required)
-    model_args, data_args, args = run.model_args, run.data_args, run.args
-    check_levers(data_args)
-
-    # Everything that can be wrong is checked before a model is trained.
+def check_models(model_args, data_args):
+    """(teacher config, tokenizer) after checking teacher and student, before anything is loaded or trained."""
     teacher_path = model_args.teacher_model_name_or_path
     teacher_config = AutoConfig.from_pretrained(teacher_path)
     if not _is_sequence_classifier(teacher_config):
@@ -184,91 +181,151 @@ def main(argv: list[str] | None = None) -> dict:
         )
     rd.check_max_length(data_args.max_length, teacher_config, f"teacher {teacher_path}")
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+    rd.check_length_leaves_text(data_args.max_length, tokenizer, pair=bool(data_args.text_column_2))
     check_student_tokenizer(model_args.student_model_name_or_path, tokenizer, teacher_path)
     if model_args.student_model_name_or_path:
         rd.check_max_length(data_args.max_length, AutoConfig.from_pretrained(model_args.student_model_name_or_path),
                             f"student {model_args.student_model_name_or_path}")
+    return teacher_config, tokenizer
 
+
+def load_checked_data(data_args, teacher_config):
+    """(raw datasets, [train split, validation split], {label value: teacher label id}), every column checked."""
     splits = [data_args.train_split, data_args.validation_split]
     raw, sources = rd.load_raw_datasets(data_args)
     columns = {"text_column": data_args.text_column, "text_column_2": data_args.text_column_2,
                "label_column": data_args.label_column}
     rd.require_columns(raw, sources, columns)
-    rd.require_values(raw, sources, columns)
-    mapping = rd.label_mapping(raw, splits, data_args.label_column, teacher_config.id2label)
+    rd.require_text(raw, sources, {"text_column": data_args.text_column, "text_column_2": data_args.text_column_2})
+    rd.require_values(raw, sources, {"label_column": data_args.label_column})
+    rd.require_class_labels(raw, sources, data_args.label_column)
+    return raw, splits, rd.label_mapping(raw, splits, data_args.label_column, teacher_config.id2label)
 
-    set_seed(args.seed)
-    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_path)
+
+def build_models(model_args, args):
+    """(teacher, student, student info, two_stage): the teacher loaded, the student built or cut from it."""
+    teacher = AutoModelForSequenceClassification.from_pretrained(model_args.teacher_model_name_or_path)
     student, info = build_student(AutoModelForSequenceClassification, teacher, model_args.student_model_name_or_path,
                                   model_args.student_num_layers, model_args.student_layers)
-    two_stage = args.two_stage == "yes" or (args.two_stage == "auto" and bool(model_args.student_model_name_or_path))
-    if two_stage and (args.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"):
-        # accelerate refuses a second Accelerator with a DeepSpeed plugin in one process, and the two stages are
-        # two trainers: run the stages as two launches (--two_stage no with hidden weights, then predictions).
-        if args.two_stage == "yes":
-            raise ValueError("--two_stage yes cannot run under DeepSpeed (one DeepSpeed engine per process): use "
-                             "--two_stage no, or run the hidden-state stage and the prediction stage as two launches.")
-        logger.warning("--two_stage auto: off under DeepSpeed (one DeepSpeed engine per process); single stage.")
-        two_stage = False
+    two_stage = use_two_stage(args, model_args)
     if args.hidden_weight > 0 or two_stage:
         info.layer_map = resolve_layer_map(args.layer_map, info.student_num_layers, info.teacher_num_layers)
-    params = {"teacher": get_model_param_count(teacher), "student": get_model_param_count(student)}
+    return teacher, student, info, two_stage
 
+
+def use_two_stage(args, model_args) -> bool:
+    """`--two_stage`: yes, no, or auto (on for a student not cut from the teacher), where two stages can run: not
+    under DeepSpeed (one engine per process) and not with --max_steps 1 (nothing to split); `yes` there is a
+    ValueError, `auto` turns it off with a warning."""
+    wanted = args.two_stage == "yes" or (args.two_stage == "auto" and bool(model_args.student_model_name_or_path))
+    # accelerate refuses a second Accelerator with a DeepSpeed plugin in one process, and the two stages are two
+    # trainers: run the stages as two launches (--two_stage no with hidden weights, then predictions).
+    deepspeed = bool(args.deepspeed) or parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
+    why = ("cannot run under DeepSpeed (one DeepSpeed engine per process)" if deepspeed else
+           f"cannot split --max_steps {args.max_steps} between two stages" if args.max_steps == 1 else None)
+    if not wanted or why is None:
+        return wanted
+    if args.two_stage == "yes":
+        fix = "run the hidden-state stage and the prediction stage as two launches" if deepspeed else \
+            "pass --max_steps 2 or more"
+        raise ValueError(f"--two_stage yes {why}: use --two_stage no, or {fix}.")
+    logger.warning("--two_stage auto: off (%s); single stage.", why)
+    return False
+
+
+def stage_arguments(args, two_stage: bool):
+    """(hidden-state stage arguments or None, prediction stage arguments): one budget split between the stages."""
+    if not two_stage:
+        return None, args
+    stage1, args = two_stage_budget(args, args.two_stage_fraction)  # --max_steps or the epochs, split
+    return dataclasses.replace(stage1, save_strategy="no", eval_strategy="no"), args
+
+
+def distillation_inputs(teacher, train, evals, n_labelled: int, args, collator):
+    """(train set, eval set, teacher) for the distillation trainer: with augmented / transfer rows and no
+    hidden-state loss the teacher labels every row once (cached outputs, no teacher) instead of once per epoch."""
+    if len(train) <= n_labelled or args.hidden_weight != 0 or args.attention_weight != 0:
+        return train, evals, teacher
+    teacher.to(args.device)
+
+    def cache(ds):
+        return cache_teacher_outputs(teacher, ds, batch_size=args.per_device_eval_batch_size, data_collator=collator)
+
+    with args.main_process_first(desc="caching the teacher's outputs"):
+        return cache(train), cache(evals), teacher
+
+
+def train_student(run, student, teacher, stage1, args, train, evals, distil, common):
+    """The (optional) hidden-state stage, then the distillation; (trainer, optimizer steps of both, train metrics).
+    The student's weights and tokenizer are saved (the teacher never is)."""
+    steps = 0
+    if stage1 is not None and run.resume is None:  # a resumed run continues its prediction stage
+        first = DistillationTrainer(model=student, teacher_model=teacher, args=stage1, train_dataset=train,
+                                    eval_dataset=evals, **common)
+        first.train()
+        steps, student = first.state.global_step, first.student  # the bare student, not a ProjectedStudent
+        shutil.rmtree(stage1.output_dir, ignore_errors=True)
+    distil_train, distil_eval, teacher_arg = distil
+    trainer = DistillationTrainer(model=student, teacher_model=teacher_arg, args=args, train_dataset=distil_train,
+                                  eval_dataset=distil_eval, **common)
+    train_metrics = run.train(trainer).metrics
+    save_final_model(trainer, args.output_dir)  # student weights + tokenizer (the teacher is never saved)
+    return trainer, steps + trainer.state.global_step, train_metrics
+
+
+def compare_students(trainer, teacher, baseline_init, args, steps: int, labelled, evals, params: dict, common):
+    """Teacher, student (and the hard-label baseline, when asked for) on the same validation batches;
+    (comparison, extra results: the baseline and what distillation bought)."""
+    models = {"teacher": teacher, "student": trainer.model_wrapped}
+    baseline = None
+    if baseline_init is not None:
+        baseline = train_hard_baseline(baseline_init, args, steps, labelled, evals, common)
+        models["hard_baseline"] = baseline.model
+        params["hard_baseline"] = params["student"]
+    comparison = compare_on_eval(trainer, models, evals, accuracy_and_macro_f1, parameters=params)
+    extra = {}
+    if baseline is not None:
+        extra["hard_baseline"] = {**comparison.metrics["hard_baseline"], "distilled_optimizer_steps": steps,
+                                  "optimizer_steps": baseline.state.global_step}
+        extra["distillation_gain"] = {k: comparison.metrics["student"][k] - v
+                                      for k, v in comparison.metrics["hard_baseline"].items()}
+    return comparison, extra
+
+
+def main(argv: list[str] | None = None) -> dict:
+    required = {"teacher_model_name_or_path": "a fine-tuned sequence classifier (recipes/train_teacher.py makes one)"}
+    run = start_run(__file__, ModelArguments, LeverDataArguments, LeverTrainingArguments, argv, required)
+    model_args, data_args, args = run.model_args, run.data_args, run.args
+    check_levers(data_args)
+    # Everything that can be wrong is checked before a model is trained.
+    teacher_path = model_args.teacher_model_name_or_path
+    teacher_config, tokenizer = check_models(model_args, data_args)
+    raw, splits, mapping = load_checked_data(data_args, teacher_config)
+
+    set_seed(args.seed)
+    teacher, student, info, two_stage = build_models(model_args, args)
+    params = {"teacher": get_model_param_count(teacher), "student": get_model_param_count(student)}
     data = rd.tokenize_classification(raw, splits, tokenizer, data_args, mapping, args)
-    train, evals = build_train_set(data[splits[0]], raw[splits[0]], tokenizer, data_args, args), data[splits[1]]
+    labelled, evals = data[splits[0]], data[splits[1]]
+    train = build_train_set(labelled, raw[splits[0]], tokenizer, data_args, args)
     baseline_init = copy.deepcopy(student) if args.compare_with_hard_baseline else None
     # The recipe pushes the final folder itself (Run.finish); the Trainer must not create repos or push checkpoints.
-    args = dataclasses.replace(args, push_to_hub=False)
-    stage1 = None
-    if two_stage:
-        total, share = args.num_train_epochs, args.two_stage_fraction  # the same budget, split between the stages
-        stage1, args = two_stage_arguments(dataclasses.replace(args, num_train_epochs=total * (1 - share)),
-                                           intermediate_epochs=total * share)
-        stage1 = dataclasses.replace(stage1, save_strategy="no", eval_strategy="no")
+    stage1, args = stage_arguments(dataclasses.replace(args, push_to_hub=False), two_stage)
     common = dict(processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
                   compute_metrics=compute_classification_metrics)
-    distil_train, distil_eval, teacher_arg = train, evals, teacher
-    if len(train) > len(data[splits[0]]) and args.hidden_weight == 0 and args.attention_weight == 0:
-        # Augmented / transfer rows: the teacher labels every row once instead of once per epoch.
-        teacher.to(args.device)
-        cache = lambda ds: cache_teacher_outputs(teacher, ds, batch_size=args.per_device_eval_batch_size,  # noqa: E731
-                                                 data_collator=common["data_collator"])
-        with args.main_process_first(desc="caching the teacher's outputs"):
-            distil_train, distil_eval = cache(train), cache(evals)
+    distil = distillation_inputs(teacher, train, evals, len(labelled), args, common["data_collator"])
     with run.owning_output_dir():
-        steps = 0
-        if stage1 is not None and run.resume is None:  # a resumed run continues its prediction stage
-            first = DistillationTrainer(model=student, teacher_model=teacher, args=stage1, train_dataset=train,
-                                        eval_dataset=evals, **common)
-            first.train()
-            steps, student = first.state.global_step, first.student  # the bare student, not a ProjectedStudent
-            shutil.rmtree(stage1.output_dir, ignore_errors=True)
-        trainer = DistillationTrainer(model=student, teacher_model=teacher_arg, args=args, train_dataset=distil_train,
-                                      eval_dataset=distil_eval, **common)
-        train_metrics = trainer.train(resume_from_checkpoint=run.resume).metrics
-        steps += trainer.state.global_step
-        save_final_model(trainer, args.output_dir)  # student weights + tokenizer (the teacher is never saved)
-        models = {"teacher": teacher, "student": trainer.model_wrapped}
-        baseline = None
-        if baseline_init is not None:
-            baseline = train_hard_baseline(baseline_init, args, steps, data[splits[0]], evals, common)
-            models["hard_baseline"] = baseline.model
-            params["hard_baseline"] = params["student"]
-        comparison = compare_on_eval(trainer, models, data[splits[1]], accuracy_and_macro_f1, parameters=params)
-        extra = {}
-        if baseline is not None:
-            extra["hard_baseline"] = {**comparison.metrics["hard_baseline"], "distilled_optimizer_steps": steps,
-                                      "optimizer_steps": baseline.state.global_step}
-            extra["distillation_gain"] = {k: comparison.metrics["student"][k] - v
-                                          for k, v in comparison.metrics["hard_baseline"].items()}
+        trainer, steps, metrics = train_student(run, student, teacher, stage1, args, train, evals, distil, common)
+        comparison, extra = compare_students(trainer, teacher, baseline_init, args, steps, labelled, evals, params,
+                                             common)
         levers = {"augment": data_args.augment, "transfer_file": data_args.transfer_file,
                   "transfer_ratio": data_args.transfer_ratio, "two_stage": two_stage,
                   "hidden_stage_epochs": stage1.num_train_epochs if stage1 is not None else None,
-                  "training_rows": len(train), "labelled_rows": len(data[splits[0]])}
+                  "hidden_stage_steps": stage1.max_steps if stage1 is not None and stage1.max_steps > 0 else None,
+                  "training_rows": len(train), "labelled_rows": len(labelled)}
         results = run.results(
             trainer, task="text-classification", teacher=teacher_path, student=info, comparison=comparison,
-            dataset=rd.dataset_summary(data_args, len(data[splits[0]]), len(data[splits[1]])),
-            train_metrics=train_metrics,
+            dataset=rd.dataset_summary(data_args, len(labelled), len(evals)), train_metrics=metrics,
             labels=[teacher.config.id2label[i] for i in range(teacher.config.num_labels)],
             example_text=str(raw[splits[1]][0][data_args.text_column])[:200], levers=levers, **extra,
         )

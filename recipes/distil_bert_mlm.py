@@ -23,6 +23,7 @@ from transformers.trainer_pt_utils import get_model_param_count
 from hf_distill import DistillationArguments, DistillationTrainer
 from hf_distill.layers import resolve_layer_map
 from hf_distill.metrics import accuracy_and_macro_f1
+from hf_distill.positions import IGNORE_INDEX
 from hf_distill.recipes import data as rd
 from hf_distill.recipes.arguments import DataSourceArguments
 from hf_distill.recipes.evaluation import compare_on_eval
@@ -48,7 +49,7 @@ class MaskedLMDistillationTrainer(DistillationTrainer):
     """Distils the masked-LM logits only where the collator masked a token (labels != -100)."""
 
     def distillation_pairs(self, inputs, student_outputs, teacher_outputs):
-        masked = inputs["labels"] != -100  # (B, L)
+        masked = inputs["labels"] != IGNORE_INDEX  # (B, L)
         pairs = super().distillation_pairs(inputs, student_outputs, teacher_outputs)
         return [dataclasses.replace(p, mask=masked) for p in pairs]
 
@@ -68,12 +69,13 @@ def main(argv: list[str] | None = None) -> dict:
                          "model.")
     rd.check_max_length(data_args.max_length, config, f"teacher {teacher_path}")
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+    rd.check_length_leaves_text(data_args.max_length, tokenizer)
     check_student_tokenizer(model_args.student_model_name_or_path, tokenizer, teacher_path)
 
     splits = [data_args.train_split, data_args.validation_split]
     raw, sources = rd.load_raw_datasets(data_args)
     rd.require_columns(raw, sources, {"text_column": data_args.text_column})
-    rd.require_values(raw, sources, {"text_column": data_args.text_column}, allow_some_blank=True)
+    rd.require_text(raw, sources, {"text_column": data_args.text_column}, allow_some_blank=True)
 
     set_seed(args.seed)
     teacher = AutoModelForMaskedLM.from_pretrained(teacher_path)
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def encode(batch):
         texts = [t for t in batch[data_args.text_column] if t and t.strip()]  # blank lines separate paragraphs
-        return tokenizer(texts, truncation=True, max_length=data_args.max_length, return_special_tokens_mask=True)
+        return rd.encode_texts(tokenizer, texts, None, data_args.max_length, return_special_tokens_mask=True)
 
     with args.main_process_first(desc="tokenizing"):
         data = {s: raw[s].map(encode, batched=True, remove_columns=raw[s].column_names, desc=f"tokenizing {s}")
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
         data_collator=collator,
     )
     with run.owning_output_dir():
-        train_metrics = trainer.train(resume_from_checkpoint=run.resume).metrics
+        train_metrics = run.train(trainer).metrics
         save_final_model(trainer, args.output_dir)
         eval_metrics = trainer.evaluate()  # eval_loss and its soft/hard/hidden components
         set_seed(args.seed)  # same masks for teacher and student (they see the same batches anyway)

@@ -27,8 +27,12 @@ completion tokens (logits chunk by chunk); a few greedy generations of both go i
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import logging
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 
@@ -37,19 +41,23 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Genera
 from transformers.trainer_pt_utils import get_model_param_count
 
 from hf_distill import DistillationArguments, DistillationTrainer, PromptCompletionCollator, tokenize_prompt_completion
-from hf_distill.lm_data import PROMPT_ATTENTION_MASK, PROMPT_INPUT_IDS, completion_nll, end_token_id
+from hf_distill.evaluation import GenerationEvalCallback, evaluate_generation
+from hf_distill.lm_data import PROMPT_ATTENTION_MASK, PROMPT_INPUT_IDS, completion_nll, end_token_id, prompt_length
+from hf_distill.positions import IGNORE_INDEX
 from hf_distill.recipes import data as rd
-from hf_distill.recipes.arguments import DataSourceArguments
+from hf_distill.recipes.arguments import DataSourceArguments, LoraArguments, lora_config
 from hf_distill.recipes.evaluation import Comparison
 from hf_distill.recipes.models import build_student, check_student_tokenizer
 from hf_distill.recipes.output import save_final_model
 from hf_distill.recipes.run import start_run
+from hf_distill.stages import hard_baseline_arguments
 
+logger = logging.getLogger(__name__)
 DEFAULT_CHUNK = 1024  # tokens per chunk of the output-layer loss
 
 
 @dataclass
-class LMModelArguments:
+class LMModelArguments(LoraArguments):
     teacher_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Causal-LM teacher (required); several comma-separated: an ensemble, or "
                                 "routed per row with --teacher_id_column."})
@@ -61,15 +69,6 @@ class LMModelArguments:
     student_num_layers: int | None = field(default=None, metadata={"help": "Default: half the teacher's layers."})
     student_layers: str | None = field(
         default=None, metadata={"help": "0-based teacher layers copied into the student, e.g. '0,2,4'."}
-    )
-    use_peft: bool = field(
-        default=False, metadata={"help": "Train a LoRA adapter on the student instead of all weights."}
-    )
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: str = field(
-        default="all-linear", metadata={"help": "Comma-separated module names, or 'all-linear'."}
     )
     chunked_loss: bool = field(
         default=True,
@@ -86,6 +85,37 @@ class LMDataArguments(DataSourceArguments):
     num_generation_samples: int = field(
         default=3, metadata={"help": "Validation prompts whose greedy teacher / student generations go into the card."}
     )
+    packing: bool = field(
+        default=False, metadata={"help": "Padding-free batches: a micro-batch's rows as one sequence, position_ids "
+                                 "restarting per row; same losses, no padding computed (docs/packing.md)."}
+    )
+
+
+@dataclass
+class LMTrainingArguments(DistillationArguments):
+    compare_with_hard_baseline: bool = field(
+        default=False, metadata={"help": "Also train the same student on the completion cross-entropy alone (same "
+                                 "init, seed and number of optimizer steps) and report what distillation bought on "
+                                 "every metric."})
+    generation_eval_steps: int = field(
+        default=0, metadata={"help": "Every N optimizer steps, score the student's greedy completions of "
+                             "--generation_eval_samples validation prompts (ROUGE-L, teacher NLL, ...), logged as "
+                             "eval_<metric>. 0 = only at the end."})
+    generation_eval_samples: int = field(
+        default=32, metadata={"help": "Validation prompts scored during training (--generation_eval_steps)."})
+    final_generation_eval_samples: int = field(
+        default=256, metadata={"help": "Validation prompts whose greedy completions by teacher, student (and "
+                               "baseline) give the final generation metrics; -1 = all, 0 = none."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.generation_eval_steps < 0:
+            raise ValueError(f"--generation_eval_steps must be >= 0 (0 = off), got {self.generation_eval_steps}.")
+        if self.generation_eval_samples < 1:
+            raise ValueError(f"--generation_eval_samples must be >= 1, got {self.generation_eval_samples}.")
+        if self.final_generation_eval_samples < -1:
+            raise ValueError(f"--final_generation_eval_samples must be -1 (all), 0 (none) or a count, got "
+                             f"{self.final_generation_eval_samples}.")
 
 
 def standard_columns(raw, splits, data_args: LMDataArguments):
@@ -112,7 +142,7 @@ def evaluate_lm(trainer, models: dict, dataset, chunk_size: int | None, paramete
         m.eval()
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
-        examples += batch["input_ids"].shape[0]
+        examples += batch[PROMPT_INPUT_IDS].shape[0]  # rows, packed or not
         for name, model in models.items():
             start = time.perf_counter()
             with acc.autocast():
@@ -146,7 +176,7 @@ def generation_samples(models: dict, tokenizer, dataset, collator, n: int, max_n
                               pad_token_id=collator.pad_token_id)
     prompts = batch[PROMPT_INPUT_IDS].to(device)
     samples = [{"prompt": tokenizer.decode(p[m.bool()], skip_special_tokens=True),
-                "reference": tokenizer.decode([t for t, y in zip(r["input_ids"], r["labels"]) if y != -100],
+                "reference": tokenizer.decode([t for t, y in zip(r["input_ids"], r["labels"]) if y != IGNORE_INDEX],
                                               skip_special_tokens=True)}
                for p, m, r in zip(batch[PROMPT_INPUT_IDS], batch[PROMPT_ATTENTION_MASK], rows)]
     for name, model in models.items():
@@ -163,6 +193,79 @@ def generation_samples(models: dict, tokenizer, dataset, collator, n: int, max_n
         for sample, tokens in zip(samples, out):
             sample[name] = tok.decode(tokens, skip_special_tokens=True)
     return samples
+
+
+def greedy_config(tokenizer, max_new_tokens: int) -> GenerationConfig:
+    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end_token_id(tokenizer),
+                            pad_token_id=tokenizer.pad_token_id)
+
+
+def head(dataset, n: int):
+    """The first n rows (all for n = -1)."""
+    return dataset if n < 0 or n >= len(dataset) else dataset.select(range(n))
+
+
+def add_generation_eval(trainer, teacher, tokenizer, dataset, args) -> None:
+    """--generation_eval_steps: the student's generation metrics on a few validation prompts, logged as eval_*."""
+    if args.generation_eval_steps > 0:
+        trainer.add_callback(GenerationEvalCallback(
+            trainer, head(dataset, args.generation_eval_samples), tokenizer,
+            greedy_config(tokenizer, args.max_new_tokens), args.generation_eval_steps, teacher=teacher,
+            batch_size=args.per_device_eval_batch_size, seed=args.seed))
+
+
+def generation_metrics(models: dict, tokenizer, dataset, args) -> dict[str, dict]:
+    """{model name: generation metrics} on the first --final_generation_eval_samples validation prompts, greedy;
+    the teacher's `teacher_nll` is the floor (its NLL of its own completions)."""
+    if args.final_generation_eval_samples == 0:
+        return {}
+    config, rows = greedy_config(tokenizer, args.max_new_tokens), head(dataset, args.final_generation_eval_samples)
+    out = {}
+    for name, model in models.items():
+        metrics = evaluate_generation(model, rows, tokenizer, config, teacher=models.get("teacher"),
+                                      teacher_floor=False, batch_size=args.per_device_eval_batch_size, seed=args.seed)
+        metrics.pop("teacher_nll_floor", None)
+        out[name] = metrics
+    return out
+
+
+def train_hard_baseline(init, teacher, args, steps: int, train, tokenizer, collator, peft_config, **teacher_kwargs):
+    """The same student init, seed, batch and schedule as the distilled run, `steps` optimizer steps, on the
+    completion cross-entropy alone (dataset completions, no teacher term); its checkpoints are removed."""
+    folder = os.path.join(args.output_dir, "hard_baseline")
+    b_args = dataclasses.replace(hard_baseline_arguments(args, steps, output_dir=folder), generation_eval_steps=0)
+    baseline = DistillationTrainer(model=init, teacher_model=teacher, args=b_args, train_dataset=train,
+                                   processing_class=tokenizer, data_collator=collator, peft_config=peft_config,
+                                   **teacher_kwargs)
+    baseline.train()
+    shutil.rmtree(folder, ignore_errors=True)
+    return baseline
+
+
+def baseline_report(comparison: Comparison, generation: dict, baseline) -> dict:
+    """The baseline's metrics and what distillation bought on each (student - baseline), for the results JSON."""
+    for name, metrics in generation.items():
+        comparison.metrics[name].update({k: v for k, v in metrics.items() if k != "examples"})
+    if baseline is None:
+        return {}
+    student, base = comparison.metrics["student"], comparison.metrics["hard_baseline"]
+    return {"hard_baseline": {**base, "optimizer_steps": baseline.state.global_step},
+            "distillation_gain": {k: student[k] - v for k, v in base.items() if k in student}}
+
+
+def fit_generation_length(args, configs: dict, evals):
+    """`args` with --max_new_tokens cut, with a warning, so that the longest validation prompt plus it fits every
+    model: what the end of an off-policy run generates (the card's samples, the generation metrics) must not crash
+    after training. Runs that sample in training were checked against --max_length already (check_generation_fits),
+    so this never cuts them."""
+    longest = max((prompt_length(labels) for labels in evals["labels"]), default=0)
+    room, who = rd.generation_room(configs, longest)
+    if room is None or room >= args.max_new_tokens:
+        return args
+    logger.warning("generation at the end of the run (the card's samples, generation metrics) gets %d new tokens, "
+                   "not --max_new_tokens %d: the longest validation prompt (%d tokens) plus %d would exceed the %s's "
+                   "%d positions.", room, args.max_new_tokens, longest, args.max_new_tokens, who, room + longest)
+    return dataclasses.replace(args, max_new_tokens=room)
 
 
 def load_tokenizers(model_args, args, teacher_paths: list[str]):
@@ -197,8 +300,23 @@ def tokenizer_summary(tokenizer, trainer) -> str:
     return "; ".join([student, *teachers])
 
 
+def teacher_tokenizer_kwargs(args, teacher_tokenizers: list) -> dict:
+    """teacher_processing_class for DistillationTrainer when the teachers may speak other tokenizers."""
+    return {"teacher_processing_class": teacher_tokenizers} if args.cross_tokenizer else {}
+
+
+def other_tokenizer(trainer):
+    """The first teacher's tokenizer when it is not the student's (cross_tokenizer), else None."""
+    if not (trainer.paired and trainer.args.cross_tokenizer) or trainer.paired.aligner.teachers[0] is None:
+        return None
+    other = trainer.paired.aligner.teachers[0]
+    if other.pad_token is None:
+        other.pad_token = other.eos_token
+    return other
+
+
 def main(argv: list[str] | None = None) -> dict:
-    run = start_run(__file__, LMModelArguments, LMDataArguments, DistillationArguments, argv,
+    run = start_run(__file__, LMModelArguments, LMDataArguments, LMTrainingArguments, argv,
                     required={"teacher_model_name_or_path": "a causal LM (Hub id or folder)"})
     model_args, data_args, args = run.model_args, run.data_args, run.args
     teacher_paths = [p.strip() for p in model_args.teacher_model_name_or_path.split(",") if p.strip()]
@@ -218,25 +336,26 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer.pad_token = tokenizer.eos_token
     if not args.cross_tokenizer:
         check_student_tokenizer(model_args.student_model_name_or_path, tokenizer, teacher_path)
-    if model_args.student_model_name_or_path:
-        rd.check_max_length(data_args.max_length, AutoConfig.from_pretrained(model_args.student_model_name_or_path),
-                            f"student {model_args.student_model_name_or_path}")
-    positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-    if (args.lmbda > 0 or args.seq_kd) and positions and data_args.max_length + args.max_new_tokens > positions:
-        raise ValueError(
-            f"max_length ({data_args.max_length}) + max_new_tokens ({args.max_new_tokens}) exceeds the teacher's "
-            f"{positions} positions: sampled sequences would not fit. Lower one of them."
-        )
+    configs = {"teacher": config}  # what the end of the run needs is checked now, against every model
+    student_path = model_args.student_model_name_or_path
+    if student_path:
+        configs["student"] = AutoConfig.from_pretrained(student_path)
+        rd.check_max_length(data_args.max_length, configs["student"], f"student {student_path}")
+    rd.check_lm_length_leaves_text(data_args.max_length, tokenizer)
+    if args.samples_completions:
+        rd.check_generation_fits(configs, data_args.max_length, args.max_new_tokens, "--lmbda / --seq_kd")
 
     splits = [data_args.train_split, data_args.validation_split]
-    raw = standard_columns(rd.load_raw_datasets(data_args)[0], splits, data_args)
+    raw, sources = rd.load_raw_datasets(data_args)
+    raw = standard_columns(raw, splits, data_args)
     with args.main_process_first(desc="tokenizing"):
-        data = {s: tokenize_prompt_completion(raw[s], tokenizer, data_args.max_length, desc=f"tokenizing {s}")
-                for s in splits}
+        data = {s: tokenize_prompt_completion(raw[s], tokenizer, data_args.max_length, desc=f"tokenizing {s}",
+                                              source=sources[s]) for s in splits}
     column = args.teacher_id_column  # routed teachers: the column survives tokenization (checked by the trainer)
     if column:
         data = {s: d.add_column(column, raw[s][column]) if column in raw[s].column_names else d
                 for s, d in data.items()}
+    args = fit_generation_length(args, configs, data[splits[1]])
 
     set_seed(args.seed)
     teachers = [AutoModelForCausalLM.from_pretrained(p) for p in teacher_paths]
@@ -244,65 +363,83 @@ def main(argv: list[str] | None = None) -> dict:
     student, info = build_student(AutoModelForCausalLM, teacher, model_args.student_model_name_or_path,
                                   model_args.student_num_layers, model_args.student_layers)
     params = {"teacher": get_model_param_count(teacher), "student": get_model_param_count(student)}
-    peft_config = None
-    if model_args.use_peft:
-        from peft import LoraConfig
+    peft_config = lora_config(model_args)
 
-        targets = model_args.lora_target_modules
-        peft_config = LoraConfig(task_type="CAUSAL_LM", r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
-                                 lora_dropout=model_args.lora_dropout,
-                                 target_modules=targets if targets == "all-linear" else targets.split(","))
-
-    collator = PromptCompletionCollator.from_tokenizer(tokenizer)
+    collator = PromptCompletionCollator.from_tokenizer(tokenizer, pack=data_args.packing)
+    baseline_init = copy.deepcopy(student) if args.compare_with_hard_baseline else None
     # The recipe pushes the final folder itself (Run.finish); the Trainer must not create repos or push checkpoints.
     trainer = DistillationTrainer(
         model=student, teacher_model=teachers if len(teachers) > 1 else teacher,
         args=dataclasses.replace(args, push_to_hub=False), train_dataset=data[splits[0]],
         eval_dataset=data[splits[1]], processing_class=tokenizer, data_collator=collator, peft_config=peft_config,
-        merge_adapter_on_save=model_args.use_peft,
-        teacher_processing_class=teacher_tokenizers if args.cross_tokenizer else None,
+        merge_adapter_on_save=model_args.use_peft, **teacher_tokenizer_kwargs(args, teacher_tokenizers),
     )
-    # The first teacher's own tokenizer where it differs: it is evaluated and samples in its own tokens.
-    other = trainer.paired.aligner.teachers[0] if trainer.paired and args.cross_tokenizer else None
-    if other is not None and other.pad_token is None:
-        other.pad_token = other.eos_token
+    other = other_tokenizer(trainer)  # the first teacher's own tokenizer, where it is not the student's
+    # A teacher with another tokenizer cannot score the student's tokens (teacher_nll): generation metrics without it.
+    add_generation_eval(trainer, trainer.teacher if other is None else None, tokenizer, data[splits[1]], args)
     with run.owning_output_dir():
-        train_metrics = trainer.train(resume_from_checkpoint=run.resume).metrics
+        train_metrics = run.train(trainer).metrics
         save_final_model(trainer, args.output_dir)  # the student (adapter merged) + tokenizer, never the teacher
         models = {"teacher": trainer.teacher, "student": trainer.accelerator.unwrap_model(trainer.model_wrapped)}
-        chunk = args.loss_chunk_size or DEFAULT_CHUNK
-        if other is None:
-            comparison, n_tokens = evaluate_lm(trainer, models, data[splits[1]], chunk, params)
-        else:  # each model on the validation split in its own tokens
-            comparison, n_tokens = evaluate_lm(trainer, {"student": models["student"]}, data[splits[1]], chunk, params)
-            own = tokenize_prompt_completion(raw[splits[1]], other, data_args.max_length, desc="teacher tokens")
-            trainer.data_collator, collate = PromptCompletionCollator.from_tokenizer(other), trainer.data_collator
-            try:
-                by_teacher, _ = evaluate_lm(trainer, {"teacher": models["teacher"]}, own, chunk, params)
-            finally:
-                trainer.data_collator = collate
-            comparison.metrics.update(by_teacher.metrics)
-            comparison.speed.update(by_teacher.speed)
-        samples = []
-        if trainer.is_world_process_zero():
-            samples = generation_samples(models, tokenizer, data[splits[1]], collator,
-                                         data_args.num_generation_samples, args.max_new_tokens, args.device,
-                                         tokenizers={"teacher": other} if other is not None else None)
-        results = run.results(
-            trainer, task="text-generation", teacher=",".join(teacher_paths), student=info, comparison=comparison,
-            dataset=rd.dataset_summary(data_args, len(data[splits[0]]), len(data[splits[1]])),
-            train_metrics=train_metrics, eval_completion_tokens=n_tokens, generation_samples=samples,
-            example_text=samples[0]["prompt"] if samples else "",
-        )
+        baseline = None
+        if baseline_init is not None:
+            baseline = train_hard_baseline(baseline_init, teachers if len(teachers) > 1 else teacher, args,
+                                           trainer.state.global_step, data[splits[0]], tokenizer, collator,
+                                           peft_config, **teacher_tokenizer_kwargs(args, teacher_tokenizers))
+            models["hard_baseline"] = baseline.accelerator.unwrap_model(baseline.model_wrapped)
+            params["hard_baseline"] = params["student"]
+        results = evaluate_and_report(run, trainer, models, params, info, train_metrics,
+                                      (data[splits[0]], data[splits[1]]), tokenizer, collator, baseline,
+                                      (other, raw[splits[1]]))
         results["distillation"].update(
             mode="on-policy (GKD)" if args.lmbda > 0 else ("sequence-level KD" if args.seq_kd else "off-policy"),
             divergence=args.divergence, lmbda=args.lmbda, seq_kd=args.seq_kd, max_new_tokens=args.max_new_tokens,
+            lmbda_start_step=args.lmbda_start_step, lmbda_warmup_steps=args.lmbda_warmup_steps,
+            on_policy_divergence=args.on_policy_divergence or (args.divergence if args.lmbda > 0 else None),
             generation_temperature=args.generation_temperature, loss_chunk_size=args.loss_chunk_size,
             peft=model_args.use_peft, cross_tokenizer=args.cross_tokenizer,
-            tokenizers=tokenizer_summary(tokenizer, trainer), routing=args.teacher_id_column,
-            teachers=teacher_paths,
+            tokenizers=tokenizer_summary(tokenizer, trainer), routing=args.teacher_id_column, teachers=teacher_paths,
         )
         return run.finish(trainer, results)
+
+
+def evaluate_and_report(run, trainer, models: dict, params: dict, info, train_metrics: dict, train_eval: tuple,
+                        tokenizer, collator, baseline, teacher_own: tuple = (None, None)) -> dict:
+    """Perplexity and generation metrics of every model on the validation split, the card's generation samples,
+    and the results JSON payload (with the baseline's metrics and the gain when there is one). `teacher_own`:
+    (the teacher's tokenizer, the raw validation split) when the teacher reads other tokens than the student."""
+    (train, evals), args, data_args = train_eval, trainer.args, run.data_args
+    other, raw_evals = teacher_own
+    chunk = args.loss_chunk_size or DEFAULT_CHUNK
+    if other is None:
+        comparison, n_tokens = evaluate_lm(trainer, models, evals, chunk, params)
+        generation = generation_metrics(models, tokenizer, evals, args)
+    else:  # the teacher on the same texts in its own tokens; generation metrics without it
+        students = {k: v for k, v in models.items() if k != "teacher"}
+        comparison, n_tokens = evaluate_lm(trainer, students, evals, chunk, params)
+        own = tokenize_prompt_completion(raw_evals, other, data_args.max_length, desc="teacher tokens")
+        trainer.data_collator, collate = PromptCompletionCollator.from_tokenizer(other), trainer.data_collator
+        try:
+            by_teacher, _ = evaluate_lm(trainer, {"teacher": models["teacher"]}, own, chunk, params)
+        finally:
+            trainer.data_collator = collate
+        comparison.metrics.update(by_teacher.metrics)
+        comparison.speed.update(by_teacher.speed)
+        generation = generation_metrics(students, tokenizer, evals, args)
+    extra = baseline_report(comparison, generation, baseline)
+    samples = []
+    if trainer.is_world_process_zero():
+        samples = generation_samples(models, tokenizer, evals, collator, data_args.num_generation_samples,
+                                     args.max_new_tokens, args.device,
+                                     tokenizers={"teacher": other} if other is not None else None)
+    return run.results(
+        trainer, task="text-generation", teacher=run.model_args.teacher_model_name_or_path.replace(" ", ""),
+        student=info,
+        comparison=comparison, dataset=rd.dataset_summary(data_args, len(train), len(evals)),
+        train_metrics=train_metrics, eval_completion_tokens=n_tokens, generation_samples=samples,
+        generation_eval_examples=next(iter(generation.values()), {}).get("examples", 0),
+        example_text=samples[0]["prompt"] if samples else "", **extra,
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
@@ -34,6 +35,22 @@ class TeacherModelArguments:
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Pretrained encoder to fine-tune: Hub id or local folder (required)."}
     )
+    ignore_mismatched_sizes: bool = field(
+        default=False, metadata={"help": "Start from a classifier fine-tuned on another label set: its head is "
+                                 "re-initialised for this data's labels (as in transformers' run_glue.py)."}
+    )
+
+
+def check_head(config, path: str, names: list, reinit: bool) -> None:
+    """A checkpoint that is already a classifier must have this data's label count, unless its head is re-made."""
+    is_classifier = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+    if is_classifier and config.num_labels != len(names) and not reinit:
+        raise ValueError(
+            f"--model_name_or_path {path} is a classifier with {config.num_labels} labels "
+            f"({list(config.id2label.values())}) but the data has {len(names)} ({[str(n) for n in names]}). Start "
+            "from the pretrained encoder instead, or pass --ignore_mismatched_sizes true to re-initialise its head "
+            "for these labels."
+        )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -45,17 +62,22 @@ def main(argv: list[str] | None = None) -> dict:
     columns = {"text_column": data_args.text_column, "text_column_2": data_args.text_column_2,
                "label_column": data_args.label_column}
     rd.require_columns(raw, sources, columns)
-    rd.require_values(raw, sources, columns)
+    rd.require_text(raw, sources, {"text_column": data_args.text_column, "text_column_2": data_args.text_column_2})
+    rd.require_values(raw, sources, {"label_column": data_args.label_column})
+    rd.require_class_labels(raw, sources, data_args.label_column)
     names = rd.data_label_names(raw, splits, data_args.label_column)
     id2label = {i: str(n) for i, n in enumerate(names)}
 
     set_seed(args.seed)
+    config = AutoConfig.from_pretrained(model_args.model_name_or_path)
+    rd.check_max_length(data_args.max_length, config, f"model {model_args.model_name_or_path}")
+    check_head(config, model_args.model_name_or_path, names, model_args.ignore_mismatched_sizes)
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
+    rd.check_length_leaves_text(data_args.max_length, tokenizer, pair=bool(data_args.text_column_2))
     model = AutoModelForSequenceClassification.from_pretrained(
         model_args.model_name_or_path, num_labels=len(names), id2label=id2label,
-        label2id={n: i for i, n in id2label.items()},
+        label2id={n: i for i, n in id2label.items()}, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
     )
-    rd.check_max_length(data_args.max_length, model.config, f"model {model_args.model_name_or_path}")
     mapping = rd.label_mapping(raw, splits, data_args.label_column, id2label)
     data = rd.tokenize_classification(raw, splits, tokenizer, data_args, mapping, args)
     trainer = Trainer(
@@ -64,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
         compute_metrics=compute_classification_metrics,
     )
     with run.owning_output_dir():
-        trainer.train(resume_from_checkpoint=run.resume)
+        run.train(trainer)
         save_final_model(trainer, args.output_dir)
         metrics = trainer.evaluate()
         trainer.save_metrics("eval", metrics)

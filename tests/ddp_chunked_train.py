@@ -1,6 +1,7 @@
 """Distil a tiny Llama with the chunked output-layer loss; run alone or under torchrun (gloo, CPU).
 
-Usage: python tests/ddp_chunked_train.py OUT_DIR PER_DEVICE_BATCH   (torchrun --nproc_per_node 2 ... for DDP)
+Usage: python tests/ddp_chunked_train.py OUT_DIR PER_DEVICE_BATCH [COLLATOR]   (torchrun --nproc_per_node 2 for DDP)
+COLLATOR: "plain" (default: llm_setup.collate), "padded" or "packed" (PromptCompletionCollator, pack=False / True).
 Writes OUT_DIR/final.pt with the student's weights (rank 0).
 """
 
@@ -12,10 +13,10 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from llm_setup import collate, lm_data, tiny_lm, tokenizer
 
-from hf_distill import DistillationArguments, DistillationTrainer
+from hf_distill import DistillationArguments, DistillationTrainer, PromptCompletionCollator
 
 
-def main(out_dir: str, per_device_batch: int) -> None:
+def main(out_dir: str, per_device_batch: int, collator: str = "plain") -> None:
     student, teacher = tiny_lm(vocab=56, seed=1), tiny_lm(vocab=64, hidden=24, seed=2)
     args = DistillationArguments(
         output_dir=out_dir, report_to=[], use_cpu=True, max_steps=2, per_device_train_batch_size=per_device_batch,
@@ -23,7 +24,8 @@ def main(out_dir: str, per_device_batch: int) -> None:
         loss_chunk_size=5, soft_weight=0.6, hard_weight=0.4, dataloader_drop_last=True,
         ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
     )
-    trainer = DistillationTrainer(student, teacher, args, train_dataset=lm_data(), data_collator=collate,
+    data_collator = collate if collator == "plain" else PromptCompletionCollator(0, pack=collator == "packed")
+    trainer = DistillationTrainer(student, teacher, args, train_dataset=lm_data(), data_collator=data_collator,
                                   processing_class=tokenizer())
     trainer.train()
     if trainer.is_world_process_zero():
@@ -39,4 +41,4 @@ def main(out_dir: str, per_device_batch: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), *sys.argv[3:])

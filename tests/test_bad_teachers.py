@@ -9,7 +9,7 @@ import transformers as tf
 from conftest import VOCAB, WORDS, classification_data, make_tokenizer, tiny_bert
 
 from hf_distill import DistillationArguments, DistillationTrainer
-from hf_distill.cache import main as cache_main
+from hf_distill.recipes.cache_cli import main as cache_main
 
 
 def args(tmp_path):

@@ -10,8 +10,9 @@ import transformers as tf
 from conftest import VOCAB, classification_data, tiny_bert
 
 from hf_distill import DistillationArguments, DistillationTrainer
-from hf_distill.cache import CachedOutputsCollator, cache_teacher_outputs, load_data_files
+from hf_distill.cache import CachedOutputsCollator, cache_teacher_outputs
 from hf_distill.losses import soft_target_loss, topk_soft_target_loss
+from hf_distill.recipes.data import load_data_files
 
 
 def dargs(tmp_path, **kw):
@@ -276,7 +277,7 @@ def test_no_teacher_and_no_cache_is_an_error(tmp_path):
 def test_cache_cli_writes_a_dataset_the_trainer_uses_without_teacher(tmp_path, tokenizer):
     from datasets import load_from_disk
 
-    from hf_distill.cache import main
+    from hf_distill.recipes.cache_cli import main
 
     teacher = tiny_bert(layers=2, hidden=32)
     teacher.save_pretrained(tmp_path / "teacher")

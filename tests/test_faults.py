@@ -1,9 +1,14 @@
 """kill -9 at random (seeded) moments of a tiny recipe run, during training steps and checkpoint saves, then
 `--resume_from_checkpoint last`: no progress is lost beyond the newest complete checkpoint, and the final
-student equals the one of the same run left alone."""
+student equals the one of the same run left alone.
+
+Each launch stops itself at the moment the seeded draw chose (tests/paused_recipe.py) and is killed there: the
+moments are events of the run (a step, a file of a checkpoint), never timers, so the test does not depend on the
+speed of the machine or on what else it runs."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -19,31 +24,49 @@ from recipe_helpers import recipe_args, save_classifier, write_csv
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = 24  # room for 5 kills: a launch advances at most ~5 steps before its kill
+STEPS = 14  # a launch advances at most 2 steps before its kill: room for 5 kills and a last launch
 KILLS = 5
-# What a checkpoint needs to resume exactly (the Trainer writes trainer_state.json after the others).
-CHECKPOINT_FILES = {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"}
+POINTS = ("train", "weights", "optimizer-half", "rng", "state")  # tests/paused_recipe.py
+TORCH_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth")
+SAFETY_S = 900  # only against a hung child: the waits below end on events, not on time
+
+
+def complete(folder: Path) -> bool:
+    """What a checkpoint needs to resume exactly, each file readable to its end (checked here by loading them, not
+    with the library's own check)."""
+    try:
+        load_file(folder / "model.safetensors")
+        for name in TORCH_FILES:
+            torch.load(folder / name, weights_only=False)
+        json.loads((folder / "trainer_state.json").read_text())
+    except Exception:
+        return False
+    return True
 
 
 def complete_checkpoints(out: Path) -> list[int]:
-    found = []
-    for d in out.glob("checkpoint-*") if out.is_dir() else []:
-        if CHECKPOINT_FILES <= set(os.listdir(d)):
-            found.append(int(d.name.split("-")[1]))
-    return sorted(found)
+    return sorted(int(d.name.split("-")[1]) for d in (out.glob("checkpoint-*") if out.is_dir() else []) if complete(d))
 
 
-def start(argv: list[str], log: Path) -> subprocess.Popen:
+def start(argv: list[str], log: Path, pause_at: str | None = None) -> subprocess.Popen:
     """The recipe in a child process, its output into `log` (a pipe could fill up and stall it)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PAUSE_MARKER": f"{log}.paused",
            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env.pop("PAUSE_AT", None)
+    if pause_at:
+        env["PAUSE_AT"] = pause_at
     with open(log, "w") as f:
-        return subprocess.Popen([sys.executable, str(ROOT / "recipes" / "distil_bert.py"), *argv], env=env,
+        return subprocess.Popen([sys.executable, str(ROOT / "tests" / "paused_recipe.py"), *argv], env=env,
                                 stdout=f, stderr=subprocess.STDOUT)
 
 
-def checkpoint_started(out: Path, step: int) -> bool:
-    return (out / f"checkpoint-{step}").is_dir()
+def wait_for_pause(proc: subprocess.Popen, log: Path) -> None:
+    """Until this launch reports that it stopped at its chosen moment (a file only this launch writes)."""
+    marker, deadline = Path(f"{log}.paused"), time.monotonic() + SAFETY_S
+    while not marker.exists():
+        assert proc.poll() is None, f"{log.name} ended before its kill:\n{log.read_text()[-2000:]}"
+        assert time.monotonic() < deadline, f"{log.name} never reached its kill point:\n{log.read_text()[-2000:]}"
+        time.sleep(0.05)
 
 
 @pytest.mark.distributed
@@ -55,7 +78,7 @@ def test_kill_9_during_training_and_saving_loses_nothing(tmp_path):
               "--save_strategy", "steps", "--save_steps", "1", "--save_total_limit", "2"]
 
     whole = start(recipe_args(teacher, data, tmp_path / "whole", *common), tmp_path / "whole.log")
-    assert whole.wait(timeout=120) == 0, (tmp_path / "whole.log").read_text()[-3000:]
+    assert whole.wait(timeout=SAFETY_S) == 0, (tmp_path / "whole.log").read_text()[-3000:]
 
     rng = random.Random(0)
     out = tmp_path / "killed"
@@ -64,29 +87,25 @@ def test_kill_9_during_training_and_saving_loses_nothing(tmp_path):
         newest = max(complete_checkpoints(out), default=0)
         resume = ["--resume_from_checkpoint", "last"] if newest else ["--overwrite_output_dir"]
         log_file = tmp_path / f"launch{launch}.log"
-        proc = start(recipe_args(teacher, data, out, *common, *resume), log_file)
-        if launch < KILLS:
-            # A random moment: 0-0.2 s after the save of a random step 1-2 steps ahead begins (the checkpoint
-            # folder appears), which lands in that save or in the training step after it.
-            target = min(newest + rng.randint(1, 2), STEPS - 2)
-            deadline = time.time() + 90
-            while proc.poll() is None and not checkpoint_started(out, target) and time.time() < deadline:
-                time.sleep(0.002)
-            time.sleep(rng.uniform(0.0, 0.2))
-            assert proc.poll() is None, f"launch {launch} ended before its kill:\n{log_file.read_text()[-2000:]}"
+        pause_at = None
+        if launch < KILLS:  # a random moment of the next two steps: a training step or a file of a checkpoint save
+            point = POINTS[launch] if launch < len(POINTS) else rng.choice(POINTS)  # each kind at least once
+            pause_at = f"{newest + rng.randint(1, 2)}:{point}"
+        proc = start(recipe_args(teacher, data, out, *common, *resume), log_file, pause_at)
+        if pause_at:
+            wait_for_pause(proc, log_file)
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             kills += 1
+            during_save += not pause_at.endswith(":train")
             after = complete_checkpoints(out)
-            started = [int(d.name.split("-")[1]) for d in out.glob("checkpoint-*")]
-            during_save += max(started) > max(after, default=0)  # the newest folder is half written
             assert max(after, default=0) >= newest, (newest, after)  # a complete checkpoint never vanishes
         else:
-            assert proc.wait(timeout=120) == 0, log_file.read_text()[-3000:]
+            assert proc.wait(timeout=SAFETY_S) == 0, log_file.read_text()[-3000:]
         if newest:
             resumes.append((newest, log_file.read_text()))
     print(f"kill -9: {kills} kills ({during_save} during a checkpoint save), {len(resumes)} resumes")
-    assert kills == KILLS and len(resumes) >= KILLS - 1
+    assert kills == KILLS and during_save >= 4 and len(resumes) >= KILLS - 1
     for newest, log in resumes:  # each resume continued from the newest complete checkpoint, not an earlier one
         match = re.search(r"Resuming training from checkpoint with epoch \d+ and global step (\d+)", log)
         assert match and int(match.group(1)) == newest, log[-2000:]

@@ -105,7 +105,7 @@ class PerMicroBatchMeans(DistillationTrainer):
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
-        self._token_totals = None
+        self._step_tokens.totals = None
         return batches, None
 
 

@@ -449,3 +449,28 @@ def test_topk_forward_kl_equals_the_previous_topk_soft_loss():
     got = topk_divergence_loss(s, idx, vals, rest, T, mask, divergence="forward_kl")
     assert got.item() == pytest.approx(before.item(), rel=1e-5)
     assert torch.equal(topk_soft_target_loss(s, idx, vals, rest, T, mask), got)
+
+
+def test_divergence_parameters_registry_and_config_agree():
+    """A divergence's keyword parameter = its default in the function, one DIVERGENCE_PARAMS entry (range, help)
+    and one DistillationArguments field; the three must agree, and config validation reads the registry's range."""
+    import dataclasses
+    import inspect
+
+    from hf_distill import DistillationArguments
+    from hf_distill.losses import DIVERGENCE_PARAMS
+
+    taken = {}
+    for fn in (*DIVERGENCES.values(), *LOGIT_DIVERGENCES.values()):
+        for p in list(inspect.signature(fn).parameters.values())[2:]:
+            taken.setdefault(p.name, set()).add(p.default)
+    assert set(taken) == set(DIVERGENCE_PARAMS) == {"jsd_beta", "skew_alpha"}
+    fields = {f.name: f for f in dataclasses.fields(DistillationArguments)}
+    for name, spec in DIVERGENCE_PARAMS.items():
+        assert taken[name] == {fields[name].default}, name  # one default, the function's
+        assert fields[name].metadata["help"] == spec.help
+        low_bad, high_bad = spec.low - 0.5, spec.high + (0.5 if spec.high_included else 0.0)
+        for bad in (low_bad, high_bad):
+            with pytest.raises(ValueError, match=f"{name} must be in"):
+                DistillationArguments(output_dir="out", report_to=[], **{name: bad})
+        DistillationArguments(output_dir="out", report_to=[], **{name: spec.low})  # the low end is valid

@@ -107,6 +107,7 @@ def test_script_runs_every_experiment_in_tiny_mode(real_data, tmp_path, capsys):
 
     docs = Path(cfg.out_dir)
     saved = json.loads((docs / "real_data_results.json").read_text())
+    assert saved["provenance"]["command"].startswith("python ") and saved["provenance"]["commit"]
     assert saved["runs"]["teacher"]["accuracy"] == teacher_acc
     for png in ("students", "temperature", "small_data"):
         assert (docs / f"real_data_{png}.png").read_bytes()[:4] == b"\x89PNG"

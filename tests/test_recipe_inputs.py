@@ -155,8 +155,8 @@ def _cases(a, tmp_path):
         "output_dir is a file": lambda: Case(args(output=train), r"--output_dir .*train.csv is a file"),
         "output_dir under a file": lambda: Case(
             args(output=os.path.join(train, "out")), r"cannot be created: .* is a file"),
-        "overwrite would delete the inputs": lambda: Case(args("--overwrite_output_dir", output=str(a["root"])),
-            r"would delete \[.*teacher.*\], inputs of this run"),
+        "overwrite over the teacher's folder": lambda: Case(args("--overwrite_output_dir", output=a["teacher"]),
+            r"--overwrite_output_dir removes only what earlier runs wrote .*\['config.json', 'model.safetensors'"),
         "output_dir not writable": lambda: Case(
             args(), r"is not writable",
             mock.patch("tempfile.TemporaryFile", side_effect=PermissionError(13, "denied"))),
@@ -269,7 +269,7 @@ def test_student_folder_without_tokenizer_files_but_the_same_vocabulary_gets_a_w
     ("header only", [], ("d.csv", "text,label\n"), r"d.csv has only a header line"),
 ])
 def test_cache_cli_bad_input(name, extra, data, message, assets, tmp_path):
-    from hf_distill.cache import main
+    from hf_distill.recipes.cache_cli import main
 
     data_file = _file(tmp_path, *data) if data else assets["train"]
     argv = ["--teacher_model_name_or_path", assets["teacher"], "--data_file", data_file, "--max_length", "32",
@@ -283,7 +283,7 @@ def test_cache_cli_stores_label_names_as_the_teacher_ids_and_the_cache_trains(as
     from datasets import load_from_disk
 
     from hf_distill import DistillationArguments, DistillationTrainer
-    from hf_distill.cache import main
+    from hf_distill.recipes.cache_cli import main
 
     out = tmp_path / "cached"
     main(["--teacher_model_name_or_path", assets["teacher"], "--data_file", assets["dev"], "--max_length", "32",

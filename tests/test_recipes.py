@@ -166,7 +166,8 @@ def test_push_uploads_exactly_the_output_folder_and_no_token(tmp_path, data):
         seen.update(kwargs, files=sorted(os.listdir(folder)),
                     text={name: (folder / name).read_text() for name in ("README.md", "distillation_results.json")})
 
-    with mock.patch("huggingface_hub.get_token", return_value=None), mock.patch("huggingface_hub.HfApi") as api_cls:
+    with mock.patch("huggingface_hub.get_token", return_value=None), mock.patch("huggingface_hub.HfApi") as api_cls, \
+            mock.patch("huggingface_hub.constants.HF_HUB_OFFLINE", False):  # the tests run offline
         api = api_cls.return_value
         api.create_repo.return_value = mock.Mock(repo_id="me/tiny-student")
         api.upload_folder.side_effect = upload_folder

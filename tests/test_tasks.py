@@ -27,7 +27,7 @@ from distill_checks import (
 from hf_distill import DistillationTrainer
 
 T = 2.0
-README = Path(__file__).resolve().parents[1] / "README.md"
+TASKS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "tasks.md"
 
 
 def base_rows(n=8, seq=10, seed=0) -> dict[str, torch.Tensor]:
@@ -313,21 +313,21 @@ def test_attention_teacher_given_by_path_is_loaded_eager(tmp_path):
     assert comps["attention_loss"] > 0
 
 
-# ---- README subclassing example ----------------------------------------------------------------------
+# ---- docs/tasks.md subclassing example ----------------------------------------------------------------------
 
 
-def readme_tasks_example() -> str:
-    text = README.read_text()
+def tasks_page_example() -> str:
+    text = TASKS_PAGE.read_text()
     section = text.split("<!-- section: tasks -->")[1].split("<!-- /section: tasks -->")[0]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
-    assert blocks, "the README tasks section has no python example"
+    assert blocks, "docs/tasks.md has no python example in its tasks section"
     return blocks[0]
 
 
-def test_readme_subclassing_example_runs(tmp_path, monkeypatch):
+def test_tasks_page_subclassing_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "readme_example"}
-    exec(compile(readme_tasks_example(), "README.md:tasks", "exec"), namespace)  # noqa: S102 - the README's own code
+    exec(compile(tasks_page_example(), "docs/tasks.md", "exec"), namespace)  # the page's own code
     trainer, teacher, student = namespace["trainer"], namespace["teacher"], namespace["student"]
     # The subclass made the trainer distil both dict fields, padding tokens excluded for the slot head.
     batch = {k: torch.tensor(v[:4]) for k, v in namespace["data"][:4].items()}

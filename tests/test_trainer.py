@@ -76,7 +76,7 @@ def test_bert_12_to_6_trains_student_only_and_never_saves_the_teacher(tmp_path):
         keys = saved_keys(folder)
         assert keys and keys <= student_keys, folder  # only student tensors
         with safe_open(os.path.join(folder, "model.safetensors"), "pt") as f:
-            n_layers = {k.split(".")[3] for k in f.keys() if k.startswith("bert.encoder.layer.")}  # noqa: SIM118
+            n_layers = {k.split(".")[3] for k in f.keys() if k.startswith("bert.encoder.layer.")}
         assert len(n_layers) == 6
         reloaded = tf.AutoModelForSequenceClassification.from_pretrained(folder)
         assert reloaded.config.num_hidden_layers == 6
@@ -467,7 +467,7 @@ def test_extra_loss_terms_need_a_declared_weight_and_are_logged(tmp_path):
         undeclared.compute_distillation_loss(student, fixed_batch())
 
     class Declared(L2Distiller):
-        extra_loss_weights = {"logit_l2_loss": 0.25}  # noqa: RUF012 - the documented way to declare it
+        extra_loss_weights = {"logit_l2_loss": 0.25}  # the documented way to declare it
 
     trainer = Declared(student, teacher, dargs(tmp_path, max_steps=2), train_dataset=classification_data(8))
     assert trainer.loss_weights == {

@@ -10,7 +10,7 @@ from datasets import Dataset
 from distill_checks import changed, eval_components, make_args, ref_soft, sharpen, snapshot
 
 from hf_distill import DistillationTrainer
-from hf_distill.transfer import label_with_teacher, mark_unlabelled
+from hf_distill.mixing import label_with_teacher, mark_unlabelled
 
 T = 2.0
 
@@ -113,3 +113,11 @@ def test_stored_soft_targets_are_the_trainers_targets(tmp_path):
     _, comps = eval_components(trainer, batch)
     expected = ref_soft(logits_of(student, batch), stored, T, [(b,) for b in range(4)])
     assert comps["soft_loss"] == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_old_transfer_module_names_stay_importable():
+    from hf_distill import mixing, transfer
+
+    assert transfer.label_with_teacher is mixing.label_with_teacher
+    assert transfer.mark_unlabelled is mixing.mark_unlabelled
+    assert transfer.UNLABELLED == mixing.IGNORE_INDEX == -100

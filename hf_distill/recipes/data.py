@@ -8,6 +8,8 @@ import logging
 import math
 import os
 
+from ..data_checks import check_text_column
+from ..modeling import is_default_id2label
 from .arguments import ClassificationDataArguments, DataSourceArguments
 
 logger = logging.getLogger(__name__)
@@ -26,7 +28,7 @@ TEXT_FORMATS = ("csv", "json", "text")  # read as text: must be UTF-8
 PADDING_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert", "longformer")
 
 
-def data_format(path: str) -> tuple[str, dict]:
+def file_builder(path: str) -> tuple[str, dict]:
     """(builder, kwargs) for a local data file, from its extension."""
     ext = os.path.splitext(path)[1].lstrip(".").lower()
     if ext not in DATA_FORMATS:
@@ -73,7 +75,7 @@ def load_data_file(path: str, split: str = "train"):
     `ValueError` that names it."""
     from datasets import load_dataset
 
-    builder, kwargs = data_format(path)
+    builder, kwargs = file_builder(path)
     if not os.path.isfile(path):
         raise ValueError(f"data file {path} does not exist (or is not a file).")
     if os.path.getsize(path) == 0:
@@ -98,16 +100,26 @@ def load_data_file(path: str, split: str = "train"):
     mixed = [name for name, feature in dataset.features.items() if type(feature).__name__ == "Json"]
     if mixed:
         kinds = {name: sorted({type(v).__name__ for v in dataset[name]}) for name in mixed}
-        raise ValueError(f"{path}: column(s) {kinds} mix value types; every value of a column must have one type "
-                         "(e.g. all label names or all label ids).")
+        rows = "; ".join(f"column {name!r}: " + ", ".join(f"{kind} at row {row}" for kind, row in _first_rows(
+            dataset[name]).items()) for name in mixed)
+        raise ValueError(f"{path}: column(s) {kinds} mix value types ({rows}); every value of a column must have one "
+                         "type (e.g. all label names or all label ids; one string per text).")
     return dataset
+
+
+def _first_rows(values) -> dict[str, int]:
+    """{type name: the first row (0-based) holding a value of that type}."""
+    first = {}
+    for row, value in enumerate(values):
+        first.setdefault(type(value).__name__, row)
+    return first
 
 
 def load_data_files(files: dict[str, str]):
     """Local data files, one per split (`{"train": "train.csv", ...}`), all of one format, as a DatasetDict."""
     from datasets import DatasetDict
 
-    if len({str(data_format(p)) for p in files.values()}) != 1:
+    if len({str(file_builder(p)) for p in files.values()}) != 1:
         raise ValueError(f"data files must have the same format (one of the formats {sorted(DATA_FORMATS)}), got "
                          f"{sorted(files.values())}.")
     return DatasetDict({split: load_data_file(path, split) for split, path in files.items()})
@@ -165,9 +177,8 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def require_values(raw, sources: dict, columns: dict[str, str | None], allow_some_blank: bool = False) -> None:
-    """Every row has a value (not empty, not NaN) in each named column. With `allow_some_blank` (raw text,
-    where blank lines separate paragraphs) blank rows are skipped, but a split needs at least one row."""
+def require_values(raw, sources: dict, columns: dict[str, str | None]) -> None:
+    """Every row has a value (not empty, not NaN) in each named column (labels; text columns use `require_text`)."""
     for split, source in sources.items():
         if split not in raw:
             continue
@@ -175,11 +186,6 @@ def require_values(raw, sources: dict, columns: dict[str, str | None], allow_som
             if column is None:
                 continue
             rows = [i for i, v in enumerate(raw[split][column]) if _missing(v)]
-            if allow_some_blank and len(rows) < len(raw[split]):
-                continue
-            if allow_some_blank:
-                raise ValueError(f"{source} has no non-blank text in column {column!r}: nothing to train or "
-                                 "evaluate on.")
             if rows:
                 shown = ", ".join(str(i) for i in rows[:10]) + (", ..." if len(rows) > 10 else "")
                 raise ValueError(
@@ -188,24 +194,120 @@ def require_values(raw, sources: dict, columns: dict[str, str | None], allow_som
                 )
 
 
+def require_text(raw, sources: dict, columns: dict[str, str | None], allow_some_blank: bool = False) -> None:
+    """Every row holds one non-empty string in each named text column (`data_checks.check_text_column`: a number,
+    a list or a struct is refused with the file, the row and the column). With `allow_some_blank` (raw text, where
+    blank lines separate paragraphs) blank rows are skipped, but a split needs at least one row of text."""
+    for split, source in sources.items():
+        if split not in raw:
+            continue
+        for flag, column in columns.items():
+            if column is not None:
+                check_text_column(raw[split][column], column, source, flag,
+                                  blank="skipped" if allow_some_blank else "error")
+
+
+def model_positions(config) -> int | None:
+    """How many token positions a model reads (None when its config does not say): `n_positions` or
+    `max_position_embeddings`, less the padding offset of RoBERTa-style models."""
+    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    # RoBERTa-style models start position ids after the padding index: pad_token_id + 1 positions are never used.
+    if limit is not None and config.model_type in PADDING_OFFSET_MODELS and config.pad_token_id is not None:
+        limit -= config.pad_token_id + 1
+    return limit
+
+
 def check_max_length(max_length: int, config, who: str) -> None:
     """--max_length must fit the model's position embeddings (else the first long batch crashes at step 1)."""
-    limit = getattr(config, "max_position_embeddings", None)
-    if limit is None:
-        return
-    # RoBERTa-style models start position ids after the padding index: pad_token_id + 1 positions are never used.
-    if config.model_type in PADDING_OFFSET_MODELS and config.pad_token_id is not None:
-        limit -= config.pad_token_id + 1
-    if max_length > limit:
+    limit = model_positions(config)
+    if limit is not None and max_length > limit:
         raise ValueError(f"--max_length {max_length} is more than the {who} can read ({limit} positions, "
                          f"max_position_embeddings of its config); pass --max_length {limit} or less.")
+
+
+def generation_room(configs: dict, prompt_tokens: int) -> tuple[int | None, str | None]:
+    """(new tokens that fit after a prompt of `prompt_tokens` in every model of `configs` {who: config}, the model
+    that limits it); (None, None) when no config states its positions."""
+    limits = {who: model_positions(c) for who, c in configs.items()}
+    limits = {who: n for who, n in limits.items() if n is not None}
+    if not limits:
+        return None, None
+    who = min(limits, key=limits.get)
+    return limits[who] - prompt_tokens, who
+
+
+def check_generation_fits(configs: dict, max_length: int, max_new_tokens: int, purpose: str) -> None:
+    """Sampling during training (on-policy, sequence-level KD): a prompt of up to --max_length tokens plus
+    --max_new_tokens must fit every model's positions, checked before anything is trained."""
+    room, who = generation_room(configs, max_length)
+    if room is not None and max_new_tokens > room:
+        limit = room + max_length
+        raise ValueError(
+            f"--max_length ({max_length}) + --max_new_tokens ({max_new_tokens}) exceeds the {who}'s {limit} "
+            f"positions: the sequences sampled for {purpose} would not fit. Lower one of them (e.g. --max_new_tokens "
+            f"{max(limit - max_length, 1)} or --max_length {max(limit - max_new_tokens, 1)})."
+        )
+
+
+def check_length_leaves_text(max_length: int, tokenizer, pair: bool = False) -> None:
+    """--max_length must leave room for text beside the special tokens the tokenizer adds ([CLS] ... [SEP]); a
+    tokenizer asked to truncate below that does not truncate at all (it logs and returns the whole row)."""
+    special = tokenizer.num_special_tokens_to_add(pair=pair)
+    need = special + (2 if pair else 1)  # one token of each text
+    if max_length < need:
+        raise ValueError(
+            f"--max_length {max_length} leaves no room for text: the tokenizer adds {special} special token(s) to "
+            f"every {'sentence pair' if pair else 'text'}, so one token of text needs --max_length {need}; pass "
+            f"--max_length {need} or more (typically 128 to 512)."
+        )
+
+
+def check_lm_length_leaves_text(max_length: int, tokenizer) -> None:
+    """For prompt/completion data: --max_length must hold the bos token (if any), a prompt token and a completion
+    token (prompts are never cut, completions are)."""
+    need = (getattr(tokenizer, "bos_token_id", None) is not None) + 2
+    if max_length < need:
+        raise ValueError(
+            f"--max_length {max_length} leaves no room for a prompt and a completion (at least {need} tokens with "
+            f"this tokenizer{' and its bos token' if need > 2 else ''}); pass --max_length {need} or more "
+            "(typically 512 to 2048)."
+        )
+
+
+def encode_texts(tokenizer, texts: list, texts_2: list | None, max_length: int, **kwargs) -> dict:
+    """`tokenizer(texts, texts_2, truncation=True, max_length=...)`, then every row checked to fit: a tokenizer
+    that cannot truncate (max_length below its special tokens) returns whole rows, which crash at step 1."""
+    enc = tokenizer(texts, texts_2, truncation=True, max_length=max_length, **kwargs)
+    longest = max((len(ids) for ids in enc["input_ids"]), default=0)
+    if longest > max_length:
+        raise ValueError(f"the tokenizer did not truncate to --max_length {max_length} (a row has {longest} tokens); "
+                         "raise --max_length above the special tokens it adds.")
+    return enc
 
 
 # ---- sequence classification -----------------------------------------------------------------------
 
 
-def _is_default_names(id2label: dict) -> bool:
-    return all(str(v) == f"LABEL_{k}" for k, v in id2label.items())
+def require_class_labels(raw, sources: dict, label_column: str) -> None:
+    """Labels are class names or integer ids: a continuous value (0.37) or a list would silently become one class
+    per distinct value, so the first one is refused with its file, row and column."""
+    for split, source in sources.items():
+        if split not in raw:
+            continue
+        for row, value in enumerate(raw[split][label_column]):
+            if isinstance(value, float) and math.isfinite(value) and not value.is_integer():
+                raise ValueError(
+                    f"{source}, row {row} (0-based), column {label_column!r} (--label_column) holds {value!r}, a "
+                    "continuous value: these recipes train classifiers and would make one class per distinct value. "
+                    "Give class names or integer class ids (e.g. bin the scores into classes); regression targets "
+                    "are not supported."
+                )
+            if isinstance(value, (list, tuple, dict)):
+                raise ValueError(
+                    f"{source}, row {row} (0-based), column {label_column!r} (--label_column) holds "
+                    f"{type(value).__name__} {value!r}: one class name or integer id per row is needed (multi-label "
+                    "targets are not supported)."
+                )
 
 
 def data_label_names(raw, splits, label_column: str) -> list:
@@ -221,7 +323,7 @@ def label_mapping(raw, splits, label_column: str, id2label: dict) -> dict:
     id2label = {int(k): str(v) for k, v in id2label.items()}
     label2id = {v: k for k, v in id2label.items()}
     names = getattr(raw[splits[0]].features[label_column], "names", None)  # ClassLabel
-    named = not _is_default_names(id2label)
+    named = not is_default_id2label(id2label)
     values = set().union(*(raw[s].unique(label_column) for s in splits))
     mapping, unknown = {}, []
     for value in sorted(values, key=str):
@@ -244,10 +346,8 @@ def tokenize_classification(raw, splits, tokenizer, data_args: ClassificationDat
     """{split: tokenised dataset with input_ids, attention_mask, (token_type_ids), labels}."""
 
     def encode(batch):
-        texts = [[str(t) for t in batch[data_args.text_column]]]
-        if data_args.text_column_2:
-            texts.append([str(t) for t in batch[data_args.text_column_2]])
-        enc = tokenizer(*texts, truncation=True, max_length=data_args.max_length)
+        pair = batch[data_args.text_column_2] if data_args.text_column_2 else None
+        enc = encode_texts(tokenizer, batch[data_args.text_column], pair, data_args.max_length)  # checked strings
         enc["labels"] = [mapping[v] for v in batch[data_args.label_column]]
         return enc
 

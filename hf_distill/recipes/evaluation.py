@@ -9,6 +9,7 @@ import torch
 from transformers.trainer_pt_utils import get_model_param_count, nested_concat
 
 from ..modeling import forward_params
+from ..positions import IGNORE_INDEX
 
 
 @dataclass
@@ -40,13 +41,13 @@ def _sync(device: torch.device) -> None:
 
 def _gather(accelerator, x: torch.Tensor) -> torch.Tensor:
     if x.dim() == 2:  # (B, L) token predictions/labels: lengths differ between processes
-        x = accelerator.pad_across_processes(x, dim=1, pad_index=-100)
+        x = accelerator.pad_across_processes(x, dim=1, pad_index=IGNORE_INDEX)
     return accelerator.gather_for_metrics(x).cpu()
 
 
 def _append(done: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
     # token rows of different lengths are padded with -100 (ignored by the metrics)
-    return new if done is None else nested_concat(done, new, padding_index=-100)
+    return new if done is None else nested_concat(done, new, padding_index=IGNORE_INDEX)
 
 
 def compare_on_eval(trainer, models: dict[str, torch.nn.Module], eval_dataset, metric_fn,

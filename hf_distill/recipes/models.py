@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 
 from ..layers import count_layers, init_student_from_teacher, uniform_layer_map
-from ..model_card import is_hub_id
+from ..modeling import is_hub_id
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +23,7 @@ def check_model_source(path: str, flag: str) -> None:
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise ValueError(f"--{flag} {path} is a folder without config.json, so not a saved model; give the folder "
                              "that `save_pretrained` wrote.")
+        check_weight_files(path, flag)
         return
     if os.path.exists(path):
         raise ValueError(f"--{flag} {path} is a file; give the model's folder (with config.json) or a Hub id.")
@@ -34,6 +35,31 @@ def check_model_source(path: str, flag: str) -> None:
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         logger.warning("--%s %s is not a local folder; it is read as a Hub id from the cache (HF_HUB_OFFLINE is set).",
                        flag, path)
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def check_weight_files(folder: str, flag: str) -> None:
+    """The weight files of a saved model folder are whole (`output.saved_file_problem`: safetensors headers against
+    the file sizes, torch zip directories), before any model is loaded; a folder with config.json but no weights is
+    refused too.
+
+    Args:
+        folder: a saved model folder (with config.json).
+        flag: the argument that named it (for the message).
+    """
+    from .output import saved_file_problem
+
+    names = sorted(f for f in os.listdir(folder) if f.endswith(WEIGHT_SUFFIXES))
+    if not names:
+        raise ValueError(f"--{flag} {folder} has a config.json but no weights (*.safetensors or *.bin): the save did "
+                         "not finish. Save the model again (`save_pretrained`) or give another folder.")
+    for name in names:
+        file = os.path.join(folder, name)
+        if problem := saved_file_problem(file, legacy_pickle_ok=True):
+            raise ValueError(f"--{flag}: the weight file {file} is damaged or truncated ({problem}). Copy or save the "
+                             "model again (`save_pretrained`), or give another folder.")
 
 
 def check_student_tokenizer(student_path: str | None, tokenizer, teacher_path: str) -> None:

