@@ -102,8 +102,12 @@ class XTokConfig:
     modes: str = ",".join(MODES)
     loss_chunk_size: int | None = field(default=None, metadata={"help": "Chunked loss for students (default off)."})
     timing_repeats: int = 5
+    jobs: int = field(default=1, metadata={"help": "Seeds run in parallel processes (the students of one seed each)."})
     out_dir: str = "docs/results"
-    work_dir: str | None = None
+    work_dir: str | None = field(default=None, metadata={
+        "help": "Where teachers and runs go (default: a temporary folder). Teachers already saved there (by an "
+        "earlier run with the same settings) are loaded instead of trained again."})
+    worker: int | None = field(default=None, metadata={"help": "Internal: run the students of this seed."})
 
 
 # ---- data and tokenizers -----------------------------------------------------------------------------------
@@ -368,7 +372,9 @@ def markdown(summary: dict) -> str:
         f"{cfg['teacher_layers']} layers, hidden {cfg['teacher_hidden']}, {cfg['teacher_epochs']} epochs; students: "
         f"{cfg['student_layers']} layer(s), hidden {cfg['student_hidden']}, random init, {cfg['student_steps']} steps "
         f"of {cfg['batch_size']} tweets. Test: {cfg['n_test']} held-out tweets, validation {cfg['n_val']}. "
-        f"{len(cfg['seeds'].split(','))} seeds, mean ± 95% t-interval. {100 * m['aligned_share_test']:.1f}% of the "
+        + ("Teachers loaded from `--work_dir`, where an earlier invocation with the same settings had trained "
+           "them. " if m.get("teachers_reused_from_work_dir") else "")
+        + f"{len(cfg['seeds'].split(','))} seeds, mean ± 95% t-interval. {100 * m['aligned_share_test']:.1f}% of the "
         "test completions' student positions have a teacher-A position ending at the same character (the others get "
         "no soft loss).", "",
         "| model | test bpc | val bpc | share of the same-tokenizer gain over CE | s / step |",
@@ -441,24 +447,54 @@ def main(argv=None) -> dict:
     splits = split_texts(cfg)
     tok_a = AutoTokenizer.from_pretrained(minilm_path())
     tok_dir = str(out / f"{prefix}_tokenizer")
-    tok_b = train_bpe([r["prompt"] + r["completion"] for r in splits["train"]], cfg.bpe_merges, tok_dir)
+    reused = all(os.path.isfile(os.path.join(work, f"teacher_{k}", "config.json")) for k in "AB")
+    if reused:  # the BPE the saved teacher B was trained with
+        tok_b = AutoTokenizer.from_pretrained(os.path.join(work, "teacher_B"))
+        if cfg.worker is None:
+            tok_b.save_pretrained(tok_dir)
+    else:
+        tok_b = train_bpe([r["prompt"] + r["completion"] for r in splits["train"]], cfg.bpe_merges, tok_dir)
     data = {name: {s: tokenize_prompt_completion(Dataset.from_list(rows), tok, 64, desc=f"{name} {s}")
                    for s, rows in splits.items()} for name, tok in (("A", tok_a), ("B", tok_b))}
+    if cfg.worker is not None:  # one seed's students, in its own process
+        teachers = {k: GPT2LMHeadModel.from_pretrained(os.path.join(work, f"teacher_{k}")).eval() for k in "AB"}
+        runs = [run_student(cfg, mode, cfg.worker, teachers, tok_b, tok_a, data["B"], splits, work)
+                for mode in cfg.modes.split(",")]
+        Path(work, "runs", f"seed-{cfg.worker}.json").write_text(json.dumps(runs, default=str))
+        return {"runs": runs}
     teachers, teacher_bpc, start = {}, {}, time.perf_counter()
     for key, tok in (("A", tok_a), ("B", tok_b)):
         folder = os.path.join(work, f"teacher_{key}")
-        teachers[key] = train_teacher(cfg, tok, whole_tweets(splits["train"], tok), folder)
+        if reused:
+            teachers[key] = GPT2LMHeadModel.from_pretrained(folder).eval()
+        else:
+            teachers[key] = train_teacher(cfg, tok, whole_tweets(splits["train"], tok), folder)
         teacher_bpc[key] = {s: bits_per_char(teachers[key], data[key][s], splits[s], tok.pad_token_id)
                             for s in ("validation", "test")}
         print(f"teacher {key}: test bpc {teacher_bpc[key]['test']:.4f}", flush=True)
     teacher_seconds = time.perf_counter() - start
     runs, start = [], time.perf_counter()
-    for seed in [int(s) for s in cfg.seeds.split(",")]:
-        for mode in cfg.modes.split(","):
-            result = run_student(cfg, mode, seed, teachers, tok_b, tok_a, data["B"], splits, work)
-            print(f"{mode} seed {seed}: test bpc {result['test_bpc']:.4f} ({result['train_seconds']:.0f} s)",
-                  flush=True)
-            runs.append(result)
+    seeds = [int(s) for s in cfg.seeds.split(",")]
+    if cfg.jobs > 1:  # one process per seed (their students one after another), at most `jobs` at a time
+        os.makedirs(os.path.join(work, "runs"), exist_ok=True)
+
+        def launch(seed):
+            command = [sys.executable, os.path.abspath(__file__), *argv, "--work_dir", work, "--worker", str(seed)]
+            proc = subprocess.run(command, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise RuntimeError(f"seed {seed} failed:\n{proc.stderr[-3000:]}")
+            return json.loads(Path(work, "runs", f"seed-{seed}.json").read_text())
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=cfg.jobs) as pool:
+            runs = [r for batch in pool.map(launch, seeds) for r in batch]
+    else:
+        runs = [run_student(cfg, mode, seed, teachers, tok_b, tok_a, data["B"], splits, work)
+                for seed in seeds for mode in cfg.modes.split(",")]
+    for result in runs:
+        print(f"{result['mode']} seed {result['seed']}: test bpc {result['test_bpc']:.4f} "
+              f"({result['train_seconds']:.0f} s)", flush=True)
     students_seconds = time.perf_counter() - start
     start = time.perf_counter()
     cost = step_cost(cfg, teachers["B"], tok_b, data["B"], work) if cfg.timing_repeats > 0 else None
@@ -470,7 +506,8 @@ def main(argv=None) -> dict:
         "command": "PYTHONPATH=. python benchmarks/lm_cross_tokenizer.py " + " ".join(argv),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else
         f"CPU ({os.cpu_count()} cores shared with other jobs, torch threads {torch.get_num_threads()})",
-        "teacher_seconds": teacher_seconds, "students_seconds": students_seconds,
+        "teacher_seconds": teacher_seconds, "teachers_reused_from_work_dir": reused,
+        "students_seconds": students_seconds, "parallel_jobs": cfg.jobs,
         "timing_seconds": time.perf_counter() - start, "total_seconds": time.perf_counter() - begin,
         "vocab_a": len(tok_a), "vocab_b": len(tok_b), "tokenizer_dir": tok_dir,
         "shared_tokens": len(VocabularyMap.from_tokenizers(tok_b, tok_a)), "torch": torch.__version__,
