@@ -108,6 +108,9 @@ class XTokConfig:
         "help": "Where teachers and runs go (default: a temporary folder). Teachers already saved there (by an "
         "earlier run with the same settings) are loaded instead of trained again."})
     worker: int | None = field(default=None, metadata={"help": "Internal: run the students of this seed."})
+    reuse_runs: bool = field(default=False, metadata={
+        "help": "With --jobs: take a seed's student results from --work_dir when an earlier invocation (same "
+        "settings) wrote them, instead of training them again."})
 
 
 # ---- data and tokenizers -----------------------------------------------------------------------------------
@@ -479,6 +482,9 @@ def main(argv=None) -> dict:
         os.makedirs(os.path.join(work, "runs"), exist_ok=True)
 
         def launch(seed):
+            saved = Path(work, "runs", f"seed-{seed}.json")
+            if cfg.reuse_runs and saved.exists():
+                return json.loads(saved.read_text())
             command = [sys.executable, os.path.abspath(__file__), *argv, "--work_dir", work, "--worker", str(seed)]
             proc = subprocess.run(command, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
