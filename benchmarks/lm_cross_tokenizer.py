@@ -443,6 +443,8 @@ def main(argv=None) -> dict:
     if cfg.preset:
         cfg = XTokConfig(**{**asdict(cfg), **PRESETS[cfg.preset], "preset": cfg.preset})
     begin = time.perf_counter()
+    commit = git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--", "hf_distill",
+                                                                     "benchmarks") else "")  # the code that runs
     work = cfg.work_dir or tempfile.mkdtemp(prefix="lm_xtok_")
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -507,8 +509,7 @@ def main(argv=None) -> dict:
     from hf_distill.cross_tokenizer import VocabularyMap
 
     meta = {
-        "commit": git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--", "hf_distill",
-                                                                          "benchmarks") else ""),
+        "commit": commit,
         "command": "PYTHONPATH=. python benchmarks/lm_cross_tokenizer.py " + " ".join(argv),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else
         f"CPU ({os.cpu_count()} cores shared with other jobs, torch threads {torch.get_num_threads()})",
