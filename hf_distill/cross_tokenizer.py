@@ -59,7 +59,12 @@ ALIGNMENT_KEYS = (TEACHER_INPUT_IDS, TEACHER_ATTENTION_MASK, ALIGNED_INPUT_IDS, 
 def sorted_l1(p_s: torch.Tensor, p_t: torch.Tensor) -> torch.Tensor:
     """ULD's distance: sum_k |sort(p_s)_k - sort(p_t)_k|, both sorted decreasingly, the shorter padded with 0.
 
-    p_s (N, Vs), p_t (N, Vt) probabilities (or sub-vectors of them) -> (N,).
+    Args:
+        p_s: (N, Vs) probabilities (or a sub-vector of them) of the student.
+        p_t: (N, Vt) probabilities of the teacher.
+
+    Returns:
+        (N,) one distance per position.
     """
     width = max(p_s.shape[-1], p_t.shape[-1])
     s = F.pad(p_s.sort(dim=-1, descending=True).values, (0, width - p_s.shape[-1]))  # (N, W)
@@ -71,6 +76,11 @@ def uld_per_position(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     """Universal Logit Distillation at temperature T, T^2-scaled like the registry's divergences: (N,).
 
     T^2 * sum_k |sort(softmax(z_s / T))_k - sort(softmax(z_t / T))_k| (float32).
+
+    Args:
+        student_logits: (N, Vs) raw student logits at the paired positions.
+        teacher_logits: (N, Vt) raw teacher logits at the paired positions (any vocabulary size).
+        temperature: T > 0.
     """
     p_s = F.softmax(student_logits.float() / temperature, dim=-1)  # (N, Vs)
     p_t = F.softmax(teacher_logits.float() / temperature, dim=-1)  # (N, Vt)
@@ -106,6 +116,10 @@ class VocabularyMap:
         Tokenizers with the same decoder (both byte-level BPE, say) pair equal token strings instead, which
         also covers tokens that decode to no whole character. A string held by several tokens of one
         vocabulary is left out (the map is one to one).
+
+        Args:
+            student_tokenizer: the student's fast tokenizer.
+            teacher_tokenizer: the teacher's fast tokenizer.
         """
         n_s, n_t = len(student_tokenizer), len(teacher_tokenizer)
         if student_tokenizer.get_vocab() == teacher_tokenizer.get_vocab():
@@ -154,6 +168,9 @@ def token_texts(tokenizer) -> dict[str, int]:
     word-initial WordPiece token reads " word", a continuation "##ing" reads "ing", and a byte-level BPE token
     "Ġword" reads " word". Tokens that decode to nothing, to a replacement character (partial UTF-8) or to a text
     another token shares are left out.
+
+    Args:
+        tokenizer: a tokenizer with `batch_decode` (any transformers tokenizer).
     """
     anchor = tokenizer("a", add_special_tokens=False)["input_ids"][:1]
     special = set(tokenizer.all_special_ids)
@@ -182,6 +199,13 @@ def hybrid_per_position(student_logits: torch.Tensor, teacher_logits: torch.Tens
     divergence(student, teacher) on the coarsened distributions [p(S), p(everything else)] (the registry's
     function, the rest bin floored at float32 eps, left out when both sides have no other token), plus ULD's
     sorted L1 between the probabilities of the unshared tokens of each side.
+
+    Args:
+        student_logits: (N, >= vocab_map.student_size) raw student logits at the paired positions.
+        teacher_logits: (N, >= vocab_map.teacher_size) raw teacher logits at the paired positions.
+        vocab_map: the shared tokens (`VocabularyMap.from_tokenizers`).
+        temperature: T > 0.
+        divergence: a name of `losses.DIVERGENCES`; `params` are its own (jsd_beta, skew_alpha).
     """
     fn = losses.DIVERGENCES.get(divergence)
     if fn is None:
@@ -213,7 +237,14 @@ def _log_mass(log_p: torch.Tensor, floor: float) -> torch.Tensor:
 
 def registry_per_position(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
                           divergence: str, vocab_limit: int | None = None, **params: float) -> torch.Tensor:
-    """The same-tokenizer soft loss per position (N,): the registry's divergence at T, T^2-scaled ("mse": raw)."""
+    """The same-tokenizer soft loss per position (N,): the registry's divergence at T, T^2-scaled ("mse": raw).
+
+    Args:
+        student_logits: (N, V) raw student logits; teacher_logits: (N, V) raw teacher logits (same vocabulary).
+        temperature: T > 0.
+        divergence: a name of `losses.DIVERGENCES` or `losses.LOGIT_DIVERGENCES`; `params` are its own.
+        vocab_limit: compare the first `vocab_limit` entries only (vocabulary padding), or None for all.
+    """
     if vocab_limit is not None:
         student_logits, teacher_logits = student_logits[:, :vocab_limit], teacher_logits[:, :vocab_limit]
     if divergence in losses.LOGIT_DIVERGENCES:
@@ -232,6 +263,10 @@ def align_ends(student_ends: list[int], teacher_ends: list[int]) -> dict[int, in
     `*_ends[i]` is the character where the text read through position i ends (-1: a position never paired,
     such as a trailing end token). Where several positions of one side end at the same character (a character
     cut into several byte tokens), the last one is used: it has read the whole character.
+
+    Args:
+        student_ends: per student position of one row, the character its text ends at, or -1.
+        teacher_ends: the same for the teacher's positions of that row.
     """
     last_t = {}
     for j, end in enumerate(teacher_ends):
@@ -263,6 +298,11 @@ class TokenAligner:
     (`teacher_index`, default teacher 0), right-padded; `teacher_position` (B, Ls): the teacher position paired
     with each student position whose soft loss counts, else -1 (read by `lm_data.soft_token_mask`);
     `aligned_input_ids`, the student ids these were computed from. `max_lengths[k]` cuts teacher k's rows.
+
+    Args:
+        student_tokenizer: the student's fast tokenizer (decodes the rows, offsets of its own tokens).
+        teacher_tokenizers: per teacher, its fast tokenizer, or None for the student's.
+        max_lengths: per teacher, the most tokens it reads (its positions), or None.
     """
 
     def __init__(self, student_tokenizer, teacher_tokenizers: list, max_lengths: list[int | None] | None = None):
@@ -349,7 +389,12 @@ class TokenAligner:
 
 
 def realigned_batches(aligner: TokenAligner, batches):
-    """Yield each batch, aligned again when its student tokens changed (completions sampled after collation)."""
+    """Yield each batch, aligned again when its student tokens changed (completions sampled after collation).
+
+    Args:
+        aligner: the `TokenAligner` of the run.
+        batches: an iterator of collated batches.
+    """
     for batch in batches:
         yield aligner(batch) if aligner.needs_alignment(batch) else batch
 
@@ -364,6 +409,13 @@ class AlignedSoftLoss:
     (`vocab_maps[k]` for teacher k). soft = sum over pairs / number of pairs (the batch's `soft_token_mask`);
     per teacher k, the part of it that comes from its rows is logged as teacher{k}_soft_loss (they sum to
     soft_loss) with its pairs as teacher{k}_tokens.
+
+    Args:
+        n_teachers: the number of teachers.
+        mode: None, "uld" or "hybrid".
+        temperature: T > 0; divergence / params: the registry divergence and its parameters (None / "hybrid").
+        vocab_maps: per teacher, its `VocabularyMap` (cross-tokenizer modes).
+        vocab_limit: the shared tokenizer's size when the logits carry padding rows (mode None).
     """
 
     def __init__(self, n_teachers: int, mode: str | None, temperature: float, divergence: str, params: dict,

@@ -28,7 +28,13 @@ logger = logging.getLogger(__name__)
 
 
 class TeacherRoutes:
-    """Resolves the values of the routing column to teacher indices."""
+    """Resolves the values of the routing column to teacher indices.
+
+    Args:
+        column: the dataset column naming each row's teacher.
+        names: per teacher, the name or path it was given as (or None); a row may also name its 0-based index
+            or the folder name of that path.
+    """
 
     def __init__(self, column: str, names: list[str | None]):
         self.column = column
@@ -73,6 +79,11 @@ class PairedCollator:
 
     The routing values are taken out of the features before the wrapped collator runs (padding collators do not
     take strings). Alignment runs here, in the data loader, once per batch (`TokenAligner`).
+
+    Args:
+        collator: the wrapped collator (e.g. `PromptCompletionCollator`, padded).
+        routes: the routing column's resolver, or None (one teacher for every row).
+        aligner: pairs each row's positions with its teacher's.
     """
 
     def __init__(self, collator, routes: TeacherRoutes | None, aligner: TokenAligner):
@@ -103,7 +114,14 @@ class PairedDistillation:
               vocab_limit: int | None, datasets: dict, cached: bool) -> PairedDistillation | None:
         """None unless args.cross_tokenizer or args.teacher_id_column; a ValueError for what cannot be combined.
 
-        `teacher_tokenizers[k]` is teacher k's tokenizer where it differs from the student's (else None).
+        Args:
+            args: the DistillationArguments (cross_tokenizer, teacher_id_column, temperature, divergence, ...).
+            student: the student model; teachers: the loaded teachers; sources: what `teacher_model` gave.
+            processing_class: the student's tokenizer.
+            teacher_tokenizers: per teacher, its tokenizer where it differs from the student's, else None.
+            vocab_limit: the shared tokenizer's size when the logits carry padding rows.
+            datasets: {name: dataset or {name: dataset}} whose routing column is checked.
+            cached: whether the train set carries cached teacher outputs.
         """
         mode, column = args.cross_tokenizer, args.teacher_id_column
         if mode is None and column is None:
