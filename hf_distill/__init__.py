@@ -2,7 +2,7 @@
 
 from .cache import cache_teacher_outputs
 from .config import DistillationArguments
-from .evaluation import evaluate_generation
+from .evaluation import GenerationEvalCallback, evaluate_generation
 from .layers import init_student_from_teacher, uniform_layer_map
 from .lm_data import PromptCompletionCollator, tokenize_prompt_completion
 from .losses import (
@@ -27,6 +27,7 @@ __all__ = [
     "DistillationArguments",
     "DistillationObjective",
     "DistillationTrainer",
+    "GenerationEvalCallback",
     "LogitsPair",
     "NonFiniteLossError",
     "PromptCompletionCollator",

@@ -2,21 +2,25 @@
 
 A causal LM's logits are `hidden @ W.T` over the whole vocabulary: at 32k-256k entries the (tokens x V)
 logits of student and teacher, their softmaxes and their gradient dominate a training step's memory.
-Here the logits are built chunk by chunk (`chunk_size` rows at a time) inside one custom autograd
-Function whose forward also computes the gradients of its chunk (the way fused linear + cross-entropy
-kernels do), so neither the forward nor the backward ever holds (N, V) logits: the backward only scales
-the stored (N, H) and (V, H) gradients by the incoming gradient. The work is the same as the unchunked
-step (one logits matmul per model and two gradient matmuls for the student), never a recomputation.
+Here the logits are built chunk by chunk (`chunk_size` rows at a time, or "auto": as many as a memory
+budget holds, one chunk when all fit) inside one custom autograd Function whose forward also computes the
+gradients of its chunk (the way fused linear + cross-entropy kernels do), so neither the forward nor the
+backward ever holds (N, V) logits: the backward only scales the stored (N, H) and (V, H) gradients by the
+incoming gradient. The work is the same as the unchunked step (one logits matmul per model and two
+gradient matmuls for the student), never a recomputation; soft and hard terms of a chunk share one pass,
+and the forward KL's gradient is formed in closed form from the same teacher probabilities as its value.
 
-Pure tensors in, tensors out; no Trainer. The caller runs the bodies (see `last_hidden_states`), picks
-the rows that count (`hf_distill.positions.causal_lm_rows`) and normalises the returned sums by its own token counts.
+Layers: `chunked_output_loss` runs any per-chunk loss of a head's logits (a `ChunkFn`); `chunked_head_loss`
+is distillation's (teachers' divergence + next-token cross-entropy) on top of it. Pure tensors in, tensors
+out; no Trainer. The caller runs the bodies (`logits_to_keep=1, output_hidden_states=True`), picks the rows
+that count (`hf_distill.positions.causal_lm_rows`) and normalises the returned sums by its own token counts.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +84,14 @@ class OutputHead:
             z = torch.tanh(z / self.softcap) * self.softcap
         return z
 
+    def finish_grad(self, z: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """d loss / d raw from grad = d loss / d z (n, V) float32, z = finish(raw); in place on grad."""
+        if self.softcap is not None:
+            grad.mul_(1.0 - (z / self.softcap).square())  # tanh' = 1 - tanh^2
+        if self.scale != 1.0:
+            grad.mul_(self.scale)
+        return grad
+
 
 def next_token_nll(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
     """The model's own causal-LM loss on logits rows: float32 cross-entropy over the whole (padded) vocabulary.
@@ -123,23 +135,91 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return t.dtype
 
 
-@dataclass
-class _Plan:
-    """Everything but the student's differentiable tensors (hidden, weight, bias), for one call."""
+# ---- chunk size: a number of rows, or "auto" from a memory budget ---------------------------------------------
 
-    student_head: OutputHead
-    teacher_hidden: Sequence[torch.Tensor]
-    teacher_heads: Sequence[OutputHead]
-    soft_mask: torch.Tensor | None
-    labels: torch.Tensor | None
-    temperature: float
-    divergence: str
-    ensemble_mode: str
-    vocab_limit: int | None
-    soft_scale: float
-    hard_scale: float
-    chunk_size: int
-    params: dict
+# "auto" budget: on CUDA this fraction of the memory still free when the loss runs (free device memory plus what
+# torch's allocator caches unused: 1.6 GB of an 80 GB card), elsewhere this many MiB. Small enough that the chunked
+# loss keeps its memory saving where logits are large (V = 128k, 4096 tokens: several chunks), large enough that
+# chunks are hundreds of rows (no per-chunk cost) and small problems run as one chunk.
+AUTO_GPU_FREE_FRACTION = 0.02
+AUTO_CPU_BUDGET_MB = 512
+# float32 (rows, V) buffers alive at once while one chunk is processed (the estimate "auto" divides the budget by):
+# the student's logits, its log-probabilities at T and at 1 (turned into gradients in place) and one temporary;
+# per teacher its logits, log-probabilities and probabilities.
+STUDENT_BUFFERS, TEACHER_BUFFERS = 4, 3
+
+
+def chunk_bytes_per_row(vocab: int, n_teachers: int) -> int:
+    """Bytes one row of a chunk holds while its logits, targets and gradients are alive (float32 estimate)."""
+    return 4 * vocab * (STUDENT_BUFFERS + TEACHER_BUFFERS * n_teachers)
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes the chunks of loss_chunk_size="auto" may use on `device` (AUTO_GPU_FREE_FRACTION, AUTO_CPU_BUDGET_MB)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(AUTO_GPU_FREE_FRACTION * (free + cached))
+    return AUTO_CPU_BUDGET_MB * 2**20
+
+
+def auto_chunk_size(n_rows: int, vocab: int, n_teachers: int, budget: int) -> int:
+    """Rows per chunk so that a chunk fits `budget` bytes: all rows (one chunk) when they fit, else the fewest chunks
+    that do, of even size.
+
+    Args:
+        n_rows: rows (tokens) the loss is computed at.
+        vocab: the student's output size V.
+        n_teachers: teachers whose logits are built beside the student's.
+        budget: bytes (e.g. `memory_budget(device)`).
+    """
+    fits = max(1, budget // chunk_bytes_per_row(vocab, n_teachers))
+    if fits >= n_rows:
+        return max(n_rows, 1)
+    n_chunks = -(-n_rows // fits)  # ceil
+    return -(-n_rows // n_chunks)
+
+
+def resolve_chunk_size(chunk_size: int | str, n_rows: int, vocab: int, n_teachers: int, device) -> int:
+    """`chunk_size` rows, or for "auto" `auto_chunk_size` with the device's `memory_budget`; ValueError otherwise."""
+    if chunk_size == "auto":
+        return auto_chunk_size(n_rows, vocab, n_teachers, memory_budget(torch.device(device)))
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive number of rows or 'auto', got {chunk_size!r}.")
+    return chunk_size
+
+
+# ---- the chunk loop: any loss of a head's logits, gradients formed chunk by chunk -------------------------------
+
+# A chunk function: (z (n, V) float32 finished logits of `rows`, rows, want_grad) ->
+#   (loss 0-d, sums (k,) detached float32 per-term sums for logs, d loss / d z (n, V) float32 or None).
+ChunkFn = Callable[[torch.Tensor, slice, bool], tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]]
+
+
+class _HeadGrads:
+    """The gradients of a loss w.r.t. (hidden (N, H), weight (V, H), bias (V,)), summed chunk by chunk."""
+
+    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, wants, w_cd):
+        self.w = w_cd  # (V, H) in the compute dtype
+        self.hidden = torch.zeros_like(hidden) if wants[0] else None  # (N, H)
+        self.weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if wants[1] else None
+        self.bias = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if wants[2] else None
+        self.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+
+    def add(self, rows: slice, h: torch.Tensor, g_raw: torch.Tensor) -> None:
+        """Add one chunk: h (n, H) its hidden states (compute dtype), g_raw (n, V) float32 d loss / d (h W^T + b)."""
+        g = g_raw.to(self.w.dtype)
+        if self.hidden is not None:
+            self.hidden[rows] = (g @ self.w).to(self.hidden.dtype)  # (n, H)
+        if self.weight is not None:
+            _accumulate_outer(self.weight, g, h)
+        if self.bias is not None:
+            self.bias += g_raw.sum(0)
+
+    def scaled(self, grad_loss: torch.Tensor) -> list:
+        """The three gradients times the incoming gradient, in place (no second (V, H) copy), in the inputs' dtypes."""
+        grads = (self.hidden, self.weight, self.bias)
+        return [None if g is None else g.mul_(grad_loss).to(dtype) for g, dtype in zip(grads, self.dtypes)]
 
 
 _MIXED_MM: dict[str, bool] = {}
@@ -167,107 +247,180 @@ def _accumulate_outer(acc: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> No
         acc += (g.t() @ h).float()
 
 
-def _run_chunks(hidden: torch.Tensor, plan: _Plan, grads_for: tuple[bool, bool, bool]):
-    """Loop over row chunks; return (loss, soft_sum, hard_sum) and, where asked, the gradients of the loss
-    with respect to (hidden (N, H), weight (V, H), bias (V,))."""
-    head = plan.student_head
-    device_type = hidden.device.type
+def _run_chunks(hidden: torch.Tensor, head: OutputHead, chunk_fn: ChunkFn, chunk_size: int, n_terms: int, wants):
+    """Loop over row chunks: (loss, sums (n_terms,), _HeadGrads or None when no gradient is wanted)."""
     cd = _compute_dtype(head.weight)
     w = head.weight.detach().to(cd)  # (V, H): cast once, as autocast would (it caches the cast weight)
     b = None if head.bias is None else head.bias.detach().to(cd)
-    teachers = [
-        (h_t.detach(), t_head, _compute_dtype(t_head.weight))
-        for h_t, t_head in zip(plan.teacher_hidden, plan.teacher_heads)
-    ]
-    t_weights = [
-        (t_head.weight.detach().to(tcd), None if t_head.bias is None else t_head.bias.detach().to(tcd))
-        for _, t_head, tcd in teachers
-    ]
-    want_soft = plan.soft_scale != 0.0 and bool(teachers)
-    want_hard = plan.hard_scale != 0.0 and plan.labels is not None
-    n_rows = hidden.shape[0]
-    g_hidden = torch.zeros_like(hidden) if grads_for[0] else None  # (N, H)
-    g_weight = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if grads_for[1] else None  # (V, H)
-    g_bias = torch.zeros(w.shape[0], dtype=torch.float32, device=w.device) if grads_for[2] and b is not None else None
-    soft_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
-    hard_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
-    # The autocast state is handled above by explicit dtypes: no op below may be recast behind our back.
-    with torch.autocast(device_type, enabled=False):
-        for start in range(0, n_rows, plan.chunk_size):
-            rows = slice(start, min(start + plan.chunk_size, n_rows))
+    grads = _HeadGrads(hidden, head.weight, head.bias, wants, w) if any(wants) else None
+    loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    sums = torch.zeros(n_terms, dtype=torch.float32, device=hidden.device)
+    # The autocast state is handled by explicit dtypes: no op below may be recast behind our back.
+    with torch.autocast(hidden.device.type, enabled=False), torch.no_grad():
+        for start in range(0, hidden.shape[0], chunk_size):
+            rows = slice(start, min(start + chunk_size, hidden.shape[0]))
             h = hidden[rows].detach().to(cd)  # (n, H)
-            with torch.enable_grad():
-                raw = F.linear(h, w, b).requires_grad_(bool(any(grads_for)))  # (n, V): the only logits alive
-                z = head.finish(raw)
-                total = raw.new_zeros((), dtype=torch.float32)
-                if want_soft:
-                    with torch.no_grad():
-                        t_logits = [
-                            t_head.finish(F.linear(h_t[rows].to(tcd), tw, tb))
-                            for (h_t, t_head, tcd), (tw, tb) in zip(teachers, t_weights)
-                        ]  # K x (n, V_t)
-                        limit = plan.vocab_limit
-                        if limit is not None:
-                            t_logits = [t[:, :limit] for t in t_logits]
-                        target = teacher_target(t_logits, plan.temperature, plan.ensemble_mode, plan.divergence)
-                        del t_logits
-                    mask = None if plan.soft_mask is None else plan.soft_mask[rows]
-                    z_soft = z if plan.vocab_limit is None else z[:, : plan.vocab_limit]
-                    soft = divergence_loss(
-                        z_soft,
-                        target,
-                        plan.temperature,
-                        mask,
-                        divergence=plan.divergence,
-                        reduction="sum",
-                        **plan.params,
-                    )
-                    soft_sum += soft.detach()
-                    total = total + plan.soft_scale * soft
-                if want_hard:
-                    hard = next_token_nll(z, plan.labels[rows], reduction="sum")
-                    hard_sum += hard.detach()
-                    total = total + plan.hard_scale * hard
-                if any(grads_for) and total.requires_grad:
-                    (g_raw,) = torch.autograd.grad(total, raw)  # (n, V)
-                else:
-                    g_raw = None
-            if g_raw is not None:
-                g = g_raw.to(cd)
-                if g_hidden is not None:
-                    g_hidden[rows] = (g @ w).to(g_hidden.dtype)  # (n, H)
-                if g_weight is not None:
-                    _accumulate_outer(g_weight, g, h)
-                if g_bias is not None:
-                    g_bias += g_raw.float().sum(0)
-            del raw, z, g_raw
-    loss = plan.soft_scale * soft_sum + plan.hard_scale * hard_sum
-    return loss, soft_sum, hard_sum, g_hidden, g_weight, g_bias
+            z = head.finish(F.linear(h, w, b).float())  # (n, V) float32: the only student logits alive
+            chunk_loss, chunk_sums, g_z = chunk_fn(z, rows, grads is not None)
+            loss += chunk_loss
+            sums += chunk_sums
+            if grads is not None and g_z is not None:
+                grads.add(rows, h, head.finish_grad(z, g_z))
+            del z, g_z
+    return loss, sums, grads
 
 
-class _ChunkedHeadLoss(torch.autograd.Function):
-    """loss = soft_scale * soft_sum + hard_scale * hard_sum; its gradients are computed during the forward."""
+class _ChunkedOutputLoss(torch.autograd.Function):
+    """loss = sum over chunks of chunk_fn's loss; its gradients are computed during the forward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, plan):
-        grads_for = (hidden.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
-        loss, soft_sum, hard_sum, g_hidden, g_weight, g_bias = _run_chunks(hidden, plan, grads_for)
-        # Kept on ctx, not save_for_backward: they are results, not inputs, and the backward scales them in
-        # place, so that no second (V, H) copy of the head's gradient is ever made.
-        ctx.grads = [g_hidden, g_weight, g_bias]
-        ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
-        ctx.mark_non_differentiable(soft_sum, hard_sum)
-        return loss, soft_sum, hard_sum
+    def forward(ctx, hidden, weight, bias, head, chunk_fn, chunk_size, n_terms):
+        wants = (hidden.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
+        loss, sums, grads = _run_chunks(hidden, head, chunk_fn, chunk_size, n_terms, wants)
+        # Kept on ctx, not save_for_backward: they are results, not inputs, and the backward scales them in place.
+        ctx.grads = grads
+        ctx.mark_non_differentiable(sums)
+        return loss, sums
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_soft, _grad_hard):
+    def backward(ctx, grad_loss, _grad_sums):
         if ctx.grads is None:
             raise RuntimeError("the chunked head loss was already back-propagated; it cannot be twice (retain_graph).")
-        out = []
-        for g, dtype in zip(ctx.grads, ctx.dtypes):
-            out.append(None if g is None else g.mul_(grad_loss).to(dtype))
-        ctx.grads = None
-        return (*out, None)
+        grads, ctx.grads = ctx.grads, None
+        return (*grads.scaled(grad_loss), None, None, None, None)
+
+
+def chunked_output_loss(
+    hidden: torch.Tensor, head: OutputHead, chunk_fn: ChunkFn, chunk_size: int, n_terms: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Any loss of a head's logits, `chunk_size` rows at a time, never holding (N, V) logits or their gradient.
+
+    Args:
+        hidden: (N, H) the rows' last hidden states (differentiable).
+        head: the output layer (`OutputHead`); its weight / bias get gradients where they require them.
+        chunk_fn: called per chunk as chunk_fn(z, rows, want_grad) with z (n, V) float32 the finished logits of
+            `hidden[rows]`; returns (loss 0-d, sums (n_terms,) float32 for logs, d loss / d z (n, V) or None).
+        chunk_size: rows per chunk (a number; see `resolve_chunk_size`).
+        n_terms: length of the sums.
+
+    Returns (loss, sums): loss differentiable w.r.t. hidden, head.weight and head.bias; sums detached.
+    """
+    return _ChunkedOutputLoss.apply(hidden, head.weight, head.bias, head, chunk_fn, chunk_size, n_terms)
+
+
+# ---- the distillation chunk: soft divergence against the teachers and hard cross-entropy, fused -----------------
+
+
+@dataclass
+class _Plan:
+    """What `chunked_head_loss` computes on each chunk, beyond the student's head and hidden states."""
+
+    teacher_hidden: list[torch.Tensor]  # K x (N, H_t)
+    teacher_heads: list[OutputHead]
+    soft_mask: torch.Tensor | None  # (N,) bool, None = every row
+    labels: torch.Tensor | None  # (N,) next-token ids, -100 = no hard loss
+    temperature: float
+    divergence: str
+    ensemble_mode: str
+    vocab_limit: int | None
+    soft_scale: float | torch.Tensor
+    hard_scale: float | torch.Tensor
+    params: dict = field(default_factory=dict)
+
+    @property
+    def want_soft(self) -> bool:
+        return bool(self.teacher_heads) and not _is_zero(self.soft_scale)
+
+    @property
+    def want_hard(self) -> bool:
+        return self.labels is not None and not _is_zero(self.hard_scale)
+
+
+def _is_zero(scale) -> bool:
+    return not torch.is_tensor(scale) and float(scale) == 0.0
+
+
+class _DistillChunk:
+    """The chunk function of `chunked_head_loss`: loss = soft_scale * soft + hard_scale * hard; sums (soft, hard)."""
+
+    def __init__(self, plan: _Plan):
+        self.plan = plan
+        self.teachers = []  # (hidden (N, H_t), head, weight, bias) in the teacher's compute dtype
+        for h_t, t_head in zip(plan.teacher_hidden, plan.teacher_heads):
+            tcd = _compute_dtype(t_head.weight)
+            bias = None if t_head.bias is None else t_head.bias.detach().to(tcd)
+            self.teachers.append((h_t.detach(), t_head, t_head.weight.detach().to(tcd), bias))
+
+    def target(self, rows: slice) -> torch.Tensor:
+        """(n, V') the combined teachers' target of these rows (log-probs at T; raw logits for "mse")."""
+        limit = self.plan.vocab_limit
+        logits = [head.finish(F.linear(h[rows].to(w.dtype), w, b))[:, :limit] for h, head, w, b in self.teachers]
+        return teacher_target(logits, self.plan.temperature, self.plan.ensemble_mode, self.plan.divergence)
+
+    def __call__(self, z: torch.Tensor, rows: slice, want_grad: bool):
+        plan = self.plan
+        soft = hard = z.new_zeros(())
+        g_soft = g_hard = None
+        if plan.want_soft:
+            mask = None if plan.soft_mask is None else plan.soft_mask[rows]
+            soft, g_soft = _soft_term(z[:, : plan.vocab_limit], self.target(rows), mask, plan, want_grad)
+        if plan.want_hard:
+            hard, g_hard = _hard_term(z, plan.labels[rows], plan.hard_scale, want_grad)
+        loss = plan.soft_scale * soft + plan.hard_scale * hard
+        return loss, torch.stack([soft, hard]), _combine_grads(g_hard, g_soft, z.shape[1]) if want_grad else None
+
+
+def _combine_grads(g_full: torch.Tensor | None, g_part: torch.Tensor | None, vocab: int) -> torch.Tensor | None:
+    """g_full (n, V) + g_part (n, V' <= V) padded with zeros, in place in g_full where there is one."""
+    if g_part is None:
+        return g_full
+    if g_full is None:
+        return g_part if g_part.shape[1] == vocab else F.pad(g_part, (0, vocab - g_part.shape[1]))
+    g_full[:, : g_part.shape[1]] += g_part
+    return g_full
+
+
+def _soft_term(z: torch.Tensor, target: torch.Tensor, mask, plan: _Plan, want_grad: bool):
+    """(T^2 * sum over the masked rows of the divergence, d (soft_scale * that) / d z or None); z (n, V') float32."""
+    if plan.divergence == "forward_kl":
+        return _forward_kl_term(z, target, plan.temperature, mask, plan.soft_scale, want_grad)
+    with torch.enable_grad():
+        leaf = z.detach().requires_grad_(want_grad)
+        soft = divergence_loss(leaf, target, plan.temperature, mask, divergence=plan.divergence, reduction="sum",
+                               **plan.params)
+        grad = torch.autograd.grad(soft * plan.soft_scale, leaf)[0] if want_grad and soft.requires_grad else None
+    return soft.detach(), grad
+
+
+def _forward_kl_term(z, log_pt, T: float, mask, scale, want_grad: bool):
+    """Forward KL in closed form: T^2 * sum_rows KL(p_t || p_s) and its gradient scale * T * (p_s - p_t).
+
+    One pass of log-softmax for the student; the teacher's probabilities are formed once, for value and gradient.
+    """
+    log_ps = F.log_softmax(z / T, dim=-1)  # (n, V')
+    p_t = log_pt.exp()
+    per_row = (log_pt - log_ps).mul_(p_t).sum(-1)  # (n,): sum_c p_t (log p_t - log p_s), as F.kl_div(log_target)
+    if mask is not None:
+        per_row = per_row.masked_fill(~mask, 0.0)
+    soft = per_row.sum() * T**2
+    if not want_grad:
+        return soft, None
+    row_scale = scale * T if mask is None else mask.float().mul_(scale * T)  # scalar or (n,)
+    grad = log_ps.exp_().sub_(p_t)  # (n, V'): p_s - p_t, in place of log p_s
+    return soft, grad.mul_(row_scale if mask is None else row_scale[:, None])
+
+
+def _hard_term(z: torch.Tensor, labels: torch.Tensor, scale, want_grad: bool):
+    """(sum over labelled rows of the cross-entropy of z (n, V) float32, d (scale * that) / d z or None)."""
+    log_p = F.log_softmax(z, dim=-1)  # (n, V)
+    labelled = labels != IGNORE_INDEX  # (n,)
+    index = labels.masked_fill(~labelled, 0)[:, None]  # (n, 1)
+    hard = -log_p.gather(1, index).squeeze(1).masked_fill(~labelled, 0.0).sum()
+    if not want_grad:
+        return hard, None
+    grad = log_p.exp_()  # (n, V): softmax - one_hot(label), in place of log p
+    grad.scatter_add_(1, index, torch.full_like(index, -1, dtype=grad.dtype))
+    return hard, grad.mul_(labelled.float().mul_(scale)[:, None])
 
 
 @dataclass
@@ -275,14 +428,12 @@ class ChunkedLoss:
     """`loss` (differentiable) = soft_scale * soft_sum + hard_scale * hard_sum; the sums are detached, for logs.
 
     soft_sum = T^2 * sum over the soft rows of the divergence; hard_sum = sum over labelled rows of the
-    next-token cross-entropy. soft_count / hard_count are the numbers of rows in each sum.
+    next-token cross-entropy.
     """
 
     loss: torch.Tensor
     soft_sum: torch.Tensor
     hard_sum: torch.Tensor
-    soft_count: torch.Tensor
-    hard_count: torch.Tensor
 
 
 def chunked_head_loss(
@@ -297,23 +448,47 @@ def chunked_head_loss(
     divergence: str = "forward_kl",
     ensemble_mode: str = "mean",
     vocab_limit: int | None = None,
-    soft_scale: float = 1.0,
-    hard_scale: float = 1.0,
-    chunk_size: int = 1024,
+    soft_scale: float | torch.Tensor = 1.0,
+    hard_scale: float | torch.Tensor = 1.0,
+    chunk_size: int | str = 1024,
     **params: float,
 ) -> ChunkedLoss:
     """Soft divergence and hard cross-entropy from last hidden states, `chunk_size` rows at a time.
 
-    student_hidden (N, H_s): the rows that count (see `causal_lm_rows`); teacher_hidden K x (N, H_t), the same
-    rows of each teacher (several teachers are combined by `teacher_target`, as in the unchunked loss);
-    labels (N,) the next-token ids (-100: no hard loss at that row); soft_mask (N,) bool, the rows where the
-    divergence counts (None: all). The divergence compares the first `vocab_limit` logits (vocabulary
-    padding); the hard loss uses the student's whole output, as the model's own loss does. Returns sums:
-    normalise through soft_scale / hard_scale (e.g. weight / token count), which must be known up front
-    because the gradient is formed chunk by chunk during the forward.
+    Normalise the returned sums through soft_scale / hard_scale (e.g. weight / token count; a float or a 0-d
+    tensor), which must be known up front because the gradient is formed chunk by chunk during the forward.
+
+    Args:
+        student_hidden: (N, H_s) the rows that count (see `causal_lm_rows`).
+        student_head: the student's output layer (`OutputHead.from_model`).
+        teacher_hidden: K x (N, H_t), the same rows of each teacher (several teachers are combined by
+            `teacher_target`, as in the unchunked loss).
+        teacher_heads: the K teachers' output layers.
+        labels: (N,) next-token ids (-100: no hard loss at that row); None = no hard loss.
+        soft_mask: (N,) bool, the rows where the divergence counts (None: all).
+        temperature, divergence, ensemble_mode, params: as in `losses.divergence_loss` / `teacher_target`.
+        vocab_limit: the divergence compares the first `vocab_limit` logits (vocabulary padding); the hard loss
+            uses the student's whole output, as the model's own loss does.
+        soft_scale, hard_scale: the loss is soft_scale * soft_sum + hard_scale * hard_sum.
+        chunk_size: rows per chunk, or "auto": as many as `memory_budget` holds (one chunk when all rows fit).
     """
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}.")
+    _check_head_inputs(student_hidden, student_head, teacher_hidden, teacher_heads, labels, soft_mask, vocab_limit)
+    if soft_mask is not None and divergence != "forward_kl" and bool(soft_mask.all()):
+        soft_mask = None  # every row counts: skip the (n, V) copy that selecting rows makes in each chunk
+    plan = _Plan(
+        teacher_hidden=list(teacher_hidden), teacher_heads=list(teacher_heads),
+        soft_mask=None if soft_mask is None else soft_mask.bool(), labels=labels, temperature=temperature,
+        divergence=divergence, ensemble_mode=ensemble_mode, vocab_limit=vocab_limit, soft_scale=soft_scale,
+        hard_scale=hard_scale, params=params,
+    )
+    size = resolve_chunk_size(chunk_size, student_hidden.shape[0], student_head.weight.shape[0], len(teacher_heads),
+                              student_hidden.device)
+    loss, sums = chunked_output_loss(student_hidden, student_head, _DistillChunk(plan), size, n_terms=2)
+    return ChunkedLoss(loss, sums[0], sums[1])
+
+
+def _check_head_inputs(student_hidden, student_head, teacher_hidden, teacher_heads, labels, soft_mask, vocab_limit):
+    """ValueError naming the problem when the shapes of `chunked_head_loss`'s inputs do not line up."""
     if len(teacher_hidden) != len(teacher_heads):
         raise ValueError(f"{len(teacher_hidden)} teacher hidden states but {len(teacher_heads)} teacher heads.")
     n_rows = student_hidden.shape[0]
@@ -332,36 +507,9 @@ def chunked_head_loss(
         raise ValueError(f"labels must be (N,) = ({n_rows},) next-token ids, got {tuple(labels.shape)}.")
     if soft_mask is not None and soft_mask.shape != (n_rows,):
         raise ValueError(f"soft_mask must be (N,) = ({n_rows},), got {tuple(soft_mask.shape)}.")
-    if soft_mask is not None and bool(soft_mask.all()):
-        # every row counts (the usual case): skip the (n, V) copy that selecting rows makes in each chunk
-        soft_mask = None
-    plan = _Plan(
-        student_head,
-        list(teacher_hidden),
-        list(teacher_heads),
-        None if soft_mask is None else soft_mask.bool(),
-        labels,
-        temperature,
-        divergence,
-        ensemble_mode,
-        vocab_limit,
-        float(soft_scale),
-        float(hard_scale),
-        int(chunk_size),
-        params,
-    )
-    loss, soft_sum, hard_sum = _ChunkedHeadLoss.apply(student_hidden, student_head.weight, student_head.bias, plan)
-    if soft_mask is None:
-        soft_count = torch.tensor(n_rows, device=student_hidden.device)
-    else:
-        soft_count = soft_mask.sum()
-    hard_count = (labels != IGNORE_INDEX).sum() if labels is not None else torch.zeros((), dtype=torch.long)
-    if not teacher_heads:
-        soft_count = torch.zeros_like(soft_count)
-    return ChunkedLoss(loss, soft_sum, hard_sum, soft_count, hard_count)
 
 
-# ---- causal-LM plumbing: can the chunked loss run, and the bodies' last hidden states -----------------------
+# ---- causal-LM plumbing: can the chunked loss run -----------------------------------------------------------
 
 
 def check_chunkable(model: nn.Module, who: str) -> None:
@@ -416,19 +564,3 @@ def accepts_logits_to_keep(model: nn.Module) -> bool:
             break
         inner = nxt
     return "logits_to_keep" in inspect.signature(inner.forward).parameters
-
-
-def last_hidden_states(model: nn.Module, inputs: dict) -> torch.Tensor:
-    """(B, L, H) final hidden states (after the final norm), without computing the (B, L, V) logits.
-
-    The model's own forward runs (so DDP hooks, PEFT adapters and autocast behave as usual) with
-    `logits_to_keep=1` and `output_hidden_states=True`; its last hidden state is what the output layer reads.
-    """
-    if not accepts_logits_to_keep(model):
-        raise ValueError(
-            f"loss_chunk_size needs a causal LM whose forward accepts logits_to_keep (transformers' *ForCausalLM); "
-            f"{type(model).__name__} does not. Unset loss_chunk_size."
-        )
-    kwargs = {k: v for k, v in inputs.items() if k != "labels"}
-    out = model(**kwargs, logits_to_keep=1, output_hidden_states=True)
-    return out["hidden_states"][-1]

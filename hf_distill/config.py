@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
+import textwrap
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -54,6 +56,8 @@ class DistillationArguments(TrainingArguments):
     """`TrainingArguments` plus the distillation settings. The field help texts are the reference docs.
 
     loss = soft_weight * soft + hard_weight * hard + hidden_weight * hidden (+ attention_weight * attention)
+
+    The `Args:` section below is generated from the fields' help texts (`_args_section`).
     """
 
     temperature: float = field(
@@ -106,11 +110,13 @@ class DistillationArguments(TrainingArguments):
     # One line per divergence parameter; default, help and range come from the registry (losses.DIVERGENCE_PARAMS).
     jsd_beta: float = divergence_field("jsd_beta")
     skew_alpha: float = divergence_field("skew_alpha")
-    loss_chunk_size: int | None = field(
+    loss_chunk_size: int | str | None = field(
         default=None,
         metadata={
             "help": "Causal LMs: tokens per chunk for the output layer; logits, divergence and hard loss are "
-            "computed chunk by chunk from the last hidden states, never the full (B, L, V). Unset = off."
+            "computed chunk by chunk from the last hidden states, never the full (B, L, V). 'auto' sizes the chunks "
+            "from a memory budget (2% of the free GPU memory, 512 MiB on CPU): one chunk when the logits fit. "
+            "Unset = off."
         },
     )
     logit_loss: str | None = field(
@@ -288,15 +294,7 @@ class DistillationArguments(TrainingArguments):
         if self.divergence is None:  # on-policy samples: GKD found the generalized JSD best
             self.divergence = "jsd" if self.lmbda > 0 else "forward_kl"
         self._check_divergence()
-        if self.loss_chunk_size is not None and (
-            isinstance(self.loss_chunk_size, bool)
-            or not isinstance(self.loss_chunk_size, int)
-            or self.loss_chunk_size <= 0
-        ):
-            raise ValueError(
-                "loss_chunk_size must be a positive number of tokens (e.g. 1024) or unset, "
-                f"got {self.loss_chunk_size!r}."
-            )
+        self._check_loss_chunk_size()
         if self.ensemble_mode not in ("mean", "geometric"):
             raise ValueError(f"ensemble_mode must be 'mean' or 'geometric', got {self.ensemble_mode!r}.")
         if self.teacher_dtype not in (None, "bfloat16", "float16", "float32"):
@@ -355,6 +353,17 @@ class DistillationArguments(TrainingArguments):
                 "learns from them, so soft_weight must be > 0."
             )
 
+    def _check_loss_chunk_size(self) -> None:
+        size = self.loss_chunk_size
+        if isinstance(size, str) and size.strip().isdigit():  # from the command line: "256"
+            size = self.loss_chunk_size = int(size)
+        if size is None or size == "auto":
+            return
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise ValueError(
+                f"loss_chunk_size must be a positive number of tokens (e.g. 1024), 'auto' or unset, got {size!r}."
+            )
+
     def _check_divergence(self) -> None:
         if self.logit_loss is not None:  # the old name of the logit-matching choice
             if self.logit_loss not in ("kl", "mse"):
@@ -387,3 +396,18 @@ class DistillationArguments(TrainingArguments):
             divergence: a registry name, e.g. `on_policy_divergence`; unset = `self.divergence`.
         """
         return {name: getattr(self, name) for name in divergence_params(divergence or self.divergence)}
+
+
+def _args_section(cls) -> str:
+    """An `Args:` docstring section from the `help` texts of the fields `cls` adds to `TrainingArguments`."""
+    inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
+    lines = ["", "    Args:"]
+    for f in dataclasses.fields(cls):
+        if f.name not in inherited and f.metadata.get("help"):
+            lines += textwrap.wrap(f"{f.name}: {f.metadata['help']}", 112, initial_indent=" " * 8,
+                                   subsequent_indent=" " * 12)
+    lines.append("        (and every `transformers.TrainingArguments` field)")
+    return "\n".join(lines) + "\n"
+
+
+DistillationArguments.__doc__ = DistillationArguments.__doc__.rstrip() + "\n" + _args_section(DistillationArguments)

@@ -511,23 +511,3 @@ def special_token_ids(processing_class, model) -> tuple[int | None, int | None]:
     if isinstance(eos, (list, tuple)):
         eos = eos[0] if eos else None
     return eos, pad if pad is not None else eos
-
-
-def check_generation_setup(args, student, teachers: list, cached: bool) -> None:
-    """lmbda > 0 / seq_kd need a causal LM that can generate (and a live teacher for seq_kd)."""
-    if not args.samples_completions:
-        return
-    if cached:
-        raise ValueError(
-            "lmbda > 0 / seq_kd score freshly sampled completions, which cached teacher outputs cannot cover; "
-            "train with a live teacher_model (drop the cached columns) or set lmbda=0 and seq_kd=False."
-        )
-    for name, model in (("the student", student), *(("the teacher", t) for t in teachers[:1] if args.seq_kd)):
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
-        if not (hasattr(base, "can_generate") and base.can_generate()):
-            raise ValueError(
-                f"lmbda > 0 / seq_kd sample completions with {name}, which cannot generate "
-                f"({type(model).__name__}); use causal LMs (AutoModelForCausalLM) or set lmbda=0 and seq_kd=False."
-            )
-    if len(teachers) > 1 and args.seq_kd:
-        logger.info("seq_kd with %d teachers: completions are sampled from the first teacher.", len(teachers))

@@ -54,6 +54,10 @@ def uniform_layer_map(num_student_layers: int, num_teacher_layers: int) -> dict[
     """Student layer i <-> teacher layer i * Lt / Ls (floored) for i = 1..Ls; 12 -> 6 gives i <-> 2i.
 
     Indices follow `hidden_states`: 0 is the embedding output, i the output of block i.
+
+    Args:
+        num_student_layers: Ls, the student's number of blocks.
+        num_teacher_layers: Lt, the teacher's number of blocks (>= Ls).
     """
     if num_student_layers < 1 or num_teacher_layers < num_student_layers:
         raise ValueError(
@@ -142,6 +146,12 @@ def init_student_from_teacher(
     layer `layers[k]` (0-based). By default `layers` follows the uniform map, so 12 -> 6 copies
     teacher layers 1, 3, 5, 7, 9, 11: student block i starts where the teacher block it is aligned
     with (hidden_states index 2i) ended.
+
+    Args:
+        teacher: a transformers model whose blocks are a numbered module list (BERT, RoBERTa, DistilBERT,
+            GPT-2, Llama-style); it is not modified.
+        num_layers: the student's number of blocks (default: half the teacher's, or `len(layers)`).
+        layers: the 0-based teacher blocks to copy, one per student block, in order.
     """
     n_teacher = count_layers(teacher)
     if layers is None:

@@ -22,6 +22,7 @@ teachers' mean raw logits (what `teacher_target(..., divergence="mse")` returns)
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -168,8 +169,13 @@ def _divergence_fn(name: str) -> Callable[..., torch.Tensor]:
 
 def divergence_params(name: str) -> tuple[str, ...]:
     """Names of the keyword parameters of divergence `name` (e.g. ("jsd_beta",) for "jsd")."""
-    signature = inspect.signature(_divergence_fn(name))
-    return tuple(p.name for p in list(signature.parameters.values())[2:])
+    return _signature_params(_divergence_fn(name))
+
+
+@functools.cache
+def _signature_params(fn: Callable[..., torch.Tensor]) -> tuple[str, ...]:
+    # read once per function: the loss asks on every step
+    return tuple(p.name for p in list(inspect.signature(fn).parameters.values())[2:])
 
 
 def divergence_param_default(param: str) -> float:
@@ -212,22 +218,27 @@ def _checked_params(name: str, params: dict) -> dict:
     return params
 
 
+def _check_reduction(reduction: str) -> None:
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}.")
+
+
 def _reduce(per_position: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction == "mean":
-        return per_position.mean()
-    if reduction == "sum":
-        return per_position.sum()
-    raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}.")
+    _check_reduction(reduction)
+    return per_position.mean() if reduction == "mean" else per_position.sum()
 
 
 # ---- teacher targets: the one place where several teachers are combined -----------------------------
 
 
 def ensemble_log_probs(teacher_logits: list[torch.Tensor], temperature: float, mode: str = "mean") -> torch.Tensor:
-    """Combine several teachers' predictions at temperature T into one target, as log-probabilities.
+    """Combine several teachers' predictions at temperature T into one target, as log-probabilities (..., C).
 
-    mode="mean": log of the arithmetic mean of the teachers' probabilities.
-    mode="geometric": the normalised geometric mean, i.e. log_softmax of the mean log-probability.
+    Args:
+        teacher_logits: one (..., C) tensor of raw logits per teacher, all of the same shape.
+        temperature: T > 0; each teacher's distribution is softmax(logits / T), in float32.
+        mode: "mean", the log of the arithmetic mean of the teachers' probabilities, or "geometric", their
+            normalised geometric mean (log_softmax of the mean log-probability).
     """
     log_probs = torch.stack([F.log_softmax(z.float() / temperature, dim=-1) for z in teacher_logits])  # (K, ..., C)
     if mode == "mean":
@@ -240,7 +251,13 @@ def ensemble_log_probs(teacher_logits: list[torch.Tensor], temperature: float, m
 def teacher_log_probs(
     teacher_logits: torch.Tensor | Sequence[torch.Tensor], temperature: float, ensemble_mode: str = "mean"
 ) -> torch.Tensor:
-    """The target log-probabilities at temperature T, float32, from one teacher's logits or several (..., C)."""
+    """The target log-probabilities at temperature T, float32, from one teacher's logits or several (..., C).
+
+    Args:
+        teacher_logits: a (..., C) tensor of raw logits, or a sequence of them (an ensemble).
+        temperature: T > 0.
+        ensemble_mode: how several teachers are combined, "mean" or "geometric" (`ensemble_log_probs`).
+    """
     if torch.is_tensor(teacher_logits):
         return F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     if len(teacher_logits) == 0:
@@ -279,11 +296,18 @@ def divergence_loss(
 ) -> torch.Tensor:
     """T^2 * (mean or sum) over the kept positions of divergence(p_s, p_t), in float32.
 
-    `student_logits` (..., C) raw; `teacher_log_probs` (..., C) the target from `teacher_target`: the
-    (combined) teacher log-probabilities at T, or for the logit divergence "mse" the raw teacher logits (then
-    no temperature and no T^2). `mask` (...) selects the positions (all when None). reduction="sum" lets a
-    caller normalise by its own token count (gradient accumulation, chunking). `params` are the divergence's
-    own (jsd_beta, skew_alpha). A fully masked batch gives 0 with a gradient path, never NaN.
+    A fully masked batch gives 0 with a gradient path, never NaN.
+
+    Args:
+        student_logits: (..., C) the student's raw logits.
+        teacher_log_probs: (..., C) the target from `teacher_target`: the (combined) teacher log-probabilities
+            at T, or for the logit divergence "mse" the raw teacher logits (then no temperature and no T^2).
+        temperature: T > 0.
+        mask: (...) bool or 0/1, the positions that count (leading dims of the logits); None = all.
+        divergence: a name from `DIVERGENCES` or "mse" (`DistillationArguments.divergence`).
+        reduction: "mean", or "sum" for a caller that normalises by its own token count (gradient
+            accumulation, chunking).
+        **params: the divergence's own parameters (jsd_beta, skew_alpha; see `DIVERGENCE_PARAMS`).
     """
     fn = _divergence_fn(divergence)
     params = _checked_params(divergence, params)
@@ -294,7 +318,7 @@ def divergence_loss(
             f"student logits {tuple(s.shape)} and teacher targets {tuple(t.shape)} differ in shape: "
             "teacher and student must predict over the same classes / vocabulary."
         )
-    _reduce(s.new_zeros(0), reduction)  # reject a bad reduction also on an empty batch
+    _check_reduction(reduction)  # also on an empty batch
     if s.shape[0] == 0:
         return student_logits.float().sum() * 0.0
     if divergence in LOGIT_DIVERGENCES:
@@ -302,16 +326,6 @@ def divergence_loss(
     log_ps = F.log_softmax(s / temperature, dim=-1)  # (P, C)
     per_position = fn(log_ps, t, **params)  # (P,)
     return _reduce(per_position, reduction) * temperature**2
-
-
-def soft_target_loss_from_log_probs(
-    student_logits: torch.Tensor,
-    teacher_log_probs: torch.Tensor,
-    temperature: float,
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """T^2 * mean over positions of KL(p_t || softmax(z_s / T)), with log p_t already given (forward KL)."""
-    return divergence_loss(student_logits, teacher_log_probs, temperature, mask, divergence="forward_kl")
 
 
 def soft_target_loss(
@@ -323,8 +337,12 @@ def soft_target_loss(
     """Hinton et al. soft-target loss: T^2 * mean_positions sum_c p_t[c] (log p_t[c] - log p_s[c]).
 
     p_t = softmax(teacher_logits / T), log p_s = log_softmax(student_logits / T), in float32.
-    2-D logits (B, C): one position per row. 3-D logits (B, L, C): `mask` (B, L), usually the
-    attention mask, selects the positions that count.
+
+    Args:
+        student_logits: (B, C), one position per row, or (B, L, C) token logits.
+        teacher_logits: raw teacher logits of the same shape.
+        temperature: T > 0.
+        mask: for 3-D logits, (B, L), usually the attention mask: the positions that count; None = all.
     """
     target = teacher_log_probs(teacher_logits, temperature)
     return divergence_loss(student_logits, target, temperature, mask, divergence="forward_kl")
@@ -337,6 +355,11 @@ def logit_mse_loss(
 
     Used for regression heads (one output, no softmax) and as divergence "mse" (old name
     `logit_loss="mse"`), the high-temperature limit of the soft-target loss.
+
+    Args:
+        student_logits: (..., C) the student's raw outputs.
+        teacher_logits: (..., C) the teacher's raw outputs.
+        mask: (...) the positions that count; None = all.
     """
     return divergence_loss(student_logits, teacher_logits, 1.0, mask, divergence="mse")
 
@@ -349,9 +372,12 @@ def hidden_state_loss(
 ) -> torch.Tensor:
     """Distance between two (B, L, D) hidden states, averaged over the tokens where `mask` is 1.
 
-    kind="mse": mean over tokens of the mean squared error over the D hidden dimensions.
-    kind="cosine": mean over tokens of 1 - cosine similarity.
-    The student's states must already be projected to the teacher's width.
+    Args:
+        student_hidden: (B, L, D), already projected to the teacher's width.
+        teacher_hidden: (B, L, D).
+        mask: (B, L), usually the attention mask; None = every token.
+        kind: "mse", the mean over tokens of the mean squared error over the D dimensions, or "cosine",
+            the mean over tokens of 1 - cosine similarity (`DistillationArguments.hidden_loss`).
     """
     if student_hidden.shape != teacher_hidden.shape:
         raise ValueError(
@@ -452,11 +478,20 @@ def topk_divergence_loss(
 ) -> torch.Tensor:
     """Any divergence against a cached top-k teacher, on the coarsened (k classes + one rest bin) distributions.
 
-    `indices` / `values` (..., k) the teacher's top-k class ids and raw logits; `rest` (...) the teacher's
-    probability of all other classes at T. The student's distribution at T is coarsened the same way (the k
-    classes + the sum of the others). T^2 * (mean or sum) over the kept positions. With k = C this is
-    `divergence_loss`; otherwise, for the KLs, a lower bound of the full divergence (coarsening never
-    increases an f-divergence).
+    The student's distribution at T is coarsened the same way (the k classes + the sum of the others).
+    T^2 * (mean or sum) over the kept positions. With k = C this is `divergence_loss`; otherwise, for the
+    KLs, a lower bound of the full divergence (coarsening never increases an f-divergence).
+
+    Args:
+        student_logits: (..., C) the student's raw logits.
+        indices: (..., k) the teacher's top-k class ids.
+        values: (..., k) the teacher's raw logits at those ids.
+        rest: (...) the teacher's probability of all other classes together, at T.
+        temperature: T > 0, the temperature the cache was made at.
+        mask: (...) the positions that count; None = all.
+        divergence: a distribution divergence from `DIVERGENCES` (not "mse": the cache lacks the other logits).
+        reduction: "mean" or "sum".
+        **params: the divergence's own parameters (see `DIVERGENCE_PARAMS`).
     """
     if divergence in LOGIT_DIVERGENCES:
         raise ValueError(
@@ -465,7 +500,7 @@ def topk_divergence_loss(
         )
     fn = _divergence_fn(divergence)
     params = _checked_params(divergence, params)
-    _reduce(student_logits.new_zeros(0), reduction)  # reject a bad reduction also on an empty batch
+    _check_reduction(reduction)  # also on an empty batch
     s = _flatten_positions(student_logits, mask)  # (P, C)
     idx = _flatten_positions(indices, mask).long()  # (P, k)
     vals = _flatten_positions(values, mask)  # (P, k)
@@ -487,9 +522,15 @@ def topk_soft_target_loss(
 ) -> torch.Tensor:
     """Soft-target loss against a cached top-k teacher: T^2 * KL over the k kept classes plus one "rest" bin.
 
-    `topk_values` (..., k) are the teacher's raw logits at `topk_indices` (..., k); `rest_mass` (...)
-    is the teacher probability (at temperature T) of all other classes together. With k = C the
-    result equals `soft_target_loss`; otherwise it is the KL between the coarsened distributions, a
-    lower bound of the full one. (`topk_divergence_loss` with divergence="forward_kl".)
+    With k = C the result equals `soft_target_loss`; otherwise it is the KL between the coarsened
+    distributions, a lower bound of the full one (`topk_divergence_loss` with divergence="forward_kl").
+
+    Args:
+        student_logits: (..., C) the student's raw logits.
+        topk_indices: (..., k) the teacher's top-k class ids.
+        topk_values: (..., k) the teacher's raw logits at those ids.
+        rest_mass: (...) the teacher's probability (at T) of all other classes together.
+        temperature: T > 0, the temperature the cache was made at.
+        mask: (...) the positions that count; None = all.
     """
     return topk_divergence_loss(student_logits, topk_indices, topk_values, rest_mass, temperature, mask)

@@ -10,8 +10,10 @@ model, datasets, metrics as a model-index). The repository's `model_cards/` hold
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import os
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -29,7 +31,12 @@ REQUIRED_KEYS = ("task", "teacher_model", "teacher", "student", "command")
 SIDE_KEYS = ("parameters", "examples_per_second")  # in both `teacher` and `student`
 # metric key -> label in the card; other metrics are shown under their own name.
 METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "masked_accuracy": "masked-token accuracy",
-                 "cross_entropy": "cross-entropy (nats/token)", "perplexity": "perplexity"}
+                 "cross_entropy": "cross-entropy (nats/token)", "perplexity": "perplexity",
+                 "rougeL": "ROUGE-L F (greedy completions)", "exact_match": "exact match",
+                 "teacher_nll": "teacher NLL of the greedy completions (nats/token)",
+                 "generated_length": "generated length (tokens)", "distinct_2": "distinct-2"}
+LOWER_IS_BETTER = {"cross_entropy", "perplexity", "teacher_nll"}
+NEUTRAL_METRICS = {"generated_length", "distinct_2"}  # descriptive: neither direction is better in itself
 _NOT_METRICS = ("parameters", "examples_per_second")
 NO_LAYER_MAP = "none (no hidden-state loss)"
 
@@ -59,9 +66,46 @@ def template_file(template_path: str | os.PathLike | None = None, name: str = TE
         yield path
 
 
+# ---- values from file names, paths and data, made inert where the card puts them ---------------------------------
+
+
+def markdown_text(text, limit: int | None = None) -> str:
+    """Free text (a file name, a dataset label, a prompt) as inert markdown on one line: HTML escaped (a file named
+    `<img onerror=...>.csv` shows as text) and markdown punctuation backslash-escaped (no links, emphasis, code or
+    table cells out of it)."""
+    text = str(text if text is not None else "").replace("\r", " ").replace("\n", " ")[:limit]
+    text = html.escape(text, quote=False)
+    return re.sub(r"([\\`*_\[\]|#!])", r"\\\1", text)
+
+
 def _cell(text) -> str:
     """Free text (a prompt, a generation) as one markdown table cell."""
-    return str(text or "").replace("|", "\\|").replace("\n", " ")[:300]
+    return markdown_text(text, limit=300)
+
+
+def code_span(text, table: bool = False) -> str:
+    """`text` as an inline code span that nothing in it can end (HTML is not interpreted inside one); in a table
+    cell its pipes are escaped too (GFM splits cells at them even inside code)."""
+    text = str(text).replace("\r", " ").replace("\n", " ")
+    ticks = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    span = f"{ticks}{pad}{text}{pad}{ticks}"
+    return span.replace("|", "\\|") if table else span
+
+
+def python_literal(text) -> str:
+    """`text` as a Python string literal for the card's usage snippet: `repr` (quotes, backslashes and newlines
+    escaped, so the snippet is valid Python that does only what it says), with backticks written as \\x60 so that
+    nothing in it can close the markdown code block around the snippet. Double quotes when the text has none."""
+    literal = repr(str(text))
+    if literal.startswith("'") and '"' not in literal:
+        literal = f'"{literal[1:-1]}"'  # the same escapes: only the delimiter changes
+    return literal.replace("`", "\\x60")
+
+
+def code_fence(text: str) -> str:
+    """A fence for a code block holding `text`: longer than any run of backticks in it."""
+    return "`" * max(3, max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
 
 
 def load_results(results: dict | str | os.PathLike) -> dict:
@@ -111,17 +155,22 @@ def render_model_card(
         card = ModelCard.from_template(
             card_data,
             template_path=str(path),
-            model_name=model_id.split("/")[-1],
-            model_id=model_id,
+            model_name=markdown_text(model_id.split("/")[-1]),
+            model_id=markdown_text(model_id),
+            model_id_literal=python_literal(model_id),
             task=r["task"],
-            teacher_model=str(r["teacher_model"]),
+            teacher_model=markdown_text(r["teacher_model"]),
+            teacher_code=code_span(r["teacher_model"], table=True),
             teacher_ref=_teacher_ref(str(r["teacher_model"])),
-            dataset_label=dataset_label,
+            dataset_label=markdown_text(dataset_label),
             **_comparison_fields(r, metrics),
             **_distillation_fields(r.get("distillation", {})),
             baseline_note=_baseline_note(r),
+            **_baseline_fields(r),
             command=r["command"],
-            example_text=r.get("example_text", "I love this!").replace('"', "'").replace("\n", " "),
+            command_fence=code_fence(r["command"]),
+            example_text=markdown_text(r.get("example_text", "I love this!")),
+            example_literal=python_literal(r.get("example_text", "I love this!")),
             generation_samples=[{k: _cell(v) for k, v in s.items()} for s in r.get("generation_samples") or []],
             license=license,
         )
@@ -134,8 +183,9 @@ def _dataset_label(data: dict) -> str:
 
 
 def _teacher_ref(teacher_model: str) -> str:
-    """The teacher in markdown: a link to its Hub page when it is a Hub id."""
-    ref = f"`{teacher_model}`"
+    """The teacher in markdown: a link to its Hub page when it is a Hub id (letters, digits, -_. and one /), else its
+    path as a code span that nothing in it can end."""
+    ref = code_span(teacher_model)
     return f"[{ref}](https://huggingface.co/{teacher_model})" if is_hub_id(teacher_model) else ref
 
 
@@ -194,7 +244,8 @@ def _distillation_fields(dist: dict) -> dict:
     if init_layers is not None:
         student_init = f"copied from teacher layers {list(init_layers)} (0-based), embeddings and head copied"
     else:
-        student_init = f"`{dist.get('student_model') or 'given model'}` (not initialised from the teacher)"
+        given = code_span(dist.get("student_model") or "given model", table=True)
+        student_init = f"{given} (not initialised from the teacher)"
     return dict(
         teacher_num_layers=dist.get("teacher_num_layers"),
         student_num_layers=dist.get("student_num_layers"),
@@ -224,8 +275,32 @@ def _baseline_note(r: dict) -> str:
             f"{base.get('optimizer_steps')} optimizer steps) reaches {base['accuracy']:.4f}.")
 
 
+def _verdict(metric: str, gain: float) -> str:
+    """'better' / 'worse' / 'same' for the distilled student against the baseline; '' for descriptive metrics."""
+    if metric in NEUTRAL_METRICS:
+        return ""
+    if gain == 0:
+        return "same"
+    return "better" if (gain < 0) == (metric in LOWER_IS_BETTER) else "worse"
+
+
+def _baseline_fields(r: dict) -> dict:
+    """The distilled student against the baseline on every metric both have (the causal-LM card's table)."""
+    student, base, gain = r["student"], r.get("hard_baseline") or {}, r.get("distillation_gain") or {}
+    rows = [{"name": METRIC_LABELS.get(k, k), "student": f"{student[k]:.4f}", "baseline": f"{base[k]:.4f}",
+             "gain": f"{g:+.4f}", "verdict": _verdict(k, g)}
+            for k, g in gain.items() if k in base and k in student and k not in _NOT_METRICS]
+    return {"baseline_rows": rows, "baseline_steps": base.get("optimizer_steps")}
+
+
 def save_model_card(output_dir: str | os.PathLike, results: dict | None = None, **kwargs) -> str:
-    """Render the card for the run in `output_dir` (its results file unless `results` is given) to README.md."""
+    """Render the card for the run in `output_dir` (its results file unless `results` is given) to README.md.
+
+    Args:
+        output_dir: the run folder; the card is written there as README.md (its path is returned).
+        results: the run's results dict (default: `output_dir`'s distillation_results.json).
+        **kwargs: `render_model_card`'s model_id, template_path and license.
+    """
     text = render_model_card(results if results is not None else output_dir, **kwargs)
     path = os.path.join(output_dir, CARD_NAME)
     with open(path, "w", encoding="utf-8") as f:

@@ -38,7 +38,13 @@ BUILTIN_WEIGHTS = {"soft_loss": "soft_weight", "hard_loss": "hard_weight", "hidd
 
 @dataclass
 class TopKTargets:
-    """A cached top-k teacher distribution: ids (..., k), raw logits (..., k), rest probability mass (...)."""
+    """A cached top-k teacher distribution (`cache_teacher_outputs(..., top_k=k)`).
+
+    Args:
+        indices: (..., k) the teacher's top-k class ids.
+        values: (..., k) the teacher's raw logits at those ids.
+        rest: (...) the teacher's probability of all other classes together, at the cache's temperature.
+    """
 
     indices: torch.Tensor
     values: torch.Tensor
@@ -49,10 +55,13 @@ class TopKTargets:
 class LogitsPair:
     """One thing to distill: student logits vs the teacher logits (one tensor per teacher).
 
-    `name` labels the pair in error messages. `mask` (the logits' leading dims, e.g. (B, L)) selects the
-    positions that count; None = all. `kind` is "kl" (the chosen divergence at temperature T; the name is kept),
-    "mse" (raw output matching, regression) or "topk" (against a cached top-k teacher,
-    `teachers` = [TopKTargets]).
+    Args:
+        name: labels the pair in error messages.
+        student: the student's raw logits (..., C).
+        teachers: one tensor of raw logits per teacher, shaped like `student` (or [TopKTargets] for "topk").
+        mask: the positions that count, over the logits' leading dims (e.g. (B, L)); None = all.
+        kind: "kl" (the chosen divergence at temperature T; the name is kept), "mse" (raw output matching,
+            regression) or "topk" (against a cached top-k teacher).
     """
 
     name: str
@@ -69,7 +78,18 @@ class DistillationObjective:
     `weights` maps every term name to its weight: the single place a weight lives. A term whose weight
     is 0 is not computed (hard: not added). Extra terms (from `DistillationTrainer.extra_losses`) must
     have their weight declared here too (`extra_weights` in `from_args`): an undeclared term is an error,
-    never a silent 1.0.
+    never a silent 1.0. Build one with `from_args` / `for_models`; the fields mirror `DistillationArguments`.
+
+    Args:
+        weights: {term name: weight}: soft_loss, hard_loss, hidden_loss, attention_loss and any extras.
+        temperature: `DistillationArguments.temperature`.
+        divergence: `DistillationArguments.divergence`.
+        ensemble_mode: `DistillationArguments.ensemble_mode`.
+        hidden_distance: `DistillationArguments.hidden_loss` ("mse" or "cosine").
+        layer_map: resolved {student layer: teacher layer} for hidden states (`DistillationArguments.layer_map`).
+        attention_layer_map: resolved map for attention maps (`DistillationArguments.attention_layer_map`).
+        vocab_limit: compare logits on the first `vocab_limit` entries (vocabularies padded beyond the tokenizer).
+        divergence_kwargs: the divergence's parameters, e.g. {"jsd_beta": 0.5}.
     """
 
     weights: dict[str, float]
@@ -179,6 +199,8 @@ class DistillationObjective:
         """
         s_states = student_outputs.get("projected_hidden_states") or student_outputs["hidden_states"]  # (B, L, d_t)
         mask = inputs.get("attention_mask")
+        if mask is not None and bool(mask.all()):  # no padding (one check per step): no token selection per pair
+            mask = None
         terms = [
             losses.hidden_state_loss(s_states[i], t_out["hidden_states"][j], mask, self.hidden_distance)
             for t_out in teacher_outputs for i, j in self.layer_map.items()
@@ -245,8 +267,8 @@ class DistillationObjective:
         out = chunked_head_loss(
             student_hidden[keep], student_head, [h[keep] for h in teacher_hidden], teacher_heads,
             labels=next_labels, soft_mask=soft_mask, temperature=self.temperature, divergence=self.divergence,
-            ensemble_mode=self.ensemble_mode, vocab_limit=self.vocab_limit, soft_scale=w_soft / n_soft.item(),
-            hard_scale=w_hard / n_hard.item() if n_hard is not None else 0.0, chunk_size=chunk_size, **params,
+            ensemble_mode=self.ensemble_mode, vocab_limit=self.vocab_limit, chunk_size=chunk_size, **params,
+            soft_scale=w_soft / n_soft if w_soft else 0.0, hard_scale=w_hard / n_hard if w_hard else 0.0,  # no sync
         )
         terms = {}
         if self.weights["soft_loss"] > 0:

@@ -23,6 +23,7 @@ from .checks import (
     check_args,
     check_cache_only,
     check_finite,
+    check_generation_setup,
     check_merge_on_save,
     check_packing,
     check_sharding,
@@ -30,7 +31,7 @@ from .checks import (
 )
 from .chunked import OutputHead, check_chunking
 from .config import DistillationArguments
-from .generation import STUDENT, CompletionSampler, check_generation_setup, completions_from, special_token_ids
+from .generation import STUDENT, CompletionSampler, completions_from, special_token_ids
 from .lm_data import is_packed
 from .modeling import forward_params, is_causal_lm, select_inputs, signature_columns, unwrap_peft, wrap_peft
 from .objective import (
@@ -66,6 +67,18 @@ class DistillationTrainer(Trainer):
 
     Extension points: `distillation_pairs` (what to distill for a new task) and `extra_losses` (more named
     terms, whose weights the class attribute `extra_loss_weights` declares).
+
+    Args:
+        model: the student, a `PreTrainedModel` or any `nn.Module` returning a dict / ModelOutput.
+        teacher_model: a model, a Hub id or a local folder (loaded with the Auto class of the student's task),
+            or a list of them; None when `train_dataset` carries cached teacher outputs (`cache_teacher_outputs`).
+        args: the `DistillationArguments` (every distillation field's `help` text is its reference).
+        *trainer_args: `transformers.Trainer`'s positional arguments after `args`.
+        teacher_processing_class: the teacher's tokenizer when it is not saved with the teacher; it must map
+            the same ids to the same tokens as `processing_class`.
+        peft_config: a PEFT config (e.g. `LoraConfig`) to wrap the student with `get_peft_model`.
+        merge_adapter_on_save: `save_model` writes the merged model instead of the adapter.
+        **trainer_kwargs: `transformers.Trainer`'s keyword arguments (train_dataset, processing_class, ...).
     """
 
     # Each micro-batch loss is a per-batch mean; the Trainer divides it by the accumulation steps.
@@ -126,6 +139,7 @@ class DistillationTrainer(Trainer):
         self._teacher_params = [forward_params(t) for t in self.teachers]
         self._student_params = forward_params(student)
         self._shift_labels = is_causal_lm(student)  # label smoothing must shift next-token labels
+        self._student_config = getattr(unwrap_peft(student), "config", None)  # read once, not per step
         self._term_means = TermMeans()
         # Causal LMs: soft and hard terms are token-level. compute_loss normalises them by the tokens of the whole
         # accumulated batch (counted in get_batch_samples) and every other term by the accumulation steps itself.
@@ -226,8 +240,7 @@ class DistillationTrainer(Trainer):
         if self.objective.weights["soft_loss"] > 0:
             pairs = self.distillation_pairs(inputs, student_outputs, teacher_outputs)
         extra = self.extra_losses(inputs, student_outputs, teacher_outputs)
-        config = getattr(unwrap_peft(self.student), "config", None)
-        hard = hard_loss(student_outputs, held, config, self.label_smoother, self._shift_labels)
+        hard = hard_loss(student_outputs, held, self._student_config, self.label_smoother, self._shift_labels)
         loss, terms = self.objective_for(inputs)(inputs, student_outputs, teacher_outputs, hard, pairs, extra, scales)
         return loss, terms, student_outputs
 

@@ -191,14 +191,7 @@ def check_models(model_args, data_args):
 
 def load_checked_data(data_args, teacher_config):
     """(raw datasets, [train split, validation split], {label value: teacher label id}), every column checked."""
-    splits = [data_args.train_split, data_args.validation_split]
-    raw, sources = rd.load_raw_datasets(data_args)
-    columns = {"text_column": data_args.text_column, "text_column_2": data_args.text_column_2,
-               "label_column": data_args.label_column}
-    rd.require_columns(raw, sources, columns)
-    rd.require_text(raw, sources, {"text_column": data_args.text_column, "text_column_2": data_args.text_column_2})
-    rd.require_values(raw, sources, {"label_column": data_args.label_column})
-    rd.require_class_labels(raw, sources, data_args.label_column)
+    raw, splits = rd.load_classification_data(data_args)
     return raw, splits, rd.label_mapping(raw, splits, data_args.label_column, teacher_config.id2label)
 
 

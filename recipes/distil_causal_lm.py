@@ -2,6 +2,7 @@
 
     accelerate launch recipes/distil_causal_lm.py recipes/configs/causal_lm_gkd.yaml           # on-policy, lmbda 0.5
     accelerate launch recipes/distil_causal_lm.py recipes/configs/causal_lm_offpolicy.yaml     # dataset completions
+    accelerate launch recipes/distil_causal_lm.py recipes/configs/causal_lm_onpolicy_warmstart.yaml  # off, then on
     accelerate launch --config_file recipes/configs/accelerate_ddp.yaml recipes/distil_causal_lm.py CONFIG.yaml
     torchrun --nproc_per_node 2 recipes/distil_causal_lm.py CONFIG.yaml --lmbda 1.0 --output_dir out
     python recipes/distil_causal_lm.py --teacher_model_name_or_path Qwen/Qwen2.5-1.5B-Instruct \
@@ -22,7 +23,13 @@ column names. A teacher with another tokenizer needs `--cross_tokenizer uld|hybr
 path (the data is tokenized with the student's tokenizer; `--teacher_tokenizer_name_or_path` where a
 teacher folder lacks its tokenizer); see docs/cross_tokenizer.md. At the end teacher
 and student are evaluated on the validation split by per-token cross-entropy and perplexity over the
-completion tokens (logits chunk by chunk); a few greedy generations of both go into the model card.
+completion tokens (logits chunk by chunk) and by the quality of their greedy completions of the first
+`--final_generation_eval_samples` validation prompts (`hf_distill.evaluate_generation`: ROUGE-L, the
+teacher's NLL of them, exact match with an `answer` column, length, distinct-2); a few generations of
+each model go into the model card. `--compare_with_hard_baseline` also trains the same student on the
+completion cross-entropy alone (same init, seed and steps) and the card shows what distillation bought
+on every metric; `--generation_eval_steps N` logs the student's generation metrics every N steps
+(eval_rougeL, eval_teacher_nll, ...) on `--generation_eval_samples` validation prompts.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Genera
 from transformers.trainer_pt_utils import get_model_param_count
 
 from hf_distill import DistillationArguments, DistillationTrainer, PromptCompletionCollator, tokenize_prompt_completion
-from hf_distill.evaluation import GenerationEvalCallback, evaluate_generation
+from hf_distill.evaluation import ANSWER_COLUMN, GenerationEvalCallback, evaluate_generation
 from hf_distill.lm_data import PROMPT_ATTENTION_MASK, PROMPT_INPUT_IDS, completion_nll, end_token_id, prompt_length
 from hf_distill.positions import IGNORE_INDEX
 from hf_distill.recipes import data as rd
@@ -53,7 +60,8 @@ from hf_distill.recipes.run import start_run
 from hf_distill.stages import hard_baseline_arguments
 
 logger = logging.getLogger(__name__)
-DEFAULT_CHUNK = 1024  # tokens per chunk of the output-layer loss
+DEFAULT_CHUNK = "auto"  # tokens per chunk of the output-layer loss: sized from a memory budget
+EVAL_CHUNK = 1024  # tokens per chunk of the evaluation cross-entropy when loss_chunk_size is not a number
 
 
 @dataclass
@@ -73,7 +81,8 @@ class LMModelArguments(LoraArguments):
     chunked_loss: bool = field(
         default=True,
         metadata={"help": "Output-layer losses chunk by chunk, never the full (B, L, V) logits: loss_chunk_size "
-                  "(default here 1024 tokens). --chunked_loss false computes full logits."},
+                  "(default here 'auto': chunks sized from a memory budget). --chunked_loss false computes full "
+                  "logits."},
     )
 
 
@@ -198,6 +207,13 @@ def generation_samples(models: dict, tokenizer, dataset, collator, n: int, max_n
 def greedy_config(tokenizer, max_new_tokens: int) -> GenerationConfig:
     return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end_token_id(tokenizer),
                             pad_token_id=tokenizer.pad_token_id)
+
+
+def with_answers(tokenized, raw):
+    """The tokenised rows, with the raw split's `answer` column when it has one (exact match is then scored)."""
+    if ANSWER_COLUMN not in raw.column_names or ANSWER_COLUMN in tokenized.column_names:
+        return tokenized
+    return tokenized.add_column(ANSWER_COLUMN, [str(a) for a in raw[ANSWER_COLUMN]])
 
 
 def head(dataset, n: int):
@@ -375,8 +391,9 @@ def main(argv: list[str] | None = None) -> dict:
         merge_adapter_on_save=model_args.use_peft, **teacher_tokenizer_kwargs(args, teacher_tokenizers),
     )
     other = other_tokenizer(trainer)  # the first teacher's own tokenizer, where it is not the student's
+    scored = with_answers(data[splits[1]], raw[splits[1]])  # the prompts the generation metrics complete
     # A teacher with another tokenizer cannot score the student's tokens (teacher_nll): generation metrics without it.
-    add_generation_eval(trainer, trainer.teacher if other is None else None, tokenizer, data[splits[1]], args)
+    add_generation_eval(trainer, trainer.teacher if other is None else None, tokenizer, scored, args)
     with run.owning_output_dir():
         train_metrics = run.train(trainer).metrics
         save_final_model(trainer, args.output_dir)  # the student (adapter merged) + tokenizer, never the teacher
@@ -389,7 +406,7 @@ def main(argv: list[str] | None = None) -> dict:
             models["hard_baseline"] = baseline.accelerator.unwrap_model(baseline.model_wrapped)
             params["hard_baseline"] = params["student"]
         results = evaluate_and_report(run, trainer, models, params, info, train_metrics,
-                                      (data[splits[0]], data[splits[1]]), tokenizer, collator, baseline,
+                                      (data[splits[0]], data[splits[1]], scored), tokenizer, collator, baseline,
                                       (other, raw[splits[1]]))
         results["distillation"].update(
             mode="on-policy (GKD)" if args.lmbda > 0 else ("sequence-level KD" if args.seq_kd else "off-policy"),
@@ -408,24 +425,24 @@ def evaluate_and_report(run, trainer, models: dict, params: dict, info, train_me
     """Perplexity and generation metrics of every model on the validation split, the card's generation samples,
     and the results JSON payload (with the baseline's metrics and the gain when there is one). `teacher_own`:
     (the teacher's tokenizer, the raw validation split) when the teacher reads other tokens than the student."""
-    (train, evals), args, data_args = train_eval, trainer.args, run.data_args
+    (train, evals, scored), args, data_args = train_eval, trainer.args, run.data_args
     other, raw_evals = teacher_own
-    chunk = args.loss_chunk_size or DEFAULT_CHUNK
+    eval_chunk = args.loss_chunk_size if isinstance(args.loss_chunk_size, int) else EVAL_CHUNK
     if other is None:
-        comparison, n_tokens = evaluate_lm(trainer, models, evals, chunk, params)
-        generation = generation_metrics(models, tokenizer, evals, args)
+        comparison, n_tokens = evaluate_lm(trainer, models, evals, eval_chunk, params)
+        generation = generation_metrics(models, tokenizer, scored, args)
     else:  # the teacher on the same texts in its own tokens; generation metrics without it
         students = {k: v for k, v in models.items() if k != "teacher"}
-        comparison, n_tokens = evaluate_lm(trainer, students, evals, chunk, params)
+        comparison, n_tokens = evaluate_lm(trainer, students, evals, eval_chunk, params)
         own = tokenize_prompt_completion(raw_evals, other, data_args.max_length, desc="teacher tokens")
         trainer.data_collator, collate = PromptCompletionCollator.from_tokenizer(other), trainer.data_collator
         try:
-            by_teacher, _ = evaluate_lm(trainer, {"teacher": models["teacher"]}, own, chunk, params)
+            by_teacher, _ = evaluate_lm(trainer, {"teacher": models["teacher"]}, own, eval_chunk, params)
         finally:
             trainer.data_collator = collate
         comparison.metrics.update(by_teacher.metrics)
         comparison.speed.update(by_teacher.speed)
-        generation = generation_metrics(students, tokenizer, evals, args)
+        generation = generation_metrics(students, tokenizer, scored, args)
     extra = baseline_report(comparison, generation, baseline)
     samples = []
     if trainer.is_world_process_zero():
@@ -438,6 +455,7 @@ def evaluate_and_report(run, trainer, models: dict, params: dict, info, train_me
         comparison=comparison, dataset=rd.dataset_summary(data_args, len(train), len(evals)),
         train_metrics=train_metrics, eval_completion_tokens=n_tokens, generation_samples=samples,
         generation_eval_examples=next(iter(generation.values()), {}).get("examples", 0),
+        eval_log=[e for e in trainer.state.log_history if any(k.startswith("eval_") for k in e)],
         example_text=samples[0]["prompt"] if samples else "", **extra,
     )
 

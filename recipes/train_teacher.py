@@ -57,14 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     run = start_run(__file__, TeacherModelArguments, ClassificationDataArguments, TrainingArguments, argv,
                     required={"model_name_or_path": "the pretrained encoder to fine-tune"})
     model_args, data_args, args = run.model_args, run.data_args, run.args
-    splits = [data_args.train_split, data_args.validation_split]
-    raw, sources = rd.load_raw_datasets(data_args)
-    columns = {"text_column": data_args.text_column, "text_column_2": data_args.text_column_2,
-               "label_column": data_args.label_column}
-    rd.require_columns(raw, sources, columns)
-    rd.require_text(raw, sources, {"text_column": data_args.text_column, "text_column_2": data_args.text_column_2})
-    rd.require_values(raw, sources, {"label_column": data_args.label_column})
-    rd.require_class_labels(raw, sources, data_args.label_column)
+    raw, splits = rd.load_classification_data(data_args)
     names = rd.data_label_names(raw, splits, data_args.label_column)
     id2label = {i: str(n) for i, n in enumerate(names)}
 

@@ -12,7 +12,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from accelerate import PartialState
-from conftest import make_tokenizer, tiny_gpt2
+from testing_utils import make_tokenizer, tiny_gpt2
 from transformers import GenerationConfig
 
 from hf_distill import evaluate_generation

@@ -2,6 +2,9 @@
 
 Usage: python tests/ddp_train.py OUT_DIR PER_DEVICE_BATCH   (torchrun --nproc_per_node 2 ... for DDP)
 Writes OUT_DIR/final.pt with the student and projection weights (rank 0).
+
+`launch_args` and `save_and_exit` are the set-up every multi-process test script shares
+(tests/ddp_chunked_train.py too).
 """
 
 import os
@@ -10,25 +13,21 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import classification_data, tiny_bert
+from testing_utils import classification_data, distillation_args, tiny_bert
 
-from hf_distill import DistillationArguments, DistillationTrainer
+from hf_distill import DistillationTrainer
 
 
-def main(out_dir: str, per_device_batch: int) -> None:
-    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-    teacher = tiny_bert(layers=4, hidden=64, **no_dropout)
-    student = tiny_bert(layers=2, hidden=32, seed=1, **no_dropout)
-    args = DistillationArguments(
-        output_dir=out_dir, report_to=[], use_cpu=True, max_steps=3, per_device_train_batch_size=per_device_batch,
-        optim="sgd", learning_rate=0.2, hidden_weight=1.0, save_strategy="no", disable_tqdm=True, seed=0,
-        logging_steps=1, ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
-    )
-    trainer = DistillationTrainer(student, teacher, args, train_dataset=classification_data(48, with_padding=False))
-    trainer.train()
+def launch_args(out_dir: str, per_device_batch: int, **kw):
+    """Test arguments for a run that may be one of several torchrun processes (gloo on CPU), SGD, seed 0."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return distillation_args(out_dir, per_device_train_batch_size=per_device_batch, optim="sgd", seed=0,
+                             ddp_backend="gloo" if world > 1 else None, **kw)
+
+
+def save_and_exit(trainer, state: dict, out_dir: str) -> None:
+    """Rank 0 writes `state` and the world size to OUT_DIR/final.pt; under torchrun every rank then leaves at once."""
     if trainer.is_world_process_zero():
-        state = {f"student.{k}": v for k, v in student.state_dict().items()}
-        state.update({f"proj.{k}": v.cpu() for k, v in trainer.projections.state_dict().items()})
         state["world_size"] = torch.tensor(trainer.args.world_size)
         torch.save(state, os.path.join(out_dir, "final.pt"))
     if torch.distributed.is_initialized():
@@ -38,6 +37,18 @@ def main(out_dir: str, per_device_batch: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def main(out_dir: str, per_device_batch: int) -> None:
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    teacher = tiny_bert(layers=4, hidden=64, **no_dropout)
+    student = tiny_bert(layers=2, hidden=32, seed=1, **no_dropout)
+    args = launch_args(out_dir, per_device_batch, max_steps=3, learning_rate=0.2, hidden_weight=1.0)
+    trainer = DistillationTrainer(student, teacher, args, train_dataset=classification_data(48, with_padding=False))
+    trainer.train()
+    state = {f"student.{k}": v for k, v in student.state_dict().items()}
+    state.update({f"proj.{k}": v.cpu() for k, v in trainer.projections.state_dict().items()})
+    save_and_exit(trainer, state, out_dir)
 
 
 if __name__ == "__main__":

@@ -7,28 +7,15 @@ hf_distill.losses), so they check the trainer's numbers independently.
 from __future__ import annotations
 
 import torch
+from testing_utils import distillation_args
 
 from hf_distill import DistillationArguments
 
 
 def make_args(tmp_path, **kw) -> DistillationArguments:
-    defaults = {
-        "output_dir": str(tmp_path / "out"),
-        "per_device_train_batch_size": 4,
-        "max_steps": 3,
-        "learning_rate": 5e-3,
-        "report_to": [],
-        "save_strategy": "no",
-        "logging_steps": 1,
-        "use_cpu": True,
-        "temperature": 2.0,
-        "soft_weight": 0.7,
-        "hard_weight": 0.3,
-        "dataloader_num_workers": 0,
-        "disable_tqdm": True,
-    }
-    defaults.update(kw)
-    return DistillationArguments(**defaults)
+    defaults = {"per_device_train_batch_size": 4, "max_steps": 3, "learning_rate": 5e-3, "temperature": 2.0,
+                "soft_weight": 0.7, "hard_weight": 0.3, "dataloader_num_workers": 0}
+    return distillation_args(tmp_path / "out", **{**defaults, **kw})
 
 
 def ref_kl(student_row: torch.Tensor, teacher_probs_row: torch.Tensor, T: float) -> torch.Tensor:

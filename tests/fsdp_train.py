@@ -21,10 +21,9 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import classification_data, make_tokenizer, tiny_bert
+from testing_utils import classification_data, distillation_args, make_tokenizer, tiny_bert
 
 from hf_distill import (
-    DistillationArguments,
     DistillationTrainer,
     init_student_from_teacher,
 )
@@ -44,8 +43,7 @@ def main(out_dir: str) -> None:
     no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
     teacher = tiny_bert(layers=4, hidden=32, **no_dropout)
     student = init_student_from_teacher(teacher, num_layers=2).train()
-    args = DistillationArguments(output_dir=out_dir, report_to=[], use_cpu=True, ddp_backend="gloo", seed=0,
-                                 hidden_weight=1.0, save_strategy="no", disable_tqdm=True)
+    args = distillation_args(out_dir, ddp_backend="gloo", seed=0, hidden_weight=1.0, logging_steps=500)
     tokenizer = make_tokenizer(os.path.join(out_dir, "tokenizer"))
     # No padding: every rank has as many tokens, so the mean over ranks of per-rank means is the global mean.
     data = classification_data(STEPS * 2 * PER_RANK, with_padding=False)

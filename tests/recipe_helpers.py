@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import random
 
-from conftest import make_tokenizer, tiny_bert
+from testing_utils import make_tokenizer, tiny_bert
 
 LABELS = ("negative", "neutral", "positive")
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
-from conftest import WORDS, bert_config, make_tokenizer
+from testing_utils import WORDS, bert_config, make_tokenizer
 
 from hf_distill.augment import augment_dataset, augment_texts
 

@@ -6,14 +6,14 @@ import csv
 
 import pytest
 import transformers as tf
-from conftest import VOCAB, WORDS, classification_data, make_tokenizer, tiny_bert
+from testing_utils import VOCAB, WORDS, classification_data, distillation_args, make_tokenizer, tiny_bert
 
-from hf_distill import DistillationArguments, DistillationTrainer
+from hf_distill import DistillationTrainer
 from hf_distill.recipes.cache_cli import main as cache_main
 
 
 def args(tmp_path):
-    return DistillationArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, max_steps=1)
+    return distillation_args(tmp_path / "out", max_steps=1)
 
 
 def saved_teacher(folder, words, vocab):

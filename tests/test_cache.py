@@ -7,29 +7,17 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
-from conftest import VOCAB, classification_data, tiny_bert
+from testing_utils import VOCAB, classification_data, distillation_args, tiny_bert
 
-from hf_distill import DistillationArguments, DistillationTrainer
+from hf_distill import DistillationTrainer
 from hf_distill.cache import CachedOutputsCollator, cache_teacher_outputs
 from hf_distill.losses import soft_target_loss, topk_soft_target_loss
 from hf_distill.recipes.data import load_data_files
 
 
 def dargs(tmp_path, **kw):
-    base = {
-        "output_dir": str(tmp_path / "out"),
-        "report_to": [],
-        "use_cpu": True,
-        "per_device_train_batch_size": 4,
-        "learning_rate": 1e-3,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "disable_tqdm": True,
-        "seed": 0,
-        "max_steps": 4,
-    }
-    base.update(kw)
-    return DistillationArguments(**base)
+    base = {"per_device_train_batch_size": 4, "learning_rate": 1e-3, "seed": 0, "max_steps": 4}
+    return distillation_args(tmp_path / "out", **{**base, **kw})
 
 
 def hand_topk_loss(s, idx, vals, rest, T):

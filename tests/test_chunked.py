@@ -1,18 +1,23 @@
 """Chunked output-layer loss == the unchunked loss (values and gradients), without ever holding (N, V) logits."""
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
 import transformers as tf
+from testing_utils import LM_CLASSES, TOKENS, tiny_lm_config
 from torch import nn
 
 from hf_distill.chunked import (
     OutputHead,
+    auto_chunk_size,
     causal_lm_rows,
+    chunk_bytes_per_row,
     chunked_head_loss,
-    last_hidden_states,
 )
 from hf_distill.losses import divergence_loss, teacher_target
+from hf_distill.objective import DistillationObjective
 
 CASES = [
     ("forward_kl", {}),
@@ -88,13 +93,16 @@ def test_chunked_head_loss_equals_unchunked_on_raw_tensors(divergence, params):
     assert got.loss.item() == pytest.approx(want.item(), rel=1e-5)
     assert got.soft_sum.item() == pytest.approx(want_soft.item(), rel=1e-5)
     assert got.hard_sum.item() == pytest.approx(want_hard.item(), rel=1e-5)
-    assert (got.soft_count.item(), got.hard_count.item()) == (int(soft_mask.sum()), int((labels != -100).sum()))
     for a, b, name in zip(got_grads, want_grads, ["hidden", "weight", "bias"]):
         assert_grads_close(a, b, name)
 
 
-def test_chunked_head_loss_saves_no_full_logits_and_skips_frozen_heads():
-    """Nothing of size (N, V) is saved for backward, in the forward's chunk graphs or for the outer backward."""
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl"])
+def test_chunked_head_loss_saves_no_full_logits_and_skips_frozen_heads(divergence):
+    """Nothing of size (N, V) is saved for backward, in the forward's chunk graphs or for the outer backward.
+
+    forward_kl (closed-form gradient) saves nothing at all; other divergences differentiate one chunk at a time.
+    """
     g = torch.Generator().manual_seed(1)
     N, H, V = 64, 4, 50
     h_s = torch.randn(N, H, generator=g, requires_grad=True)
@@ -107,21 +115,25 @@ def test_chunked_head_loss_saves_no_full_logits_and_skips_frozen_heads():
         saved.append(t.numel())
         return t
 
+    kw = {"labels": labels, "temperature": 2.0, "divergence": divergence, "chunk_size": 8}
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = chunked_head_loss(h_s, head, [h_t], [t_head], labels=labels, temperature=2.0, chunk_size=8)
+        out = chunked_head_loss(h_s, head, [h_t], [t_head], **kw)
     out.loss.backward()
-    assert saved and max(saved) <= max(8 * V, V * H)  # one chunk's logits or the head's own (V, H)
-    want, _, _ = reference(h_s, head, [h_t], [t_head], labels, None, 2.0, "forward_kl", None, 1.0, 1.0, {})
+    if divergence == "forward_kl":
+        assert saved == []
+    else:
+        assert saved and max(saved) <= max(8 * V, V * H)  # one chunk's logits or the head's own (V, H)
+    want, _, _ = reference(h_s, head, [h_t], [t_head], labels, None, 2.0, divergence, None, 1.0, 1.0, {})
     assert out.loss.item() == pytest.approx(want.item(), rel=1e-5)
     # a frozen head (PEFT) gets no gradient and none is formed; the hidden states still get theirs
     h2 = h_s.detach().clone().requires_grad_(True)
     frozen = OutputHead(head.weight.detach())
-    chunked_head_loss(h2, frozen, [h_t], [t_head], labels=labels, temperature=2.0, chunk_size=8).loss.backward()
+    chunked_head_loss(h2, frozen, [h_t], [t_head], **kw).loss.backward()
     assert frozen.weight.grad is None
     assert_grads_close(h2.grad, h_s.grad, "hidden")
     # evaluation: no graph at all, same value
     with torch.no_grad():
-        ev = chunked_head_loss(h_s, head, [h_t], [t_head], labels=labels, temperature=2.0, chunk_size=8)
+        ev = chunked_head_loss(h_s, head, [h_t], [t_head], **kw)
     assert not ev.loss.requires_grad and ev.loss.item() == pytest.approx(out.loss.item(), rel=1e-6)
 
 
@@ -136,51 +148,60 @@ def test_chunked_head_loss_rejects_bad_inputs():
         chunked_head_loss(h, head, [torch.zeros(2, 4)], [head])
     with pytest.raises(ValueError, match="chunk_size"):
         chunked_head_loss(h, head, chunk_size=0)
-    lora_like = tf.GPT2LMHeadModel(_gpt2(10))
+    lora_like = tf.GPT2LMHeadModel(tiny_lm_config("gpt2", 10))
     lora_like.lm_head = nn.Sequential(nn.Linear(4, 10))
     with pytest.raises(ValueError, match="plain nn.Linear"):
         OutputHead.from_model(lora_like)
 
 
+def test_auto_chunk_size_from_a_memory_budget():
+    """Rows per chunk for "auto", against the count worked out by hand from the per-row estimate."""
+    # per row: 4 bytes x V x (4 student + 3 per teacher buffers); V = 1000, 1 teacher -> 28_000 bytes
+    assert chunk_bytes_per_row(1000, 1) == 4 * 1000 * 7 == 28_000
+    assert chunk_bytes_per_row(1000, 2) == 4 * 1000 * 10
+    assert auto_chunk_size(100, 1000, 1, 100 * 28_000) == 100  # everything fits: one chunk
+    assert auto_chunk_size(100, 1000, 1, 10**12) == 100
+    # 30 rows fit -> ceil(100 / 30) = 4 chunks, evened out to ceil(100 / 4) = 25 rows each
+    assert auto_chunk_size(100, 1000, 1, 30 * 28_000 + 5) == 25
+    # 99 rows fit -> 2 chunks of 50 (not 99 + 1)
+    assert auto_chunk_size(100, 1000, 1, 99 * 28_000) == 50
+    assert auto_chunk_size(100, 1000, 1, 1) == 1  # less than a row: one row at a time
+    assert auto_chunk_size(0, 1000, 1, 1) == 1  # nothing to compute
+
+
+@pytest.mark.parametrize("budget_mb, chunks", [(512, 1), (1, 3)])
+def test_auto_chunked_head_loss_equals_unchunked(monkeypatch, budget_mb, chunks):
+    """chunk_size="auto": the chunk count the CPU budget gives (worked out by hand) and the unchunked values."""
+    import hf_distill.chunked as chunked
+
+    g = torch.Generator().manual_seed(4)
+    N, H, V = 2000, 4, 50
+    h_s = torch.randn(N, H, generator=g, requires_grad=True)
+    head = OutputHead(torch.randn(V, H, generator=g).requires_grad_(True), torch.randn(V, generator=g))
+    t_head = OutputHead(torch.randn(V, H, generator=g))
+    h_t, labels = torch.randn(N, H, generator=g), torch.randint(0, V, (N,), generator=g)
+    # 1 MiB / (4 x 50 x 7 bytes a row) = 748 rows fit -> ceil(2000 / 748) = 3 chunks; 512 MiB: all 2000 rows
+    monkeypatch.setattr(chunked, "AUTO_CPU_BUDGET_MB", budget_mb)
+    calls = []
+    real_call = chunked._DistillChunk.__call__
+    monkeypatch.setattr(chunked._DistillChunk, "__call__", lambda self, z, *a: calls.append(z.shape[0]) or
+                        real_call(self, z, *a))
+    got = chunked_head_loss(h_s, head, [h_t], [t_head], labels=labels, temperature=2.0, soft_scale=0.5 / N,
+                            hard_scale=0.5 / N, chunk_size="auto")
+    assert len(calls) == chunks and sum(calls) == N
+    want, want_soft, want_hard = reference(h_s, head, [h_t], [t_head], labels, None, 2.0, "forward_kl", None,
+                                           0.5 / N, 0.5 / N, {})
+    assert got.loss.item() == pytest.approx(want.item(), rel=1e-5)
+    assert (got.soft_sum.item(), got.hard_sum.item()) == pytest.approx((want_soft.item(), want_hard.item()), rel=1e-5)
+    for a, b, name in zip(torch.autograd.grad(got.loss, [h_s, head.weight]),
+                          torch.autograd.grad(want, [h_s, head.weight]), ["hidden", "weight"]):
+        assert_grads_close(a, b, name)
+
+
 # ---- whole models: tiny GPT-2 and tiny Llama, padding, vocabulary padding, ignored labels ----------------------
 
 
-def _gpt2(vocab, hidden=16):
-    return tf.GPT2Config(
-        vocab_size=vocab,
-        n_embd=hidden,
-        n_layer=2,
-        n_head=2,
-        n_positions=32,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-
-
-def _llama(vocab, hidden=16):
-    return tf.LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        tie_word_embeddings=False,
-        max_position_embeddings=32,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-    )
-
-
-MODELS = {
-    "gpt2": (tf.GPT2LMHeadModel, _gpt2),
-    "llama": (tf.LlamaForCausalLM, _llama),
-}
-TOKENS = 50  # the shared tokenizer's size; the output layers are padded beyond it (student 56, teacher 64)
+MODELS = {arch: (LM_CLASSES[arch], partial(tiny_lm_config, arch)) for arch in LM_CLASSES}
 
 
 def _batch(g, B=3, L=9):
@@ -216,31 +237,19 @@ def test_chunked_equals_unchunked_on_tiny_models(arch, divergence, params):
     params_s = [p for p in student.parameters() if p.requires_grad]
     want_grads = torch.autograd.grad(want, params_s)
 
-    # chunked: bodies only, then the kept rows chunk by chunk
-    h_s = last_hidden_states(student, inputs)  # (B, L, H_s)
+    # chunked, through the public path: bodies only (logits_to_keep=1), then the kept rows chunk by chunk
+    flags = {"logits_to_keep": 1, "output_hidden_states": True}
+    h_s = student(**inputs, **flags).hidden_states[-1]  # (B, L, H_s)
     with torch.no_grad():
-        h_t = last_hidden_states(teacher, inputs)  # (B, L, H_t)
-    keep, soft_mask, next_labels = causal_lm_rows(inputs["attention_mask"], labels, labels.shape)
-    n_soft, n_hard = int(soft_mask.sum()), int((next_labels != -100).sum())
-    got = chunked_head_loss(
-        h_s[keep],
-        OutputHead.from_model(student),
-        [h_t[keep]],
-        [OutputHead.from_model(teacher)],
-        labels=next_labels,
-        soft_mask=soft_mask,
-        temperature=T,
-        divergence=divergence,
-        vocab_limit=TOKENS,
-        soft_scale=ws / n_soft,
-        hard_scale=wh / n_hard,
-        chunk_size=4,
-        **params,
-    )
-    got_grads = torch.autograd.grad(got.loss, params_s)
-    assert got.loss.item() == pytest.approx(want.item(), rel=1e-5)
-    assert (got.soft_sum / n_soft).item() == pytest.approx(soft.item(), rel=1e-5)
-    assert (got.hard_sum / n_hard).item() == pytest.approx(out.loss.item(), rel=1e-5)
+        h_t = teacher(**inputs, **flags).hidden_states[-1]  # (B, L, H_t)
+    objective = DistillationObjective({"soft_loss": ws, "hard_loss": wh}, temperature=T, divergence=divergence,
+                                      vocab_limit=TOKENS, divergence_kwargs=params)
+    loss, terms = objective.lm_head_loss({**inputs, "labels": labels}, h_s, [h_t], OutputHead.from_model(student),
+                                         [OutputHead.from_model(teacher)], chunk_size=4)
+    got_grads = torch.autograd.grad(loss, params_s)
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+    assert terms["soft_loss"].item() == pytest.approx(soft.item(), rel=1e-5)
+    assert terms["hard_loss"].item() == pytest.approx(out.loss.item(), rel=1e-5)
     names = [n for n, p in student.named_parameters() if p.requires_grad]
     assert any("lm_head" in n or "wte" in n for n in names)  # the head (GPT-2: tied to wte) is among them
     for a, b, name in zip(got_grads, want_grads, names):

@@ -7,9 +7,9 @@ import os
 
 import pytest
 import torch
-from conftest import classification_data, fixed_batch, tiny_bert, tiny_distilbert
 from distill_checks import assert_trains_student_not_teacher, eval_components, make_args, probs, ref_kl, sharpen
 from safetensors.torch import load_file
+from testing_utils import classification_data, fixed_batch, tiny_bert, tiny_distilbert
 
 from hf_distill import DistillationTrainer
 

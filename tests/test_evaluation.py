@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from conftest import make_tokenizer, tiny_gpt2
+from testing_utils import HANG_TIMEOUT_S, make_tokenizer, tiny_gpt2
 from transformers import GenerationConfig
 
 from hf_distill import evaluate_generation
@@ -132,7 +132,7 @@ def test_two_processes_equal_one(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(os.path.dirname(script))}
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     cmd = [torchrun, "--nproc_per_node", "2", "--standalone", script, str(tmp_path / "two.json")]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     sys.path.insert(0, os.path.dirname(script))
     from ddp_generation_eval import metrics

@@ -22,13 +22,14 @@ import pytest
 import torch
 from recipe_helpers import recipe_args, save_classifier, write_csv
 from safetensors.torch import load_file
+from testing_utils import HANG_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 14  # a launch advances at most 2 steps before its kill: room for 5 kills and a last launch
 KILLS = 5
 POINTS = ("train", "weights", "optimizer-half", "rng", "state")  # tests/paused_recipe.py
 TORCH_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth")
-SAFETY_S = 900  # only against a hung child: the waits below end on events, not on time
+SAFETY_S = HANG_TIMEOUT_S  # only against a hung child: the waits below end on events, not on time
 
 
 def complete(folder: Path) -> bool:

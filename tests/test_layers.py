@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_bert, tiny_distilbert, tiny_gpt2, tiny_llama, tiny_roberta
+from testing_utils import tiny_bert, tiny_distilbert, tiny_gpt2, tiny_llama, tiny_roberta
 
 from hf_distill import init_student_from_teacher, uniform_layer_map
 from hf_distill.layers import _layer_list_path, build_projections, resolve_layer_map

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import classification_data, make_tokenizer, tiny_bert
 from datasets import Dataset
+from testing_utils import classification_data, distillation_args, make_tokenizer, tiny_bert
 from transformers import DataCollatorWithPadding, Trainer
 
-from hf_distill import DistillationArguments, DistillationTrainer, cache_teacher_outputs, init_student_from_teacher
+from hf_distill import DistillationTrainer, cache_teacher_outputs, init_student_from_teacher
 from hf_distill.mixing import labelled_only, mix_transfer_set
 from hf_distill.stages import hard_baseline_arguments, two_stage_arguments
 
@@ -65,21 +65,14 @@ def test_mixing_keeps_cached_teacher_outputs_and_the_trainer_uses_them(tmp_path)
         expected = teacher(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).logits
     torch.testing.assert_close(torch.tensor(mixed["teacher_logits"][8:9]), expected, atol=1e-5, rtol=1e-5)
     student = init_student_from_teacher(teacher, num_layers=1)
-    args = DistillationArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        max_steps=4,
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-    )
+    args = distillation_args(tmp_path, per_device_train_batch_size=4, max_steps=4)
     trainer = DistillationTrainer(student, None, args, train_dataset=mixed)
     trainer.train()
     assert trainer.state.global_step == 4
 
 
 def _args(tmp_path, **kw):
-    return DistillationArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, **kw)
+    return distillation_args(tmp_path, **kw)
 
 
 def test_two_stage_weights(tmp_path):

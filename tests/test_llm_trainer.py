@@ -3,42 +3,33 @@ full-logits loss, never builds (B, L, V) logits, and token-level terms are norma
 accumulated batch (k micro-batches == one big batch, also on two processes)."""
 
 import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
-from llm_setup import TOKENS, collate, lm_data, tiny_lm, tokenizer
+from testing_utils import (
+    LM_TRAINER_ARGS,
+    TOKENS,
+    distillation_args,
+    lm_collate,
+    lm_data,
+    lm_tokenizer,
+    one_and_two_processes,
+    requires_torchrun,
+    tiny_lm,
+)
 
-from hf_distill import DistillationArguments, DistillationTrainer
+from hf_distill import DistillationTrainer
 
 
 def make_trainer(tmp_path, student, teachers, data=None, peft_config=None, **kw):
-    defaults = {
-        "output_dir": str(tmp_path),
-        "report_to": [],
-        "use_cpu": True,
-        "per_device_train_batch_size": 4,
-        "max_steps": 3,
-        "optim": "sgd",
-        "learning_rate": 0.5,
-        "save_strategy": "no",
-        "disable_tqdm": True,
-        "logging_steps": 1,
-        "seed": 0,
-        "soft_weight": 0.6,
-        "hard_weight": 0.4,
-        "temperature": 1.0,
-    }
-    args = DistillationArguments(**{**defaults, **kw})
+    args = distillation_args(tmp_path, **{**LM_TRAINER_ARGS, **kw})
     return DistillationTrainer(
         student,
         teachers,
         args,
         train_dataset=data if data is not None else lm_data(),
-        data_collator=collate,
-        processing_class=tokenizer(),
+        data_collator=lm_collate,
+        processing_class=lm_tokenizer(),
         peft_config=peft_config,
     )
 
@@ -124,7 +115,7 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path, chunk):
         tmp_path / "means", student, teacher, per_device_train_batch_size=1, gradient_accumulation_steps=4, **kw
     ).args
     PerMicroBatchMeans(
-        student, teacher, args, train_dataset=lm_data(), data_collator=collate, processing_class=tokenizer()
+        student, teacher, args, train_dataset=lm_data(), data_collator=lm_collate, processing_class=lm_tokenizer()
     ).train()
     assert any(not torch.allclose(student.state_dict()[k], big[k], rtol=1e-4) for k in big)
 
@@ -140,7 +131,7 @@ def _one_batch_loss_and_grads(trainer, batch):
 def test_peft_student_and_bf16_teacher(tmp_path):
     from peft import LoraConfig
 
-    batch = collate([lm_data(4)[i] for i in range(4)])
+    batch = lm_collate([lm_data(4)[i] for i in range(4)])
     lora = LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["q_proj", "v_proj"])
     results = {}
     for name, chunk in (("full", None), ("chunked", 4)):
@@ -181,7 +172,7 @@ def test_chunking_refuses_what_it_cannot_do(tmp_path):
         DistillationTrainer(
             bert,
             bert.__class__(bert.config),
-            DistillationArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, loss_chunk_size=8),
+            distillation_args(tmp_path, loss_chunk_size=8),
         )
     with pytest.raises(ValueError, match="label smoothing"):
         make_trainer(
@@ -191,23 +182,11 @@ def test_chunking_refuses_what_it_cannot_do(tmp_path):
         make_trainer(tmp_path, tiny_lm(vocab=40, seed=1), tiny_lm(vocab=64, seed=2), loss_chunk_size=8)
 
 
-@pytest.mark.skipif(
-    not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")) and shutil.which("torchrun") is None,
-    reason="torchrun not installed",
-)
+@requires_torchrun
 def test_two_process_chunked_ddp_equals_one_process(tmp_path):
     """2 processes x 2 rows == 1 process x 4 rows, with unequal token counts on the two ranks."""
     script = os.path.join(os.path.dirname(__file__), "ddp_chunked_train.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(os.path.dirname(script))}
-    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
-    for cmd in (
-        [sys.executable, script, str(tmp_path / "one"), "4"],
-        [torchrun, "--nproc_per_node", "2", "--standalone", script, str(tmp_path / "two"), "2"],
-    ):
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    one, two = torch.load(tmp_path / "one" / "final.pt"), torch.load(tmp_path / "two" / "final.pt")
-    assert one.pop("world_size").item() == 1 and two.pop("world_size").item() == 2
+    one, two = one_and_two_processes(script, tmp_path, ["4"], ["2"])
     assert_same_weights(two, one, rtol=1e-4)
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tokenizer, tiny_gpt2, tiny_llama
 from datasets import Dataset
+from testing_utils import distillation_args, make_tokenizer, tiny_gpt2, tiny_llama
 
-from hf_distill import DistillationArguments, DistillationTrainer
+from hf_distill import DistillationTrainer
 from hf_distill.lm_data import (
     PromptCompletionCollator,
     completion_nll,
@@ -146,8 +146,7 @@ def test_losses_count_completion_tokens_only(tmp_path, factory, chunk):
     batch = PromptCompletionCollator.from_tokenizer(tok)([data[i] for i in range(3)])
     student, teacher = factory(layers=2, seed=0).eval(), factory(layers=3, seed=1).eval()
     T = 2.0
-    args = DistillationArguments(output_dir=str(tmp_path / "out"), temperature=T, soft_weight=0.7, hard_weight=0.3,
-                                 report_to="none", use_cpu=True, loss_chunk_size=chunk)
+    args = distillation_args(tmp_path / "out", temperature=T, soft_weight=0.7, hard_weight=0.3, loss_chunk_size=chunk)
     trainer = DistillationTrainer(student, teacher, args, processing_class=tok,
                                   data_collator=PromptCompletionCollator.from_tokenizer(tok))
     with torch.no_grad():

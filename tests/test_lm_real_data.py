@@ -5,10 +5,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
+from testing_utils import imported_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "lm_real_data.py"
 
@@ -20,12 +20,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def lm_real_data():
-    spec = importlib.util.spec_from_file_location("lm_real_data", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["lm_real_data"] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("lm_real_data", None)
+    with imported_script(SCRIPT, "lm_real_data") as module:
+        yield module
 
 
 def test_prompt_is_the_first_tokens_and_splits_are_disjoint(lm_real_data):

@@ -118,7 +118,59 @@ def test_causal_lm_runs_get_their_own_template():
     assert "| loss chunk size (tokens) | off |" in text and "| LoRA adapter (merged) | True |" in text
     # free text becomes one table cell: pipes escaped, newlines flattened; the usage snippet stays one line
     assert "| a \\| b c | d | e | f |" in text
-    assert 'generator("say \'hi\' now", max_new_tokens=32)' in text
+    assert "generator('say \"hi\"\\nnow', max_new_tokens=32)" in text  # the exact text, as a Python literal
     assert "agarwal2024gkd" in text and "sanh2019distilbert" not in text and "{{" not in text
     no_samples = render_model_card({**LM_RESULTS, "generation_samples": []})
     assert "## Generation samples" not in no_samples and "## How it was distilled" in no_samples
+
+
+HOSTILE_ID = 'out"); import os; os.system("echo pwned"); ("\\`x`'  # a local folder name, quotes and backslash
+HOSTILE_TEXT = 'it\'s "fine" \\ really```\nnew line'
+
+
+def _python_blocks(text: str) -> list[str]:
+    """The code of every ```python block (fences of 3+ backticks)."""
+    import re
+
+    return re.findall(r"^(`{3,})python\n(.*?)^\1$", text, flags=re.M | re.S)
+
+
+@pytest.mark.parametrize("results", [RESULTS, LM_RESULTS], ids=["classifier", "causal-lm"])
+def test_usage_snippet_is_valid_python_that_does_only_what_it_says(results):
+    """Issue 21: quotes and backslashes in names broke the snippet (or made it run other code)."""
+    import ast
+
+    text = render_model_card({**results, "example_text": HOSTILE_TEXT}, model_id=HOSTILE_ID)
+    [(_, code)] = _python_blocks(text)
+    tree = ast.parse(code)
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    names = sorted(c.func.id if isinstance(c.func, ast.Name) else "?" for c in calls)
+    assert names == sorted(["pipeline", "print", "classifier" if results is RESULTS else "generator"])
+    [pipeline_call] = [c for c in calls if getattr(c.func, "id", "") == "pipeline"]
+    assert [k.value.value for k in pipeline_call.keywords if k.arg == "model"] == [HOSTILE_ID]  # the exact name
+    texts = [a.value for c in calls for a in c.args if isinstance(a, ast.Constant) and a.value == HOSTILE_TEXT]
+    assert texts == [HOSTILE_TEXT]  # the exact example text, newline and all
+    assert [type(s).__name__ for s in tree.body] == ["ImportFrom", "Assign", "Expr"]  # nothing else runs
+
+
+def test_names_from_files_cannot_inject_html_or_markdown():
+    nasty = "<img src=x onerror=alert(1)>`|*_[x](javascript:alert(1))"
+    r = copy.deepcopy(LM_RESULTS)
+    r.update(teacher_model=f"/tmp/{nasty}", dataset={"train_file": f"{nasty}.jsonl", "eval_examples": 5},
+             generation_samples=[{"prompt": f"<script>alert(1)</script>{nasty}", "reference": "r", "teacher": "t",
+                                  "student": "s"}], command=f"accelerate launch x.py --train_file '{nasty}``` '")
+    r["distillation"] = {**r["distillation"], "student_init_layers": None, "student_model": nasty}
+    text = render_model_card(r, model_id=f"me/{nasty}")
+    body = text.split("---", 2)[2]  # the YAML header is the Hub's own (safe) dump
+    import re
+
+    # Markdown renders code blocks and code spans as text; anywhere else HTML and links would be live.
+    prose = re.sub(r"^(`{3,})\w*\n.*?^\1$", "", body, flags=re.M | re.S)
+    prose = re.sub(r"(?<!`)(`+)(?!`).*?(?<!`)\1(?!`)", "", prose)
+    assert "<img" not in prose and "<script" not in prose and not re.search(r"(?<!\\)\]\(javascript", prose)
+    assert "&lt;img src=x onerror=alert(1)&gt;" in prose and "&lt;script&gt;" in prose  # shown as text
+    assert f"``/tmp/{nasty}``" in body  # the teacher's path as code, one backtick longer than the one in it
+    assert "`````" not in body.replace("````bash", "").replace("````\n", "")  # the command's fence outgrows it
+    assert f"````bash\naccelerate launch x.py --train_file '{nasty}``` '\n````" in body  # the command, verbatim
+    table_rows = [line for line in body.splitlines() if line.startswith("| teacher |")]
+    assert len(table_rows) == 1 and table_rows[0].count(" | ") + table_rows[0].count("| ") >= 2

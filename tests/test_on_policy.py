@@ -7,11 +7,11 @@ import types
 
 import pytest
 import torch
-from conftest import make_tokenizer, tiny_bert, tiny_gpt2
 from datasets import Dataset
+from testing_utils import distillation_args, make_tokenizer, tiny_bert, tiny_gpt2
 from transformers import TrainerCallback
 
-from hf_distill import DistillationArguments, DistillationTrainer
+from hf_distill import DistillationTrainer
 from hf_distill.generation import (
     COMPLETIONS_FROM,
     CompletionSampler,
@@ -41,21 +41,9 @@ def lm_data(tok, n=16, seed=0):
 
 
 def make_args(tmp_path, **kw):
-    defaults = {
-        "output_dir": str(tmp_path / "out"),
-        "report_to": "none",
-        "use_cpu": True,
-        "max_steps": 4,
-        "per_device_train_batch_size": 4,
-        "logging_steps": 2,
-        "learning_rate": 1e-2,
-        "disable_tqdm": True,
-        "save_strategy": "no",
-        "max_new_tokens": 5,
-        "seed": 7,
-        "temperature": 1.0,
-    }
-    return DistillationArguments(**{**defaults, **kw})
+    defaults = {"max_steps": 4, "per_device_train_batch_size": 4, "logging_steps": 2, "learning_rate": 1e-2,
+                "max_new_tokens": 5, "seed": 7, "temperature": 1.0}
+    return distillation_args(tmp_path / "out", **{**defaults, **kw})
 
 
 def make_trainer(tmp_path, tok, student=None, teacher=None, data=None, **kw):

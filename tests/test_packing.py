@@ -3,16 +3,22 @@ architectures and attention implementations that cannot keep packed rows apart a
 
 import inspect
 import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 import transformers as tf
-from llm_setup import collate, lm_data, tiny_lm, tokenizer
+from testing_utils import (
+    LM_TRAINER_ARGS,
+    distillation_args,
+    lm_collate,
+    lm_data,
+    lm_tokenizer,
+    one_and_two_processes,
+    requires_torchrun,
+    tiny_lm,
+)
 
-from hf_distill import DistillationArguments, DistillationTrainer
+from hf_distill import DistillationTrainer
 from hf_distill.lm_data import PromptCompletionCollator, completion_nll, is_packed, pack_padded
 from hf_distill.modeling import PACKING_MODEL_TYPES, packing_problem
 from hf_distill.positions import token_counts
@@ -93,12 +99,9 @@ def test_a_cache_would_mix_packed_rows():
 
 
 def make_trainer(tmp_path, student, teacher, pack, data=None, **kw):
-    defaults = {"output_dir": str(tmp_path), "report_to": [], "use_cpu": True, "per_device_train_batch_size": 4,
-                "max_steps": 3, "optim": "sgd", "learning_rate": 0.5, "save_strategy": "no", "disable_tqdm": True,
-                "logging_steps": 1, "seed": 0, "soft_weight": 0.6, "hard_weight": 0.4, "temperature": 1.0}
-    args = DistillationArguments(**{**defaults, **kw})
+    args = distillation_args(tmp_path, **{**LM_TRAINER_ARGS, **kw})
     return DistillationTrainer(student, teacher, args, train_dataset=data if data is not None else lm_data(),
-                               data_collator=PromptCompletionCollator(0, pack=pack), processing_class=tokenizer())
+                               data_collator=PromptCompletionCollator(0, pack=pack), processing_class=lm_tokenizer())
 
 
 def train(tmp_path, arch, pack, **kw):
@@ -171,10 +174,9 @@ def test_packing_refuses_what_it_cannot_do(tmp_path):
     custom.config._attn_implementation = "my_kernel"  # a kernel transformers' packed masks do not reach
     assert "my_kernel" in packing_problem(custom)
     # packed batches from another collator (no pack attribute): refused at the first batch, before any update
-    args = DistillationArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, max_steps=1,
-                                 per_device_train_batch_size=4, save_strategy="no", disable_tqdm=True)
+    args = distillation_args(tmp_path, max_steps=1, per_device_train_batch_size=4, logging_steps=500)
     trainer = DistillationTrainer(opt, teacher, args, train_dataset=lm_data(),
-                                  data_collator=lambda f: pack_padded(collate(f)), processing_class=tokenizer())
+                                  data_collator=lambda f: pack_padded(lm_collate(f)), processing_class=lm_tokenizer())
     before = {k: v.clone() for k, v in opt.state_dict().items()}
     with pytest.raises(ValueError, match="silently wrong for the student"):
         trainer.train()
@@ -186,33 +188,20 @@ def test_flattened_batches_without_completion_mask_equal_padded(tmp_path):
     results = {}
     for pack in (False, True):
         student, teacher = tiny_lm("gpt2", vocab=56, seed=1), tiny_lm("gpt2", vocab=64, hidden=24, seed=10)
-        args = DistillationArguments(output_dir=str(tmp_path / str(pack)), report_to=[], use_cpu=True, max_steps=2,
-                                     per_device_train_batch_size=4, optim="sgd", learning_rate=0.5, logging_steps=1,
-                                     save_strategy="no", disable_tqdm=True, seed=0, loss_chunk_size=3)
-        collator = (lambda f: pack_padded(collate(f))) if pack else collate
+        args = distillation_args(tmp_path / str(pack), max_steps=2, per_device_train_batch_size=4, optim="sgd",
+                                 learning_rate=0.5, seed=0, loss_chunk_size=3)
+        collator = (lambda f: pack_padded(lm_collate(f))) if pack else lm_collate
         trainer = DistillationTrainer(student, teacher, args, train_dataset=lm_data(), data_collator=collator,
-                                      processing_class=tokenizer())
+                                      processing_class=lm_tokenizer())
         trainer.train()
         results[pack] = ({k: v.detach().clone() for k, v in student.state_dict().items()}, logged(trainer))
     assert_same_weights(results[True][0], results[False][0])
     assert results[True][1] == pytest.approx(results[False][1], rel=1e-5)
 
 
-@pytest.mark.skipif(
-    not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")) and shutil.which("torchrun") is None,
-    reason="torchrun not installed",
-)
+@requires_torchrun
 def test_two_process_packed_ddp_equals_one_padded_process(tmp_path):
     """2 processes x 2 packed rows == 1 process x 4 padded rows (chunked loss, unequal token counts per rank)."""
     script = os.path.join(os.path.dirname(__file__), "ddp_chunked_train.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(os.path.dirname(script))}
-    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
-    for cmd in (
-        [sys.executable, script, str(tmp_path / "one"), "4", "padded"],
-        [torchrun, "--nproc_per_node", "2", "--standalone", script, str(tmp_path / "two"), "2", "packed"],
-    ):
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    one, two = torch.load(tmp_path / "one" / "final.pt"), torch.load(tmp_path / "two" / "final.pt")
-    assert one.pop("world_size").item() == 1 and two.pop("world_size").item() == 2
+    one, two = one_and_two_processes(script, tmp_path, ["4", "padded"], ["2", "packed"])
     assert_same_weights(two, one, rtol=1e-4)

@@ -8,7 +8,6 @@ import os
 import pytest
 import torch
 import transformers as tf
-from conftest import classification_data, fixed_batch, tiny_bert, tiny_llama
 from datasets import Dataset
 from distill_checks import (
     assert_trains_student_not_teacher,
@@ -20,6 +19,7 @@ from distill_checks import (
     snapshot,
 )
 from peft import LoraConfig, PeftModel, get_peft_model
+from testing_utils import classification_data, fixed_batch, tiny_bert, tiny_llama
 
 from hf_distill import DistillationTrainer
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import transformers as tf
-from conftest import tiny_gpt2
+from testing_utils import tiny_gpt2
 
 from hf_distill import augment, chunked, lm_data, mixing, objective, positions, transfer
 from hf_distill.lm_data import PromptCompletionCollator, completion_nll

@@ -133,3 +133,42 @@ def test_quickstart_installs_everything_the_tests_import():
     missing = {d: f for d, f in _imported_distributions(["tests", "benchmarks", "recipes"]).items()
                if d not in installed}
     assert not missing, f"`bash quickstart.sh` leaves these out (add them to the dev extra): {missing}"
+
+
+def test_public_api_documents_its_arguments():
+    """Every function and class exported by hf_distill has a docstring with an `Args:` section."""
+    import inspect
+
+    import hf_distill
+
+    missing = []
+    for name in hf_distill.__all__:
+        obj = getattr(hf_distill, name)
+        if not callable(obj) or (inspect.isclass(obj) and issubclass(obj, Exception)):
+            continue
+        if "Args:" not in (inspect.getdoc(obj) or ""):
+            missing.append(name)
+    assert not missing, f"add an Args: section to the docstrings of {missing}"
+
+
+def test_recipes_print_the_output_folder_without_the_machine_path(tmp_path, monkeypatch):
+    """The quickstart's closing line shows runs/quickstart/student, not the absolute path of this machine."""
+    from hf_distill.recipes.run import shown_path
+
+    monkeypatch.chdir(tmp_path)
+    assert shown_path("runs/quickstart/student") == os.path.join("runs", "quickstart", "student")
+    assert shown_path(str(tmp_path / "runs" / "x")) == os.path.join("runs", "x")  # inside the working directory
+    outside = str(tmp_path.parent / "elsewhere")
+    assert shown_path(outside) == outside  # outside it: absolute, never a chain of ../
+
+
+def test_every_result_file_records_its_commit_and_command():
+    """Tables, JSON and logs under docs/results/ say which commit and which command produced them."""
+    lacking = []
+    for path in sorted((DOCS / "results").iterdir()):
+        if path.suffix not in (".md", ".json", ".log"):
+            continue  # plots: their commit and command are in docs/results.md's table
+        text = path.read_text(errors="replace")
+        if "commit" not in text.lower() or not re.search(r"(python|accelerate launch|torchrun)\b[^\n\"]*\.py", text):
+            lacking.append(path.name)
+    assert not lacking, f"record the commit and the exact command in {lacking} (benchmarks/provenance.py)"

@@ -9,19 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import WORDS, make_tokenizer, tiny_bert
+from testing_utils import WORDS, imported_script, make_tokenizer, tiny_bert
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "real_data.py"
 
 
 @pytest.fixture(scope="module")
 def real_data():
-    spec = importlib.util.spec_from_file_location("real_data", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["real_data"] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("real_data", None)
+    with imported_script(SCRIPT, "real_data") as module:
+        yield module
 
 
 def synthetic_rows(n, seed=0):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import os
 import subprocess
 import sys
@@ -15,8 +14,8 @@ from unittest import mock
 
 import pytest
 import transformers as tf
-from conftest import make_tokenizer, tiny_bert
 from recipe_helpers import COMMON, LABELS, recipe_args, save_classifier, write_csv
+from testing_utils import HANG_TIMEOUT_S, distillation_args, make_tokenizer, tiny_bert
 
 from hf_distill.recipes.arguments import redact_secrets
 from hf_distill.recipes.models import check_student_tokenizer
@@ -61,11 +60,11 @@ def _previous_run(tmp_path) -> str:
 
 
 def _held_folder(tmp_path) -> str:
-    """A folder locked by a live run (this test process)."""
+    """A folder locked by a live run (this test process, as a run claims it)."""
+    from hf_distill.recipes.output import OutputFolder
+
     held = tmp_path / "held"
-    held.mkdir()
-    owner = {"run_id": "abc123", "pid": os.getpid(), "host": os.uname().nodename, "started": "now"}
-    (held / ".hf_distill.lock").write_text(json.dumps(owner))
+    OutputFolder(str(held), run_id="abc123").claim()
     return str(held)
 
 
@@ -236,7 +235,7 @@ def test_cli_error_is_one_clear_line(assets, tmp_path):
     proc = subprocess.run([sys.executable, str(root / "recipes" / "distil_bert.py"),
                            *recipe_args(assets["teacher"], (assets["train"], assets["dev"]), tmp_path / "o",
                                         "--soft_weight", "nan")],
-                          env=env, capture_output=True, text=True, timeout=120)
+                          env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == "ValueError: --soft_weight is nan: it must be a finite number."
 
@@ -282,7 +281,7 @@ def test_cache_cli_bad_input(name, extra, data, message, assets, tmp_path):
 def test_cache_cli_stores_label_names_as_the_teacher_ids_and_the_cache_trains(assets, tmp_path):
     from datasets import load_from_disk
 
-    from hf_distill import DistillationArguments, DistillationTrainer
+    from hf_distill import DistillationTrainer
     from hf_distill.recipes.cache_cli import main
 
     out = tmp_path / "cached"
@@ -292,8 +291,7 @@ def test_cache_cli_stores_label_names_as_the_teacher_ids_and_the_cache_trains(as
     with open(assets["dev"]) as f:
         names = [row["label"] for row in csv.DictReader(f)]
     assert cached["label"] == [LABELS.index(n) for n in names]  # the teacher's id2label is LABELS in order
-    args = DistillationArguments(output_dir=str(tmp_path / "o"), report_to=[], max_steps=1, use_cpu=True,
-                                 per_device_train_batch_size=4, save_strategy="no", logging_steps=1)
+    args = distillation_args(tmp_path / "o", max_steps=1, per_device_train_batch_size=4, disable_tqdm=False)
     trainer = DistillationTrainer(tiny_bert(layers=1, hidden=32), None, args, train_dataset=cached,
                                   processing_class=tf.AutoTokenizer.from_pretrained(assets["teacher"]))
     trainer.train()  # used to fail at step 1: string labels, "excessive nesting"

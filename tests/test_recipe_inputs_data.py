@@ -14,9 +14,9 @@ from unittest import mock
 import pytest
 import torch
 import transformers as tf
-from conftest import make_tokenizer, tiny_bert, tiny_gpt2
 from datasets import Dataset
 from recipe_helpers import COMMON, recipe_args, save_classifier, write_csv
+from testing_utils import make_tokenizer, tiny_bert, tiny_gpt2
 
 from hf_distill.lm_data import tokenize_prompt_completion
 from recipes import distil_bert, distil_bert_mlm, distil_causal_lm, train_teacher
@@ -38,6 +38,13 @@ def assets(tmp_path_factory):
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])  # a copy cut short
     a["truncated"] = str(broken)
+    sharded = root / "sharded_teacher"
+    tf.AutoModelForSequenceClassification.from_pretrained(a["teacher"]).save_pretrained(sharded, max_shard_size="20KB")
+    make_tokenizer(sharded)
+    shards = sorted(sharded.glob("model-*.safetensors"))
+    assert len(shards) > 1
+    shards[-1].unlink()  # one shard lost in a copy
+    a["missing_shard"], a["lost_shard"] = str(sharded), shards[-1].name
     mlm = root / "mlm_teacher"
     tiny_bert(layers=2, hidden=32, cls=tf.BertForMaskedLM).save_pretrained(mlm)
     make_tokenizer(mlm).save_pretrained(mlm)
@@ -119,6 +126,9 @@ def _cases(a, tmp_path: Path):
         "truncated model.safetensors in the teacher folder": lambda: Case(
             args(teacher=a["truncated"]), r"--teacher_model_name_or_path: the weight file .*truncated_teacher/"
             r"model.safetensors is damaged or truncated.*save the model\s+again"),
+        "a shard listed in the index is missing": lambda: Case(
+            args(teacher=a["missing_shard"]), r"model.safetensors.index.json lists shard\(s\) \['"
+            + a["lost_shard"] + r"'\] that are not in the folder"),
         # --- two sources for one thing on the command line
         "Hub dataset and local files": lambda: Case(args("--dataset_name", "glue"),
             r"the data is named twice: --dataset_name glue \(command line\); --train_file .*\(command line\)"),
@@ -128,7 +138,8 @@ def _cases(a, tmp_path: Path):
     }
 
 
-CASE_NAMES = list(_cases({k: "" for k in ("teacher", "train", "dev", "student", "truncated")}, Path("/nonexistent")))
+CASE_NAMES = list(_cases({k: "" for k in ("teacher", "train", "dev", "student", "truncated", "missing_shard",
+                                           "lost_shard")}, Path("/nonexistent")))
 
 
 def _listing(folder: Path) -> dict:
@@ -290,7 +301,7 @@ def test_shipped_config_with_local_files_and_a_cut_student_finishes_its_card(lm_
     nor crash in the card's samples after training: the command line wins, the samples are cut to fit."""
     argv = _lm_argv(lm_teacher, tmp_path, "--student_num_layers", "2", "--max_length", "24",
                     "--per_device_eval_batch_size", "4", "--gradient_accumulation_steps", "1",
-                    "--overwrite_output_dir", "false", config=OFFPOLICY_CONFIG)
+                    "--overwrite_output_dir", "false", "--final_generation_eval_samples", "2", config=OFFPOLICY_CONFIG)
     with caplog.at_level(logging.WARNING):
         results = distil_causal_lm.main(argv)
     assert "the data: --train_file" in caplog.text and "takes precedence over --dataset_name " \
@@ -307,6 +318,7 @@ def test_shipped_config_with_local_files_and_a_cut_student_finishes_its_card(lm_
     assert results["distillation"]["max_new_tokens"] == 64 - longest
     samples = results["generation_samples"]
     assert len(samples) == 3 and (tmp_path / "out" / "README.md").exists()
+    assert results["generation_eval_examples"] == 2  # the generation metrics ran at the fitted length too
 
 
 def test_two_stages_share_max_steps(assets, tmp_path, monkeypatch):
@@ -386,3 +398,23 @@ def test_lora_flags_are_built_from_peft_lora_config():
                           use_rslora=True)
     assert lora_config(args) == expected
     assert lora_config(parse_args((LoraArguments,), [])[0]) is None
+
+
+@pytest.mark.parametrize("max_steps, epochs, share, expected", [
+    (10, 3.0, 1 / 3, ((3, None), (7, None))),  # steps: round(10 / 3) = 3 hidden-state steps, then the other 7
+    (2, 3.0, 0.1, ((1, None), (1, None))),  # at least one step each
+    (2, 3.0, 0.9, ((1, None), (1, None))),
+    (-1, 3.0, 1 / 3, ((-1, 1.0), (-1, 2.0))),  # no --max_steps: the epochs are split
+])
+def test_two_stage_budget_splits_one_budget(max_steps, epochs, share, expected, tmp_path):
+    from hf_distill import DistillationArguments
+    from hf_distill.stages import two_stage_budget
+
+    args = DistillationArguments(output_dir=str(tmp_path), max_steps=max_steps, num_train_epochs=epochs, use_cpu=True,
+                                 report_to=[])
+    stage1, stage2 = two_stage_budget(args, share)
+    for stage, (steps, stage_epochs) in zip((stage1, stage2), expected):
+        assert stage.max_steps == steps
+        assert stage_epochs is None or stage.num_train_epochs == pytest.approx(stage_epochs)
+    assert (stage1.hidden_weight, stage1.soft_weight, stage2.hidden_weight) == (1.0, 0.0, 0.0)
+    assert args.max_steps == max_steps  # the user's arguments are not modified

@@ -14,9 +14,9 @@ from unittest import mock
 
 import pytest
 import torch
-from conftest import tiny_bert
 from recipe_helpers import recipe_args, save_classifier, write_csv
 from safetensors.torch import load_file
+from testing_utils import tiny_bert
 
 from hf_distill.recipes.output import (
     LOCK_NAME,
@@ -408,7 +408,7 @@ def test_no_secret_reaches_any_file_of_the_run(setup, tmp_path):
 def test_the_trainer_itself_writes_redacted_arguments(tmp_path):
     """Without the recipes: DistillationTrainer's checkpoints and final save hold no token either; its own args keep
     the token (a push still works)."""
-    from conftest import classification_data
+    from testing_utils import classification_data
 
     from hf_distill import DistillationArguments, DistillationTrainer
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
-from conftest import make_tokenizer, tiny_bert
 from recipe_helpers import COMMON, LABELS, NO_DROPOUT, recipe_args, save_classifier, write_csv
 from safetensors.torch import load_file
+from testing_utils import HANG_TIMEOUT_S, make_tokenizer, tiny_bert
 
 from hf_distill import DistillationObjective
 from hf_distill.recipes import data as recipe_data
@@ -104,7 +104,7 @@ def test_two_processes_match_one_process(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
          str(ROOT / "recipes" / "distil_bert.py"), *args2],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT_S,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "distillation_results.json").read_text())

@@ -21,9 +21,9 @@ import pytest
 import torch
 import transformers as tf
 import yaml
-from conftest import make_tokenizer, tiny_bert
 from recipe_helpers import LABELS, recipe_args, save_classifier, write_csv
 from safetensors.torch import load_file
+from testing_utils import HANG_TIMEOUT_S, make_tokenizer, tiny_bert
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "tests" / "configs"
@@ -43,7 +43,7 @@ def _env():
             "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
-def _launch(config: Path, argv: list[str], timeout=240) -> subprocess.CompletedProcess:
+def _launch(config: Path, argv: list[str], timeout=HANG_TIMEOUT_S) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), *argv]
     return subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True, timeout=timeout)
 
@@ -147,7 +147,7 @@ def test_fsdp2_teacher_sharding_training_and_full_save(tmp_path):
     save on two gloo processes; it compares with the same training unsharded and writes what it found."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(ROOT / "tests" / "fsdp_train.py"), str(tmp_path)]
-    proc = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     got = json.loads((tmp_path / "report.json").read_text())
     assert got["world_size"] == 2 and got["wrapped"] == ["BertForSequenceClassification", "BertLayer", "BertLayer"]
@@ -231,3 +231,38 @@ def test_zero3_loaded_student_saves_standard_layernorm_names(tmp_path):
     model.save_pretrained(tmp_path / "after")
     saved = load_file(tmp_path / "after" / "model.safetensors")
     assert saved.keys() == model.state_dict().keys()
+
+
+# ---- on-policy sampling with a sharded student ------------------------------------------------------
+
+
+@pytest.mark.distributed
+@requires_deepspeed
+def test_deepspeed_zero3_student_samples_in_lockstep(tmp_path):
+    """tests/zero3_sampling.py: lmbda 1 under ZeRO-3 on 2 processes. The partitioned student samples once per step;
+    rank 0's rows end after 2 tokens, yet it keeps stepping (6 lm_head calls) until rank 1's rows end."""
+    proc = _launch(CONFIGS / "accelerate_zero3_cpu.yaml", [str(ROOT / "tests" / "zero3_sampling.py"), str(tmp_path)])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    got = json.loads((tmp_path / "report.json").read_text())
+    assert got["is_deepspeed_enabled"] and got["zero_stage"] == 3 and got["world_size"] == 2
+    rank0, rank1 = got["generations"]
+    assert len(rank0) == len(rank1) == 2  # one generate call per optimizer step on each process
+    assert all(g["synced"] and g["partitioned"] and g["lm_head_calls"] == 6 for g in rank0 + rank1)
+    assert max(max(g["lengths"]) for g in rank0) <= 2 and all(g["lengths"] == [6, 6] for g in rank1)
+    assert got["on_policy_fractions"] == [1.0, 1.0] and got["student_changed"] and got["finite"]
+
+
+@pytest.mark.distributed
+def test_fsdp2_student_samples_in_lockstep_and_as_unsharded(tmp_path):
+    """tests/fsdp_sampling.py under torchrun: an FSDP2 student samples exactly what its unsharded copy samples;
+    rank 0's rows end after 2 tokens, yet it keeps stepping until rank 1's rows end (synced_gpus)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "tests" / "fsdp_sampling.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    rank0, rank1 = (json.loads((tmp_path / f"report_{r}.json").read_text()) for r in (0, 1))
+    for got in (rank0, rank1):
+        assert got["world_size"] == 2 and got["student_sharded"] and got["synced"] and not got["reference_synced"]
+        assert got["same_samples"] and got["back_in_training_mode"] and got["source"] == "student"
+    assert rank0["completion_lengths"] == [2, 2, 2, 2] and rank1["completion_lengths"] == [6, 6, 6, 6]
+    assert rank0["lm_head_calls"] == [6, 2]  # sharded: in lockstep with rank 1; the unsharded copy stops at 2

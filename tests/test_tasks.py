@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as tf
-from conftest import VOCAB, WORDS, classification_data, make_tokenizer, tiny_bert, tiny_llama
 from datasets import Dataset
 from distill_checks import (
     assert_trains_student_not_teacher,
@@ -23,6 +22,7 @@ from distill_checks import (
     sharpen,
     token_positions,
 )
+from testing_utils import VOCAB, WORDS, classification_data, make_tokenizer, tiny_bert, tiny_llama
 
 from hf_distill import DistillationTrainer
 

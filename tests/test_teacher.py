@@ -4,16 +4,13 @@ import math
 
 import pytest
 import torch
-from conftest import classification_data, fixed_batch, tiny_bert
+from testing_utils import classification_data, distillation_args, fixed_batch, tiny_bert
 
-from hf_distill import DistillationArguments, DistillationTrainer
+from hf_distill import DistillationTrainer
 
 
 def dargs(tmp_path, **kw):
-    base = {"output_dir": str(tmp_path / "out"), "report_to": [], "use_cpu": True, "per_device_train_batch_size": 4,
-            "logging_steps": 1, "save_strategy": "no", "disable_tqdm": True, "max_steps": 2}
-    base.update(kw)
-    return DistillationArguments(**base)
+    return distillation_args(tmp_path / "out", **{"per_device_train_batch_size": 4, "max_steps": 2, **kw})
 
 
 def test_teacher_forward_builds_no_autograd_graph(tmp_path):

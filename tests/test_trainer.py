@@ -7,12 +7,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers as tf
-from conftest import VOCAB, WORDS, classification_data, fixed_batch, make_tokenizer, tiny_bert, tiny_distilbert
 from distill_checks import sharpen
 from safetensors import safe_open
+from testing_utils import (
+    VOCAB,
+    WORDS,
+    classification_data,
+    distillation_args,
+    fixed_batch,
+    make_tokenizer,
+    tiny_bert,
+    tiny_distilbert,
+)
 
 from hf_distill import (
-    DistillationArguments,
     DistillationObjective,
     DistillationTrainer,
     NonFiniteLossError,
@@ -21,21 +29,9 @@ from hf_distill import (
 
 
 def dargs(tmp_path, **kw):
-    base = {
-        "output_dir": str(tmp_path / "out"),
-        "report_to": [],
-        "use_cpu": True,
-        "per_device_train_batch_size": 4,
-        "per_device_eval_batch_size": 8,
-        "learning_rate": 1e-3,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "disable_tqdm": True,
-        "seed": 0,
-        "data_seed": 0,
-    }
-    base.update(kw)
-    return DistillationArguments(**base)
+    base = {"per_device_train_batch_size": 4, "per_device_eval_batch_size": 8, "learning_rate": 1e-3, "seed": 0,
+            "data_seed": 0}
+    return distillation_args(tmp_path / "out", **{**base, **kw})
 
 
 def state(model):

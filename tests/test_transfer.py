@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers as tf
-from conftest import classification_data, make_tokenizer, tiny_bert
 from datasets import Dataset
 from distill_checks import changed, eval_components, make_args, ref_soft, sharpen, snapshot
+from testing_utils import classification_data, make_tokenizer, tiny_bert
 
 from hf_distill import DistillationTrainer
 from hf_distill.mixing import label_with_teacher, mark_unlabelled

@@ -4,7 +4,9 @@
   (secret-free) launch command;
 - `data`: local files / Hub datasets with errors that name the file and column, labels, tokenisation;
 - `models`: model paths, the student's tokenizer, building the student;
-- `output`: the output folder (checks, lock, overwrite, resume from the newest complete checkpoint, atomic save);
+- `output`: the output folder (checks, lock, manifest of what runs wrote, overwrite that removes only that and never
+  an input, resume from the newest complete checkpoint, atomic save);
 - `evaluation`: teacher and student on the same batches;
-- `run`: the common start (`start_run`) and end (`Run.finish`) of a recipe's `main()`.
+- `run`: the common start (`start_run`), training (`Run.train`) and end (`Run.finish`) of a recipe's `main()`;
+- `cache_cli`: the command line of `python -m hf_distill.cache` (caching a teacher's outputs).
 """

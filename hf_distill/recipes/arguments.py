@@ -95,8 +95,9 @@ def lora_config(args, task_type: str = "CAUSAL_LM"):
 class OutputArguments:
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Delete a previous run in output_dir (checkpoints included) before training; otherwise "
-                          "the recipe refuses to start in a non-empty output_dir unless resuming."},
+        metadata={"help": "Remove what earlier runs wrote in output_dir (listed in its manifest; checkpoints "
+                          "included) before training; the run's inputs and files no run wrote stay. Otherwise the "
+                          "recipe refuses to start in a non-empty output_dir unless resuming (docs/reliability.md)."},
     )
 
 

@@ -217,6 +217,23 @@ def model_positions(config) -> int | None:
     return limit
 
 
+def load_classification_data(data_args: ClassificationDataArguments):
+    """(raw datasets, [train split, validation split]) with the text and label columns present and filled.
+
+    Args:
+        data_args: the recipe's data arguments (files or Hub dataset, splits, text and label columns).
+    """
+    splits = [data_args.train_split, data_args.validation_split]
+    raw, sources = load_raw_datasets(data_args)
+    columns = {"text_column": data_args.text_column, "text_column_2": data_args.text_column_2,
+               "label_column": data_args.label_column}
+    require_columns(raw, sources, columns)
+    require_text(raw, sources, {"text_column": data_args.text_column, "text_column_2": data_args.text_column_2})
+    require_values(raw, sources, {"label_column": data_args.label_column})
+    require_class_labels(raw, sources, data_args.label_column)
+    return raw, splits
+
+
 def check_max_length(max_length: int, config, who: str) -> None:
     """--max_length must fit the model's position embeddings (else the first long batch crashes at step 1)."""
     limit = model_positions(config)

@@ -3,6 +3,7 @@ the student (given, or cut from the teacher)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -55,6 +56,13 @@ def check_weight_files(folder: str, flag: str) -> None:
     if not names:
         raise ValueError(f"--{flag} {folder} has a config.json but no weights (*.safetensors or *.bin): the save did "
                          "not finish. Save the model again (`save_pretrained`) or give another folder.")
+    for index in (f for f in os.listdir(folder) if f.endswith(".index.json")):  # sharded weights: every shard there
+        with open(os.path.join(folder, index), encoding="utf-8") as f:
+            shards = set(json.load(f).get("weight_map", {}).values())
+        missing = sorted(s for s in shards if not os.path.isfile(os.path.join(folder, s)))
+        if missing:
+            raise ValueError(f"--{flag}: {folder}/{index} lists shard(s) {missing} that are not in the folder. Copy "
+                             "the missing files or save the model again (`save_pretrained`).")
     for name in names:
         file = os.path.join(folder, name)
         if problem := saved_file_problem(file, legacy_pickle_ok=True):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import fnmatch
 import json
 import logging
@@ -106,7 +107,8 @@ def checkpoint_problem(folder: str) -> str | None:
     except (OSError, ValueError) as e:
         return f"unreadable trainer_state.json ({e})"
     weights = [name for name in WEIGHT_FILES if os.path.isfile(os.path.join(folder, name))]
-    if not weights and not any(name.startswith("global_step") for name in os.listdir(folder)):
+    sharded = ("global_step", "pytorch_model_fsdp")  # DeepSpeed / FSDP sharded states: folders, not one file
+    if not weights and not any(name.startswith(sharded) for name in os.listdir(folder)):
         return f"no model weights ({' / '.join(WEIGHT_FILES[:3])})"
     for root, _, names in os.walk(folder):
         for name in sorted(names):
@@ -271,6 +273,8 @@ def _named_paths(*parsed):
                 continue
             value = getattr(obj, f.name)
             for v in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(v, enum.Enum):  # a choice ("linear", "steps"), never a path
+                    continue
                 if isinstance(v, (str, os.PathLike)) and str(v) and os.path.exists(v):
                     yield f.name, str(v)
 
@@ -361,6 +365,8 @@ def lock_is_stale(held: dict) -> bool:
     if not _pid_alive(pid):
         return True
     recorded, now = held.get("start_ticks"), _start_ticks(pid)
+    if recorded is None and pid == me["pid"]:
+        return True  # a lock without a start time comes from an older version, so not from this very process
     return recorded is not None and now is not None and recorded != now
 
 

@@ -1,0 +1,91 @@
+"""On-policy sampling with an FSDP2 student on a gloo CPU mesh (for tests/test_sharded.py).
+
+    torchrun --standalone --nproc_per_node 2 tests/fsdp_sampling.py OUT_DIR
+
+The student is sharded with `fully_shard_model` (as accelerate's FSDP2 plugin would on GPUs); each process
+samples its own prompts through `CompletionSampler.sample_step`. Rank 0's rows are made to end after two
+tokens while rank 1's run to max_new_tokens, so rank 0 must keep stepping (synced_gpus) for rank 1's
+all-gathers to complete. Each rank compares its samples with an unsharded copy of the student sampling the same
+prompts with the same seed, and writes OUT_DIR/report_RANK.json.
+"""
+
+import copy
+import json
+import os
+import sys
+
+import torch
+from torch.distributed.tensor import DTensor
+
+sys.path.insert(0, os.path.dirname(__file__))
+from datasets import Dataset
+from testing_utils import make_tokenizer, tiny_gpt2
+
+from hf_distill import DistillationArguments, DistillationTrainer
+from hf_distill.generation import synced_generation
+from hf_distill.lm_data import PromptCompletionCollator, tokenize_prompt_completion
+from hf_distill.sharding import fully_shard_model
+
+MAX_NEW = 6
+
+
+def end_early(model, eos: int):
+    """From the second decoding step on, every row of `model` emits eos (eos < 0: only count the lm_head calls)."""
+    calls = []
+
+    def hook(module, args, output):
+        calls.append(1)
+        if len(calls) < 2 or eos < 0 or torch.is_grad_enabled():  # training forwards are left alone
+            return output
+        out = torch.full_like(output, -1e4)
+        out[..., eos] = 0.0
+        return out
+
+    return model.lm_head.register_forward_hook(hook), calls
+
+
+def main(out_dir: str) -> None:
+    tokenizer = make_tokenizer(os.path.join(out_dir, "tokenizer"))
+    words = [f"w{i}" for i in range(90)]
+    rows = {"prompt": [" ".join(words[(7 * i + j) % 90] for j in range(1 + i % 4)) for i in range(8)],
+            "completion": [words[i] for i in range(8)]}
+    data = tokenize_prompt_completion(Dataset.from_dict(rows), tokenizer, 24)
+    student, teacher = tiny_gpt2(layers=2, seed=0), tiny_gpt2(layers=3, seed=1)
+    args = DistillationArguments(output_dir=out_dir, report_to=[], use_cpu=True, ddp_backend="gloo", seed=0,
+                                 lmbda=1.0, max_new_tokens=MAX_NEW, temperature=1.0, save_strategy="no",
+                                 disable_tqdm=True)
+    collator = PromptCompletionCollator.from_tokenizer(tokenizer)
+    trainer = DistillationTrainer(student, teacher, args, train_dataset=data, processing_class=tokenizer,
+                                  data_collator=collator)
+    rank = trainer.args.process_index
+    reference = copy.deepcopy(student).train()
+    fully_shard_model(student)
+    student.train()
+    batch = collator([data[i] for i in range(4 * rank, 4 * rank + 4)])
+    eos = tokenizer.sep_token_id
+    hooks = [end_early(m, eos) for m in (student, reference)] if rank == 0 else []
+    (sampled,) = trainer.sampler.sample_step([batch], student, trainer.teacher, step=0, process_index=rank)
+    (expected,) = trainer.sampler.sample_step([batch], reference, trainer.teacher, step=0, process_index=rank)
+    report = {
+        "rank": rank,
+        "world_size": trainer.args.world_size,
+        "student_sharded": all(isinstance(p, DTensor) for p in student.parameters())
+        and any(p.to_local().shape[0] < p.shape[0] for p in student.parameters()),
+        "synced": synced_generation(student),
+        "reference_synced": synced_generation(reference),
+        "same_samples": all(torch.equal(sampled[k], expected[k])
+                            for k in ("input_ids", "attention_mask", "labels", "completion_mask")),
+        "completion_lengths": sampled["completion_mask"].sum(1).tolist(),
+        "lm_head_calls": [len(calls) for _, calls in hooks],
+        "back_in_training_mode": student.training,
+        "source": sampled["completions_from"],
+    }
+    for handle, _ in hooks:
+        handle.remove()
+    with open(os.path.join(out_dir, f"report_{rank}.json"), "w") as f:
+        json.dump(report, f)
+    trainer.accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
