@@ -83,12 +83,33 @@ def check_pair(student: nn.Module, teacher: nn.Module, args, processing_class=No
 
 
 def check_teachers(student: nn.Module, teachers: list, args, processing_class=None, teacher_processing_class=None,
-                   teacher_source=None) -> int | None:
-    """`check_pair` for every teacher and `check_tokenizers` for the first; returns the vocabulary limit, if any."""
-    limits = [check_pair(student, t, args, processing_class, "the teacher" if len(teachers) == 1 else f"teacher {k}")
-              for k, t in enumerate(teachers)]
-    check_tokenizers(processing_class, teacher_processing_class, teacher_source, teachers[0] if teachers else None)
-    return next((n for n in limits if n is not None), None)
+                   teacher_sources=()) -> tuple[int | None, list]:
+    """`check_pair` for every teacher and `check_tokenizers` for each; returns (the vocabulary limit, if any, and
+    each teacher's tokenizer when it differs from the student's, else None).
+
+    `teacher_processing_class` is one tokenizer (for every teacher) or a list, one per teacher. A teacher whose
+    tokenizer differs is accepted only with `args.cross_tokenizer` set (its vocabulary is then not compared).
+    """
+    given = teacher_processing_class
+    if isinstance(given, (list, tuple)):
+        if len(given) != len(teachers):
+            raise ValueError(f"teacher_processing_class lists {len(given)} tokenizers for {len(teachers)} teachers; "
+                             "give one per teacher (None where the teacher uses the student's tokenizer).")
+    else:
+        given = [given] * len(teachers)
+    sources = list(teacher_sources or []) + [None] * len(teachers)
+    cross = getattr(args, "cross_tokenizer", None)
+    limits, differing = [], []
+    for k, teacher in enumerate(teachers):
+        who = "the teacher" if len(teachers) == 1 else f"teacher {k}"
+        other = check_tokenizers(processing_class, given[k], sources[k], teacher, allow_different=cross is not None,
+                                 who=who)
+        differing.append(other)
+        if other is None:
+            limits.append(check_pair(student, teacher, args, processing_class, who))
+        else:  # another tokenizer: its vocabulary is compared through the cross-tokenizer alignment instead
+            check_not_encoder_decoder(teacher, who)
+    return next((n for n in limits if n is not None), None), differing
 
 
 def check_generation_setup(args, student, teachers: list, cached: bool) -> None:
@@ -199,7 +220,8 @@ def vocab_limit(student_vocab: int | None, teacher_vocab: int | None, n_tokens: 
         f"the student's vocab_size ({student_vocab}) differs from {who}'s ({teacher_vocab}): they must share a "
         "tokenizer to be distilled. Build the student from the teacher's config/tokenizer (see "
         "init_student_from_teacher); if the sizes differ only by padding rows, pass the shared tokenizer as "
-        "processing_class."
+        "processing_class; for a teacher with another tokenizer (causal LMs), set cross_tokenizer='uld' or "
+        "'hybrid' and pass its tokenizer as teacher_processing_class (docs/cross_tokenizer.md)."
     )
 
 
@@ -209,20 +231,12 @@ _TOKENIZER_FILES = (
 )
 
 
-def check_tokenizers(processing_class, teacher_processing_class=None, teacher_source=None,
-                     teacher: nn.Module | None = None) -> None:
-    """Student and teacher tokenizers must map the same ids to the same tokens.
-
-    Without `teacher_processing_class`, the teacher's tokenizer is the one saved where the teacher comes from:
-    the local directory it was given as, or, for a model object, the local directory it was loaded from
-    (`name_or_path`). A teacher built in memory has none, and only its vocabulary size is checked.
-    """
-    if processing_class is None or not hasattr(processing_class, "get_vocab"):
-        return
-    t_tok = teacher_processing_class
+def find_teacher_tokenizer(teacher_source=None, teacher: nn.Module | None = None):
+    """The tokenizer saved where the teacher comes from: the local directory it was given as, or, for a model
+    object, the local directory it was loaded from (`name_or_path`); None when there is none."""
     folders = [teacher_source] if isinstance(teacher_source, (str, os.PathLike)) else []
     folders.append(getattr(teacher, "name_or_path", None))
-    for folder in folders if t_tok is None else []:
+    for folder in folders:
         # Only a folder that holds tokenizer files: for one without, AutoTokenizer may fall back to the tokenizer
         # its config's model type names (a GPT-2 config gives GPT-2's), which says nothing about this teacher.
         if folder and os.path.isdir(str(folder)) and any(
@@ -231,17 +245,42 @@ def check_tokenizers(processing_class, teacher_processing_class=None, teacher_so
             from transformers import AutoTokenizer
 
             try:
-                t_tok = AutoTokenizer.from_pretrained(str(folder))
-                break
+                return AutoTokenizer.from_pretrained(str(folder))
             except (OSError, ValueError, TypeError):
                 continue  # a model folder without tokenizer files
+    return None
+
+
+def check_tokenizers(processing_class, teacher_processing_class=None, teacher_source=None,
+                     teacher: nn.Module | None = None, allow_different: bool = False, who: str = "the teacher"):
+    """Student and teacher tokenizers must map the same ids to the same tokens, unless `allow_different`
+    (cross-tokenizer distillation); returns the teacher's tokenizer when it differs, else None.
+
+    Without `teacher_processing_class`, the teacher's tokenizer is found by `find_teacher_tokenizer`. A teacher
+    built in memory has none, and only its vocabulary size is checked.
+    """
+    if processing_class is None or not hasattr(processing_class, "get_vocab"):
+        if allow_different and teacher_processing_class is not None:
+            raise ValueError(
+                "cross_tokenizer is set and a teacher tokenizer was given, but the student's tokenizer is unknown: "
+                "pass it as processing_class (the batches' text is decoded with it)."
+            )
+        return None
+    t_tok = teacher_processing_class
+    if t_tok is None:
+        t_tok = find_teacher_tokenizer(teacher_source, teacher)
     if t_tok is None or not hasattr(t_tok, "get_vocab"):
-        return
-    if t_tok.get_vocab() != processing_class.get_vocab():
+        return None
+    if t_tok.get_vocab() == processing_class.get_vocab():
+        return None
+    if not allow_different:
         raise ValueError(
-            "the teacher's tokenizer and the student's (processing_class) have different vocabularies: the same "
-            "ids would mean different tokens. Use the teacher's tokenizer for the student."
+            f"{who}'s tokenizer and the student's (processing_class) have different vocabularies: the same "
+            "ids would mean different tokens. Use the teacher's tokenizer for the student, or (causal LMs) set "
+            "cross_tokenizer='uld' or 'hybrid' to distil across tokenizers, with the teacher's tokenizer as "
+            "teacher_processing_class (docs/cross_tokenizer.md)."
         )
+    return t_tok
 
 
 # ---- sharding: what the launch asked for must be in effect ---------------------------------------------

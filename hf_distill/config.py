@@ -148,6 +148,26 @@ class DistillationArguments(TrainingArguments):
             "Unset = uniform map."
         },
     )
+    cross_tokenizer: str | None = field(
+        default=None,
+        metadata={
+            "help": "Causal LMs: distil from teachers with another tokenizer (pass it as teacher_processing_class / "
+            "--teacher_tokenizer_name_or_path). Each student row is decoded and re-tokenized for its teacher; a "
+            "student position is paired with the teacher position whose token ends at the same character (others "
+            "are skipped). 'uld': L1 between sorted probability vectors (Boizard et al. 2024); 'hybrid': the chosen "
+            "divergence on the tokens both vocabularies share (+ one bin for the rest), ULD on the others. "
+            "Unset = teachers must share the student's tokenizer. See docs/cross_tokenizer.md.",
+            "choices": [None, "uld", "hybrid"],
+        },
+    )
+    teacher_id_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Causal LMs with several teachers: the dataset column naming each row's teacher (its 0-based "
+            "index in teacher_model, or the name / path it was given as); each row is then scored by its own "
+            "teacher only, instead of by the ensemble of all. Unset = every teacher scores every row."
+        },
+    )
     teacher_dtype: str | None = field(
         default=None,
         metadata={
@@ -281,6 +301,12 @@ class DistillationArguments(TrainingArguments):
             raise ValueError(
                 f"teacher_dtype must be one of 'bfloat16', 'float16', 'float32' or unset, got {self.teacher_dtype!r}."
             )
+        if self.cross_tokenizer not in (None, "uld", "hybrid"):
+            raise ValueError(f"cross_tokenizer must be 'uld', 'hybrid' or unset, got {self.cross_tokenizer!r}.")
+        if self.cross_tokenizer == "hybrid" and self.divergence == "mse":
+            raise ValueError("cross_tokenizer='hybrid' compares distributions on the shared tokens; divergence='mse' "
+                             "compares raw logits, which differ across vocabularies. Choose a distribution "
+                             "divergence.")
         parse_layer_map(self.layer_map)  # syntax check only; ranges are checked against the models
         parse_layer_map(self.attention_layer_map)
         self._check_generation()

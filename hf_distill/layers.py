@@ -154,6 +154,16 @@ def init_student_from_teacher(
         layers: the 0-based teacher blocks to copy, one per student block, in order.
     """
     n_teacher = count_layers(teacher)
+    layers = _teacher_layers_to_copy(n_teacher, num_layers, layers)
+    student = _empty_student(teacher, layers, n_teacher)
+    _load_checked(student, _copied_state_dict(teacher, layers))
+    student.train(teacher.training)
+    logger.info("initialised a %d-layer student from teacher layers %s", len(layers), layers)
+    return student
+
+
+def _teacher_layers_to_copy(n_teacher: int, num_layers: int | None, layers: list[int] | None) -> list[int]:
+    """The checked 0-based teacher blocks to copy: `layers`, or the uniform map onto `num_layers` blocks."""
     if layers is None:
         if num_layers is None:
             raise ValueError("give num_layers (e.g. 6) or the explicit 0-based teacher layers to copy.")
@@ -164,7 +174,12 @@ def init_student_from_teacher(
     bad = [i for i in layers if not 0 <= i < n_teacher]
     if bad:
         raise ValueError(f"layers {bad} do not exist in the teacher, which has layers 0..{n_teacher - 1}.")
+    return layers
 
+
+def _empty_student(teacher: PreTrainedModel, layers: list[int], n_teacher: int) -> PreTrainedModel:
+    """A freshly initialised model of the teacher's class, config and dtype with one block per entry of `layers`
+    (per-layer config lists, e.g. layer types, keep the copied blocks' entries)."""
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = len(layers)
     for field_name in _PER_LAYER_CONFIG_FIELDS:
@@ -173,7 +188,12 @@ def init_student_from_teacher(
             setattr(config, field_name, [values[i] for i in layers])
     student = type(teacher)(config)
     student.to(dtype=next(teacher.parameters()).dtype)
+    return student
 
+
+def _copied_state_dict(teacher: PreTrainedModel, layers: list[int]) -> dict[str, torch.Tensor]:
+    """The student's state dict taken from the teacher: block `layers[k]` renamed to block k, everything outside
+    the blocks (embeddings, final norm, head, ...) under its own name."""
     prefix = _layer_list_path(teacher) + "."
     names = list(teacher.state_dict())
     # One group per copied block plus one for everything outside the blocks, gathered one at a time under
@@ -184,6 +204,11 @@ def init_student_from_teacher(
         taken = [n for n in names if n.startswith(src)]
         new_sd.update({dst + n[len(src):]: t for n, t in _full_tensors(teacher, taken).items()})
     new_sd.update(_full_tensors(teacher, [n for n in names if not n.startswith(prefix)]))  # embeddings, head, ...
+    return new_sd
+
+
+def _load_checked(student: PreTrainedModel, new_sd: dict[str, torch.Tensor]) -> None:
+    """Loads `new_sd` into `student` after checking that names and shapes line up exactly."""
     student_sd = student.state_dict()
     missing = sorted(set(student_sd) - set(new_sd))
     unexpected = sorted(set(new_sd) - set(student_sd))
@@ -192,6 +217,3 @@ def init_student_from_teacher(
     for name, tensor in new_sd.items():
         assert student_sd[name].shape == tensor.shape, f"{name}: {student_sd[name].shape} vs {tensor.shape}"
     student.load_state_dict(new_sd, strict=True)
-    student.train(teacher.training)
-    logger.info("initialised a %d-layer student from teacher layers %s", len(layers), layers)
-    return student

@@ -101,6 +101,9 @@ class DistillationObjective:
     attention_layer_map: dict[int, int] | None = None
     vocab_limit: int | None = None
     divergence_kwargs: dict = field(default_factory=dict)
+    # Routed / cross-tokenizer teachers (hf_distill.routing): the soft term over aligned position pairs.
+    paired: object = None
+    _paired_logs: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_args(cls, args, *, layer_map=None, attention_layer_map=None, vocab_limit=None, extra_weights=None):
@@ -226,7 +229,10 @@ class DistillationObjective:
         """
         w = self.weights
         terms = {}
-        if w["soft_loss"] > 0 and include_soft:
+        if w["soft_loss"] > 0 and include_soft and self.paired is not None:  # per-teacher parts kept for the logs
+            terms["soft_loss"], self._paired_logs = self.paired.full_loss(inputs, student_outputs["logits"],
+                                                                          teacher_outputs)
+        elif w["soft_loss"] > 0 and include_soft:
             pairs = self.pairs(inputs, student_outputs, teacher_outputs) if pairs is None else pairs
             terms["soft_loss"] = self.soft_loss(pairs)
         if hard_loss is not None and w["hard_loss"] > 0:
@@ -278,13 +284,34 @@ class DistillationObjective:
         Soft and hard terms come from the last hidden states, `chunk_size` tokens at a time (`lm_head_loss`);
         hidden, attention and `extra` terms are computed and weighted as usual (`terms`, `combine`).
         """
-        head_loss, terms = self.lm_head_loss(
-            inputs, student_outputs["hidden_states"][-1], [out["hidden_states"][-1] for out in teacher_outputs],
-            student_head, teacher_heads, chunk_size, scales)  # (B, L, H) each
+        teacher_hidden = [None if out is None else out["hidden_states"][-1] for out in teacher_outputs]  # (B, L, H)
+        if self.paired is not None:
+            head_loss, terms = self.paired_head_loss(inputs, student_outputs["hidden_states"][-1], teacher_hidden,
+                                                     student_head, teacher_heads, chunk_size, scales)
+        else:
+            head_loss, terms = self.lm_head_loss(inputs, student_outputs["hidden_states"][-1], teacher_hidden,
+                                                 student_head, teacher_heads, chunk_size, scales)
         others = self.terms(inputs, student_outputs, teacher_outputs, include_soft=False)
         others.update(extra or {})
         loss = head_loss + self.combine(others, scales) if others else head_loss
-        return loss, {**terms, **others}
+        return loss, {**terms, **others, **self._pop_paired_logs()}
+
+    def paired_head_loss(self, inputs: dict, student_hidden, teacher_hidden: list, student_head: OutputHead,
+                         teacher_heads: list[OutputHead], chunk_size: int, scales=None):
+        """`lm_head_loss` for routed / cross-tokenizer teachers: the soft term over aligned pairs (`self.paired`)."""
+        scales = scales or {}
+        w_soft = self.weights["soft_loss"] * scales.get("soft_loss", 1.0)
+        w_hard = self.weights["hard_loss"] * scales.get("hard_loss", 1.0)
+        loss, soft, hard, self._paired_logs = self.paired.chunked_loss(
+            inputs, student_hidden, teacher_hidden, student_head, teacher_heads, chunk_size, w_soft, w_hard)
+        terms = {"soft_loss": soft} if self.weights["soft_loss"] > 0 else {}
+        if hard is not None and self.weights["hard_loss"] > 0:
+            terms["hard_loss"] = hard
+        return loss, terms
+
+    def _pop_paired_logs(self) -> dict:
+        logs, self._paired_logs = self._paired_logs, {}
+        return logs
 
     def output_flags(self) -> dict:
         """The forward flags the weighted terms need: hidden states for hidden_loss, attentions for attention_loss."""
@@ -314,7 +341,7 @@ class DistillationObjective:
         """Return (total loss, {term name: value}) for one batch."""
         terms = self.terms(inputs, student_outputs, teacher_outputs, hard_loss, pairs)
         terms.update(extra or {})
-        return self.combine(terms, scales), terms
+        return self.combine(terms, scales), {**terms, **self._pop_paired_logs()}
 
 
 class TermMeans:

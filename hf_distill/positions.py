@@ -18,6 +18,9 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 # Key a prompt/completion collator adds next to input_ids / attention_mask / labels (1 on completion tokens).
 COMPLETION_MASK = "completion_mask"
+# (B, L) teacher position paired with each student position, -1 where none (routing / cross-tokenizer batches,
+# hf_distill.cross_tokenizer).
+TEACHER_POSITION = "teacher_position"
 
 
 # ---- masks ---------------------------------------------------------------------------------------------------
@@ -54,10 +57,15 @@ def soft_token_mask(inputs: dict) -> torch.Tensor | None:
 
     Prompt/completion batches (with `completion_mask`): the positions that predict a completion token.
     Other batches: the real tokens (attention_mask), as before; None without an attention mask.
+    Batches paired with teacher positions (`teacher_position`: routed or cross-tokenizer teachers): the paired
+    positions (a subset of the above).
 
     Args:
-        inputs: the batch (input_ids, attention_mask, optionally completion_mask).
+        inputs: the batch (input_ids, attention_mask, optionally completion_mask / teacher_position).
     """
+    paired = inputs.get(TEACHER_POSITION)
+    if torch.is_tensor(paired):
+        return paired >= 0
     completion = inputs.get(COMPLETION_MASK)
     if torch.is_tensor(completion):
         return next_token_mask(completion)

@@ -46,6 +46,7 @@ from .objective import (
     with_projections,
 )
 from .positions import StepTokens
+from .routing import PairedDistillation
 from .saving import gathered_state_dict, save_student, save_training_args, student_part
 from .sharding import adapt_to_sharding
 from .teacher import load_teachers, place_teacher
@@ -100,10 +101,16 @@ class DistillationTrainer(Trainer):
         sources, self.teachers = load_teachers(teacher_model, model, args, self.cached)
         student = wrap_peft(model, peft_config)
         self.merge_adapter_on_save, self._pushing = merge_adapter_on_save, False
-        limit = check_teachers(student, self.teachers, args, trainer_kwargs.get("processing_class"),
-                               teacher_processing_class, sources[0] if sources else None)
+        tokenizer = trainer_kwargs.get("processing_class")
+        limit, teacher_tokenizers = check_teachers(student, self.teachers, args, tokenizer, teacher_processing_class,
+                                                   sources)
         self.objective = DistillationObjective.for_models(args, student, self.teacher, vocab_limit=limit,
                                                           extra_weights=self.extra_loss_weights)
+        # Rows routed to their own teacher (teacher_id_column) and / or teachers with another tokenizer.
+        self.paired = PairedDistillation.build(
+            args, student, self.teachers, sources, tokenizer, teacher_tokenizers, limit,
+            {"train_dataset": train, "eval_dataset": trainer_kwargs.get("eval_dataset")}, self.cached)
+        self.objective.paired = self.paired.loss if self.paired else None
         super().__init__(with_projections(student, self.objective.layer_map, self.teacher), args, *trainer_args,
                          **trainer_kwargs)
         self._finish_setup(student)
@@ -119,6 +126,8 @@ class DistillationTrainer(Trainer):
         adapt_to_sharding(self.accelerator, student)
         if self.cached:
             self.data_collator = CachedOutputsCollator(self.data_collator)
+        if self.paired:  # routing column -> teacher_index, and each row aligned for its teacher, in the data loader
+            self.data_collator = self.paired.collator(self.data_collator)
         check_merge_on_save(self.merge_adapter_on_save, self.is_deepspeed_enabled or self.is_fsdp_enabled)
         # We compute our own loss: the Trainer must neither count label tokens nor pass num_items_in_batch.
         self.model_accepts_loss_kwargs = False
@@ -198,6 +207,9 @@ class DistillationTrainer(Trainer):
         flags = self.objective.output_flags() if flags is None else flags
         # The student's forward gets autocast from Accelerate's wrapper; the teacher is not wrapped, so ask for it.
         with torch.no_grad(), self.accelerator.autocast():
+            if self.paired:  # each teacher on its own rows, in its own tokens; None for a teacher without rows
+                return [None if (x := self.paired.loss.teacher_inputs(inputs, k)) is None else teacher(**x, **flags)
+                        for k, teacher in enumerate(self.teachers)]
             return [teacher(**self._inputs_for(accepted, inputs, drop_labels=True), **flags)
                     for teacher, accepted in zip(self.teachers, self._teacher_params)]
 
@@ -296,6 +308,8 @@ class DistillationTrainer(Trainer):
             drawn = [batch for _, batch in zip(range(num_batches), epoch_iterator)]
             epoch_iterator = iter(self.sampler.sample_step(drawn, self.student, self.teacher, self.state.global_step,
                                                            self.accelerator.process_index, self.accelerator.autocast))
+        if self.paired:  # re-sampled completions are aligned for their teachers again
+            epoch_iterator = self.paired.batches(epoch_iterator)
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         if not self._shift_labels or not batches:
             return batches, num_items
@@ -322,7 +336,7 @@ class DistillationTrainer(Trainer):
         # teachers' inputs too (token_type_ids for a BERT teacher of a DistilBERT student) and the cached columns,
         # and read the student's forward, not that of a ProjectedStudent wrapper.
         if self._signature_columns is None:
-            extra = {*CACHE_COLUMNS, *self.label_names}
+            extra = {*CACHE_COLUMNS, *self.label_names, *(self.paired.columns() if self.paired else ())}
             self._signature_columns = signature_columns(self.student, self.teachers, extra)
 
     # ---- saving: the student alone, its adapter merged on request; checkpoints keep everything ---------

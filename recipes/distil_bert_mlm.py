@@ -62,38 +62,16 @@ def main(argv: list[str] | None = None) -> dict:
     run = start_run(__file__, MLMModelArguments, MLMDataArguments, DistillationArguments, argv,
                     required={"teacher_model_name_or_path": "a masked-language model such as bert-base-uncased"})
     model_args, data_args, args = run.model_args, run.data_args, run.args
-    teacher_path = model_args.teacher_model_name_or_path
-    config = AutoConfig.from_pretrained(teacher_path)
-    if not any(a.endswith("ForMaskedLM") or a.endswith("ForPreTraining") for a in (config.architectures or [])):
-        raise ValueError(f"the teacher {teacher_path} is a {config.architectures} checkpoint, not a masked-language "
-                         "model.")
-    rd.check_max_length(data_args.max_length, config, f"teacher {teacher_path}")
-    tokenizer = AutoTokenizer.from_pretrained(teacher_path)
-    rd.check_length_leaves_text(data_args.max_length, tokenizer)
-    check_student_tokenizer(model_args.student_model_name_or_path, tokenizer, teacher_path)
-
-    splits = [data_args.train_split, data_args.validation_split]
+    tokenizer = check_teacher(model_args, data_args)
     raw, sources = rd.load_raw_datasets(data_args)
     rd.require_columns(raw, sources, {"text_column": data_args.text_column})
     rd.require_text(raw, sources, {"text_column": data_args.text_column}, allow_some_blank=True)
 
     set_seed(args.seed)
-    teacher = AutoModelForMaskedLM.from_pretrained(teacher_path)
-    student, info = build_student(AutoModelForMaskedLM, teacher, model_args.student_model_name_or_path,
-                                  model_args.student_num_layers)
-    if args.layer_map is None:  # DistilBERT: align the last hidden states only
-        args = dataclasses.replace(args, layer_map=f"{info.student_num_layers}:{info.teacher_num_layers}")
-    if args.hidden_weight > 0:
-        info.layer_map = resolve_layer_map(args.layer_map, info.student_num_layers, info.teacher_num_layers)
+    teacher, student, info, args = build_models(model_args, args)
     params = {"teacher": get_model_param_count(teacher), "student": get_model_param_count(student)}
-
-    def encode(batch):
-        texts = [t for t in batch[data_args.text_column] if t and t.strip()]  # blank lines separate paragraphs
-        return rd.encode_texts(tokenizer, texts, None, data_args.max_length, return_special_tokens_mask=True)
-
-    with args.main_process_first(desc="tokenizing"):
-        data = {s: raw[s].map(encode, batched=True, remove_columns=raw[s].column_names, desc=f"tokenizing {s}")
-                for s in splits}
+    splits = [data_args.train_split, data_args.validation_split]
+    data = tokenize_splits(raw, splits, data_args, args, tokenizer)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=data_args.mlm_probability, seed=args.seed)
     trainer = MaskedLMDistillationTrainer(
         model=student, teacher_model=teacher, args=dataclasses.replace(args, push_to_hub=False),
@@ -108,12 +86,52 @@ def main(argv: list[str] | None = None) -> dict:
         comparison = compare_on_eval(trainer, {"teacher": trainer.teacher, "student": trainer.model_wrapped},
                                      data[splits[1]], masked_accuracy, parameters=params)
         results = run.results(
-            trainer, task="fill-mask", teacher=teacher_path, student=info, comparison=comparison,
-            dataset=rd.dataset_summary(data_args, len(data[splits[0]]), len(data[splits[1]])),
+            trainer, task="fill-mask", teacher=model_args.teacher_model_name_or_path, student=info,
+            comparison=comparison, dataset=rd.dataset_summary(data_args, len(data[splits[0]]), len(data[splits[1]])),
             train_metrics=train_metrics, eval=eval_metrics,
         )
         results["distillation"]["mlm_probability"] = data_args.mlm_probability
         return run.finish(trainer, results)
+
+
+def check_teacher(model_args: MLMModelArguments, data_args: MLMDataArguments):
+    """The teacher's tokenizer, after checking that the teacher is a masked-language model whose length and
+    tokenizer suit --max_length and the student."""
+    teacher_path = model_args.teacher_model_name_or_path
+    config = AutoConfig.from_pretrained(teacher_path)
+    if not any(a.endswith("ForMaskedLM") or a.endswith("ForPreTraining") for a in (config.architectures or [])):
+        raise ValueError(f"the teacher {teacher_path} is a {config.architectures} checkpoint, not a masked-language "
+                         "model.")
+    rd.check_max_length(data_args.max_length, config, f"teacher {teacher_path}")
+    tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+    rd.check_length_leaves_text(data_args.max_length, tokenizer)
+    check_student_tokenizer(model_args.student_model_name_or_path, tokenizer, teacher_path)
+    return tokenizer
+
+
+def build_models(model_args: MLMModelArguments, args: DistillationArguments):
+    """(teacher, student, student info, args): args gains the DistilBERT layer map (last hidden states only) when
+    none was given."""
+    teacher = AutoModelForMaskedLM.from_pretrained(model_args.teacher_model_name_or_path)
+    student, info = build_student(AutoModelForMaskedLM, teacher, model_args.student_model_name_or_path,
+                                  model_args.student_num_layers)
+    if args.layer_map is None:  # DistilBERT: align the last hidden states only
+        args = dataclasses.replace(args, layer_map=f"{info.student_num_layers}:{info.teacher_num_layers}")
+    if args.hidden_weight > 0:
+        info.layer_map = resolve_layer_map(args.layer_map, info.student_num_layers, info.teacher_num_layers)
+    return teacher, student, info, args
+
+
+def tokenize_splits(raw, splits: list[str], data_args: MLMDataArguments, args: DistillationArguments, tokenizer):
+    """The named splits of `raw` tokenized (blank lines dropped), keeping the special-tokens mask for the collator."""
+
+    def encode(batch):
+        texts = [t for t in batch[data_args.text_column] if t and t.strip()]  # blank lines separate paragraphs
+        return rd.encode_texts(tokenizer, texts, None, data_args.max_length, return_special_tokens_mask=True)
+
+    with args.main_process_first(desc="tokenizing"):
+        return {s: raw[s].map(encode, batched=True, remove_columns=raw[s].column_names, desc=f"tokenizing {s}")
+                for s in splits}
 
 
 if __name__ == "__main__":

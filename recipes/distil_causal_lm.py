@@ -2,17 +2,26 @@
 
     accelerate launch recipes/distil_causal_lm.py recipes/configs/causal_lm_gkd.yaml           # on-policy, lmbda 0.5
     accelerate launch recipes/distil_causal_lm.py recipes/configs/causal_lm_offpolicy.yaml     # dataset completions
+    accelerate launch recipes/distil_causal_lm.py recipes/configs/causal_lm_onpolicy_warmstart.yaml  # off, then on
     accelerate launch --config_file recipes/configs/accelerate_ddp.yaml recipes/distil_causal_lm.py CONFIG.yaml
     torchrun --nproc_per_node 2 recipes/distil_causal_lm.py CONFIG.yaml --lmbda 1.0 --output_dir out
     python recipes/distil_causal_lm.py --teacher_model_name_or_path Qwen/Qwen2.5-1.5B-Instruct \
         --student_model_name_or_path Qwen/Qwen2.5-0.5B-Instruct --dataset_name you/chat-data --lmbda 0.5 ...
+    python recipes/distil_causal_lm.py --teacher_model_name_or_path meta-llama/Llama-3.2-3B-Instruct \
+        --student_model_name_or_path HuggingFaceTB/SmolLM2-360M-Instruct --cross_tokenizer hybrid ...  # 2 tokenizers
+    python recipes/distil_causal_lm.py --teacher_model_name_or_path code-expert,chat-expert \
+        --teacher_id_column teacher_id --student_model_name_or_path ... --train_file routed.jsonl  # routed per row
 
 Data: `prompt` + `completion` columns, or `messages` (chat, rendered with the tokenizer's chat template),
 from local csv/json/jsonl/parquet files or a Hub dataset (`--prompt_column` etc. rename other columns).
 Only completion tokens count in the losses. The student is `--student_model_name_or_path` or the
 teacher cut to `--student_num_layers` layers; `--use_peft` trains a LoRA adapter on it instead.
 `--lmbda p` samples a batch's completions from the student with probability p (GKD; the divergence
-then defaults to the generalized JSD with beta 0.5), `--seq_kd` from the teacher. At the end teacher
+then defaults to the generalized JSD with beta 0.5), `--seq_kd` from the teacher. Several teachers
+(comma-separated) form an ensemble, or with `--teacher_id_column` each row is scored by the teacher its
+column names. A teacher with another tokenizer needs `--cross_tokenizer uld|hybrid` and a student given by
+path (the data is tokenized with the student's tokenizer; `--teacher_tokenizer_name_or_path` where a
+teacher folder lacks its tokenizer); see docs/cross_tokenizer.md. At the end teacher
 and student are evaluated on the validation split by per-token cross-entropy and perplexity over the
 completion tokens (logits chunk by chunk) and by the quality of their greedy completions of the first
 `--final_generation_eval_samples` validation prompts (`hf_distill.evaluate_generation`: ROUGE-L, the
@@ -57,7 +66,13 @@ EVAL_CHUNK = 1024  # tokens per chunk of the evaluation cross-entropy when loss_
 
 @dataclass
 class LMModelArguments(LoraArguments):
-    teacher_model_name_or_path: str | None = field(default=None, metadata={"help": "Causal-LM teacher (required)."})
+    teacher_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Causal-LM teacher (required); several comma-separated: an ensemble, or "
+                                "routed per row with --teacher_id_column."})
+    teacher_tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "The teachers' tokenizers where they differ from the student's (comma-"
+                                "separated, one per teacher, empty = found in the teacher's folder); needs "
+                                "--cross_tokenizer."})
     student_model_name_or_path: str | None = field(default=None, metadata={"help": "Unset = cut down the teacher."})
     student_num_layers: int | None = field(default=None, metadata={"help": "Default: half the teacher's layers."})
     student_layers: str | None = field(
@@ -157,8 +172,10 @@ def evaluate_lm(trainer, models: dict, dataset, chunk_size: int | None, paramete
 
 
 @torch.no_grad()
-def generation_samples(models: dict, tokenizer, dataset, collator, n: int, max_new_tokens: int, device) -> list[dict]:
-    """Greedy completions of the first n validation prompts by each model, decoded side by side."""
+def generation_samples(models: dict, tokenizer, dataset, collator, n: int, max_new_tokens: int, device,
+                       tokenizers: dict | None = None) -> list[dict]:
+    """Greedy completions of the first n validation prompts by each model, decoded side by side; a model named in
+    `tokenizers` (another tokenizer: cross-tokenizer teachers) reads the prompts' text in its own tokens."""
     if n <= 0 or len(dataset) == 0:
         return []
     rows = [dataset[i] for i in range(min(n, len(dataset)))]
@@ -173,10 +190,17 @@ def generation_samples(models: dict, tokenizer, dataset, collator, n: int, max_n
                for p, m, r in zip(batch[PROMPT_INPUT_IDS], batch[PROMPT_ATTENTION_MASK], rows)]
     for name, model in models.items():
         model.eval()
-        out = model.generate(input_ids=prompts, attention_mask=batch[PROMPT_ATTENTION_MASK].to(device),
-                             generation_config=config)[:, prompts.shape[1]:]  # (n, new tokens)
+        tok, ids, mask, gen = tokenizer, prompts, batch[PROMPT_ATTENTION_MASK].to(device), config
+        if name in (tokenizers or {}):  # the prompts' text in the model's own tokens, padded on the left
+            tok = tokenizers[name]
+            enc = tok([s["prompt"] for s in samples], add_special_tokens=False, padding=True, padding_side="left",
+                      return_tensors="pt")
+            ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+            gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end_token_id(tok),
+                                   pad_token_id=tok.pad_token_id)
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)[:, ids.shape[1]:]  # (n, new)
         for sample, tokens in zip(samples, out):
-            sample[name] = tokenizer.decode(tokens, skip_special_tokens=True)
+            sample[name] = tok.decode(tokens, skip_special_tokens=True)
     return samples
 
 
@@ -214,20 +238,21 @@ def generation_metrics(models: dict, tokenizer, dataset, args) -> dict[str, dict
     config, rows = greedy_config(tokenizer, args.max_new_tokens), head(dataset, args.final_generation_eval_samples)
     out = {}
     for name, model in models.items():
-        metrics = evaluate_generation(model, rows, tokenizer, config, teacher=models["teacher"], teacher_floor=False,
-                                      batch_size=args.per_device_eval_batch_size, seed=args.seed)
+        metrics = evaluate_generation(model, rows, tokenizer, config, teacher=models.get("teacher"),
+                                      teacher_floor=False, batch_size=args.per_device_eval_batch_size, seed=args.seed)
         metrics.pop("teacher_nll_floor", None)
         out[name] = metrics
     return out
 
 
-def train_hard_baseline(init, teacher, args, steps: int, train, tokenizer, collator, peft_config):
+def train_hard_baseline(init, teacher, args, steps: int, train, tokenizer, collator, peft_config, **teacher_kwargs):
     """The same student init, seed, batch and schedule as the distilled run, `steps` optimizer steps, on the
     completion cross-entropy alone (dataset completions, no teacher term); its checkpoints are removed."""
     folder = os.path.join(args.output_dir, "hard_baseline")
     b_args = dataclasses.replace(hard_baseline_arguments(args, steps, output_dir=folder), generation_eval_steps=0)
     baseline = DistillationTrainer(model=init, teacher_model=teacher, args=b_args, train_dataset=train,
-                                   processing_class=tokenizer, data_collator=collator, peft_config=peft_config)
+                                   processing_class=tokenizer, data_collator=collator, peft_config=peft_config,
+                                   **teacher_kwargs)
     baseline.train()
     shutil.rmtree(folder, ignore_errors=True)
     return baseline
@@ -259,23 +284,74 @@ def fit_generation_length(args, configs: dict, evals):
     return dataclasses.replace(args, max_new_tokens=room)
 
 
+def load_tokenizers(model_args, args, teacher_paths: list[str]):
+    """(the student's tokenizer, the teachers' tokenizers given by --teacher_tokenizer_name_or_path or None each).
+
+    The data is tokenized with the student's tokenizer: the first teacher's unless cross_tokenizer is set, then
+    the student's own (so the student must be given by path)."""
+    given = model_args.teacher_tokenizer_name_or_path
+    if given and not args.cross_tokenizer:
+        raise ValueError("--teacher_tokenizer_name_or_path is for teachers with another tokenizer: also set "
+                         "--cross_tokenizer uld or hybrid (or drop it: the teacher's folder holds its tokenizer).")
+    names = [n.strip() for n in given.split(",")] if given else [""] * len(teacher_paths)
+    if len(names) != len(teacher_paths):
+        raise ValueError(f"--teacher_tokenizer_name_or_path lists {len(names)} tokenizers for {len(teacher_paths)} "
+                         "teachers; give one per teacher (an empty entry: the one in the teacher's folder).")
+    teacher_tokenizers = [AutoTokenizer.from_pretrained(n) if n else None for n in names]
+    if not args.cross_tokenizer:
+        return AutoTokenizer.from_pretrained(teacher_paths[0]), teacher_tokenizers
+    if not model_args.student_model_name_or_path:
+        raise ValueError("--cross_tokenizer distils into a student with its own tokenizer: give it with "
+                         "--student_model_name_or_path (a folder or Hub id holding the student and its tokenizer).")
+    return AutoTokenizer.from_pretrained(model_args.student_model_name_or_path), teacher_tokenizers
+
+
+def tokenizer_summary(tokenizer, trainer) -> str:
+    """Which tokenizers the run used, for the card."""
+    student = f"student: {tokenizer.name_or_path or type(tokenizer).__name__} ({len(tokenizer)} tokens)"
+    if not trainer.paired:
+        return student + ", shared by the teacher"
+    teachers = [f"teacher {k}: " + ("the student's" if t is None else f"{t.name_or_path or type(t).__name__} "
+                                    f"({len(t)} tokens)") for k, t in enumerate(trainer.paired.aligner.teachers)]
+    return "; ".join([student, *teachers])
+
+
+def teacher_tokenizer_kwargs(args, teacher_tokenizers: list) -> dict:
+    """teacher_processing_class for DistillationTrainer when the teachers may speak other tokenizers."""
+    return {"teacher_processing_class": teacher_tokenizers} if args.cross_tokenizer else {}
+
+
+def other_tokenizer(trainer):
+    """The first teacher's tokenizer when it is not the student's (cross_tokenizer), else None."""
+    if not (trainer.paired and trainer.args.cross_tokenizer) or trainer.paired.aligner.teachers[0] is None:
+        return None
+    other = trainer.paired.aligner.teachers[0]
+    if other.pad_token is None:
+        other.pad_token = other.eos_token
+    return other
+
+
 def main(argv: list[str] | None = None) -> dict:
     run = start_run(__file__, LMModelArguments, LMDataArguments, LMTrainingArguments, argv,
                     required={"teacher_model_name_or_path": "a causal LM (Hub id or folder)"})
     model_args, data_args, args = run.model_args, run.data_args, run.args
-    teacher_path = model_args.teacher_model_name_or_path
+    teacher_paths = [p.strip() for p in model_args.teacher_model_name_or_path.split(",") if p.strip()]
+    teacher_path = teacher_paths[0]  # the first teacher: the student is cut from it, the card compares with it
     if model_args.chunked_loss and args.loss_chunk_size is None:  # on by default in this recipe
         args = dataclasses.replace(args, loss_chunk_size=DEFAULT_CHUNK)
     elif not model_args.chunked_loss:
         args = dataclasses.replace(args, loss_chunk_size=None)
+    for path in teacher_paths:
+        config = AutoConfig.from_pretrained(path)
+        if not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in (config.architectures or [])):
+            raise ValueError(f"the teacher {path} is a {config.architectures} checkpoint, not a causal LM.")
+        rd.check_max_length(data_args.max_length, config, f"teacher {path}")
     config = AutoConfig.from_pretrained(teacher_path)
-    if not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in (config.architectures or [])):
-        raise ValueError(f"the teacher {teacher_path} is a {config.architectures} checkpoint, not a causal LM.")
-    rd.check_max_length(data_args.max_length, config, f"teacher {teacher_path}")
-    tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+    tokenizer, teacher_tokenizers = load_tokenizers(model_args, args, teacher_paths)
     if tokenizer.pad_token is None:  # GPT-2 / Llama tokenizers: pad with eos (padding is masked everywhere)
         tokenizer.pad_token = tokenizer.eos_token
-    check_student_tokenizer(model_args.student_model_name_or_path, tokenizer, teacher_path)
+    if not args.cross_tokenizer:
+        check_student_tokenizer(model_args.student_model_name_or_path, tokenizer, teacher_path)
     configs = {"teacher": config}  # what the end of the run needs is checked now, against every model
     student_path = model_args.student_model_name_or_path
     if student_path:
@@ -291,10 +367,15 @@ def main(argv: list[str] | None = None) -> dict:
     with args.main_process_first(desc="tokenizing"):
         data = {s: tokenize_prompt_completion(raw[s], tokenizer, data_args.max_length, desc=f"tokenizing {s}",
                                               source=sources[s]) for s in splits}
+    column = args.teacher_id_column  # routed teachers: the column survives tokenization (checked by the trainer)
+    if column:
+        data = {s: d.add_column(column, raw[s][column]) if column in raw[s].column_names else d
+                for s, d in data.items()}
     args = fit_generation_length(args, configs, data[splits[1]])
 
     set_seed(args.seed)
-    teacher = AutoModelForCausalLM.from_pretrained(teacher_path)
+    teachers = [AutoModelForCausalLM.from_pretrained(p) for p in teacher_paths]
+    teacher = teachers[0]
     student, info = build_student(AutoModelForCausalLM, teacher, model_args.student_model_name_or_path,
                                   model_args.student_num_layers, model_args.student_layers)
     params = {"teacher": get_model_param_count(teacher), "student": get_model_param_count(student)}
@@ -304,50 +385,73 @@ def main(argv: list[str] | None = None) -> dict:
     baseline_init = copy.deepcopy(student) if args.compare_with_hard_baseline else None
     # The recipe pushes the final folder itself (Run.finish); the Trainer must not create repos or push checkpoints.
     trainer = DistillationTrainer(
-        model=student, teacher_model=teacher, args=dataclasses.replace(args, push_to_hub=False),
-        train_dataset=data[splits[0]], eval_dataset=data[splits[1]], processing_class=tokenizer,
-        data_collator=collator, peft_config=peft_config, merge_adapter_on_save=model_args.use_peft,
+        model=student, teacher_model=teachers if len(teachers) > 1 else teacher,
+        args=dataclasses.replace(args, push_to_hub=False), train_dataset=data[splits[0]],
+        eval_dataset=data[splits[1]], processing_class=tokenizer, data_collator=collator, peft_config=peft_config,
+        merge_adapter_on_save=model_args.use_peft, **teacher_tokenizer_kwargs(args, teacher_tokenizers),
     )
+    other = other_tokenizer(trainer)  # the first teacher's own tokenizer, where it is not the student's
     scored = with_answers(data[splits[1]], raw[splits[1]])  # the prompts the generation metrics complete
-    add_generation_eval(trainer, trainer.teacher, tokenizer, scored, args)
+    # A teacher with another tokenizer cannot score the student's tokens (teacher_nll): generation metrics without it.
+    add_generation_eval(trainer, trainer.teacher if other is None else None, tokenizer, scored, args)
     with run.owning_output_dir():
         train_metrics = run.train(trainer).metrics
         save_final_model(trainer, args.output_dir)  # the student (adapter merged) + tokenizer, never the teacher
         models = {"teacher": trainer.teacher, "student": trainer.accelerator.unwrap_model(trainer.model_wrapped)}
         baseline = None
         if baseline_init is not None:
-            baseline = train_hard_baseline(baseline_init, trainer.teacher, args, trainer.state.global_step,
-                                           data[splits[0]], tokenizer, collator, peft_config)
+            baseline = train_hard_baseline(baseline_init, teachers if len(teachers) > 1 else teacher, args,
+                                           trainer.state.global_step, data[splits[0]], tokenizer, collator,
+                                           peft_config, **teacher_tokenizer_kwargs(args, teacher_tokenizers))
             models["hard_baseline"] = baseline.accelerator.unwrap_model(baseline.model_wrapped)
             params["hard_baseline"] = params["student"]
         results = evaluate_and_report(run, trainer, models, params, info, train_metrics,
-                                      (data[splits[0]], data[splits[1]], scored), tokenizer, collator, baseline)
+                                      (data[splits[0]], data[splits[1]], scored), tokenizer, collator, baseline,
+                                      (other, raw[splits[1]]))
         results["distillation"].update(
             mode="on-policy (GKD)" if args.lmbda > 0 else ("sequence-level KD" if args.seq_kd else "off-policy"),
             divergence=args.divergence, lmbda=args.lmbda, seq_kd=args.seq_kd, max_new_tokens=args.max_new_tokens,
             lmbda_start_step=args.lmbda_start_step, lmbda_warmup_steps=args.lmbda_warmup_steps,
             on_policy_divergence=args.on_policy_divergence or (args.divergence if args.lmbda > 0 else None),
             generation_temperature=args.generation_temperature, loss_chunk_size=args.loss_chunk_size,
-            peft=model_args.use_peft,
+            peft=model_args.use_peft, cross_tokenizer=args.cross_tokenizer,
+            tokenizers=tokenizer_summary(tokenizer, trainer), routing=args.teacher_id_column, teachers=teacher_paths,
         )
         return run.finish(trainer, results)
 
 
 def evaluate_and_report(run, trainer, models: dict, params: dict, info, train_metrics: dict, train_eval: tuple,
-                        tokenizer, collator, baseline) -> dict:
+                        tokenizer, collator, baseline, teacher_own: tuple = (None, None)) -> dict:
     """Perplexity and generation metrics of every model on the validation split, the card's generation samples,
-    and the results JSON payload (with the baseline's metrics and the gain when there is one)."""
+    and the results JSON payload (with the baseline's metrics and the gain when there is one). `teacher_own`:
+    (the teacher's tokenizer, the raw validation split) when the teacher reads other tokens than the student."""
     (train, evals, scored), args, data_args = train_eval, trainer.args, run.data_args
+    other, raw_evals = teacher_own
     eval_chunk = args.loss_chunk_size if isinstance(args.loss_chunk_size, int) else EVAL_CHUNK
-    comparison, n_tokens = evaluate_lm(trainer, models, evals, eval_chunk, params)
-    generation = generation_metrics(models, tokenizer, scored, args)
+    if other is None:
+        comparison, n_tokens = evaluate_lm(trainer, models, evals, eval_chunk, params)
+        generation = generation_metrics(models, tokenizer, scored, args)
+    else:  # the teacher on the same texts in its own tokens; generation metrics without it
+        students = {k: v for k, v in models.items() if k != "teacher"}
+        comparison, n_tokens = evaluate_lm(trainer, students, evals, eval_chunk, params)
+        own = tokenize_prompt_completion(raw_evals, other, data_args.max_length, desc="teacher tokens")
+        trainer.data_collator, collate = PromptCompletionCollator.from_tokenizer(other), trainer.data_collator
+        try:
+            by_teacher, _ = evaluate_lm(trainer, {"teacher": models["teacher"]}, own, eval_chunk, params)
+        finally:
+            trainer.data_collator = collate
+        comparison.metrics.update(by_teacher.metrics)
+        comparison.speed.update(by_teacher.speed)
+        generation = generation_metrics(students, tokenizer, scored, args)
     extra = baseline_report(comparison, generation, baseline)
     samples = []
     if trainer.is_world_process_zero():
         samples = generation_samples(models, tokenizer, evals, collator, data_args.num_generation_samples,
-                                     args.max_new_tokens, args.device)
+                                     args.max_new_tokens, args.device,
+                                     tokenizers={"teacher": other} if other is not None else None)
     return run.results(
-        trainer, task="text-generation", teacher=run.model_args.teacher_model_name_or_path, student=info,
+        trainer, task="text-generation", teacher=run.model_args.teacher_model_name_or_path.replace(" ", ""),
+        student=info,
         comparison=comparison, dataset=rd.dataset_summary(data_args, len(train), len(evals)),
         train_metrics=train_metrics, eval_completion_tokens=n_tokens, generation_samples=samples,
         generation_eval_examples=next(iter(generation.values()), {}).get("examples", 0),

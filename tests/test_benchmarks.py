@@ -205,3 +205,19 @@ def test_packing_ratio_follows_from_its_times_and_losses_match():
         assert consistent(packed_tps, lambda n, t: n / t, tokens, packed_s)
         assert consistent(ratio, lambda a, b: a / b, padded_s, packed_s)
     assert out.count("same loss to 1e-5: yes") == 2
+
+
+def test_distillation_step_calls_little_beyond_its_parts():
+    """Per-step overhead guard (exact counts, no timing): a distillation step runs about the operators and Python
+    calls of its parts (student step + teacher forward); a per-step `Accelerator.unwrap_model` had added 69%."""
+    import json
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "step_profile.py", "--tiny", "--counts"], cwd=BENCH, env=env,
+                         capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    counts = json.loads(out.stdout.strip().splitlines()[-1])
+    for key, slack in (("operator_calls", 1.05), ("python_calls", 1.10)):
+        parts = counts["student_step"][key] + counts["teacher_forward"][key]
+        assert counts["distill_step"][key] <= slack * parts, (key, counts["distill_step"][key], parts)
+    assert counts["distill_hidden_step"]["operator_calls"] > counts["distill_step"]["operator_calls"]  # it ran

@@ -160,3 +160,15 @@ def test_recipes_print_the_output_folder_without_the_machine_path(tmp_path, monk
     assert shown_path(str(tmp_path / "runs" / "x")) == os.path.join("runs", "x")  # inside the working directory
     outside = str(tmp_path.parent / "elsewhere")
     assert shown_path(outside) == outside  # outside it: absolute, never a chain of ../
+
+
+def test_every_result_file_records_its_commit_and_command():
+    """Tables, JSON and logs under docs/results/ say which commit and which command produced them."""
+    lacking = []
+    for path in sorted((DOCS / "results").iterdir()):
+        if path.suffix not in (".md", ".json", ".log"):
+            continue  # plots: their commit and command are in docs/results.md's table
+        text = path.read_text(errors="replace")
+        if "commit" not in text.lower() or not re.search(r"(python|accelerate launch|torchrun)\b[^\n\"]*\.py", text):
+            lacking.append(path.name)
+    assert not lacking, f"record the commit and the exact command in {lacking} (benchmarks/provenance.py)"

@@ -74,52 +74,13 @@ class CacheArguments:
 def main(argv: list[str] | None = None) -> None:
     (cli,) = HfArgumentParser(CacheArguments).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    check_numbers(cli)  # finite, and in range: --top_k >= 1, --temperature > 0, --batch_size >= 1, --max_length >= 1
-    if (cli.dataset_path is None) == (cli.data_file is None):
-        raise ValueError("give exactly one of --dataset_path (tokenized, save_to_disk) and --data_file (raw text).")
-    check_model_source(cli.teacher_model_name_or_path, "teacher_model_name_or_path")
-    check_device(cli.device)
-    if cli.teacher_dtype is not None and cli.teacher_dtype not in DTYPES:
-        raise ValueError(f"--teacher_dtype {cli.teacher_dtype!r} is not one of {sorted(DTYPES)} (e.g. float16, not "
-                         "fp16).")
+    check_arguments(cli)
     output = check_output_dir(cli)
     tokenizer = AutoTokenizer.from_pretrained(cli.teacher_model_name_or_path)
-    if cli.dataset_path is not None:
-        dataset = load_from_disk(cli.dataset_path)
-    else:
-        dataset = load_data_files({cli.split: cli.data_file})
-    if isinstance(dataset, DatasetDict):
-        if cli.split not in dataset:
-            raise ValueError(f"no split {cli.split!r}; the dataset has {list(dataset)}.")
-        dataset = dataset[cli.split]
+    dataset = load_split(cli)
     if cli.data_file is not None:
-        missing = [c for c in (cli.text_column, cli.text_pair_column) if c and c not in dataset.column_names]
-        if missing:
-            raise ValueError(f"columns {missing} are not in {cli.data_file}; it has {dataset.column_names}.")
-        pair, label, source = cli.text_pair_column, cli.label_column, {cli.split: f"--data_file {cli.data_file}"}
-        require_text({cli.split: dataset}, source, {"text_column": cli.text_column, "text_pair_column": pair})
-        config = AutoConfig.from_pretrained(cli.teacher_model_name_or_path)
-        check_max_length(cli.max_length, config, f"teacher {cli.teacher_model_name_or_path}")
-        check_length_leaves_text(cli.max_length, tokenizer, pair=bool(pair))
-        # Label names ("positive") must become the teacher's ids: the collator batches labels as integers.
-        if cli.task == "sequence-classification" and label in dataset.column_names:
-            require_values({cli.split: dataset}, source, {"label_column": label})
-            require_class_labels({cli.split: dataset}, source, label)
-            mapping = label_mapping({cli.split: dataset}, [cli.split], label, config.id2label)
-            features = dataset.features.copy()
-            features[label] = Value("int64")
-            dataset = dataset.map(lambda b: {label: [mapping[v] for v in b[label]]}, batched=True, features=features,
-                                  desc="label ids")
-
-        def encode(batch):
-            return encode_texts(tokenizer, batch[cli.text_column], batch[pair] if pair else None, cli.max_length)
-
-        dataset = dataset.map(encode, batched=True, desc="tokenizing")
-    auto = getattr(transformers, TASKS[cli.task])
-    kwargs = {"dtype": DTYPES[cli.teacher_dtype]} if cli.teacher_dtype else {}
-    teacher = load_pretrained_teacher(auto, cli.teacher_model_name_or_path, **kwargs)  # a random head is refused
-    device = cli.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    teacher.to(device)
+        dataset = encode_data_file(cli, dataset, tokenizer)
+    teacher = load_teacher(cli)
     cached = cache_teacher_outputs(teacher, dataset, top_k=cli.top_k, temperature=cli.temperature,
                                    batch_size=cli.batch_size, data_collator=DataCollatorWithPadding(tokenizer))
     output.claim()
@@ -128,6 +89,73 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         output.release()
     logger.info("saved %d examples with cached teacher outputs to %s", len(cached), cli.output_dir)
+
+
+def check_arguments(cli: CacheArguments) -> None:
+    """Refuses bad numbers, a data source given twice or not at all, a bad model source, device or dtype."""
+    check_numbers(cli)  # finite, and in range: --top_k >= 1, --temperature > 0, --batch_size >= 1, --max_length >= 1
+    if (cli.dataset_path is None) == (cli.data_file is None):
+        raise ValueError("give exactly one of --dataset_path (tokenized, save_to_disk) and --data_file (raw text).")
+    check_model_source(cli.teacher_model_name_or_path, "teacher_model_name_or_path")
+    check_device(cli.device)
+    if cli.teacher_dtype is not None and cli.teacher_dtype not in DTYPES:
+        raise ValueError(f"--teacher_dtype {cli.teacher_dtype!r} is not one of {sorted(DTYPES)} (e.g. float16, not "
+                         "fp16).")
+
+
+def load_split(cli: CacheArguments):
+    """The `--split` of --dataset_path or --data_file, as one Dataset."""
+    if cli.dataset_path is not None:
+        dataset = load_from_disk(cli.dataset_path)
+    else:
+        dataset = load_data_files({cli.split: cli.data_file})
+    if isinstance(dataset, DatasetDict):
+        if cli.split not in dataset:
+            raise ValueError(f"no split {cli.split!r}; the dataset has {list(dataset)}.")
+        dataset = dataset[cli.split]
+    return dataset
+
+
+def encode_data_file(cli: CacheArguments, dataset, tokenizer):
+    """The raw text of --data_file checked and tokenized with the teacher's tokenizer (labels as the teacher's ids)."""
+    missing = [c for c in (cli.text_column, cli.text_pair_column) if c and c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"columns {missing} are not in {cli.data_file}; it has {dataset.column_names}.")
+    pair, source = cli.text_pair_column, {cli.split: f"--data_file {cli.data_file}"}
+    require_text({cli.split: dataset}, source, {"text_column": cli.text_column, "text_pair_column": pair})
+    config = AutoConfig.from_pretrained(cli.teacher_model_name_or_path)
+    check_max_length(cli.max_length, config, f"teacher {cli.teacher_model_name_or_path}")
+    check_length_leaves_text(cli.max_length, tokenizer, pair=bool(pair))
+    if cli.task == "sequence-classification" and cli.label_column in dataset.column_names:
+        dataset = label_ids(cli, dataset, source, config.id2label)
+
+    def encode(batch):
+        return encode_texts(tokenizer, batch[cli.text_column], batch[pair] if pair else None, cli.max_length)
+
+    return dataset.map(encode, batched=True, desc="tokenizing")
+
+
+def label_ids(cli: CacheArguments, dataset, source: dict[str, str], id2label: dict[int, str]):
+    """The label column as the teacher's ids: label names ("positive") must become ids, as the collator batches
+    labels as integers."""
+    label = cli.label_column
+    require_values({cli.split: dataset}, source, {"label_column": label})
+    require_class_labels({cli.split: dataset}, source, label)
+    mapping = label_mapping({cli.split: dataset}, [cli.split], label, id2label)
+    features = dataset.features.copy()
+    features[label] = Value("int64")
+    return dataset.map(lambda b: {label: [mapping[v] for v in b[label]]}, batched=True, features=features,
+                       desc="label ids")
+
+
+def load_teacher(cli: CacheArguments):
+    """The teacher with its --task head, in --teacher_dtype, on --device (default: cuda when available)."""
+    auto = getattr(transformers, TASKS[cli.task])
+    kwargs = {"dtype": DTYPES[cli.teacher_dtype]} if cli.teacher_dtype else {}
+    teacher = load_pretrained_teacher(auto, cli.teacher_model_name_or_path, **kwargs)  # a random head is refused
+    device = cli.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    teacher.to(device)
+    return teacher
 
 
 def check_output_dir(cli: CacheArguments) -> OutputFolder:

@@ -469,10 +469,29 @@ class OutputFolder:
         folder held by a live run is an error."""
         os.makedirs(self.path, exist_ok=True)
         owner = {"run_id": self.run_id, **_owner(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        fd = self._open_lock()
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(owner, f)
+        try:
+            manifest = read_manifest(self.path)
+            if self.overwrite:
+                manifest = self._remove_previous_run(manifest)
+            else:  # another run may have finished in this folder since check()
+                self._check_previous_run()
+                if manifest is None:  # resuming a folder without one: what is there now is not known to be ours
+                    manifest = {"written": [], "foreign": self._entries(), "runs": []}
+            manifest["runs"] = [*manifest["runs"], {"run_id": self.run_id, "started": owner["started"]}]
+            _write_manifest(self.path, manifest)
+        except BaseException:
+            self.release()
+            raise
+
+    def _open_lock(self) -> int:
+        """Create the lock file exclusively and return its descriptor; a stale lock (its run is dead) is taken over
+        once, a live one is an error."""
         for attempt in range(2):
             try:
-                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                break
+                return os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 held = self._read_lock()
                 if attempt == 0 and held.get("run_id") != self.run_id and lock_is_stale(held):
@@ -486,35 +505,25 @@ class OutputFolder:
                     f"{held.get('pid', '?')} on {held.get('host', '?')}, started {held.get('started', '?')}); wait "
                     f"for it to finish or choose another --output_dir (if that run is dead, delete {self.lock_path})."
                 ) from None
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(owner, f)
-        try:
-            manifest = read_manifest(self.path)
-            if self.overwrite:
-                removed, kept = self._removable()
-                for name in removed:
-                    target = os.path.join(self.path, name)
-                    if os.path.isdir(target) and not os.path.islink(target):
-                        shutil.rmtree(target)
-                    elif os.path.lexists(target):
-                        os.remove(target)
-                if removed:
-                    logger.info("--overwrite_output_dir: removed the previous run in %s (%s)", self.path,
-                                ", ".join(removed[:5]) + (", ..." if len(removed) > 5 else ""))
-                if kept:
-                    logger.warning("--overwrite_output_dir: kept %s in %s: not written by an earlier run (%s).",
-                                   ", ".join(kept[:10]) + (", ..." if len(kept) > 10 else ""), self.path,
-                                   "the folder had no manifest" if manifest is None else "not in its manifest")
-                manifest = {"written": [], "foreign": kept, "runs": []}
-            else:  # another run may have finished in this folder since check()
-                self._check_previous_run()
-                if manifest is None:  # resuming a folder without one: what is there now is not known to be ours
-                    manifest = {"written": [], "foreign": self._entries(), "runs": []}
-            manifest["runs"] = [*manifest["runs"], {"run_id": self.run_id, "started": owner["started"]}]
-            _write_manifest(self.path, manifest)
-        except BaseException:
-            self.release()
-            raise
+
+    def _remove_previous_run(self, manifest: dict | None) -> dict:
+        """--overwrite_output_dir: delete what earlier runs wrote here, log what was removed and kept, and return
+        the fresh manifest (the kept entries listed as foreign)."""
+        removed, kept = self._removable()
+        for name in removed:
+            target = os.path.join(self.path, name)
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target)
+            elif os.path.lexists(target):
+                os.remove(target)
+        if removed:
+            logger.info("--overwrite_output_dir: removed the previous run in %s (%s)", self.path,
+                        ", ".join(removed[:5]) + (", ..." if len(removed) > 5 else ""))
+        if kept:
+            logger.warning("--overwrite_output_dir: kept %s in %s: not written by an earlier run (%s).",
+                           ", ".join(kept[:10]) + (", ..." if len(kept) > 10 else ""), self.path,
+                           "the folder had no manifest" if manifest is None else "not in its manifest")
+        return {"written": [], "foreign": kept, "runs": []}
 
     def record(self, names) -> None:
         """Record `names` as written by this run (before writing them); see `record_written`."""

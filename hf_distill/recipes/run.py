@@ -160,8 +160,9 @@ def start_run(script: str, model_class, data_class, training_class, argv: list[s
             raise ValueError(f"--{name} is required: {what}.")
     model_paths = {f.name: getattr(model_args, f.name) for f in dataclasses.fields(model_args)
                    if f.name.endswith("model_name_or_path") and getattr(model_args, f.name)}
-    for name, path in model_paths.items():
-        check_model_source(path, name)
+    for name, paths in model_paths.items():
+        for path in str(paths).split(","):  # several teachers are comma-separated
+            check_model_source(path.strip(), name)
     output = OutputFolder(args.output_dir, overwrite=out_args.overwrite_output_dir, resume=args.resume_from_checkpoint)
     # Never deleted by --overwrite_output_dir: every path an argument names (models, data files and folders, the
     # transfer file, the augmentation model, the config file, ...), found generically from the parsed arguments.
