@@ -15,7 +15,9 @@ prompt (batched, left-padded, seeded per batch) and scores it:
 
 Under DDP (torchrun / accelerate) each process generates whole batches (batch k on process k mod world size)
 and the per-example records are gathered, so the numbers equal a one-process run: batch k is the same rows
-with the same seed wherever it runs. `GenerationEvalCallback` runs it during training and logs `eval_<metric>`.
+with the same seed wherever it runs. With a sharded model or teacher (DeepSpeed ZeRO-3, FSDP), whose every forward
+gathers parameters from all processes, every process runs every batch in lockstep (`synced_gpus`) instead.
+`GenerationEvalCallback` runs it during training and logs `eval_<metric>`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from collections.abc import Callable
 import torch
 from transformers import TrainerCallback
 
-from .generation import _seed, cut_completions
+from .generation import _seed, cut_completions, synced_generation
 from .lm_data import IGNORE_INDEX, end_token_id, pad_prompt_completion, prompt_length, tokenize_prompt_completion
 
 logger = logging.getLogger(__name__)
@@ -80,7 +82,8 @@ def _generate(model, prompts: list[list[int]], generation_config, seed: int, pad
     ids, mask = _left_pad(prompts, pad, device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=generation_config)  # (B, P + N)
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=generation_config,
+                             synced_gpus=synced_generation(model))  # (B, P + N)
     return cut_completions(out[:, ids.shape[1] :], eos, pad)
 
 
@@ -102,23 +105,24 @@ def _nll(teacher, prompts: list[list[int]], completions: list[list[int]], pad: i
     return result
 
 
-def _gather(records: list[dict]) -> list[dict]:
-    """Every process's records, in dataset order (one process: unchanged)."""
+def _gather(records: list[dict], everywhere: bool = False) -> list[dict]:
+    """Every process's records, in dataset order (one process, or `everywhere`: unchanged)."""
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    if PartialState().num_processes > 1:
+    if PartialState().num_processes > 1 and not everywhere:
         records = gather_object(records)
     return sorted(records, key=lambda r: r["index"])
 
 
-def _shard(n: int, batch_size: int) -> list[tuple[int, list[int]]]:
-    """(batch number, example indices) of the batches this process generates: batch k on process k mod world."""
+def _shard(n: int, batch_size: int, everywhere: bool = False) -> list[tuple[int, list[int]]]:
+    """(batch number, example indices) of the batches this process generates: batch k on process k mod world, or
+    every batch on every process (`everywhere`)."""
     from accelerate import PartialState
 
     state = PartialState()
     batches = [(k, list(range(s, min(s + batch_size, n)))) for k, s in enumerate(range(0, n, batch_size))]
-    return batches[state.process_index :: state.num_processes]
+    return batches if everywhere else batches[state.process_index :: state.num_processes]
 
 
 def evaluate_generation(
@@ -179,25 +183,32 @@ def evaluate_generation(
     scorers = {"model": model}
     if teacher is not None and teacher_floor and teacher is not model:
         scorers["teacher"] = teacher
-    modes = {m: m.training for m in {id(x): x for x in [model, teacher] if x is not None}.values()}
-    for m in modes:
+    models = list({id(x): x for x in [model, teacher] if x is not None}.values())
+    # Each submodule's own flag: a wrapper's (a DeepSpeed engine keeps `training` True over its eval-mode module)
+    # is not its modules', and train(wrapper's flag) would switch a frozen teacher's dropout on.
+    modes = {sub: sub.training for m in models for sub in m.modules()}
+    for m in models:
         m.eval()
+    # Sharded models (ZeRO-3, FSDP) gather their layers from every process in each forward: every process then
+    # runs every batch, the same forwards in the same order (and decodes in lockstep), and keeps all the records.
+    everywhere = any(synced_generation(m) for m in models)
     try:
         records = _records(scorers, teacher, rows, examples, tokenizer, generation_config, batch_size, seed, pad, eos,
-                           answer_checker)
+                           answer_checker, everywhere)
     finally:
-        for m, training in modes.items():
-            m.train(training)
-    return _summary(_gather(records), teacher is not None, answer_checker is not None, return_samples)
+        for sub, training in modes.items():
+            sub.training = training
+    return _summary(_gather(records, everywhere), teacher is not None, answer_checker is not None, return_samples)
 
 
-def _records(scorers, teacher, rows, examples, tokenizer, config, batch_size, seed, pad, eos, checker) -> list[dict]:
+def _records(scorers, teacher, rows, examples, tokenizer, config, batch_size, seed, pad, eos, checker,
+             everywhere=False) -> list[dict]:
     """One record per example of this process's batches: texts, scores and the teacher's NLL sums."""
     from rouge_score import rouge_scorer
 
     rouge = rouge_scorer.RougeScorer(["rougeL"])
     records = []
-    for k, index in _shard(len(rows), batch_size):
+    for k, index in _shard(len(rows), batch_size, everywhere):
         prompts = [r["input_ids"][: prompt_length(r["labels"])] for r in (rows[i] for i in index)]
         done = {name: _generate(m, prompts, config, _seed(seed, k), pad, eos) for name, m in scorers.items()}
         nll = {name: _nll(teacher, prompts, c, pad) for name, c in done.items()} if teacher is not None else {}

@@ -125,16 +125,25 @@ def _full_tensors(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]
     under zero.Init, their local tensor is empty) are gathered for the copy and released afterwards."""
     params = dict(model.named_parameters(remove_duplicate=False))
     tensors = {**dict(model.named_buffers(remove_duplicate=False)), **params}
-    # ZeRO-3 parameters carry ds_id; a tied parameter is listed under several names but gathered once.
-    partitioned = {id(params[n]): params[n] for n in names if n in params and hasattr(params[n], "ds_id")}
-    partitioned = list(partitioned.values())
-    gather = contextlib.nullcontext()
-    if partitioned:
-        import deepspeed  # only reached when deepspeed has partitioned the model
-
-        gather = deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
-    with gather, torch.no_grad():
+    with gathered_parameters([params[n] for n in names if n in params]), torch.no_grad():
         return {n: tensors[n].detach().clone() for n in names}
+
+
+def gathered_parameters(params) -> contextlib.AbstractContextManager:
+    """A context in which `params` are whole for reading: those partitioned by DeepSpeed ZeRO-3 (they carry
+    `ds_id`; their local tensor is empty outside the module's forward) are gathered on entry and released on exit,
+    read-only. Code that reads a weight outside its module's forward (an output layer applied chunk by chunk)
+    runs inside it; with no partitioned parameter it does nothing. Every process must enter it together.
+
+    Args:
+        params: parameters (None entries, e.g. a missing bias, are skipped); a tied one may appear twice.
+    """
+    partitioned = list({id(p): p for p in params if p is not None and hasattr(p, "ds_id")}.values())
+    if not partitioned:
+        return contextlib.nullcontext()
+    import deepspeed  # only reached when deepspeed has partitioned the model
+
+    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
 
 
 def init_student_from_teacher(

@@ -22,6 +22,7 @@ import torch
 
 from .chunked import OutputHead, accepts_logits_to_keep, chunked_token_nll, next_token_nll
 from .data_checks import check_chat_column, check_text_column
+from .layers import gathered_parameters
 from .modeling import unwrap_peft
 from .positions import COMPLETION_MASK, IGNORE_INDEX, next_labels
 
@@ -401,7 +402,9 @@ def completion_nll(model, batch: dict, chunk_size: int | None = 1024) -> tuple[t
     if head is not None:
         out = model(**inputs, logits_to_keep=1, output_hidden_states=True)
         hidden = out["hidden_states"][-1][keep]  # (N, H), completion positions only
-        nll = chunked_token_nll(hidden, head, targets[keep], chunk_size)  # (N,)
+        # The head's weight is read outside its module's forward: gathered while used where ZeRO-3 partitions it.
+        with gathered_parameters([head.weight, head.bias]):
+            nll = chunked_token_nll(hidden, head, targets[keep], chunk_size)  # (N,)
     else:
         logits = model(**inputs).logits  # (B, L, V)
         nll = next_token_nll(logits[keep], targets[keep], reduction="none")  # (N,)
@@ -415,6 +418,17 @@ def _plain_head(model) -> OutputHead | None:
     if not accepts_logits_to_keep(model):
         return None
     try:
-        return OutputHead.from_model(unwrap_peft(model))
+        head = OutputHead.from_model(unwrap_peft(model))
     except ValueError:
         return None
+    if _fsdp_sharded(model, head.weight):  # only whole inside FSDP's forward: the full forward computes the logits
+        return None
+    return head
+
+
+def _fsdp_sharded(model, weight) -> bool:
+    """Whether FSDP shards `weight` (an FSDP2 DTensor) or wraps `model` (FSDP1 flat parameters)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(weight, DTensor) or any(isinstance(m, FullyShardedDataParallel) for m in model.modules())

@@ -49,6 +49,7 @@ from transformers.trainer_pt_utils import get_model_param_count
 
 from hf_distill import DistillationArguments, DistillationTrainer, PromptCompletionCollator, tokenize_prompt_completion
 from hf_distill.evaluation import ANSWER_COLUMN, GenerationEvalCallback, evaluate_generation
+from hf_distill.generation import synced_generation
 from hf_distill.lm_data import PROMPT_ATTENTION_MASK, PROMPT_INPUT_IDS, completion_nll, end_token_id, prompt_length
 from hf_distill.positions import IGNORE_INDEX
 from hf_distill.recipes import data as rd
@@ -198,7 +199,8 @@ def generation_samples(models: dict, tokenizer, dataset, collator, n: int, max_n
             ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
             gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end_token_id(tok),
                                    pad_token_id=tok.pad_token_id)
-        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)[:, ids.shape[1]:]  # (n, new)
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen,
+                             synced_gpus=synced_generation(model))[:, ids.shape[1]:]  # (n, new)
         for sample, tokens in zip(samples, out):
             sample[name] = tok.decode(tokens, skip_special_tokens=True)
     return samples
@@ -445,7 +447,8 @@ def evaluate_and_report(run, trainer, models: dict, params: dict, info, train_me
         generation = generation_metrics(students, tokenizer, scored, args)
     extra = baseline_report(comparison, generation, baseline)
     samples = []
-    if trainer.is_world_process_zero():
+    # A sharded model (ZeRO-3, FSDP) gathers its layers from every process in each forward: all generate, rank 0 keeps
+    if trainer.is_world_process_zero() or any(synced_generation(m) for m in models.values()):
         samples = generation_samples(models, tokenizer, evals, collator, data_args.num_generation_samples,
                                      args.max_new_tokens, args.device,
                                      tokenizers={"teacher": other} if other is not None else None)

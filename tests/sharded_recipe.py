@@ -1,7 +1,9 @@
-"""Run recipes/distil_bert.py under a launcher and record what the trainer really did (for tests/test_sharded.py).
+"""Run a recipe under a launcher and record what the trainer really did (for tests/test_sharded.py).
 
     DS_ACCELERATOR=cpu accelerate launch --config_file tests/configs/accelerate_zero2_cpu.yaml \
-        tests/sharded_recipe.py REPORT.json RECIPE ARGS...
+        tests/sharded_recipe.py REPORT.json [--recipe distil_causal_lm] RECIPE_ARGS...
+
+The recipe is recipes/distil_bert.py unless --recipe names another module of recipes/.
 
 The recipe runs unchanged; its DistillationTrainer is replaced by a subclass that, after training, writes
 REPORT.json (rank 0) with: the sharding in effect (DeepSpeed / ZeRO stage / FSDP, world size), whether any
@@ -21,8 +23,10 @@ from torch import nn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import importlib  # noqa: E402
+
+from hf_distill import DistillationTrainer  # noqa: E402
 from hf_distill.layers import _full_tensors  # noqa: E402
-from recipes import distil_bert  # noqa: E402
 
 
 def _gathered_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -42,7 +46,7 @@ def _optimizer_tensors(optimizer) -> list[torch.Tensor]:
     return [p for g in optimizer.param_groups for p in g["params"]]
 
 
-class RecordingTrainer(distil_bert.DistillationTrainer):
+class RecordingTrainer(DistillationTrainer):
     report_path: str = ""
 
     def __init__(self, *args, **kwargs):
@@ -65,6 +69,7 @@ class RecordingTrainer(distil_bert.DistillationTrainer):
             "teacher_engine_optimizer": type(getattr(self.teacher, "optimizer", None)).__name__,
             "teacher_partitioned": any(hasattr(p, "ds_id") and p.numel() == 0 for p in self.teacher.parameters()),
             "student_partitioned": any(hasattr(p, "ds_id") and p.numel() == 0 for p in engine.parameters()),
+            "student_zero3_managed": all(hasattr(p, "ds_id") for p in engine.parameters()),
             "teacher_requires_grad": any(p.requires_grad for p in self.teacher.parameters()),
             "teacher_training": any(m.training for m in getattr(self.teacher, "module", self.teacher).modules()),
             "teacher_in_optimizer": any(id(p) in teacher_ids for p in in_optimizer),
@@ -82,6 +87,10 @@ class RecordingTrainer(distil_bert.DistillationTrainer):
 
 
 if __name__ == "__main__":
-    RecordingTrainer.report_path = sys.argv[1]
-    distil_bert.DistillationTrainer = RecordingTrainer
-    distil_bert.main(sys.argv[2:])
+    RecordingTrainer.report_path, argv = sys.argv[1], sys.argv[2:]
+    name = "distil_bert"
+    if argv[:1] == ["--recipe"]:
+        name, argv = argv[1], argv[2:]
+    recipe = importlib.import_module(f"recipes.{name}")
+    recipe.DistillationTrainer = RecordingTrainer
+    recipe.main(argv)
