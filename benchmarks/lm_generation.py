@@ -124,7 +124,7 @@ class TaskConfig:
 FULL = {  # sized for 2 CPU cores shared with other jobs (docs/generation_eval.md says what that bought)
     "reverse": TaskConfig("reverse", "exact_match", n_train=20000, n_val=100, n_test=300, teacher_layers=4,
                           student_layers=2, hidden=128, heads=4, teacher_steps=2000, teacher_lr=3e-3,
-                          teacher_batch=32, student_steps=200, student_lr=2e-3, batch=32, max_new_tokens=22,
+                          teacher_batch=32, student_steps=300, student_lr=2e-3, batch=32, max_new_tokens=22,
                           max_length=34, vocabulary=300, min_words=10, max_words=10, dropout=0.0),
     "tweets": TaskConfig("tweets", "rougeL", n_train=20000, n_val=100, n_test=300, teacher_layers=6,
                          student_layers=3, hidden=64, heads=4, teacher_steps=400, teacher_lr=2e-3, teacher_batch=32,
@@ -400,17 +400,20 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
 def summarise(task: TaskConfig, teacher: dict, runs: list[dict]) -> dict:
     """Per method: test mean and 95% interval of every metric, the gap recovered (paired by seed) on the task's
     metric; the best distilled method chosen on validation."""
-    metric, t = task.metric, teacher["test"][task.metric]
+    metric = task.metric
     ce = {r["seed"]: r for r in runs if r["method"] == "ce"}
-    ce_mean = statistics.mean(r["test"][metric] for r in ce.values()) if ce else None
     rows = {}
     for method in dict.fromkeys(r["method"] for r in runs):
         rs = [r for r in runs if r["method"] == method]
         row = {k: mean_ci([r["test"][k] for r in rs]) for k in REPORTED if k in rs[0]["test"]}
         row["val_" + metric] = statistics.mean(r["validation"][metric] for r in rs)
-        if ce_mean is not None and t != ce_mean:
-            row["gap_recovered"] = mean_ci([(r["test"][metric] - ce[r["seed"]]["test"][metric]) / (t - ce_mean)
-                                            for r in rs if r["seed"] in ce])
+        for name, key in (("gap_recovered", metric), ("gap_recovered_prefix", "prefix_accuracy")):
+            if key not in rs[0]["test"] or (name != "gap_recovered" and key == metric) or not ce:
+                continue
+            t_key, ce_key = teacher["test"][key], statistics.mean(r["test"][key] for r in ce.values())
+            if t_key != ce_key:
+                row[name] = mean_ci([(r["test"][key] - ce[r["seed"]]["test"][key]) / (t_key - ce_key)
+                                     for r in rs if r["seed"] in ce])
         row["seeds"] = [r["seed"] for r in rs]
         row["train_seconds"] = statistics.mean(r["train_seconds"] for r in rs)
         rows[method] = row
@@ -434,11 +437,13 @@ def markdown(results: dict) -> str:
         lines += [f"### {name}: {task['teacher_layers']}-layer teacher (width {task['hidden']}), "
                   f"{task['student_layers']}-layer students (width {width}), "
                   f"{task['student_steps']} steps x {task['batch']} (test split, {res['examples']['test']} examples)",
-                  "", "| model | " + " | ".join(metrics) + f" | gap recovered ({task['metric']}) | train s |",
+                  "", "| model | " + " | ".join(metrics) + f" | gap recovered ({task['metric']}"
+                  + (" / prefix_accuracy" if task["metric"] != "prefix_accuracy" and "prefix_accuracy" in metrics
+                     else "") + ") | train s |",
                   "|---" * (len(metrics) + 3) + "|",
                   "| teacher | " + " | ".join(f"{s['teacher_test'][k]:.3f}" for k in metrics) + " | 100% | |"]
         for method, row in s["methods"].items():
-            gap = f"{fmt(row['gap_recovered'], 100, 0)}%" if "gap_recovered" in row else ""
+            gap = " / ".join(f"{fmt(row[k], 100, 0)}%" for k in ("gap_recovered", "gap_recovered_prefix") if k in row)
             seeds = "" if len(row["seeds"]) == len(results["meta"]["seeds"]) else f" ({len(row['seeds'])} seeds)"
             lines.append(f"| {method}{seeds} | " + " | ".join(fmt(row[k]) for k in metrics)
                          + f" | {gap} | {row['train_seconds']:.0f} |")
