@@ -399,14 +399,16 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
 
 def summarise(task: TaskConfig, teacher: dict, runs: list[dict]) -> dict:
     """Per method: test mean and 95% interval of every metric, the gap recovered (paired by seed) on the task's
-    metric; the best distilled method chosen on validation."""
+    metric; the best distilled method chosen on validation (ties broken by validation prefix accuracy)."""
     metric = task.metric
     ce = {r["seed"]: r for r in runs if r["method"] == "ce"}
     rows = {}
     for method in dict.fromkeys(r["method"] for r in runs):
         rs = [r for r in runs if r["method"] == method]
         row = {k: mean_ci([r["test"][k] for r in rs]) for k in REPORTED if k in rs[0]["test"]}
-        row["val_" + metric] = statistics.mean(r["validation"][metric] for r in rs)
+        for key in dict.fromkeys((metric, "prefix_accuracy")):
+            if key in rs[0]["validation"]:
+                row["val_" + key] = statistics.mean(r["validation"][key] for r in rs)
         for name, key in (("gap_recovered", metric), ("gap_recovered_prefix", "prefix_accuracy")):
             if key not in rs[0]["test"] or (name != "gap_recovered" and key == metric) or not ce:
                 continue
@@ -418,7 +420,9 @@ def summarise(task: TaskConfig, teacher: dict, runs: list[dict]) -> dict:
         row["train_seconds"] = statistics.mean(r["train_seconds"] for r in rs)
         rows[method] = row
     distilled = [m for m in rows if m != "ce"]
-    best = max(distilled, key=lambda m: rows[m]["val_" + metric]) if distilled else None
+    # ties on the metric (e.g. exact match 0 for every student) are broken by validation prefix accuracy
+    best = max(distilled, key=lambda m: (rows[m]["val_" + metric], rows[m].get("val_prefix_accuracy", 0.0)),
+               default=None)
     return {"methods": rows, "best_on_validation": best, "teacher_test": teacher["test"],
             "teacher_validation": teacher["validation"]}
 
