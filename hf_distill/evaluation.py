@@ -80,10 +80,11 @@ def _left_pad(prompts: list[list[int]], pad: int, device) -> tuple[torch.Tensor,
 def _generate(model, prompts: list[list[int]], generation_config, seed: int, pad: int, eos) -> list[list[int]]:
     device = next(model.parameters()).device
     ids, mask = _left_pad(prompts, pad, device)
+    synced = {"synced_gpus": True} if synced_generation(model) else {}  # sharded: decode in lockstep
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         out = model.generate(input_ids=ids, attention_mask=mask, generation_config=generation_config,
-                             synced_gpus=synced_generation(model))  # (B, P + N)
+                             **synced)  # (B, P + N)
     return cut_completions(out[:, ids.shape[1] :], eos, pad)
 
 

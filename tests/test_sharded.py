@@ -255,7 +255,8 @@ def test_deepspeed_zero3_student_samples_in_lockstep(tmp_path):
 @pytest.mark.distributed
 def test_fsdp2_student_samples_in_lockstep_and_as_unsharded(tmp_path):
     """tests/fsdp_sampling.py under torchrun: an FSDP2 student samples exactly what its unsharded copy samples;
-    rank 0's rows end after 2 tokens, yet it keeps stepping until rank 1's rows end (synced_gpus)."""
+    rank 0's rows end after 2 tokens, yet it keeps stepping until rank 1's rows end (synced_gpus). Its completion
+    NLL and generation metrics (3 batches on 2 processes) equal the unsharded copy's."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(ROOT / "tests" / "fsdp_sampling.py"), str(tmp_path)]
     proc = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True, timeout=240)
@@ -266,6 +267,10 @@ def test_fsdp2_student_samples_in_lockstep_and_as_unsharded(tmp_path):
         assert got["same_samples"] and got["back_in_training_mode"] and got["source"] == "student"
     assert rank0["completion_lengths"] == [2, 2, 2, 2] and rank1["completion_lengths"] == [6, 6, 6, 6]
     assert rank0["lm_head_calls"] == [6, 2]  # sharded: in lockstep with rank 1; the unsharded copy stops at 2
+    for got in (rank0, rank1):  # the end-of-run evaluation: the same numbers sharded as unsharded, on every rank
+        assert got["same_nll"] and got["back_in_training_mode_after_eval"]
+        assert got["generation_metrics"]["examples"] == 8 and "teacher_nll" in got["generation_metrics"]
+        assert got["generation_metrics"] == pytest.approx(rank0["reference_generation_metrics"], rel=1e-5)
 
 
 # ---- the causal-LM recipe's end of run under ZeRO-3 ---------------------------------------------------------
