@@ -42,10 +42,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # lm_real_data
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
+from lm_real_data import FullSequenceCollator, device_kwargs, interval95, load_tweets, minilm_path  # noqa: E402
 from transformers import (  # noqa: E402
     AutoTokenizer,
     GPT2Config,
@@ -56,7 +58,6 @@ from transformers import (  # noqa: E402
     TrainingArguments,
 )
 
-from benchmarks.lm_real_data import FullSequenceCollator, device_kwargs, interval95, load_tweets, minilm_path  # noqa: E402
 from hf_distill import DistillationArguments, DistillationTrainer  # noqa: E402
 from hf_distill.lm_data import PromptCompletionCollator, completion_nll, tokenize_prompt_completion  # noqa: E402
 

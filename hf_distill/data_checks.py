@@ -68,28 +68,36 @@ def check_text_column(values: Iterable, column: str, source: str | None = None, 
             continue
         reason = non_text_reason(value)
         if reason is not None:
-            if isinstance(value, (list, tuple)):
-                fix = "join the list into one string (or, for chat data, use a 'messages' column)"
-            elif isinstance(value, (int, float)):
-                fix = "store the values as strings (e.g. JSON Lines with quoted values)"
-            else:
-                fix = "flatten it into one string"
             raise ValueError(
                 f"{_place(source, row, column, flag)} holds {reason}, not text: every value of a text column must be "
-                f"one string. Point the flag at a text column, or {fix}."
+                f"one string. Point the flag at a text column, or {_text_fix(value)}."
             )
         seen_text = True
     if blank == "skipped" and not seen_text:
         raise ValueError(f"{source or 'the data'} has no non-blank text in column {column!r}: nothing to train or "
                          "evaluate on.")
     if blanks:
-        shown = ", ".join(str(i) for i in blanks[:10]) + (", ..." if len(blanks) > 10 else "")
-        what = "None / NaN (an empty string is fine)" if blank == "allowed" else "empty or NaN"
-        raise ValueError(
-            f"{len(blanks)} row(s) of {source or 'the data'} have no value in column {column!r}"
-            f"{f' (--{flag})' if flag else ''}: {what} at data row(s) {shown} (0-based, header not counted). "
-            "Drop or fill those rows."
-        )
+        _refuse_blanks(blanks, column, source, flag, blank)
+
+
+def _text_fix(value) -> str:
+    """How to turn a non-text cell like `value` into text (for the message)."""
+    if isinstance(value, (list, tuple)):
+        return "join the list into one string (or, for chat data, use a 'messages' column)"
+    if isinstance(value, (int, float)):
+        return "store the values as strings (e.g. JSON Lines with quoted values)"
+    return "flatten it into one string"
+
+
+def _refuse_blanks(blanks: list[int], column: str, source: str | None, flag: str | None, blank: str) -> None:
+    """The error for the blank rows `blanks` (0-based) of a text column, naming the first ten."""
+    shown = ", ".join(str(i) for i in blanks[:10]) + (", ..." if len(blanks) > 10 else "")
+    what = "None / NaN (an empty string is fine)" if blank == "allowed" else "empty or NaN"
+    raise ValueError(
+        f"{len(blanks)} row(s) of {source or 'the data'} have no value in column {column!r}"
+        f"{f' (--{flag})' if flag else ''}: {what} at data row(s) {shown} (0-based, header not counted). "
+        "Drop or fill those rows."
+    )
 
 
 def check_chat_column(values: Iterable, column: str = "messages", source: str | None = None) -> None:

@@ -40,18 +40,7 @@ def mix_transfer_set(labelled, transfer, ratio: float | None = None, seed: int =
     """
     from datasets import concatenate_datasets
 
-    if ratio is not None and not ratio >= 0:
-        raise ValueError(
-            f"ratio must be >= 0 (transfer rows per labelled row) or None for the whole transfer set, got {ratio}."
-        )
-    if label_column not in labelled.column_names:
-        raise ValueError(f"the labelled set has no {label_column!r} column (columns: {labelled.column_names}).")
-    missing = [c for c in labelled.column_names if c != label_column and c not in transfer.column_names]
-    if missing:
-        raise ValueError(
-            f"the transfer set lacks the labelled set's columns {missing}: tokenise it (and cache the "
-            "teacher's outputs on it) the same way as the labelled set."
-        )
+    _check_mix_inputs(labelled, transfer, ratio, label_column)
     # Per *labelled* row: rows of `labelled` without a label (e.g. augmented copies mixed in before) do not count.
     n_labelled = sum(_row_has_label(v) for v in labelled[label_column])
     n = len(transfer) if ratio is None else round(ratio * n_labelled)
@@ -65,7 +54,30 @@ def mix_transfer_set(labelled, transfer, ratio: float | None = None, seed: int =
         if n < len(transfer)
         else np.arange(len(transfer))
     )
-    picked = transfer.select(rows.tolist())
+    picked = _unlabelled_like(transfer.select(rows.tolist()), labelled, label_column)
+    logger.info("mixed %d labelled rows with %d transfer rows (ratio %s)", len(labelled), n, ratio)
+    return concatenate_datasets([labelled, picked])
+
+
+def _check_mix_inputs(labelled, transfer, ratio: float | None, label_column: str) -> None:
+    """Refuses a negative ratio, a labelled set without `label_column`, and a transfer set lacking its columns."""
+    if ratio is not None and not ratio >= 0:
+        raise ValueError(
+            f"ratio must be >= 0 (transfer rows per labelled row) or None for the whole transfer set, got {ratio}."
+        )
+    if label_column not in labelled.column_names:
+        raise ValueError(f"the labelled set has no {label_column!r} column (columns: {labelled.column_names}).")
+    missing = [c for c in labelled.column_names if c != label_column and c not in transfer.column_names]
+    if missing:
+        raise ValueError(
+            f"the transfer set lacks the labelled set's columns {missing}: tokenise it (and cache the "
+            "teacher's outputs on it) the same way as the labelled set."
+        )
+
+
+def _unlabelled_like(picked, labelled, label_column: str):
+    """`picked` with every label set to -100 (per token when `labelled`'s labels are token-level), reduced to
+    `labelled`'s columns and cast to its features."""
     token_level = bool(len(labelled)) and isinstance(labelled[0][label_column], list)
 
     def unlabel(example):
@@ -79,9 +91,7 @@ def mix_transfer_set(labelled, transfer, ratio: float | None = None, seed: int =
         if len(picked)
         else picked.add_column(label_column, [])
     )
-    picked = picked.select_columns(labelled.column_names).cast(labelled.features)
-    logger.info("mixed %d labelled rows with %d transfer rows (ratio %s)", len(labelled), n, ratio)
-    return concatenate_datasets([labelled, picked])
+    return picked.select_columns(labelled.column_names).cast(labelled.features)
 
 
 def labelled_only(dataset, label_column: str = "labels"):

@@ -153,28 +153,33 @@ def render_model_card(
     card_data = _card_data(r, model_id, metrics, dataset_label, license)
     with template_file(template_path, template_name(r["task"])) as path:
         card = ModelCard.from_template(
-            card_data,
-            template_path=str(path),
-            model_name=markdown_text(model_id.split("/")[-1]),
-            model_id=markdown_text(model_id),
-            model_id_literal=python_literal(model_id),
-            task=r["task"],
-            teacher_model=markdown_text(r["teacher_model"]),
-            teacher_code=code_span(r["teacher_model"], table=True),
-            teacher_ref=_teacher_ref(str(r["teacher_model"])),
-            dataset_label=markdown_text(dataset_label),
-            **_comparison_fields(r, metrics),
-            **_distillation_fields(r.get("distillation", {})),
-            baseline_note=_baseline_note(r),
-            **_baseline_fields(r),
-            command=r["command"],
-            command_fence=code_fence(r["command"]),
-            example_text=markdown_text(r.get("example_text", "I love this!")),
-            example_literal=python_literal(r.get("example_text", "I love this!")),
-            generation_samples=[{k: _cell(v) for k, v in s.items()} for s in r.get("generation_samples") or []],
-            license=license,
+            card_data, template_path=str(path), **_template_fields(r, model_id, metrics, dataset_label, license)
         )
     return str(card)
+
+
+def _template_fields(r: dict, model_id: str, metrics: list[str], dataset_label: str, license: str) -> dict:
+    """The values the card templates fill in, each escaped for where it lands (markdown, code, Python literal)."""
+    return dict(
+        model_name=markdown_text(model_id.split("/")[-1]),
+        model_id=markdown_text(model_id),
+        model_id_literal=python_literal(model_id),
+        task=r["task"],
+        teacher_model=markdown_text(r["teacher_model"]),
+        teacher_code=code_span(r["teacher_model"], table=True),
+        teacher_ref=_teacher_ref(str(r["teacher_model"])),
+        dataset_label=markdown_text(dataset_label),
+        **_comparison_fields(r, metrics),
+        **_distillation_fields(r.get("distillation", {})),
+        baseline_note=_baseline_note(r),
+        **_baseline_fields(r),
+        command=r["command"],
+        command_fence=code_fence(r["command"]),
+        example_text=markdown_text(r.get("example_text", "I love this!")),
+        example_literal=python_literal(r.get("example_text", "I love this!")),
+        generation_samples=[{k: _cell(v) for k, v in s.items()} for s in r.get("generation_samples") or []],
+        license=license,
+    )
 
 
 def _dataset_label(data: dict) -> str:

@@ -115,35 +115,48 @@ def place_teacher(teacher: nn.Module, accelerator, device: torch.device, dtype: 
         teacher.to(DTYPES[dtype])
     distributed = getattr(accelerator, "distributed_type", None)  # a str enum: "FSDP" == DistributedType.FSDP
     if distributed == DistributedType.DEEPSPEED:
-        import deepspeed  # optional dependency
-
-        ds_config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
-        zero = ds_config.setdefault("zero_optimization", {})
-        if zero.get("stage", 0) == 3:
-            d = getattr(getattr(teacher, "config", None), "hidden_size", None)
-            if d:
-                zero.update({
-                    "reduce_bucket_size": d * d,
-                    "stage3_param_persistence_threshold": 10 * d,
-                    "stage3_prefetch_bucket_size": int(0.9 * d * d),
-                })
-        else:
-            zero["stage"] = 0
-        for key in ("optimizer", "scheduler"):
-            ds_config.pop(key, None)
-        engine, *_ = deepspeed.initialize(model=teacher, config=ds_config)
-        return freeze(engine)
+        return freeze(_deepspeed_teacher(teacher, accelerator))
     if distributed == DistributedType.FSDP:
         plugin = accelerator.state.fsdp_plugin
         if getattr(plugin, "fsdp_version", 1) == 2:
-            # accelerator.prepare_model(teacher, evaluation_mode=True) neither wraps nor moves it (accelerate 1.15):
-            # shard it ourselves, block by block like the student, on the mesh the student will use (the default
-            # world mesh unless a parallelism config gives one). It all-gathers one block at a time in forward.
-            from .sharding import fully_shard_model
-
-            mesh = getattr(accelerator, "torch_device_mesh", None)
-            if mesh is not None:
-                mesh = mesh[tuple(accelerator.parallelism_config.fsdp_dim_names)]
-            return freeze(fully_shard_model(teacher, mesh=mesh))
+            return freeze(_fsdp2_teacher(teacher, accelerator))
         logger.info("FSDP1: the teacher is a full frozen replica on each device (it is not sharded).")
     return freeze(teacher.to(device))
+
+
+def _deepspeed_teacher(teacher: nn.Module, accelerator):
+    """The teacher as a DeepSpeed inference engine built from the training config without optimizer or scheduler:
+    ZeRO-3 shards it (buckets sized to its hidden size), any other stage becomes stage 0 (a full replica)."""
+    import deepspeed  # optional dependency
+
+    ds_config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
+    zero = ds_config.setdefault("zero_optimization", {})
+    if zero.get("stage", 0) == 3:
+        d = getattr(getattr(teacher, "config", None), "hidden_size", None)
+        if d:
+            zero.update({
+                "reduce_bucket_size": d * d,
+                "stage3_param_persistence_threshold": 10 * d,
+                "stage3_prefetch_bucket_size": int(0.9 * d * d),
+            })
+    else:
+        zero["stage"] = 0
+    for key in ("optimizer", "scheduler"):
+        ds_config.pop(key, None)
+    engine, *_ = deepspeed.initialize(model=teacher, config=ds_config)
+    return engine
+
+
+def _fsdp2_teacher(teacher: nn.Module, accelerator) -> nn.Module:
+    """The teacher sharded with FSDP2 block by block on the student's mesh.
+
+    accelerator.prepare_model(teacher, evaluation_mode=True) neither wraps nor moves it (accelerate 1.15): shard it
+    ourselves, block by block like the student, on the mesh the student will use (the default world mesh unless a
+    parallelism config gives one). It all-gathers one block at a time in forward.
+    """
+    from .sharding import fully_shard_model
+
+    mesh = getattr(accelerator, "torch_device_mesh", None)
+    if mesh is not None:
+        mesh = mesh[tuple(accelerator.parallelism_config.fsdp_dim_names)]
+    return fully_shard_model(teacher, mesh=mesh)

@@ -20,10 +20,10 @@ from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, os.path.dirname(__file__))
 from datasets import Dataset
-from testing_utils import make_tokenizer, tiny_gpt2
+from testing_utils import distillation_args, make_tokenizer, tiny_gpt2
 from transformers import GenerationConfig
 
-from hf_distill import DistillationArguments, DistillationTrainer
+from hf_distill import DistillationTrainer
 from hf_distill.evaluation import evaluate_generation
 from hf_distill.generation import synced_generation
 from hf_distill.lm_data import PromptCompletionCollator, completion_nll, tokenize_prompt_completion
@@ -47,16 +47,19 @@ def end_early(model, eos: int):
     return model.lm_head.register_forward_hook(hook), calls
 
 
-def main(out_dir: str) -> None:
+def prompt_data(out_dir: str):
+    """(tokenizer, 8 tokenized prompt/completion rows): the sampling scripts' shared data."""
     tokenizer = make_tokenizer(os.path.join(out_dir, "tokenizer"))
     words = [f"w{i}" for i in range(90)]
     rows = {"prompt": [" ".join(words[(7 * i + j) % 90] for j in range(1 + i % 4)) for i in range(8)],
             "completion": [words[i] for i in range(8)]}
-    data = tokenize_prompt_completion(Dataset.from_dict(rows), tokenizer, 24)
+    return tokenizer, tokenize_prompt_completion(Dataset.from_dict(rows), tokenizer, 24)
+
+
+def main(out_dir: str) -> None:
+    tokenizer, data = prompt_data(out_dir)
     student, teacher = tiny_gpt2(layers=2, seed=0), tiny_gpt2(layers=3, seed=1)
-    args = DistillationArguments(output_dir=out_dir, report_to=[], use_cpu=True, ddp_backend="gloo", seed=0,
-                                 lmbda=1.0, max_new_tokens=MAX_NEW, temperature=1.0, save_strategy="no",
-                                 disable_tqdm=True)
+    args = distillation_args(out_dir, ddp_backend="gloo", seed=0, lmbda=1.0, max_new_tokens=MAX_NEW, temperature=1.0)
     collator = PromptCompletionCollator.from_tokenizer(tokenizer)
     trainer = DistillationTrainer(student, teacher, args, train_dataset=data, processing_class=tokenizer,
                                   data_collator=collator)

@@ -40,3 +40,48 @@ def recipe_args(teacher, data, out, *extra):
     return ["--teacher_model_name_or_path", teacher, "--train_file", data[0], "--validation_file", data[1],
             "--output_dir", str(out), "--per_device_train_batch_size", "8", "--max_steps", "3",
             "--learning_rate", "1e-3", *COMMON, *extra]
+
+
+def recipe_assets(root) -> dict:
+    """What the bad-input tests share (read-only for them): the classifier teacher, train/dev CSVs and a masked-LM
+    teacher, under `root`."""
+    import transformers as tf
+
+    a = {"root": root, "teacher": save_classifier(root / "teacher")}
+    a["train"], a["dev"] = write_csv(root / "train.csv", 16, 0), write_csv(root / "dev.csv", 8, 1)
+    mlm = root / "mlm_teacher"
+    tiny_bert(layers=2, hidden=32, cls=tf.BertForMaskedLM).save_pretrained(mlm)
+    make_tokenizer(mlm).save_pretrained(mlm)
+    a["mlm"] = str(mlm)
+    return a
+
+
+def write_file(folder, name: str, content: bytes | str) -> str:
+    """`content` written to folder/name (text as UTF-8); the path."""
+    path = folder / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return str(path)
+
+
+def listing(folder) -> dict:
+    """{relative path: size} of everything under `folder` ({} when it is not a folder): to see that nothing changed."""
+    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*")} if folder.is_dir() else {}
+
+
+def forbid_training(monkeypatch, trainer_cls) -> None:
+    """Make `trainer_cls.train` fail the test: a bad-input case must stop before training."""
+    from unittest import mock
+
+    monkeypatch.setattr(trainer_cls, "train", mock.Mock(side_effect=AssertionError("trained")))
+
+
+def files_args(model, train, dev, out, *extra, model_flag="--teacher_model_name_or_path"):
+    """A recipe's arguments for local train/dev files with the test settings (`COMMON`), then `extra`."""
+    return [model_flag, model, "--train_file", train, "--validation_file", dev, "--output_dir", str(out), *COMMON,
+            *extra]
+
+
+def cache_args(teacher, data_file, out, *extra):
+    """`python -m hf_distill.cache`'s arguments for a raw-text file at --max_length 32, then `extra`."""
+    return ["--teacher_model_name_or_path", teacher, "--data_file", data_file, "--max_length", "32",
+            "--output_dir", str(out), *extra]

@@ -14,7 +14,18 @@ from unittest import mock
 
 import pytest
 import transformers as tf
-from recipe_helpers import COMMON, LABELS, recipe_args, save_classifier, write_csv
+from recipe_helpers import (
+    COMMON,
+    LABELS,
+    cache_args,
+    files_args,
+    forbid_training,
+    listing,
+    recipe_args,
+    recipe_assets,
+    save_classifier,
+    write_file,
+)
 from testing_utils import HANG_TIMEOUT_S, distillation_args, make_tokenizer, tiny_bert
 
 from hf_distill.recipes.arguments import redact_secrets
@@ -26,8 +37,7 @@ from recipes import distil_bert, distil_bert_mlm
 def assets(tmp_path_factory):
     """Models and files shared by the cases (read-only for them)."""
     root = tmp_path_factory.mktemp("assets")
-    a = {"root": root, "teacher": save_classifier(root / "teacher")}
-    a["train"], a["dev"] = write_csv(root / "train.csv", 16, 0), write_csv(root / "dev.csv", 8, 1)
+    a = recipe_assets(root)
     base = root / "base"
     tiny_bert(layers=2, hidden=32, cls=tf.BertModel).save_pretrained(base)
     make_tokenizer(base).save_pretrained(base)
@@ -39,17 +49,7 @@ def assets(tmp_path_factory):
     no_tok = root / "student_without_tokenizer"
     tiny_bert(layers=2, hidden=32, vocab=120).save_pretrained(no_tok)  # 120 tokens, the teacher has 101
     a["no_tokenizer"] = str(no_tok)
-    mlm = root / "mlm_teacher"
-    tiny_bert(layers=2, hidden=32, cls=tf.BertForMaskedLM).save_pretrained(mlm)
-    make_tokenizer(mlm).save_pretrained(mlm)
-    a["mlm"] = str(mlm)
     return a
-
-
-def _file(tmp_path, name, content: bytes | str) -> str:
-    path = tmp_path / name
-    path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    return str(path)
 
 
 def _previous_run(tmp_path) -> str:
@@ -79,7 +79,7 @@ def _cases(a, tmp_path):
         return recipe_args(teacher, data, output, *extra)
 
     def csv(name, text):
-        return _file(tmp_path, name, text)
+        return write_file(tmp_path, name, text)
 
     return {
         # --- data files
@@ -179,20 +179,16 @@ CASE_NAMES = list(_cases(dict.fromkeys(["teacher", "train", "dev", "root", "base
                          Path("/nonexistent")))
 
 
-def _listing(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*")} if folder.is_dir() else {}
-
-
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_bad_input_fails_before_training(name, assets, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(distil_bert.DistillationTrainer, "train", mock.Mock(side_effect=AssertionError("trained")))
+    forbid_training(monkeypatch, distil_bert.DistillationTrainer)
     case = _cases(assets, tmp_path)[name]()
-    before = _listing(tmp_path), _listing(assets["root"])
+    before = listing(tmp_path), listing(assets["root"])
     with mock.patch("huggingface_hub.get_token", return_value=None), case.patch or contextlib.nullcontext():
         with pytest.raises(ValueError, match=case.message):
             distil_bert.main(case.argv)
-    assert (_listing(tmp_path), _listing(assets["root"])) == before  # nothing written anywhere
+    assert (listing(tmp_path), listing(assets["root"])) == before  # nothing written anywhere
 
 
 @pytest.mark.parametrize("name, files, extra, message", [
@@ -204,13 +200,11 @@ def test_bad_input_fails_before_training(name, assets, tmp_path, monkeypatch):
      r"not a masked-language model"),
 ])
 def test_mlm_recipe_bad_input(name, files, extra, message, assets, tmp_path, monkeypatch):
-    monkeypatch.setattr(distil_bert_mlm.DistillationTrainer, "train", mock.Mock(side_effect=AssertionError("trained")))
-    train, dev = _file(tmp_path, "train.txt", files[0]), _file(tmp_path, "dev.txt", files[1])
+    forbid_training(monkeypatch, distil_bert_mlm.DistillationTrainer)
+    train, dev = write_file(tmp_path, "train.txt", files[0]), write_file(tmp_path, "dev.txt", files[1])
     extra = [assets["teacher"] if x == "CLASSIFIER" else x for x in extra]
-    argv = ["--teacher_model_name_or_path", assets["mlm"], "--train_file", train, "--validation_file", dev,
-            "--output_dir", str(tmp_path / "out"), *COMMON, *extra]
     with pytest.raises(ValueError, match=message):
-        distil_bert_mlm.main(argv)
+        distil_bert_mlm.main(files_args(assets["mlm"], train, dev, tmp_path / "out", *extra))
     assert not (tmp_path / "out").exists()
 
 
@@ -270,11 +264,9 @@ def test_student_folder_without_tokenizer_files_but_the_same_vocabulary_gets_a_w
 def test_cache_cli_bad_input(name, extra, data, message, assets, tmp_path):
     from hf_distill.recipes.cache_cli import main
 
-    data_file = _file(tmp_path, *data) if data else assets["train"]
-    argv = ["--teacher_model_name_or_path", assets["teacher"], "--data_file", data_file, "--max_length", "32",
-            "--output_dir", str(tmp_path / "cached"), *extra]
+    data_file = write_file(tmp_path, *data) if data else assets["train"]
     with pytest.raises(ValueError, match=message):
-        main(argv)
+        main(cache_args(assets["teacher"], data_file, tmp_path / "cached", *extra))
     assert not (tmp_path / "cached").exists()
 
 
@@ -285,8 +277,7 @@ def test_cache_cli_stores_label_names_as_the_teacher_ids_and_the_cache_trains(as
     from hf_distill.recipes.cache_cli import main
 
     out = tmp_path / "cached"
-    main(["--teacher_model_name_or_path", assets["teacher"], "--data_file", assets["dev"], "--max_length", "32",
-          "--output_dir", str(out)])
+    main(cache_args(assets["teacher"], assets["dev"], out))
     cached = load_from_disk(str(out))
     with open(assets["dev"]) as f:
         names = [row["label"] for row in csv.DictReader(f)]

@@ -15,8 +15,17 @@ import pytest
 import torch
 import transformers as tf
 from datasets import Dataset
-from recipe_helpers import COMMON, recipe_args, save_classifier, write_csv
-from testing_utils import make_tokenizer, tiny_bert, tiny_gpt2
+from recipe_helpers import (
+    cache_args,
+    files_args,
+    forbid_training,
+    listing,
+    recipe_args,
+    recipe_assets,
+    save_classifier,
+    write_file,
+)
+from testing_utils import make_tokenizer, tiny_gpt2
 
 from hf_distill.lm_data import tokenize_prompt_completion
 from recipes import distil_bert, distil_bert_mlm, distil_causal_lm, train_teacher
@@ -28,8 +37,7 @@ OFFPOLICY_CONFIG = str(ROOT / "recipes" / "configs" / "causal_lm_offpolicy.yaml"
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("data_assets")
-    a = {"root": root, "teacher": save_classifier(root / "teacher")}
-    a["train"], a["dev"] = write_csv(root / "train.csv", 16, 0), write_csv(root / "dev.csv", 8, 1)
+    a = recipe_assets(root)
     student = root / "student"
     save_classifier(student, layers=2, seed=1)
     a["student"] = str(student)
@@ -45,20 +53,11 @@ def assets(tmp_path_factory):
     assert len(shards) > 1
     shards[-1].unlink()  # one shard lost in a copy
     a["missing_shard"], a["lost_shard"] = str(sharded), shards[-1].name
-    mlm = root / "mlm_teacher"
-    tiny_bert(layers=2, hidden=32, cls=tf.BertForMaskedLM).save_pretrained(mlm)
-    make_tokenizer(mlm).save_pretrained(mlm)
-    a["mlm"] = str(mlm)
     return a
 
 
-def _file(folder: Path, name: str, text: str) -> str:
-    (folder / name).write_text(text)
-    return str(folder / name)
-
-
 def _jsonl(folder: Path, name: str, rows: list[dict]) -> str:
-    return _file(folder, name, "".join(json.dumps(r) + "\n" for r in rows))
+    return write_file(folder, name, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _parquet(folder: Path, name: str, columns: dict) -> str:
@@ -96,19 +95,19 @@ def _cases(a, tmp_path: Path):
                        _parquet(tmp_path, "dev.parquet", {"text": ["w1"], "label": ["neutral"]}))),
             r"struct.parquet, row 0 .*column 'text' .*holds a struct / mapping with keys \['a'\]"),
         "numbers in the text column": lambda: Case(
-            args(data=(_file(tmp_path, "numbers.csv", "text,label\n12,neutral\n7,positive\n"), dev)),
+            args(data=(write_file(tmp_path, "numbers.csv", "text,label\n12,neutral\n7,positive\n"), dev)),
             r"numbers.csv, row 0 .*column 'text' \(--text_column\) holds a number \(12\), not text"),
         "numbers in the second text column": lambda: Case(
             args("--text_column_2", "extra",
-                 data=(_file(tmp_path, "pairs.csv", "text,extra,label\nw1,3,neutral\n"),
-                       _file(tmp_path, "dev_pairs.csv", "text,extra,label\nw1,w2,neutral\n"))),
+                 data=(write_file(tmp_path, "pairs.csv", "text,extra,label\nw1,3,neutral\n"),
+                       write_file(tmp_path, "dev_pairs.csv", "text,extra,label\nw1,w2,neutral\n"))),
             r"pairs.csv, row 0 .*column 'extra' \(--text_column_2\) holds a number"),
         "numbers in the transfer file": lambda: Case(
-            args("--transfer_file", _file(tmp_path, "transfer.csv", "text\n4\n5\n")),
+            args("--transfer_file", write_file(tmp_path, "transfer.csv", "text\n4\n5\n")),
             r"--transfer_file .*transfer.csv, row 0 .*column 'text' .*holds a number \(4\)"),
         # --- labels are classes
         "continuous labels": lambda: Case(
-            args(data=(_file(tmp_path, "scores.csv", "text,label\nw1 w2,0.37\nw3,0.81\n"), dev)),
+            args(data=(write_file(tmp_path, "scores.csv", "text,label\nw1 w2,0.37\nw3,0.81\n"), dev)),
             r"scores.csv, row 0 .*column 'label' \(--label_column\) holds 0.37, a continuous value.*class ids"),
         # --- max_length leaves room for text
         "--max_length 1": lambda: Case(args("--max_length", "1"),
@@ -142,19 +141,15 @@ CASE_NAMES = list(_cases({k: "" for k in ("teacher", "train", "dev", "student", 
                                            "lost_shard")}, Path("/nonexistent")))
 
 
-def _listing(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*")} if folder.is_dir() else {}
-
-
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_bad_data_fails_before_training(name, assets, tmp_path, monkeypatch):
-    monkeypatch.setattr(distil_bert.DistillationTrainer, "train", mock.Mock(side_effect=AssertionError("trained")))
+    forbid_training(monkeypatch, distil_bert.DistillationTrainer)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # as in CI, whatever the environment
     case = _cases(assets, tmp_path)[name]()
-    before = _listing(tmp_path), _listing(assets["root"])
+    before = listing(tmp_path), listing(assets["root"])
     with pytest.raises(ValueError, match=case.message):
         distil_bert.main(case.argv)
-    assert (_listing(tmp_path), _listing(assets["root"])) == before  # nothing written anywhere
+    assert (listing(tmp_path), listing(assets["root"])) == before  # nothing written anywhere
 
 
 @pytest.mark.parametrize("name, text, extra, message", [
@@ -162,10 +157,9 @@ def test_bad_data_fails_before_training(name, assets, tmp_path, monkeypatch):
     ("--max_length 1", "text\nw1 w2\n", ("--max_length", "1"), r"--max_length 1 leaves no room for text"),
 ])
 def test_mlm_recipe_refuses_non_text(name, text, extra, message, assets, tmp_path, monkeypatch):
-    monkeypatch.setattr(distil_bert_mlm.DistillationTrainer, "train", mock.Mock(side_effect=AssertionError("trained")))
-    argv = ["--teacher_model_name_or_path", assets["mlm"], "--train_file", _file(tmp_path, "train.csv", text),
-            "--validation_file", _file(tmp_path, "dev.csv", "text\nw1 w2\n"), "--output_dir", str(tmp_path / "out"),
-            *COMMON, *extra]
+    forbid_training(monkeypatch, distil_bert_mlm.DistillationTrainer)
+    train, dev = write_file(tmp_path, "train.csv", text), write_file(tmp_path, "dev.csv", "text\nw1 w2\n")
+    argv = files_args(assets["mlm"], train, dev, tmp_path / "out", *extra)
     with pytest.raises(ValueError, match=message):
         distil_bert_mlm.main(argv)
     assert not (tmp_path / "out").exists()
@@ -178,19 +172,18 @@ def test_mlm_recipe_refuses_non_text(name, text, extra, message, assets, tmp_pat
      r"holds 0.37, a continuous value"),
 ])
 def test_train_teacher_bad_input(name, model, data, extra, message, assets, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_teacher.Trainer, "train", mock.Mock(side_effect=AssertionError("trained")))
-    files = _file(tmp_path, "train.csv", data), _file(tmp_path, "dev.csv", data)
-    argv = ["--model_name_or_path", assets[model], "--train_file", files[0], "--validation_file", files[1],
-            "--output_dir", str(tmp_path / "out"), *COMMON, *extra]
+    forbid_training(monkeypatch, train_teacher.Trainer)
+    files = write_file(tmp_path, "train.csv", data), write_file(tmp_path, "dev.csv", data)
+    argv = files_args(assets[model], *files, tmp_path / "out", *extra, model_flag="--model_name_or_path")
     with pytest.raises(ValueError, match=message):
         train_teacher.main(argv)
     assert not (tmp_path / "out").exists()
 
 
 def test_train_teacher_reinitialises_a_head_of_another_size_when_asked(assets, tmp_path):
-    data = _file(tmp_path, "d.csv", "text,label\nw1 w2,yes\nw3,no\nw4 w5,yes\nw6,no\n")
-    argv = ["--model_name_or_path", assets["teacher"], "--train_file", data, "--validation_file", data,
-            "--output_dir", str(tmp_path / "out"), "--ignore_mismatched_sizes", "true", "--max_steps", "1", *COMMON]
+    data = write_file(tmp_path, "d.csv", "text,label\nw1 w2,yes\nw3,no\nw4 w5,yes\nw6,no\n")
+    argv = files_args(assets["teacher"], data, data, tmp_path / "out", "--ignore_mismatched_sizes", "true",
+                      "--max_steps", "1", model_flag="--model_name_or_path")
     train_teacher.main(argv)
     config = tf.AutoConfig.from_pretrained(tmp_path / "out")
     assert config.num_labels == 2 and config.id2label == {0: "no", 1: "yes"}
@@ -207,11 +200,10 @@ def test_cache_cli_refuses_non_text_and_missing_devices(name, data, extra, messa
 
     if "cuda" in name and torch.cuda.is_available():
         pytest.skip("a GPU is visible")
-    data_file = _file(tmp_path, "d.csv", data) if data else assets["train"]
+    data_file = write_file(tmp_path, "d.csv", data) if data else assets["train"]
     with mock.patch("hf_distill.recipes.cache_cli.load_pretrained_teacher", side_effect=AssertionError("loaded")):
         with pytest.raises(ValueError, match=message):
-            main(["--teacher_model_name_or_path", assets["teacher"], "--data_file", data_file, "--max_length", "32",
-                  "--output_dir", str(tmp_path / "cached"), *extra])
+            main(cache_args(assets["teacher"], data_file, tmp_path / "cached", *extra))
     assert not (tmp_path / "cached").exists()
 
 

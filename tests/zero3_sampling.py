@@ -16,32 +16,17 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from datasets import Dataset
-from fsdp_sampling import MAX_NEW, end_early
-from testing_utils import make_tokenizer, tiny_gpt2
+from fsdp_sampling import MAX_NEW, end_early, prompt_data
+from testing_utils import distillation_args, tiny_gpt2
 
-from hf_distill import DistillationArguments, DistillationTrainer
+from hf_distill import DistillationTrainer
 from hf_distill.generation import synced_generation
-from hf_distill.lm_data import PromptCompletionCollator, tokenize_prompt_completion
+from hf_distill.lm_data import PromptCompletionCollator
 
 
-def main(out_dir: str) -> None:
-    tokenizer = make_tokenizer(os.path.join(out_dir, "tokenizer"))
-    words = [f"w{i}" for i in range(90)]
-    rows = {"prompt": [" ".join(words[(7 * i + j) % 90] for j in range(1 + i % 4)) for i in range(8)],
-            "completion": [words[i] for i in range(8)]}
-    data = tokenize_prompt_completion(Dataset.from_dict(rows), tokenizer, 24)
-    args = DistillationArguments(output_dir=out_dir, report_to=[], use_cpu=True, seed=0, lmbda=1.0,
-                                 max_new_tokens=MAX_NEW, temperature=1.0, save_strategy="no", disable_tqdm=True,
-                                 max_steps=2, per_device_train_batch_size=2, logging_steps=1, learning_rate=1e-2)
-    # 3200 x 32 embeddings: above ZeRO-3's persistence threshold (1e5 elements), so really partitioned
-    student, teacher = tiny_gpt2(layers=2, seed=0, vocab=3200), tiny_gpt2(layers=3, seed=1, vocab=3200)
-    trainer = DistillationTrainer(student, teacher, args, train_dataset=data,
-                                  processing_class=tokenizer,
-                                  data_collator=PromptCompletionCollator.from_tokenizer(tokenizer))
-    rank = trainer.args.process_index
-    student = trainer.student
-    _, calls = end_early(student, tokenizer.sep_token_id) if rank == 0 else end_early(student, -1)
+def record_generations(trainer, calls: list) -> list[dict]:
+    """The list that each of the trainer's sampling calls appends to: whether it decoded in lockstep, its lm_head
+    calls (counted in `calls`), whether the student was partitioned, and the completion lengths."""
     record, generate = [], trainer.sampler._generate
 
     def recording(model, *a, **kw):
@@ -53,6 +38,22 @@ def main(out_dir: str) -> None:
         return out
 
     trainer.sampler._generate = recording
+    return record
+
+
+def main(out_dir: str) -> None:
+    tokenizer, data = prompt_data(out_dir)
+    args = distillation_args(out_dir, seed=0, lmbda=1.0, max_new_tokens=MAX_NEW, temperature=1.0, max_steps=2,
+                             per_device_train_batch_size=2, learning_rate=1e-2)
+    # 3200 x 32 embeddings: above ZeRO-3's persistence threshold (1e5 elements), so really partitioned
+    student, teacher = tiny_gpt2(layers=2, seed=0, vocab=3200), tiny_gpt2(layers=3, seed=1, vocab=3200)
+    trainer = DistillationTrainer(student, teacher, args, train_dataset=data,
+                                  processing_class=tokenizer,
+                                  data_collator=PromptCompletionCollator.from_tokenizer(tokenizer))
+    rank = trainer.args.process_index
+    student = trainer.student
+    _, calls = end_early(student, tokenizer.sep_token_id) if rank == 0 else end_early(student, -1)
+    record = record_generations(trainer, calls)
     before = {k: v.detach().clone() for k, v in tiny_gpt2(layers=2, seed=0, vocab=3200).state_dict().items()}
     trainer.train()
     engine = trainer.model_wrapped
