@@ -48,6 +48,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Genera
 from transformers.trainer_pt_utils import get_model_param_count
 
 from hf_distill import DistillationArguments, DistillationTrainer, PromptCompletionCollator, tokenize_prompt_completion
+from hf_distill.checks import requested_sharding
 from hf_distill.evaluation import ANSWER_COLUMN, GenerationEvalCallback, evaluate_generation
 from hf_distill.generation import synced_generation
 from hf_distill.lm_data import PROMPT_ATTENTION_MASK, PROMPT_INPUT_IDS, completion_nll, end_token_id, prompt_length
@@ -118,6 +119,13 @@ class LMTrainingArguments(DistillationArguments):
                                "baseline) give the final generation metrics; -1 = all, 0 = none."})
 
     def __post_init__(self):
+        # accelerate refuses a second Accelerator with a DeepSpeed plugin in one process: the baseline (a second
+        # trainer, after the distilled one) would crash after training. Refused before anything runs.
+        if self.compare_with_hard_baseline and requested_sharding(self) == "deepspeed":
+            raise ValueError("--compare_with_hard_baseline cannot run under DeepSpeed: the baseline is a second "
+                             "trainer in the same processes, and DeepSpeed allows one per process. Drop it, and train "
+                             "the baseline as its own launch (--soft_weight 0 --hard_weight 1 --lmbda 0 --seq_kd "
+                             "false, the same seed and --max_steps).")
         super().__post_init__()
         if self.generation_eval_steps < 0:
             raise ValueError(f"--generation_eval_steps must be >= 0 (0 = off), got {self.generation_eval_steps}.")

@@ -149,6 +149,18 @@ def test_recipe_rejects_sequences_longer_than_the_model(setup, tmp_path):
         distil_causal_lm.main(recipe_args(teacher, data, tmp_path / "out", "--max_new_tokens", "60"))
 
 
+def test_recipe_refuses_hard_baseline_under_deepspeed_at_start(setup, tmp_path, monkeypatch):
+    """The baseline is a second trainer, which DeepSpeed refuses in the same process: refused before any work."""
+    teacher, data = setup
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what accelerate launch with a DeepSpeed config sets
+    with pytest.raises(ValueError, match="--compare_with_hard_baseline cannot run under DeepSpeed.*own launch"):
+        distil_causal_lm.main(recipe_args(teacher, data, tmp_path / "out", "--compare_with_hard_baseline", "true"))
+    assert not (tmp_path / "out").exists()
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    distil_causal_lm.LMTrainingArguments(output_dir=str(tmp_path / "x"), compare_with_hard_baseline=True,
+                                         use_cpu=True, report_to="none")  # the same arguments without DeepSpeed
+
+
 def test_recipe_hard_baseline_and_generation_metrics(setup, tmp_path):
     from rouge_score import rouge_scorer
 
