@@ -32,8 +32,10 @@ def check_args(args) -> DistillationArguments:
     return args
 
 
-def check_cache_only(student: nn.Module, args, train_dataset, eval_dataset) -> None:
-    """Training on cached teacher outputs: check what the cache can and cannot provide."""
+def check_cache_only(student: nn.Module, args, train_dataset, eval_dataset) -> bool:
+    """Whether `train_dataset` carries cached teacher outputs; if so, check what the cache can and cannot provide."""
+    if not has_cached_outputs(train_dataset):
+        return False
     check_not_encoder_decoder(student, "the student")
     if args.hidden_weight > 0 or args.attention_weight > 0:
         raise ValueError(
@@ -63,6 +65,7 @@ def check_cache_only(student: nn.Module, args, train_dataset, eval_dataset) -> N
                 f"the cached teacher logits have {width} classes but the student predicts {config.num_labels}: "
                 "give the student the teacher's num_labels and id2label."
             )
+    return True
 
 
 def check_pair(student: nn.Module, teacher: nn.Module, args, processing_class=None, who: str = "the teacher"):

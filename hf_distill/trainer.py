@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, Trainer
 from transformers.trainer_pt_utils import find_batch_size
 from transformers.utils import can_return_loss, find_labels
 
-from .cache import CACHE_COLUMNS, CachedOutputsCollator, cached_teacher_outputs, has_cached_outputs
+from .cache import CACHE_COLUMNS, CachedOutputsCollator, cached_teacher_outputs
 from .checks import (
     NonFiniteLossError,
     PackingCheck,
@@ -48,7 +48,7 @@ from .positions import StepTokens
 from .routing import PairedDistillation
 from .saving import save_final_student, save_training_args
 from .sharding import adapt_to_sharding
-from .teacher import load_teachers, place_teacher
+from .teacher import load_teachers, place_teacher, run_teachers
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +94,7 @@ class DistillationTrainer(Trainer):
         args = check_args(args if args is not None else DistillationArguments(output_dir="distilled_model"))
         # A train set that carries cached teacher outputs (hf_distill.cache) needs no teacher at all.
         train = trainer_kwargs.get("train_dataset")
-        self.cached = has_cached_outputs(train)
-        if self.cached:
-            check_cache_only(model, args, train, trainer_kwargs.get("eval_dataset"))
+        self.cached = check_cache_only(model, args, train, trainer_kwargs.get("eval_dataset"))
         sources, self.teachers = load_teachers(teacher_model, model, args, self.cached)
         student = wrap_peft(model, peft_config)
         self.merge_adapter_on_save, self._pushing = merge_adapter_on_save, False
@@ -206,11 +204,8 @@ class DistillationTrainer(Trainer):
         flags = self.objective.output_flags() if flags is None else flags
         # The student's forward gets autocast from Accelerate's wrapper; the teacher is not wrapped, so ask for it.
         with torch.no_grad(), self.accelerator.autocast():
-            if self.paired:  # each teacher on its own rows, in its own tokens; None for a teacher without rows
-                return [None if (x := self.paired.loss.teacher_inputs(inputs, k)) is None else teacher(**x, **flags)
-                        for k, teacher in enumerate(self.teachers)]
-            return [teacher(**self._inputs_for(accepted, inputs, drop_labels=True), **flags)
-                    for teacher, accepted in zip(self.teachers, self._teacher_params)]
+            return run_teachers(self.teachers, inputs, flags, self._teacher_params, ("labels", *self.label_names),
+                                self.paired.loss if self.paired else None)
 
     def compute_distillation_loss(self, model, inputs: dict, scales: dict[str, float] | None = None):
         """Return (total loss, {term: value}, student outputs) for one batch; `scales` see objective.combine."""
