@@ -7,7 +7,6 @@ weights) from `hf_distill.objective`, whose numbers come from `hf_distill.losses
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import ClassVar
 
@@ -247,8 +246,7 @@ class DistillationTrainer(Trainer):
         name = self.args.on_policy_divergence
         if name is None or completions_from(inputs) != STUDENT:
             return self.objective
-        params = self.args.divergence_kwargs(name)
-        return dataclasses.replace(self.objective, divergence=name, divergence_kwargs=params)
+        return self.objective.with_divergence(name, self.args.divergence_kwargs(name))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if completions_from(inputs) == STUDENT:  # the student's own samples are no labels: soft loss only
