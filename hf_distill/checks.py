@@ -32,8 +32,10 @@ def check_args(args) -> DistillationArguments:
     return args
 
 
-def check_cache_only(student: nn.Module, args, train_dataset, eval_dataset) -> None:
-    """Training on cached teacher outputs: check what the cache can and cannot provide."""
+def check_cache_only(student: nn.Module, args, train_dataset, eval_dataset) -> bool:
+    """Whether `train_dataset` carries cached teacher outputs; if so, check what the cache can and cannot provide."""
+    if not has_cached_outputs(train_dataset):
+        return False
     check_not_encoder_decoder(student, "the student")
     if args.hidden_weight > 0 or args.attention_weight > 0:
         raise ValueError(
@@ -63,6 +65,7 @@ def check_cache_only(student: nn.Module, args, train_dataset, eval_dataset) -> N
                 f"the cached teacher logits have {width} classes but the student predicts {config.num_labels}: "
                 "give the student the teacher's num_labels and id2label."
             )
+    return True
 
 
 def check_pair(student: nn.Module, teacher: nn.Module, args, processing_class=None, who: str = "the teacher"):
@@ -360,3 +363,35 @@ def check_finite(loss: torch.Tensor, terms: dict[str, torch.Tensor], step: int, 
             f"non-finite {', '.join(bad)} at step {step} (epoch {epoch}); training stopped before the weights were "
             "updated. Lower the learning rate, check the inputs, or use bf16 instead of fp16."
         )
+
+
+class PackingCheck:
+    """`check_packing` of a trainer's models, run once: when a packing collator is set, or at the first packed batch.
+
+    Args:
+        student: the student.
+        teachers: the teachers (named "the teacher", or "teacher k" in an ensemble, in the messages).
+        args: the DistillationArguments.
+        cached: whether the teacher outputs are cached.
+    """
+
+    def __init__(self, student: nn.Module, teachers: list, args, cached: bool):
+        names = ["the teacher"] if len(teachers) == 1 else [f"teacher {k}" for k in range(len(teachers))]
+        self.models = {"the student": student, **dict(zip(names, teachers))}
+        self.args, self.cached, self.done = args, cached, False
+
+    def run(self) -> None:
+        """Raise check_packing's ValueError now if packed batches would be wrong."""
+        check_packing(self.models, self.args, self.cached)
+        self.done = True
+
+    def flags(self, inputs: dict) -> dict:
+        """Forward flags for a packed batch (lm_data.pack_padded): use_cache=False, as a cache turns transformers'
+        packed-row masks off; {} for a padded batch. The first packed batch runs the check."""
+        from .lm_data import is_packed
+
+        if not is_packed(inputs):
+            return {}
+        if not self.done:
+            self.run()
+        return {"use_cache": False}

@@ -332,7 +332,23 @@ class TokenAligner:
         teacher = batch.get(TEACHER_INDEX)
         teacher = [0] * ids.shape[0] if teacher is None else teacher.tolist()
         rows = [r[m.bool()].tolist() for r, m in zip(ids.cpu(), mask.cpu())]  # real tokens (right padding)
+        t_rows, pairs = self._teacher_rows(rows, teacher)
+        width = max(len(r) for r in t_rows)
+        t_ids = torch.zeros(len(rows), width, dtype=torch.long)  # (B, Lt)
+        t_mask = torch.zeros_like(t_ids)
+        position = torch.full(ids.shape, -1, dtype=torch.long)  # (B, Ls)
         soft_rows = soft.cpu().tolist()
+        for b, (row, paired) in enumerate(zip(t_rows, pairs)):
+            t_ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+            t_mask[b, : len(row)] = 1
+            for i, j in paired.items():
+                if soft_rows[b][i]:
+                    position[b, i] = j
+        return {**batch, TEACHER_INPUT_IDS: t_ids.to(device), TEACHER_ATTENTION_MASK: t_mask.to(device),
+                TEACHER_POSITION: position.to(device), ALIGNED_INPUT_IDS: ids}
+
+    def _teacher_rows(self, rows: list[list[int]], teacher: list[int]) -> tuple[list, list[dict[int, int]]]:
+        """Per row, its teacher's tokens (cut to that teacher's max length) and {student pos: teacher pos}."""
         t_rows, pairs = [None] * len(rows), [{} for _ in rows]
         for k, tok in enumerate(self.teachers):
             members = [b for b, t in enumerate(teacher) if t == k]
@@ -349,18 +365,7 @@ class TokenAligner:
                 if limit is not None and len(t_rows[b]) > limit:
                     t_rows[b] = t_rows[b][:limit]
                     pairs[b] = {i: j for i, j in pairs[b].items() if j < limit}
-        width = max(len(r) for r in t_rows)
-        t_ids = torch.zeros(len(rows), width, dtype=torch.long)  # (B, Lt)
-        t_mask = torch.zeros_like(t_ids)
-        position = torch.full(ids.shape, -1, dtype=torch.long)  # (B, Ls)
-        for b, (row, paired) in enumerate(zip(t_rows, pairs)):
-            t_ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
-            t_mask[b, : len(row)] = 1
-            for i, j in paired.items():
-                if soft_rows[b][i]:
-                    position[b, i] = j
-        return {**batch, TEACHER_INPUT_IDS: t_ids.to(device), TEACHER_ATTENTION_MASK: t_mask.to(device),
-                TEACHER_POSITION: position.to(device), ALIGNED_INPUT_IDS: ids}
+        return t_rows, pairs
 
     def _cross_rows(self, rows: list[list[int]], teacher_tokenizer) -> list[tuple[list[int], dict[int, int]]]:
         """For student rows (real tokens): the teacher's tokens of the same text and the aligned positions."""
@@ -532,6 +537,45 @@ class _Plan:
     chunk_size: int
 
 
+def _needed_rows(n: int, plan, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R,) the student positions (of n) paired with a teacher position or carrying a counted next-token label,
+    and (n,) each position's index among them (-1: not needed)."""
+    wanted = torch.zeros(n, dtype=torch.bool, device=device)
+    for _, flat, _ in plan.groups:
+        wanted[flat] = True
+    if plan.next_labels is not None and plan.hard_scale:
+        wanted |= plan.next_labels.to(device) != IGNORE_INDEX
+    rows = wanted.nonzero().squeeze(-1)  # (R,)
+    slot = torch.full((n,), -1, dtype=torch.long, device=device)
+    slot[rows] = torch.arange(rows.numel(), device=device)
+    return rows, slot
+
+
+def _chunk_loss(z: torch.Tensor, start: int, stop: int, rows: torch.Tensor, groups: list, plan,
+                soft_sums: torch.Tensor, hard_sum: torch.Tensor) -> torch.Tensor:
+    """The scaled loss of the student logits `z` (n, V) of rows[start:stop]; adds the detached pair losses to
+    `soft_sums` (per teacher) and the cross-entropy sum to `hard_sum` in place."""
+    total = z.new_zeros((), dtype=torch.float32)
+    for k, where, h_t in groups:
+        inside = (where >= start) & (where < stop)
+        if not bool(inside.any()):
+            continue
+        t_head = plan.teacher_heads[k]
+        with torch.no_grad():
+            tw = t_head.weight.to(h_t.dtype)
+            tb = None if t_head.bias is None else t_head.bias.to(h_t.dtype)
+            t_logits = t_head.finish(F.linear(h_t[inside], tw, tb))  # (n_k, V_t)
+        value = plan.loss.pair_loss(z[where[inside] - start], t_logits, k)
+        soft_sums[k] += value.detach()
+        total = total + plan.soft_scale * value
+    if plan.next_labels is not None and plan.hard_scale:
+        y = plan.next_labels.to(z.device)[rows[start:stop]]
+        hard = F.cross_entropy(z.float(), y, ignore_index=IGNORE_INDEX, reduction="sum")
+        hard_sum += hard.detach()
+        total = total + plan.hard_scale * hard
+    return total
+
+
 class _AlignedHeadLoss(torch.autograd.Function):
     """loss = soft_scale * sum of pair losses + hard_scale * next-token cross-entropy, from student hidden rows.
 
@@ -543,14 +587,7 @@ class _AlignedHeadLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, head, plan):
         device = hidden.device
-        wanted = torch.zeros(hidden.shape[0], dtype=torch.bool, device=device)
-        for _, flat, _ in plan.groups:
-            wanted[flat] = True
-        if plan.next_labels is not None and plan.hard_scale:
-            wanted |= plan.next_labels.to(device) != IGNORE_INDEX
-        rows = wanted.nonzero().squeeze(-1)  # (R,) student positions whose logits are needed
-        slot = torch.full((hidden.shape[0],), -1, dtype=torch.long, device=device)
-        slot[rows] = torch.arange(rows.numel(), device=device)
+        rows, slot = _needed_rows(hidden.shape[0], plan, device)  # (R,) positions whose logits are needed, (N,)
         dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else weight.dtype
         w = weight.detach().to(dtype)
         b = None if bias is None else bias.detach().to(dtype)
@@ -569,24 +606,7 @@ class _AlignedHeadLoss(torch.autograd.Function):
                 with torch.enable_grad():
                     raw = F.linear(h, w, b).requires_grad_(True)  # (n, V): the only student logits alive
                     z = head.finish(raw)
-                    total = raw.new_zeros((), dtype=torch.float32)
-                    for k, where, h_t in groups:
-                        inside = (where >= start) & (where < stop)
-                        if not bool(inside.any()):
-                            continue
-                        t_head = plan.teacher_heads[k]
-                        with torch.no_grad():
-                            tw = t_head.weight.to(h_t.dtype)
-                            tb = None if t_head.bias is None else t_head.bias.to(h_t.dtype)
-                            t_logits = t_head.finish(F.linear(h_t[inside], tw, tb))  # (n_k, V_t)
-                        value = plan.loss.pair_loss(z[where[inside] - start], t_logits, k)
-                        soft_sums[k] += value.detach()
-                        total = total + plan.soft_scale * value
-                    if plan.next_labels is not None and plan.hard_scale:
-                        y = plan.next_labels.to(device)[rows[start:stop]]
-                        hard = F.cross_entropy(z.float(), y, ignore_index=IGNORE_INDEX, reduction="sum")
-                        hard_sum += hard.detach()
-                        total = total + plan.hard_scale * hard
+                    total = _chunk_loss(z, start, stop, rows, groups, plan, soft_sums, hard_sum)
                     g_raw = torch.autograd.grad(total, raw)[0] if total.requires_grad else None
                 if g_raw is None:
                     continue

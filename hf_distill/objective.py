@@ -15,7 +15,7 @@ shards, clips or checkpoints the student does the same for the projections.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -312,6 +312,10 @@ class DistillationObjective:
     def _pop_paired_logs(self) -> dict:
         logs, self._paired_logs = self._paired_logs, {}
         return logs
+
+    def with_divergence(self, name: str, params: dict) -> DistillationObjective:
+        """A copy whose soft term uses divergence `name` with `params` (e.g. on_policy_divergence)."""
+        return replace(self, divergence=name, divergence_kwargs=params)
 
     def output_flags(self) -> dict:
         """The forward flags the weighted terms need: hidden states for hidden_loss, attentions for attention_loss."""
