@@ -106,6 +106,7 @@ def main(out_dir: str) -> None:
                   back_in_training_mode_after_eval=student.training)
     with open(os.path.join(out_dir, f"report_{rank}.json"), "w") as f:
         json.dump(report, f)
+    torch.distributed.barrier()  # both ranks done before gloo is torn down
     trainer.accelerator.end_training()
 
 

@@ -96,6 +96,7 @@ def main(out_dir: str) -> None:
         }
         with open(os.path.join(out_dir, "report.json"), "w") as f:
             json.dump(report, f)
+    torch.distributed.barrier()  # rank 1 must not tear gloo down while rank 0 still trains its reference
     trainer.accelerator.end_training()  # destroys the process group
 
 
