@@ -304,9 +304,11 @@ class DistillationArguments(TrainingArguments):
         if self.cross_tokenizer not in (None, "uld", "hybrid"):
             raise ValueError(f"cross_tokenizer must be 'uld', 'hybrid' or unset, got {self.cross_tokenizer!r}.")
         if self.cross_tokenizer == "hybrid" and self.divergence == "mse":
-            raise ValueError("cross_tokenizer='hybrid' compares distributions on the shared tokens; divergence='mse' "
-                             "compares raw logits, which differ across vocabularies. Choose a distribution "
-                             "divergence.")
+            raise ValueError(
+                "cross_tokenizer='hybrid' compares distributions on the shared tokens; divergence='mse' "
+                "compares raw logits, which differ across vocabularies. Choose a distribution "
+                "divergence."
+            )
         parse_layer_map(self.layer_map)  # syntax check only; ranges are checked against the models
         parse_layer_map(self.attention_layer_map)
         self._check_generation()
@@ -410,8 +412,9 @@ def _args_section(cls) -> str:
     lines = ["", "    Args:"]
     for f in dataclasses.fields(cls):
         if f.name not in inherited and f.metadata.get("help"):
-            lines += textwrap.wrap(f"{f.name}: {f.metadata['help']}", 112, initial_indent=" " * 8,
-                                   subsequent_indent=" " * 12)
+            lines += textwrap.wrap(
+                f"{f.name}: {f.metadata['help']}", 112, initial_indent=" " * 8, subsequent_indent=" " * 12
+            )
     lines.append("        (and every `transformers.TrainingArguments` field)")
     return "\n".join(lines) + "\n"
 

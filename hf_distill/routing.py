@@ -110,8 +110,18 @@ class PairedDistillation:
     loss: AlignedSoftLoss
 
     @classmethod
-    def build(cls, args, student, teachers: list, sources: list, processing_class, teacher_tokenizers: list,
-              vocab_limit: int | None, datasets: dict, cached: bool) -> PairedDistillation | None:
+    def build(
+        cls,
+        args,
+        student,
+        teachers: list,
+        sources: list,
+        processing_class,
+        teacher_tokenizers: list,
+        vocab_limit: int | None,
+        datasets: dict,
+        cached: bool,
+    ) -> PairedDistillation | None:
         """None unless args.cross_tokenizer or args.teacher_id_column; a ValueError for what cannot be combined.
 
         Args:
@@ -129,18 +139,24 @@ class PairedDistillation:
         check_paired(args, student, len(teachers), cached)
         routes = None if column is None else routes_for(column, sources, teachers, datasets)
         maps = None if mode is None else vocabulary_maps(mode, processing_class, teacher_tokenizers)
-        lengths = [getattr(getattr(t, "config", None), "n_positions", None)
-                   or getattr(getattr(t, "config", None), "max_position_embeddings", None) for t in teachers]
+        lengths = [
+            getattr(getattr(t, "config", None), "n_positions", None)
+            or getattr(getattr(t, "config", None), "max_position_embeddings", None)
+            for t in teachers
+        ]
         aligner = TokenAligner(processing_class, teacher_tokenizers, lengths)
-        loss = AlignedSoftLoss(len(teachers), mode, args.temperature, args.divergence, args.divergence_kwargs(),
-                               maps, vocab_limit)
+        loss = AlignedSoftLoss(
+            len(teachers), mode, args.temperature, args.divergence, args.divergence_kwargs(), maps, vocab_limit
+        )
         return cls(routes, aligner, loss)
 
     def collator(self, collator) -> PairedCollator:
         if getattr(collator, "pack", False):
-            raise ValueError("cross_tokenizer / teacher_id_column pair the positions of each row with its teacher's, "
-                             "which packed batches do not keep apart; use padded batches (PromptCompletionCollator("
-                             "pack=False), no --packing).")
+            raise ValueError(
+                "cross_tokenizer / teacher_id_column pair the positions of each row with its teacher's, "
+                "which packed batches do not keep apart; use padded batches (PromptCompletionCollator("
+                "pack=False), no --packing)."
+            )
         return PairedCollator(collator, self.routes, self.aligner)
 
     def batches(self, iterator):
@@ -164,15 +180,21 @@ def check_paired(args, student, n_teachers: int, cached: bool) -> None:
     from .modeling import is_causal_lm
 
     mode, column = args.cross_tokenizer, args.teacher_id_column
-    what = " and ".join(x for x in (f"cross_tokenizer={mode!r}" if mode else "",
-                                     f"teacher_id_column={column!r}" if column else "") if x)
+    what = " and ".join(
+        x
+        for x in (f"cross_tokenizer={mode!r}" if mode else "", f"teacher_id_column={column!r}" if column else "")
+        if x
+    )
     unsupported = (
-        "cached teacher outputs (they hold the teacher's logits at the student's positions only; run the "
-        "teacher live)" if cached
-        else "a student that is not a causal LM" if not is_causal_lm(student)
+        "cached teacher outputs (they hold the teacher's logits at the student's positions only; run the teacher live)"
+        if cached
+        else "a student that is not a causal LM"
+        if not is_causal_lm(student)
         else "hidden-state or attention alignment (hidden_weight / attention_weight > 0: the positions and "
-        "widths differ across teachers and tokenizers)" if args.hidden_weight > 0 or args.attention_weight > 0
-        else "seq_kd (teacher samples are in the teacher's tokens)" if args.seq_kd and mode
+        "widths differ across teachers and tokenizers)"
+        if args.hidden_weight > 0 or args.attention_weight > 0
+        else "seq_kd (teacher samples are in the teacher's tokens)"
+        if args.seq_kd and mode
         else None
     )
     if unsupported:
@@ -196,11 +218,12 @@ def routes_for(column: str, sources: list, teachers: list, datasets: dict) -> Te
         teachers: the loaded teachers.
         datasets: {name: dataset or {name: dataset}}.
     """
-    names = [s if isinstance(s, (str, os.PathLike)) else getattr(t, "name_or_path", None)
-             for s, t in zip(sources, teachers)]
+    names = [
+        s if isinstance(s, (str, os.PathLike)) else getattr(t, "name_or_path", None) for s, t in zip(sources, teachers)
+    ]
     routes = TeacherRoutes(column, [str(n) if n else None for n in names])
     for what_set, ds in datasets.items():
-        for name, d in (ds.items() if isinstance(ds, dict) else [(what_set, ds)]):
+        for name, d in ds.items() if isinstance(ds, dict) else [(what_set, ds)]:
             routes.check_dataset(d, name)
     return routes
 
@@ -220,12 +243,21 @@ def vocabulary_maps(mode: str, processing_class, teacher_tokenizers: list) -> li
         )
     for k, tok in enumerate(teacher_tokenizers):
         if tok is not None and not getattr(tok, "is_fast", False):
-            raise ValueError(f"teacher {k}'s tokenizer is not a fast tokenizer: cross_tokenizer needs "
-                             "character offsets (return_offsets_mapping); load it with use_fast=True.")
-    maps = [VocabularyMap.from_tokenizers(processing_class, tok if tok is not None else processing_class)
-            for tok in teacher_tokenizers]
+            raise ValueError(
+                f"teacher {k}'s tokenizer is not a fast tokenizer: cross_tokenizer needs "
+                "character offsets (return_offsets_mapping); load it with use_fast=True."
+            )
+    maps = [
+        VocabularyMap.from_tokenizers(processing_class, tok if tok is not None else processing_class)
+        for tok in teacher_tokenizers
+    ]
     for k, m in enumerate(maps):
         if not m.identical:
-            logger.info("teacher %d: %d tokens shared with the student's vocabulary (of %d and %d).", k,
-                        len(m), m.student_size, m.teacher_size)
+            logger.info(
+                "teacher %d: %d tokens shared with the student's vocabulary (of %d and %d).",
+                k,
+                len(m),
+                m.student_size,
+                m.teacher_size,
+            )
     return maps

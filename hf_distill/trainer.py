@@ -84,10 +84,17 @@ class DistillationTrainer(Trainer):
     # Weights of the terms a subclass's `extra_losses` returns, e.g. {"contrastive_loss": 0.5}.
     extra_loss_weights: ClassVar[dict[str, float]] = {}
 
-    def __init__(self, model: PreTrainedModel | nn.Module | None = None,
-                 teacher_model: PreTrainedModel | nn.Module | str | list | None = None,
-                 args: DistillationArguments | None = None, *trainer_args, teacher_processing_class=None,
-                 peft_config=None, merge_adapter_on_save: bool = False, **trainer_kwargs):
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module | None = None,
+        teacher_model: PreTrainedModel | nn.Module | str | list | None = None,
+        args: DistillationArguments | None = None,
+        *trainer_args,
+        teacher_processing_class=None,
+        peft_config=None,
+        merge_adapter_on_save: bool = False,
+        **trainer_kwargs,
+    ):
         if model is None:
             raise ValueError("DistillationTrainer needs the student as `model`.")
         args = check_args(args if args is not None else DistillationArguments(output_dir="distilled_model"))
@@ -98,17 +105,28 @@ class DistillationTrainer(Trainer):
         student = wrap_peft(model, peft_config)
         self.merge_adapter_on_save, self._pushing = merge_adapter_on_save, False
         tokenizer = trainer_kwargs.get("processing_class")
-        limit, teacher_tokenizers = check_teachers(student, self.teachers, args, tokenizer, teacher_processing_class,
-                                                   sources)
-        self.objective = DistillationObjective.for_models(args, student, self.teacher, vocab_limit=limit,
-                                                          extra_weights=self.extra_loss_weights)
+        limit, teacher_tokenizers = check_teachers(
+            student, self.teachers, args, tokenizer, teacher_processing_class, sources
+        )
+        self.objective = DistillationObjective.for_models(
+            args, student, self.teacher, vocab_limit=limit, extra_weights=self.extra_loss_weights
+        )
         # Rows routed to their own teacher (teacher_id_column) and / or teachers with another tokenizer.
         self.paired = PairedDistillation.build(
-            args, student, self.teachers, sources, tokenizer, teacher_tokenizers, limit,
-            {"train_dataset": train, "eval_dataset": trainer_kwargs.get("eval_dataset")}, self.cached)
+            args,
+            student,
+            self.teachers,
+            sources,
+            tokenizer,
+            teacher_tokenizers,
+            limit,
+            {"train_dataset": train, "eval_dataset": trainer_kwargs.get("eval_dataset")},
+            self.cached,
+        )
         self.objective.paired = self.paired.loss if self.paired else None
-        super().__init__(with_projections(student, self.objective.layer_map, self.teacher), args, *trainer_args,
-                         **trainer_kwargs)
+        super().__init__(
+            with_projections(student, self.objective.layer_map, self.teacher), args, *trainer_args, **trainer_kwargs
+        )
         self._finish_setup(student)
         self._packing = PackingCheck(student, self.teachers, args, self.cached)  # at the first packed batch
         if getattr(self.data_collator, "pack", False):  # PromptCompletionCollator(pack=True): refuse before training
@@ -143,9 +161,14 @@ class DistillationTrainer(Trainer):
         self.loss_is_scaled_for_ga = self.loss_is_scaled_for_ga or self._shift_labels
         # args.loss_chunk_size if the chunked output-layer loss can run here (ValueError where it cannot).
         zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
-        self._chunk_size = check_chunking(args.loss_chunk_size, student, self.teachers, cached=self.cached,
-                                          sharded=self.is_fsdp_enabled or zero3,
-                                          label_smoothing=self.label_smoother is not None)
+        self._chunk_size = check_chunking(
+            args.loss_chunk_size,
+            student,
+            self.teachers,
+            cached=self.cached,
+            sharded=self.is_fsdp_enabled or zero3,
+            label_smoothing=self.label_smoother is not None,
+        )
 
     @property
     def teacher(self) -> nn.Module | None:
@@ -203,8 +226,14 @@ class DistillationTrainer(Trainer):
         flags = self.objective.output_flags() if flags is None else flags
         # The student's forward gets autocast from Accelerate's wrapper; the teacher is not wrapped, so ask for it.
         with torch.no_grad(), self.accelerator.autocast():
-            return run_teachers(self.teachers, inputs, flags, self._teacher_params, ("labels", *self.label_names),
-                                self.paired.loss if self.paired else None)
+            return run_teachers(
+                self.teachers,
+                inputs,
+                flags,
+                self._teacher_params,
+                ("labels", *self.label_names),
+                self.paired.loss if self.paired else None,
+            )
 
     def compute_distillation_loss(self, model, inputs: dict, scales: dict[str, float] | None = None):
         """Return (total loss, {term: value}, student outputs) for one batch; `scales` see objective.combine."""
@@ -228,15 +257,25 @@ class DistillationTrainer(Trainer):
         Student and teachers run with logits_to_keep=1; their last hidden states go through the output layers
         chunk by chunk (DistillationObjective.lm_head_loss); hidden, attention and extra terms are as usual.
         """
-        flags = {**self.objective.output_flags(), "output_hidden_states": True, "logits_to_keep": 1,
-                 **self._packing.flags(inputs)}
+        flags = {
+            **self.objective.output_flags(),
+            "output_hidden_states": True,
+            "logits_to_keep": 1,
+            **self._packing.flags(inputs),
+        }
         teacher_outputs = self.teacher_forward(inputs, flags)
         student_outputs = model(**self._inputs_for(self._student_params, inputs, drop_labels=True), **flags)
         heads = [OutputHead.from_model(unwrap_peft(m)) for m in (self.student, *self.teachers)]
-        loss, terms = self.objective_for(inputs).chunked_loss(inputs, student_outputs, teacher_outputs, heads[0],
-                                                              heads[1:], self._chunk_size, scales,
-                                                              self.extra_losses(inputs, student_outputs,
-                                                                                teacher_outputs))
+        loss, terms = self.objective_for(inputs).chunked_loss(
+            inputs,
+            student_outputs,
+            teacher_outputs,
+            heads[0],
+            heads[1:],
+            self._chunk_size,
+            scales,
+            self.extra_losses(inputs, student_outputs, teacher_outputs),
+        )
         return loss, terms, student_outputs
 
     # ---- Trainer hooks --------------------------------------------------------------------------
@@ -283,8 +322,16 @@ class DistillationTrainer(Trainer):
         """
         if self.sampler.active:  # swap in sampled completions first, so that their tokens are the ones counted
             drawn = [batch for _, batch in zip(range(num_batches), epoch_iterator)]
-            epoch_iterator = iter(self.sampler.sample_step(drawn, self.student, self.teacher, self.state.global_step,
-                                                           self.accelerator.process_index, self.accelerator.autocast))
+            epoch_iterator = iter(
+                self.sampler.sample_step(
+                    drawn,
+                    self.student,
+                    self.teacher,
+                    self.state.global_step,
+                    self.accelerator.process_index,
+                    self.accelerator.autocast,
+                )
+            )
         if self.paired:  # re-sampled completions are aligned for their teachers again
             epoch_iterator = self.paired.batches(epoch_iterator)
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
@@ -300,8 +347,9 @@ class DistillationTrainer(Trainer):
             logs = {**logs, **self._term_means.pop("train", self.args.device, self.accelerator.reduce), **generation}
         super().log(logs, start_time)
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
-                        metric_key_prefix: str = "eval"):
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix: str = "eval"
+    ):
         self._term_means.reset("eval")
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         for name, value in self._term_means.pop("eval", self.args.device, self.accelerator.reduce).items():
