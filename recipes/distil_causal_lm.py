@@ -437,16 +437,10 @@ def other_tokenizer(trainer):
     return other
 
 
-def main(argv: list[str] | None = None) -> dict:
-    run = start_run(
-        __file__,
-        LMModelArguments,
-        LMDataArguments,
-        LMTrainingArguments,
-        argv,
-        required={"teacher_model_name_or_path": "a causal LM (Hub id or folder)"},
-    )
-    model_args, data_args, args = run.model_args, run.data_args, run.args
+def check_at_start(model_args, data_args, args):
+    """The teachers, tokenizers and lengths, checked before anything is loaded or trained (what the end of the run
+    needs included). Returns (args with the loss chunking resolved, teacher paths, tokenizer, teacher tokenizers,
+    the configs of the models the run will load)."""
     teacher_paths = [p.strip() for p in model_args.teacher_model_name_or_path.split(",") if p.strip()]
     teacher_path = teacher_paths[0]  # the first teacher: the student is cut from it, the card compares with it
     if model_args.chunked_loss and args.loss_chunk_size is None:  # on by default in this recipe
@@ -473,6 +467,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.samples_completions:
         rd.check_generation_fits(configs, data_args.max_length, args.max_new_tokens, "--lmbda / --seq_kd")
 
+    return args, teacher_paths, tokenizer, teacher_tokenizers, configs
+
+
+def load_splits(data_args, args, tokenizer, configs):
+    """Training and validation splits, tokenized (with the routing column kept); the generation length fitted to the
+    validation prompts. Returns (args, raw splits, tokenized splits, split names)."""
     splits = [data_args.train_split, data_args.validation_split]
     raw, sources = rd.load_raw_datasets(data_args)
     raw = standard_columns(raw, splits, data_args)
@@ -489,6 +489,22 @@ def main(argv: list[str] | None = None) -> dict:
             s: d.add_column(column, raw[s][column]) if column in raw[s].column_names else d for s, d in data.items()
         }
     args = fit_generation_length(args, configs, data[splits[1]])
+
+    return args, raw, data, splits
+
+
+def main(argv: list[str] | None = None) -> dict:
+    run = start_run(
+        __file__,
+        LMModelArguments,
+        LMDataArguments,
+        LMTrainingArguments,
+        argv,
+        required={"teacher_model_name_or_path": "a causal LM (Hub id or folder)"},
+    )
+    model_args, data_args, args = run.model_args, run.data_args, run.args
+    args, teacher_paths, tokenizer, teacher_tokenizers, configs = check_at_start(model_args, data_args, args)
+    args, raw, data, splits = load_splits(data_args, args, tokenizer, configs)
 
     set_seed(args.seed)
     teachers = [AutoModelForCausalLM.from_pretrained(p) for p in teacher_paths]
@@ -554,24 +570,29 @@ def main(argv: list[str] | None = None) -> dict:
             baseline,
             (other, raw[splits[1]]),
         )
-        results["distillation"].update(
-            mode="on-policy (GKD)" if args.lmbda > 0 else ("sequence-level KD" if args.seq_kd else "off-policy"),
-            divergence=args.divergence,
-            lmbda=args.lmbda,
-            seq_kd=args.seq_kd,
-            max_new_tokens=args.max_new_tokens,
-            lmbda_start_step=args.lmbda_start_step,
-            lmbda_warmup_steps=args.lmbda_warmup_steps,
-            on_policy_divergence=args.on_policy_divergence or (args.divergence if args.lmbda > 0 else None),
-            generation_temperature=args.generation_temperature,
-            loss_chunk_size=args.loss_chunk_size,
-            peft=model_args.use_peft,
-            cross_tokenizer=args.cross_tokenizer,
-            tokenizers=tokenizer_summary(tokenizer, trainer),
-            routing=args.teacher_id_column,
-            teachers=teacher_paths,
-        )
+        results["distillation"].update(distillation_summary(args, model_args, tokenizer, trainer, teacher_paths))
         return run.finish(trainer, results)
+
+
+def distillation_summary(args, model_args, tokenizer, trainer, teacher_paths) -> dict:
+    """How the student was distilled, for the results JSON and the card."""
+    return dict(
+        mode="on-policy (GKD)" if args.lmbda > 0 else ("sequence-level KD" if args.seq_kd else "off-policy"),
+        divergence=args.divergence,
+        lmbda=args.lmbda,
+        seq_kd=args.seq_kd,
+        max_new_tokens=args.max_new_tokens,
+        lmbda_start_step=args.lmbda_start_step,
+        lmbda_warmup_steps=args.lmbda_warmup_steps,
+        on_policy_divergence=args.on_policy_divergence or (args.divergence if args.lmbda > 0 else None),
+        generation_temperature=args.generation_temperature,
+        loss_chunk_size=args.loss_chunk_size,
+        peft=model_args.use_peft,
+        cross_tokenizer=args.cross_tokenizer,
+        tokenizers=tokenizer_summary(tokenizer, trainer),
+        routing=args.teacher_id_column,
+        teachers=teacher_paths,
+    )
 
 
 def evaluate_and_report(
