@@ -51,20 +51,50 @@ def main(repo: Path) -> None:
     work = Path(tempfile.mkdtemp(prefix="hf_distill_installed_"))
     try:
         teacher = work / "teacher"
-        config = tf.BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                               intermediate_size=64, max_position_embeddings=64, num_labels=3,
-                               id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)})
+        config = tf.BertConfig(
+            vocab_size=len(WORDS),
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            num_labels=3,
+            id2label=dict(enumerate(LABELS)),
+            label2id={n: i for i, n in enumerate(LABELS)},
+        )
         tf.BertForSequenceClassification(config).save_pretrained(teacher)
         tf.BertTokenizer(vocab={w: i for i, w in enumerate(WORDS)}).save_pretrained(teacher)
         out = work / "student"
         command = [
-            shutil.which("accelerate") or "accelerate", "launch",
-            "--config_file", str(repo / "recipes/configs/accelerate_cpu.yaml"), str(repo / "recipes/distil_bert.py"),
-            "--teacher_model_name_or_path", str(teacher), "--student_num_layers", "2", "--hidden_weight", "1",
-            "--train_file", write_csv(work / "train.csv", 32, 0),
-            "--validation_file", write_csv(work / "dev.csv", 12, 1),
-            "--max_length", "32", "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "8",
-            "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true",
+            shutil.which("accelerate") or "accelerate",
+            "launch",
+            "--config_file",
+            str(repo / "recipes/configs/accelerate_cpu.yaml"),
+            str(repo / "recipes/distil_bert.py"),
+            "--teacher_model_name_or_path",
+            str(teacher),
+            "--student_num_layers",
+            "2",
+            "--hidden_weight",
+            "1",
+            "--train_file",
+            write_csv(work / "train.csv", 32, 0),
+            "--validation_file",
+            write_csv(work / "dev.csv", 12, 1),
+            "--max_length",
+            "32",
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "8",
+            "--report_to",
+            "none",
+            "--save_strategy",
+            "no",
+            "--disable_tqdm",
+            "true",
         ]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": ""}
         subprocess.run(command, cwd=work, env=env, check=True)
@@ -77,9 +107,12 @@ def main(repo: Path) -> None:
         again = hf_distill.render_model_card(out, model_id=results["model_id"])
         assert again == card, "the API renders the same card from the run folder"
         # a causal-LM run's results get the packaged text-generation template
-        lm = {**results, "task": "text-generation", "teacher": {"cross_entropy": 2.0, "parameters": 10,
-                                                                "examples_per_second": 1.0},
-              "student": {"cross_entropy": 2.5, "parameters": 5, "examples_per_second": 2.0}}
+        lm = {
+            **results,
+            "task": "text-generation",
+            "teacher": {"cross_entropy": 2.0, "parameters": 10, "examples_per_second": 1.0},
+            "student": {"cross_entropy": 2.5, "parameters": 5, "examples_per_second": 2.0},
+        }
         lm_card = hf_distill.render_model_card(lm)
         assert "agarwal2024gkd" in lm_card and "| cross-entropy (nats/token) | 2.0000 | 2.5000 |" in lm_card
         print(f"OK: recipe ran from the installed package; card {out / 'README.md'} ({len(card)} chars)")

@@ -24,9 +24,15 @@ SIZES = {  # name -> (hidden, heads, intermediate, vocab)
 def bert_pair(size: str = "bench", num_labels: int = 2, teacher_layers: int = 12, student_layers: int = 6):
     hidden, heads, inter, vocab = SIZES[size]
     torch.manual_seed(0)
-    config = tf.BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=teacher_layers,
-                           num_attention_heads=heads, intermediate_size=inter, max_position_embeddings=512,
-                           num_labels=num_labels)
+    config = tf.BertConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=teacher_layers,
+        num_attention_heads=heads,
+        intermediate_size=inter,
+        max_position_embeddings=512,
+        num_labels=num_labels,
+    )
     teacher = tf.BertForSequenceClassification(config).eval()
     student = init_student_from_teacher(teacher, num_layers=student_layers).train()
     return teacher, student
@@ -45,8 +51,12 @@ def batch(size: str, batch_size: int, seq: int, num_labels: int = 2) -> dict[str
 
 def trainer_for(student, teacher, train_dataset=None, **kw) -> DistillationTrainer:
     args = DistillationArguments(
-        output_dir="/tmp/hf_distill_bench", report_to=[], use_cpu=not torch.cuda.is_available(),
-        save_strategy="no", disable_tqdm=True, **kw,
+        output_dir="/tmp/hf_distill_bench",
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        save_strategy="no",
+        disable_tqdm=True,
+        **kw,
     )
     return DistillationTrainer(student, teacher, args, train_dataset=train_dataset)
 
@@ -59,7 +69,7 @@ def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict[str, float]:
     times = {name: [] for name in fns}
     names = list(fns)
     for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             sync()
             start = time.perf_counter()
             fns[name]()

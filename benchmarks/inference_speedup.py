@@ -35,8 +35,9 @@ def main():
         with torch.inference_mode():
             model(**inputs)
 
-    t = interleaved({"teacher (12 layers)": lambda: forward(teacher), "student (6 layers)": lambda: forward(student)},
-                    args.repeats)
+    t = interleaved(
+        {"teacher (12 layers)": lambda: forward(teacher), "student (6 layers)": lambda: forward(student)}, args.repeats
+    )
     print(f"device: {machine()}   batch {args.batch_size}, seq {args.seq}, {args.repeats} interleaved repeats")
     for name, seconds in t.items():
         print(f"  {name:<20} {seconds * 1000:9.1f} ms   {args.batch_size / seconds:9.1f} examples/s")

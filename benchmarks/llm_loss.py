@@ -103,8 +103,12 @@ def make_step(path: str, student, teacher, inputs, labels, chunk, device: str):
                 h_t = teacher(**inputs, **flags).hidden_states[-1]  # (B, L, H)
             h_s = student(**inputs, **flags).hidden_states[-1]
             loss, _ = OBJECTIVE.lm_head_loss(
-                {**inputs, "labels": labels}, h_s, [h_t], OutputHead.from_model(student),
-                [OutputHead.from_model(teacher)], chunk,
+                {**inputs, "labels": labels},
+                h_s,
+                [h_t],
+                OutputHead.from_model(student),
+                [OutputHead.from_model(teacher)],
+                chunk,
             )
         loss.backward()
         return loss.detach()
@@ -175,8 +179,16 @@ def run_config(cfg: dict, chunk, device: str, repeats: int) -> dict:
     else:  # peak RSS never goes down: a fresh process per configuration and path
         memory = {}
         for p in ("full", "chunked"):
-            cmd = [sys.executable, os.path.abspath(__file__), "--one", json.dumps(cfg), "--path", p,
-                   "--chunk", str(chunk)]
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--one",
+                json.dumps(cfg),
+                "--path",
+                p,
+                "--chunk",
+                str(chunk),
+            ]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             memory[p] = json.loads(out.strip().splitlines()[-1])
     t_full, t_chunked = timing["times"]["full"], timing["times"]["chunked"]

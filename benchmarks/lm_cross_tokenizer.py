@@ -71,9 +71,20 @@ MODES = {  # name -> (teacher, DistillationArguments settings); T = 1 and the we
 }
 PRESETS = {
     "tiny": {
-        "n_train": 64, "n_val": 16, "n_test": 16, "bpe_merges": 200, "teacher_layers": 1, "teacher_hidden": 16,
-        "student_layers": 1, "student_hidden": 16, "teacher_epochs": 1.0, "student_steps": 2, "batch_size": 8,
-        "seeds": "0,1", "timing_repeats": 1, "max_words": 12,
+        "n_train": 64,
+        "n_val": 16,
+        "n_test": 16,
+        "bpe_merges": 200,
+        "teacher_layers": 1,
+        "teacher_hidden": 16,
+        "student_layers": 1,
+        "student_hidden": 16,
+        "teacher_epochs": 1.0,
+        "student_steps": 2,
+        "batch_size": 8,
+        "seeds": "0,1",
+        "timing_repeats": 1,
+        "max_words": 12,
     },
 }
 
@@ -105,13 +116,21 @@ class XTokConfig:
     timing_repeats: int = 5
     jobs: int = field(default=1, metadata={"help": "Seeds run in parallel processes (the students of one seed each)."})
     out_dir: str = "docs/results"
-    work_dir: str | None = field(default=None, metadata={
-        "help": "Where teachers and runs go (default: a temporary folder). Teachers already saved there (by an "
-        "earlier run with the same settings) are loaded instead of trained again."})
+    work_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where teachers and runs go (default: a temporary folder). Teachers already saved there (by an "
+            "earlier run with the same settings) are loaded instead of trained again."
+        },
+    )
     worker: int | None = field(default=None, metadata={"help": "Internal: run the students of this seed."})
-    reuse_runs: bool = field(default=False, metadata={
-        "help": "With --jobs: take a seed's student results from --work_dir when an earlier invocation (same "
-        "settings) wrote them, instead of training them again."})
+    reuse_runs: bool = field(
+        default=False,
+        metadata={
+            "help": "With --jobs: take a seed's student results from --work_dir when an earlier invocation (same "
+            "settings) wrote them, instead of training them again."
+        },
+    )
 
 
 # ---- data and tokenizers -----------------------------------------------------------------------------------
@@ -125,12 +144,19 @@ def split_texts(cfg: XTokConfig) -> dict[str, list[dict]]:
     for i in order:
         words = texts[i].lower().split()[: cfg.max_words]
         if len(words) > cfg.prompt_words:
-            rows.append({"prompt": " ".join(words[: cfg.prompt_words]),
-                         "completion": " " + " ".join(words[cfg.prompt_words:])})
+            rows.append(
+                {
+                    "prompt": " ".join(words[: cfg.prompt_words]),
+                    "completion": " " + " ".join(words[cfg.prompt_words :]),
+                }
+            )
         if len(rows) == cfg.n_test + cfg.n_val + cfg.n_train:
             break
-    return {"test": rows[: cfg.n_test], "validation": rows[cfg.n_test: cfg.n_test + cfg.n_val],
-            "train": rows[cfg.n_test + cfg.n_val:]}
+    return {
+        "test": rows[: cfg.n_test],
+        "validation": rows[cfg.n_test : cfg.n_test + cfg.n_val],
+        "train": rows[cfg.n_test + cfg.n_val :],
+    }
 
 
 def train_bpe(texts: list[str], merges: int, folder: str) -> PreTrainedTokenizerFast:
@@ -142,11 +168,16 @@ def train_bpe(texts: list[str], merges: int, folder: str) -> PreTrainedTokenizer
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=True)
     alphabet = pre_tokenizers.ByteLevel.alphabet()
-    trainer = trainers.BpeTrainer(vocab_size=len(alphabet) + 1 + merges, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=alphabet, show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=len(alphabet) + 1 + merges,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=alphabet,
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                   pad_token="<|endoftext|>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
     fast.save_pretrained(folder)
     return fast
 
@@ -165,8 +196,12 @@ def permuted_copy(tokenizer: PreTrainedTokenizerFast, seed: int = 0):
     perm = torch.arange(len(vocab))
     for old, new in old_to_new.items():
         perm[new] = old
-    fast = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(state)),
-                                   bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(state)),
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
     return fast, perm
 
 
@@ -182,9 +217,21 @@ def permuted_model(model: GPT2LMHeadModel, perm: torch.Tensor) -> GPT2LMHeadMode
 def gpt2(vocab: int, layers: int, hidden: int, heads: int, tok, seed: int) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
     end = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
-    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=64, n_embd=hidden, n_layer=layers, n_head=heads,
-                                      bos_token_id=end, eos_token_id=end, pad_token_id=tok.pad_token_id,
-                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))  # no dropout: small, short
+    return GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=vocab,
+            n_positions=64,
+            n_embd=hidden,
+            n_layer=layers,
+            n_head=heads,
+            bos_token_id=end,
+            eos_token_id=end,
+            pad_token_id=tok.pad_token_id,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
+    )  # no dropout: small, short
 
 
 def train_teacher(cfg: XTokConfig, tok, data: Dataset, folder: str) -> GPT2LMHeadModel:
@@ -192,10 +239,19 @@ def train_teacher(cfg: XTokConfig, tok, data: Dataset, folder: str) -> GPT2LMHea
     model = gpt2(len(tok), cfg.teacher_layers, cfg.teacher_hidden, cfg.heads, tok, seed=0)
     steps = max(int(cfg.teacher_epochs * len(data) / cfg.teacher_batch_size), 1)
     args = TrainingArguments(
-        output_dir=os.path.join(folder, "trainer"), num_train_epochs=cfg.teacher_epochs,
-        per_device_train_batch_size=cfg.teacher_batch_size, learning_rate=cfg.teacher_lr,
-        warmup_steps=max(steps // 20, 1), weight_decay=0.01, lr_scheduler_type="cosine", save_strategy="no",
-        report_to="none", logging_steps=max(steps // 5, 1), disable_tqdm=True, seed=0, **device_kwargs(),
+        output_dir=os.path.join(folder, "trainer"),
+        num_train_epochs=cfg.teacher_epochs,
+        per_device_train_batch_size=cfg.teacher_batch_size,
+        learning_rate=cfg.teacher_lr,
+        warmup_steps=max(steps // 20, 1),
+        weight_decay=0.01,
+        lr_scheduler_type="cosine",
+        save_strategy="no",
+        report_to="none",
+        logging_steps=max(steps // 5, 1),
+        disable_tqdm=True,
+        seed=0,
+        **device_kwargs(),
     )
     Trainer(model=model, args=args, train_dataset=data, data_collator=FullSequenceCollator(tok.pad_token_id)).train()
     model.save_pretrained(folder)
@@ -224,11 +280,23 @@ class LabelsOnly:
 
 def student_args(cfg: XTokConfig, mode: str, seed: int, output_dir: str, **overrides) -> DistillationArguments:
     return DistillationArguments(
-        output_dir=output_dir, max_steps=cfg.student_steps, per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.student_lr, warmup_steps=max(cfg.student_steps // 20, 1), lr_scheduler_type="cosine",
-        weight_decay=0.01, temperature=1.0, save_strategy="no", report_to="none",
-        logging_steps=max(cfg.student_steps // 5, 1), disable_tqdm=True, seed=seed, data_seed=seed,
-        loss_chunk_size=cfg.loss_chunk_size, **device_kwargs(), **{**MODES[mode][1], **overrides},
+        output_dir=output_dir,
+        max_steps=cfg.student_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.student_lr,
+        warmup_steps=max(cfg.student_steps // 20, 1),
+        lr_scheduler_type="cosine",
+        weight_decay=0.01,
+        temperature=1.0,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=max(cfg.student_steps // 5, 1),
+        disable_tqdm=True,
+        seed=seed,
+        data_seed=seed,
+        loss_chunk_size=cfg.loss_chunk_size,
+        **device_kwargs(),
+        **{**MODES[mode][1], **overrides},
     )
 
 
@@ -241,8 +309,15 @@ def make_student_trainer(cfg, mode, seed, teachers, tok_b, tok_a, train, output_
         return Trainer(model=student, args=args, train_dataset=train, data_collator=LabelsOnly(collator))
     teacher = teachers[which]
     extra = {"teacher_processing_class": tok_a} if which == "A" else {}
-    return DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=train,
-                               processing_class=tok_b, data_collator=collator, **extra)
+    return DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=train,
+        processing_class=tok_b,
+        data_collator=collator,
+        **extra,
+    )
 
 
 @torch.no_grad()
@@ -260,8 +335,9 @@ def bits_per_char(model, data: Dataset, rows: list[dict], pad: int, batch_size: 
 
 
 def run_student(cfg, mode, seed, teachers, tok_b, tok_a, data_b, splits, work) -> dict:
-    trainer = make_student_trainer(cfg, mode, seed, teachers, tok_b, tok_a, data_b["train"],
-                                   os.path.join(work, "runs", f"{mode}-{seed}"))
+    trainer = make_student_trainer(
+        cfg, mode, seed, teachers, tok_b, tok_a, data_b["train"], os.path.join(work, "runs", f"{mode}-{seed}")
+    )
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
@@ -269,10 +345,12 @@ def run_student(cfg, mode, seed, teachers, tok_b, tok_a, data_b, splits, work) -
     pad = tok_b.pad_token_id
     logs = [e for e in trainer.state.log_history if "loss" in e]
     return {
-        "mode": mode, "seed": seed,
+        "mode": mode,
+        "seed": seed,
         "val_bpc": bits_per_char(model, data_b["validation"], splits["validation"], pad),
         "test_bpc": bits_per_char(model, data_b["test"], splits["test"], pad),
-        "train_seconds": seconds, "step_seconds": seconds / cfg.student_steps,
+        "train_seconds": seconds,
+        "step_seconds": seconds / cfg.student_steps,
         "last_logs": logs[-1] if logs else {},
     }
 
@@ -307,9 +385,15 @@ def step_cost(cfg, teacher_b, tok_b, data_b, work) -> dict:
     ):
         student = gpt2(len(tok_b), cfg.student_layers, cfg.student_hidden, cfg.heads, tok_b, seed=7)
         args = student_args(cfg, "same", 0, os.path.join(work, "timing", name), **overrides)
-        trainers[name] = DistillationTrainer(model=student, teacher_model=teacher, args=args,
-                                             train_dataset=data_b["train"], processing_class=tok_b,
-                                             data_collator=PromptCompletionCollator.from_tokenizer(tok_b), **extra)
+        trainers[name] = DistillationTrainer(
+            model=student,
+            teacher_model=teacher,
+            args=args,
+            train_dataset=data_b["train"],
+            processing_class=tok_b,
+            data_collator=PromptCompletionCollator.from_tokenizer(tok_b),
+            **extra,
+        )
     features = [data_b["train"][i] for i in range(cfg.batch_size)]
     losses = {}
 
@@ -327,12 +411,17 @@ def step_cost(cfg, teacher_b, tok_b, data_b, work) -> dict:
     step("same"), step("uld"), step("hybrid")  # warm-up
     names = list(trainers)
     for r in range(cfg.timing_repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             times[name].append(step(name))
     med = {name: statistics.median(v) for name, v in times.items()}
-    return {"median_seconds": med, "ratio_uld": med["uld"] / med["same"], "ratio_hybrid": med["hybrid"] / med["same"],
-            "repeats": cfg.timing_repeats, "loss": losses,
-            "note": "collate (with alignment) + compute_loss + backward of one batch; no optimizer step"}
+    return {
+        "median_seconds": med,
+        "ratio_uld": med["uld"] / med["same"],
+        "ratio_hybrid": med["hybrid"] / med["same"],
+        "repeats": cfg.timing_repeats,
+        "loss": losses,
+        "note": "collate (with alignment) + compute_loss + backward of one batch; no optimizer step",
+    }
 
 
 # ---- report ----------------------------------------------------------------------------------------------------
@@ -340,8 +429,9 @@ def step_cost(cfg, teacher_b, tok_b, data_b, work) -> dict:
 
 def git(*args) -> str:
     try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=False,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, check=False, cwd=os.path.dirname(os.path.abspath(__file__))
+        ).stdout.strip()
     except OSError:
         return ""
 
@@ -353,9 +443,14 @@ def summarise(cfg, runs, teacher_bpc, cost, meta) -> dict:
         test = [r["test_bpc"] for r in runs if r["mode"] == mode]
         val = [r["val_bpc"] for r in runs if r["mode"] == mode]
         steps = [r["step_seconds"] for r in runs if r["mode"] == mode]
-        table[mode] = {"test_bpc": statistics.mean(test), "test_ci95": interval95(test),
-                       "val_bpc": statistics.mean(val), "val_ci95": interval95(val), "per_seed_test": test,
-                       "step_seconds": statistics.median(steps)}
+        table[mode] = {
+            "test_bpc": statistics.mean(test),
+            "test_ci95": interval95(test),
+            "val_bpc": statistics.mean(val),
+            "val_ci95": interval95(val),
+            "per_seed_test": test,
+            "step_seconds": statistics.median(steps),
+        }
     if "ce" in table and "same" in table:
         gain = table["ce"]["test_bpc"] - table["same"]["test_bpc"]
         for mode in modes:
@@ -367,7 +462,8 @@ def summarise(cfg, runs, teacher_bpc, cost, meta) -> dict:
 def markdown(summary: dict) -> str:
     m, cfg = summary["meta"], summary["config"]
     lines = [
-        "# Cross-tokenizer distillation on tweets (bits per character, lower is better)", "",
+        "# Cross-tokenizer distillation on tweets (bits per character, lower is better)",
+        "",
         f"Commit `{m['commit']}`; command: `{m['command']}`; {m['device']}; total {m['total_seconds'] / 60:.1f} min.",
         "",
         f"Tokenizer A: MiniLM uncased WordPiece ({m['vocab_a']} ids). Tokenizer B: byte-level BPE, "
@@ -376,28 +472,39 @@ def markdown(summary: dict) -> str:
         f"{cfg['teacher_layers']} layers, hidden {cfg['teacher_hidden']}, {cfg['teacher_epochs']} epochs; students: "
         f"{cfg['student_layers']} layer(s), hidden {cfg['student_hidden']}, random init, {cfg['student_steps']} steps "
         f"of {cfg['batch_size']} tweets. Test: {cfg['n_test']} held-out tweets, validation {cfg['n_val']}. "
-        + ("Teachers loaded from `--work_dir`, where an earlier invocation with the same settings had trained "
-           "them. " if m.get("teachers_reused_from_work_dir") else "")
+        + (
+            "Teachers loaded from `--work_dir`, where an earlier invocation with the same settings had trained them. "
+            if m.get("teachers_reused_from_work_dir")
+            else ""
+        )
         + f"{len(cfg['seeds'].split(','))} seeds, mean ± 95% t-interval. {100 * m['aligned_share_test']:.1f}% of the "
         "test completions' student positions have a teacher-A position ending at the same character (the others get "
-        "no soft loss).", "",
+        "no soft loss).",
+        "",
         "| model | test bpc | val bpc | share of the same-tokenizer gain over CE | s / step |",
         "|---|---|---|---|---|",
     ]
     for name, key in (("teacher A (WordPiece)", "A"), ("teacher B (BPE)", "B")):
         t = summary["teachers_bpc"][key]
         lines.append(f"| {name} | {t['test']:.4f} | {t['validation']:.4f} | | |")
-    labels = {"ce": "student, CE only", "uld": "student, ULD from teacher A",
-              "hybrid": "student, hybrid from teacher A", "same": "student, forward KL from teacher B (ceiling)"}
+    labels = {
+        "ce": "student, CE only",
+        "uld": "student, ULD from teacher A",
+        "hybrid": "student, hybrid from teacher A",
+        "same": "student, forward KL from teacher B (ceiling)",
+    }
     for mode, r in summary["students"].items():
         share = r.get("gain_recovered")
         share = f"{100 * share:.0f}%" if share is not None else ""
-        lines.append(f"| {labels[mode]} | {r['test_bpc']:.4f} ± {r['test_ci95']:.4f} | {r['val_bpc']:.4f} ± "
-                     f"{r['val_ci95']:.4f} | {share} | {r['step_seconds']:.2f} |")
+        lines.append(
+            f"| {labels[mode]} | {r['test_bpc']:.4f} ± {r['test_ci95']:.4f} | {r['val_bpc']:.4f} ± "
+            f"{r['val_ci95']:.4f} | {share} | {r['step_seconds']:.2f} |"
+        )
     c = summary["step_cost"]
     if c:
         lines += [
-            "", "Step cost (collate with alignment + loss + backward, median of "
+            "",
+            "Step cost (collate with alignment + loss + backward, median of "
             f"{c['repeats']} interleaved repeats, same batch of {cfg['batch_size']} tweets; the cross-tokenizer "
             "teacher is teacher B behind a permuted copy of tokenizer B, only the cross-tokenizer machinery differs): "
             f"same tokenizer {c['median_seconds']['same']:.3f} s, ULD {c['median_seconds']['uld']:.3f} s "
@@ -444,8 +551,9 @@ def main(argv=None) -> dict:
     if cfg.preset:
         cfg = XTokConfig(**{**asdict(cfg), **PRESETS[cfg.preset], "preset": cfg.preset})
     begin = time.perf_counter()
-    commit = git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--", "hf_distill",
-                                                                     "benchmarks") else "")  # the code that runs
+    commit = git("rev-parse", "--short", "HEAD") + (
+        "+dirty" if git("status", "--porcelain", "--", "hf_distill", "benchmarks") else ""
+    )  # the code that runs
     work = cfg.work_dir or tempfile.mkdtemp(prefix="lm_xtok_")
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -460,12 +568,19 @@ def main(argv=None) -> dict:
             tok_b.save_pretrained(tok_dir)
     else:
         tok_b = train_bpe([r["prompt"] + r["completion"] for r in splits["train"]], cfg.bpe_merges, tok_dir)
-    data = {name: {s: tokenize_prompt_completion(Dataset.from_list(rows), tok, 64, desc=f"{name} {s}")
-                   for s, rows in splits.items()} for name, tok in (("A", tok_a), ("B", tok_b))}
+    data = {
+        name: {
+            s: tokenize_prompt_completion(Dataset.from_list(rows), tok, 64, desc=f"{name} {s}")
+            for s, rows in splits.items()
+        }
+        for name, tok in (("A", tok_a), ("B", tok_b))
+    }
     if cfg.worker is not None:  # one seed's students, in its own process
         teachers = {k: GPT2LMHeadModel.from_pretrained(os.path.join(work, f"teacher_{k}")).eval() for k in "AB"}
-        runs = [run_student(cfg, mode, cfg.worker, teachers, tok_b, tok_a, data["B"], splits, work)
-                for mode in cfg.modes.split(",")]
+        runs = [
+            run_student(cfg, mode, cfg.worker, teachers, tok_b, tok_a, data["B"], splits, work)
+            for mode in cfg.modes.split(",")
+        ]
         Path(work, "runs", f"seed-{cfg.worker}.json").write_text(json.dumps(runs, default=str))
         return {"runs": runs}
     teachers, teacher_bpc, start = {}, {}, time.perf_counter()
@@ -475,8 +590,9 @@ def main(argv=None) -> dict:
             teachers[key] = GPT2LMHeadModel.from_pretrained(folder).eval()
         else:
             teachers[key] = train_teacher(cfg, tok, whole_tweets(splits["train"], tok), folder)
-        teacher_bpc[key] = {s: bits_per_char(teachers[key], data[key][s], splits[s], tok.pad_token_id)
-                            for s in ("validation", "test")}
+        teacher_bpc[key] = {
+            s: bits_per_char(teachers[key], data[key][s], splits[s], tok.pad_token_id) for s in ("validation", "test")
+        }
         print(f"teacher {key}: test bpc {teacher_bpc[key]['test']:.4f}", flush=True)
     teacher_seconds = time.perf_counter() - start
     runs, start = [], time.perf_counter()
@@ -499,11 +615,17 @@ def main(argv=None) -> dict:
         with ThreadPoolExecutor(max_workers=cfg.jobs) as pool:
             runs = [r for batch in pool.map(launch, seeds) for r in batch]
     else:
-        runs = [run_student(cfg, mode, seed, teachers, tok_b, tok_a, data["B"], splits, work)
-                for seed in seeds for mode in cfg.modes.split(",")]
+        runs = [
+            run_student(cfg, mode, seed, teachers, tok_b, tok_a, data["B"], splits, work)
+            for seed in seeds
+            for mode in cfg.modes.split(",")
+        ]
     for result in runs:
-        print(f"{result['mode']} seed {result['seed']}: test bpc {result['test_bpc']:.4f} "
-              f"({result['train_seconds']:.0f} s)", flush=True)
+        print(
+            f"{result['mode']} seed {result['seed']}: test bpc {result['test_bpc']:.4f} "
+            f"({result['train_seconds']:.0f} s)",
+            flush=True,
+        )
     students_seconds = time.perf_counter() - start
     start = time.perf_counter()
     cost = step_cost(cfg, teachers["B"], tok_b, data["B"], work) if cfg.timing_repeats > 0 else None
@@ -512,13 +634,20 @@ def main(argv=None) -> dict:
     meta = {
         "commit": commit,
         "command": "PYTHONPATH=. python benchmarks/lm_cross_tokenizer.py " + " ".join(argv),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else
-        f"CPU ({os.cpu_count()} cores shared with other jobs, torch threads {torch.get_num_threads()})",
-        "teacher_seconds": teacher_seconds, "teachers_reused_from_work_dir": reused,
-        "students_seconds": students_seconds, "parallel_jobs": cfg.jobs,
-        "timing_seconds": time.perf_counter() - start, "total_seconds": time.perf_counter() - begin,
-        "vocab_a": len(tok_a), "vocab_b": len(tok_b), "tokenizer_dir": tok_dir,
-        "shared_tokens": len(VocabularyMap.from_tokenizers(tok_b, tok_a)), "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"CPU ({os.cpu_count()} cores shared with other jobs, torch threads {torch.get_num_threads()})",
+        "teacher_seconds": teacher_seconds,
+        "teachers_reused_from_work_dir": reused,
+        "students_seconds": students_seconds,
+        "parallel_jobs": cfg.jobs,
+        "timing_seconds": time.perf_counter() - start,
+        "total_seconds": time.perf_counter() - begin,
+        "vocab_a": len(tok_a),
+        "vocab_b": len(tok_b),
+        "tokenizer_dir": tok_dir,
+        "shared_tokens": len(VocabularyMap.from_tokenizers(tok_b, tok_a)),
+        "torch": torch.__version__,
         "aligned_share_test": alignment_rate(tok_b, tok_a, data["B"]["test"]),
         "n_examples": {k: len(v) for k, v in splits.items()},
     }

@@ -122,17 +122,64 @@ class TaskConfig:
 
 
 FULL = {  # sized for 2 CPU cores shared with other jobs (docs/generation_eval.md says what that bought)
-    "reverse": TaskConfig("reverse", "exact_match", n_train=20000, n_val=100, n_test=300, teacher_layers=4,
-                          student_layers=2, hidden=128, heads=4, teacher_steps=2000, teacher_lr=3e-3,
-                          teacher_batch=32, student_steps=300, student_lr=2e-3, batch=32, max_new_tokens=22,
-                          max_length=34, vocabulary=300, min_words=10, max_words=10, dropout=0.0),
-    "tweets": TaskConfig("tweets", "rougeL", n_train=20000, n_val=100, n_test=300, teacher_layers=6,
-                         student_layers=3, hidden=64, heads=4, teacher_steps=400, teacher_lr=2e-3, teacher_batch=32,
-                         student_steps=80, student_lr=1e-3, batch=32, max_new_tokens=32, max_length=40),
+    "reverse": TaskConfig(
+        "reverse",
+        "exact_match",
+        n_train=20000,
+        n_val=100,
+        n_test=300,
+        teacher_layers=4,
+        student_layers=2,
+        hidden=128,
+        heads=4,
+        teacher_steps=2000,
+        teacher_lr=3e-3,
+        teacher_batch=32,
+        student_steps=300,
+        student_lr=2e-3,
+        batch=32,
+        max_new_tokens=22,
+        max_length=34,
+        vocabulary=300,
+        min_words=10,
+        max_words=10,
+        dropout=0.0,
+    ),
+    "tweets": TaskConfig(
+        "tweets",
+        "rougeL",
+        n_train=20000,
+        n_val=100,
+        n_test=300,
+        teacher_layers=6,
+        student_layers=3,
+        hidden=64,
+        heads=4,
+        teacher_steps=400,
+        teacher_lr=2e-3,
+        teacher_batch=32,
+        student_steps=80,
+        student_lr=1e-3,
+        batch=32,
+        max_new_tokens=32,
+        max_length=40,
+    ),
 }
 TINY = {
-    name: replace(task, n_train=32, n_val=4, n_test=6, teacher_layers=2, student_layers=1, hidden=32, heads=2,
-                  teacher_steps=2, teacher_batch=16, student_steps=2, batch=8)
+    name: replace(
+        task,
+        n_train=32,
+        n_val=4,
+        n_test=6,
+        teacher_layers=2,
+        student_layers=1,
+        hidden=32,
+        heads=2,
+        teacher_steps=2,
+        teacher_batch=16,
+        student_steps=2,
+        batch=8,
+    )
     for name, task in FULL.items()
 }
 
@@ -149,8 +196,14 @@ def word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
     vocab = {t: i for i, t in enumerate(SPECIALS + ["=", SEPARATOR] + words)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                   sep_token="[SEP]", eos_token="[SEP]")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        eos_token="[SEP]",
+    )
 
 
 NOT_WORDS = {"http", "https", "amp", "www", "com"}  # link and markup debris, not words
@@ -158,8 +211,9 @@ NOT_WORDS = {"http", "https", "amp", "www", "com"}  # link and markup debris, no
 
 def frequent_words(tweets: list[str], n: int) -> list[str]:
     """The n most frequent lower-case words of 3-5 letters in the tweets (ties by first appearance)."""
-    counts = collections.Counter(w for t in tweets for w in re.findall(r"\b[a-z]{3,5}\b", t.lower())
-                                 if w not in NOT_WORDS)
+    counts = collections.Counter(
+        w for t in tweets for w in re.findall(r"\b[a-z]{3,5}\b", t.lower()) if w not in NOT_WORDS
+    )
     return [w for w, _ in counts.most_common(n)]
 
 
@@ -175,8 +229,10 @@ def reverse_data(task: TaskConfig, seed: int = 0) -> tuple[dict[str, list[dict]]
     answers = [f" {SEPARATOR} ".join(reversed(items)) for items in lists]  # k words: 2k tokens with the end token
     prompts = tokenizer([" ".join(items) + "=" for items in lists], add_special_tokens=False)["input_ids"]
     completions = tokenizer(answers, add_special_tokens=False)["input_ids"]
-    rows = [{**encode_example(p, c + [tokenizer.sep_token_id], task.max_length), "answer": a}
-            for p, c, a in zip(prompts, completions, answers)]
+    rows = [
+        {**encode_example(p, c + [tokenizer.sep_token_id], task.max_length), "answer": a}
+        for p, c, a in zip(prompts, completions, answers)
+    ]
     n_test, n_val = task.n_test, task.n_val
     splits = {"test": rows[:n_test], "validation": rows[n_test : n_test + n_val], "train": rows[n_test + n_val :]}
     return splits, tokenizer
@@ -189,8 +245,14 @@ def wordpiece_tokenizer(texts: list[str], vocab_size: int = 2000) -> PreTrainedT
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
     tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                   sep_token="[SEP]", eos_token="[SEP]")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        eos_token="[SEP]",
+    )
 
 
 def tweets_data(task: TaskConfig) -> tuple[dict[str, list[dict]], PreTrainedTokenizerFast]:
@@ -216,31 +278,57 @@ class CompletionCollator:
         width = max(len(r["input_ids"]) for r in rows)
         ids = torch.tensor([r["input_ids"] + [self.pad] * (width - len(r["input_ids"])) for r in rows])  # (B, L)
         labels = torch.tensor([r["labels"] + [IGNORE_INDEX] * (width - len(r["labels"])) for r in rows])
-        return {"input_ids": ids, "attention_mask": (torch.arange(width)[None] < torch.tensor(
-            [len(r["input_ids"]) for r in rows])[:, None]).long(), "labels": labels}
+        return {
+            "input_ids": ids,
+            "attention_mask": (
+                torch.arange(width)[None] < torch.tensor([len(r["input_ids"]) for r in rows])[:, None]
+            ).long(),
+            "labels": labels,
+        }
 
 
 def common_args(output_dir: str, steps: int, lr: float, batch: int, seed: int) -> dict:
-    return {"output_dir": output_dir, "max_steps": steps, "learning_rate": lr, "per_device_train_batch_size": batch,
-            "warmup_steps": max(steps // 20, 1), "lr_scheduler_type": "cosine", "weight_decay": 0.01,
-            "save_strategy": "no", "report_to": "none", "logging_steps": max(steps // 5, 1), "disable_tqdm": True,
-            "seed": seed, "data_seed": seed, **lrd.device_kwargs()}
+    return {
+        "output_dir": output_dir,
+        "max_steps": steps,
+        "learning_rate": lr,
+        "per_device_train_batch_size": batch,
+        "warmup_steps": max(steps // 20, 1),
+        "lr_scheduler_type": "cosine",
+        "weight_decay": 0.01,
+        "save_strategy": "no",
+        "report_to": "none",
+        "logging_steps": max(steps // 5, 1),
+        "disable_tqdm": True,
+        "seed": seed,
+        "data_seed": seed,
+        **lrd.device_kwargs(),
+    }
 
 
 def train_teacher(task: TaskConfig, tokenizer, data, folder: str) -> GPT2LMHeadModel:
     """A GPT-2 from scratch; reverse: loss on the completions, tweets: on every token (as lm_real_data)."""
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=task.max_length + task.max_new_tokens,
-                        n_embd=task.hidden, n_layer=task.teacher_layers, n_head=task.heads,
-                        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
-                        pad_token_id=tokenizer.pad_token_id, resid_pdrop=task.dropout, embd_pdrop=task.dropout,
-                        attn_pdrop=task.dropout)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=task.max_length + task.max_new_tokens,
+        n_embd=task.hidden,
+        n_layer=task.teacher_layers,
+        n_head=task.heads,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        resid_pdrop=task.dropout,
+        embd_pdrop=task.dropout,
+        attn_pdrop=task.dropout,
+    )
     model = GPT2LMHeadModel(config)
     rows = data["train"]
     if task.name == "tweets":
         rows = [{"input_ids": r["input_ids"], "labels": r["input_ids"]} for r in rows]
-    args = TrainingArguments(**common_args(os.path.join(folder, "trainer"), task.teacher_steps, task.teacher_lr,
-                                           task.teacher_batch, 0))
+    args = TrainingArguments(
+        **common_args(os.path.join(folder, "trainer"), task.teacher_steps, task.teacher_lr, task.teacher_batch, 0)
+    )
     collator = CompletionCollator(tokenizer.pad_token_id)
     Trainer(model=model, args=args, train_dataset=rows, data_collator=collator).train()
     model.save_pretrained(folder)
@@ -254,9 +342,13 @@ def student_arguments(task: TaskConfig, method: str, seed: int, output_dir: str)
         settings["lmbda_start_step"] = task.student_steps // 2
         if "on_policy_divergence" in fields and ON_POLICY_DIVERGENCE is not None:
             settings["on_policy_divergence"] = ON_POLICY_DIVERGENCE
-    return DistillationArguments(**common_args(output_dir, task.student_steps, task.student_lr, task.batch, seed),
-                                 temperature=1.0, max_new_tokens=task.max_new_tokens, generation_temperature=1.0,
-                                 **settings)
+    return DistillationArguments(
+        **common_args(output_dir, task.student_steps, task.student_lr, task.batch, seed),
+        temperature=1.0,
+        max_new_tokens=task.max_new_tokens,
+        generation_temperature=1.0,
+        **settings,
+    )
 
 
 def replace_config(config: GPT2Config, **changes) -> GPT2Config:
@@ -279,9 +371,14 @@ def train_student(task, method, seed, teacher, tokenizer, train, folder):
     else:
         student = init_student_from_teacher(teacher, num_layers=task.student_layers)
     args = student_arguments(task, method, seed, folder)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=train,
-                                  processing_class=tokenizer,
-                                  data_collator=PromptCompletionCollator(tokenizer.pad_token_id))
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=train,
+        processing_class=tokenizer,
+        data_collator=PromptCompletionCollator(tokenizer.pad_token_id),
+    )
     if METHODS[method].get(WARM) and "lmbda_start_step" not in DistillationArguments.__dataclass_fields__:
         warm_start_fallback(trainer, task.student_steps // 2)
     start = time.perf_counter()
@@ -303,13 +400,19 @@ def prefix_accuracy(completion: str, reference: str) -> float:
 
 
 def scores(model, teacher, tokenizer, task, rows, floor: bool = False) -> dict:
-    config = GenerationConfig(max_new_tokens=task.max_new_tokens, do_sample=False,
-                              eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
-    out = evaluate_generation(model, rows, tokenizer, config, teacher=teacher, batch_size=128, teacher_floor=floor,
-                              return_samples=len(rows))
+    config = GenerationConfig(
+        max_new_tokens=task.max_new_tokens,
+        do_sample=False,
+        eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    out = evaluate_generation(
+        model, rows, tokenizer, config, teacher=teacher, batch_size=128, teacher_floor=floor, return_samples=len(rows)
+    )
     if task.name == "reverse":
-        out["prefix_accuracy"] = statistics.mean(prefix_accuracy(s["completion"], s["reference"])
-                                                 for s in out["samples"])
+        out["prefix_accuracy"] = statistics.mean(
+            prefix_accuracy(s["completion"], s["reference"]) for s in out["samples"]
+        )
     out["samples"] = out["samples"][:3]
     device = next(model.parameters()).device
     out["perplexity"] = math.exp(lrd.evaluate_ce(model, rows, tokenizer.pad_token_id, device))
@@ -355,26 +458,42 @@ def student_job(task: TaskConfig, method: str, seed: int, work: str) -> dict:
     tokenizer = PreTrainedTokenizerFast.from_pretrained(os.path.join(folder, "tokenizer"))
     data = torch.load(os.path.join(folder, "data.pt"))
     teacher = GPT2LMHeadModel.from_pretrained(os.path.join(folder, "teacher")).eval()
-    student, seconds = train_student(task, method, seed, teacher, tokenizer, data["train"],
-                                     os.path.join(folder, f"{method}-{seed}"))
-    run = {"method": method, "seed": seed, "train_seconds": seconds,
-           **{s: scores(student, teacher, tokenizer, task, data[s]) for s in ("validation", "test")}}
-    print(f"[{task.name}] {method} seed {seed} ({seconds:.0f} s): val {task.metric} "
-          f"{run['validation'][task.metric]:.4f}, test {run['test'][task.metric]:.4f}", flush=True)
+    student, seconds = train_student(
+        task, method, seed, teacher, tokenizer, data["train"], os.path.join(folder, f"{method}-{seed}")
+    )
+    run = {
+        "method": method,
+        "seed": seed,
+        "train_seconds": seconds,
+        **{s: scores(student, teacher, tokenizer, task, data[s]) for s in ("validation", "test")},
+    }
+    print(
+        f"[{task.name}] {method} seed {seed} ({seconds:.0f} s): val {task.metric} "
+        f"{run['validation'][task.metric]:.4f}, test {run['test'][task.metric]:.4f}",
+        flush=True,
+    )
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(run))
     return run
 
 
-def run_all(tasks: list[TaskConfig], seeds: list[int], methods: dict[str, list[str]], work: str, jobs: int,
-            summarise_only: bool = False) -> dict:
+def run_all(
+    tasks: list[TaskConfig],
+    seeds: list[int],
+    methods: dict[str, list[str]],
+    work: str,
+    jobs: int,
+    summarise_only: bool = False,
+) -> dict:
     """Teachers (one job per task), then every (task, method, seed) student, `jobs` processes at a time; with
     `summarise_only`, the records already in `work` (an interrupted run: the table says which seeds it has)."""
     grid = [(t, m, s) for s in seeds for t in tasks for m in methods[t.name]]
     if summarise_only:
         prepared = {t.name: json.loads(Path(work, t.name, "teacher.json").read_text()) for t in tasks}
-        runs = [json.loads(p.read_text()) if (p := Path(work, t.name, "runs", f"{m}-{s}.json")).exists() else None
-                for t, m, s in grid]
+        runs = [
+            json.loads(p.read_text()) if (p := Path(work, t.name, "runs", f"{m}-{s}.json")).exists() else None
+            for t, m, s in grid
+        ]
     else:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork")) as pool:
             prepared = dict(zip([t.name for t in tasks], pool.map(prepare_task, tasks, [work] * len(tasks))))
@@ -383,8 +502,12 @@ def run_all(tasks: list[TaskConfig], seeds: list[int], methods: dict[str, list[s
     for task in tasks:
         mine = [r for (t, _, _), r in zip(grid, runs) if t.name == task.name and r is not None]
         info = prepared[task.name]
-        results[task.name] = {"config": asdict(task), **info, "runs": mine,
-                              "summary": summarise(task, info["teacher"], mine)}
+        results[task.name] = {
+            "config": asdict(task),
+            **info,
+            "runs": mine,
+            "summary": summarise(task, info["teacher"], mine),
+        }
     return results
 
 
@@ -414,17 +537,23 @@ def summarise(task: TaskConfig, teacher: dict, runs: list[dict]) -> dict:
                 continue
             t_key, ce_key = teacher["test"][key], statistics.mean(r["test"][key] for r in ce.values())
             if t_key != ce_key:
-                row[name] = mean_ci([(r["test"][key] - ce[r["seed"]]["test"][key]) / (t_key - ce_key)
-                                     for r in rs if r["seed"] in ce])
+                row[name] = mean_ci(
+                    [(r["test"][key] - ce[r["seed"]]["test"][key]) / (t_key - ce_key) for r in rs if r["seed"] in ce]
+                )
         row["seeds"] = [r["seed"] for r in rs]
         row["train_seconds"] = statistics.mean(r["train_seconds"] for r in rs)
         rows[method] = row
     distilled = [m for m in rows if m != "ce"]
     # ties on the metric (e.g. exact match 0 for every student) are broken by validation prefix accuracy
-    best = max(distilled, key=lambda m: (rows[m]["val_" + metric], rows[m].get("val_prefix_accuracy", 0.0)),
-               default=None)
-    return {"methods": rows, "best_on_validation": best, "teacher_test": teacher["test"],
-            "teacher_validation": teacher["validation"]}
+    best = max(
+        distilled, key=lambda m: (rows[m]["val_" + metric], rows[m].get("val_prefix_accuracy", 0.0)), default=None
+    )
+    return {
+        "methods": rows,
+        "best_on_validation": best,
+        "teacher_test": teacher["test"],
+        "teacher_validation": teacher["validation"],
+    }
 
 
 def fmt(pair, scale=1.0, digits=3) -> str:
@@ -438,22 +567,34 @@ def markdown(results: dict) -> str:
         s, task = res["summary"], res["config"]
         metrics = [k for k in REPORTED if k in s["teacher_test"]]
         width = task.get("student_hidden") or task["hidden"]
-        lines += [f"### {name}: {task['teacher_layers']}-layer teacher (width {task['hidden']}), "
-                  f"{task['student_layers']}-layer students (width {width}), "
-                  f"{task['student_steps']} steps x {task['batch']} (test split, {res['examples']['test']} examples)",
-                  "", "| model | " + " | ".join(metrics) + f" | gap recovered ({task['metric']}"
-                  + (" / prefix_accuracy" if task["metric"] != "prefix_accuracy" and "prefix_accuracy" in metrics
-                     else "") + ") | train s |",
-                  "|---" * (len(metrics) + 3) + "|",
-                  "| teacher | " + " | ".join(f"{s['teacher_test'][k]:.3f}" for k in metrics) + " | 100% | |"]
+        lines += [
+            f"### {name}: {task['teacher_layers']}-layer teacher (width {task['hidden']}), "
+            f"{task['student_layers']}-layer students (width {width}), "
+            f"{task['student_steps']} steps x {task['batch']} (test split, {res['examples']['test']} examples)",
+            "",
+            "| model | "
+            + " | ".join(metrics)
+            + f" | gap recovered ({task['metric']}"
+            + (" / prefix_accuracy" if task["metric"] != "prefix_accuracy" and "prefix_accuracy" in metrics else "")
+            + ") | train s |",
+            "|---" * (len(metrics) + 3) + "|",
+            "| teacher | " + " | ".join(f"{s['teacher_test'][k]:.3f}" for k in metrics) + " | 100% | |",
+        ]
         for method, row in s["methods"].items():
             gap = " / ".join(f"{fmt(row[k], 100, 0)}%" for k in ("gap_recovered", "gap_recovered_prefix") if k in row)
             seeds = "" if len(row["seeds"]) == len(results["meta"]["seeds"]) else f" ({len(row['seeds'])} seeds)"
-            lines.append(f"| {method}{seeds} | " + " | ".join(fmt(row[k]) for k in metrics)
-                         + f" | {gap} | {row['train_seconds']:.0f} |")
+            lines.append(
+                f"| {method}{seeds} | "
+                + " | ".join(fmt(row[k]) for k in metrics)
+                + f" | {gap} | {row['train_seconds']:.0f} |"
+            )
         floor = s["teacher_test"].get("teacher_nll_floor")
-        lines += ["", f"Teacher NLL floor (the teacher's NLL of its own greedy completions): {floor:.3f}. "
-                  f"Best distilled method on validation {task['metric']}: **{s['best_on_validation']}**.", ""]
+        lines += [
+            "",
+            f"Teacher NLL floor (the teacher's NLL of its own greedy completions): {floor:.3f}. "
+            f"Best distilled method on validation {task['metric']}: **{s['best_on_validation']}**.",
+            "",
+        ]
         if "run" in res:  # carried over from an earlier run (--keep_other_tasks)
             lines += [run_line(res["run"], f"This table ({name}) is from an earlier run: "), ""]
     lines += [run_line(results["meta"], "Tables without a note of their own: ")]
@@ -461,8 +602,10 @@ def markdown(results: dict) -> str:
 
 
 def run_line(meta: dict, lead: str) -> str:
-    return (f"{lead}device {meta['device']}; seeds {meta['seeds']} (± = 95% t-interval over seeds); "
-            f"total {meta['total_seconds'] / 60:.1f} min. Commit `{meta['commit']}`. Command: `{meta['command']}`.")
+    return (
+        f"{lead}device {meta['device']}; seeds {meta['seeds']} (± = 95% t-interval over seeds); "
+        f"total {meta['total_seconds'] / 60:.1f} min. Commit `{meta['commit']}`. Command: `{meta['command']}`."
+    )
 
 
 def plots(results: dict, out: Path, prefix: str) -> list[str]:
@@ -506,11 +649,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--work_dir", default=None)
     parser.add_argument("--jobs", type=int, default=3, help="processes training at once (one thread each)")
     parser.add_argument("--tweets_methods", default=None, help="methods of the tweets task (default: --methods)")
-    parser.add_argument("--keep_other_tasks", action="store_true",
-                        help="carry the tasks of --out_dir's lm_generation.json that this run does not redo into the "
-                             "new report, each with the commit and command of the run that made it")
-    parser.add_argument("--summarise_only", action="store_true",
-                        help="write the report from the records in --work_dir (an interrupted run)")
+    parser.add_argument(
+        "--keep_other_tasks",
+        action="store_true",
+        help="carry the tasks of --out_dir's lm_generation.json that this run does not redo into the "
+        "new report, each with the commit and command of the run that made it",
+    )
+    parser.add_argument(
+        "--summarise_only",
+        action="store_true",
+        help="write the report from the records in --work_dir (an interrupted run)",
+    )
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     a.methods = a.methods or ("ce,forward_kl,onpolicy_1.0,seq_kd" if a.tiny else ",".join(METHODS))
@@ -527,9 +676,16 @@ def main(argv=None) -> dict:
     results = {"tasks": run_all([table[name] for name in tasks], seeds, per_task, work, a.jobs, a.summarise_only)}
     native = "lmbda_start_step" in DistillationArguments.__dataclass_fields__
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, shared)"
-    results["meta"] = {"device": device, "seeds": seeds, "total_seconds": time.perf_counter() - begin,
-                       **record, "torch": torch.__version__, "tiny": a.tiny, "jobs": a.jobs,
-                       "warm_start": "lmbda_start_step" if native else "fallback (sampler patched in this script)"}
+    results["meta"] = {
+        "device": device,
+        "seeds": seeds,
+        "total_seconds": time.perf_counter() - begin,
+        **record,
+        "torch": torch.__version__,
+        "tiny": a.tiny,
+        "jobs": a.jobs,
+        "warm_start": "lmbda_start_step" if native else "fallback (sampler patched in this script)",
+    }
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prefix = "lm_generation"
@@ -537,8 +693,9 @@ def main(argv=None) -> dict:
         old = json.loads((out / f"{prefix}.json").read_text())
         for name, res in old["tasks"].items():
             if name not in results["tasks"]:
-                res.setdefault("run", {k: old["meta"][k] for k in ("commit", "command", "device", "seeds",
-                                                                    "total_seconds")})
+                res.setdefault(
+                    "run", {k: old["meta"][k] for k in ("commit", "command", "device", "seeds", "total_seconds")}
+                )
                 results["tasks"][name] = res
     text = markdown(results)
     (out / f"{prefix}.md").write_text(text)

@@ -520,6 +520,7 @@ def markdown(summary: dict) -> str:
         f"| teacher ({summary['config']['teacher_layers']} layers) | {t['test_ce']:.4f} | {t['test_ppl']:.2f} "
         "| 100% | | | |",
     ]
+
     def ci(v):
         return f" ± {v:.2f}" if v else ""
 

@@ -55,8 +55,19 @@ MODES = {  # name -> DistillationArguments overrides (all at lmbda 1 except offp
     "compiled": {"generation_cache": "static", "generation_compile": True},
 }
 PRESETS = {
-    "tiny": {"hidden": 32, "heads": 2, "teacher_layers": 2, "student_layers": 1, "batch_size": 2,
-             "accumulation": 2, "max_new_tokens": 4, "steps": 3, "warmup": 1, "rounds": 1, "vocab": "tiny"},
+    "tiny": {
+        "hidden": 32,
+        "heads": 2,
+        "teacher_layers": 2,
+        "student_layers": 1,
+        "batch_size": 2,
+        "accumulation": 2,
+        "max_new_tokens": 4,
+        "steps": 3,
+        "warmup": 1,
+        "rounds": 1,
+        "vocab": "tiny",
+    },
 }
 
 
@@ -108,10 +119,18 @@ def prompts_dataset(cfg: SamplingBenchConfig, tokenizer, n: int) -> list[dict]:
 
 def models(cfg: SamplingBenchConfig, tokenizer):
     torch.manual_seed(0)
-    teacher = GPT2LMHeadModel(GPT2Config(
-        vocab_size=len(tokenizer), n_positions=64, n_embd=cfg.hidden, n_layer=cfg.teacher_layers, n_head=cfg.heads,
-        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id,
-    ))
+    teacher = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=64,
+            n_embd=cfg.hidden,
+            n_layer=cfg.teacher_layers,
+            n_head=cfg.heads,
+            bos_token_id=tokenizer.cls_token_id,
+            eos_token_id=tokenizer.sep_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
     return teacher
 
 
@@ -119,16 +138,35 @@ def make_trainer(cfg, teacher, tokenizer, train, out, clock, collator=None, **ov
     torch.manual_seed(0)
     student = init_student_from_teacher(teacher, num_layers=cfg.student_layers)
     settings = {
-        "output_dir": out, "max_steps": cfg.steps, "per_device_train_batch_size": cfg.batch_size,
-        "gradient_accumulation_steps": cfg.accumulation, "learning_rate": 1e-4, "temperature": 1.0,
-        "soft_weight": 1.0, "hard_weight": 0.0, "divergence": "jsd", "max_new_tokens": cfg.max_new_tokens,
-        "save_strategy": "no", "report_to": "none", "logging_steps": 10**6, "disable_tqdm": True, "use_cpu": True,
-        "seed": 0, "data_seed": 0, "dataloader_pin_memory": False,
+        "output_dir": out,
+        "max_steps": cfg.steps,
+        "per_device_train_batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.accumulation,
+        "learning_rate": 1e-4,
+        "temperature": 1.0,
+        "soft_weight": 1.0,
+        "hard_weight": 0.0,
+        "divergence": "jsd",
+        "max_new_tokens": cfg.max_new_tokens,
+        "save_strategy": "no",
+        "report_to": "none",
+        "logging_steps": 10**6,
+        "disable_tqdm": True,
+        "use_cpu": True,
+        "seed": 0,
+        "data_seed": 0,
+        "dataloader_pin_memory": False,
     }
     args = DistillationArguments(**{**settings, **overrides})
-    trainer = DistillationTrainer(student, teacher, args, train_dataset=train, processing_class=tokenizer,
-                                  callbacks=[clock], data_collator=collator or PromptCompletionCollator(
-                                      tokenizer.pad_token_id))
+    trainer = DistillationTrainer(
+        student,
+        teacher,
+        args,
+        train_dataset=train,
+        processing_class=tokenizer,
+        callbacks=[clock],
+        data_collator=collator or PromptCompletionCollator(tokenizer.pad_token_id),
+    )
     clock.trainer = trainer
     return trainer
 
@@ -165,8 +203,10 @@ def offpolicy_rows(captured: list[dict], accumulation: int) -> list[list[dict]]:
     """The captured sampled micro-batches as dataset rows (prompt + sampled completion, labels -100), one list per
     micro-batch, so that an off-policy run with batch size 1 + a collating collator sees the same sequences."""
     return [
-        [{"input_ids": ids[m.bool()].tolist(), "labels": ids.masked_fill(c == 0, IGNORE_INDEX)[m.bool()].tolist()}
-         for ids, m, c in zip(b["input_ids"], b["attention_mask"], b["completion_mask"])]
+        [
+            {"input_ids": ids[m.bool()].tolist(), "labels": ids.masked_fill(c == 0, IGNORE_INDEX)[m.bool()].tolist()}
+            for ids, m, c in zip(b["input_ids"], b["attention_mask"], b["completion_mask"])
+        ]
         for b in captured
     ]
 
@@ -190,14 +230,19 @@ def run(cfg: SamplingBenchConfig) -> dict:
     for r in range(cfg.rounds):
         captured: list[dict] = []
         for mode in modes:
-            per_round[mode].append(timed_run(cfg, mode, teacher, tokenizer, train, work,
-                                             capture=captured if mode == "after" else None))
-            print(f"round {r} {mode}: step {1000 * per_round[mode][-1]['step_seconds']:.0f} ms, generation "
-                  f"{100 * per_round[mode][-1]['generation_share']:.0f}%", flush=True)
+            per_round[mode].append(
+                timed_run(cfg, mode, teacher, tokenizer, train, work, capture=captured if mode == "after" else None)
+            )
+            print(
+                f"round {r} {mode}: step {1000 * per_round[mode][-1]['step_seconds']:.0f} ms, generation "
+                f"{100 * per_round[mode][-1]['generation_share']:.0f}%",
+                flush=True,
+            )
         if captured:
             same = Prebatched(offpolicy_rows(captured, cfg.accumulation))
-            per_round["offpolicy"].append(timed_run(cfg, "offpolicy", teacher, tokenizer, same, work,
-                                                    collator=collate_unlabelled))
+            per_round["offpolicy"].append(
+                timed_run(cfg, "offpolicy", teacher, tokenizer, same, work, collator=collate_unlabelled)
+            )
     results = {}
     for mode, runs in per_round.items():
         if not runs:
@@ -206,17 +251,26 @@ def run(cfg: SamplingBenchConfig) -> dict:
         results[mode]["rounds"] = runs
         if results[mode]["all_generation_seconds"] > 0:
             results[mode]["tokens_per_second"] = statistics.median(
-                r["generated_tokens"] / r["all_generation_seconds"] for r in runs)
-    summary = {"config": asdict(cfg), "modes": results, "wall_seconds": time.perf_counter() - begin,
-               "device": f"cpu ({os.cpu_count()} cores, {cfg.threads} torch thread(s))", "torch": torch.__version__}
+                r["generated_tokens"] / r["all_generation_seconds"] for r in runs
+            )
+    summary = {
+        "config": asdict(cfg),
+        "modes": results,
+        "wall_seconds": time.perf_counter() - begin,
+        "device": f"cpu ({os.cpu_count()} cores, {cfg.threads} torch thread(s))",
+        "torch": torch.__version__,
+    }
     if "before" in results and "after" in results:
         b, a = results["before"], results["after"]
-        summary["speedup"] = {"tokens_per_second": a["tokens_per_second"] / b["tokens_per_second"],
-                              "generation_share_before_over_after": b["generation_share"] / a["generation_share"],
-                              "step": b["step_seconds"] / a["step_seconds"]}
+        summary["speedup"] = {
+            "tokens_per_second": a["tokens_per_second"] / b["tokens_per_second"],
+            "generation_share_before_over_after": b["generation_share"] / a["generation_share"],
+            "step": b["step_seconds"] / a["step_seconds"],
+        }
     if "after" in results and "offpolicy" in results:
-        summary["non_generation_over_offpolicy"] = (results["after"]["non_generation_seconds"]
-                                                    / results["offpolicy"]["step_seconds"])
+        summary["non_generation_over_offpolicy"] = (
+            results["after"]["non_generation_seconds"] / results["offpolicy"]["step_seconds"]
+        )
     return summary
 
 
@@ -234,16 +288,24 @@ def markdown(summary: dict) -> str:
     for mode, r in summary["modes"].items():
         tps = f"{r['tokens_per_second']:.0f}" if "tokens_per_second" in r else ""
         share = f"{100 * r['generation_share']:.0f}%" if mode != "offpolicy" else ""
-        lines.append(f"| {mode} | {1000 * r['step_seconds']:.0f} | {1000 * r['generation_seconds']:.0f} | "
-                     f"{1000 * r['non_generation_seconds']:.0f} | {share} | {tps} |")
+        lines.append(
+            f"| {mode} | {1000 * r['step_seconds']:.0f} | {1000 * r['generation_seconds']:.0f} | "
+            f"{1000 * r['non_generation_seconds']:.0f} | {share} | {tps} |"
+        )
     if "speedup" in summary:
         s = summary["speedup"]
-        lines += ["", f"after vs before: tokens/s x{s['tokens_per_second']:.2f}, generation share "
-                      f"{s['generation_share_before_over_after']:.2f}x smaller (target >= 2x), step "
-                      f"x{s['step']:.2f} faster."]
+        lines += [
+            "",
+            f"after vs before: tokens/s x{s['tokens_per_second']:.2f}, generation share "
+            f"{s['generation_share_before_over_after']:.2f}x smaller (target >= 2x), step "
+            f"x{s['step']:.2f} faster.",
+        ]
     if "non_generation_over_offpolicy" in summary:
-        lines += ["", f"Non-generation part of the on-policy step / off-policy step on the same sequences: "
-                      f"**{summary['non_generation_over_offpolicy']:.3f}x** (target <= 1.05x)."]
+        lines += [
+            "",
+            f"Non-generation part of the on-policy step / off-policy step on the same sequences: "
+            f"**{summary['non_generation_over_offpolicy']:.3f}x** (target <= 1.05x).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -269,8 +331,9 @@ def main(argv=None) -> dict:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown(summary)
-    (out / f"{cfg.name}.md").write_text(f"# On-policy sampling cost\n\n{provenance_line(summary['provenance'])}\n\n"
-                                        f"{table}")
+    (out / f"{cfg.name}.md").write_text(
+        f"# On-policy sampling cost\n\n{provenance_line(summary['provenance'])}\n\n{table}"
+    )
     (out / f"{cfg.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(table, flush=True)
     return summary

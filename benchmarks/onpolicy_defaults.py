@@ -61,15 +61,34 @@ class DefaultsConfig:
     name: str = "onpolicy_defaults"
 
 
-PRESETS = {"tiny": {"n_train": 48, "n_val": 8, "hidden": 32, "teacher_layers": 2, "student_steps": 4,
-                    "batch_size": 4, "max_new_tokens": 4}}
+PRESETS = {
+    "tiny": {
+        "n_train": 48,
+        "n_val": 8,
+        "hidden": 32,
+        "teacher_layers": 2,
+        "student_steps": 4,
+        "batch_size": 4,
+        "max_new_tokens": 4,
+    }
+}
 
 
 def bench_config(cfg: DefaultsConfig, work: str) -> LMBenchConfig:
-    return LMBenchConfig(n_train=cfg.n_train, n_val=cfg.n_val, n_test=0, hidden=cfg.hidden, heads=cfg.heads,
-                         teacher_layers=cfg.teacher_layers, student_layers=cfg.student_layers,
-                         teacher_epochs=cfg.teacher_epochs, student_steps=cfg.student_steps,
-                         batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, work_dir=work)
+    return LMBenchConfig(
+        n_train=cfg.n_train,
+        n_val=cfg.n_val,
+        n_test=0,
+        hidden=cfg.hidden,
+        heads=cfg.heads,
+        teacher_layers=cfg.teacher_layers,
+        student_layers=cfg.student_layers,
+        teacher_epochs=cfg.teacher_epochs,
+        student_steps=cfg.student_steps,
+        batch_size=cfg.batch_size,
+        max_new_tokens=cfg.max_new_tokens,
+        work_dir=work,
+    )
 
 
 def run(cfg: DefaultsConfig) -> dict:
@@ -81,31 +100,68 @@ def run(cfg: DefaultsConfig) -> dict:
     start = time.perf_counter()
     train_teacher(bench, tokenizer, data, os.path.join(work, "teacher"))
     teacher = GPT2LMHeadModel.from_pretrained(os.path.join(work, "teacher")).eval()
-    sampling = GenerationConfig(max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=1.0, top_k=0,
-                                eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
+    sampling = GenerationConfig(
+        max_new_tokens=cfg.max_new_tokens,
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
 
     def score(model) -> dict:
-        generated = evaluate_generation(model, data["validation"], tokenizer, sampling, teacher=teacher,
-                                        batch_size=64, seed=cfg.seed, teacher_floor=False)
-        return {"val_teacher_nll": generated["teacher_nll"], "val_rougeL": generated["rougeL"],
-                "val_ce": evaluate_ce(model, data["validation"], tokenizer.pad_token_id, torch.device("cpu"))}
+        generated = evaluate_generation(
+            model,
+            data["validation"],
+            tokenizer,
+            sampling,
+            teacher=teacher,
+            batch_size=64,
+            seed=cfg.seed,
+            teacher_floor=False,
+        )
+        return {
+            "val_teacher_nll": generated["teacher_nll"],
+            "val_rougeL": generated["rougeL"],
+            "val_ce": evaluate_ce(model, data["validation"], tokenizer.pad_token_id, torch.device("cpu")),
+        }
 
     results = {"teacher": score(teacher)}
     print(f"teacher {results['teacher']}", flush=True)
     for name, (fraction, divergence) in CANDIDATES.items():
         if divergence == "best":
-            divergence = min((n for n in results if n.startswith("start0.5_")),
-                             key=lambda n: results[n]["val_teacher_nll"]).removeprefix("start0.5_")
-        overrides = {} if divergence is None else {
-            "lmbda": 1.0, "lmbda_start_step": int(fraction * cfg.student_steps), "on_policy_divergence": divergence}
-        trainer = make_trainer(bench, "forward_kl", cfg.seed, teacher, tokenizer, data["train"],
-                               os.path.join(work, "runs", name), **overrides)
+            divergence = min(
+                (n for n in results if n.startswith("start0.5_")), key=lambda n: results[n]["val_teacher_nll"]
+            ).removeprefix("start0.5_")
+        overrides = (
+            {}
+            if divergence is None
+            else {
+                "lmbda": 1.0,
+                "lmbda_start_step": int(fraction * cfg.student_steps),
+                "on_policy_divergence": divergence,
+            }
+        )
+        trainer = make_trainer(
+            bench,
+            "forward_kl",
+            cfg.seed,
+            teacher,
+            tokenizer,
+            data["train"],
+            os.path.join(work, "runs", name),
+            **overrides,
+        )
         trainer.train()
         model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
         results[name] = {"start_fraction": fraction, "on_policy_divergence": divergence, **score(model)}
         print(f"{name}: {results[name]}", flush=True)
-    return {"config": asdict(cfg), "results": results, "wall_seconds": time.perf_counter() - start,
-            "device": f"cpu ({os.cpu_count()} cores, 1 torch thread)"}
+    return {
+        "config": asdict(cfg),
+        "results": results,
+        "wall_seconds": time.perf_counter() - start,
+        "device": f"cpu ({os.cpu_count()} cores, 1 torch thread)",
+    }
 
 
 def markdown(summary: dict) -> str:
@@ -121,8 +177,10 @@ def markdown(summary: dict) -> str:
     ]
     for name, r in summary["results"].items():
         frac = "" if name == "teacher" else f"{100 * r['start_fraction']:.0f}%"
-        lines.append(f"| {name} | {frac} | {r.get('on_policy_divergence') or ''} | {r['val_teacher_nll']:.3f} | "
-                     f"{r['val_rougeL']:.3f} | {r['val_ce']:.3f} |")
+        lines.append(
+            f"| {name} | {frac} | {r.get('on_policy_divergence') or ''} | {r['val_teacher_nll']:.3f} | "
+            f"{r['val_rougeL']:.3f} | {r['val_ce']:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -135,8 +193,9 @@ def main(argv=None) -> dict:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown(summary)
-    (out / f"{cfg.name}.md").write_text(f"# On-policy defaults, chosen on validation\n\n"
-                                        f"{provenance_line(summary['provenance'])}\n\n{table}")
+    (out / f"{cfg.name}.md").write_text(
+        f"# On-policy defaults, chosen on validation\n\n{provenance_line(summary['provenance'])}\n\n{table}"
+    )
     (out / f"{cfg.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(table, flush=True)
     return summary

@@ -40,10 +40,28 @@ from hf_distill.lm_data import encode_example  # noqa: E402
 from hf_distill.positions import token_counts  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FULL = {"n_tweets": 4000, "batch_size": 32, "batches": 2, "repeats": 5, "hidden": 128, "heads": 4,
-        "teacher_layers": 4, "student_layers": 2, "max_length": 128}
-TINY = {"n_tweets": 200, "batch_size": 8, "batches": 2, "repeats": 2, "hidden": 32, "heads": 2,
-        "teacher_layers": 2, "student_layers": 1, "max_length": 64}
+FULL = {
+    "n_tweets": 4000,
+    "batch_size": 32,
+    "batches": 2,
+    "repeats": 5,
+    "hidden": 128,
+    "heads": 4,
+    "teacher_layers": 4,
+    "student_layers": 2,
+    "max_length": 128,
+}
+TINY = {
+    "n_tweets": 200,
+    "batch_size": 8,
+    "batches": 2,
+    "repeats": 2,
+    "hidden": 32,
+    "heads": 2,
+    "teacher_layers": 2,
+    "student_layers": 1,
+    "max_length": 64,
+}
 
 
 def tweet_examples(n: int, max_length: int, seed: int = 0) -> list[dict]:
@@ -62,17 +80,35 @@ def tweet_examples(n: int, max_length: int, seed: int = 0) -> list[dict]:
 
 def gpt2(tokenizer, layers: int, hidden: int, heads: int, seed: int, positions: int) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=hidden, n_layer=layers, n_head=heads, n_positions=positions,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=tokenizer.cls_token_id,
-                        eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=heads,
+        n_positions=positions,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return GPT2LMHeadModel(config)
 
 
 def make_step(student, teacher, tokenizer, pack: bool, chunk: int | None):
     """One training step on a list of examples: collate, the trainer's loss, backward, SGD update."""
-    args = DistillationArguments(output_dir="/tmp/hf_distill_packing", report_to=[], use_cpu=True,
-                                 save_strategy="no", disable_tqdm=True, soft_weight=0.5, hard_weight=0.5,
-                                 temperature=1.0, loss_chunk_size=chunk)
+    args = DistillationArguments(
+        output_dir="/tmp/hf_distill_packing",
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        soft_weight=0.5,
+        hard_weight=0.5,
+        temperature=1.0,
+        loss_chunk_size=chunk,
+    )
     collator = PromptCompletionCollator.from_tokenizer(tokenizer, pack=pack)
     trainer = DistillationTrainer(student, teacher, args, data_collator=collator, processing_class=tokenizer)
     optimizer = torch.optim.SGD(student.parameters(), lr=1e-3)
@@ -93,8 +129,10 @@ def run(cfg: dict, chunks: list[int | None]) -> dict:
     examples, tokenizer = tweet_examples(cfg["n_tweets"], cfg["max_length"])
     g = torch.Generator().manual_seed(1)
     order = torch.randperm(len(examples), generator=g).tolist()
-    batches = [[examples[i] for i in order[b * cfg["batch_size"]:(b + 1) * cfg["batch_size"]]]
-               for b in range(cfg["batches"])]
+    batches = [
+        [examples[i] for i in order[b * cfg["batch_size"] : (b + 1) * cfg["batch_size"]]]
+        for b in range(cfg["batches"])
+    ]
     teacher = gpt2(tokenizer, cfg["teacher_layers"], cfg["hidden"], cfg["heads"], 0, cfg["max_length"]).eval()
     start = gpt2(tokenizer, cfg["student_layers"], cfg["hidden"], cfg["heads"], 1, cfg["max_length"])
     collated = [PromptCompletionCollator.from_tokenizer(tokenizer)(b) for b in batches]
@@ -112,7 +150,7 @@ def run(cfg: dict, chunks: list[int | None]) -> dict:
         losses = {name: [] for name in modes}
         names = list(modes)
         for r in range(cfg["repeats"] + 1):  # the first round is a warm-up
-            for name in names[r % 2:] + names[: r % 2]:
+            for name in names[r % 2 :] + names[: r % 2]:
                 student, step = modes[name]
                 student.load_state_dict(start.state_dict())  # every repeat from the same weights
                 t0 = time.perf_counter()
@@ -124,22 +162,37 @@ def run(cfg: dict, chunks: list[int | None]) -> dict:
                 loss = "full" if chunk is None else "chunked"
                 print(f"  [{loss} round {r}] {name}: {elapsed:.2f} s", file=sys.stderr, flush=True)
         median = {name: statistics.median(v) for name, v in times.items()}
-        diff = max(abs(a - b) / max(abs(b), 1e-12) for ra, rb in zip(losses["packed"], losses["padded"])
-                   for a, b in zip(ra, rb))
-        rows.append({
-            "loss": "full logits" if chunk is None else f"chunked ({chunk} rows)",
-            "padded_s": median["padded"], "packed_s": median["packed"],
-            "padded_tokens_per_s": tokens / median["padded"], "packed_tokens_per_s": tokens / median["packed"],
-            "speedup": median["padded"] / median["packed"], "max_rel_loss_diff": diff,
-            "same_loss_1e-5": diff <= 1e-5, "padded_times_s": times["padded"], "packed_times_s": times["packed"],
-        })
+        diff = max(
+            abs(a - b) / max(abs(b), 1e-12)
+            for ra, rb in zip(losses["packed"], losses["padded"])
+            for a, b in zip(ra, rb)
+        )
+        rows.append(
+            {
+                "loss": "full logits" if chunk is None else f"chunked ({chunk} rows)",
+                "padded_s": median["padded"],
+                "packed_s": median["packed"],
+                "padded_tokens_per_s": tokens / median["padded"],
+                "packed_tokens_per_s": tokens / median["packed"],
+                "speedup": median["padded"] / median["packed"],
+                "max_rel_loss_diff": diff,
+                "same_loss_1e-5": diff <= 1e-5,
+                "padded_times_s": times["padded"],
+                "packed_times_s": times["packed"],
+            }
+        )
     return {
-        "config": cfg, "chunks": chunks,
+        "config": cfg,
+        "chunks": chunks,
         "machine": f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "examples": len(examples), "mean_length": statistics.mean(lengths),
+        "examples": len(examples),
+        "mean_length": statistics.mean(lengths),
         "median_length": statistics.median(lengths),
-        "max_length_seen": max(lengths), "distilled_tokens_per_repeat": tokens, "real_tokens_per_repeat": real,
-        "padded_positions_per_repeat": padded_positions, "rows": rows,
+        "max_length_seen": max(lengths),
+        "distilled_tokens_per_repeat": tokens,
+        "real_tokens_per_repeat": real,
+        "padded_positions_per_repeat": padded_positions,
+        "rows": rows,
     }
 
 
@@ -166,8 +219,9 @@ def report(result: dict) -> str:
     lines.append("")
     for row in result["rows"]:
         same = "yes" if row["same_loss_1e-5"] else "NO"
-        lines.append(f"{row['loss']}: packed / padded tokens per second = {row['speedup']:.3f} (same loss to 1e-5: "
-                     f"{same})")
+        lines.append(
+            f"{row['loss']}: packed / padded tokens per second = {row['speedup']:.3f} (same loss to 1e-5: {same})"
+        )
     return "\n".join(lines)
 
 
@@ -191,6 +245,7 @@ def main() -> None:
             json.dump(result, f, indent=1)
         with open(os.path.join(out_dir, "packing_cpu.md"), "w") as f:
             f.write(f"# Packed vs padded distillation (CPU)\n\n{provenance_line(result)}\n\n{text}\n")
+
 
 if __name__ == "__main__":
     main()

@@ -73,7 +73,8 @@ class RealDataConfig:
     epochs: float = field(default=3.0, metadata={"help": "Epochs of the teacher and of full-data students."})
     evals_per_run: int = field(default=3, metadata={"help": "Validation evaluations per full-data run."})
     small_min_steps: int = field(
-        default=100, metadata={"help": "Small-data runs (3%, 10%) train for at least this many steps."})
+        default=100, metadata={"help": "Small-data runs (3%, 10%) train for at least this many steps."}
+    )
     small_evals_per_run: int = field(default=8, metadata={"help": "Validation evaluations per small-data run."})
     teacher_lr: float = 1e-4
     student_lr: float = 1e-4
@@ -85,15 +86,23 @@ class RealDataConfig:
     hidden_weight: float = 1.0
     hidden_loss: str = "mse"
     student_init: str = field(
-        default="teacher", metadata={"help": "Where every 3-layer student (hard-only included) starts: 'teacher' = "
-                                     "layers 2, 4, 6 of the fine-tuned teacher with its head (the issue's setup); "
-                                     "'pretrained' = the same layers of the pretrained checkpoint, fresh head.",
-                                     "choices": ["teacher", "pretrained"]})
+        default="teacher",
+        metadata={
+            "help": "Where every 3-layer student (hard-only included) starts: 'teacher' = "
+            "layers 2, 4, 6 of the fine-tuned teacher with its head (the issue's setup); "
+            "'pretrained' = the same layers of the pretrained checkpoint, fresh head.",
+            "choices": ["teacher", "pretrained"],
+        },
+    )
     small_fraction: float = field(default=0.03, metadata={"help": "Fraction of train for the regulariser test."})
     labelled_fraction: float = field(default=0.1, metadata={"help": "Labelled fraction of the transfer set."})
     n_extra_unlabelled: int = field(
-        default=4000, metadata={"help": "Tweets outside every split, labels removed, added to the full training set "
-                                "as a transfer set labelled by the teacher (0 = skip that experiment)."})
+        default=4000,
+        metadata={
+            "help": "Tweets outside every split, labels removed, added to the full training set "
+            "as a transfer set labelled by the teacher (0 = skip that experiment)."
+        },
+    )
     seed: int = 0
     threads: int = 2
     out_dir: str = "docs/results"
@@ -162,21 +171,43 @@ def _args(cls, cfg: RealDataConfig, workdir: str, n_examples: int, lr: float, sm
         evals = cfg.small_evals_per_run
     eval_steps = max(1, int(steps_per_epoch * epochs) // evals)
     return cls(
-        output_dir=workdir, per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=64,
-        learning_rate=lr, num_train_epochs=epochs, warmup_steps=0.1, weight_decay=0.01,
-        eval_strategy="steps", eval_steps=eval_steps, save_strategy="steps", save_steps=eval_steps,
-        save_total_limit=1, save_only_model=True, load_best_model_at_end=True,
-        metric_for_best_model="accuracy", greater_is_better=True, logging_steps=eval_steps,
-        train_sampling_strategy="group_by_length", report_to="none", disable_tqdm=True,
-        use_cpu=True, seed=cfg.seed, data_seed=cfg.seed, **extra,
+        output_dir=workdir,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=64,
+        learning_rate=lr,
+        num_train_epochs=epochs,
+        warmup_steps=0.1,
+        weight_decay=0.01,
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=eval_steps,
+        save_total_limit=1,
+        save_only_model=True,
+        load_best_model_at_end=True,
+        metric_for_best_model="accuracy",
+        greater_is_better=True,
+        logging_steps=eval_steps,
+        train_sampling_strategy="group_by_length",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        **extra,
     )
 
 
 def train(model, train_ds, val_ds, tokenizer, cfg, workdir, lr, small=False, teacher=None, **distill):
     """Fine-tune `model` (plain Trainer) or distil it from `teacher` (DistillationTrainer); best-on-val weights."""
     collator = DataCollatorWithPadding(tokenizer)
-    common = dict(train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
-                  processing_class=tokenizer, compute_metrics=compute_classification_metrics)
+    common = dict(
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        data_collator=collator,
+        processing_class=tokenizer,
+        compute_metrics=compute_classification_metrics,
+    )
     start = time.time()
     if teacher is None:
         trainer = Trainer(model=model, args=_args(TrainingArguments, cfg, workdir, len(train_ds), lr, small), **common)
@@ -185,13 +216,18 @@ def train(model, train_ds, val_ds, tokenizer, cfg, workdir, lr, small=False, tea
         trainer = DistillationTrainer(model=model, teacher_model=teacher, args=args, **common)
     trainer.train()
     curve = [(h["step"], h["eval_accuracy"]) for h in trainer.state.log_history if "eval_accuracy" in h]
-    return trainer.model, {"train_seconds": round(time.time() - start, 1), "val_curve": curve,
-                           "best_val_accuracy": trainer.state.best_metric, "steps": trainer.state.global_step}
+    return trainer.model, {
+        "train_seconds": round(time.time() - start, 1),
+        "val_curve": curve,
+        "best_val_accuracy": trainer.state.best_metric,
+        "steps": trainer.state.global_step,
+    }
 
 
 def predict(model, ds, tokenizer, workdir) -> np.ndarray:
-    args = TrainingArguments(output_dir=workdir, per_device_eval_batch_size=64, report_to="none",
-                             disable_tqdm=True, use_cpu=True)
+    args = TrainingArguments(
+        output_dir=workdir, per_device_eval_batch_size=64, report_to="none", disable_tqdm=True, use_cpu=True
+    )
     out = Trainer(model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer)).predict(ds)
     return np.argmax(out.predictions, axis=-1)
 
@@ -234,9 +270,15 @@ def run(cfg: RealDataConfig, base_model_fn, tokenizer, rows: list[tuple[str, int
 
     results = {
         "config": asdict(cfg),
-        "data": {"corpus_rows_after_dedup": len(rows), "class_counts": {
-            name: {LABELS[c]: int(n) for c, n in zip(*np.unique(np.asarray(labels)[idx], return_counts=True))}
-            for name, idx in split.items()}, "small_subset": int(n_small), "transfer_labelled": int(n_lab)},
+        "data": {
+            "corpus_rows_after_dedup": len(rows),
+            "class_counts": {
+                name: {LABELS[c]: int(n) for c, n in zip(*np.unique(np.asarray(labels)[idx], return_counts=True))}
+                for name, idx in split.items()
+            },
+            "small_subset": int(n_small),
+            "transfer_labelled": int(n_lab),
+        },
         "runs": {},
     }
     preds: dict[str, np.ndarray] = {}
@@ -247,8 +289,11 @@ def run(cfg: RealDataConfig, base_model_fn, tokenizer, rows: list[tuple[str, int
         preds[name] = p
         results["runs"][name] = {**accuracy_and_macro_f1(p, test_labels, len(LABELS)), **meta, **info}
         r = results["runs"][name]
-        print(f"[{time.strftime('%H:%M:%S')}] {name}: test acc {r['accuracy']:.4f} macro-F1 {r['macro_f1']:.4f} "
-              f"(best val {r['best_val_accuracy']:.4f}, {r['train_seconds']}s)", flush=True)
+        print(
+            f"[{time.strftime('%H:%M:%S')}] {name}: test acc {r['accuracy']:.4f} macro-F1 {r['macro_f1']:.4f} "
+            f"(best val {r['best_val_accuracy']:.4f}, {r['train_seconds']}s)",
+            flush=True,
+        )
         finish(results, preds, test_labels, cfg, out_dir)  # partial results survive an interrupted run
 
     torch.manual_seed(cfg.seed)
@@ -256,37 +301,64 @@ def run(cfg: RealDataConfig, base_model_fn, tokenizer, rows: list[tuple[str, int
     teacher, info = train(copy.deepcopy(base), train_ds, val_ds, tokenizer, cfg, f"{workroot}/teacher", cfg.teacher_lr)
     record("teacher", teacher, info, group="main", layers=base.config.num_hidden_layers, data="100% labels")
     # Every student, the hard-label baseline too, starts from the same copy of layers 2, 4, 6 (uniform map).
-    student_init = init_student_from_teacher(teacher if cfg.student_init == "teacher" else base,
-                                             num_layers=cfg.student_layers)
+    student_init = init_student_from_teacher(
+        teacher if cfg.student_init == "teacher" else base, num_layers=cfg.student_layers
+    )
 
     def student(name, ds, small=False, distill=None, **meta):
         model = copy.deepcopy(student_init)
-        d = {} if distill is None else {"teacher": teacher, "soft_weight": cfg.soft_weight,
-                                        "hard_weight": cfg.hard_weight, "temperature": cfg.temperature, **distill}
+        d = (
+            {}
+            if distill is None
+            else {
+                "teacher": teacher,
+                "soft_weight": cfg.soft_weight,
+                "hard_weight": cfg.hard_weight,
+                "temperature": cfg.temperature,
+                **distill,
+            }
+        )
         model, info = train(model, ds, val_ds, tokenizer, cfg, f"{workroot}/{name}", cfg.student_lr, small, **d)
-        record(name, model, info, layers=cfg.student_layers, **meta,
-               **({k: v for k, v in d.items() if k != "teacher"}))
+        record(
+            name, model, info, layers=cfg.student_layers, **meta, **({k: v for k, v in d.items() if k != "teacher"})
+        )
 
     student("hard", train_ds, group="main", data="100% labels")
     student(f"soft+hard T={cfg.temperature:g}", train_ds, distill={}, group="main", data="100% labels")
-    student("soft+hard+hidden", train_ds, distill={"hidden_weight": cfg.hidden_weight,
-                                                  "hidden_loss": cfg.hidden_loss}, group="main", data="100% labels")
+    student(
+        "soft+hard+hidden",
+        train_ds,
+        distill={"hidden_weight": cfg.hidden_weight, "hidden_loss": cfg.hidden_loss},
+        group="main",
+        data="100% labels",
+    )
     small_ds = train_ds.select(small_idx)
     pct = f"{100 * cfg.small_fraction:g}%"
     student(f"hard {pct}", small_ds, small=True, group="small", data=f"{pct} labels")
     student(f"soft+hard {pct}", small_ds, small=True, distill={}, group="small", data=f"{pct} labels")
     lpct = f"{100 * cfg.labelled_fraction:g}%"
     student(f"hard {lpct}", train_ds.select(lab_idx), small=True, group="transfer", data=f"{lpct} labels")
-    student(f"transfer {lpct} labels", transfer_ds, distill={}, group="transfer",
-            data=f"{lpct} labels + {100 - 100 * cfg.labelled_fraction:g}% unlabelled")
+    student(
+        f"transfer {lpct} labels",
+        transfer_ds,
+        distill={},
+        group="transfer",
+        data=f"{lpct} labels + {100 - 100 * cfg.labelled_fraction:g}% unlabelled",
+    )
     if cfg.n_extra_unlabelled:
         extra_ds = tokenize(tokenizer, [(rows[i][0], -100) for i in split["extra"]], cfg.max_length)
-        student(f"soft+hard +{cfg.n_extra_unlabelled} unlabelled", concatenate_datasets([train_ds, extra_ds]),
-                distill={}, group="extra", data=f"100% labels + {cfg.n_extra_unlabelled} unlabelled")
+        student(
+            f"soft+hard +{cfg.n_extra_unlabelled} unlabelled",
+            concatenate_datasets([train_ds, extra_ds]),
+            distill={},
+            group="extra",
+            data=f"100% labels + {cfg.n_extra_unlabelled} unlabelled",
+        )
     for t in temps:
         if t != cfg.temperature:
-            student(f"soft+hard T={t:g}", train_ds, distill={"temperature": t}, group="temperature",
-                    data="100% labels")
+            student(
+                f"soft+hard T={t:g}", train_ds, distill={"temperature": t}, group="temperature", data="100% labels"
+            )
     return finish(results, preds, test_labels, cfg, out_dir, final=True)
 
 
@@ -301,8 +373,9 @@ def summarise(results: dict, preds: dict, test_labels: np.ndarray, cfg: RealData
     t_acc = runs["teacher"]["accuracy"]
     for r in runs.values():
         r["retention"] = r["accuracy"] / t_acc if t_acc else float("nan")
-    distilled = [n for n, r in runs.items()
-                 if n != "teacher" and r.get("data") == "100% labels" and "temperature" in r]
+    distilled = [
+        n for n, r in runs.items() if n != "teacher" and r.get("data") == "100% labels" and "temperature" in r
+    ]
     if distilled and "hard" in runs:
         best = max(distilled, key=lambda n: runs[n]["best_val_accuracy"])  # chosen on validation
         correct = {n: (preds[n] == test_labels).astype(float) for n in (best, "hard")}
@@ -317,7 +390,8 @@ def summarise(results: dict, preds: dict, test_labels: np.ndarray, cfg: RealData
         name = f"soft+hard +{cfg.n_extra_unlabelled} unlabelled"
         s["extra_unlabelled_minus_hard"] = extra["accuracy"] - runs["hard"]["accuracy"]
         s["extra_unlabelled_minus_hard_95ci"] = paired_bootstrap(
-            (preds[name] == test_labels).astype(float), (preds["hard"] == test_labels).astype(float), cfg.seed)
+            (preds[name] == test_labels).astype(float), (preds["hard"] == test_labels).astype(float), cfg.seed
+        )
     pct = f"{100 * cfg.small_fraction:g}%"
     hs, ss = runs.get(f"hard {pct}"), runs.get(f"soft+hard {pct}")
     if hs and ss and "hard" in runs:
@@ -330,14 +404,18 @@ def summarise(results: dict, preds: dict, test_labels: np.ndarray, cfg: RealData
 
 
 def table(results: dict) -> str:
-    lines = ["| run | layers | data | T | hidden | test acc | macro-F1 | retention | best val acc | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | layers | data | T | hidden | test acc | macro-F1 | retention | best val acc | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in results["runs"].items():
         t = f"{r['temperature']:g}" if "temperature" in r else "-"
         h = f"{r['hidden_weight']:g}" if r.get("hidden_weight") else "-"
-        lines.append(f"| {name} | {r['layers']} | {r['data']} | {t} | {h} | {r['accuracy']:.4f} | "
-                     f"{r['macro_f1']:.4f} | {r.get('retention', float('nan')):.3f} | "
-                     f"{r['best_val_accuracy']:.4f} | {r['train_seconds']:.0f} |")
+        lines.append(
+            f"| {name} | {r['layers']} | {r['data']} | {t} | {h} | {r['accuracy']:.4f} | "
+            f"{r['macro_f1']:.4f} | {r.get('retention', float('nan')):.3f} | "
+            f"{r['best_val_accuracy']:.4f} | {r['train_seconds']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -367,8 +445,11 @@ def plot(results: dict, cfg: RealDataConfig, out_dir: Path) -> list[str]:
     fig.tight_layout()
     written.append(_save(fig, out_dir / f"{cfg.prefix}_students.png"))
 
-    sweep = sorted((r["temperature"], r["accuracy"], r["best_val_accuracy"]) for r in runs.values()
-                   if r.get("data") == "100% labels" and "temperature" in r and not r.get("hidden_weight"))
+    sweep = sorted(
+        (r["temperature"], r["accuracy"], r["best_val_accuracy"])
+        for r in runs.values()
+        if r.get("data") == "100% labels" and "temperature" in r and not r.get("hidden_weight")
+    )
     if sweep:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ts = [x[0] for x in sweep]
@@ -452,8 +533,11 @@ def main(argv=None):
 
     def base_model_fn():
         return AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=len(LABELS), id2label=dict(enumerate(LABELS)),
-            label2id={name: i for i, name in enumerate(LABELS)})
+            path,
+            num_labels=len(LABELS),
+            id2label=dict(enumerate(LABELS)),
+            label2id={name: i for i, name in enumerate(LABELS)},
+        )
 
     start = time.time()
     results = run(cfg, base_model_fn, tokenizer, load_tweets())

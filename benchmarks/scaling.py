@@ -31,8 +31,10 @@ def main():
         t = interleaved({k: steps[k] for k in ("student_step", "teacher_forward", "distill_step")}, args.repeats)
         base = t["student_step"] + t["teacher_forward"]
         tokens_per_s = batch_size * seq / t["distill_step"]
-        print(f"{batch_size:>5} {seq:>5} {tokens_per_s:>10.0f} {t['distill_step'] * 1000:>11.1f} "
-              f"{base * 1000:>19.1f} {t['distill_step'] / base:>6.3f}")
+        print(
+            f"{batch_size:>5} {seq:>5} {tokens_per_s:>10.0f} {t['distill_step'] * 1000:>11.1f} "
+            f"{base * 1000:>19.1f} {t['distill_step'] / base:>6.3f}"
+        )
 
 
 if __name__ == "__main__":

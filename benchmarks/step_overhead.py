@@ -121,31 +121,49 @@ def main():
     steps = make_steps(size, args.batch_size, args.seq)
     t = interleaved(steps, args.repeats)
     base = t["student_step"] + t["teacher_forward"]
-    print(f"device: {machine()}   BERT 12 -> 6 ({size}), batch {args.batch_size}, seq {args.seq}, "
-          f"{args.repeats} interleaved repeats (medians)")
+    print(
+        f"device: {machine()}   BERT 12 -> 6 ({size}), batch {args.batch_size}, seq {args.seq}, "
+        f"{args.repeats} interleaved repeats (medians)"
+    )
     for name, seconds in t.items():
         print(f"  {name:<22} {seconds * 1000:9.1f} ms")
-    print(f"step overhead   distill / (student step + teacher fwd)         = {t['distill_step'] / base:.3f}"
-          "   (target <= 1.05)")
+    print(
+        f"step overhead   distill / (student step + teacher fwd)         = {t['distill_step'] / base:.3f}"
+        "   (target <= 1.05)"
+    )
     print(f"                with hidden alignment (6 layer pairs)          = {t['distill_hidden_step'] / base:.3f}")
     cached = t["cached_step"] / t["student_step"]
     print(f"cached step     cached distill / student step                  = {cached:.3f}   (target <= 1.05)")
 
     peaks = {}
     for mode in ("student_step", "teacher_forward", "distill_step", "distill_hidden_step"):
-        cmd = [sys.executable, __file__, "--memory_mode", mode, "--batch_size", str(args.batch_size),
-               "--seq", str(args.seq)] + (["--tiny"] if args.tiny else [])
+        cmd = [
+            sys.executable,
+            __file__,
+            "--memory_mode",
+            mode,
+            "--batch_size",
+            str(args.batch_size),
+            "--seq",
+            str(args.seq),
+        ] + (["--tiny"] if args.tiny else [])
         # glibc serves big blocks with mmap and unmaps them on free, so the RSS follows live tensors
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
         peaks[mode] = json.loads(out.strip().splitlines()[-1])["peak_mib"]
     mem_base = peaks["student_step"] + peaks["teacher_forward"]
-    print(f"peak memory     student step {peaks['student_step']:.0f} MiB, "
-          f"teacher fwd {peaks['teacher_forward']:.0f} MiB, distill step {peaks['distill_step']:.0f} MiB")
-    print(f"                distill / (student step + teacher fwd)         = {peaks['distill_step'] / mem_base:.3f}"
-          "   (target <= 1.10)")
-    print(f"                with hidden alignment ({peaks['distill_hidden_step']:.0f} MiB)"
-          f"                = {peaks['distill_hidden_step'] / mem_base:.3f}")
+    print(
+        f"peak memory     student step {peaks['student_step']:.0f} MiB, "
+        f"teacher fwd {peaks['teacher_forward']:.0f} MiB, distill step {peaks['distill_step']:.0f} MiB"
+    )
+    print(
+        f"                distill / (student step + teacher fwd)         = {peaks['distill_step'] / mem_base:.3f}"
+        "   (target <= 1.10)"
+    )
+    print(
+        f"                with hidden alignment ({peaks['distill_hidden_step']:.0f} MiB)"
+        f"                = {peaks['distill_hidden_step'] / mem_base:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,15 @@ print(json.dumps({{"ms": {{k: v * 1000 for k, v in t.items()}}, "distill": t["di
 
 
 def one_run(tree: str, size: str, batch: int, seq: int, repeats: int, cpu_clock: bool = False) -> dict:
-    code = _ONE.format(tree=tree, bench=os.path.join(tree, "benchmarks"), size=size, batch=batch, seq=seq,
-                       repeats=repeats, cpu_clock=cpu_clock)
+    code = _ONE.format(
+        tree=tree,
+        bench=os.path.join(tree, "benchmarks"),
+        size=size,
+        batch=batch,
+        seq=seq,
+        repeats=repeats,
+        cpu_clock=cpu_clock,
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the tree's own package, not ours
     if cpu_clock:
         env["OMP_NUM_THREADS"] = "1"
@@ -58,8 +65,11 @@ def main():
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--tiny", action="store_true")
-    parser.add_argument("--cpu_clock", action="store_true",
-                        help="time steps by the process's CPU time on one thread (a machine shared with other jobs)")
+    parser.add_argument(
+        "--cpu_clock",
+        action="store_true",
+        help="time steps by the process's CPU time on one thread (a machine shared with other jobs)",
+    )
     args = parser.parse_args()
     size = "tiny" if args.tiny else "bench"
     if args.tiny:
@@ -67,19 +77,25 @@ def main():
     trees = [os.path.abspath(t) for t in args.trees]
     results = {t: [] for t in trees}
     clock = "CPU time, 1 thread" if args.cpu_clock else "wall time"
-    print(f"BERT 12 -> 6 ({size}), batch {args.batch_size}, seq {args.seq}, {args.repeats} interleaved repeats a run, "
-          f"{clock}")
-    print("| run | tree | student step (ms) | teacher fwd (ms) | distill (ms) | distill / (student + teacher) "
-          "| with hidden alignment | cached / student |")
+    print(
+        f"BERT 12 -> 6 ({size}), batch {args.batch_size}, seq {args.seq}, {args.repeats} interleaved repeats a run, "
+        f"{clock}"
+    )
+    print(
+        "| run | tree | student step (ms) | teacher fwd (ms) | distill (ms) | distill / (student + teacher) "
+        "| with hidden alignment | cached / student |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for run in range(args.runs):
         for tree in trees if run % 2 == 0 else trees[::-1]:
             r = one_run(tree, size, args.batch_size, args.seq, args.repeats, args.cpu_clock)
             results[tree].append(r)
             ms = r["ms"]
-            print(f"| {run + 1} | {tree} | {ms['student_step']:.1f} | {ms['teacher_forward']:.1f} | "
-                  f"{ms['distill_step']:.1f} | {r['distill']:.3f} | {r['hidden']:.3f} | {r['cached']:.3f} |",
-                  flush=True)
+            print(
+                f"| {run + 1} | {tree} | {ms['student_step']:.1f} | {ms['teacher_forward']:.1f} | "
+                f"{ms['distill_step']:.1f} | {r['distill']:.3f} | {r['hidden']:.3f} | {r['cached']:.3f} |",
+                flush=True,
+            )
     print("\n| tree | median distill ratio (range) | median hidden ratio (range) | median cached ratio (range) |")
     print("|---|---|---|---|")
     for tree, runs in results.items():

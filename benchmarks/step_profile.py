@@ -78,8 +78,12 @@ def call_counts(fn) -> dict:
     for (file, _, name), (_, ncalls, *_rest) in pstats.Stats(python).stats.items():
         key = f"{os.path.basename(file)}:{name}"
         funcs[key] = funcs.get(key, 0) + ncalls
-    return {"operator_calls": sum(ops.values()), "python_calls": sum(funcs.values()), "operators": ops,
-            "python": funcs}
+    return {
+        "operator_calls": sum(ops.values()),
+        "python_calls": sum(funcs.values()),
+        "operators": ops,
+        "python": funcs,
+    }
 
 
 def main():

@@ -30,8 +30,10 @@ def main():
     g = torch.Generator().manual_seed(0)
     ranks = torch.arange(1, vocab + 1, dtype=torch.float32)
     print(f"device: {machine()}   vocabulary {vocab}, {positions} positions, Zipf-like teachers, student noise 1")
-    print(f"{'a':>4} {'T':>3} {'k':>4} {'full loss':>10} {'top-k loss':>11} {'rel. error':>10} {'grad cos':>9}"
-          f" {'teacher mass kept':>18}")
+    print(
+        f"{'a':>4} {'T':>3} {'k':>4} {'full loss':>10} {'top-k loss':>11} {'rel. error':>10} {'grad cos':>9}"
+        f" {'teacher mass kept':>18}"
+    )
     for a in (1.1, 2.0):
         teacher = torch.stack([(-a * ranks.log())[torch.randperm(vocab, generator=g)] for _ in range(positions)])
         student = (teacher + torch.randn(teacher.shape, generator=g)).requires_grad_(True)
@@ -45,8 +47,10 @@ def main():
                 (g_top,) = torch.autograd.grad(top, student)
                 cos = torch.nn.functional.cosine_similarity(g_full.flatten(), g_top.flatten(), dim=0).item()
                 rel = (top.item() - full.item()) / full.item()
-                print(f"{a:>4.1f} {T:>3.0f} {k:>4} {full.item():>10.4f} {top.item():>11.4f} {rel:>+10.1%} {cos:>9.3f}"
-                      f" {kept.mean().item():>18.1%}")
+                print(
+                    f"{a:>4.1f} {T:>3.0f} {k:>4} {full.item():>10.4f} {top.item():>11.4f} {rel:>+10.1%} {cos:>9.3f}"
+                    f" {kept.mean().item():>18.1%}"
+                )
 
 
 if __name__ == "__main__":

@@ -60,8 +60,13 @@ def cached_teacher_outputs(batch: dict) -> list[dict] | None:
     if "teacher_logits" in batch:
         return [{"logits": batch["teacher_logits"]}]
     if "teacher_topk_indices" in batch:
-        return [{"logits": TopKTargets(batch["teacher_topk_indices"], batch["teacher_topk_values"],
-                                       batch["teacher_topk_rest"])}]
+        return [
+            {
+                "logits": TopKTargets(
+                    batch["teacher_topk_indices"], batch["teacher_topk_values"], batch["teacher_topk_rest"]
+                )
+            }
+        ]
     return None
 
 
@@ -102,14 +107,27 @@ def cache_teacher_outputs(
     teacher.eval()
     try:
         with torch.no_grad():
-            columns = _run_teacher(teacher, dataset, features, data_collator or default_data_collator, device,
-                                   batch_size, output_field, top_k, temperature)
+            columns = _run_teacher(
+                teacher,
+                dataset,
+                features,
+                data_collator or default_data_collator,
+                device,
+                batch_size,
+                output_field,
+                top_k,
+                temperature,
+            )
     finally:
         teacher.train(was_training)
     for name, values in columns.items():
         dataset = dataset.add_column(name, values)
-    logger.info("cached the teacher's %s for %d examples (%s)", output_field, len(dataset),
-                "full logits" if top_k is None else f"top-{top_k}")
+    logger.info(
+        "cached the teacher's %s for %d examples (%s)",
+        output_field,
+        len(dataset),
+        "full logits" if top_k is None else f"top-{top_k}",
+    )
     return dataset
 
 
@@ -133,8 +151,17 @@ def _teacher_features(teacher: nn.Module, dataset, top_k: int | None) -> list[st
     return features
 
 
-def _run_teacher(teacher, dataset, features, collate, device, batch_size: int, output_field: str,
-                 top_k: int | None, temperature: float) -> dict[str, list]:
+def _run_teacher(
+    teacher,
+    dataset,
+    features,
+    collate,
+    device,
+    batch_size: int,
+    output_field: str,
+    top_k: int | None,
+    temperature: float,
+) -> dict[str, list]:
     """{cache column: one value per example}, batch by batch (under no_grad, teacher in eval mode)."""
     columns: dict[str, list] = {}
     for start in range(0, len(dataset), batch_size):

@@ -32,8 +32,10 @@ def check_args(args) -> DistillationArguments:
     return args
 
 
-def check_cache_only(student: nn.Module, args, train_dataset, eval_dataset) -> None:
-    """Training on cached teacher outputs: check what the cache can and cannot provide."""
+def check_cache_only(student: nn.Module, args, train_dataset, eval_dataset) -> bool:
+    """Whether `train_dataset` carries cached teacher outputs; if so, check what the cache can and cannot provide."""
+    if not has_cached_outputs(train_dataset):
+        return False
     check_not_encoder_decoder(student, "the student")
     if args.hidden_weight > 0 or args.attention_weight > 0:
         raise ValueError(
@@ -41,7 +43,7 @@ def check_cache_only(student: nn.Module, args, train_dataset, eval_dataset) -> N
             "alignment need the live teacher. Set hidden_weight=attention_weight=0, or drop the cached columns "
             "and pass teacher_model."
         )
-    for name, ds in (eval_dataset.items() if isinstance(eval_dataset, dict) else [("eval_dataset", eval_dataset)]):
+    for name, ds in eval_dataset.items() if isinstance(eval_dataset, dict) else [("eval_dataset", eval_dataset)]:
         if ds is not None and not has_cached_outputs(ds):
             raise ValueError(
                 f"the train dataset carries cached teacher outputs but {name} does not, and no teacher is run: "
@@ -63,6 +65,7 @@ def check_cache_only(student: nn.Module, args, train_dataset, eval_dataset) -> N
                 f"the cached teacher logits have {width} classes but the student predicts {config.num_labels}: "
                 "give the student the teacher's num_labels and id2label."
             )
+    return True
 
 
 def check_pair(student: nn.Module, teacher: nn.Module, args, processing_class=None, who: str = "the teacher"):
@@ -82,8 +85,9 @@ def check_pair(student: nn.Module, teacher: nn.Module, args, processing_class=No
     return vocab_limit(getattr(s_cfg, "vocab_size", None), getattr(t_cfg, "vocab_size", None), n_tokens, who)
 
 
-def check_teachers(student: nn.Module, teachers: list, args, processing_class=None, teacher_processing_class=None,
-                   teacher_sources=()) -> tuple[int | None, list]:
+def check_teachers(
+    student: nn.Module, teachers: list, args, processing_class=None, teacher_processing_class=None, teacher_sources=()
+) -> tuple[int | None, list]:
     """`check_pair` for every teacher and `check_tokenizers` for each; returns (the vocabulary limit, if any, and
     each teacher's tokenizer when it differs from the student's, else None).
 
@@ -93,8 +97,10 @@ def check_teachers(student: nn.Module, teachers: list, args, processing_class=No
     given = teacher_processing_class
     if isinstance(given, (list, tuple)):
         if len(given) != len(teachers):
-            raise ValueError(f"teacher_processing_class lists {len(given)} tokenizers for {len(teachers)} teachers; "
-                             "give one per teacher (None where the teacher uses the student's tokenizer).")
+            raise ValueError(
+                f"teacher_processing_class lists {len(given)} tokenizers for {len(teachers)} teachers; "
+                "give one per teacher (None where the teacher uses the student's tokenizer)."
+            )
     else:
         given = [given] * len(teachers)
     sources = list(teacher_sources or []) + [None] * len(teachers)
@@ -102,8 +108,9 @@ def check_teachers(student: nn.Module, teachers: list, args, processing_class=No
     limits, differing = [], []
     for k, teacher in enumerate(teachers):
         who = "the teacher" if len(teachers) == 1 else f"teacher {k}"
-        other = check_tokenizers(processing_class, given[k], sources[k], teacher, allow_different=cross is not None,
-                                 who=who)
+        other = check_tokenizers(
+            processing_class, given[k], sources[k], teacher, allow_different=cross is not None, who=who
+        )
         differing.append(other)
         if other is None:
             limits.append(check_pair(student, teacher, args, processing_class, who))
@@ -181,8 +188,10 @@ def check_attentions(s_cfg, t_cfg, who: str) -> None:
 
 def check_labels(student: nn.Module, teacher: nn.Module, who: str) -> None:
     """Two classification heads must predict the same classes in the same order."""
-    if not (type(unwrap_peft(student)).__name__.endswith("Classification")
-            and type(unwrap_peft(teacher)).__name__.endswith("Classification")):
+    if not (
+        type(unwrap_peft(student)).__name__.endswith("Classification")
+        and type(unwrap_peft(teacher)).__name__.endswith("Classification")
+    ):
         return
     s_cfg, t_cfg = student.config, teacher.config
     if s_cfg.num_labels != t_cfg.num_labels:
@@ -207,14 +216,24 @@ def vocab_limit(student_vocab: int | None, teacher_vocab: int | None, n_tokens: 
         return None
     if student_vocab == teacher_vocab:
         if n_tokens is not None and n_tokens < student_vocab:
-            logger.info("vocab_size %d has %d padding rows beyond the tokenizer; logits are compared on the first %d "
-                        "entries.", student_vocab, student_vocab - n_tokens, n_tokens)
+            logger.info(
+                "vocab_size %d has %d padding rows beyond the tokenizer; logits are compared on the first %d entries.",
+                student_vocab,
+                student_vocab - n_tokens,
+                n_tokens,
+            )
             return n_tokens
         return None
     if n_tokens is not None and min(student_vocab, teacher_vocab) >= n_tokens:
-        logger.warning("student vocab_size %d and %s vocab_size %d differ only by padding rows beyond the tokenizer's "
-                       "%d tokens; logits are compared on the first %d entries.", student_vocab, who, teacher_vocab,
-                       n_tokens, n_tokens)
+        logger.warning(
+            "student vocab_size %d and %s vocab_size %d differ only by padding rows beyond the tokenizer's "
+            "%d tokens; logits are compared on the first %d entries.",
+            student_vocab,
+            who,
+            teacher_vocab,
+            n_tokens,
+            n_tokens,
+        )
         return n_tokens
     raise ValueError(
         f"the student's vocab_size ({student_vocab}) differs from {who}'s ({teacher_vocab}): they must share a "
@@ -227,7 +246,12 @@ def vocab_limit(student_vocab: int | None, teacher_vocab: int | None, n_tokens: 
 
 # Files whose presence says a folder carries its own tokenizer.
 _TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
 )
 
 
@@ -239,8 +263,10 @@ def find_teacher_tokenizer(teacher_source=None, teacher: nn.Module | None = None
     for folder in folders:
         # Only a folder that holds tokenizer files: for one without, AutoTokenizer may fall back to the tokenizer
         # its config's model type names (a GPT-2 config gives GPT-2's), which says nothing about this teacher.
-        if folder and os.path.isdir(str(folder)) and any(
-            os.path.isfile(os.path.join(str(folder), name)) for name in _TOKENIZER_FILES
+        if (
+            folder
+            and os.path.isdir(str(folder))
+            and any(os.path.isfile(os.path.join(str(folder), name)) for name in _TOKENIZER_FILES)
         ):
             from transformers import AutoTokenizer
 
@@ -251,8 +277,14 @@ def find_teacher_tokenizer(teacher_source=None, teacher: nn.Module | None = None
     return None
 
 
-def check_tokenizers(processing_class, teacher_processing_class=None, teacher_source=None,
-                     teacher: nn.Module | None = None, allow_different: bool = False, who: str = "the teacher"):
+def check_tokenizers(
+    processing_class,
+    teacher_processing_class=None,
+    teacher_source=None,
+    teacher: nn.Module | None = None,
+    allow_different: bool = False,
+    who: str = "the teacher",
+):
     """Student and teacher tokenizers must map the same ids to the same tokens, unless `allow_different`
     (cross-tokenizer distillation); returns the teacher's tokenizer when it differs, else None.
 
@@ -287,7 +319,7 @@ def check_tokenizers(processing_class, teacher_processing_class=None, teacher_so
 
 
 def requested_sharding(args) -> str | None:
-    """"deepspeed", "fsdp" or None: what the launch asked for (accelerate config env vars or TrainingArguments)."""
+    """ "deepspeed", "fsdp" or None: what the launch asked for (accelerate config env vars or TrainingArguments)."""
     if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED") or getattr(args, "deepspeed", None):
         return "deepspeed"
     if parse_flag_from_env("ACCELERATE_USE_FSDP") or getattr(args, "fsdp", None):
@@ -360,3 +392,35 @@ def check_finite(loss: torch.Tensor, terms: dict[str, torch.Tensor], step: int, 
             f"non-finite {', '.join(bad)} at step {step} (epoch {epoch}); training stopped before the weights were "
             "updated. Lower the learning rate, check the inputs, or use bf16 instead of fp16."
         )
+
+
+class PackingCheck:
+    """`check_packing` of a trainer's models, run once: when a packing collator is set, or at the first packed batch.
+
+    Args:
+        student: the student.
+        teachers: the teachers (named "the teacher", or "teacher k" in an ensemble, in the messages).
+        args: the DistillationArguments.
+        cached: whether the teacher outputs are cached.
+    """
+
+    def __init__(self, student: nn.Module, teachers: list, args, cached: bool):
+        names = ["the teacher"] if len(teachers) == 1 else [f"teacher {k}" for k in range(len(teachers))]
+        self.models = {"the student": student, **dict(zip(names, teachers))}
+        self.args, self.cached, self.done = args, cached, False
+
+    def run(self) -> None:
+        """Raise check_packing's ValueError now if packed batches would be wrong."""
+        check_packing(self.models, self.args, self.cached)
+        self.done = True
+
+    def flags(self, inputs: dict) -> dict:
+        """Forward flags for a packed batch (lm_data.pack_padded): use_cache=False, as a cache turns transformers'
+        packed-row masks off; {} for a padded batch. The first packed batch runs the check."""
+        from .lm_data import is_packed
+
+        if not is_packed(inputs):
+            return {}
+        if not self.done:
+            self.run()
+        return {"use_cache": False}

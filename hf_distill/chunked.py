@@ -386,8 +386,9 @@ def _soft_term(z: torch.Tensor, target: torch.Tensor, mask, plan: _Plan, want_gr
         return _forward_kl_term(z, target, plan.temperature, mask, plan.soft_scale, want_grad)
     with torch.enable_grad():
         leaf = z.detach().requires_grad_(want_grad)
-        soft = divergence_loss(leaf, target, plan.temperature, mask, divergence=plan.divergence, reduction="sum",
-                               **plan.params)
+        soft = divergence_loss(
+            leaf, target, plan.temperature, mask, divergence=plan.divergence, reduction="sum", **plan.params
+        )
         grad = torch.autograd.grad(soft * plan.soft_scale, leaf)[0] if want_grad and soft.requires_grad else None
     return soft.detach(), grad
 
@@ -476,13 +477,21 @@ def chunked_head_loss(
     if soft_mask is not None and divergence != "forward_kl" and bool(soft_mask.all()):
         soft_mask = None  # every row counts: skip the (n, V) copy that selecting rows makes in each chunk
     plan = _Plan(
-        teacher_hidden=list(teacher_hidden), teacher_heads=list(teacher_heads),
-        soft_mask=None if soft_mask is None else soft_mask.bool(), labels=labels, temperature=temperature,
-        divergence=divergence, ensemble_mode=ensemble_mode, vocab_limit=vocab_limit, soft_scale=soft_scale,
-        hard_scale=hard_scale, params=params,
+        teacher_hidden=list(teacher_hidden),
+        teacher_heads=list(teacher_heads),
+        soft_mask=None if soft_mask is None else soft_mask.bool(),
+        labels=labels,
+        temperature=temperature,
+        divergence=divergence,
+        ensemble_mode=ensemble_mode,
+        vocab_limit=vocab_limit,
+        soft_scale=soft_scale,
+        hard_scale=hard_scale,
+        params=params,
     )
-    size = resolve_chunk_size(chunk_size, student_hidden.shape[0], student_head.weight.shape[0], len(teacher_heads),
-                              student_hidden.device)
+    size = resolve_chunk_size(
+        chunk_size, student_hidden.shape[0], student_head.weight.shape[0], len(teacher_heads), student_hidden.device
+    )
     loss, sums = chunked_output_loss(student_hidden, student_head, _DistillChunk(plan), size, n_terms=2)
     return ChunkedLoss(loss, sums[0], sums[1])
 

@@ -304,24 +304,22 @@ class DistillationArguments(TrainingArguments):
         if self.cross_tokenizer not in (None, "uld", "hybrid"):
             raise ValueError(f"cross_tokenizer must be 'uld', 'hybrid' or unset, got {self.cross_tokenizer!r}.")
         if self.cross_tokenizer == "hybrid" and self.divergence == "mse":
-            raise ValueError("cross_tokenizer='hybrid' compares distributions on the shared tokens; divergence='mse' "
-                             "compares raw logits, which differ across vocabularies. Choose a distribution "
-                             "divergence.")
+            raise ValueError(
+                "cross_tokenizer='hybrid' compares distributions on the shared tokens; divergence='mse' "
+                "compares raw logits, which differ across vocabularies. Choose a distribution "
+                "divergence."
+            )
         parse_layer_map(self.layer_map)  # syntax check only; ranges are checked against the models
         parse_layer_map(self.attention_layer_map)
         self._check_generation()
 
     def _check_generation(self) -> None:
+        self._check_on_policy()
+        self._check_sampling()
+
+    def _check_on_policy(self) -> None:
         if not 0.0 <= self.lmbda <= 1.0:
             raise ValueError(f"lmbda is a probability and must be in [0, 1], got {self.lmbda} (0 = off-policy).")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
-        if self.generation_temperature < 0:
-            raise ValueError(f"generation_temperature must be >= 0 (0 = greedy), got {self.generation_temperature}.")
-        if not 0.0 < self.generation_top_p <= 1.0:
-            raise ValueError(f"generation_top_p must be in (0, 1], got {self.generation_top_p} (1 = off).")
-        if self.generation_top_k < 0:
-            raise ValueError(f"generation_top_k must be >= 0, got {self.generation_top_k} (0 = off).")
         for name in ("lmbda_start_step", "lmbda_warmup_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -336,6 +334,21 @@ class DistillationArguments(TrainingArguments):
                 f"on_policy_divergence must be one of {list(DIVERGENCE_NAMES)} or unset, "
                 f"got {self.on_policy_divergence!r}."
             )
+        if self.lmbda > 0 and self.soft_weight <= 0:
+            raise ValueError(
+                f"lmbda={self.lmbda} trains on the student's own samples, which carry no labels: only the soft loss "
+                "learns from them, so soft_weight must be > 0."
+            )
+
+    def _check_sampling(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
+        if self.generation_temperature < 0:
+            raise ValueError(f"generation_temperature must be >= 0 (0 = greedy), got {self.generation_temperature}.")
+        if not 0.0 < self.generation_top_p <= 1.0:
+            raise ValueError(f"generation_top_p must be in (0, 1], got {self.generation_top_p} (1 = off).")
+        if self.generation_top_k < 0:
+            raise ValueError(f"generation_top_k must be >= 0, got {self.generation_top_k} (0 = off).")
         if self.generation_sampler not in ("inverse_cdf", "multinomial"):
             raise ValueError(
                 f"generation_sampler must be 'inverse_cdf' or 'multinomial', got {self.generation_sampler!r}."
@@ -346,11 +359,6 @@ class DistillationArguments(TrainingArguments):
             raise ValueError(
                 "generation_compile=True compiles the decoding step, which needs a fixed-size cache: set "
                 "generation_cache='static' as well (or drop generation_compile)."
-            )
-        if self.lmbda > 0 and self.soft_weight <= 0:
-            raise ValueError(
-                f"lmbda={self.lmbda} trains on the student's own samples, which carry no labels: only the soft loss "
-                "learns from them, so soft_weight must be > 0."
             )
 
     def _check_loss_chunk_size(self) -> None:
@@ -404,8 +412,9 @@ def _args_section(cls) -> str:
     lines = ["", "    Args:"]
     for f in dataclasses.fields(cls):
         if f.name not in inherited and f.metadata.get("help"):
-            lines += textwrap.wrap(f"{f.name}: {f.metadata['help']}", 112, initial_indent=" " * 8,
-                                   subsequent_indent=" " * 12)
+            lines += textwrap.wrap(
+                f"{f.name}: {f.metadata['help']}", 112, initial_indent=" " * 8, subsequent_indent=" " * 12
+            )
     lines.append("        (and every `transformers.TrainingArguments` field)")
     return "\n".join(lines) + "\n"
 

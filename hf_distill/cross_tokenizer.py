@@ -128,8 +128,11 @@ class VocabularyMap:
         if _same_decoder(student_tokenizer, teacher_tokenizer):  # a token string means the same text in both
             special = set(student_tokenizer.all_special_ids) | set(teacher_tokenizer.all_special_ids)
             s_vocab, t_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
-            pairs = {s_id: t_vocab[token] for token, s_id in s_vocab.items()
-                     if token in t_vocab and s_id not in special and t_vocab[token] not in special}
+            pairs = {
+                s_id: t_vocab[token]
+                for token, s_id in s_vocab.items()
+                if token in t_vocab and s_id not in special and t_vocab[token] not in special
+            }
         else:
             s_texts, t_texts = token_texts(student_tokenizer), token_texts(teacher_tokenizer)
             pairs = {s_texts[text]: t_id for text, t_id in t_texts.items() if text in s_texts}
@@ -182,7 +185,7 @@ def token_texts(tokenizer) -> dict[str, int]:
     for i, text in zip(ids, decoded):
         if not text.startswith(head):
             continue
-        text = text[len(head):]
+        text = text[len(head) :]
         if not text or "\ufffd" in text:
             continue
         if text in seen:
@@ -191,8 +194,14 @@ def token_texts(tokenizer) -> dict[str, int]:
     return {text: i for text, i in seen.items() if text not in clashes}
 
 
-def hybrid_per_position(student_logits: torch.Tensor, teacher_logits: torch.Tensor, vocab_map: VocabularyMap,
-                        temperature: float, divergence: str = "forward_kl", **params: float) -> torch.Tensor:
+def hybrid_per_position(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    vocab_map: VocabularyMap,
+    temperature: float,
+    divergence: str = "forward_kl",
+    **params: float,
+) -> torch.Tensor:
     """The hybrid loss at temperature T, T^2-scaled: (N,).
 
     With p_s, p_t the two distributions at T (over each tokenizer's ids), S the shared tokens (`vocab_map`):
@@ -209,8 +218,10 @@ def hybrid_per_position(student_logits: torch.Tensor, teacher_logits: torch.Tens
     """
     fn = losses.DIVERGENCES.get(divergence)
     if fn is None:
-        raise ValueError(f"cross_tokenizer='hybrid' needs a distribution divergence from {list(losses.DIVERGENCES)}, "
-                         f"got {divergence!r}.")
+        raise ValueError(
+            f"cross_tokenizer='hybrid' needs a distribution divergence from {list(losses.DIVERGENCES)}, "
+            f"got {divergence!r}."
+        )
     m = vocab_map
     s, t = student_logits[:, : m.student_size], teacher_logits[:, : m.teacher_size]  # padding rows are no tokens
     log_ps = F.log_softmax(s.float() / temperature, dim=-1)  # (N, Vs)
@@ -235,8 +246,14 @@ def _log_mass(log_p: torch.Tensor, floor: float) -> torch.Tensor:
     return torch.logsumexp(log_p, dim=-1, keepdim=True).clamp_min(floor)
 
 
-def registry_per_position(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
-                          divergence: str, vocab_limit: int | None = None, **params: float) -> torch.Tensor:
+def registry_per_position(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float,
+    divergence: str,
+    vocab_limit: int | None = None,
+    **params: float,
+) -> torch.Tensor:
     """The same-tokenizer soft loss per position (N,): the registry's divergence at T, T^2-scaled ("mse": raw).
 
     Args:
@@ -320,8 +337,10 @@ class TokenAligner:
 
     def __call__(self, batch: dict) -> dict:
         if is_packed(batch):
-            raise ValueError("routed / cross-tokenizer teachers need padded batches (one row per example), not packed "
-                             "ones; use PromptCompletionCollator(pack=False).")
+            raise ValueError(
+                "routed / cross-tokenizer teachers need padded batches (one row per example), not packed "
+                "ones; use PromptCompletionCollator(pack=False)."
+            )
         ids = batch["input_ids"]  # (B, Ls)
         device = ids.device
         batch = {k: v for k, v in batch.items() if k not in ALIGNMENT_KEYS}
@@ -332,7 +351,28 @@ class TokenAligner:
         teacher = batch.get(TEACHER_INDEX)
         teacher = [0] * ids.shape[0] if teacher is None else teacher.tolist()
         rows = [r[m.bool()].tolist() for r, m in zip(ids.cpu(), mask.cpu())]  # real tokens (right padding)
+        t_rows, pairs = self._teacher_rows(rows, teacher)
+        width = max(len(r) for r in t_rows)
+        t_ids = torch.zeros(len(rows), width, dtype=torch.long)  # (B, Lt)
+        t_mask = torch.zeros_like(t_ids)
+        position = torch.full(ids.shape, -1, dtype=torch.long)  # (B, Ls)
         soft_rows = soft.cpu().tolist()
+        for b, (row, paired) in enumerate(zip(t_rows, pairs)):
+            t_ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+            t_mask[b, : len(row)] = 1
+            for i, j in paired.items():
+                if soft_rows[b][i]:
+                    position[b, i] = j
+        return {
+            **batch,
+            TEACHER_INPUT_IDS: t_ids.to(device),
+            TEACHER_ATTENTION_MASK: t_mask.to(device),
+            TEACHER_POSITION: position.to(device),
+            ALIGNED_INPUT_IDS: ids,
+        }
+
+    def _teacher_rows(self, rows: list[list[int]], teacher: list[int]) -> tuple[list, list[dict[int, int]]]:
+        """Per row, its teacher's tokens (cut to that teacher's max length) and {student pos: teacher pos}."""
         t_rows, pairs = [None] * len(rows), [{} for _ in rows]
         for k, tok in enumerate(self.teachers):
             members = [b for b, t in enumerate(teacher) if t == k]
@@ -349,23 +389,12 @@ class TokenAligner:
                 if limit is not None and len(t_rows[b]) > limit:
                     t_rows[b] = t_rows[b][:limit]
                     pairs[b] = {i: j for i, j in pairs[b].items() if j < limit}
-        width = max(len(r) for r in t_rows)
-        t_ids = torch.zeros(len(rows), width, dtype=torch.long)  # (B, Lt)
-        t_mask = torch.zeros_like(t_ids)
-        position = torch.full(ids.shape, -1, dtype=torch.long)  # (B, Ls)
-        for b, (row, paired) in enumerate(zip(t_rows, pairs)):
-            t_ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
-            t_mask[b, : len(row)] = 1
-            for i, j in paired.items():
-                if soft_rows[b][i]:
-                    position[b, i] = j
-        return {**batch, TEACHER_INPUT_IDS: t_ids.to(device), TEACHER_ATTENTION_MASK: t_mask.to(device),
-                TEACHER_POSITION: position.to(device), ALIGNED_INPUT_IDS: ids}
+        return t_rows, pairs
 
     def _cross_rows(self, rows: list[list[int]], teacher_tokenizer) -> list[tuple[list[int], dict[int, int]]]:
         """For student rows (real tokens): the teacher's tokens of the same text and the aligned positions."""
         edges = [_special_edges(r, self.special) for r in rows]
-        contents = [r[lead: len(r) - trail] for r, (lead, trail) in zip(rows, edges)]
+        contents = [r[lead : len(r) - trail] for r, (lead, trail) in zip(rows, edges)]
         texts = self.student.batch_decode(contents, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         s_enc = self.student(texts, add_special_tokens=False, return_offsets_mapping=True)
         t_enc = teacher_tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
@@ -418,8 +447,16 @@ class AlignedSoftLoss:
         vocab_limit: the shared tokenizer's size when the logits carry padding rows (mode None).
     """
 
-    def __init__(self, n_teachers: int, mode: str | None, temperature: float, divergence: str, params: dict,
-                 vocab_maps: list | None = None, vocab_limit: int | None = None):
+    def __init__(
+        self,
+        n_teachers: int,
+        mode: str | None,
+        temperature: float,
+        divergence: str,
+        params: dict,
+        vocab_maps: list | None = None,
+        vocab_limit: int | None = None,
+    ):
         if mode not in (None, *CROSS_TOKENIZER_MODES):
             raise ValueError(f"cross_tokenizer must be one of {CROSS_TOKENIZER_MODES} or unset, got {mode!r}.")
         self.n_teachers, self.mode, self.temperature = n_teachers, mode, temperature
@@ -463,10 +500,12 @@ class AlignedSoftLoss:
             t = teacher_logits if self.vocab_maps[k] is None else teacher_logits[:, : self.vocab_maps[k].teacher_size]
             return uld_per_position(s, t, T).sum()
         if self.mode == "hybrid":
-            return hybrid_per_position(student_logits, teacher_logits, self.vocab_maps[k], T, self.divergence,
-                                       **self.params).sum()
-        return registry_per_position(student_logits, teacher_logits, T, self.divergence, self.vocab_limit,
-                                     **self.params).sum()
+            return hybrid_per_position(
+                student_logits, teacher_logits, self.vocab_maps[k], T, self.divergence, **self.params
+            ).sum()
+        return registry_per_position(
+            student_logits, teacher_logits, T, self.divergence, self.vocab_limit, **self.params
+        ).sum()
 
     def full_loss(self, inputs: dict, student_logits: torch.Tensor, teacher_outputs: list):
         """(soft loss, per-teacher logs) from full logits: student (B, Ls, Vs), teacher k's (B_k, Lt, Vt)."""
@@ -486,8 +525,17 @@ class AlignedSoftLoss:
             logs[f"teacher{k}_tokens"] = torch.tensor(float(n))
         return soft, logs
 
-    def chunked_loss(self, inputs: dict, student_hidden: torch.Tensor, teacher_hidden: list, student_head: OutputHead,
-                     teacher_heads: list[OutputHead], chunk_size: int, w_soft: float, w_hard: float):
+    def chunked_loss(
+        self,
+        inputs: dict,
+        student_hidden: torch.Tensor,
+        teacher_hidden: list,
+        student_head: OutputHead,
+        teacher_heads: list[OutputHead],
+        chunk_size: int,
+        w_soft: float,
+        w_hard: float,
+    ):
         """(weighted soft + hard loss, soft mean, hard mean or None, per-teacher logs) from last hidden states.
 
         student_hidden (B, Ls, H); teacher_hidden[k] (B_k, Lt, H_t) of teacher k's rows (None without rows).
@@ -507,11 +555,13 @@ class AlignedSoftLoss:
             groups.append((k, rows * L + s_pos, teacher_hidden[k][local, t_pos]))  # (N_k,), (N_k, H_t)
             n_soft += rows.numel()
         n_hard = int((next_labels != IGNORE_INDEX).sum()) if next_labels is not None else 0
-        plan = _Plan(self, groups, teacher_heads, next_labels, w_soft / max(n_soft, 1), w_hard / max(n_hard, 1),
-                     chunk_size)
+        plan = _Plan(
+            self, groups, teacher_heads, next_labels, w_soft / max(n_soft, 1), w_hard / max(n_hard, 1), chunk_size
+        )
         flat = student_hidden.reshape(B * L, -1)  # (B * L, H)
-        loss, soft_sums, hard_sum = _AlignedHeadLoss.apply(flat, student_head.weight, student_head.bias,
-                                                           student_head, plan)
+        loss, soft_sums, hard_sum = _AlignedHeadLoss.apply(
+            flat, student_head.weight, student_head.bias, student_head, plan
+        )
         logs = {}
         for k in range(len(teacher_heads)):
             logs[f"teacher{k}_soft_loss"] = soft_sums[k] / max(n_soft, 1)
@@ -532,6 +582,53 @@ class _Plan:
     chunk_size: int
 
 
+def _needed_rows(n: int, plan, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R,) the student positions (of n) paired with a teacher position or carrying a counted next-token label,
+    and (n,) each position's index among them (-1: not needed)."""
+    wanted = torch.zeros(n, dtype=torch.bool, device=device)
+    for _, flat, _ in plan.groups:
+        wanted[flat] = True
+    if plan.next_labels is not None and plan.hard_scale:
+        wanted |= plan.next_labels.to(device) != IGNORE_INDEX
+    rows = wanted.nonzero().squeeze(-1)  # (R,)
+    slot = torch.full((n,), -1, dtype=torch.long, device=device)
+    slot[rows] = torch.arange(rows.numel(), device=device)
+    return rows, slot
+
+
+def _chunk_loss(
+    z: torch.Tensor,
+    start: int,
+    stop: int,
+    rows: torch.Tensor,
+    groups: list,
+    plan,
+    soft_sums: torch.Tensor,
+    hard_sum: torch.Tensor,
+) -> torch.Tensor:
+    """The scaled loss of the student logits `z` (n, V) of rows[start:stop]; adds the detached pair losses to
+    `soft_sums` (per teacher) and the cross-entropy sum to `hard_sum` in place."""
+    total = z.new_zeros((), dtype=torch.float32)
+    for k, where, h_t in groups:
+        inside = (where >= start) & (where < stop)
+        if not bool(inside.any()):
+            continue
+        t_head = plan.teacher_heads[k]
+        with torch.no_grad():
+            tw = t_head.weight.to(h_t.dtype)
+            tb = None if t_head.bias is None else t_head.bias.to(h_t.dtype)
+            t_logits = t_head.finish(F.linear(h_t[inside], tw, tb))  # (n_k, V_t)
+        value = plan.loss.pair_loss(z[where[inside] - start], t_logits, k)
+        soft_sums[k] += value.detach()
+        total = total + plan.soft_scale * value
+    if plan.next_labels is not None and plan.hard_scale:
+        y = plan.next_labels.to(z.device)[rows[start:stop]]
+        hard = F.cross_entropy(z.float(), y, ignore_index=IGNORE_INDEX, reduction="sum")
+        hard_sum += hard.detach()
+        total = total + plan.hard_scale * hard
+    return total
+
+
 class _AlignedHeadLoss(torch.autograd.Function):
     """loss = soft_scale * sum of pair losses + hard_scale * next-token cross-entropy, from student hidden rows.
 
@@ -543,21 +640,17 @@ class _AlignedHeadLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, head, plan):
         device = hidden.device
-        wanted = torch.zeros(hidden.shape[0], dtype=torch.bool, device=device)
-        for _, flat, _ in plan.groups:
-            wanted[flat] = True
-        if plan.next_labels is not None and plan.hard_scale:
-            wanted |= plan.next_labels.to(device) != IGNORE_INDEX
-        rows = wanted.nonzero().squeeze(-1)  # (R,) student positions whose logits are needed
-        slot = torch.full((hidden.shape[0],), -1, dtype=torch.long, device=device)
-        slot[rows] = torch.arange(rows.numel(), device=device)
+        rows, slot = _needed_rows(hidden.shape[0], plan, device)  # (R,) positions whose logits are needed, (N,)
         dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else weight.dtype
         w = weight.detach().to(dtype)
         b = None if bias is None else bias.detach().to(dtype)
         g_hidden = torch.zeros_like(hidden) if hidden.requires_grad else None
         g_weight = torch.zeros(w.shape, dtype=torch.float32, device=device) if weight.requires_grad else None
-        g_bias = torch.zeros(w.shape[0], dtype=torch.float32, device=device) if b is not None and bias.requires_grad \
+        g_bias = (
+            torch.zeros(w.shape[0], dtype=torch.float32, device=device)
+            if b is not None and bias.requires_grad
             else None
+        )
         n_teachers = len(plan.teacher_heads)
         soft_sums = torch.zeros(n_teachers, dtype=torch.float32, device=device)
         hard_sum = torch.zeros((), dtype=torch.float32, device=device)
@@ -569,24 +662,7 @@ class _AlignedHeadLoss(torch.autograd.Function):
                 with torch.enable_grad():
                     raw = F.linear(h, w, b).requires_grad_(True)  # (n, V): the only student logits alive
                     z = head.finish(raw)
-                    total = raw.new_zeros((), dtype=torch.float32)
-                    for k, where, h_t in groups:
-                        inside = (where >= start) & (where < stop)
-                        if not bool(inside.any()):
-                            continue
-                        t_head = plan.teacher_heads[k]
-                        with torch.no_grad():
-                            tw = t_head.weight.to(h_t.dtype)
-                            tb = None if t_head.bias is None else t_head.bias.to(h_t.dtype)
-                            t_logits = t_head.finish(F.linear(h_t[inside], tw, tb))  # (n_k, V_t)
-                        value = plan.loss.pair_loss(z[where[inside] - start], t_logits, k)
-                        soft_sums[k] += value.detach()
-                        total = total + plan.soft_scale * value
-                    if plan.next_labels is not None and plan.hard_scale:
-                        y = plan.next_labels.to(device)[rows[start:stop]]
-                        hard = F.cross_entropy(z.float(), y, ignore_index=IGNORE_INDEX, reduction="sum")
-                        hard_sum += hard.detach()
-                        total = total + plan.hard_scale * hard
+                    total = _chunk_loss(z, start, stop, rows, groups, plan, soft_sums, hard_sum)
                     g_raw = torch.autograd.grad(total, raw)[0] if total.requires_grad else None
                 if g_raw is None:
                     continue

@@ -42,8 +42,9 @@ def non_text_reason(value) -> str | None:
     return f"a {type(value).__name__} ({_shown(value)})"
 
 
-def check_text_column(values: Iterable, column: str, source: str | None = None, flag: str | None = None,
-                      blank: str = "error") -> None:
+def check_text_column(
+    values: Iterable, column: str, source: str | None = None, flag: str | None = None, blank: str = "error"
+) -> None:
     """Every value of a text column must be one string.
 
     Args:
@@ -74,8 +75,9 @@ def check_text_column(values: Iterable, column: str, source: str | None = None, 
             )
         seen_text = True
     if blank == "skipped" and not seen_text:
-        raise ValueError(f"{source or 'the data'} has no non-blank text in column {column!r}: nothing to train or "
-                         "evaluate on.")
+        raise ValueError(
+            f"{source or 'the data'} has no non-blank text in column {column!r}: nothing to train or evaluate on."
+        )
     if blanks:
         _refuse_blanks(blanks, column, source, flag, blank)
 
@@ -114,17 +116,26 @@ def check_chat_column(values: Iterable, column: str = "messages", source: str | 
     for row, conversation in enumerate(values):
         place = _place(source, row, column, None)
         if not isinstance(conversation, (list, tuple)):
-            hint = (" It looks like JSON text: parse it (json.loads) into a list before training."
-                    if isinstance(conversation, str) and conversation.lstrip().startswith("[") else "")
-            what = f"a string ({_shown(conversation)})" if isinstance(conversation, str) else \
-                non_text_reason(conversation)
+            hint = (
+                " It looks like JSON text: parse it (json.loads) into a list before training."
+                if isinstance(conversation, str) and conversation.lstrip().startswith("[")
+                else ""
+            )
+            what = (
+                f"a string ({_shown(conversation)})"
+                if isinstance(conversation, str)
+                else non_text_reason(conversation)
+            )
             raise ValueError(
                 f"{place} holds {what} where chat data needs a list of messages "
                 f"[{{'role': ..., 'content': ...}}, ...].{hint} For plain text use 'prompt' / 'completion' columns."
             )
         for i, message in enumerate(conversation):
-            if not isinstance(message, dict) or not isinstance(message.get("role"), str) \
-                    or message.get("content") is None:
+            if (
+                not isinstance(message, dict)
+                or not isinstance(message.get("role"), str)
+                or message.get("content") is None
+            ):
                 raise ValueError(
                     f"{place}: message {i} is {_shown(message)}; every message must be a mapping with a string "
                     "'role' and a 'content'. Fix that row or drop it."

@@ -59,14 +59,18 @@ def _rows(dataset, tokenizer, max_length: int | None) -> list[dict]:
     if "input_ids" in columns and "labels" in columns:
         return [{"input_ids": list(r["input_ids"]), "labels": list(r["labels"])} for r in dataset]
     if max_length is None:
-        raise ValueError("the dataset holds text (prompt / completion or messages): give max_length (tokens per "
-                         "example) to tokenise it, or pass rows already tokenised with tokenize_prompt_completion.")
+        raise ValueError(
+            "the dataset holds text (prompt / completion or messages): give max_length (tokens per "
+            "example) to tokenise it, or pass rows already tokenised with tokenize_prompt_completion."
+        )
     from datasets import Dataset
 
     if not hasattr(dataset, "map"):
         dataset = Dataset.from_list(list(dataset))
-    return [{"input_ids": r["input_ids"], "labels": r["labels"]}
-            for r in tokenize_prompt_completion(dataset, tokenizer, max_length)]
+    return [
+        {"input_ids": r["input_ids"], "labels": r["labels"]}
+        for r in tokenize_prompt_completion(dataset, tokenizer, max_length)
+    ]
 
 
 def _left_pad(prompts: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,10 +84,12 @@ def _left_pad(prompts: list[list[int]], pad: int, device) -> tuple[torch.Tensor,
 def _generate(model, prompts: list[list[int]], generation_config, seed: int, pad: int, eos) -> list[list[int]]:
     device = next(model.parameters()).device
     ids, mask = _left_pad(prompts, pad, device)
+    synced = {"synced_gpus": True} if synced_generation(model) else {}  # sharded: decode in lockstep
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=generation_config,
-                             synced_gpus=synced_generation(model))  # (B, P + N)
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, generation_config=generation_config, **synced
+        )  # (B, P + N)
     return cut_completions(out[:, ids.shape[1] :], eos, pad)
 
 
@@ -193,16 +199,29 @@ def evaluate_generation(
     # runs every batch, the same forwards in the same order (and decodes in lockstep), and keeps all the records.
     everywhere = any(synced_generation(m) for m in models)
     try:
-        records = _records(scorers, teacher, rows, examples, tokenizer, generation_config, batch_size, seed, pad, eos,
-                           answer_checker, everywhere)
+        records = _records(
+            scorers,
+            teacher,
+            rows,
+            examples,
+            tokenizer,
+            generation_config,
+            batch_size,
+            seed,
+            pad,
+            eos,
+            answer_checker,
+            everywhere,
+        )
     finally:
         for sub, training in modes.items():
             sub.training = training
     return _summary(_gather(records, everywhere), teacher is not None, answer_checker is not None, return_samples)
 
 
-def _records(scorers, teacher, rows, examples, tokenizer, config, batch_size, seed, pad, eos, checker,
-             everywhere=False) -> list[dict]:
+def _records(
+    scorers, teacher, rows, examples, tokenizer, config, batch_size, seed, pad, eos, checker, everywhere=False
+) -> list[dict]:
     """One record per example of this process's batches: texts, scores and the teacher's NLL sums."""
     from rouge_score import rouge_scorer
 
@@ -216,10 +235,15 @@ def _records(scorers, teacher, rows, examples, tokenizer, config, batch_size, se
             reference = tokenizer.decode([t for t in rows[i]["labels"] if t != IGNORE_INDEX], skip_special_tokens=True)
             tokens = done["model"][j]
             text = tokenizer.decode(tokens, skip_special_tokens=True)
-            record = {"index": i, "tokens": tokens, "ended": bool(tokens) and tokens[-1] == eos, "text": text,
-                      "reference": reference,
-                      "prompt": tokenizer.decode(prompts[j], skip_special_tokens=True),
-                      "rougeL": rouge.score(reference, text)["rougeL"].fmeasure}
+            record = {
+                "index": i,
+                "tokens": tokens,
+                "ended": bool(tokens) and tokens[-1] == eos,
+                "text": text,
+                "reference": reference,
+                "prompt": tokenizer.decode(prompts[j], skip_special_tokens=True),
+                "rougeL": rouge.score(reference, text)["rougeL"].fmeasure,
+            }
             if teacher is not None:
                 record["nll"] = nll["model"][j]
                 floor = nll.get("teacher", nll["model"] if scorers["model"] is teacher else None)
@@ -247,8 +271,9 @@ def _summary(records: list[dict], with_teacher: bool, with_answers: bool, sample
     if with_answers:
         out["exact_match"] = sum(r["correct"] for r in records) / n
     if samples:
-        out["samples"] = [{"prompt": r["prompt"], "reference": r["reference"], "completion": r["text"]}
-                          for r in records[:samples]]
+        out["samples"] = [
+            {"prompt": r["prompt"], "reference": r["reference"], "completion": r["text"]} for r in records[:samples]
+        ]
     return out
 
 
@@ -270,8 +295,9 @@ class GenerationEvalCallback(TrainerCallback):
 
     def __init__(self, trainer, dataset, tokenizer, generation_config, eval_steps: int, teacher=None, **kwargs):
         if eval_steps < 1:
-            raise ValueError(f"eval_steps must be >= 1 (optimizer steps between generation evaluations), got "
-                             f"{eval_steps}.")
+            raise ValueError(
+                f"eval_steps must be >= 1 (optimizer steps between generation evaluations), got {eval_steps}."
+            )
         self.trainer, self.dataset, self.tokenizer = trainer, dataset, tokenizer
         self.generation_config, self.eval_steps = generation_config, eval_steps
         self.teacher, self.kwargs = teacher, kwargs
@@ -281,6 +307,13 @@ class GenerationEvalCallback(TrainerCallback):
             return
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         model = getattr(model, "student", model)  # a ProjectedStudent wrapper generates with its student
-        metrics = evaluate_generation(model, self.dataset, self.tokenizer, self.generation_config,
-                                      teacher=self.teacher, teacher_floor=False, **self.kwargs)
+        metrics = evaluate_generation(
+            model,
+            self.dataset,
+            self.tokenizer,
+            self.generation_config,
+            teacher=self.teacher,
+            teacher_floor=False,
+            **self.kwargs,
+        )
         self.trainer.log({f"eval_{k}": v for k, v in metrics.items() if k != "samples"})

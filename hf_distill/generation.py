@@ -378,8 +378,9 @@ class CompletionSampler:
         if prompts.device.type == "cuda":
             torch.cuda.synchronize(prompts.device)
         start = time.perf_counter()
-        new_tokens, lengths = sample_completions(model, prompts, mask, self.generation_config, seed, autocast,
-                                                 sampler=self.args.generation_sampler)
+        new_tokens, lengths = sample_completions(
+            model, prompts, mask, self.generation_config, seed, autocast, sampler=self.args.generation_sampler
+        )
         self.generated_tokens += int(lengths.sum())  # synchronises: the generation time below is complete
         self.seconds += time.perf_counter() - start
         self.generate_calls += 1

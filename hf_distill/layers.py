@@ -67,8 +67,9 @@ def uniform_layer_map(num_student_layers: int, num_teacher_layers: int) -> dict[
     return {i: (i * num_teacher_layers) // num_student_layers for i in range(1, num_student_layers + 1)}
 
 
-def resolve_layer_map(spec, num_student_layers: int, num_teacher_layers: int, what: str = "layer_map",
-                      allow_embeddings: bool = True) -> dict[int, int]:
+def resolve_layer_map(
+    spec, num_student_layers: int, num_teacher_layers: int, what: str = "layer_map", allow_embeddings: bool = True
+) -> dict[int, int]:
     """The explicit map parsed and range-checked against both models, or the uniform map when `spec` is None."""
     mapping = parse_layer_map(spec)
     if mapping is None:
@@ -109,8 +110,7 @@ def _layer_list_path(model: PreTrainedModel) -> str:
             if isinstance(module, nn.ModuleList) and len(module) == n:
                 return candidate
     lists = [
-        (name, mod) for name, mod in model.named_modules()
-        if isinstance(mod, nn.ModuleList) and len(mod) == n and name
+        (name, mod) for name, mod in model.named_modules() if isinstance(mod, nn.ModuleList) and len(mod) == n and name
     ]
     if not lists:
         raise ValueError(
@@ -211,7 +211,7 @@ def _copied_state_dict(teacher: PreTrainedModel, layers: list[int]) -> dict[str,
     new_sd = {}
     for src, dst in groups:
         taken = [n for n in names if n.startswith(src)]
-        new_sd.update({dst + n[len(src):]: t for n, t in _full_tensors(teacher, taken).items()})
+        new_sd.update({dst + n[len(src) :]: t for n, t in _full_tensors(teacher, taken).items()})
     new_sd.update(_full_tensors(teacher, [n for n in names if not n.startswith(prefix)]))  # embeddings, head, ...
     return new_sd
 

@@ -172,8 +172,9 @@ def check_prompt_completion(dataset, source: str | None = None) -> str:
     return kind
 
 
-def tokenize_prompt_completion(dataset, tokenizer, max_length: int, append_eos: bool = True, desc: str | None = None,
-                               source: str | None = None):
+def tokenize_prompt_completion(
+    dataset, tokenizer, max_length: int, append_eos: bool = True, desc: str | None = None, source: str | None = None
+):
     """Map a `datasets.Dataset` in either format to {"input_ids", "labels"} (see `encode_example`).
 
     Texts are tokenised without special tokens (a chat template writes its own); the tokenizer's bos
@@ -365,8 +366,9 @@ class PromptCompletionCollator:
             prompts.append(ids[:n])
             completions.append(ids[n:])
             completion_labels.append(labels[n:])
-        batch = pad_prompt_completion(prompts, completions, self.pad_token_id, self.pad_to_multiple_of,
-                                      completion_labels)
+        batch = pad_prompt_completion(
+            prompts, completions, self.pad_token_id, self.pad_to_multiple_of, completion_labels
+        )
         return pack_padded(batch) if self.pack else batch
 
 

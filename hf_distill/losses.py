@@ -126,7 +126,6 @@ LOGIT_DIVERGENCES: dict[str, Callable[..., torch.Tensor]] = {"mse": logit_mse}
 DIVERGENCE_NAMES: tuple[str, ...] = (*DIVERGENCES, *LOGIT_DIVERGENCES)
 
 
-
 @dataclass(frozen=True)
 class DivergenceParam:
     """A keyword parameter of registered divergences: its valid range [low, high] or [low, high) and its help.
@@ -144,12 +143,16 @@ class DivergenceParam:
 # (`config.divergence_field(name)`), with this help and range and the function's default.
 DIVERGENCE_PARAMS: dict[str, DivergenceParam] = {
     "jsd_beta": DivergenceParam(
-        0.0, 1.0, True,
+        0.0,
+        1.0,
+        True,
         "divergence='jsd': weight beta in [0, 1] of the teacher in the mixture M = beta p_t + (1-beta) p_s; JSD = "
         "beta KL(p_t||M) + (1-beta) KL(p_s||M); beta=0 is forward KL, beta=1 reverse KL (TRL's convention).",
     ),
     "skew_alpha": DivergenceParam(
-        0.0, 1.0, False,  # alpha = 1 would make the target the student itself: a zero loss
+        0.0,
+        1.0,
+        False,  # alpha = 1 would make the target the student itself: a zero loss
         "divergence='skew_forward_kl' / 'skew_reverse_kl': skew alpha in [0, 1); KL(p_t || alpha p_t + (1-alpha) "
         "p_s) resp. KL(p_s || alpha p_s + (1-alpha) p_t); alpha=0 is the plain KL.",
     ),
@@ -191,8 +194,10 @@ def divergence_param_default(param: str) -> float:
         if p.name == param
     }
     if len(defaults) != 1 or inspect.Parameter.empty in defaults:
-        raise ValueError(f"divergence parameter {param!r} needs one default shared by the divergences that take it, "
-                         f"found {sorted(map(str, defaults))}.")
+        raise ValueError(
+            f"divergence parameter {param!r} needs one default shared by the divergences that take it, "
+            f"found {sorted(map(str, defaults))}."
+        )
     return defaults.pop()
 
 

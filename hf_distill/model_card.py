@@ -30,11 +30,18 @@ TASK_TEMPLATES = {"text-generation": "causal_lm_card.md"}
 REQUIRED_KEYS = ("task", "teacher_model", "teacher", "student", "command")
 SIDE_KEYS = ("parameters", "examples_per_second")  # in both `teacher` and `student`
 # metric key -> label in the card; other metrics are shown under their own name.
-METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "masked_accuracy": "masked-token accuracy",
-                 "cross_entropy": "cross-entropy (nats/token)", "perplexity": "perplexity",
-                 "rougeL": "ROUGE-L F (greedy completions)", "exact_match": "exact match",
-                 "teacher_nll": "teacher NLL of the greedy completions (nats/token)",
-                 "generated_length": "generated length (tokens)", "distinct_2": "distinct-2"}
+METRIC_LABELS = {
+    "accuracy": "accuracy",
+    "macro_f1": "macro-F1",
+    "masked_accuracy": "masked-token accuracy",
+    "cross_entropy": "cross-entropy (nats/token)",
+    "perplexity": "perplexity",
+    "rougeL": "ROUGE-L F (greedy completions)",
+    "exact_match": "exact match",
+    "teacher_nll": "teacher NLL of the greedy completions (nats/token)",
+    "generated_length": "generated length (tokens)",
+    "distinct_2": "distinct-2",
+}
 LOWER_IS_BETTER = {"cross_entropy", "perplexity", "teacher_nll"}
 NEUTRAL_METRICS = {"generated_length", "distinct_2"}  # descriptive: neither direction is better in itself
 _NOT_METRICS = ("parameters", "examples_per_second")
@@ -44,8 +51,6 @@ NO_LAYER_MAP = "none (no hidden-state loss)"
 def format_count(n: int) -> str:
     """12345678 -> '12.3M', 54321 -> '54.3K'."""
     return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
-
-
 
 
 def template_name(task: str | None) -> str:
@@ -58,8 +63,10 @@ def template_file(template_path: str | os.PathLike | None = None, name: str = TE
     """The template as a file path: `template_path` when given, else the packaged template `name`."""
     if template_path is not None:
         if not Path(template_path).is_file():
-            raise ValueError(f"model card template {template_path} not found; leave template_path unset to use the "
-                             f"packaged one (hf_distill/templates/{name}).")
+            raise ValueError(
+                f"model card template {template_path} not found; leave template_path unset to use the "
+                f"packaged one (hf_distill/templates/{name})."
+            )
         yield Path(template_path)
         return
     with resources.as_file(resources.files("hf_distill") / "templates" / name) as path:
@@ -117,15 +124,19 @@ def load_results(results: dict | str | os.PathLike) -> dict:
         if path.is_dir():
             path = path / RESULTS_NAME
         if not path.is_file():
-            raise ValueError(f"{path} does not exist: render the card from a finished run's folder or its "
-                             f"{RESULTS_NAME}.")
+            raise ValueError(
+                f"{path} does not exist: render the card from a finished run's folder or its {RESULTS_NAME}."
+            )
         data = json.loads(path.read_text())
     missing = [k for k in REQUIRED_KEYS if k not in data]
-    missing += [f"{side}.{k}" for side in ("teacher", "student") if side in data for k in SIDE_KEYS
-                if k not in data[side]]
+    missing += [
+        f"{side}.{k}" for side in ("teacher", "student") if side in data for k in SIDE_KEYS if k not in data[side]
+    ]
     if missing:
-        raise ValueError(f"the run results lack {missing}; they are written by the recipes (recipes/distil_*.py) at "
-                         "the end of a run.")
+        raise ValueError(
+            f"the run results lack {missing}; they are written by the recipes (recipes/distil_*.py) at "
+            "the end of a run."
+        )
     return data
 
 
@@ -201,9 +212,14 @@ def _card_data(r: dict, model_id: str, metrics: list[str], dataset_label: str, l
     data, student, teacher_model = r.get("dataset", {}), r["student"], str(r["teacher_model"])
     eval_results = [
         EvalResult(
-            task_type=r["task"], dataset_type=data.get("name") or "local", dataset_name=dataset_label,
-            dataset_config=data.get("config"), dataset_split=data.get("eval_split", "validation"),
-            metric_type=name, metric_name=METRIC_LABELS.get(name, name), metric_value=float(f"{student[name]:.4f}"),
+            task_type=r["task"],
+            dataset_type=data.get("name") or "local",
+            dataset_name=dataset_label,
+            dataset_config=data.get("config"),
+            dataset_split=data.get("eval_split", "validation"),
+            metric_type=name,
+            metric_name=METRIC_LABELS.get(name, name),
+            metric_value=float(f"{student[name]:.4f}"),
         )
         for name in metrics
     ]
@@ -275,9 +291,11 @@ def _baseline_note(r: dict) -> str:
     base, gain = r.get("hard_baseline"), r.get("distillation_gain")
     if not (base and gain and "accuracy" in gain):
         return ""
-    return (f"Distillation bought **{100 * gain['accuracy']:+.1f} points** of accuracy: the same student "
-            f"trained on the labels alone with the same budget (same initialisation, seed and "
-            f"{base.get('optimizer_steps')} optimizer steps) reaches {base['accuracy']:.4f}.")
+    return (
+        f"Distillation bought **{100 * gain['accuracy']:+.1f} points** of accuracy: the same student "
+        f"trained on the labels alone with the same budget (same initialisation, seed and "
+        f"{base.get('optimizer_steps')} optimizer steps) reaches {base['accuracy']:.4f}."
+    )
 
 
 def _verdict(metric: str, gain: float) -> str:
@@ -292,9 +310,17 @@ def _verdict(metric: str, gain: float) -> str:
 def _baseline_fields(r: dict) -> dict:
     """The distilled student against the baseline on every metric both have (the causal-LM card's table)."""
     student, base, gain = r["student"], r.get("hard_baseline") or {}, r.get("distillation_gain") or {}
-    rows = [{"name": METRIC_LABELS.get(k, k), "student": f"{student[k]:.4f}", "baseline": f"{base[k]:.4f}",
-             "gain": f"{g:+.4f}", "verdict": _verdict(k, g)}
-            for k, g in gain.items() if k in base and k in student and k not in _NOT_METRICS]
+    rows = [
+        {
+            "name": METRIC_LABELS.get(k, k),
+            "student": f"{student[k]:.4f}",
+            "baseline": f"{base[k]:.4f}",
+            "gain": f"{g:+.4f}",
+            "verdict": _verdict(k, g),
+        }
+        for k, g in gain.items()
+        if k in base and k in student and k not in _NOT_METRICS
+    ]
     return {"baseline_rows": rows, "baseline_steps": base.get("optimizer_steps")}
 
 

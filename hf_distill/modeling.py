@@ -61,14 +61,26 @@ def auto_class_for(model: nn.Module):
             return getattr(transformers, name)
     return None
 
+
 # Packed (padding-free) batches: the causal-LM architectures (config.model_type) whose transformers 5.25 forward
 # keeps packed rows apart from `position_ids` alone (it passes them to `create_causal_mask`, which builds the
 # block-diagonal mask, and its positions come from them). Each entry is checked in tests/test_packing.py: packed
 # logits == each row run alone. Not here, and refused: OPT (positions and mask from attention_mask), Bloom (ALiBi
 # from attention_mask), Mamba and hybrid recurrent models (state flows across rows), and anything not tested.
 PACKING_MODEL_TYPES = (
-    "gpt2", "llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "gpt_neox", "falcon",
-    "starcoder2", "olmo2",
+    "gpt2",
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen3",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "gpt_neox",
+    "falcon",
+    "starcoder2",
+    "olmo2",
 )
 # Attention implementations whose masks honour packed rows (masking_utils' packed sequence mask; flash-attention
 # reads cu_seqlens from position_ids). A custom kernel registered under another name may ignore them.
@@ -84,12 +96,16 @@ def packing_problem(model: nn.Module) -> str | None:
     config = getattr(unwrap_peft(model), "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type not in PACKING_MODEL_TYPES:
-        return (f"its architecture ({model_type!r}) is not one whose attention is known to honour packed "
-                f"position_ids (verified: {', '.join(PACKING_MODEL_TYPES)})")
+        return (
+            f"its architecture ({model_type!r}) is not one whose attention is known to honour packed "
+            f"position_ids (verified: {', '.join(PACKING_MODEL_TYPES)})"
+        )
     attention = getattr(config, "_attn_implementation", None) or "eager"
     if attention not in PACKING_ATTENTION:
-        return (f"its attention implementation {attention!r} may ignore packed position_ids (packing works with "
-                f"{', '.join(PACKING_ATTENTION)})")
+        return (
+            f"its attention implementation {attention!r} may ignore packed position_ids (packing works with "
+            f"{', '.join(PACKING_ATTENTION)})"
+        )
     return None
 
 

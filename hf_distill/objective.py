@@ -15,7 +15,7 @@ shards, clips or checkpoints the student does the same for the projections.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -32,8 +32,12 @@ from .positions import token_scales as token_scales
 # tokens of each example, so padding positions are masked out of it in teacher and student alike.
 SPAN_LOGITS = ("start_logits", "end_logits")
 # The built-in terms, in the order they are computed, and the DistillationArguments field holding each weight.
-BUILTIN_WEIGHTS = {"soft_loss": "soft_weight", "hard_loss": "hard_weight", "hidden_loss": "hidden_weight",
-                   "attention_loss": "attention_weight"}
+BUILTIN_WEIGHTS = {
+    "soft_loss": "soft_weight",
+    "hard_loss": "hard_weight",
+    "hidden_loss": "hidden_weight",
+    "attention_loss": "attention_weight",
+}
 
 
 @dataclass
@@ -112,8 +116,17 @@ class DistillationObjective:
         if clash:
             raise ValueError(f"extra loss terms {sorted(clash)} reuse built-in names; their weights come from args.")
         weights.update({name: float(w) for name, w in (extra_weights or {}).items()})
-        return cls(weights, args.temperature, args.divergence, args.ensemble_mode, args.hidden_loss, layer_map,
-                   attention_layer_map, vocab_limit, args.divergence_kwargs())
+        return cls(
+            weights,
+            args.temperature,
+            args.divergence,
+            args.ensemble_mode,
+            args.hidden_loss,
+            layer_map,
+            attention_layer_map,
+            vocab_limit,
+            args.divergence_kwargs(),
+        )
 
     @classmethod
     def for_models(cls, args, student: nn.Module, teacher: nn.Module | None, **kwargs):
@@ -123,7 +136,10 @@ class DistillationObjective:
             maps["layer_map"] = resolve_layer_map(args.layer_map, count_layers(student), count_layers(teacher))
         if args.attention_weight > 0:
             maps["attention_layer_map"] = resolve_layer_map(
-                args.attention_layer_map, count_layers(student), count_layers(teacher), what="attention_layer_map",
+                args.attention_layer_map,
+                count_layers(student),
+                count_layers(teacher),
+                what="attention_layer_map",
                 allow_embeddings=False,
             )
         return cls.from_args(args, **maps, **kwargs)
@@ -174,8 +190,16 @@ class DistillationObjective:
         try:
             if pair.kind == "topk":
                 t = pair.teachers[0]
-                return losses.topk_divergence_loss(pair.student, t.indices, t.values, t.rest, T, pair.mask,
-                                                   divergence=self.divergence, **self.divergence_kwargs)
+                return losses.topk_divergence_loss(
+                    pair.student,
+                    t.indices,
+                    t.values,
+                    t.rest,
+                    T,
+                    pair.mask,
+                    divergence=self.divergence,
+                    **self.divergence_kwargs,
+                )
             divergence = "mse" if pair.kind == "mse" else self.divergence
             params = {} if pair.kind == "mse" else self.divergence_kwargs
             # Several teachers are combined into one target here (losses.teacher_target), whatever the divergence.
@@ -203,7 +227,8 @@ class DistillationObjective:
             mask = None
         terms = [
             losses.hidden_state_loss(s_states[i], t_out["hidden_states"][j], mask, self.hidden_distance)
-            for t_out in teacher_outputs for i, j in self.layer_map.items()
+            for t_out in teacher_outputs
+            for i, j in self.layer_map.items()
         ]
         return torch.stack(terms).mean()
 
@@ -221,8 +246,9 @@ class DistillationObjective:
                 terms.append(losses.attention_map_loss(s_maps[i - 1], t_maps[j - 1], inputs.get("attention_mask")))
         return torch.stack(terms).mean()
 
-    def terms(self, inputs, student_outputs, teacher_outputs, hard_loss=None, pairs=None,
-              include_soft: bool = True) -> dict[str, torch.Tensor]:
+    def terms(
+        self, inputs, student_outputs, teacher_outputs, hard_loss=None, pairs=None, include_soft: bool = True
+    ) -> dict[str, torch.Tensor]:
         """The built-in terms whose weight is > 0 (hard only when the batch had labels).
 
         include_soft=False leaves the soft term out (the chunked path computes it with the hard one).
@@ -230,8 +256,9 @@ class DistillationObjective:
         w = self.weights
         terms = {}
         if w["soft_loss"] > 0 and include_soft and self.paired is not None:  # per-teacher parts kept for the logs
-            terms["soft_loss"], self._paired_logs = self.paired.full_loss(inputs, student_outputs["logits"],
-                                                                          teacher_outputs)
+            terms["soft_loss"], self._paired_logs = self.paired.full_loss(
+                inputs, student_outputs["logits"], teacher_outputs
+            )
         elif w["soft_loss"] > 0 and include_soft:
             pairs = self.pairs(inputs, student_outputs, teacher_outputs) if pairs is None else pairs
             terms["soft_loss"] = self.soft_loss(pairs)
@@ -243,9 +270,16 @@ class DistillationObjective:
             terms["attention_loss"] = self.attention_loss(inputs, student_outputs, teacher_outputs)
         return terms
 
-    def lm_head_loss(self, inputs: dict, student_hidden: torch.Tensor, teacher_hidden: list[torch.Tensor],
-                     student_head: OutputHead, teacher_heads: list[OutputHead], chunk_size: int,
-                     scales: dict[str, float] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def lm_head_loss(
+        self,
+        inputs: dict,
+        student_hidden: torch.Tensor,
+        teacher_hidden: list[torch.Tensor],
+        student_head: OutputHead,
+        teacher_heads: list[OutputHead],
+        chunk_size: int,
+        scales: dict[str, float] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """A causal LM's soft and hard terms from last hidden states (B, L, H), `chunk_size` tokens at a time.
 
         The same numbers as the full-logits path (soft: the divergence over the real tokens, vocab_limit applied;
@@ -265,10 +299,20 @@ class DistillationObjective:
         w_hard = self.weights["hard_loss"] * scales.get("hard_loss", 1.0) if n_hard is not None else 0.0
         params = {} if self.divergence in losses.LOGIT_DIVERGENCES else self.divergence_kwargs
         out = chunked_head_loss(
-            student_hidden[keep], student_head, [h[keep] for h in teacher_hidden], teacher_heads,
-            labels=next_labels, soft_mask=soft_mask, temperature=self.temperature, divergence=self.divergence,
-            ensemble_mode=self.ensemble_mode, vocab_limit=self.vocab_limit, chunk_size=chunk_size, **params,
-            soft_scale=w_soft / n_soft if w_soft else 0.0, hard_scale=w_hard / n_hard if w_hard else 0.0,  # no sync
+            student_hidden[keep],
+            student_head,
+            [h[keep] for h in teacher_hidden],
+            teacher_heads,
+            labels=next_labels,
+            soft_mask=soft_mask,
+            temperature=self.temperature,
+            divergence=self.divergence,
+            ensemble_mode=self.ensemble_mode,
+            vocab_limit=self.vocab_limit,
+            chunk_size=chunk_size,
+            **params,
+            soft_scale=w_soft / n_soft if w_soft else 0.0,
+            hard_scale=w_hard / n_hard if w_hard else 0.0,  # no sync
         )
         terms = {}
         if self.weights["soft_loss"] > 0:
@@ -277,8 +321,17 @@ class DistillationObjective:
             terms["hard_loss"] = out.hard_sum / n_hard
         return out.loss, terms
 
-    def chunked_loss(self, inputs: dict, student_outputs, teacher_outputs: list, student_head: OutputHead,
-                     teacher_heads: list[OutputHead], chunk_size: int, scales=None, extra=None):
+    def chunked_loss(
+        self,
+        inputs: dict,
+        student_outputs,
+        teacher_outputs: list,
+        student_head: OutputHead,
+        teacher_heads: list[OutputHead],
+        chunk_size: int,
+        scales=None,
+        extra=None,
+    ):
         """(total loss, {term: value}) of a causal LM run with output_hidden_states and logits_to_keep=1.
 
         Soft and hard terms come from the last hidden states, `chunk_size` tokens at a time (`lm_head_loss`);
@@ -286,24 +339,47 @@ class DistillationObjective:
         """
         teacher_hidden = [None if out is None else out["hidden_states"][-1] for out in teacher_outputs]  # (B, L, H)
         if self.paired is not None:
-            head_loss, terms = self.paired_head_loss(inputs, student_outputs["hidden_states"][-1], teacher_hidden,
-                                                     student_head, teacher_heads, chunk_size, scales)
+            head_loss, terms = self.paired_head_loss(
+                inputs,
+                student_outputs["hidden_states"][-1],
+                teacher_hidden,
+                student_head,
+                teacher_heads,
+                chunk_size,
+                scales,
+            )
         else:
-            head_loss, terms = self.lm_head_loss(inputs, student_outputs["hidden_states"][-1], teacher_hidden,
-                                                 student_head, teacher_heads, chunk_size, scales)
+            head_loss, terms = self.lm_head_loss(
+                inputs,
+                student_outputs["hidden_states"][-1],
+                teacher_hidden,
+                student_head,
+                teacher_heads,
+                chunk_size,
+                scales,
+            )
         others = self.terms(inputs, student_outputs, teacher_outputs, include_soft=False)
         others.update(extra or {})
         loss = head_loss + self.combine(others, scales) if others else head_loss
         return loss, {**terms, **others, **self._pop_paired_logs()}
 
-    def paired_head_loss(self, inputs: dict, student_hidden, teacher_hidden: list, student_head: OutputHead,
-                         teacher_heads: list[OutputHead], chunk_size: int, scales=None):
+    def paired_head_loss(
+        self,
+        inputs: dict,
+        student_hidden,
+        teacher_hidden: list,
+        student_head: OutputHead,
+        teacher_heads: list[OutputHead],
+        chunk_size: int,
+        scales=None,
+    ):
         """`lm_head_loss` for routed / cross-tokenizer teachers: the soft term over aligned pairs (`self.paired`)."""
         scales = scales or {}
         w_soft = self.weights["soft_loss"] * scales.get("soft_loss", 1.0)
         w_hard = self.weights["hard_loss"] * scales.get("hard_loss", 1.0)
         loss, soft, hard, self._paired_logs = self.paired.chunked_loss(
-            inputs, student_hidden, teacher_hidden, student_head, teacher_heads, chunk_size, w_soft, w_hard)
+            inputs, student_hidden, teacher_hidden, student_head, teacher_heads, chunk_size, w_soft, w_hard
+        )
         terms = {"soft_loss": soft} if self.weights["soft_loss"] > 0 else {}
         if hard is not None and self.weights["hard_loss"] > 0:
             terms["hard_loss"] = hard
@@ -312,6 +388,10 @@ class DistillationObjective:
     def _pop_paired_logs(self) -> dict:
         logs, self._paired_logs = self._paired_logs, {}
         return logs
+
+    def with_divergence(self, name: str, params: dict) -> DistillationObjective:
+        """A copy whose soft term uses divergence `name` with `params` (e.g. on_policy_divergence)."""
+        return replace(self, divergence=name, divergence_kwargs=params)
 
     def output_flags(self) -> dict:
         """The forward flags the weighted terms need: hidden states for hidden_loss, attentions for attention_loss."""
@@ -365,14 +445,17 @@ class TermMeans:
 
     def pop(self, split: str, device, reduce) -> dict[str, float]:
         sums, self.sums[split] = self.sums[split], {}
-        return mean_over_processes({name: total / count for name, (total, count) in sorted(sums.items())}, device,
-                                   reduce)
+        return mean_over_processes(
+            {name: total / count for name, (total, count) in sorted(sums.items())}, device, reduce
+        )
 
 
 def mean_over_processes(values: dict, device, reduce) -> dict[str, float]:
     """Each value (a number or 0-d tensor) averaged over the processes with `reduce` (accelerator.reduce)."""
-    return {name: reduce(torch.as_tensor(value, device=device, dtype=torch.float32), reduction="mean").item()
-            for name, value in values.items()}
+    return {
+        name: reduce(torch.as_tensor(value, device=device, dtype=torch.float32), reduction="mean").item()
+        for name, value in values.items()
+    }
 
 
 def with_projections(student: nn.Module, layer_map: dict[int, int] | None, teacher: nn.Module | None) -> nn.Module:
@@ -412,8 +495,10 @@ class ProjectedStudent(nn.Module):
         states = outputs.get("hidden_states")
         if states is not None:
             outputs["projected_hidden_states"] = tuple(
-                self.projections[str(i)](h.to(self.projections[str(i)].weight.dtype)) if str(i) in self.projections
-                else h for i, h in enumerate(states)
+                self.projections[str(i)](h.to(self.projections[str(i)].weight.dtype))
+                if str(i) in self.projections
+                else h
+                for i, h in enumerate(states)
             )
         return outputs
 
@@ -474,8 +559,9 @@ def hold_labels(student_inputs: dict, smoothing: bool = False) -> tuple[dict, He
     return (rest, HeldLabels(labels)) if smoothing else (student_inputs, None)
 
 
-def hard_loss(student_outputs, held: HeldLabels | None, config=None, label_smoother=None,
-              shift_labels: bool = False) -> torch.Tensor | None:
+def hard_loss(
+    student_outputs, held: HeldLabels | None, config=None, label_smoother=None, shift_labels: bool = False
+) -> torch.Tensor | None:
     """The student's own loss: the model's `.loss`, or for held float labels the loss on the labelled rows.
 
     Labels held for label smoothing (`held.rows` None) go through `label_smoother` (the Trainer's

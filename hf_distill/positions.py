@@ -146,8 +146,9 @@ def step_token_totals(batches: list[dict], device, gather=None) -> torch.Tensor:
     return totals
 
 
-def token_scales(weights: dict[str, float], local: torch.Tensor, totals: tuple | None, steps: int,
-                 processes: int = 1) -> dict[str, float]:
+def token_scales(
+    weights: dict[str, float], local: torch.Tensor, totals: tuple | None, steps: int, processes: int = 1
+) -> dict[str, float]:
     """Per-term factors (for `combine`) that make k micro-batches on P processes sum to one big batch's loss.
 
     Token-level terms of a causal LM are per-token means of their micro-batch; "soft_loss" and "hard_loss" are
@@ -193,8 +194,9 @@ class StepTokens:
         self.totals = totals.cpu()
         return totals[1] if int(totals[1]) > 0 else None
 
-    def scales(self, weights: dict[str, float], batch: dict, num_items_in_batch, steps: int,
-               processes: int = 1) -> dict[str, float]:
+    def scales(
+        self, weights: dict[str, float], batch: dict, num_items_in_batch, steps: int, processes: int = 1
+    ) -> dict[str, float]:
         """`token_scales` of one micro-batch of the counted step.
 
         Args:

@@ -110,8 +110,18 @@ class PairedDistillation:
     loss: AlignedSoftLoss
 
     @classmethod
-    def build(cls, args, student, teachers: list, sources: list, processing_class, teacher_tokenizers: list,
-              vocab_limit: int | None, datasets: dict, cached: bool) -> PairedDistillation | None:
+    def build(
+        cls,
+        args,
+        student,
+        teachers: list,
+        sources: list,
+        processing_class,
+        teacher_tokenizers: list,
+        vocab_limit: int | None,
+        datasets: dict,
+        cached: bool,
+    ) -> PairedDistillation | None:
         """None unless args.cross_tokenizer or args.teacher_id_column; a ValueError for what cannot be combined.
 
         Args:
@@ -126,67 +136,27 @@ class PairedDistillation:
         mode, column = args.cross_tokenizer, args.teacher_id_column
         if mode is None and column is None:
             return None
-        from .modeling import is_causal_lm
-
-        what = " and ".join(x for x in (f"cross_tokenizer={mode!r}" if mode else "",
-                                         f"teacher_id_column={column!r}" if column else "") if x)
-        unsupported = (
-            "cached teacher outputs (they hold the teacher's logits at the student's positions only; run the "
-            "teacher live)" if cached
-            else "a student that is not a causal LM" if not is_causal_lm(student)
-            else "hidden-state or attention alignment (hidden_weight / attention_weight > 0: the positions and "
-            "widths differ across teachers and tokenizers)" if args.hidden_weight > 0 or args.attention_weight > 0
-            else "seq_kd (teacher samples are in the teacher's tokens)" if args.seq_kd and mode
-            else None
-        )
-        if unsupported:
-            raise ValueError(f"{what} cannot be combined with {unsupported}; unset one of them.")
-        if column is None and len(teachers) > 1:
-            raise ValueError(
-                f"{what} with {len(teachers)} teachers that all score every row (an ensemble) is not supported: "
-                "teachers with other vocabularies cannot be averaged. Route each row to one teacher with "
-                "teacher_id_column, or distil from one teacher."
-            )
-        if column is not None and len(teachers) < 2:
-            logger.warning("teacher_id_column=%r with one teacher: every row must name it.", column)
-        routes = None
-        if column is not None:
-            names = [s if isinstance(s, (str, os.PathLike)) else getattr(t, "name_or_path", None)
-                     for s, t in zip(sources, teachers)]
-            routes = TeacherRoutes(column, [str(n) if n else None for n in names])
-            for what_set, ds in datasets.items():
-                for name, d in (ds.items() if isinstance(ds, dict) else [(what_set, ds)]):
-                    routes.check_dataset(d, name)
-        if mode is not None:
-            if processing_class is None or not getattr(processing_class, "is_fast", False):
-                raise ValueError(
-                    f"cross_tokenizer={mode!r} decodes the student's rows and needs its fast tokenizer (character "
-                    "offsets) as processing_class."
-                )
-            for k, tok in enumerate(teacher_tokenizers):
-                if tok is not None and not getattr(tok, "is_fast", False):
-                    raise ValueError(f"teacher {k}'s tokenizer is not a fast tokenizer: cross_tokenizer needs "
-                                     "character offsets (return_offsets_mapping); load it with use_fast=True.")
-        maps = None
-        if mode is not None:
-            maps = [VocabularyMap.from_tokenizers(processing_class, tok if tok is not None else processing_class)
-                    for tok in teacher_tokenizers]
-            for k, m in enumerate(maps):
-                if not m.identical:
-                    logger.info("teacher %d: %d tokens shared with the student's vocabulary (of %d and %d).", k,
-                                len(m), m.student_size, m.teacher_size)
-        lengths = [getattr(getattr(t, "config", None), "n_positions", None)
-                   or getattr(getattr(t, "config", None), "max_position_embeddings", None) for t in teachers]
+        check_paired(args, student, len(teachers), cached)
+        routes = None if column is None else routes_for(column, sources, teachers, datasets)
+        maps = None if mode is None else vocabulary_maps(mode, processing_class, teacher_tokenizers)
+        lengths = [
+            getattr(getattr(t, "config", None), "n_positions", None)
+            or getattr(getattr(t, "config", None), "max_position_embeddings", None)
+            for t in teachers
+        ]
         aligner = TokenAligner(processing_class, teacher_tokenizers, lengths)
-        loss = AlignedSoftLoss(len(teachers), mode, args.temperature, args.divergence, args.divergence_kwargs(),
-                               maps, vocab_limit)
+        loss = AlignedSoftLoss(
+            len(teachers), mode, args.temperature, args.divergence, args.divergence_kwargs(), maps, vocab_limit
+        )
         return cls(routes, aligner, loss)
 
     def collator(self, collator) -> PairedCollator:
         if getattr(collator, "pack", False):
-            raise ValueError("cross_tokenizer / teacher_id_column pair the positions of each row with its teacher's, "
-                             "which packed batches do not keep apart; use padded batches (PromptCompletionCollator("
-                             "pack=False), no --packing).")
+            raise ValueError(
+                "cross_tokenizer / teacher_id_column pair the positions of each row with its teacher's, "
+                "which packed batches do not keep apart; use padded batches (PromptCompletionCollator("
+                "pack=False), no --packing)."
+            )
         return PairedCollator(collator, self.routes, self.aligner)
 
     def batches(self, iterator):
@@ -196,3 +166,98 @@ class PairedDistillation:
     def columns(self) -> set[str]:
         """Dataset columns to keep (remove_unused_columns)."""
         return {self.routes.column} if self.routes is not None else set()
+
+
+def check_paired(args, student, n_teachers: int, cached: bool) -> None:
+    """ValueError for what cross_tokenizer / teacher_id_column cannot be combined with.
+
+    Args:
+        args: the DistillationArguments.
+        student: the student model (a causal LM is needed).
+        n_teachers: how many teachers were loaded.
+        cached: whether the train set carries cached teacher outputs.
+    """
+    from .modeling import is_causal_lm
+
+    mode, column = args.cross_tokenizer, args.teacher_id_column
+    what = " and ".join(
+        x
+        for x in (f"cross_tokenizer={mode!r}" if mode else "", f"teacher_id_column={column!r}" if column else "")
+        if x
+    )
+    unsupported = (
+        "cached teacher outputs (they hold the teacher's logits at the student's positions only; run the teacher live)"
+        if cached
+        else "a student that is not a causal LM"
+        if not is_causal_lm(student)
+        else "hidden-state or attention alignment (hidden_weight / attention_weight > 0: the positions and "
+        "widths differ across teachers and tokenizers)"
+        if args.hidden_weight > 0 or args.attention_weight > 0
+        else "seq_kd (teacher samples are in the teacher's tokens)"
+        if args.seq_kd and mode
+        else None
+    )
+    if unsupported:
+        raise ValueError(f"{what} cannot be combined with {unsupported}; unset one of them.")
+    if column is None and n_teachers > 1:
+        raise ValueError(
+            f"{what} with {n_teachers} teachers that all score every row (an ensemble) is not supported: "
+            "teachers with other vocabularies cannot be averaged. Route each row to one teacher with "
+            "teacher_id_column, or distil from one teacher."
+        )
+    if column is not None and n_teachers < 2:
+        logger.warning("teacher_id_column=%r with one teacher: every row must name it.", column)
+
+
+def routes_for(column: str, sources: list, teachers: list, datasets: dict) -> TeacherRoutes:
+    """The `TeacherRoutes` of `column`, with every row of `datasets` checked (a ValueError names a bad one).
+
+    Args:
+        column: args.teacher_id_column.
+        sources: what `teacher_model` gave (names / paths name their teacher; else its config's name_or_path).
+        teachers: the loaded teachers.
+        datasets: {name: dataset or {name: dataset}}.
+    """
+    names = [
+        s if isinstance(s, (str, os.PathLike)) else getattr(t, "name_or_path", None) for s, t in zip(sources, teachers)
+    ]
+    routes = TeacherRoutes(column, [str(n) if n else None for n in names])
+    for what_set, ds in datasets.items():
+        for name, d in ds.items() if isinstance(ds, dict) else [(what_set, ds)]:
+            routes.check_dataset(d, name)
+    return routes
+
+
+def vocabulary_maps(mode: str, processing_class, teacher_tokenizers: list) -> list[VocabularyMap]:
+    """Per teacher, the `VocabularyMap` from the student's tokenizer; ValueError unless all are fast tokenizers.
+
+    Args:
+        mode: args.cross_tokenizer (for the message).
+        processing_class: the student's tokenizer.
+        teacher_tokenizers: per teacher, its tokenizer where it differs from the student's, else None.
+    """
+    if processing_class is None or not getattr(processing_class, "is_fast", False):
+        raise ValueError(
+            f"cross_tokenizer={mode!r} decodes the student's rows and needs its fast tokenizer (character "
+            "offsets) as processing_class."
+        )
+    for k, tok in enumerate(teacher_tokenizers):
+        if tok is not None and not getattr(tok, "is_fast", False):
+            raise ValueError(
+                f"teacher {k}'s tokenizer is not a fast tokenizer: cross_tokenizer needs "
+                "character offsets (return_offsets_mapping); load it with use_fast=True."
+            )
+    maps = [
+        VocabularyMap.from_tokenizers(processing_class, tok if tok is not None else processing_class)
+        for tok in teacher_tokenizers
+    ]
+    for k, m in enumerate(maps):
+        if not m.identical:
+            logger.info(
+                "teacher %d: %d tokens shared with the student's vocabulary (of %d and %d).",
+                k,
+                len(m),
+                m.student_size,
+                m.teacher_size,
+            )
+    return maps

@@ -19,8 +19,9 @@ from .sharding import full_state_dict
 logger = logging.getLogger(__name__)
 
 
-def gathered_state_dict(accelerator, model: nn.Module, model_wrapped: nn.Module, *, deepspeed: bool,
-                        fsdp: bool) -> dict[str, torch.Tensor] | None:
+def gathered_state_dict(
+    accelerator, model: nn.Module, model_wrapped: nn.Module, *, deepspeed: bool, fsdp: bool
+) -> dict[str, torch.Tensor] | None:
     """The full state dict of a sharded model, gathered on every process (a collective); None if not sharded."""
     if deepspeed:
         return accelerator.get_state_dict(model_wrapped)
@@ -36,8 +37,15 @@ def student_part(state_dict: dict[str, torch.Tensor] | None, projected: bool) ->
     return {k.removeprefix("student."): v for k, v in state_dict.items() if k.startswith("student.")}
 
 
-def save_student(student: nn.Module, output_dir: str, *, args, processing_class=None,
-                 state_dict: dict[str, torch.Tensor] | None = None, merge: bool = False) -> None:
+def save_student(
+    student: nn.Module,
+    output_dir: str,
+    *,
+    args,
+    processing_class=None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    merge: bool = False,
+) -> None:
     """Write `student` (with `state_dict` when gathered from shards), its tokenizer and the training arguments.
 
     With `merge`, a copy of the PeftModel has its adapter merged into the base weights (the trainer's stays as is).
@@ -54,3 +62,30 @@ def save_student(student: nn.Module, output_dir: str, *, args, processing_class=
 def save_training_args(args, output_dir: str) -> None:
     """training_args.bin, as the Trainer writes it, but from a redacted copy: no hub token, no token-shaped text."""
     torch.save(redacted_args(args), os.path.join(output_dir, "training_args.bin"))
+
+
+def save_final_student(trainer, output_dir: str | None, merge: bool) -> None:
+    """`DistillationTrainer.save_model`'s final save: the student alone (no projections), gathered from shards under
+    DeepSpeed / FSDP (a collective: every process calls this), its adapter merged on a copy when `merge`.
+
+    Args:
+        trainer: the DistillationTrainer.
+        output_dir: where to write (None: args.output_dir).
+        merge: merge the PEFT adapter into the base weights of the written copy.
+    """
+    state_dict = gathered_state_dict(
+        trainer.accelerator,
+        trainer.model,
+        trainer.model_wrapped,
+        deepspeed=trainer.is_deepspeed_enabled,
+        fsdp=trainer.is_fsdp_enabled,
+    )
+    if trainer.args.should_save:
+        save_student(
+            trainer.student,
+            output_dir if output_dir is not None else trainer.args.output_dir,
+            args=trainer.args,
+            processing_class=trainer.processing_class,
+            state_dict=student_part(state_dict, trainer.projections is not None),
+            merge=merge,
+        )

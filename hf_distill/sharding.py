@@ -94,5 +94,6 @@ def adapt_to_sharding(accelerator, model: nn.Module) -> None:
     if getattr(policy, "__name__", "") == "transformer_auto_wrap_policy":
         # Accelerate's default for TRANSFORMER_BASED_WRAP is all of _no_split_modules, embeddings included.
         plugin.transformer_cls_names_to_wrap = fsdp_wrap_class_names(model)
-        logger.info("FSDP wraps %s (the model's _no_split_modules without embeddings)",
-                    plugin.transformer_cls_names_to_wrap)
+        logger.info(
+            "FSDP wraps %s (the model's _no_split_modules without embeddings)", plugin.transformer_cls_names_to_wrap
+        )

@@ -75,14 +75,19 @@ def two_stage_budget(
         raise ValueError(f"hidden_share must be in (0, 1), got {hidden_share}.")
     if args.max_steps > 0:
         if args.max_steps < 2:
-            raise ValueError(f"--max_steps {args.max_steps} cannot be split between the hidden-state stage and the "
-                             "prediction stage: pass --max_steps 2 or more, or --two_stage no.")
+            raise ValueError(
+                f"--max_steps {args.max_steps} cannot be split between the hidden-state stage and the "
+                "prediction stage: pass --max_steps 2 or more, or --two_stage no."
+            )
         first = min(max(1, round(args.max_steps * hidden_share)), args.max_steps - 1)
-        return two_stage_arguments(dataclasses.replace(args, max_steps=args.max_steps - first),
-                                   intermediate_steps=first)
+        return two_stage_arguments(
+            dataclasses.replace(args, max_steps=args.max_steps - first), intermediate_steps=first
+        )
     total = args.num_train_epochs
-    return two_stage_arguments(dataclasses.replace(args, num_train_epochs=total * (1 - hidden_share)),
-                               intermediate_epochs=total * hidden_share)
+    return two_stage_arguments(
+        dataclasses.replace(args, num_train_epochs=total * (1 - hidden_share)),
+        intermediate_epochs=total * hidden_share,
+    )
 
 
 def hard_baseline_arguments(args: DistillationArguments, max_steps: int, output_dir: str | None = None):

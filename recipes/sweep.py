@@ -48,8 +48,9 @@ def combinations(grid: dict[str, list[str]]) -> list[dict[str, str]]:
     return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
 
 
-def sweep(recipe_main, base_argv: list[str], grid: dict[str, list[str]], sweep_dir: str,
-          metric: str = "accuracy") -> dict:
+def sweep(
+    recipe_main, base_argv: list[str], grid: dict[str, list[str]], sweep_dir: str, metric: str = "accuracy"
+) -> dict:
     """Run `recipe_main(argv)` for every combination; return {"runs": [...], "best": {...}} (also written to disk)."""
     runs = []
     for i, combo in enumerate(combinations(grid)):
@@ -58,8 +59,14 @@ def sweep(recipe_main, base_argv: list[str], grid: dict[str, list[str]], sweep_d
         results = recipe_main([*base_argv, *flags, "--output_dir", out, "--overwrite_output_dir"])
         if metric not in results["student"]:
             raise ValueError(f"--metric {metric!r} is not among the student's metrics {sorted(results['student'])}.")
-        runs.append({"flags": combo, "output_dir": out, "validation": {metric: results["student"][metric]},
-                     "hard_baseline": results.get("hard_baseline", {}).get(metric)})
+        runs.append(
+            {
+                "flags": combo,
+                "output_dir": out,
+                "validation": {metric: results["student"][metric]},
+                "hard_baseline": results.get("hard_baseline", {}).get(metric),
+            }
+        )
         logger.info("sweep run %d %s: validation %s %.4f", i, combo, metric, results["student"][metric])
     best = max(range(len(runs)), key=lambda i: (runs[i]["validation"][metric], -i))
     payload = {"metric": metric, "split": "validation", "base_argv": base_argv, "runs": runs, "best": runs[best]}
@@ -84,8 +91,11 @@ def main(argv: list[str] | None = None) -> dict:
     recipe = importlib.import_module(ns.recipe)
     payload = sweep(recipe.main, recipe_argv, grid, ns.sweep_dir, ns.metric)
     best = payload["best"]
-    print(f"best on validation ({ns.metric} {best['validation'][ns.metric]:.4f}): "
-          + " ".join(f"--{k} {v}" for k, v in best["flags"].items()), flush=True)
+    print(
+        f"best on validation ({ns.metric} {best['validation'][ns.metric]:.4f}): "
+        + " ".join(f"--{k} {v}" for k, v in best["flags"].items()),
+        flush=True,
+    )
     return payload
 
 

@@ -36,8 +36,11 @@ class TeacherModelArguments:
         default=None, metadata={"help": "Pretrained encoder to fine-tune: Hub id or local folder (required)."}
     )
     ignore_mismatched_sizes: bool = field(
-        default=False, metadata={"help": "Start from a classifier fine-tuned on another label set: its head is "
-                                 "re-initialised for this data's labels (as in transformers' run_glue.py)."}
+        default=False,
+        metadata={
+            "help": "Start from a classifier fine-tuned on another label set: its head is "
+            "re-initialised for this data's labels (as in transformers' run_glue.py)."
+        },
     )
 
 
@@ -54,8 +57,14 @@ def check_head(config, path: str, names: list, reinit: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    run = start_run(__file__, TeacherModelArguments, ClassificationDataArguments, TrainingArguments, argv,
-                    required={"model_name_or_path": "the pretrained encoder to fine-tune"})
+    run = start_run(
+        __file__,
+        TeacherModelArguments,
+        ClassificationDataArguments,
+        TrainingArguments,
+        argv,
+        required={"model_name_or_path": "the pretrained encoder to fine-tune"},
+    )
     model_args, data_args, args = run.model_args, run.data_args, run.args
     raw, splits = rd.load_classification_data(data_args)
     names = rd.data_label_names(raw, splits, data_args.label_column)
@@ -68,14 +77,21 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
     rd.check_length_leaves_text(data_args.max_length, tokenizer, pair=bool(data_args.text_column_2))
     model = AutoModelForSequenceClassification.from_pretrained(
-        model_args.model_name_or_path, num_labels=len(names), id2label=id2label,
-        label2id={n: i for i, n in id2label.items()}, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        model_args.model_name_or_path,
+        num_labels=len(names),
+        id2label=id2label,
+        label2id={n: i for i, n in id2label.items()},
+        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
     )
     mapping = rd.label_mapping(raw, splits, data_args.label_column, id2label)
     data = rd.tokenize_classification(raw, splits, tokenizer, data_args, mapping, args)
     trainer = Trainer(
-        model=model, args=args, train_dataset=data[splits[0]], eval_dataset=data[splits[1]],
-        processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
+        model=model,
+        args=args,
+        train_dataset=data[splits[0]],
+        eval_dataset=data[splits[1]],
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_classification_metrics,
     )
     with run.owning_output_dir():
@@ -84,10 +100,14 @@ def main(argv: list[str] | None = None) -> dict:
         metrics = trainer.evaluate()
         trainer.save_metrics("eval", metrics)
     if trainer.is_world_process_zero():
-        scores = ", ".join(f"{k.removeprefix('eval_')} {v:.4f}" for k, v in metrics.items()
-                           if k in ("eval_accuracy", "eval_macro_f1"))
-        print(f"teacher ({len(names)} labels: {', '.join(id2label.values())}) on {len(data[splits[1]])} "
-              f"validation examples: {scores}\nsaved to {os.path.abspath(args.output_dir)}", flush=True)
+        scores = ", ".join(
+            f"{k.removeprefix('eval_')} {v:.4f}" for k, v in metrics.items() if k in ("eval_accuracy", "eval_macro_f1")
+        )
+        print(
+            f"teacher ({len(names)} labels: {', '.join(id2label.values())}) on {len(data[splits[1]])} "
+            f"validation examples: {scores}\nsaved to {os.path.abspath(args.output_dir)}",
+            flush=True,
+        )
     return metrics
 
 

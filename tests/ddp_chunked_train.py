@@ -18,11 +18,20 @@ from hf_distill import DistillationTrainer, PromptCompletionCollator
 
 def main(out_dir: str, per_device_batch: int, collator: str = "plain") -> None:
     student, teacher = tiny_lm(vocab=56, seed=1), tiny_lm(vocab=64, hidden=24, seed=2)
-    args = launch_args(out_dir, per_device_batch, max_steps=2, learning_rate=0.5, loss_chunk_size=5, soft_weight=0.6,
-                       hard_weight=0.4, dataloader_drop_last=True)
+    args = launch_args(
+        out_dir,
+        per_device_batch,
+        max_steps=2,
+        learning_rate=0.5,
+        loss_chunk_size=5,
+        soft_weight=0.6,
+        hard_weight=0.4,
+        dataloader_drop_last=True,
+    )
     data_collator = lm_collate if collator == "plain" else PromptCompletionCollator(0, pack=collator == "packed")
-    trainer = DistillationTrainer(student, teacher, args, train_dataset=lm_data(), data_collator=data_collator,
-                                  processing_class=lm_tokenizer())
+    trainer = DistillationTrainer(
+        student, teacher, args, train_dataset=lm_data(), data_collator=data_collator, processing_class=lm_tokenizer()
+    )
     trainer.train()
     save_and_exit(trainer, {k: v.detach().clone() for k, v in student.state_dict().items()}, out_dir)
 

@@ -21,11 +21,25 @@ from hf_distill import evaluate_generation
 def metrics() -> dict:
     tok = make_tokenizer(tempfile.mkdtemp())
     student, teacher = tiny_gpt2(layers=1, hidden=32, seed=1), tiny_gpt2(layers=2, hidden=32, seed=2)
-    rows = [{"input_ids": list(range(5 + i, 7 + i + i % 3)) + [20 + i, 3],
-             "labels": [-100] * (2 + i % 3) + [20 + i, 3], "answer": f"w{15 + i}"} for i in range(11)]
+    rows = [
+        {
+            "input_ids": list(range(5 + i, 7 + i + i % 3)) + [20 + i, 3],
+            "labels": [-100] * (2 + i % 3) + [20 + i, 3],
+            "answer": f"w{15 + i}",
+        }
+        for i in range(11)
+    ]
     config = GenerationConfig(max_new_tokens=6, do_sample=True, eos_token_id=3, pad_token_id=0)
-    result = evaluate_generation(student, rows, tok, config, teacher=teacher, batch_size=3, seed=7,
-                                 answer_checker=lambda text, ex: text.split()[:1] == [ex["answer"]])
+    result = evaluate_generation(
+        student,
+        rows,
+        tok,
+        config,
+        teacher=teacher,
+        batch_size=3,
+        seed=7,
+        answer_checker=lambda text, ex: text.split()[:1] == [ex["answer"]],
+    )
     return result
 
 

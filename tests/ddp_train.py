@@ -21,8 +21,14 @@ from hf_distill import DistillationTrainer
 def launch_args(out_dir: str, per_device_batch: int, **kw):
     """Test arguments for a run that may be one of several torchrun processes (gloo on CPU), SGD, seed 0."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    return distillation_args(out_dir, per_device_train_batch_size=per_device_batch, optim="sgd", seed=0,
-                             ddp_backend="gloo" if world > 1 else None, **kw)
+    return distillation_args(
+        out_dir,
+        per_device_train_batch_size=per_device_batch,
+        optim="sgd",
+        seed=0,
+        ddp_backend="gloo" if world > 1 else None,
+        **kw,
+    )
 
 
 def save_and_exit(trainer, state: dict, out_dir: str) -> None:

@@ -13,8 +13,15 @@ from hf_distill import DistillationArguments
 
 
 def make_args(tmp_path, **kw) -> DistillationArguments:
-    defaults = {"per_device_train_batch_size": 4, "max_steps": 3, "learning_rate": 5e-3, "temperature": 2.0,
-                "soft_weight": 0.7, "hard_weight": 0.3, "dataloader_num_workers": 0}
+    defaults = {
+        "per_device_train_batch_size": 4,
+        "max_steps": 3,
+        "learning_rate": 5e-3,
+        "temperature": 2.0,
+        "soft_weight": 0.7,
+        "hard_weight": 0.3,
+        "dataloader_num_workers": 0,
+    }
     return distillation_args(tmp_path / "out", **{**defaults, **kw})
 
 

@@ -47,8 +47,9 @@ def main(out_dir: str) -> None:
     tokenizer = make_tokenizer(os.path.join(out_dir, "tokenizer"))
     # No padding: every rank has as many tokens, so the mean over ranks of per-rank means is the global mean.
     data = classification_data(STEPS * 2 * PER_RANK, with_padding=False)
-    trainer = DistillationTrainer(student, copy.deepcopy(teacher), args, train_dataset=data,
-                                  processing_class=tokenizer)
+    trainer = DistillationTrainer(
+        student, copy.deepcopy(teacher), args, train_dataset=data, processing_class=tokenizer
+    )
     rank, world = trainer.args.process_index, trainer.args.world_size
     ref_student, ref_teacher = copy.deepcopy(student), freeze(copy.deepcopy(teacher))
     teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
@@ -60,7 +61,7 @@ def main(out_dir: str) -> None:
     wrapped = [type(m).__name__.removeprefix("FSDP") for m in student.modules() if isinstance(m, FSDPModule)]
 
     def batch(step: int, rows: slice) -> dict:
-        chunk = data[step * 2 * PER_RANK:(step + 1) * 2 * PER_RANK]
+        chunk = data[step * 2 * PER_RANK : (step + 1) * 2 * PER_RANK]
         return {k: torch.tensor(v)[rows] for k, v in chunk.items()}
 
     def train(model, teacher_model, rows):
@@ -96,6 +97,7 @@ def main(out_dir: str) -> None:
         }
         with open(os.path.join(out_dir, "report.json"), "w") as f:
             json.dump(report, f)
+    torch.distributed.barrier()  # rank 1 must not tear gloo down while rank 0 still trains its reference
     trainer.accelerator.end_training()  # destroys the process group
 
 

@@ -72,8 +72,12 @@ def install(step: int, point: str) -> None:
     torch_save = torch.save
 
     def half_torch_save(obj, f, *args, **kwargs):
-        if point == "optimizer-half" and isinstance(f, (str, os.PathLike)) and str(f).endswith("optimizer.pt") \
-                and saving_this(os.path.dirname(str(f))):
+        if (
+            point == "optimizer-half"
+            and isinstance(f, (str, os.PathLike))
+            and str(f).endswith("optimizer.pt")
+            and saving_this(os.path.dirname(str(f)))
+        ):
             buffer = io.BytesIO()
             torch_save(obj, buffer, *args, **kwargs)
             data = buffer.getvalue()

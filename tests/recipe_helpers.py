@@ -9,8 +9,22 @@ from testing_utils import make_tokenizer, tiny_bert
 
 LABELS = ("negative", "neutral", "positive")
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-COMMON = ["--report_to", "none", "--save_strategy", "no", "--logging_steps", "1", "--disable_tqdm", "true",
-          "--use_cpu", "true", "--per_device_eval_batch_size", "16", "--max_length", "32"]
+COMMON = [
+    "--report_to",
+    "none",
+    "--save_strategy",
+    "no",
+    "--logging_steps",
+    "1",
+    "--disable_tqdm",
+    "true",
+    "--use_cpu",
+    "true",
+    "--per_device_eval_batch_size",
+    "16",
+    "--max_length",
+    "32",
+]
 
 
 def write_csv(path, n, seed, words=8, labels=LABELS, extra_rows=()):
@@ -37,9 +51,24 @@ def save_classifier(folder, layers=4, seed=0, vocab_dir=None, **config):
 
 
 def recipe_args(teacher, data, out, *extra):
-    return ["--teacher_model_name_or_path", teacher, "--train_file", data[0], "--validation_file", data[1],
-            "--output_dir", str(out), "--per_device_train_batch_size", "8", "--max_steps", "3",
-            "--learning_rate", "1e-3", *COMMON, *extra]
+    return [
+        "--teacher_model_name_or_path",
+        teacher,
+        "--train_file",
+        data[0],
+        "--validation_file",
+        data[1],
+        "--output_dir",
+        str(out),
+        "--per_device_train_batch_size",
+        "8",
+        "--max_steps",
+        "3",
+        "--learning_rate",
+        "1e-3",
+        *COMMON,
+        *extra,
+    ]
 
 
 def recipe_assets(root) -> dict:
@@ -77,11 +106,30 @@ def forbid_training(monkeypatch, trainer_cls) -> None:
 
 def files_args(model, train, dev, out, *extra, model_flag="--teacher_model_name_or_path"):
     """A recipe's arguments for local train/dev files with the test settings (`COMMON`), then `extra`."""
-    return [model_flag, model, "--train_file", train, "--validation_file", dev, "--output_dir", str(out), *COMMON,
-            *extra]
+    return [
+        model_flag,
+        model,
+        "--train_file",
+        train,
+        "--validation_file",
+        dev,
+        "--output_dir",
+        str(out),
+        *COMMON,
+        *extra,
+    ]
 
 
 def cache_args(teacher, data_file, out, *extra):
     """`python -m hf_distill.cache`'s arguments for a raw-text file at --max_length 32, then `extra`."""
-    return ["--teacher_model_name_or_path", teacher, "--data_file", data_file, "--max_length", "32",
-            "--output_dir", str(out), *extra]
+    return [
+        "--teacher_model_name_or_path",
+        teacher,
+        "--data_file",
+        data_file,
+        "--max_length",
+        "32",
+        "--output_dir",
+        str(out),
+        *extra,
+    ]

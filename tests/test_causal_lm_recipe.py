@@ -21,11 +21,44 @@ from recipes import distil_causal_lm
 
 ROOT = Path(__file__).resolve().parent.parent
 GKD_CONFIG = str(ROOT / "recipes" / "configs" / "causal_lm_gkd.yaml")
-COMMON = ["--report_to", "none", "--save_strategy", "no", "--logging_steps", "1", "--disable_tqdm", "true",
-          "--use_cpu", "true", "--bf16", "false", "--per_device_eval_batch_size", "8", "--max_length", "24",
-          "--max_new_tokens", "6", "--learning_rate", "1e-2", "--max_steps", "4", "--seed", "3",
-          "--student_model_name_or_path", "", "--student_num_layers", "2", "--dataset_name", "",
-          "--train_split", "train", "--validation_split", "validation", "--gradient_accumulation_steps", "1"]
+COMMON = [
+    "--report_to",
+    "none",
+    "--save_strategy",
+    "no",
+    "--logging_steps",
+    "1",
+    "--disable_tqdm",
+    "true",
+    "--use_cpu",
+    "true",
+    "--bf16",
+    "false",
+    "--per_device_eval_batch_size",
+    "8",
+    "--max_length",
+    "24",
+    "--max_new_tokens",
+    "6",
+    "--learning_rate",
+    "1e-2",
+    "--max_steps",
+    "4",
+    "--seed",
+    "3",
+    "--student_model_name_or_path",
+    "",
+    "--student_num_layers",
+    "2",
+    "--dataset_name",
+    "",
+    "--train_split",
+    "train",
+    "--validation_split",
+    "validation",
+    "--gradient_accumulation_steps",
+    "1",
+]
 
 
 def write_jsonl(path, n, seed, chat=False):
@@ -34,8 +67,11 @@ def write_jsonl(path, n, seed, chat=False):
         for _ in range(n):
             p = " ".join(f"w{rng.randrange(90)}" for _ in range(rng.randrange(1, 5)))
             c = " ".join(f"w{rng.randrange(90)}" for _ in range(rng.randrange(1, 6)))
-            row = ({"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": c}]} if chat
-                   else {"question": p, "answer": c})
+            row = (
+                {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": c}]}
+                if chat
+                else {"question": p, "answer": c}
+            )
             f.write(json.dumps(row) + "\n")
     return str(path)
 
@@ -52,9 +88,25 @@ def setup(tmp_path):
 
 
 def recipe_args(teacher, data, out, *extra, config=GKD_CONFIG):
-    return [config, "--teacher_model_name_or_path", teacher, "--train_file", data[0], "--validation_file", data[1],
-            "--prompt_column", "question", "--completion_column", "answer", "--output_dir", str(out),
-            "--per_device_train_batch_size", "4", *COMMON, *extra]
+    return [
+        config,
+        "--teacher_model_name_or_path",
+        teacher,
+        "--train_file",
+        data[0],
+        "--validation_file",
+        data[1],
+        "--prompt_column",
+        "question",
+        "--completion_column",
+        "answer",
+        "--output_dir",
+        str(out),
+        "--per_device_train_batch_size",
+        "4",
+        *COMMON,
+        *extra,
+    ]
 
 
 def reference_ce(folder, dev_file):
@@ -73,8 +125,9 @@ def reference_ce(folder, dev_file):
 
 
 def expected_fractions(seed, steps, lmbda=0.5):
-    args = hf_distill.DistillationArguments(output_dir="unused", report_to="none", use_cpu=True, lmbda=lmbda,
-                                            seed=seed, max_new_tokens=6)
+    args = hf_distill.DistillationArguments(
+        output_dir="unused", report_to="none", use_cpu=True, lmbda=lmbda, seed=seed, max_new_tokens=6
+    )
     sampler = CompletionSampler(args, 3, 0)
     return [float(sampler.source(s, 0) == "student") for s in range(steps)]
 
@@ -98,7 +151,7 @@ def test_recipe_on_policy_one_process(setup, tmp_path):
     samples = results["generation_samples"]
     assert len(samples) == 3 and "## Generation samples" in card
     assert all(s["student"] in card and s["teacher"] in card for s in samples if s["student"])
-    assert "| mode | on-policy (GKD) |" in card and "pipeline(\"text-generation\"" in card
+    assert "| mode | on-policy (GKD) |" in card and 'pipeline("text-generation"' in card
     # the card is rendered from the results alone (packaged template), the folder is released, the run recorded
     assert render_model_card(out) == card and not (out / ".hf_distill.lock").exists()
     assert results["hf_distill_version"] == hf_distill.__version__ and results["run_id"]
@@ -106,12 +159,27 @@ def test_recipe_on_policy_one_process(setup, tmp_path):
 
 def test_recipe_chat_data_seq_kd_peft(setup, tmp_path):
     teacher, _ = setup
-    data = (write_jsonl(tmp_path / "train.jsonl", 24, 0, chat=True),
-            write_jsonl(tmp_path / "dev.jsonl", 6, 1, chat=True))
+    data = (
+        write_jsonl(tmp_path / "train.jsonl", 24, 0, chat=True),
+        write_jsonl(tmp_path / "dev.jsonl", 6, 1, chat=True),
+    )
     config = str(ROOT / "recipes" / "configs" / "causal_lm_seqkd.yaml")
-    results = distil_causal_lm.main(recipe_args(teacher, data, tmp_path / "out", "--use_peft", "true",
-                                                "--lora_r", "4", "--lora_target_modules", "c_attn",
-                                                "--chunked_loss", "false", config=config))
+    results = distil_causal_lm.main(
+        recipe_args(
+            teacher,
+            data,
+            tmp_path / "out",
+            "--use_peft",
+            "true",
+            "--lora_r",
+            "4",
+            "--lora_target_modules",
+            "c_attn",
+            "--chunked_loss",
+            "false",
+            config=config,
+        )
+    )
     assert results["distillation"]["mode"] == "sequence-level KD" and results["distillation"]["peft"]
     assert results["distillation"]["loss_chunk_size"] is None
     log = [e for e in results["train_log"] if "loss" in e]
@@ -124,10 +192,21 @@ def test_recipe_torchrun_two_processes(setup, tmp_path):
     teacher, data = setup
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-         str(ROOT / "recipes" / "distil_causal_lm.py"),
-         *recipe_args(teacher, data, tmp_path / "two", "--lmbda", "0.5", "--per_device_train_batch_size", "2")],
-        env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT_S, check=False,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            str(ROOT / "recipes" / "distil_causal_lm.py"),
+            *recipe_args(teacher, data, tmp_path / "two", "--lmbda", "0.5", "--per_device_train_batch_size", "2"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_TIMEOUT_S,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "two" / "distillation_results.json").read_text())
@@ -149,13 +228,34 @@ def test_recipe_rejects_sequences_longer_than_the_model(setup, tmp_path):
         distil_causal_lm.main(recipe_args(teacher, data, tmp_path / "out", "--max_new_tokens", "60"))
 
 
+def test_recipe_refuses_hard_baseline_under_deepspeed_at_start(setup, tmp_path, monkeypatch):
+    """The baseline is a second trainer, which DeepSpeed refuses in the same process: refused before any work."""
+    teacher, data = setup
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what accelerate launch with a DeepSpeed config sets
+    with pytest.raises(ValueError, match="--compare_with_hard_baseline cannot run under DeepSpeed.*own launch"):
+        distil_causal_lm.main(recipe_args(teacher, data, tmp_path / "out", "--compare_with_hard_baseline", "true"))
+    assert not (tmp_path / "out").exists()
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    distil_causal_lm.LMTrainingArguments(
+        output_dir=str(tmp_path / "x"), compare_with_hard_baseline=True, use_cpu=True, report_to="none"
+    )  # the same arguments without DeepSpeed
+
+
 def test_recipe_hard_baseline_and_generation_metrics(setup, tmp_path):
     from rouge_score import rouge_scorer
 
     teacher, data = setup
     offpolicy = str(ROOT / "recipes" / "configs" / "causal_lm_offpolicy.yaml")
-    extra = ["--compare_with_hard_baseline", "true", "--generation_eval_steps", "2", "--generation_eval_samples", "4",
-             "--final_generation_eval_samples", "6"]
+    extra = [
+        "--compare_with_hard_baseline",
+        "true",
+        "--generation_eval_steps",
+        "2",
+        "--generation_eval_samples",
+        "4",
+        "--final_generation_eval_samples",
+        "6",
+    ]
     results = distil_causal_lm.main(recipe_args(teacher, data, tmp_path / "out", *extra, config=offpolicy))
     generation = ("rougeL", "teacher_nll", "generated_length", "distinct_2")
     for side in ("teacher", "student", "hard_baseline"):
@@ -170,8 +270,14 @@ def test_recipe_hard_baseline_and_generation_metrics(setup, tmp_path):
     for line in Path(data[1]).read_text().splitlines()[:6]:
         row = json.loads(line)
         ids = torch.tensor([tok(row["question"], add_special_tokens=False)["input_ids"]])
-        out = student.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
-                               eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:]
+        out = student.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=6,
+            do_sample=False,
+            eos_token_id=tok.sep_token_id,
+            pad_token_id=tok.pad_token_id,
+        )[0, ids.shape[1] :]
         reference = tok.decode(tok(row["answer"], add_special_tokens=False)["input_ids"], skip_special_tokens=True)
         scores.append(scorer.score(reference, tok.decode(out, skip_special_tokens=True))["rougeL"].fmeasure)
     assert results["student"]["rougeL"] == pytest.approx(sum(scores) / len(scores))
@@ -182,8 +288,20 @@ def test_recipe_hard_baseline_and_generation_metrics(setup, tmp_path):
     assert "## What distillation bought" in card and "| ROUGE-L F (greedy completions) |" in card
     assert f"{base['rougeL']:.4f}" in card and f"{results['student']['teacher_nll']:.4f}" in card
     # the baseline is the cross-entropy-only run of the same student: same init, seed, data order and steps
-    ce = distil_causal_lm.main(recipe_args(teacher, data, tmp_path / "ce", "--soft_weight", "0", "--hard_weight",
-                                           "1", "--final_generation_eval_samples", "0", config=offpolicy))
+    ce = distil_causal_lm.main(
+        recipe_args(
+            teacher,
+            data,
+            tmp_path / "ce",
+            "--soft_weight",
+            "0",
+            "--hard_weight",
+            "1",
+            "--final_generation_eval_samples",
+            "0",
+            config=offpolicy,
+        )
+    )
     assert base["cross_entropy"] == pytest.approx(ce["student"]["cross_entropy"], rel=1e-5)
 
 
@@ -191,8 +309,11 @@ def test_recipe_warm_start_config(setup, tmp_path):
     """The shipped warm-start config (paths and sizes overridden): off-policy steps first, then lambda 1."""
     teacher, data = setup
     config = str(ROOT / "recipes" / "configs" / "causal_lm_onpolicy_warmstart.yaml")
-    results = distil_causal_lm.main(recipe_args(teacher, data, tmp_path / "out", "--lmbda_start_step", "2",
-                                                "--chunked_loss", "false", config=config))
+    results = distil_causal_lm.main(
+        recipe_args(
+            teacher, data, tmp_path / "out", "--lmbda_start_step", "2", "--chunked_loss", "false", config=config
+        )
+    )
     log = [e for e in results["train_log"] if "loss" in e]
     assert [e["on_policy_fraction"] for e in log] == [0.0, 0.0, 1.0, 1.0]
     d = results["distillation"]
@@ -208,9 +329,12 @@ def test_recipe_packing_equals_padded(setup, tmp_path):
     config.save_pretrained(teacher)
     # lr 1e-4, not 1e-2: AdamW turns the float noise of near-zero gradients into lr-sized updates, and weights
     # apart by 1e-2 can flip a sampled token in a later on-policy step (then the runs train on different text).
-    runs = {flag: distil_causal_lm.main(recipe_args(teacher, data, tmp_path / flag, "--lmbda", "0.5",
-                                                    "--learning_rate", "1e-4", *extra))
-            for flag, extra in (("padded", ()), ("packed", ("--packing", "true")))}
+    runs = {
+        flag: distil_causal_lm.main(
+            recipe_args(teacher, data, tmp_path / flag, "--lmbda", "0.5", "--learning_rate", "1e-4", *extra)
+        )
+        for flag, extra in (("padded", ()), ("packed", ("--packing", "true")))
+    }
     for who in ("student", "teacher"):
         assert runs["packed"][who]["cross_entropy"] == pytest.approx(runs["padded"][who]["cross_entropy"], rel=1e-5)
     loss = [[e["loss"] for e in runs[flag]["train_log"] if "loss" in e] for flag in ("padded", "packed")]

@@ -184,17 +184,31 @@ def test_auto_chunked_head_loss_equals_unchunked(monkeypatch, budget_mb, chunks)
     monkeypatch.setattr(chunked, "AUTO_CPU_BUDGET_MB", budget_mb)
     calls = []
     real_call = chunked._DistillChunk.__call__
-    monkeypatch.setattr(chunked._DistillChunk, "__call__", lambda self, z, *a: calls.append(z.shape[0]) or
-                        real_call(self, z, *a))
-    got = chunked_head_loss(h_s, head, [h_t], [t_head], labels=labels, temperature=2.0, soft_scale=0.5 / N,
-                            hard_scale=0.5 / N, chunk_size="auto")
+    monkeypatch.setattr(
+        chunked._DistillChunk, "__call__", lambda self, z, *a: calls.append(z.shape[0]) or real_call(self, z, *a)
+    )
+    got = chunked_head_loss(
+        h_s,
+        head,
+        [h_t],
+        [t_head],
+        labels=labels,
+        temperature=2.0,
+        soft_scale=0.5 / N,
+        hard_scale=0.5 / N,
+        chunk_size="auto",
+    )
     assert len(calls) == chunks and sum(calls) == N
-    want, want_soft, want_hard = reference(h_s, head, [h_t], [t_head], labels, None, 2.0, "forward_kl", None,
-                                           0.5 / N, 0.5 / N, {})
+    want, want_soft, want_hard = reference(
+        h_s, head, [h_t], [t_head], labels, None, 2.0, "forward_kl", None, 0.5 / N, 0.5 / N, {}
+    )
     assert got.loss.item() == pytest.approx(want.item(), rel=1e-5)
     assert (got.soft_sum.item(), got.hard_sum.item()) == pytest.approx((want_soft.item(), want_hard.item()), rel=1e-5)
-    for a, b, name in zip(torch.autograd.grad(got.loss, [h_s, head.weight]),
-                          torch.autograd.grad(want, [h_s, head.weight]), ["hidden", "weight"]):
+    for a, b, name in zip(
+        torch.autograd.grad(got.loss, [h_s, head.weight]),
+        torch.autograd.grad(want, [h_s, head.weight]),
+        ["hidden", "weight"],
+    ):
         assert_grads_close(a, b, name)
 
 
@@ -242,10 +256,21 @@ def test_chunked_equals_unchunked_on_tiny_models(arch, divergence, params):
     h_s = student(**inputs, **flags).hidden_states[-1]  # (B, L, H_s)
     with torch.no_grad():
         h_t = teacher(**inputs, **flags).hidden_states[-1]  # (B, L, H_t)
-    objective = DistillationObjective({"soft_loss": ws, "hard_loss": wh}, temperature=T, divergence=divergence,
-                                      vocab_limit=TOKENS, divergence_kwargs=params)
-    loss, terms = objective.lm_head_loss({**inputs, "labels": labels}, h_s, [h_t], OutputHead.from_model(student),
-                                         [OutputHead.from_model(teacher)], chunk_size=4)
+    objective = DistillationObjective(
+        {"soft_loss": ws, "hard_loss": wh},
+        temperature=T,
+        divergence=divergence,
+        vocab_limit=TOKENS,
+        divergence_kwargs=params,
+    )
+    loss, terms = objective.lm_head_loss(
+        {**inputs, "labels": labels},
+        h_s,
+        [h_t],
+        OutputHead.from_model(student),
+        [OutputHead.from_model(teacher)],
+        chunk_size=4,
+    )
     got_grads = torch.autograd.grad(loss, params_s)
     assert loss.item() == pytest.approx(want.item(), rel=1e-5)
     assert terms["soft_loss"].item() == pytest.approx(soft.item(), rel=1e-5)

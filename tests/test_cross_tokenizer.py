@@ -21,8 +21,16 @@ from hf_distill.losses import DIVERGENCES, divergence_loss, teacher_log_probs
 
 
 def args(tmp_path, **kw) -> DistillationArguments:
-    base = {"output_dir": str(tmp_path / "out"), "report_to": "none", "use_cpu": True, "save_strategy": "no",
-            "per_device_train_batch_size": 4, "max_steps": 2, "disable_tqdm": True, "learning_rate": 1e-2}
+    base = {
+        "output_dir": str(tmp_path / "out"),
+        "report_to": "none",
+        "use_cpu": True,
+        "save_strategy": "no",
+        "per_device_train_batch_size": 4,
+        "max_steps": 2,
+        "disable_tqdm": True,
+        "learning_rate": 1e-2,
+    }
     return DistillationArguments(**{**base, **kw})
 
 
@@ -132,8 +140,12 @@ def test_alignment_with_bos_byte_level_and_padding(toks):
         t_ids = out["teacher_input_ids"][b][out["teacher_attention_mask"][b].bool()].tolist()
         assert t_ids[-1] == wp.sep_token_id  # the student's eos became the teacher's end token
         s_ends = [e for _, e in bpe(bpe.decode(s_ids[1:-1]), return_offsets_mapping=True)["offset_mapping"]]
-        t_ends = [e for _, e in wp(bpe.decode(s_ids[1:-1]), add_special_tokens=False,
-                                   return_offsets_mapping=True)["offset_mapping"]]
+        t_ends = [
+            e
+            for _, e in wp(bpe.decode(s_ids[1:-1]), add_special_tokens=False, return_offsets_mapping=True)[
+                "offset_mapping"
+            ]
+        ]
         for i, j in enumerate(out["teacher_position"][b].tolist()):
             if j < 0:
                 continue
@@ -142,8 +154,10 @@ def test_alignment_with_bos_byte_level_and_padding(toks):
     identity = TokenAligner(bpe, [None])(batch)
     expected = torch.where(soft_token_mask(batch), torch.arange(batch["input_ids"].shape[1]), -1)
     assert torch.equal(identity["teacher_position"], expected)
-    assert torch.equal(identity["teacher_input_ids"][batch["attention_mask"].bool()],
-                       batch["input_ids"][batch["attention_mask"].bool()])
+    assert torch.equal(
+        identity["teacher_input_ids"][batch["attention_mask"].bool()],
+        batch["input_ids"][batch["attention_mask"].bool()],
+    )
 
 
 # ---- the trainer -----------------------------------------------------------------------------------------------
@@ -167,10 +181,14 @@ def test_hybrid_with_identical_tokenizers_is_the_same_tokenizer_loss(tmp_path, t
     terms = {}
     for mode in (None, "hybrid"):
         trainer = DistillationTrainer(
-            tiny_gpt2(len(bpe), seed=1), tiny_gpt2(len(bpe), seed=0, hidden=24), args(
-                tmp_path, cross_tokenizer=mode, loss_chunk_size=chunk, divergence=divergence),
-            train_dataset=data, processing_class=bpe, teacher_processing_class=bpe,
-            data_collator=PromptCompletionCollator.from_tokenizer(bpe))
+            tiny_gpt2(len(bpe), seed=1),
+            tiny_gpt2(len(bpe), seed=0, hidden=24),
+            args(tmp_path, cross_tokenizer=mode, loss_chunk_size=chunk, divergence=divergence),
+            train_dataset=data,
+            processing_class=bpe,
+            teacher_processing_class=bpe,
+            data_collator=PromptCompletionCollator.from_tokenizer(bpe),
+        )
         terms[mode] = loss_terms(trainer, features)[1]
     assert terms["hybrid"]["soft_loss"].item() == pytest.approx(terms[None]["soft_loss"].item(), rel=1e-5)
     assert terms["hybrid"]["hard_loss"].item() == pytest.approx(terms[None]["hard_loss"].item(), rel=1e-5)
@@ -180,9 +198,14 @@ def test_uld_with_identical_tokenizers_is_uld_on_the_same_positions(tmp_path, to
     bpe, _ = toks
     data = lm_dataset(bpe, n=8)
     student, teacher = tiny_gpt2(len(bpe), seed=1), tiny_gpt2(len(bpe), seed=0, hidden=24)
-    trainer = DistillationTrainer(student, teacher, args(tmp_path, cross_tokenizer="uld", temperature=2.0),
-                                  train_dataset=data, processing_class=bpe,
-                                  data_collator=PromptCompletionCollator.from_tokenizer(bpe))
+    trainer = DistillationTrainer(
+        student,
+        teacher,
+        args(tmp_path, cross_tokenizer="uld", temperature=2.0),
+        train_dataset=data,
+        processing_class=bpe,
+        data_collator=PromptCompletionCollator.from_tokenizer(bpe),
+    )
     features = [data[i] for i in range(8)]
     _, terms, _ = loss_terms(trainer, features)
     plain = PromptCompletionCollator.from_tokenizer(bpe)(features)
@@ -201,15 +224,24 @@ def test_chunked_equals_full_logits_across_tokenizers(tmp_path, toks, mode):
     results = {}
     for chunk in (None, 7):
         trainer = DistillationTrainer(
-            tiny_gpt2(len(bpe), seed=1), tiny_gpt2(len(wp), seed=0, hidden=24),
-            args(tmp_path, cross_tokenizer=mode, loss_chunk_size=chunk), train_dataset=data, processing_class=bpe,
-            teacher_processing_class=wp, data_collator=PromptCompletionCollator.from_tokenizer(bpe))
+            tiny_gpt2(len(bpe), seed=1),
+            tiny_gpt2(len(wp), seed=0, hidden=24),
+            args(tmp_path, cross_tokenizer=mode, loss_chunk_size=chunk),
+            train_dataset=data,
+            processing_class=bpe,
+            teacher_processing_class=wp,
+            data_collator=PromptCompletionCollator.from_tokenizer(bpe),
+        )
         batch = trainer.data_collator(features)
         compute = trainer.chunked_distillation_loss if chunk else trainer.compute_distillation_loss
         loss, terms, _ = compute(trainer.model, batch)
         loss.backward()
-        results[chunk] = (loss.item(), terms["soft_loss"].item(), trainer.student.lm_head.weight.grad.clone(),
-                          trainer.student.transformer.h[0].mlp.c_fc.weight.grad.clone())
+        results[chunk] = (
+            loss.item(),
+            terms["soft_loss"].item(),
+            trainer.student.lm_head.weight.grad.clone(),
+            trainer.student.transformer.h[0].mlp.c_fc.weight.grad.clone(),
+        )
     full, chunked = results[None], results[7]
     assert chunked[0] == pytest.approx(full[0], rel=1e-5) and chunked[1] == pytest.approx(full[1], rel=1e-5)
     torch.testing.assert_close(chunked[2], full[2], rtol=1e-4, atol=1e-6)
@@ -235,8 +267,9 @@ def test_chunked_head_loss_never_builds_full_logits(toks):
 
     F.linear = spy
     try:
-        loss.chunked_loss(batch, hidden, [t_hidden], OutputHead.from_model(student), [OutputHead.from_model(teacher)],
-                          4, 1.0, 1.0)
+        loss.chunked_loss(
+            batch, hidden, [t_hidden], OutputHead.from_model(student), [OutputHead.from_model(teacher)], 4, 1.0, 1.0
+        )
     finally:
         F.linear = real_linear
     assert widest and max(widest) <= 4
@@ -251,12 +284,24 @@ def test_training_across_tokenizers_on_policy_peft_accumulation(tmp_path, toks):
     teacher = tiny_gpt2(len(wp), seed=0, hidden=24)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     trainer = DistillationTrainer(
-        tiny_gpt2(len(bpe), seed=1), teacher,
-        args(tmp_path, cross_tokenizer="hybrid", lmbda=1.0, max_new_tokens=4, loss_chunk_size=8,
-             gradient_accumulation_steps=2, logging_steps=1, per_device_train_batch_size=2),
-        train_dataset=data, processing_class=bpe, teacher_processing_class=wp,
+        tiny_gpt2(len(bpe), seed=1),
+        teacher,
+        args(
+            tmp_path,
+            cross_tokenizer="hybrid",
+            lmbda=1.0,
+            max_new_tokens=4,
+            loss_chunk_size=8,
+            gradient_accumulation_steps=2,
+            logging_steps=1,
+            per_device_train_batch_size=2,
+        ),
+        train_dataset=data,
+        processing_class=bpe,
+        teacher_processing_class=wp,
         data_collator=PromptCompletionCollator.from_tokenizer(bpe),
-        peft_config=LoraConfig(r=2, target_modules=["c_attn"], task_type="CAUSAL_LM"))
+        peft_config=LoraConfig(r=2, target_modules=["c_attn"], task_type="CAUSAL_LM"),
+    )
     realigned = []
     needs = trainer.paired.aligner.needs_alignment
 
@@ -284,12 +329,27 @@ def test_accumulation_matches_one_big_batch(tmp_path, toks):
     for bs, k in ((4, 1), (2, 2)):
         torch.manual_seed(0)
         trainer = DistillationTrainer(
-            tiny_gpt2(len(bpe), seed=1), tiny_gpt2(len(wp), seed=0, hidden=24),
-            args(tmp_path, cross_tokenizer="uld", loss_chunk_size=6, max_steps=1, per_device_train_batch_size=bs,
-                 gradient_accumulation_steps=k, optim="sgd", learning_rate=1.0, lr_scheduler_type="constant",
-                 warmup_steps=0, max_grad_norm=0.0, data_seed=0),
-            train_dataset=data.select(range(4)), processing_class=bpe, teacher_processing_class=wp,
-            data_collator=PromptCompletionCollator.from_tokenizer(bpe))
+            tiny_gpt2(len(bpe), seed=1),
+            tiny_gpt2(len(wp), seed=0, hidden=24),
+            args(
+                tmp_path,
+                cross_tokenizer="uld",
+                loss_chunk_size=6,
+                max_steps=1,
+                per_device_train_batch_size=bs,
+                gradient_accumulation_steps=k,
+                optim="sgd",
+                learning_rate=1.0,
+                lr_scheduler_type="constant",
+                warmup_steps=0,
+                max_grad_norm=0.0,
+                data_seed=0,
+            ),
+            train_dataset=data.select(range(4)),
+            processing_class=bpe,
+            teacher_processing_class=wp,
+            data_collator=PromptCompletionCollator.from_tokenizer(bpe),
+        )
         trainer._get_train_sampler = lambda *a, **kw: torch.utils.data.SequentialSampler(range(4))
         trainer.train()
         weights.append(trainer.student.lm_head.weight.detach().clone())
@@ -303,24 +363,42 @@ def test_different_tokenizers_without_cross_tokenizer_point_to_it(tmp_path, toks
     bpe, wp = toks
     data = lm_dataset(bpe, n=4)
     with pytest.raises(ValueError, match="cross_tokenizer"):
-        DistillationTrainer(tiny_gpt2(len(bpe)), tiny_gpt2(len(wp)), args(tmp_path), train_dataset=data,
-                            processing_class=bpe, teacher_processing_class=wp)
+        DistillationTrainer(
+            tiny_gpt2(len(bpe)),
+            tiny_gpt2(len(wp)),
+            args(tmp_path),
+            train_dataset=data,
+            processing_class=bpe,
+            teacher_processing_class=wp,
+        )
     # a teacher folder carrying its own tokenizer is found too
     teacher = tiny_gpt2(len(wp))
     teacher.save_pretrained(tmp_path / "teacher")
     wp.save_pretrained(tmp_path / "teacher")
     with pytest.raises(ValueError, match="cross_tokenizer"):
-        DistillationTrainer(tiny_gpt2(len(bpe)), str(tmp_path / "teacher"), args(tmp_path), train_dataset=data,
-                            processing_class=bpe)
-    trainer = DistillationTrainer(tiny_gpt2(len(bpe)), str(tmp_path / "teacher"),
-                                  args(tmp_path, cross_tokenizer="uld"), train_dataset=data, processing_class=bpe)
+        DistillationTrainer(
+            tiny_gpt2(len(bpe)), str(tmp_path / "teacher"), args(tmp_path), train_dataset=data, processing_class=bpe
+        )
+    trainer = DistillationTrainer(
+        tiny_gpt2(len(bpe)),
+        str(tmp_path / "teacher"),
+        args(tmp_path, cross_tokenizer="uld"),
+        train_dataset=data,
+        processing_class=bpe,
+    )
     assert trainer.paired.aligner.teachers[0].get_vocab() == wp.get_vocab()
 
 
-@pytest.mark.parametrize("case, match", [
-    ("hidden", "hidden-state"), ("seq_kd", "seq_kd"), ("ensemble", "ensemble"),
-    ("no_student_tokenizer", "processing_class"), ("cached", "cached"),
-])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("hidden", "hidden-state"),
+        ("seq_kd", "seq_kd"),
+        ("ensemble", "ensemble"),
+        ("no_student_tokenizer", "processing_class"),
+        ("cached", "cached"),
+    ],
+)
 def test_unsupported_combinations_fail_at_construction(tmp_path, toks, case, match):
     bpe, wp = toks
     data = lm_dataset(bpe, n=4)

@@ -57,8 +57,9 @@ def test_rouge_exact_match_length_and_distinct_by_hand(tok):
     data = rows([(w(90), w(1, 2, 3, 4, 5, 6) + [SEP]), (w(91, 92), w(8, 9) + [SEP]), (w(93), w(1, 2) + [SEP])])
     for r, answer in zip(data, ["w1 w2 w3 w4 w5 w6", "w8  w9 ", "w1 w2"]):
         r["answer"] = answer
-    model = Scripted({tuple(w(90)): w(1, 2, 7, 4, 5, 6) + [SEP], tuple(w(91, 92)): w(8, 9) + [SEP],
-                      tuple(w(93)): w(3, 3, 3)})
+    model = Scripted(
+        {tuple(w(90)): w(1, 2, 7, 4, 5, 6) + [SEP], tuple(w(91, 92)): w(8, 9) + [SEP], tuple(w(93)): w(3, 3, 3)}
+    )
     out = evaluate_generation(model, data, tok, CONFIG, batch_size=2, return_samples=3)
     assert out["rougeL"] == pytest.approx((5 / 6 + 1 + 0) / 3)
     assert out["exact_match"] == pytest.approx(1 / 3)
@@ -79,10 +80,14 @@ def test_distinct_n_by_hand():
 def test_teacher_nll_matches_a_plain_token_loop(tok):
     teacher = tiny_gpt2(layers=2, hidden=32, seed=4).eval()
     pairs = [(w(10, 11, 12), w(1, 2) + [SEP]), (w(13), w(4, 5, 6, 7) + [SEP]), (w(14, 15), w(3) + [SEP])]
-    outputs = {tuple(pairs[0][0]): w(20, 21, 22) + [SEP], tuple(pairs[1][0]): w(30) + [SEP],
-               tuple(pairs[2][0]): w(40, 41, 42, 43, 44)}  # the last one never ends
-    out = evaluate_generation(Scripted(outputs), rows(pairs), tok, CONFIG, teacher=teacher, batch_size=3,
-                              teacher_floor=False)
+    outputs = {
+        tuple(pairs[0][0]): w(20, 21, 22) + [SEP],
+        tuple(pairs[1][0]): w(30) + [SEP],
+        tuple(pairs[2][0]): w(40, 41, 42, 43, 44),
+    }  # the last one never ends
+    out = evaluate_generation(
+        Scripted(outputs), rows(pairs), tok, CONFIG, teacher=teacher, batch_size=3, teacher_floor=False
+    )
     total, count = 0.0, 0
     with torch.no_grad():
         for prompt, completion in outputs.items():
@@ -125,8 +130,10 @@ def test_text_dataset_and_bad_input(tok):
 
 
 @pytest.mark.distributed
-@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(
-    os.path.join(os.path.dirname(sys.executable), "torchrun")), reason="torchrun not installed")
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
+    reason="torchrun not installed",
+)
 def test_two_processes_equal_one(tmp_path):
     script = os.path.join(os.path.dirname(__file__), "ddp_generation_eval.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(os.path.dirname(script))}

@@ -51,14 +51,23 @@ def complete_checkpoints(out: Path) -> list[int]:
 
 def start(argv: list[str], log: Path, pause_at: str | None = None) -> subprocess.Popen:
     """The recipe in a child process, its output into `log` (a pipe could fill up and stall it)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PAUSE_MARKER": f"{log}.paused",
-           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PAUSE_MARKER": f"{log}.paused",
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
     env.pop("PAUSE_AT", None)
     if pause_at:
         env["PAUSE_AT"] = pause_at
     with open(log, "w") as f:
-        return subprocess.Popen([sys.executable, str(ROOT / "tests" / "paused_recipe.py"), *argv], env=env,
-                                stdout=f, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "paused_recipe.py"), *argv],
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def wait_for_pause(proc: subprocess.Popen, log: Path) -> None:
@@ -74,9 +83,28 @@ def wait_for_pause(proc: subprocess.Popen, log: Path) -> None:
 def test_kill_9_during_training_and_saving_loses_nothing(tmp_path):
     teacher = save_classifier(tmp_path / "teacher")
     data = write_csv(tmp_path / "train.csv", 64, seed=0), write_csv(tmp_path / "dev.csv", 8, seed=1)
-    common = ["--student_num_layers", "2", "--hidden_weight", "1.0", "--max_steps", str(STEPS), "--seed", "3",
-              "--per_device_train_batch_size", "4", "--logging_steps", "1", "--log_level", "info",
-              "--save_strategy", "steps", "--save_steps", "1", "--save_total_limit", "2"]
+    common = [
+        "--student_num_layers",
+        "2",
+        "--hidden_weight",
+        "1.0",
+        "--max_steps",
+        str(STEPS),
+        "--seed",
+        "3",
+        "--per_device_train_batch_size",
+        "4",
+        "--logging_steps",
+        "1",
+        "--log_level",
+        "info",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "1",
+        "--save_total_limit",
+        "2",
+    ]
 
     whole = start(recipe_args(teacher, data, tmp_path / "whole", *common), tmp_path / "whole.log")
     assert whole.wait(timeout=SAFETY_S) == 0, (tmp_path / "whole.log").read_text()[-3000:]

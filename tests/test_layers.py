@@ -57,7 +57,7 @@ def test_init_student_copies_the_right_tensors(arch, layers):
     checked = 0
     for name, value in s_sd.items():
         if name.startswith(prefix):
-            k, rest = name[len(prefix):].split(".", 1)
+            k, rest = name[len(prefix) :].split(".", 1)
             source = f"{prefix}{copied[int(k)]}.{rest}"
         else:
             source = name  # embeddings, pooler, final norm, head

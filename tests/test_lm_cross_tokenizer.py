@@ -16,8 +16,14 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "lm_cross_tokenize
 
 def test_tiny_run_writes_consistent_results(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(SCRIPT.parents[1]), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--out_dir", str(tmp_path)], env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--out_dir", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "lm_cross_tokenizer_results.json").read_text())
     assert (tmp_path / "lm_cross_tokenizer_results.md").read_text().startswith("# Cross-tokenizer distillation")

@@ -31,8 +31,11 @@ def ids(tok, text):
 
 @pytest.mark.parametrize(
     ("columns", "expected"),
-    [(["prompt", "completion"], "prompt_completion"), (["messages", "id"], "messages"),
-     (["prompt", "completion", "messages"], "prompt_completion")],
+    [
+        (["prompt", "completion"], "prompt_completion"),
+        (["messages", "id"], "messages"),
+        (["prompt", "completion", "messages"], "prompt_completion"),
+    ],
 )
 def test_data_format(columns, expected):
     assert data_format(columns) == expected
@@ -61,7 +64,8 @@ def test_bos_starts_the_prompt_when_the_tokenizer_has_one(tokenizer):
 
 def test_completion_is_cut_to_max_length_but_never_the_prompt():
     assert encode_example([1, 2, 3], [4, 5, 6, 7], max_length=5) == {
-        "input_ids": [1, 2, 3, 4, 5], "labels": [-100, -100, -100, 4, 5]
+        "input_ids": [1, 2, 3, 4, 5],
+        "labels": [-100, -100, -100, 4, 5],
     }
     with pytest.raises(ValueError, match="prompt of 5 tokens.*max_length=5"):
         encode_example([1, 2, 3, 4, 5], [6], max_length=5)
@@ -106,14 +110,19 @@ def test_chat_errors(tokenizer):
 
 
 def test_collator_pads_right_for_training_and_left_for_generation():
-    features = [{"input_ids": [5, 6, 7, 8], "labels": [-100, -100, 7, 8]},
-                {"input_ids": [9, 10, 11], "labels": [-100, -100, 11]},
-                {"input_ids": [12, 13, 14, 15, 16], "labels": [-100, -100, -100, 15, 16]}]
+    features = [
+        {"input_ids": [5, 6, 7, 8], "labels": [-100, -100, 7, 8]},
+        {"input_ids": [9, 10, 11], "labels": [-100, -100, 11]},
+        {"input_ids": [12, 13, 14, 15, 16], "labels": [-100, -100, -100, 15, 16]},
+    ]
     batch = PromptCompletionCollator(pad_token_id=0)(features)
     assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 0], [9, 10, 11, 0, 0], [12, 13, 14, 15, 16]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
-    assert batch["labels"].tolist() == [[-100, -100, 7, 8, -100], [-100, -100, 11, -100, -100],
-                                        [-100, -100, -100, 15, 16]]
+    assert batch["labels"].tolist() == [
+        [-100, -100, 7, 8, -100],
+        [-100, -100, 11, -100, -100],
+        [-100, -100, -100, 15, 16],
+    ]
     assert batch["completion_mask"].tolist() == [[0, 0, 1, 1, 0], [0, 0, 1, 0, 0], [0, 0, 0, 1, 1]]
     assert batch["prompt_input_ids"].tolist() == [[0, 5, 6], [0, 9, 10], [12, 13, 14]]
     assert batch["prompt_attention_mask"].tolist() == [[0, 1, 1], [0, 1, 1], [1, 1, 1]]
@@ -147,8 +156,9 @@ def test_losses_count_completion_tokens_only(tmp_path, factory, chunk):
     student, teacher = factory(layers=2, seed=0).eval(), factory(layers=3, seed=1).eval()
     T = 2.0
     args = distillation_args(tmp_path / "out", temperature=T, soft_weight=0.7, hard_weight=0.3, loss_chunk_size=chunk)
-    trainer = DistillationTrainer(student, teacher, args, processing_class=tok,
-                                  data_collator=PromptCompletionCollator.from_tokenizer(tok))
+    trainer = DistillationTrainer(
+        student, teacher, args, processing_class=tok, data_collator=PromptCompletionCollator.from_tokenizer(tok)
+    )
     with torch.no_grad():
         compute = trainer.chunked_distillation_loss if chunk else trainer.compute_distillation_loss
         loss, parts, _ = compute(student, dict(batch))
@@ -174,12 +184,17 @@ def test_losses_count_completion_tokens_only(tmp_path, factory, chunk):
 @pytest.mark.parametrize("factory", [tiny_gpt2, tiny_llama])
 def test_completion_nll_chunked_equals_the_model_loss(factory):
     """Per-token CE over completion tokens, logits chunk by chunk == the model's own mean loss x token count."""
-    batch = PromptCompletionCollator(0)([{"input_ids": [5, 6, 7, 8, 9], "labels": [-100, -100, 7, 8, 9]},
-                                         {"input_ids": [10, 11, 12], "labels": [-100, 11, 12]}])
+    batch = PromptCompletionCollator(0)(
+        [
+            {"input_ids": [5, 6, 7, 8, 9], "labels": [-100, -100, 7, 8, 9]},
+            {"input_ids": [10, 11, 12], "labels": [-100, 11, 12]},
+        ]
+    )
     model = factory(layers=2).eval()
     with torch.no_grad():
-        reference = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          labels=batch["labels"]).loss
+        reference = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        ).loss
     for chunk in (2, 3, None):
         per_row, count = completion_nll(model, batch, chunk_size=chunk)
         assert count.tolist() == [3, 2]

@@ -33,7 +33,7 @@ def test_prompt_is_the_first_tokens_and_splits_are_disjoint(lm_real_data):
     assert [len(data[s]) for s in ("train", "validation", "test")] == [cfg.n_train, cfg.n_val, cfg.n_test]
     for row in data["test"]:
         assert row["labels"][: cfg.prompt_tokens] == [-100] * cfg.prompt_tokens
-        assert row["labels"][cfg.prompt_tokens:] == row["input_ids"][cfg.prompt_tokens:]
+        assert row["labels"][cfg.prompt_tokens :] == row["input_ids"][cfg.prompt_tokens :]
         assert row["input_ids"][-1] == tok.sep_token_id and len(row["input_ids"]) <= cfg.max_length
     seen = [tuple(r["input_ids"]) for s in data.values() for r in s]
     assert len(set(seen)) == len(seen)  # deduplicated corpus, disjoint splits
@@ -41,8 +41,18 @@ def test_prompt_is_the_first_tokens_and_splits_are_disjoint(lm_real_data):
 
 
 def test_tiny_run_writes_consistent_results(lm_real_data, tmp_path):
-    summary = lm_real_data.main(["--preset", "tiny", "--methods", "ce,gkd_1.0", "--out_dir", str(tmp_path),
-                                 "--work_dir", str(tmp_path / "work")])
+    summary = lm_real_data.main(
+        [
+            "--preset",
+            "tiny",
+            "--methods",
+            "ce,gkd_1.0",
+            "--out_dir",
+            str(tmp_path),
+            "--work_dir",
+            str(tmp_path / "work"),
+        ]
+    )
     saved = json.loads((tmp_path / "lm_real_data_results.json").read_text())
     assert saved["students"] == json.loads(json.dumps(summary["students"]))
     rows = {r["method"]: r for r in summary["students"]}

@@ -143,7 +143,8 @@ def test_hidden_state_loss_matches_hand_computation(kind):
     got = hidden_state_loss(s, t, mask, kind).item()
     assert got == pytest.approx(hand_hidden(s.numpy(), t.numpy(), mask.numpy(), kind), rel=1e-5)
     assert hidden_state_loss(s, t, None, kind).item() == pytest.approx(
-        hand_hidden(s.numpy(), t.numpy(), np.ones((2, 5)), kind), rel=1e-5)
+        hand_hidden(s.numpy(), t.numpy(), np.ones((2, 5)), kind), rel=1e-5
+    )
 
 
 def test_hidden_state_loss_rejects_shape_mismatch_and_unknown_kind():
@@ -354,8 +355,15 @@ def test_fully_masked_batch_is_zero_with_a_gradient_path(name, params):
     s = torch.randn(2, 4, 6, requires_grad=True)
     t = torch.randn(2, 4, 6)
     for reduction in ("mean", "sum"):
-        loss = divergence_loss(s, teacher_target(t, 2.0, divergence=name), 2.0, torch.zeros(2, 4),
-                               divergence=name, reduction=reduction, **params)
+        loss = divergence_loss(
+            s,
+            teacher_target(t, 2.0, divergence=name),
+            2.0,
+            torch.zeros(2, 4),
+            divergence=name,
+            reduction=reduction,
+            **params,
+        )
         loss.backward()
         assert loss.item() == 0.0 and loss.requires_grad
         assert torch.isfinite(s.grad).all() and (s.grad == 0).all()
@@ -389,8 +397,9 @@ def test_bad_divergence_arguments_are_value_errors():
     with pytest.raises(ValueError, match="reduction"):
         divergence_loss(s, t, 2.0, reduction="none")
     with pytest.raises(ValueError, match="top-k cache"):
-        topk_divergence_loss(s, torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, 1), torch.zeros(2), 2.0,
-                             divergence="mse")
+        topk_divergence_loss(
+            s, torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, 1), torch.zeros(2), 2.0, divergence="mse"
+        )
     assert set(LOGIT_DIVERGENCES) == {"mse"}
 
 

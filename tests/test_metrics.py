@@ -10,13 +10,16 @@ from transformers import EvalPrediction
 from hf_distill.metrics import accuracy_and_macro_f1, compute_classification_metrics
 
 
-@pytest.mark.parametrize("seed, n, classes, num_labels", [
-    (0, 50, 3, None),
-    (1, 7, 5, None),  # some classes occur only in predictions or only in references
-    (2, 40, 3, 5),  # classes 3 and 4 never occur: they score 0 with num_labels
-    (3, 200, 10, 10),
-    (4, 1, 2, None),
-])
+@pytest.mark.parametrize(
+    "seed, n, classes, num_labels",
+    [
+        (0, 50, 3, None),
+        (1, 7, 5, None),  # some classes occur only in predictions or only in references
+        (2, 40, 3, 5),  # classes 3 and 4 never occur: they score 0 with num_labels
+        (3, 200, 10, 10),
+        (4, 1, 2, None),
+    ],
+)
 def test_matches_sklearn(seed, n, classes, num_labels):
     rng = np.random.default_rng(seed)
     refs = rng.integers(0, classes, n)
@@ -43,10 +46,13 @@ def test_trainer_hook_takes_the_argmax_of_the_logits():
     assert got == {"accuracy": 0.75, "macro_f1": pytest.approx(f1_score(labels, [0, 2, 1, 1], average="macro"))}
 
 
-@pytest.mark.parametrize("preds, refs, message", [
-    ([1, 2], [1, 2, 3], "2 predictions for 3 references"),
-    ([1], [-100], "no references"),
-])
+@pytest.mark.parametrize(
+    "preds, refs, message",
+    [
+        ([1, 2], [1, 2, 3], "2 predictions for 3 references"),
+        ([1], [-100], "no references"),
+    ],
+)
 def test_bad_inputs(preds, refs, message):
     with pytest.raises(ValueError, match=message):
         accuracy_and_macro_f1(preds, refs)

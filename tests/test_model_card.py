@@ -16,12 +16,29 @@ RESULTS = {
     "task": "text-classification",
     "teacher_model": "textattack/bert-base-uncased-SST-2",
     "model_id": "me/bert-6l-sst2",
-    "dataset": {"name": "glue", "config": "sst2", "eval_split": "validation", "train_examples": 67349,
-                "eval_examples": 872},
-    "distillation": {"temperature": 2.0, "soft_weight": 0.9, "hard_weight": 0.1, "hidden_weight": 1.0,
-                     "hidden_loss": "mse", "layer_map": {"1": 2, "2": 4, "3": 6}, "teacher_num_layers": 12,
-                     "student_num_layers": 6, "student_init_layers": [1, 3, 5, 7, 9, 11], "num_train_epochs": 3,
-                     "learning_rate": 5e-05, "global_train_batch_size": 64, "max_length": 128, "seed": 42},
+    "dataset": {
+        "name": "glue",
+        "config": "sst2",
+        "eval_split": "validation",
+        "train_examples": 67349,
+        "eval_examples": 872,
+    },
+    "distillation": {
+        "temperature": 2.0,
+        "soft_weight": 0.9,
+        "hard_weight": 0.1,
+        "hidden_weight": 1.0,
+        "hidden_loss": "mse",
+        "layer_map": {"1": 2, "2": 4, "3": 6},
+        "teacher_num_layers": 12,
+        "student_num_layers": 6,
+        "student_init_layers": [1, 3, 5, 7, 9, 11],
+        "num_train_epochs": 3,
+        "learning_rate": 5e-05,
+        "global_train_batch_size": 64,
+        "max_length": 128,
+        "seed": 42,
+    },
     "teacher": {"accuracy": 0.92661, "macro_f1": 0.92648, "parameters": 109483778, "examples_per_second": 100.0},
     "student": {"accuracy": 0.91056, "macro_f1": 0.91041, "parameters": 66955010, "examples_per_second": 190.0},
     "speedup": 1.9,
@@ -96,12 +113,26 @@ def test_an_edited_copy_is_used_only_when_given(tmp_path):
 
 
 LM_RESULTS = {
-    "task": "text-generation", "teacher_model": "/tmp/gpt2-teacher", "model_id": "me/lm-student",
+    "task": "text-generation",
+    "teacher_model": "/tmp/gpt2-teacher",
+    "model_id": "me/lm-student",
     "dataset": {"train_file": "train.jsonl", "eval_split": "validation", "train_examples": 32, "eval_examples": 10},
-    "distillation": {"temperature": 1.0, "soft_weight": 1.0, "hard_weight": 0.0, "teacher_num_layers": 4,
-                     "student_num_layers": 2, "student_init_layers": [1, 3], "mode": "on-policy (GKD)",
-                     "divergence": "jsd", "lmbda": 0.5, "seq_kd": False, "max_new_tokens": 6,
-                     "generation_temperature": 1.0, "loss_chunk_size": None, "peft": True},
+    "distillation": {
+        "temperature": 1.0,
+        "soft_weight": 1.0,
+        "hard_weight": 0.0,
+        "teacher_num_layers": 4,
+        "student_num_layers": 2,
+        "student_init_layers": [1, 3],
+        "mode": "on-policy (GKD)",
+        "divergence": "jsd",
+        "lmbda": 0.5,
+        "seq_kd": False,
+        "max_new_tokens": 6,
+        "generation_temperature": 1.0,
+        "loss_chunk_size": None,
+        "peft": True,
+    },
     "teacher": {"cross_entropy": 2.5, "perplexity": 12.18249, "parameters": 2000, "examples_per_second": 10.0},
     "student": {"cross_entropy": 3.0, "perplexity": 20.08554, "parameters": 1000, "examples_per_second": 25.0},
     "generation_samples": [{"prompt": "a | b\nc", "reference": "d", "teacher": "e", "student": "f"}],
@@ -156,9 +187,14 @@ def test_usage_snippet_is_valid_python_that_does_only_what_it_says(results):
 def test_names_from_files_cannot_inject_html_or_markdown():
     nasty = "<img src=x onerror=alert(1)>`|*_[x](javascript:alert(1))"
     r = copy.deepcopy(LM_RESULTS)
-    r.update(teacher_model=f"/tmp/{nasty}", dataset={"train_file": f"{nasty}.jsonl", "eval_examples": 5},
-             generation_samples=[{"prompt": f"<script>alert(1)</script>{nasty}", "reference": "r", "teacher": "t",
-                                  "student": "s"}], command=f"accelerate launch x.py --train_file '{nasty}``` '")
+    r.update(
+        teacher_model=f"/tmp/{nasty}",
+        dataset={"train_file": f"{nasty}.jsonl", "eval_examples": 5},
+        generation_samples=[
+            {"prompt": f"<script>alert(1)</script>{nasty}", "reference": "r", "teacher": "t", "student": "s"}
+        ],
+        command=f"accelerate launch x.py --train_file '{nasty}``` '",
+    )
     r["distillation"] = {**r["distillation"], "student_init_layers": None, "student_model": nasty}
     text = render_model_card(r, model_id=f"me/{nasty}")
     body = text.split("---", 2)[2]  # the YAML header is the Hub's own (safe) dump

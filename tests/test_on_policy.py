@@ -41,8 +41,15 @@ def lm_data(tok, n=16, seed=0):
 
 
 def make_args(tmp_path, **kw):
-    defaults = {"max_steps": 4, "per_device_train_batch_size": 4, "logging_steps": 2, "learning_rate": 1e-2,
-                "max_new_tokens": 5, "seed": 7, "temperature": 1.0}
+    defaults = {
+        "max_steps": 4,
+        "per_device_train_batch_size": 4,
+        "logging_steps": 2,
+        "learning_rate": 1e-2,
+        "max_new_tokens": 5,
+        "seed": 7,
+        "temperature": 1.0,
+    }
     return distillation_args(tmp_path / "out", **{**defaults, **kw})
 
 
@@ -334,8 +341,9 @@ def test_lmbda_schedule_by_hand(tmp_path):
         assert abs(fraction - p) < 0.04, (step, fraction, p)
         if p == 0:
             assert fraction == 0.0
-        coins = [torch.rand((), generator=torch.Generator().manual_seed(_seed(7, step, m, 0))).item()
-                 for m in range(50)]
+        coins = [
+            torch.rand((), generator=torch.Generator().manual_seed(_seed(7, step, m, 0))).item() for m in range(50)
+        ]
         assert draws[:50] == ["student" if c < p else "data" for c in coins]
 
 
@@ -355,8 +363,15 @@ def test_warm_start_equals_an_off_policy_run_for_its_first_steps(tmp_path, tok):
     for name, kw in (("off", {}), ("warm", warm)):
         student = tiny_gpt2(layers=2, seed=0)
         rec = Recorder(student)
-        trainer = make_trainer(tmp_path / name, tok, student, divergence="forward_kl", lr_scheduler_type="constant",
-                               gradient_accumulation_steps=2, **kw)
+        trainer = make_trainer(
+            tmp_path / name,
+            tok,
+            student,
+            divergence="forward_kl",
+            lr_scheduler_type="constant",
+            gradient_accumulation_steps=2,
+            **kw,
+        )
         trainer.add_callback(Snapshot(name))
         trainer.train()
         runs[name] = (trainer, rec)
@@ -373,8 +388,15 @@ def test_warm_start_equals_an_off_policy_run_for_its_first_steps(tmp_path, tok):
 
 def test_student_samples_say_so_and_use_the_on_policy_divergence(tmp_path, tok):
     """The sampled batch carries completions_from="student"; its loss is the on_policy_divergence's, not by labels."""
-    trainer = make_trainer(tmp_path, tok, lmbda=1.0, divergence="forward_kl", on_policy_divergence="reverse_kl",
-                           hard_weight=0.5, soft_weight=1.0)
+    trainer = make_trainer(
+        tmp_path,
+        tok,
+        lmbda=1.0,
+        divergence="forward_kl",
+        on_policy_divergence="reverse_kl",
+        hard_weight=0.5,
+        soft_weight=1.0,
+    )
     reference = make_trainer(tmp_path, tok, divergence="reverse_kl", hard_weight=0.5, soft_weight=1.0)
     reference.model.load_state_dict(trainer.model.state_dict())
     batch = PromptCompletionCollator.from_tokenizer(tok)([trainer.train_dataset[i] for i in range(4)])
@@ -386,8 +408,9 @@ def test_student_samples_say_so_and_use_the_on_policy_divergence(tmp_path, tok):
     reference.model.eval()
     with torch.no_grad():
         on_policy = trainer.compute_loss(trainer.model, sampled)
-        soft_only = reference.compute_loss(reference.model, {**data_batch, "labels": torch.full_like(
-            data_batch["labels"], -100)})
+        soft_only = reference.compute_loss(
+            reference.model, {**data_batch, "labels": torch.full_like(data_batch["labels"], -100)}
+        )
         as_data = trainer.compute_loss(trainer.model, data_batch)
     torch.testing.assert_close(on_policy, soft_only)  # reverse KL, no hard loss on the student's own tokens
     assert not torch.allclose(on_policy, as_data)  # the same tokens as dataset completions: forward KL + hard loss
@@ -398,8 +421,9 @@ def test_one_generate_call_per_optimizer_step(tmp_path, tok, per_step):
     """generation_per_step: the 2 micro-batches of a step are sampled by one call of 8 rows (False: 2 calls of 4)."""
     student = tiny_gpt2(layers=2, seed=0)
     rec = Recorder(student)
-    trainer = make_trainer(tmp_path, tok, student, lmbda=1.0, gradient_accumulation_steps=2, max_steps=2,
-                           generation_per_step=per_step)
+    trainer = make_trainer(
+        tmp_path, tok, student, lmbda=1.0, gradient_accumulation_steps=2, max_steps=2, generation_per_step=per_step
+    )
     trainer.train()
     assert [prompts.shape[0] for prompts, _ in rec.generated] == ([8, 8] if per_step else [4, 4, 4, 4])
     assert [e["on_policy_fraction"] for e in trainer.state.log_history if "loss" in e] == [1.0]
@@ -450,8 +474,10 @@ def test_decoding_uses_the_kv_cache_and_stops_when_every_row_has_ended(tmp_path,
                 logits[r, -1, eos] = -1e4
         return logits
 
-    handles = [student.register_forward_pre_hook(record, with_kwargs=True),
-               student.lm_head.register_forward_hook(end_row_at_its_index)]
+    handles = [
+        student.register_forward_pre_hook(record, with_kwargs=True),
+        student.lm_head.register_forward_hook(end_row_at_its_index),
+    ]
     batch = PromptCompletionCollator.from_tokenizer(tok)([trainer.train_dataset[i] for i in range(4)])
     student.train()
     (sampled,) = trainer.sampler.sample_step([batch], student, trainer.teacher, step=0)
@@ -532,12 +558,17 @@ def test_inverse_cdf_sampler_draws_from_the_softmax():
 
 
 def test_inverse_cdf_decoding_keeps_the_distribution_settings(tmp_path, tok):
-    config = make_trainer(tmp_path, tok, lmbda=0.5, generation_temperature=0.7, generation_top_p=0.9,
-                          generation_top_k=20).sampler.generation_config
+    config = make_trainer(
+        tmp_path, tok, lmbda=0.5, generation_temperature=0.7, generation_top_p=0.9, generation_top_k=20
+    ).sampler.generation_config
     greedy, processors = inverse_cdf_decoding(config)
     assert greedy.do_sample is False and config.do_sample is True  # the original is left alone
-    assert [type(p).__name__ for p in processors] == ["TemperatureLogitsWarper", "TopKLogitsWarper",
-                                                      "TopPLogitsWarper", "InverseCDFSampler"]
+    assert [type(p).__name__ for p in processors] == [
+        "TemperatureLogitsWarper",
+        "TopKLogitsWarper",
+        "TopPLogitsWarper",
+        "InverseCDFSampler",
+    ]
     assert (processors[0].temperature, processors[1].top_k, processors[2].top_p) == (0.7, 20, 0.9)
     plain = make_trainer(tmp_path, tok, lmbda=0.5).sampler.generation_config
     assert [type(p).__name__ for p in inverse_cdf_decoding(plain)[1]] == ["InverseCDFSampler"]

@@ -25,9 +25,13 @@ from hf_distill.positions import token_counts
 
 
 def test_pack_padded_by_hand():
-    batch = PromptCompletionCollator(0)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
-                                         {"input_ids": [8, 9], "labels": [8, 9]},  # no prompt: label on token 0
-                                         {"input_ids": [3, 4, 5, 6], "labels": [-100, -100, 5, -100]}])
+    batch = PromptCompletionCollator(0)(
+        [
+            {"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
+            {"input_ids": [8, 9], "labels": [8, 9]},  # no prompt: label on token 0
+            {"input_ids": [3, 4, 5, 6], "labels": [-100, -100, 5, -100]},
+        ]
+    )
     packed = pack_padded(batch)
     assert "attention_mask" not in packed and is_packed(packed) and not is_packed(batch)
     assert packed["input_ids"].tolist() == [[5, 6, 7, 8, 9, 3, 4, 5, 6]]
@@ -38,7 +42,8 @@ def test_pack_padded_by_hand():
     assert torch.equal(packed["prompt_input_ids"], batch["prompt_input_ids"])  # the prompts for generation stay
     assert token_counts(packed).tolist() == token_counts(batch).tolist() == [4, 4]
     assert PromptCompletionCollator(0, pack=True)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}])[
-        "position_ids"].tolist() == [[0, 1, 2]]
+        "position_ids"
+    ].tolist() == [[0, 1, 2]]
     with pytest.raises(ValueError, match="pad_to_multiple_of"):
         PromptCompletionCollator(0, pad_to_multiple_of=8, pack=True)
 
@@ -55,9 +60,21 @@ def test_completion_nll_of_packed_batches_equals_padded(arch):
         torch.testing.assert_close(packed_nll, nll, rtol=1e-5, atol=1e-5)
 
 
-SMALL = {"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-         "num_key_value_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64, "head_dim": 8,
-         "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 64, "pad_token_id": 0}
+SMALL = {
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+    "head_dim": 8,
+    "n_embd": 32,
+    "n_layer": 2,
+    "n_head": 4,
+    "n_positions": 64,
+    "pad_token_id": 0,
+}
 REFUSED = ("opt", "bloom", "mamba")  # positions / ALiBi from attention_mask; recurrent state
 
 
@@ -73,8 +90,9 @@ def _packed_matches_rows(model) -> bool:
     a, b = torch.tensor([5, 9, 2, 7, 11]), torch.tensor([3, 8, 4])
     with torch.no_grad():
         rows = torch.cat([model(input_ids=r[None], use_cache=False).logits[0] for r in (a, b)])
-        packed = model(input_ids=torch.cat([a, b])[None], position_ids=torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2]]),
-                       use_cache=False).logits[0]
+        packed = model(
+            input_ids=torch.cat([a, b])[None], position_ids=torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2]]), use_cache=False
+        ).logits[0]
     return torch.allclose(packed, rows, atol=1e-5)
 
 
@@ -92,16 +110,23 @@ def test_a_cache_would_mix_packed_rows():
     a, b = torch.tensor([5, 9, 2]), torch.tensor([3, 8])
     with torch.no_grad():
         rows = torch.cat([model(input_ids=r[None], use_cache=False).logits[0] for r in (a, b)])
-        cached = model(input_ids=torch.cat([a, b])[None], position_ids=torch.tensor([[0, 1, 2, 0, 1]]),
-                       use_cache=True).logits[0]
+        cached = model(
+            input_ids=torch.cat([a, b])[None], position_ids=torch.tensor([[0, 1, 2, 0, 1]]), use_cache=True
+        ).logits[0]
     assert not torch.allclose(cached, rows, atol=1e-3)
     assert _packed_matches_rows(model) and _packed_matches_rows(tiny_lm("gpt2", vocab=56).eval())
 
 
 def make_trainer(tmp_path, student, teacher, pack, data=None, **kw):
     args = distillation_args(tmp_path, **{**LM_TRAINER_ARGS, **kw})
-    return DistillationTrainer(student, teacher, args, train_dataset=data if data is not None else lm_data(),
-                               data_collator=PromptCompletionCollator(0, pack=pack), processing_class=lm_tokenizer())
+    return DistillationTrainer(
+        student,
+        teacher,
+        args,
+        train_dataset=data if data is not None else lm_data(),
+        data_collator=PromptCompletionCollator(0, pack=pack),
+        processing_class=lm_tokenizer(),
+    )
 
 
 def train(tmp_path, arch, pack, **kw):
@@ -121,14 +146,33 @@ def assert_same_weights(a, b, rtol=1e-5):
         torch.testing.assert_close(a[k], b[k], rtol=rtol, atol=rtol * a[k].abs().max().item(), msg=k)
 
 
-@pytest.mark.parametrize("arch, settings", [
-    ("llama", {}),
-    ("gpt2", {"loss_chunk_size": 4}),
-    ("llama", {"loss_chunk_size": 5, "hidden_weight": 0.5, "per_device_train_batch_size": 2,
-               "gradient_accumulation_steps": 2}),
-    ("gpt2", {"hidden_weight": 0.5, "hidden_loss": "cosine", "divergence": "jsd", "per_device_train_batch_size": 1,
-              "gradient_accumulation_steps": 4}),
-], ids=["llama-full", "gpt2-chunked", "llama-chunked-hidden-accum", "gpt2-hidden-accum4"])
+@pytest.mark.parametrize(
+    "arch, settings",
+    [
+        ("llama", {}),
+        ("gpt2", {"loss_chunk_size": 4}),
+        (
+            "llama",
+            {
+                "loss_chunk_size": 5,
+                "hidden_weight": 0.5,
+                "per_device_train_batch_size": 2,
+                "gradient_accumulation_steps": 2,
+            },
+        ),
+        (
+            "gpt2",
+            {
+                "hidden_weight": 0.5,
+                "hidden_loss": "cosine",
+                "divergence": "jsd",
+                "per_device_train_batch_size": 1,
+                "gradient_accumulation_steps": 4,
+            },
+        ),
+    ],
+    ids=["llama-full", "gpt2-chunked", "llama-chunked-hidden-accum", "gpt2-hidden-accum4"],
+)
 def test_packed_training_equals_padded(tmp_path, arch, settings):
     """Same student and same logged soft / hard / hidden terms; hidden alignment goes through learned projections."""
     padded, t_padded = train(tmp_path / "padded", arch, False, **settings)
@@ -143,8 +187,14 @@ def test_packed_training_equals_padded(tmp_path, arch, settings):
 def test_num_items_in_batch_equals_padded(tmp_path):
     counts = {}
     for pack in (False, True):
-        trainer = make_trainer(tmp_path, tiny_lm(vocab=56, seed=1), tiny_lm(vocab=64, hidden=24, seed=10), pack,
-                               per_device_train_batch_size=2, gradient_accumulation_steps=2)
+        trainer = make_trainer(
+            tmp_path,
+            tiny_lm(vocab=56, seed=1),
+            tiny_lm(vocab=64, hidden=24, seed=10),
+            pack,
+            per_device_train_batch_size=2,
+            gradient_accumulation_steps=2,
+        )
         batches, num_items = trainer.get_batch_samples(iter(trainer.get_train_dataloader()), 2, "cpu")
         assert all(is_packed(b) == pack for b in batches)
         counts[pack] = (int(num_items), trainer._step_tokens.totals.tolist())
@@ -164,8 +214,17 @@ def test_on_policy_packed_equals_padded(tmp_path):
 
 def test_packing_refuses_what_it_cannot_do(tmp_path):
     teacher = tiny_lm(vocab=64, hidden=24, seed=10)
-    opt = tf.OPTForCausalLM(tf.OPTConfig(vocab_size=56, hidden_size=16, num_hidden_layers=1, ffn_dim=32,
-                                         num_attention_heads=2, word_embed_proj_dim=16, max_position_embeddings=32))
+    opt = tf.OPTForCausalLM(
+        tf.OPTConfig(
+            vocab_size=56,
+            hidden_size=16,
+            num_hidden_layers=1,
+            ffn_dim=32,
+            num_attention_heads=2,
+            word_embed_proj_dim=16,
+            max_position_embeddings=32,
+        )
+    )
     with pytest.raises(ValueError, match=r"silently wrong for the student: its architecture \('opt'\)"):
         make_trainer(tmp_path, opt, teacher, pack=True)  # at construction, from the collator's pack=True
     with pytest.raises(ValueError, match="attention_weight"):
@@ -175,8 +234,14 @@ def test_packing_refuses_what_it_cannot_do(tmp_path):
     assert "my_kernel" in packing_problem(custom)
     # packed batches from another collator (no pack attribute): refused at the first batch, before any update
     args = distillation_args(tmp_path, max_steps=1, per_device_train_batch_size=4, logging_steps=500)
-    trainer = DistillationTrainer(opt, teacher, args, train_dataset=lm_data(),
-                                  data_collator=lambda f: pack_padded(lm_collate(f)), processing_class=lm_tokenizer())
+    trainer = DistillationTrainer(
+        opt,
+        teacher,
+        args,
+        train_dataset=lm_data(),
+        data_collator=lambda f: pack_padded(lm_collate(f)),
+        processing_class=lm_tokenizer(),
+    )
     before = {k: v.clone() for k, v in opt.state_dict().items()}
     with pytest.raises(ValueError, match="silently wrong for the student"):
         trainer.train()
@@ -188,11 +253,19 @@ def test_flattened_batches_without_completion_mask_equal_padded(tmp_path):
     results = {}
     for pack in (False, True):
         student, teacher = tiny_lm("gpt2", vocab=56, seed=1), tiny_lm("gpt2", vocab=64, hidden=24, seed=10)
-        args = distillation_args(tmp_path / str(pack), max_steps=2, per_device_train_batch_size=4, optim="sgd",
-                                 learning_rate=0.5, seed=0, loss_chunk_size=3)
+        args = distillation_args(
+            tmp_path / str(pack),
+            max_steps=2,
+            per_device_train_batch_size=4,
+            optim="sgd",
+            learning_rate=0.5,
+            seed=0,
+            loss_chunk_size=3,
+        )
         collator = (lambda f: pack_padded(lm_collate(f))) if pack else lm_collate
-        trainer = DistillationTrainer(student, teacher, args, train_dataset=lm_data(), data_collator=collator,
-                                      processing_class=lm_tokenizer())
+        trainer = DistillationTrainer(
+            student, teacher, args, train_dataset=lm_data(), data_collator=collator, processing_class=lm_tokenizer()
+        )
         trainer.train()
         results[pack] = ({k: v.detach().clone() for k, v in student.state_dict().items()}, logged(trainer))
     assert_same_weights(results[True][0], results[False][0])

@@ -46,9 +46,13 @@ def lm_logits(model, data):
 def test_lora_student_trains_only_the_adapter_and_reloads(tmp_path):
     data = lm_data()
     teacher = tiny_llama(layers=4, hidden=32)
-    trainer = DistillationTrainer(model=tiny_llama(layers=2, hidden=32, seed=1), teacher_model=teacher,
-                                  args=make_args(tmp_path, max_steps=4, learning_rate=2e-2), train_dataset=data,
-                                  peft_config=lora())
+    trainer = DistillationTrainer(
+        model=tiny_llama(layers=2, hidden=32, seed=1),
+        teacher_model=teacher,
+        args=make_args(tmp_path, max_steps=4, learning_rate=2e-2),
+        train_dataset=data,
+        peft_config=lora(),
+    )
     assert isinstance(trainer.model, PeftModel)
     before = snapshot(trainer.model)
     assert_trains_student_not_teacher(trainer)
@@ -66,9 +70,14 @@ def test_lora_student_trains_only_the_adapter_and_reloads(tmp_path):
 
 def test_merge_adapter_on_save_writes_the_merged_student(tmp_path):
     data = lm_data()
-    trainer = DistillationTrainer(model=tiny_llama(layers=2, hidden=32, seed=1), teacher_model=tiny_llama(layers=4),
-                                  args=make_args(tmp_path, max_steps=2, learning_rate=2e-2), train_dataset=data,
-                                  peft_config=lora(), merge_adapter_on_save=True)
+    trainer = DistillationTrainer(
+        model=tiny_llama(layers=2, hidden=32, seed=1),
+        teacher_model=tiny_llama(layers=4),
+        args=make_args(tmp_path, max_steps=2, learning_rate=2e-2),
+        train_dataset=data,
+        peft_config=lora(),
+        merge_adapter_on_save=True,
+    )
     trainer.train()
     out = tmp_path / "merged"
     trainer.save_model(str(out))
@@ -88,11 +97,13 @@ def test_peft_adapted_teacher(tmp_path):
     base = sharpen(tiny_bert(layers=2, hidden=32, seed=5))
     with torch.no_grad():
         t_base = base(**inputs).logits
-    teacher = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"],
-                                              init_lora_weights=False))  # random B: the adapter changes outputs
+    teacher = get_peft_model(
+        base, LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"], init_lora_weights=False)
+    )  # random B: the adapter changes outputs
     student = tiny_bert(layers=1, hidden=32, seed=1)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path),
-                                  train_dataset=classification_data(8, 10))
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=make_args(tmp_path), train_dataset=classification_data(8, 10)
+    )
     with torch.no_grad():
         s, t = student.eval()(**inputs).logits, teacher.eval()(**inputs).logits
     assert not torch.allclose(t, t_base, atol=1e-3)
@@ -105,20 +116,30 @@ def test_peft_adapted_teacher(tmp_path):
 def test_peft_config_misuse(tmp_path):
     teacher = tiny_llama(layers=2)
     with pytest.raises(ValueError, match="PeftConfig"):
-        DistillationTrainer(model=tiny_llama(layers=1), teacher_model=teacher, args=make_args(tmp_path),
-                            peft_config={"r": 8})
+        DistillationTrainer(
+            model=tiny_llama(layers=1), teacher_model=teacher, args=make_args(tmp_path), peft_config={"r": 8}
+        )
     with pytest.raises(ValueError, match="already a PeftModel"):
-        DistillationTrainer(model=get_peft_model(tiny_llama(layers=1), lora()), teacher_model=teacher,
-                            args=make_args(tmp_path), peft_config=lora())
+        DistillationTrainer(
+            model=get_peft_model(tiny_llama(layers=1), lora()),
+            teacher_model=teacher,
+            args=make_args(tmp_path),
+            peft_config=lora(),
+        )
 
 
 @pytest.mark.parametrize("merge", [False, True], ids=["adapter", "merged"])
 def test_lora_student_with_projections_trains_adapter_and_projections_and_saves_the_student(tmp_path, merge):
     data = lm_data()
     teacher = tiny_llama(layers=4, hidden=64)  # wider than the student: learned projections join the student
-    trainer = DistillationTrainer(model=tiny_llama(layers=2, hidden=32, seed=1), teacher_model=teacher,
-                                  args=make_args(tmp_path, max_steps=3, learning_rate=2e-2, hidden_weight=1.0),
-                                  train_dataset=data, peft_config=lora(), merge_adapter_on_save=merge)
+    trainer = DistillationTrainer(
+        model=tiny_llama(layers=2, hidden=32, seed=1),
+        teacher_model=teacher,
+        args=make_args(tmp_path, max_steps=3, learning_rate=2e-2, hidden_weight=1.0),
+        train_dataset=data,
+        peft_config=lora(),
+        merge_adapter_on_save=merge,
+    )
     assert isinstance(trainer.student, PeftModel) and trainer.projections is not None
     before = snapshot(trainer.model)
     assert_trains_student_not_teacher(trainer)

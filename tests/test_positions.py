@@ -22,8 +22,13 @@ from hf_distill.positions import (
 
 def test_one_ignored_label_value_and_old_names_are_aliases():
     assert IGNORE_INDEX == -100
-    for module, name in [(lm_data, "IGNORE_INDEX"), (chunked, "IGNORE_INDEX"), (mixing, "UNLABELLED"),
-                         (transfer, "UNLABELLED"), (augment, "UNLABELLED")]:
+    for module, name in [
+        (lm_data, "IGNORE_INDEX"),
+        (chunked, "IGNORE_INDEX"),
+        (mixing, "UNLABELLED"),
+        (transfer, "UNLABELLED"),
+        (augment, "UNLABELLED"),
+    ]:
         assert getattr(module, name) == IGNORE_INDEX, (module.__name__, name)
     # moved functions: the old import paths give the very same objects
     assert chunked.causal_lm_rows is positions.causal_lm_rows
@@ -36,8 +41,12 @@ def test_one_ignored_label_value_and_old_names_are_aliases():
 
 
 def _batch():
-    return PromptCompletionCollator(0)([{"input_ids": [5, 6, 7, 8, 9], "labels": [-100, -100, 7, 8, 9]},
-                                        {"input_ids": [10, 11, 12], "labels": [-100, 11, -100]}])
+    return PromptCompletionCollator(0)(
+        [
+            {"input_ids": [5, 6, 7, 8, 9], "labels": [-100, -100, 7, 8, 9]},
+            {"input_ids": [10, 11, 12], "labels": [-100, 11, -100]},
+        ]
+    )
 
 
 def test_masks_and_counts_by_hand():
@@ -78,9 +87,18 @@ def test_step_tokens_carries_the_totals_between_hooks():
 
 def _tiny_gemma2():
     torch.manual_seed(0)
-    config = tf.Gemma2Config(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                             num_attention_heads=2, num_key_value_heads=1, head_dim=8, final_logit_softcapping=0.5,
-                             max_position_embeddings=32, pad_token_id=0)
+    config = tf.Gemma2Config(
+        vocab_size=40,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        final_logit_softcapping=0.5,
+        max_position_embeddings=32,
+        pad_token_id=0,
+    )
     return tf.Gemma2ForCausalLM(config).eval()
 
 
@@ -94,6 +112,7 @@ def test_completion_nll_chunked_equals_full_logits(factory):
     assert n_full.tolist() == n_chunk.tolist() == [3, 1]
     torch.testing.assert_close(chunk, full, rtol=1e-5, atol=1e-5)
     with torch.no_grad():  # the model's own mean loss over the 4 label tokens
-        reference = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          labels=batch["labels"]).loss
+        reference = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        ).loss
     torch.testing.assert_close(full.sum() / 4, reference, rtol=1e-5, atol=1e-5)

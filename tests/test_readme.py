@@ -130,8 +130,9 @@ def test_quickstart_installs_everything_the_tests_import():
     groups = _requirements()
     # the other extras (deepspeed) are optional: tests that need them skip when they are absent (importorskip)
     installed = set().union(*groups.values())
-    missing = {d: f for d, f in _imported_distributions(["tests", "benchmarks", "recipes"]).items()
-               if d not in installed}
+    missing = {
+        d: f for d, f in _imported_distributions(["tests", "benchmarks", "recipes"]).items() if d not in installed
+    }
     assert not missing, f"`bash quickstart.sh` leaves these out (add them to the dev extra): {missing}"
 
 

@@ -49,8 +49,10 @@ def test_stratified_split_is_disjoint_exact_and_stratified(real_data):
 
 def test_load_tweets_reads_and_deduplicates(real_data, tmp_path):
     path = tmp_path / "c.csv"
-    path.write_bytes(b"sentiment,confidence,text\nnegative,0.5,bad \xd1 day\npositive,1,good\n"
-                     b"neutral,,good\nneutral,1,meh\nother,1,x\n")
+    path.write_bytes(
+        b"sentiment,confidence,text\nnegative,0.5,bad \xd1 day\npositive,1,good\n"
+        b"neutral,,good\nneutral,1,meh\nother,1,x\n"
+    )
     assert real_data.load_tweets(str(path)) == [("bad \ufffd day", 0), ("good", 2), ("meh", 1)]
 
 
@@ -63,20 +65,45 @@ def test_bootstrap_interval_brackets_the_difference(real_data):
 
 def test_script_runs_every_experiment_in_tiny_mode(real_data, tmp_path, capsys):
     tokenizer = make_tokenizer(tmp_path / "tok")
-    labels = {"id2label": dict(enumerate(real_data.LABELS)),
-              "label2id": {n: i for i, n in enumerate(real_data.LABELS)}}
+    labels = {
+        "id2label": dict(enumerate(real_data.LABELS)),
+        "label2id": {n: i for i, n in enumerate(real_data.LABELS)},
+    }
     base_fn = lambda: tiny_bert(layers=4, hidden=32, **labels)  # noqa: E731
     cfg = real_data.RealDataConfig(
-        n_train=40, n_val=12, n_test=16, max_length=16, batch_size=8, epochs=1, evals_per_run=1,
-        small_min_steps=2, small_evals_per_run=1, student_layers=2, small_fraction=0.1, labelled_fraction=0.25,
-        temperatures="1,2,4", out_dir=str(tmp_path / "docs"), threads=1, n_extra_unlabelled=8,
+        n_train=40,
+        n_val=12,
+        n_test=16,
+        max_length=16,
+        batch_size=8,
+        epochs=1,
+        evals_per_run=1,
+        small_min_steps=2,
+        small_evals_per_run=1,
+        student_layers=2,
+        small_fraction=0.1,
+        labelled_fraction=0.25,
+        temperatures="1,2,4",
+        out_dir=str(tmp_path / "docs"),
+        threads=1,
+        n_extra_unlabelled=8,
     )
     results = real_data.run(cfg, base_fn, tokenizer, synthetic_rows(80))
 
     runs = results["runs"]
-    assert list(runs) == ["teacher", "hard", "soft+hard T=2", "soft+hard+hidden", "hard 10%", "soft+hard 10%",
-                          "hard 25%", "transfer 25% labels", "soft+hard +8 unlabelled", "soft+hard T=1",
-                          "soft+hard T=4"]
+    assert list(runs) == [
+        "teacher",
+        "hard",
+        "soft+hard T=2",
+        "soft+hard+hidden",
+        "hard 10%",
+        "soft+hard 10%",
+        "hard 25%",
+        "transfer 25% labels",
+        "soft+hard +8 unlabelled",
+        "soft+hard T=1",
+        "soft+hard T=4",
+    ]
     assert results["complete"] and results["data"]["small_subset"] == 4 and results["data"]["transfer_labelled"] == 10
     counts = results["data"]["class_counts"]
     assert sum(counts["train"].values()) == 40 and sum(counts["test"].values()) == 16
@@ -93,10 +120,12 @@ def test_script_runs_every_experiment_in_tiny_mode(real_data, tmp_path, capsys):
     s = results["summary"]
     best = s["best_student_by_validation"]
     assert runs[best]["best_val_accuracy"] == max(
-        r["best_val_accuracy"] for n, r in runs.items() if r["data"] == "100% labels" and "temperature" in r)
+        r["best_val_accuracy"] for n, r in runs.items() if r["data"] == "100% labels" and "temperature" in r
+    )
     assert s["distilled_minus_hard"] == pytest.approx(runs[best]["accuracy"] - runs["hard"]["accuracy"])
     assert s["extra_unlabelled_minus_hard"] == pytest.approx(
-        runs["soft+hard +8 unlabelled"]["accuracy"] - runs["hard"]["accuracy"])
+        runs["soft+hard +8 unlabelled"]["accuracy"] - runs["hard"]["accuracy"]
+    )
     assert runs["soft+hard +8 unlabelled"]["steps"] == 6  # 48 examples at batch 8, one epoch
     gap = runs["hard"]["accuracy"] - runs["hard 10%"]["accuracy"]
     assert s["small_gap_full_minus_hard"] == pytest.approx(gap)
@@ -140,10 +169,29 @@ def test_levers_script_runs_every_experiment_in_tiny_mode(levers, tmp_path, caps
     tokenizer = make_tokenizer(tmp_path / "tok")
     labels = {"id2label": dict(enumerate(levers.LABELS)), "label2id": {n: i for i, n in enumerate(levers.LABELS)}}
     cfg = levers.LeversConfig(
-        n_train=40, n_val=12, n_test=16, n_transfer=30, max_length=16, batch_size=8, teacher_batch_size=8,
-        teacher_epochs=1, steps=6, short_epochs=1, evals_per_run=2, temperatures="4", augment=2,
-        small_fraction=0.1, small_steps=3, small_augment=2, seeds="0,1", sizes="1,2", student_layers=2,
-        speed_examples=16, speed_threads=1, threads=1, out_dir=str(tmp_path / "docs"),
+        n_train=40,
+        n_val=12,
+        n_test=16,
+        n_transfer=30,
+        max_length=16,
+        batch_size=8,
+        teacher_batch_size=8,
+        teacher_epochs=1,
+        steps=6,
+        short_epochs=1,
+        evals_per_run=2,
+        temperatures="4",
+        augment=2,
+        small_fraction=0.1,
+        small_steps=3,
+        small_augment=2,
+        seeds="0,1",
+        sizes="1,2",
+        student_layers=2,
+        speed_examples=16,
+        speed_threads=1,
+        threads=1,
+        out_dir=str(tmp_path / "docs"),
     )
     results = levers.run(cfg, lambda: tiny_bert(layers=4, hidden=32, **labels), tokenizer, synthetic_rows(120))
     runs, sel = results["runs"], results["selection"]

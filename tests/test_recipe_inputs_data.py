@@ -79,66 +79,113 @@ def _cases(a, tmp_path: Path):
     return {
         # --- text columns hold one string per row
         "lists in a JSONL text column": lambda: Case(
-            args(data=(_jsonl(tmp_path, "nested.jsonl", [{"text": ["w1", "w2"], "label": "neutral"},
-                                                         {"text": ["w3"], "label": "positive"}]),
-                       _jsonl(tmp_path, "dev.jsonl", good))),
+            args(
+                data=(
+                    _jsonl(
+                        tmp_path,
+                        "nested.jsonl",
+                        [{"text": ["w1", "w2"], "label": "neutral"}, {"text": ["w3"], "label": "positive"}],
+                    ),
+                    _jsonl(tmp_path, "dev.jsonl", good),
+                )
+            ),
             r"--train_file .*nested.jsonl, row 0 .*column 'text' \(--text_column\) holds a list of 2 value\(s\) "
-            r".*join the list into one string"),
+            r".*join the list into one string",
+        ),
         "a list among strings in a JSONL text column": lambda: Case(
-            args(data=(_jsonl(tmp_path, "mixed.jsonl", [good[0], {"text": ["w1", "w2"], "label": "neutral"}]),
-                       _jsonl(tmp_path, "dev.jsonl", good))),
+            args(
+                data=(
+                    _jsonl(tmp_path, "mixed.jsonl", [good[0], {"text": ["w1", "w2"], "label": "neutral"}]),
+                    _jsonl(tmp_path, "dev.jsonl", good),
+                )
+            ),
             r"mixed.jsonl: column\(s\) {'text': \['list', 'str'\]} mix value types \(column 'text': str at row 0, "
-            r"list at row 1\)"),
+            r"list at row 1\)",
+        ),
         "struct in a parquet text column": lambda: Case(
-            args(data=(_parquet(tmp_path, "struct.parquet", {"text": [{"a": "w1"}, {"a": "w2"}],
-                                                             "label": ["neutral", "positive"]}),
-                       _parquet(tmp_path, "dev.parquet", {"text": ["w1"], "label": ["neutral"]}))),
-            r"struct.parquet, row 0 .*column 'text' .*holds a struct / mapping with keys \['a'\]"),
+            args(
+                data=(
+                    _parquet(
+                        tmp_path,
+                        "struct.parquet",
+                        {"text": [{"a": "w1"}, {"a": "w2"}], "label": ["neutral", "positive"]},
+                    ),
+                    _parquet(tmp_path, "dev.parquet", {"text": ["w1"], "label": ["neutral"]}),
+                )
+            ),
+            r"struct.parquet, row 0 .*column 'text' .*holds a struct / mapping with keys \['a'\]",
+        ),
         "numbers in the text column": lambda: Case(
             args(data=(write_file(tmp_path, "numbers.csv", "text,label\n12,neutral\n7,positive\n"), dev)),
-            r"numbers.csv, row 0 .*column 'text' \(--text_column\) holds a number \(12\), not text"),
+            r"numbers.csv, row 0 .*column 'text' \(--text_column\) holds a number \(12\), not text",
+        ),
         "numbers in the second text column": lambda: Case(
-            args("--text_column_2", "extra",
-                 data=(write_file(tmp_path, "pairs.csv", "text,extra,label\nw1,3,neutral\n"),
-                       write_file(tmp_path, "dev_pairs.csv", "text,extra,label\nw1,w2,neutral\n"))),
-            r"pairs.csv, row 0 .*column 'extra' \(--text_column_2\) holds a number"),
+            args(
+                "--text_column_2",
+                "extra",
+                data=(
+                    write_file(tmp_path, "pairs.csv", "text,extra,label\nw1,3,neutral\n"),
+                    write_file(tmp_path, "dev_pairs.csv", "text,extra,label\nw1,w2,neutral\n"),
+                ),
+            ),
+            r"pairs.csv, row 0 .*column 'extra' \(--text_column_2\) holds a number",
+        ),
         "numbers in the transfer file": lambda: Case(
             args("--transfer_file", write_file(tmp_path, "transfer.csv", "text\n4\n5\n")),
-            r"--transfer_file .*transfer.csv, row 0 .*column 'text' .*holds a number \(4\)"),
+            r"--transfer_file .*transfer.csv, row 0 .*column 'text' .*holds a number \(4\)",
+        ),
         # --- labels are classes
         "continuous labels": lambda: Case(
             args(data=(write_file(tmp_path, "scores.csv", "text,label\nw1 w2,0.37\nw3,0.81\n"), dev)),
-            r"scores.csv, row 0 .*column 'label' \(--label_column\) holds 0.37, a continuous value.*class ids"),
+            r"scores.csv, row 0 .*column 'label' \(--label_column\) holds 0.37, a continuous value.*class ids",
+        ),
         # --- max_length leaves room for text
-        "--max_length 1": lambda: Case(args("--max_length", "1"),
-            r"--max_length 1 leaves no room for text: the tokenizer adds 2 special token\(s\).*--max_length 3"),
+        "--max_length 1": lambda: Case(
+            args("--max_length", "1"),
+            r"--max_length 1 leaves no room for text: the tokenizer adds 2 special token\(s\).*--max_length 3",
+        ),
         "--max_length 2 ([CLS][SEP] only)": lambda: Case(args("--max_length", "2"), r"--max_length 2 leaves no room"),
-        "--max_length 3 for sentence pairs": lambda: Case(args("--max_length", "3", "--text_column_2", "text"),
-            r"adds 3 special token\(s\) to every sentence pair.*--max_length 5"),
+        "--max_length 3 for sentence pairs": lambda: Case(
+            args("--max_length", "3", "--text_column_2", "text"),
+            r"adds 3 special token\(s\) to every sentence pair.*--max_length 5",
+        ),
         # --- budgets
-        "--two_stage yes with --max_steps 1": lambda: Case(args("--two_stage", "yes", "--max_steps", "1"),
-            r"--two_stage yes cannot split --max_steps 1 between two stages.*--max_steps 2 or more"),
+        "--two_stage yes with --max_steps 1": lambda: Case(
+            args("--two_stage", "yes", "--max_steps", "1"),
+            r"--two_stage yes cannot split --max_steps 1 between two stages.*--max_steps 2 or more",
+        ),
         "--push_to_hub offline (the push is the run's last step)": lambda: Case(
             args("--push_to_hub", "--hub_model_id", "me/x", "--hub_token", "t"),
-            r"--push_to_hub, but HF_HUB_OFFLINE is set: the push at the end of the run would fail after training"),
+            r"--push_to_hub, but HF_HUB_OFFLINE is set: the push at the end of the run would fail after training",
+        ),
         # --- models
         "truncated model.safetensors in the teacher folder": lambda: Case(
-            args(teacher=a["truncated"]), r"--teacher_model_name_or_path: the weight file .*truncated_teacher/"
-            r"model.safetensors is damaged or truncated.*save the model\s+again"),
+            args(teacher=a["truncated"]),
+            r"--teacher_model_name_or_path: the weight file .*truncated_teacher/"
+            r"model.safetensors is damaged or truncated.*save the model\s+again",
+        ),
         "a shard listed in the index is missing": lambda: Case(
-            args(teacher=a["missing_shard"]), r"model.safetensors.index.json lists shard\(s\) \['"
-            + a["lost_shard"] + r"'\] that are not in the folder"),
+            args(teacher=a["missing_shard"]),
+            r"model.safetensors.index.json lists shard\(s\) \['" + a["lost_shard"] + r"'\] that are not in the folder",
+        ),
         # --- two sources for one thing on the command line
-        "Hub dataset and local files": lambda: Case(args("--dataset_name", "glue"),
-            r"the data is named twice: --dataset_name glue \(command line\); --train_file .*\(command line\)"),
+        "Hub dataset and local files": lambda: Case(
+            args("--dataset_name", "glue"),
+            r"the data is named twice: --dataset_name glue \(command line\); --train_file .*\(command line\)",
+        ),
         "student path and student layers": lambda: Case(
             args("--student_model_name_or_path", a["student"], "--student_num_layers", "2"),
-            r"the student is named twice: --student_model_name_or_path .*; --student_num_layers 2"),
+            r"the student is named twice: --student_model_name_or_path .*; --student_num_layers 2",
+        ),
     }
 
 
-CASE_NAMES = list(_cases({k: "" for k in ("teacher", "train", "dev", "student", "truncated", "missing_shard",
-                                           "lost_shard")}, Path("/nonexistent")))
+CASE_NAMES = list(
+    _cases(
+        {k: "" for k in ("teacher", "train", "dev", "student", "truncated", "missing_shard", "lost_shard")},
+        Path("/nonexistent"),
+    )
+)
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
@@ -152,10 +199,13 @@ def test_bad_data_fails_before_training(name, assets, tmp_path, monkeypatch):
     assert (listing(tmp_path), listing(assets["root"])) == before  # nothing written anywhere
 
 
-@pytest.mark.parametrize("name, text, extra, message", [
-    ("numbers in the text column", "text\n1\n2\n", (), r"train.csv, row 0 .*column 'text' .*holds a number \(1\)"),
-    ("--max_length 1", "text\nw1 w2\n", ("--max_length", "1"), r"--max_length 1 leaves no room for text"),
-])
+@pytest.mark.parametrize(
+    "name, text, extra, message",
+    [
+        ("numbers in the text column", "text\n1\n2\n", (), r"train.csv, row 0 .*column 'text' .*holds a number \(1\)"),
+        ("--max_length 1", "text\nw1 w2\n", ("--max_length", "1"), r"--max_length 1 leaves no room for text"),
+    ],
+)
 def test_mlm_recipe_refuses_non_text(name, text, extra, message, assets, tmp_path, monkeypatch):
     forbid_training(monkeypatch, distil_bert_mlm.DistillationTrainer)
     train, dev = write_file(tmp_path, "train.csv", text), write_file(tmp_path, "dev.csv", "text\nw1 w2\n")
@@ -165,12 +215,25 @@ def test_mlm_recipe_refuses_non_text(name, text, extra, message, assets, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("name, model, data, extra, message", [
-    ("a 3-label classifier on 2-label data", "teacher", "text,label\nw1,yes\nw2,no\n", (),
-     r"is a classifier with 3 labels .*but the data has 2 \(\['no', 'yes'\]\).*--ignore_mismatched_sizes true"),
-    ("continuous labels", "teacher", "text,label\nw1,0.37\nw2,0.81\n", ("--ignore_mismatched_sizes", "true"),
-     r"holds 0.37, a continuous value"),
-])
+@pytest.mark.parametrize(
+    "name, model, data, extra, message",
+    [
+        (
+            "a 3-label classifier on 2-label data",
+            "teacher",
+            "text,label\nw1,yes\nw2,no\n",
+            (),
+            r"is a classifier with 3 labels .*but the data has 2 \(\['no', 'yes'\]\).*--ignore_mismatched_sizes true",
+        ),
+        (
+            "continuous labels",
+            "teacher",
+            "text,label\nw1,0.37\nw2,0.81\n",
+            ("--ignore_mismatched_sizes", "true"),
+            r"holds 0.37, a continuous value",
+        ),
+    ],
+)
 def test_train_teacher_bad_input(name, model, data, extra, message, assets, tmp_path, monkeypatch):
     forbid_training(monkeypatch, train_teacher.Trainer)
     files = write_file(tmp_path, "train.csv", data), write_file(tmp_path, "dev.csv", data)
@@ -182,19 +245,35 @@ def test_train_teacher_bad_input(name, model, data, extra, message, assets, tmp_
 
 def test_train_teacher_reinitialises_a_head_of_another_size_when_asked(assets, tmp_path):
     data = write_file(tmp_path, "d.csv", "text,label\nw1 w2,yes\nw3,no\nw4 w5,yes\nw6,no\n")
-    argv = files_args(assets["teacher"], data, data, tmp_path / "out", "--ignore_mismatched_sizes", "true",
-                      "--max_steps", "1", model_flag="--model_name_or_path")
+    argv = files_args(
+        assets["teacher"],
+        data,
+        data,
+        tmp_path / "out",
+        "--ignore_mismatched_sizes",
+        "true",
+        "--max_steps",
+        "1",
+        model_flag="--model_name_or_path",
+    )
     train_teacher.main(argv)
     config = tf.AutoConfig.from_pretrained(tmp_path / "out")
     assert config.num_labels == 2 and config.id2label == {0: "no", 1: "yes"}
 
 
-@pytest.mark.parametrize("name, data, extra, message", [
-    ("numbers in the text column", "text,label\n12,neutral\n", (),
-     r"--data_file .*d.csv, row 0 .*column 'text' \(--text_column\) holds a number \(12\)"),
-    ("--device cuda on a CPU-only torch", None, ("--device", "cuda"), r"--device cuda, but .*pass --device cpu"),
-    ("--max_length 1", None, ("--max_length", "1"), r"--max_length 1 leaves no room for text"),
-])
+@pytest.mark.parametrize(
+    "name, data, extra, message",
+    [
+        (
+            "numbers in the text column",
+            "text,label\n12,neutral\n",
+            (),
+            r"--data_file .*d.csv, row 0 .*column 'text' \(--text_column\) holds a number \(12\)",
+        ),
+        ("--device cuda on a CPU-only torch", None, ("--device", "cuda"), r"--device cuda, but .*pass --device cpu"),
+        ("--max_length 1", None, ("--max_length", "1"), r"--max_length 1 leaves no room for text"),
+    ],
+)
 def test_cache_cli_refuses_non_text_and_missing_devices(name, data, extra, message, assets, tmp_path):
     from hf_distill.recipes.cache_cli import main
 
@@ -210,8 +289,10 @@ def test_cache_cli_refuses_non_text_and_missing_devices(name, data, extra, messa
 # ---- causal LMs ------------------------------------------------------------------------------------------------
 
 CHAT = "{% for m in messages %}{{ m['content'] }} [SEP] {% endfor %}"
-STRICT_CHAT = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not "
-               "supported') }}{% endif %}{{ m['content'] }} [SEP] {% endfor %}")
+STRICT_CHAT = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not "
+    "supported') }}{% endif %}{{ m['content'] }} [SEP] {% endfor %}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -232,30 +313,60 @@ USER = {"role": "user", "content": "w1"}
 ANSWER = {"role": "assistant", "content": "w2"}
 
 
-@pytest.mark.parametrize("name, columns, message", [
-    ("null prompt", {"prompt": ["w1", None], "completion": ["w2", "w3"]},
-     r"1 row\(s\) of --train_file t.jsonl have no value in column 'prompt': None / NaN \(an empty string is fine\)"),
-    ("prompt is a list of chat messages, completion is text",
-     {"prompt": [[USER]], "completion": ["w2"]},
-     r"example 0 of --train_file t.jsonl: the prompt is a list of chat messages but the completion is text"),
-    ("list in the prompt column", {"prompt": [["w1", "w2"]], "completion": [["w3"]]},
-     r"--train_file t.jsonl, row 0 .*column 'prompt': message 0 is 'w1'; every message must be a mapping"),
-    ("numbers in the completion column", {"prompt": ["w1", "w2"], "completion": [3, 4]},
-     r"--train_file t.jsonl, row 0 .*column 'completion' holds a number \(3\)"),
-    ("messages given as a string", {"messages": ['[{"role": "user", "content": "w1"}]']},
-     r"row 0 .*column 'messages' holds a string \('\[{\"role\".*where chat data needs a list of messages.*json.loads"),
-    ("a message without a role", {"messages": [[{"content": "w1"}, ANSWER]]},
-     r"row 0 .*column 'messages': message 0 is \{'content': 'w1', 'role': None\}; every message must be a mapping "
-     r"with a string 'role'"),
-    ("a chat template that rejects a role", {"messages": [[{"role": "system", "content": "w0"}, USER, ANSWER]]},
-     r"example 0 of --train_file t.jsonl: the tokenizer's chat template refused the conversation with roles "
-     r"\['system', 'user', 'assistant'\]: System role not supported.*fold a 'system' message"),
-])
+@pytest.mark.parametrize(
+    "name, columns, message",
+    [
+        (
+            "null prompt",
+            {"prompt": ["w1", None], "completion": ["w2", "w3"]},
+            r"1 row\(s\) of --train_file t.jsonl have no value in column 'prompt': "
+            r"None / NaN \(an empty string is fine\)",
+        ),
+        (
+            "prompt is a list of chat messages, completion is text",
+            {"prompt": [[USER]], "completion": ["w2"]},
+            r"example 0 of --train_file t.jsonl: the prompt is a list of chat messages but the completion is text",
+        ),
+        (
+            "list in the prompt column",
+            {"prompt": [["w1", "w2"]], "completion": [["w3"]]},
+            r"--train_file t.jsonl, row 0 .*column 'prompt': message 0 is 'w1'; every message must be a mapping",
+        ),
+        (
+            "numbers in the completion column",
+            {"prompt": ["w1", "w2"], "completion": [3, 4]},
+            r"--train_file t.jsonl, row 0 .*column 'completion' holds a number \(3\)",
+        ),
+        (
+            "messages given as a string",
+            {"messages": ['[{"role": "user", "content": "w1"}]']},
+            r"row 0 .*column 'messages' holds a string \('\[{\"role\".*where chat "
+            r"data needs a list of messages.*json.loads",
+        ),
+        (
+            "a message without a role",
+            {"messages": [[{"content": "w1"}, ANSWER]]},
+            r"row 0 .*column 'messages': message 0 is \{'content': 'w1', 'role': "
+            r"None\}; every message must be a mapping "
+            r"with a string 'role'",
+        ),
+        (
+            "a chat template that rejects a role",
+            {"messages": [[{"role": "system", "content": "w0"}, USER, ANSWER]]},
+            r"example 0 of --train_file t.jsonl: the tokenizer's chat template refused the conversation with roles "
+            r"\['system', 'user', 'assistant'\]: System role not supported.*fold a 'system' message",
+        ),
+    ],
+)
 def test_lm_data_refuses_what_is_not_text(name, columns, message, tokenizer):
     tokenizer.chat_template = STRICT_CHAT
     with pytest.raises(ValueError, match=message):
-        tokenize_prompt_completion(Dataset.from_list([dict(zip(columns, v)) for v in zip(*columns.values())]),
-                                   tokenizer, max_length=16, source="--train_file t.jsonl")
+        tokenize_prompt_completion(
+            Dataset.from_list([dict(zip(columns, v)) for v in zip(*columns.values())]),
+            tokenizer,
+            max_length=16,
+            source="--train_file t.jsonl",
+        )
 
 
 def test_lm_data_keeps_an_empty_prompt(tokenizer):
@@ -267,19 +378,51 @@ def _lm_argv(teacher, tmp_path, *extra, config=None):
     train = _jsonl(tmp_path, "train.jsonl", _lm_rows(8, 0))
     dev = _jsonl(tmp_path, "dev.jsonl", _lm_rows(4, 1))
     head = [config] if config else []
-    return [*head, "--teacher_model_name_or_path", teacher, "--train_file", train, "--validation_file", dev,
-            "--output_dir", str(tmp_path / "out"), "--report_to", "none", "--save_strategy", "no", "--use_cpu", "true",
-            "--bf16", "false", "--max_steps", "2", "--per_device_train_batch_size", "4", "--disable_tqdm", "true",
-            "--logging_steps", "1", *extra]
+    return [
+        *head,
+        "--teacher_model_name_or_path",
+        teacher,
+        "--train_file",
+        train,
+        "--validation_file",
+        dev,
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--report_to",
+        "none",
+        "--save_strategy",
+        "no",
+        "--use_cpu",
+        "true",
+        "--bf16",
+        "false",
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--disable_tqdm",
+        "true",
+        "--logging_steps",
+        "1",
+        *extra,
+    ]
 
 
-@pytest.mark.parametrize("name, extra, message", [
-    ("--max_length 1", ("--max_length", "1", "--student_num_layers", "2"),
-     r"--max_length 1 leaves no room for a prompt and a completion \(at least 2 tokens"),
-    ("on-policy samples longer than the student", ("--max_length", "24", "--lmbda", "0.5", "--max_new_tokens", "48",
-                                                   "--student_num_layers", "2"),
-     r"--max_length \(24\) \+ --max_new_tokens \(48\) exceeds the teacher's 64 positions.*--max_new_tokens 40"),
-])
+@pytest.mark.parametrize(
+    "name, extra, message",
+    [
+        (
+            "--max_length 1",
+            ("--max_length", "1", "--student_num_layers", "2"),
+            r"--max_length 1 leaves no room for a prompt and a completion \(at least 2 tokens",
+        ),
+        (
+            "on-policy samples longer than the student",
+            ("--max_length", "24", "--lmbda", "0.5", "--max_new_tokens", "48", "--student_num_layers", "2"),
+            r"--max_length \(24\) \+ --max_new_tokens \(48\) exceeds the teacher's 64 positions.*--max_new_tokens 40",
+        ),
+    ],
+)
 def test_causal_lm_recipe_checks_lengths_at_the_start(name, extra, message, lm_teacher, tmp_path, monkeypatch):
     monkeypatch.setattr(distil_causal_lm.DistillationTrainer, "train", mock.Mock(side_effect=AssertionError("train")))
     with pytest.raises(ValueError, match=message):
@@ -291,20 +434,39 @@ def test_shipped_config_with_local_files_and_a_cut_student_finishes_its_card(lm_
     """causal_lm_offpolicy.yaml names a Hub student and dataset and max_new_tokens 128; with local files and
     --student_num_layers on the command line (no Hub needed) on a 64-position model, the run must not go to the Hub
     nor crash in the card's samples after training: the command line wins, the samples are cut to fit."""
-    argv = _lm_argv(lm_teacher, tmp_path, "--student_num_layers", "2", "--max_length", "24",
-                    "--per_device_eval_batch_size", "4", "--gradient_accumulation_steps", "1",
-                    "--overwrite_output_dir", "false", "--final_generation_eval_samples", "2", config=OFFPOLICY_CONFIG)
+    argv = _lm_argv(
+        lm_teacher,
+        tmp_path,
+        "--student_num_layers",
+        "2",
+        "--max_length",
+        "24",
+        "--per_device_eval_batch_size",
+        "4",
+        "--gradient_accumulation_steps",
+        "1",
+        "--overwrite_output_dir",
+        "false",
+        "--final_generation_eval_samples",
+        "2",
+        config=OFFPOLICY_CONFIG,
+    )
     with caplog.at_level(logging.WARNING):
         results = distil_causal_lm.main(argv)
-    assert "the data: --train_file" in caplog.text and "takes precedence over --dataset_name " \
-        "trl-lib/chatbot_arena_completions" in caplog.text
-    assert "the student: --student_num_layers 2 on the command line takes precedence over " \
+    assert (
+        "the data: --train_file" in caplog.text
+        and "takes precedence over --dataset_name trl-lib/chatbot_arena_completions" in caplog.text
+    )
+    assert (
+        "the student: --student_num_layers 2 on the command line takes precedence over "
         "--student_model_name_or_path Qwen/Qwen2.5-0.5B-Instruct" in caplog.text
+    )
     assert results["distillation"]["student_model"] is None and results["distillation"]["student_num_layers"] == 2
     assert results["dataset"]["train_file"].endswith("train.jsonl") and results["dataset"]["name"] is None
     assert results["distillation"]["mode"] == "off-policy"
-    dev = tokenize_prompt_completion(Dataset.from_list(_lm_rows(4, 1)), tf.AutoTokenizer.from_pretrained(lm_teacher),
-                                     24)
+    dev = tokenize_prompt_completion(
+        Dataset.from_list(_lm_rows(4, 1)), tf.AutoTokenizer.from_pretrained(lm_teacher), 24
+    )
     longest = max(sum(1 for y in row["labels"] if y == -100) for row in dev)  # prompt tokens, by hand
     assert f"gets {64 - longest} new tokens, not --max_new_tokens 128" in caplog.text
     assert results["distillation"]["max_new_tokens"] == 64 - longest
@@ -325,9 +487,21 @@ def test_two_stages_share_max_steps(assets, tmp_path, monkeypatch):
             return out
 
     monkeypatch.setattr(distil_bert, "DistillationTrainer", Counting)
-    results = distil_bert.main(recipe_args(assets["teacher"], (assets["train"], assets["dev"]), tmp_path / "out",
-                                           "--student_model_name_or_path", assets["student"], "--max_steps", "2",
-                                           "--num_train_epochs", "5", "--per_device_train_batch_size", "4"))
+    results = distil_bert.main(
+        recipe_args(
+            assets["teacher"],
+            (assets["train"], assets["dev"]),
+            tmp_path / "out",
+            "--student_model_name_or_path",
+            assets["student"],
+            "--max_steps",
+            "2",
+            "--num_train_epochs",
+            "5",
+            "--per_device_train_batch_size",
+            "4",
+        )
+    )
     assert results["levers"]["two_stage"] is True
     assert [(w > 0, n) for w, n in steps] == [(True, 1), (False, 1)]  # hidden states, then predictions
     assert results["train"]["train_runtime"] > 0 and len(results["train_log"]) == 1  # the prediction stage's step
@@ -335,17 +509,34 @@ def test_two_stages_share_max_steps(assets, tmp_path, monkeypatch):
 
 # ---- config file and command line ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("config, flags, kept, message", [
-    ({"dataset_name": "hub/data", "dataset_config_name": "c", "student_num_layers": 3},
-     ["--train_file", "t.csv", "--validation_file", "v.csv"], {"student_num_layers": 3},
-     "the data: --train_file t.csv --validation_file v.csv on the command line takes precedence over --dataset_name "
-     "hub/data --dataset_config_name c in c.yaml (ignored)"),
-    ({"student_model_name_or_path": "hub/student", "train_file": "t.csv"}, ["--student_layers", "0,2"],
-     {"train_file": "t.csv"}, "the student: --student_layers 0,2 on the command line takes precedence over "
-     "--student_model_name_or_path hub/student in c.yaml (ignored)"),
-    ({"dataset_name": "hub/data"}, ["--dataset_name", ""], {"dataset_name": "hub/data"}, None),  # "" unsets only
-    ({"train_file": "t.csv"}, ["--train_file", "u.csv"], {"train_file": "t.csv"}, None),  # same alternative: flag wins
-])
+
+@pytest.mark.parametrize(
+    "config, flags, kept, message",
+    [
+        (
+            {"dataset_name": "hub/data", "dataset_config_name": "c", "student_num_layers": 3},
+            ["--train_file", "t.csv", "--validation_file", "v.csv"],
+            {"student_num_layers": 3},
+            "the data: --train_file t.csv --validation_file v.csv on the command "
+            "line takes precedence over --dataset_name "
+            "hub/data --dataset_config_name c in c.yaml (ignored)",
+        ),
+        (
+            {"student_model_name_or_path": "hub/student", "train_file": "t.csv"},
+            ["--student_layers", "0,2"],
+            {"train_file": "t.csv"},
+            "the student: --student_layers 0,2 on the command line takes precedence over "
+            "--student_model_name_or_path hub/student in c.yaml (ignored)",
+        ),
+        ({"dataset_name": "hub/data"}, ["--dataset_name", ""], {"dataset_name": "hub/data"}, None),  # "" unsets only
+        (
+            {"train_file": "t.csv"},
+            ["--train_file", "u.csv"],
+            {"train_file": "t.csv"},
+            None,
+        ),  # same alternative: flag wins
+    ],
+)
 def test_command_line_sources_replace_the_config_files(config, flags, kept, message, caplog):
     from hf_distill.recipes.arguments import resolve_sources
 
@@ -362,8 +553,11 @@ def test_two_sources_in_the_config_file_are_an_error(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("teacher_model_name_or_path: t\ndataset_name: glue\ntrain_file: a.csv\nvalidation_file: b.csv\n")
     types = (distil_bert.ModelArguments, distil_bert.LeverDataArguments, OutputArguments)
-    with pytest.raises(ValueError, match=r"the data is named twice: --dataset_name glue \(.*c.yaml\); --train_file "
-                                         r"a.csv --validation_file b.csv \(.*c.yaml\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"the data is named twice: --dataset_name glue \(.*c.yaml\); --train_file "
+        r"a.csv --validation_file b.csv \(.*c.yaml\)",
+    ):
         parse_args(types, [str(cfg)])
     model_args, data_args, _ = parse_args(types, [str(cfg), "--dataset_name", ""])  # blanked on the command line
     assert (data_args.dataset_name, data_args.train_file) == ("", "a.csv")
@@ -382,28 +576,39 @@ def test_lora_flags_are_built_from_peft_lora_config():
     peft_fields = {f.name for f in dataclasses.fields(LoraConfig)}
     assert set(LORA_DEFAULTS) <= peft_fields
     (defaults,) = parse_args((LoraArguments,), ["--use_peft", "true"])
-    assert (defaults.lora_r, defaults.lora_alpha, defaults.lora_dropout, defaults.lora_target_modules) == \
-        (16, 32, 0.05, "all-linear")  # the recipe's defaults, as before
-    (args,) = parse_args((LoraArguments,), ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q,v",
-                                            "--lora_use_rslora", "true"])
-    expected = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=32, lora_dropout=0.05, target_modules=["q", "v"],
-                          use_rslora=True)
+    assert (defaults.lora_r, defaults.lora_alpha, defaults.lora_dropout, defaults.lora_target_modules) == (
+        16,
+        32,
+        0.05,
+        "all-linear",
+    )  # the recipe's defaults, as before
+    (args,) = parse_args(
+        (LoraArguments,),
+        ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q,v", "--lora_use_rslora", "true"],
+    )
+    expected = LoraConfig(
+        task_type="CAUSAL_LM", r=4, lora_alpha=32, lora_dropout=0.05, target_modules=["q", "v"], use_rslora=True
+    )
     assert lora_config(args) == expected
     assert lora_config(parse_args((LoraArguments,), [])[0]) is None
 
 
-@pytest.mark.parametrize("max_steps, epochs, share, expected", [
-    (10, 3.0, 1 / 3, ((3, None), (7, None))),  # steps: round(10 / 3) = 3 hidden-state steps, then the other 7
-    (2, 3.0, 0.1, ((1, None), (1, None))),  # at least one step each
-    (2, 3.0, 0.9, ((1, None), (1, None))),
-    (-1, 3.0, 1 / 3, ((-1, 1.0), (-1, 2.0))),  # no --max_steps: the epochs are split
-])
+@pytest.mark.parametrize(
+    "max_steps, epochs, share, expected",
+    [
+        (10, 3.0, 1 / 3, ((3, None), (7, None))),  # steps: round(10 / 3) = 3 hidden-state steps, then the other 7
+        (2, 3.0, 0.1, ((1, None), (1, None))),  # at least one step each
+        (2, 3.0, 0.9, ((1, None), (1, None))),
+        (-1, 3.0, 1 / 3, ((-1, 1.0), (-1, 2.0))),  # no --max_steps: the epochs are split
+    ],
+)
 def test_two_stage_budget_splits_one_budget(max_steps, epochs, share, expected, tmp_path):
     from hf_distill import DistillationArguments
     from hf_distill.stages import two_stage_budget
 
-    args = DistillationArguments(output_dir=str(tmp_path), max_steps=max_steps, num_train_epochs=epochs, use_cpu=True,
-                                 report_to=[])
+    args = DistillationArguments(
+        output_dir=str(tmp_path), max_steps=max_steps, num_train_epochs=epochs, use_cpu=True, report_to=[]
+    )
     stage1, stage2 = two_stage_budget(args, share)
     for stage, (steps, stage_epochs) in zip((stage1, stage2), expected):
         assert stage.max_steps == steps

@@ -80,7 +80,8 @@ def test_resume_last_skips_an_incomplete_checkpoint_and_matches_an_uninterrupted
     with caplog.at_level(logging.WARNING):
         assert resolve_resume("last", str(out)) == str(out / "checkpoint-1")
     assert "checkpoint-3: incomplete (truncated or unreadable model.safetensors" in caplog.text.replace(
-        str(out) + os.sep, "")
+        str(out) + os.sep, ""
+    )
     assert "checkpoint-2: incomplete (no trainer_state.json" in caplog.text.replace(str(out) + os.sep, "")
     with pytest.raises(ValueError, match="is incomplete \\(no trainer_state.json\\)"):
         resolve_resume(str(out / "checkpoint-2"), str(out))
@@ -110,8 +111,9 @@ def test_the_output_folder_belongs_to_one_run(tmp_path, caplog):
     # a run killed without releasing its lock: a dead pid on this host is taken over, with a warning
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (tmp_path / "out" / LOCK_NAME).write_text(json.dumps({"run_id": "gone", "pid": dead.pid,
-                                                          "host": os.uname().nodename}))
+    (tmp_path / "out" / LOCK_NAME).write_text(
+        json.dumps({"run_id": "gone", "pid": dead.pid, "host": os.uname().nodename})
+    )
     with caplog.at_level(logging.WARNING):
         second.claim()
     assert "from run gone (pid" in caplog.text
@@ -177,14 +179,21 @@ def test_overwrite_never_deletes_what_the_arguments_name_nor_what_no_run_wrote(s
     (out / "transfer.txt").write_text("text\n" + "\n".join(f"w{i} w{i + 1} w{i + 2}" for i in range(12)) + "\n")
     (out / "config.yaml").write_text(f"teacher_model_name_or_path: {teacher}\n")
     (out / "notes.txt").write_text("mine")
-    before = {p: (out / p).read_bytes() for p in ("data/train.csv", "data/validation.csv", "transfer.txt",
-                                                   "config.yaml", "notes.txt")}
-    argv = [str(out / "config.yaml"), *recipe_args(teacher, (train, dev), out, "--overwrite_output_dir",
-                                                   "--max_steps", "1", "--student_num_layers", "2")]
+    before = {
+        p: (out / p).read_bytes()
+        for p in ("data/train.csv", "data/validation.csv", "transfer.txt", "config.yaml", "notes.txt")
+    }
+    argv = [
+        str(out / "config.yaml"),
+        *recipe_args(
+            teacher, (train, dev), out, "--overwrite_output_dir", "--max_steps", "1", "--student_num_layers", "2"
+        ),
+    ]
     argv = [a for a in argv if a not in ("--train_file", "--validation_file", train, dev)]
     with caplog.at_level(logging.INFO):
-        second = distil_bert.main([*argv, "--dataset_name", str(out / "data"), "--transfer_file",
-                                   str(out / "transfer.txt")])
+        second = distil_bert.main(
+            [*argv, "--dataset_name", str(out / "data"), "--transfer_file", str(out / "transfer.txt")]
+        )
     assert {p: (out / p).read_bytes() for p in before} == before  # every input and the foreign file, untouched
     assert second["run_id"] != first["run_id"]
     assert second["levers"]["training_rows"] > second["levers"]["labelled_rows"]  # the transfer file was read
@@ -209,8 +218,11 @@ def test_overwrite_refuses_a_folder_whose_files_no_run_recorded(tmp_path):
     and a file this run would write over stops it; files it would not touch are kept."""
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "model.safetensors").write_text("somebody's model")
-    with pytest.raises(ValueError, match=r"removes only what earlier runs wrote .*\['model.safetensors'\] were not "
-                                         r"\(it has no manifest"):
+    with pytest.raises(
+        ValueError,
+        match=r"removes only what earlier runs wrote .*\['model.safetensors'\] were not "
+        r"\(it has no manifest",
+    ):
         OutputFolder(str(tmp_path / "out"), overwrite=True).check()
     (tmp_path / "out" / "model.safetensors").rename(tmp_path / "out" / "notes.md")
     folder = OutputFolder(str(tmp_path / "out"), overwrite=True)
@@ -237,7 +249,10 @@ def test_input_paths_come_from_every_argument(tmp_path):
     (tmp_path / "b").mkdir()
     (tmp_path / "c.yaml").write_text("{}")
     assert input_paths(Odd(), extra=[str(tmp_path / "c.yaml"), None]) == [
-        str(tmp_path / "a.bin"), str(tmp_path / "b"), str(tmp_path / "c.yaml")]
+        str(tmp_path / "a.bin"),
+        str(tmp_path / "b"),
+        str(tmp_path / "c.yaml"),
+    ]
 
 
 def test_cache_cli_follows_the_output_folder_rules(setup, tmp_path):
@@ -249,8 +264,21 @@ def test_cache_cli_follows_the_output_folder_rules(setup, tmp_path):
     teacher, (train, dev) = setup  # train.csv: 32 rows, dev.csv: 8 rows
 
     def cache(data_file, out, *extra):
-        cache_main(["--teacher_model_name_or_path", teacher, "--data_file", str(data_file), "--max_length", "32",
-                    "--output_dir", str(out), "--device", "cpu", *extra])
+        cache_main(
+            [
+                "--teacher_model_name_or_path",
+                teacher,
+                "--data_file",
+                str(data_file),
+                "--max_length",
+                "32",
+                "--output_dir",
+                str(out),
+                "--device",
+                "cpu",
+                *extra,
+            ]
+        )
 
     out = tmp_path / "cached"
     cache(train, out)
@@ -265,13 +293,23 @@ def test_cache_cli_follows_the_output_folder_rules(setup, tmp_path):
 
     # its own input: the same folder, a folder holding the data file, a folder inside the input dataset
     with pytest.raises(ValueError, match=r"--output_dir .*cached is --dataset_path .*cached, an input of this run"):
-        cache_main(["--teacher_model_name_or_path", teacher, "--dataset_path", str(out), "--output_dir", str(out),
-                    "--overwrite_output_dir"])
+        cache_main(
+            [
+                "--teacher_model_name_or_path",
+                teacher,
+                "--dataset_path",
+                str(out),
+                "--output_dir",
+                str(out),
+                "--overwrite_output_dir",
+            ]
+        )
     with pytest.raises(ValueError, match=r"contains --teacher_model_name_or_path .*; contains --data_file .*train"):
         cache(train, tmp_path, "--overwrite_output_dir")
     with pytest.raises(ValueError, match=r"is inside --dataset_path"):
-        cache_main(["--teacher_model_name_or_path", teacher, "--dataset_path", str(out), "--output_dir",
-                    str(out / "sub")])
+        cache_main(
+            ["--teacher_model_name_or_path", teacher, "--dataset_path", str(out), "--output_dir", str(out / "sub")]
+        )
     with pytest.raises(ValueError, match=r"is --teacher_model_name_or_path"):
         cache(train, teacher, "--overwrite_output_dir")
     # a model folder (not an input) is not empty: refused without --overwrite_output_dir
@@ -283,13 +321,15 @@ def test_cache_cli_follows_the_output_folder_rules(setup, tmp_path):
 
 
 def test_core_cache_module_does_not_import_the_recipes_and_the_documented_command_works(tmp_path):
-    code = ("import sys, hf_distill.cache; "
-            "print(sorted(m for m in sys.modules if m.startswith('hf_distill.recipes')))")
+    code = "import sys, hf_distill.cache; print(sorted(m for m in sys.modules if m.startswith('hf_distill.recipes')))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
     done = subprocess.run([sys.executable, "-m", "hf_distill.cache", "--help"], capture_output=True, text=True)
-    assert done.returncode == 0 and "--overwrite_output_dir" in done.stdout and "--teacher_model_name_or_path" in (
-        done.stdout)
+    assert (
+        done.returncode == 0
+        and "--overwrite_output_dir" in done.stdout
+        and "--teacher_model_name_or_path" in (done.stdout)
+    )
 
 
 def test_a_stale_lock_is_known_by_pid_boot_and_start_time_not_by_pid_alone(tmp_path, caplog):
@@ -297,13 +337,20 @@ def test_a_stale_lock_is_known_by_pid_boot_and_start_time_not_by_pid_alone(tmp_p
     process itself). The owner is the pid AND its start time on this boot."""
     folder = OutputFolder(str(tmp_path / "out"))
     (tmp_path / "out").mkdir()
-    me = {"run_id": "old", "pid": os.getpid(), "host": os.uname().nodename, "start_ticks": _start_ticks(os.getpid()),
-          "boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip()}
+    me = {
+        "run_id": "old",
+        "pid": os.getpid(),
+        "host": os.uname().nodename,
+        "start_ticks": _start_ticks(os.getpid()),
+        "boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+    }
     (tmp_path / "out" / LOCK_NAME).write_text(json.dumps(me))  # this very process: a live owner
     with pytest.raises(ValueError, match="in use by run old"):
         folder.claim()
-    for stale in ({"start_ticks": me["start_ticks"] + 1},  # same pid, another process (the restarted container)
-                  {"boot_id": "another-boot", "pid": 1}):  # written before the machine rebooted
+    for stale in (
+        {"start_ticks": me["start_ticks"] + 1},  # same pid, another process (the restarted container)
+        {"boot_id": "another-boot", "pid": 1},
+    ):  # written before the machine rebooted
         (tmp_path / "out" / LOCK_NAME).write_text(json.dumps({**me, **stale}))
         caplog.clear()
         with caplog.at_level(logging.WARNING):
@@ -325,8 +372,9 @@ def three_checkpoints(setup, tmp_path):
     return teacher, data, out
 
 
-@pytest.mark.parametrize("name", ["optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin",
-                                  "model.safetensors"])
+@pytest.mark.parametrize(
+    "name", ["optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin", "model.safetensors"]
+)
 def test_resume_last_skips_a_checkpoint_with_any_truncated_file(three_checkpoints, name, caplog, tmp_path):
     """Issue 21: a truncated optimizer.pt beside a valid trainer_state.json (a power loss before the data reached the
     disk) was resumed; every file the Trainer writes must be whole."""
@@ -345,13 +393,29 @@ def test_resuming_a_checkpoint_of_another_model_is_a_clear_error(three_checkpoin
     """Issue 21: another size was a raw size-mismatch traceback; another depth only a warning (then training a partly
     fresh model)."""
     teacher, data, out = three_checkpoints
-    with pytest.raises(ValueError, match=r"checkpoint-3 was written for another model than this run builds \(\d+ of "
-                                         r"the model's tensors not in it \(e\.g\. .*layer\.2\."):
-        _run(teacher, data, out, *SAVE_EACH_STEP, "--max_steps", "4", "--student_num_layers", "3",
-             "--resume_from_checkpoint", "last")
-    with pytest.raises(ValueError, match=r"checkpoint-3 was written for another model .*tensor\(s\) of another shape "
-                                         r"\(bert\.embeddings\.word_embeddings\.weight: \(\d+, 32\) in the "
-                                         r"checkpoint, \(\d+, 16\) in the model"):
+    with pytest.raises(
+        ValueError,
+        match=r"checkpoint-3 was written for another model than this run builds \(\d+ of "
+        r"the model's tensors not in it \(e\.g\. .*layer\.2\.",
+    ):
+        _run(
+            teacher,
+            data,
+            out,
+            *SAVE_EACH_STEP,
+            "--max_steps",
+            "4",
+            "--student_num_layers",
+            "3",
+            "--resume_from_checkpoint",
+            "last",
+        )
+    with pytest.raises(
+        ValueError,
+        match=r"checkpoint-3 was written for another model .*tensor\(s\) of another shape "
+        r"\(bert\.embeddings\.word_embeddings\.weight: \(\d+, 32\) in the "
+        r"checkpoint, \(\d+, 16\) in the model",
+    ):
         check_checkpoint_fits(str(out / "checkpoint-3"), tiny_bert(layers=2, hidden=16))
     check_checkpoint_fits(str(out / "checkpoint-3"), tiny_bert(layers=2, hidden=32))  # the same model: fine
 
@@ -360,6 +424,7 @@ def test_after_a_failed_final_save_every_refusal_says_the_one_thing_that_works(s
     """Issue 21: a plain rerun said "resume", and --resume_from_checkpoint last said "start without it"."""
     teacher, data = setup
     out = tmp_path / "out"
+
     def full_disk(trainer, output_dir):  # the staging folder half written, then the disk is full
         os.makedirs(os.path.join(output_dir, ".incomplete-save"))
         Path(output_dir, ".incomplete-save", "model.safetensors").write_bytes(b"\0" * 10)
@@ -395,8 +460,9 @@ def test_no_secret_reaches_any_file_of_the_run(setup, tmp_path):
     """Issue 21: --hub_token and a token in --run_name were pickled into training_args.bin (folder + checkpoints)."""
     teacher, data = setup
     out = tmp_path / "out"
-    _run(teacher, data, out, *SAVE_EACH_STEP, "--max_steps", "2", "--hub_token", SECRET, "--run_name",
-         f"exp-{SECRET}-a")
+    _run(
+        teacher, data, out, *SAVE_EACH_STEP, "--max_steps", "2", "--hub_token", SECRET, "--run_name", f"exp-{SECRET}-a"
+    )
     saved = sorted(out.rglob("training_args.bin"))
     assert len(saved) == 3  # the student's folder and both checkpoints
     for path in saved:
@@ -412,11 +478,20 @@ def test_the_trainer_itself_writes_redacted_arguments(tmp_path):
 
     from hf_distill import DistillationArguments, DistillationTrainer
 
-    args = DistillationArguments(output_dir=str(tmp_path / "o"), report_to=[], max_steps=1, use_cpu=True,
-                                 per_device_train_batch_size=4, save_strategy="steps", save_steps=1,
-                                 hub_token=SECRET, run_name=f"r-{SECRET}")
-    trainer = DistillationTrainer(tiny_bert(layers=1, hidden=32), tiny_bert(layers=2, hidden=32), args,
-                                  train_dataset=classification_data(4))
+    args = DistillationArguments(
+        output_dir=str(tmp_path / "o"),
+        report_to=[],
+        max_steps=1,
+        use_cpu=True,
+        per_device_train_batch_size=4,
+        save_strategy="steps",
+        save_steps=1,
+        hub_token=SECRET,
+        run_name=f"r-{SECRET}",
+    )
+    trainer = DistillationTrainer(
+        tiny_bert(layers=1, hidden=32), tiny_bert(layers=2, hidden=32), args, train_dataset=classification_data(4)
+    )
     trainer.train()
     trainer.save_model()
     assert len(list((tmp_path / "o").rglob("training_args.bin"))) == 2
@@ -428,8 +503,9 @@ def test_redacted_args_copy_leaves_the_original_alone():
 
     from hf_distill.redaction import redacted_args
 
-    args = TrainingArguments(output_dir="x", hub_token=SECRET, run_name=f"a {SECRET}", report_to=[],
-                             label_names=[f"l-{SECRET}"])
+    args = TrainingArguments(
+        output_dir="x", hub_token=SECRET, run_name=f"a {SECRET}", report_to=[], label_names=[f"l-{SECRET}"]
+    )
     safe = redacted_args(args)
     assert (safe.hub_token, safe.run_name, safe.label_names) == (None, "a REDACTED", ["l-REDACTED"])
     assert (args.hub_token, args.run_name) == (SECRET, f"a {SECRET}") and safe.output_dir == "x"

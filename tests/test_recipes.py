@@ -27,7 +27,6 @@ from recipes import distil_bert, distil_bert_mlm, train_teacher
 ROOT = Path(__file__).resolve().parent.parent
 
 
-
 @pytest.fixture
 def data(tmp_path):
     return write_csv(tmp_path / "train.csv", 48, seed=0), write_csv(tmp_path / "dev.csv", 20, seed=1)
@@ -51,13 +50,27 @@ def test_train_teacher_then_distil_end_to_end(tmp_path, data):
     tiny_bert(layers=4, hidden=32, cls=tf.BertModel, **NO_DROPOUT).save_pretrained(base)
     make_tokenizer(base).save_pretrained(base)
     teacher = tmp_path / "teacher"
-    train_teacher.main(["--model_name_or_path", str(base), "--train_file", data[0], "--validation_file", data[1],
-                        "--output_dir", str(teacher), "--max_steps", "2", *COMMON])
+    train_teacher.main(
+        [
+            "--model_name_or_path",
+            str(base),
+            "--train_file",
+            data[0],
+            "--validation_file",
+            data[1],
+            "--output_dir",
+            str(teacher),
+            "--max_steps",
+            "2",
+            *COMMON,
+        ]
+    )
     assert tf.AutoConfig.from_pretrained(teacher).id2label == dict(enumerate(LABELS))  # label names from the data
 
     out = tmp_path / "student"
-    results = distil_bert.main(recipe_args(str(teacher), data, out, "--student_num_layers", "2",
-                                           "--hidden_weight", "1.0"))
+    results = distil_bert.main(
+        recipe_args(str(teacher), data, out, "--student_num_layers", "2", "--hidden_weight", "1.0")
+    )
     files = set(os.listdir(out))
     assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "distillation_results.json"} <= files
     assert [f for f in files if f.endswith(".safetensors")] == ["model.safetensors"]  # no teacher weights
@@ -81,8 +94,9 @@ def test_train_teacher_then_distil_end_to_end(tmp_path, data):
 
 def test_config_file_with_flag_overrides(tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("teacher_model_name_or_path: t\nlearning_rate: 5e-5\ntemperature: 4\noutput_dir: o\n"
-                   "text_column: sentence\n")
+    cfg.write_text(
+        "teacher_model_name_or_path: t\nlearning_rate: 5e-5\ntemperature: 4\noutput_dir: o\ntext_column: sentence\n"
+    )
     model_args, data_args, out_args, args = parse_args(
         (distil_bert.ModelArguments, ClassificationDataArguments, OutputArguments, distil_bert.DistillationArguments),
         [str(cfg), "--temperature", "3", "--overwrite_output_dir"],
@@ -102,9 +116,20 @@ def test_two_processes_match_one_process(tmp_path):
     args2 = recipe_args(teacher, data, tmp_path / "two", *common, "--per_device_train_batch_size", "4")
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-         str(ROOT / "recipes" / "distil_bert.py"), *args2],
-        env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT_S,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            str(ROOT / "recipes" / "distil_bert.py"),
+            *args2,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_TIMEOUT_S,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "distillation_results.json").read_text())
@@ -128,12 +153,33 @@ def test_mlm_recipe_logs_its_loss_components(tmp_path):
     for name, n in (("train.txt", 40), ("dev.txt", 12)):
         (tmp_path / name).write_text("\n".join(" ".join(f"w{rng.randrange(96)}" for _ in range(12)) for _ in range(n)))
     out = tmp_path / "mlm_student"
-    results = distil_bert_mlm.main([
-        "--teacher_model_name_or_path", str(teacher_dir), "--train_file", str(tmp_path / "train.txt"),
-        "--validation_file", str(tmp_path / "dev.txt"), "--output_dir", str(out), "--max_steps", "3",
-        "--per_device_train_batch_size", "8", "--soft_weight", "5", "--hard_weight", "2", "--hidden_weight", "1",
-        "--hidden_loss", "cosine", "--mlm_probability", "0.3", *COMMON,
-    ])
+    results = distil_bert_mlm.main(
+        [
+            "--teacher_model_name_or_path",
+            str(teacher_dir),
+            "--train_file",
+            str(tmp_path / "train.txt"),
+            "--validation_file",
+            str(tmp_path / "dev.txt"),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "3",
+            "--per_device_train_batch_size",
+            "8",
+            "--soft_weight",
+            "5",
+            "--hard_weight",
+            "2",
+            "--hidden_weight",
+            "1",
+            "--hidden_loss",
+            "cosine",
+            "--mlm_probability",
+            "0.3",
+            *COMMON,
+        ]
+    )
     for entry in results["train_log"]:
         parts = [entry["soft_loss"], entry["hard_loss"], entry["hidden_loss"]]
         assert all(np.isfinite(parts)) and entry["soft_loss"] > 0
@@ -163,16 +209,36 @@ def test_push_uploads_exactly_the_output_folder_and_no_token(tmp_path, data):
 
     def upload_folder(**kwargs):
         folder = Path(kwargs["folder_path"])
-        seen.update(kwargs, files=sorted(os.listdir(folder)),
-                    text={name: (folder / name).read_text() for name in ("README.md", "distillation_results.json")})
+        seen.update(
+            kwargs,
+            files=sorted(os.listdir(folder)),
+            text={name: (folder / name).read_text() for name in ("README.md", "distillation_results.json")},
+        )
 
-    with mock.patch("huggingface_hub.get_token", return_value=None), mock.patch("huggingface_hub.HfApi") as api_cls, \
-            mock.patch("huggingface_hub.constants.HF_HUB_OFFLINE", False):  # the tests run offline
+    with (
+        mock.patch("huggingface_hub.get_token", return_value=None),
+        mock.patch("huggingface_hub.HfApi") as api_cls,
+        mock.patch("huggingface_hub.constants.HF_HUB_OFFLINE", False),
+    ):  # the tests run offline
         api = api_cls.return_value
         api.create_repo.return_value = mock.Mock(repo_id="me/tiny-student")
         api.upload_folder.side_effect = upload_folder
-        distil_bert.main(recipe_args(teacher, data, out, "--push_to_hub", "--hub_model_id", "me/tiny-student",
-                                     "--student_num_layers", "2", "--max_steps", "1", "--hub_token", secret))
+        distil_bert.main(
+            recipe_args(
+                teacher,
+                data,
+                out,
+                "--push_to_hub",
+                "--hub_model_id",
+                "me/tiny-student",
+                "--student_num_layers",
+                "2",
+                "--max_steps",
+                "1",
+                "--hub_token",
+                secret,
+            )
+        )
     api_cls.assert_called_once_with(token=secret)
     for name, text in seen["text"].items():  # what was uploaded: the command is recorded, the token is not
         assert secret not in text and "--hub_token REDACTED" in text, name
@@ -226,8 +292,20 @@ def test_levers_augment_transfer_and_the_hard_baseline(tmp_path, data):
     transfer = tmp_path / "transfer.txt"
     transfer.write_text("\n".join(f"w{i} w{i + 1} w{i + 2}" for i in range(40)) + "\n")
     out = tmp_path / "student"
-    args = recipe_args(teacher, data, out, "--student_num_layers", "2", "--augment", "2", "--transfer_file",
-                       str(transfer), "--transfer_ratio", "0.5", "--compare_with_hard_baseline")
+    args = recipe_args(
+        teacher,
+        data,
+        out,
+        "--student_num_layers",
+        "2",
+        "--augment",
+        "2",
+        "--transfer_file",
+        str(transfer),
+        "--transfer_ratio",
+        "0.5",
+        "--compare_with_hard_baseline",
+    )
     args[args.index("--max_steps") + 1] = "4"
     results = distil_bert.main(args)
     n = results["levers"]["labelled_rows"]
@@ -246,18 +324,32 @@ def test_levers_augment_transfer_and_the_hard_baseline(tmp_path, data):
 def test_two_stage_for_a_student_given_by_path(tmp_path, data):
     teacher = save_classifier(tmp_path / "teacher")
     student = save_classifier(tmp_path / "student_init", layers=2, seed=1, vocab_dir=tmp_path / "student_init")
-    results = distil_bert.main(recipe_args(teacher, data, tmp_path / "out", "--student_model_name_or_path", student,
-                                           "--num_train_epochs", "3", "--max_steps", "-1"))
+    results = distil_bert.main(
+        recipe_args(
+            teacher,
+            data,
+            tmp_path / "out",
+            "--student_model_name_or_path",
+            student,
+            "--num_train_epochs",
+            "3",
+            "--max_steps",
+            "-1",
+        )
+    )
     assert results["levers"]["two_stage"] is True
     log = results["train_log"]
     assert log and all("soft_loss" in e and "hidden_loss" not in e for e in log)  # the prediction stage's log
 
 
-@pytest.mark.parametrize("flags, match", [
-    (["--augment", "-1"], "--augment must be >= 0"),
-    (["--transfer_ratio", "2"], "--transfer_file is not"),
-    (["--two_stage_fraction", "1.5"], "two_stage_fraction"),
-])
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        (["--augment", "-1"], "--augment must be >= 0"),
+        (["--transfer_ratio", "2"], "--transfer_file is not"),
+        (["--two_stage_fraction", "1.5"], "two_stage_fraction"),
+    ],
+)
 def test_lever_flags_are_checked(tmp_path, data, flags, match):
     with pytest.raises(ValueError, match=match):
         distil_bert.main(recipe_args(save_classifier(tmp_path / "t"), data, tmp_path / "out", *flags))
@@ -269,8 +361,12 @@ def test_sweep_runs_the_recipe_per_combination(tmp_path, data):
     teacher = save_classifier(tmp_path / "teacher")
     base = recipe_args(teacher, data, tmp_path / "unused", "--student_num_layers", "2")
     payload = sweep.main(["--grid", "temperature=1,4", "--sweep_dir", str(tmp_path / "sw"), "--", *base])
-    temps = [json.loads((tmp_path / "sw" / f"run-{i}" / "distillation_results.json").read_text())["distillation"]
-             ["temperature"] for i in range(2)]
+    temps = [
+        json.loads((tmp_path / "sw" / f"run-{i}" / "distillation_results.json").read_text())["distillation"][
+            "temperature"
+        ]
+        for i in range(2)
+    ]
     assert temps == [1.0, 4.0]
     accs = [r["validation"]["accuracy"] for r in payload["runs"]]
     assert payload["best"]["validation"]["accuracy"] == max(accs)
@@ -298,9 +394,21 @@ def test_narrower_student_with_learned_projections(tmp_path, data):
     teacher = save_classifier(tmp_path / "teacher")
     student_dir = save_narrow_student(tmp_path / "narrow")
     out = tmp_path / "out"
-    results = distil_bert.main(recipe_args(teacher, data, out, "--student_model_name_or_path", str(student_dir),
-                                           "--hidden_weight", "1.0", "--layer_map", "1:2,2:4",
-                                           "--two_stage", "no"))  # one stage: the logged run aligns hidden states
+    results = distil_bert.main(
+        recipe_args(
+            teacher,
+            data,
+            out,
+            "--student_model_name_or_path",
+            str(student_dir),
+            "--hidden_weight",
+            "1.0",
+            "--layer_map",
+            "1:2,2:4",
+            "--two_stage",
+            "no",
+        )
+    )  # one stage: the logged run aligns hidden states
     weights = load_file(out / "model.safetensors")
     assert not any("proj" in k for k in weights)  # the projections train with the student but are not saved with it
     assert sum(v.numel() for v in weights.values()) == results["student"]["parameters"]
@@ -315,9 +423,23 @@ def test_two_stage_with_learned_projections_hands_the_bare_student_to_the_second
     teacher = save_classifier(tmp_path / "teacher")
     student_dir = save_narrow_student(tmp_path / "narrow")
     out = tmp_path / "out"
-    results = distil_bert.main(recipe_args(teacher, data, out, "--student_model_name_or_path", str(student_dir),
-                                           "--two_stage", "yes", "--layer_map", "1:2,2:4",
-                                           "--num_train_epochs", "2", "--max_steps", "-1"))
+    results = distil_bert.main(
+        recipe_args(
+            teacher,
+            data,
+            out,
+            "--student_model_name_or_path",
+            str(student_dir),
+            "--two_stage",
+            "yes",
+            "--layer_map",
+            "1:2,2:4",
+            "--num_train_epochs",
+            "2",
+            "--max_steps",
+            "-1",
+        )
+    )
     assert results["levers"]["two_stage"] is True
     assert results["train_log"] and all("soft_loss" in e for e in results["train_log"])  # the prediction stage
     weights = load_file(out / "model.safetensors")

@@ -12,9 +12,17 @@ from hf_distill.lm_data import PromptCompletionCollator, soft_token_mask
 
 
 def args(tmp_path, **kw) -> DistillationArguments:
-    base = {"output_dir": str(tmp_path / "out"), "report_to": "none", "use_cpu": True, "save_strategy": "no",
-            "per_device_train_batch_size": 4, "max_steps": 2, "disable_tqdm": True, "temperature": 2.0,
-            "teacher_id_column": "teacher_id"}
+    base = {
+        "output_dir": str(tmp_path / "out"),
+        "report_to": "none",
+        "use_cpu": True,
+        "save_strategy": "no",
+        "per_device_train_batch_size": 4,
+        "max_steps": 2,
+        "disable_tqdm": True,
+        "temperature": 2.0,
+        "teacher_id_column": "teacher_id",
+    }
     return DistillationArguments(**{**base, **kw})
 
 
@@ -25,8 +33,14 @@ def bpe():
 
 def routed_trainer(tmp_path, bpe, teachers, data=None, **kw):
     data = lm_dataset(bpe, n=8, routed=True) if data is None else data
-    return DistillationTrainer(tiny_gpt2(len(bpe), seed=5), teachers, args(tmp_path, **kw), train_dataset=data,
-                               processing_class=bpe, data_collator=PromptCompletionCollator.from_tokenizer(bpe))
+    return DistillationTrainer(
+        tiny_gpt2(len(bpe), seed=5),
+        teachers,
+        args(tmp_path, **kw),
+        train_dataset=data,
+        processing_class=bpe,
+        data_collator=PromptCompletionCollator.from_tokenizer(bpe),
+    )
 
 
 @pytest.mark.parametrize("chunk", [None, 6])
@@ -42,8 +56,9 @@ def test_each_row_is_scored_by_its_own_teacher_only(tmp_path, bpe, chunk):
     with torch.no_grad():
         _, terms, _ = compute(trainer.model, batch)
         # the reference: every teacher on every row, then each row keeps its own teacher's distribution
-        plain = PromptCompletionCollator.from_tokenizer(bpe)([{k: v for k, v in f.items() if k != "teacher_id"}
-                                                              for f in features])
+        plain = PromptCompletionCollator.from_tokenizer(bpe)(
+            [{k: v for k, v in f.items() if k != "teacher_id"} for f in features]
+        )
         inputs = {"input_ids": plain["input_ids"], "attention_mask": plain["attention_mask"]}
         s = F.log_softmax(trainer.student(**inputs).logits / 2.0, -1)
         t_all = [F.log_softmax(t(**inputs).logits / 2.0, -1) for t in teachers]
@@ -89,10 +104,15 @@ def test_routed_teachers_with_different_tokenizers(tmp_path, bpe):
     wp = wordpiece_tokenizer()
     teachers = [tiny_gpt2(len(wp), seed=0), tiny_gpt2(len(bpe), seed=1)]
     data = lm_dataset(bpe, n=8, routed=True)
-    trainer = DistillationTrainer(tiny_gpt2(len(bpe), seed=5), teachers,
-                                  args(tmp_path, cross_tokenizer="hybrid", logging_steps=1), train_dataset=data,
-                                  processing_class=bpe, teacher_processing_class=[wp, None],
-                                  data_collator=PromptCompletionCollator.from_tokenizer(bpe))
+    trainer = DistillationTrainer(
+        tiny_gpt2(len(bpe), seed=5),
+        teachers,
+        args(tmp_path, cross_tokenizer="hybrid", logging_steps=1),
+        train_dataset=data,
+        processing_class=bpe,
+        teacher_processing_class=[wp, None],
+        data_collator=PromptCompletionCollator.from_tokenizer(bpe),
+    )
     features = [data[i] for i in range(8)]
     batch = trainer.data_collator(features)
     for b in range(8):  # each row in its own teacher's tokens
@@ -102,8 +122,9 @@ def test_routed_teachers_with_different_tokenizers(tmp_path, bpe):
     with torch.no_grad():
         _, terms, _ = trainer.compute_distillation_loss(trainer.model, batch)
         rows = [b for b in range(8) if b % 2 == 1]
-        plain = PromptCompletionCollator.from_tokenizer(bpe)([{k: v for k, v in features[b].items()
-                                                               if k != "teacher_id"} for b in rows])
+        plain = PromptCompletionCollator.from_tokenizer(bpe)(
+            [{k: v for k, v in features[b].items() if k != "teacher_id"} for b in rows]
+        )
         inputs = {"input_ids": plain["input_ids"], "attention_mask": plain["attention_mask"]}
         s = F.log_softmax(trainer.student(**inputs).logits / 2.0, -1)
         t = F.log_softmax(teachers[1](**inputs).logits / 2.0, -1)
@@ -143,5 +164,11 @@ def test_unknown_teacher_fails_before_training(tmp_path, bpe, where):
         kwargs["train_dataset"] = data.remove_columns("teacher_id")
     match = "no such column" if where == "missing" else "row 3 of .*teacher 2"
     with pytest.raises(ValueError, match=match):
-        DistillationTrainer(tiny_gpt2(len(bpe), seed=5), teachers, args(tmp_path), processing_class=bpe,
-                            data_collator=PromptCompletionCollator.from_tokenizer(bpe), **kwargs)
+        DistillationTrainer(
+            tiny_gpt2(len(bpe), seed=5),
+            teachers,
+            args(tmp_path),
+            processing_class=bpe,
+            data_collator=PromptCompletionCollator.from_tokenizer(bpe),
+            **kwargs,
+        )

@@ -28,8 +28,9 @@ from testing_utils import HANG_TIMEOUT_S, make_tokenizer, tiny_bert
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "tests" / "configs"
 # CI installs the deepspeed extra (pip install -e .[deepspeed]); elsewhere only the DeepSpeed runs are skipped.
-requires_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
-                                        reason="the deepspeed extra is not installed")
+requires_deepspeed = pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None, reason="the deepspeed extra is not installed"
+)
 
 # Single-process and sharded runs do the same float32 arithmetic in a different order (bucketed, flattened
 # reduce-scatter and all-gather instead of one backward over the whole batch): ~1e-7 relative per step. Three
@@ -39,8 +40,13 @@ TOL = {"rtol": 1e-4, "atol": 1e-5}
 
 
 def _env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1",
-            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "DS_ACCELERATOR": "cpu",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
 
 
 def _launch(config: Path, argv: list[str], timeout=HANG_TIMEOUT_S) -> subprocess.CompletedProcess:
@@ -60,8 +66,9 @@ def test_cpu_configs_are_the_shipped_ones_on_cpu():
 def _save_wide_student(folder):
     """2 layers of width 48 (the teacher's is 32): wider only so that its 3200 x 48 embedding is above ZeRO-3's
     persistence threshold and really partitioned too; the projections 48 -> 32 are learned all the same."""
-    model = tiny_bert(layers=2, hidden=48, vocab=3200, seed=1, hidden_dropout_prob=0.0,
-                      attention_probs_dropout_prob=0.0)
+    model = tiny_bert(
+        layers=2, hidden=48, vocab=3200, seed=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
     model.config.id2label = dict(enumerate(LABELS))
     model.config.label2id = {name: i for i, name in enumerate(LABELS)}
     model.save_pretrained(folder)
@@ -90,8 +97,9 @@ def _single_process(files, name, *extra):
 
     out = files.tmp / name
     if not out.exists():
-        distil_bert.main(recipe_args(files.teacher, files.data, out, *COMMON, *extra,
-                                     "--per_device_train_batch_size", "8"))
+        distil_bert.main(
+            recipe_args(files.teacher, files.data, out, *COMMON, *extra, "--per_device_train_batch_size", "8")
+        )
     return load_file(out / "model.safetensors")
 
 
@@ -110,8 +118,11 @@ def test_deepspeed_zero_recipe_matches_single_process(files, stage, student):
         # one stage: the recipe's two-stage default for a student given by path needs two trainers in one process
         student_args = ["--student_model_name_or_path", files.student, "--two_stage", "no"]
     out, report = files.tmp / f"zero{stage}_{student}", files.tmp / f"zero{stage}_{student}.json"
-    argv = [str(ROOT / "tests" / "sharded_recipe.py"), str(report),
-            *recipe_args(files.teacher, files.data, out, *COMMON, *student_args, "--per_device_train_batch_size", "4")]
+    argv = [
+        str(ROOT / "tests" / "sharded_recipe.py"),
+        str(report),
+        *recipe_args(files.teacher, files.data, out, *COMMON, *student_args, "--per_device_train_batch_size", "4"),
+    ]
     proc = _launch(CONFIGS / f"accelerate_zero{stage}_cpu.yaml", argv)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     got = json.loads(report.read_text())
@@ -145,8 +156,16 @@ def test_deepspeed_zero_recipe_matches_single_process(files, stage, student):
 def test_fsdp2_teacher_sharding_training_and_full_save(tmp_path):
     """tests/fsdp_train.py under torchrun: the project's FSDP2 wrapping, teacher sharding and full-state-dict
     save on two gloo processes; it compares with the same training unsharded and writes what it found."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tests" / "fsdp_train.py"), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "tests" / "fsdp_train.py"),
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     got = json.loads((tmp_path / "report.json").read_text())
@@ -169,12 +188,15 @@ def _state(distributed: str, processes: int):
     return SimpleNamespace(distributed_type=distributed, num_processes=processes)
 
 
-@pytest.mark.parametrize("env, args, obtained, in_effect, message", [
-    ({"ACCELERATE_USE_FSDP": "true"}, {}, _state("MULTI_CPU", 2), _state("FSDP", 2), "FSDP was requested"),
-    ({}, {"fsdp": "full_shard auto_wrap"}, _state("MULTI_CPU", 2), _state("FSDP", 2), "FSDP was requested"),
-    ({"ACCELERATE_USE_DEEPSPEED": "true"}, {}, _state("NO", 1), _state("DEEPSPEED", 1), "DeepSpeed was requested"),
-    ({"WORLD_SIZE": "2"}, {}, _state("NO", 1), _state("MULTI_CPU", 2), "2 independent runs"),
-])
+@pytest.mark.parametrize(
+    "env, args, obtained, in_effect, message",
+    [
+        ({"ACCELERATE_USE_FSDP": "true"}, {}, _state("MULTI_CPU", 2), _state("FSDP", 2), "FSDP was requested"),
+        ({}, {"fsdp": "full_shard auto_wrap"}, _state("MULTI_CPU", 2), _state("FSDP", 2), "FSDP was requested"),
+        ({"ACCELERATE_USE_DEEPSPEED": "true"}, {}, _state("NO", 1), _state("DEEPSPEED", 1), "DeepSpeed was requested"),
+        ({"WORLD_SIZE": "2"}, {}, _state("NO", 1), _state("MULTI_CPU", 2), "2 independent runs"),
+    ],
+)
 def test_sharding_not_in_effect_is_an_error(monkeypatch, env, args, obtained, in_effect, message):
     from hf_distill.checks import check_sharding
 
@@ -190,10 +212,13 @@ def test_sharding_not_in_effect_is_an_error(monkeypatch, env, args, obtained, in
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("use_cpu, message", [
-    (True, "FSDP was requested.*MULTI_CPU"),  # used to exit 0 as plain DDP
-    (False, "2 independent runs would train and write"),  # used to train twice, both writing one folder
-])
+@pytest.mark.parametrize(
+    "use_cpu, message",
+    [
+        (True, "FSDP was requested.*MULTI_CPU"),  # used to exit 0 as plain DDP
+        (False, "2 independent runs would train and write"),  # used to train twice, both writing one folder
+    ],
+)
 def test_fsdp_config_on_cpu_stops_before_training(tmp_path, use_cpu, message):
     """accelerate launch with the shipped FSDP config on a CPU machine, with or without --use_cpu."""
     teacher = save_classifier(tmp_path / "teacher")
@@ -202,9 +227,11 @@ def test_fsdp_config_on_cpu_stops_before_training(tmp_path, use_cpu, message):
     argv = recipe_args(teacher, data, out, "--student_num_layers", "2")
     if not use_cpu:
         i = argv.index("--use_cpu")
-        del argv[i:i + 2]
-    proc = _launch(ROOT / "recipes" / "configs" / "accelerate_fsdp.yaml",
-                   ["--num_processes", "2", str(ROOT / "recipes" / "distil_bert.py"), *argv])
+        del argv[i : i + 2]
+    proc = _launch(
+        ROOT / "recipes" / "configs" / "accelerate_fsdp.yaml",
+        ["--num_processes", "2", str(ROOT / "recipes" / "distil_bert.py"), *argv],
+    )
     assert proc.returncode != 0
     assert re.search(message, proc.stderr), proc.stderr[-3000:]
     assert not (out / "model.safetensors").exists() and "'loss'" not in proc.stdout  # no training step ran
@@ -255,9 +282,18 @@ def test_deepspeed_zero3_student_samples_in_lockstep(tmp_path):
 @pytest.mark.distributed
 def test_fsdp2_student_samples_in_lockstep_and_as_unsharded(tmp_path):
     """tests/fsdp_sampling.py under torchrun: an FSDP2 student samples exactly what its unsharded copy samples;
-    rank 0's rows end after 2 tokens, yet it keeps stepping until rank 1's rows end (synced_gpus)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tests" / "fsdp_sampling.py"), str(tmp_path)]
+    rank 0's rows end after 2 tokens, yet it keeps stepping until rank 1's rows end (synced_gpus). Its completion
+    NLL and generation metrics (3 batches on 2 processes) equal the unsharded copy's."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "tests" / "fsdp_sampling.py"),
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     rank0, rank1 = (json.loads((tmp_path / f"report_{r}.json").read_text()) for r in (0, 1))
@@ -266,6 +302,10 @@ def test_fsdp2_student_samples_in_lockstep_and_as_unsharded(tmp_path):
         assert got["same_samples"] and got["back_in_training_mode"] and got["source"] == "student"
     assert rank0["completion_lengths"] == [2, 2, 2, 2] and rank1["completion_lengths"] == [6, 6, 6, 6]
     assert rank0["lm_head_calls"] == [6, 2]  # sharded: in lockstep with rank 1; the unsharded copy stops at 2
+    for got in (rank0, rank1):  # the end-of-run evaluation: the same numbers sharded as unsharded, on every rank
+        assert got["same_nll"] and got["back_in_training_mode_after_eval"]
+        assert got["generation_metrics"]["examples"] == 8 and "teacher_nll" in got["generation_metrics"]
+        assert got["generation_metrics"] == pytest.approx(rank0["reference_generation_metrics"], rel=1e-5)
 
 
 # ---- the causal-LM recipe's end of run under ZeRO-3 ---------------------------------------------------------
@@ -304,24 +344,76 @@ def test_deepspeed_zero3_causal_lm_recipe_evaluates_like_one_process(tmp_path):
     data = write_jsonl(tmp_path / "train.jsonl", 16, 0), write_jsonl(tmp_path / "dev.jsonl", 10, 1)
 
     def argv(out, batch):
-        return [str(ROOT / "recipes" / "configs" / "causal_lm_offpolicy.yaml"), "--teacher_model_name_or_path",
-                str(teacher), "--student_model_name_or_path", "", "--student_num_layers", "2", "--dataset_name", "",
-                "--train_file", data[0], "--validation_file", data[1], "--prompt_column", "question",
-                "--completion_column", "answer", "--output_dir", str(out), "--report_to", "none", "--use_cpu", "true",
-                "--bf16", "false", "--max_length", "24", "--max_new_tokens", "5", "--learning_rate", "1e-2",
-                "--max_steps", "2", "--seed", "3", "--gradient_accumulation_steps", "1", "--disable_tqdm", "true",
-                "--per_device_train_batch_size", str(batch), "--per_device_eval_batch_size", "4",
-                "--generation_eval_steps", "2", "--generation_eval_samples", "6", "--num_generation_samples", "2",
-                "--chunked_loss", "false"]  # the training loss refuses chunking under ZeRO-3 (check_chunking)
+        return [
+            str(ROOT / "recipes" / "configs" / "causal_lm_offpolicy.yaml"),
+            "--teacher_model_name_or_path",
+            str(teacher),
+            "--student_model_name_or_path",
+            "",
+            "--student_num_layers",
+            "2",
+            "--dataset_name",
+            "",
+            "--train_file",
+            data[0],
+            "--validation_file",
+            data[1],
+            "--prompt_column",
+            "question",
+            "--completion_column",
+            "answer",
+            "--output_dir",
+            str(out),
+            "--report_to",
+            "none",
+            "--use_cpu",
+            "true",
+            "--bf16",
+            "false",
+            "--max_length",
+            "24",
+            "--max_new_tokens",
+            "5",
+            "--learning_rate",
+            "1e-2",
+            "--max_steps",
+            "2",
+            "--seed",
+            "3",
+            "--gradient_accumulation_steps",
+            "1",
+            "--disable_tqdm",
+            "true",
+            "--per_device_train_batch_size",
+            str(batch),
+            "--per_device_eval_batch_size",
+            "4",
+            "--generation_eval_steps",
+            "2",
+            "--generation_eval_samples",
+            "6",
+            "--num_generation_samples",
+            "2",
+            "--chunked_loss",
+            "false",
+        ]  # the training loss refuses chunking under ZeRO-3 (check_chunking)
 
     report = tmp_path / "report.json"
-    proc = _launch(CONFIGS / "accelerate_zero3_cpu.yaml",
-                   [str(ROOT / "tests" / "sharded_recipe.py"), str(report), "--recipe", "distil_causal_lm",
-                    *argv(tmp_path / "zero3", 4)])
+    proc = _launch(
+        CONFIGS / "accelerate_zero3_cpu.yaml",
+        [
+            str(ROOT / "tests" / "sharded_recipe.py"),
+            str(report),
+            "--recipe",
+            "distil_causal_lm",
+            *argv(tmp_path / "zero3", 4),
+        ],
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     got = json.loads(report.read_text())
     assert got["is_deepspeed_enabled"] and got["zero_stage"] == 3 and got["world_size"] == 2
-    # every student parameter is ZeRO-3's (the step-2 generation eval may leave them gathered: a reused trace)
+    # every student parameter is ZeRO-3's (generate at the step-2 generation eval leaves them gathered until the
+    # next training forward, checked by hand with --max_steps 3: partitioned again)
     assert got["student_zero3_managed"] and got["teacher_partitioned"]
     assert not got["teacher_training"]  # the generation eval gave the teacher engine its eval mode back
     sharded = json.loads((tmp_path / "zero3" / "distillation_results.json").read_text())

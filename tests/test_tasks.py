@@ -69,8 +69,9 @@ def test_token_classification(tmp_path):
     rows["labels"] = torch.where(rows["attention_mask"].bool(), rows["input_ids"] % 5, -100)
     teacher = tiny_bert(layers=4, hidden=64, num_labels=5, cls=tf.BertForTokenClassification)
     student = tiny_bert(layers=2, hidden=32, num_labels=5, seed=1, cls=tf.BertForTokenClassification)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path),
-                                  train_dataset=to_dataset(rows))
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=make_args(tmp_path), train_dataset=to_dataset(rows)
+    )
     batch = first(rows)
     s, t = outputs(student, batch, {"labels"}).logits, outputs(teacher, batch, {"labels"}).logits  # (B, L, 5)
     mask = batch["attention_mask"]
@@ -91,20 +92,30 @@ def test_question_answering_softmax_over_real_tokens_only(tmp_path):
     rows["end_positions"] = torch.minimum(rows["start_positions"] + 2, lengths - 1)
     teacher = tiny_bert(layers=4, hidden=64, num_labels=2, cls=tf.BertForQuestionAnswering)
     student = tiny_bert(layers=2, hidden=32, num_labels=2, seed=1, cls=tf.BertForQuestionAnswering)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path),
-                                  train_dataset=to_dataset(rows))
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=make_args(tmp_path), train_dataset=to_dataset(rows)
+    )
     batch = first(rows)
     labels = {"start_positions", "end_positions"}
     s_out, t_out = outputs(student, batch, labels), outputs(teacher, batch, labels)
     n = batch["attention_mask"].sum(1)
     assert int(n.min()) < batch["attention_mask"].shape[1], "the batch must contain padding"
     # One distribution per example and head, over that example's real tokens only (padding sliced off).
-    soft = torch.stack([
-        torch.stack([ref_kl(s_out[h][b, : n[b]], probs(t_out[h][b, : n[b]], T), T) for b in range(len(n))]).mean()
-        for h in ("start_logits", "end_logits")
-    ]).mean() * T**2
-    hard = (ref_ce(zip(s_out.start_logits, batch["start_positions"]))
-            + ref_ce(zip(s_out.end_logits, batch["end_positions"]))) / 2
+    soft = (
+        torch.stack(
+            [
+                torch.stack(
+                    [ref_kl(s_out[h][b, : n[b]], probs(t_out[h][b, : n[b]], T), T) for b in range(len(n))]
+                ).mean()
+                for h in ("start_logits", "end_logits")
+            ]
+        ).mean()
+        * T**2
+    )
+    hard = (
+        ref_ce(zip(s_out.start_logits, batch["start_positions"]))
+        + ref_ce(zip(s_out.end_logits, batch["end_positions"]))
+    ) / 2
     check_loss(trainer, batch, soft, hard)
     assert_trains_student_not_teacher(trainer)
 
@@ -116,10 +127,13 @@ def test_question_answering_logit_matching_counts_real_tokens_only(tmp_path):
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path, logit_loss="mse"))
     s_out, t_out = outputs(student, batch, set()), outputs(teacher, batch, set())
     real = token_positions(batch["attention_mask"])
-    expected = sum(
-        sum((float(s_out[h][b, i]) - float(t_out[h][b, i])) ** 2 for b, i in real) / len(real)
-        for h in ("start_logits", "end_logits")
-    ) / 2
+    expected = (
+        sum(
+            sum((float(s_out[h][b, i]) - float(t_out[h][b, i])) ** 2 for b, i in real) / len(real)
+            for h in ("start_logits", "end_logits")
+        )
+        / 2
+    )
     _, comps = eval_components(trainer, batch)
     assert comps["soft_loss"] == pytest.approx(expected, rel=1e-4)
 
@@ -136,8 +150,9 @@ def test_masked_lm_positions_are_the_attention_mask(tmp_path):
     rows["input_ids"] = torch.where(picked, 4, rows["input_ids"])  # [MASK]
     teacher = tiny_bert(layers=4, hidden=64, cls=tf.BertForMaskedLM)
     student = tiny_bert(layers=2, hidden=32, seed=1, cls=tf.BertForMaskedLM)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path),
-                                  train_dataset=to_dataset(rows))
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=make_args(tmp_path), train_dataset=to_dataset(rows)
+    )
     batch = first(rows)
     s, t = outputs(student, batch, {"labels"}).logits, outputs(teacher, batch, {"labels"}).logits  # (B, L, V)
     soft = ref_soft(s, t, T, token_positions(batch["attention_mask"]))
@@ -162,8 +177,13 @@ def test_causal_lm_with_padded_teacher_vocabulary(tmp_path, tokenizer, caplog):
     student = tiny_llama(layers=2, hidden=32, seed=1, vocab=VOCAB)
     assert len(tokenizer) == VOCAB
     with caplog.at_level(logging.WARNING, logger="hf_distill.checks"):
-        trainer = DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path),
-                                      train_dataset=to_dataset(rows), processing_class=tokenizer)
+        trainer = DistillationTrainer(
+            model=student,
+            teacher_model=teacher,
+            args=make_args(tmp_path),
+            train_dataset=to_dataset(rows),
+            processing_class=tokenizer,
+        )
     assert any("padding rows" in r.getMessage() for r in caplog.records)
     batch = first(rows)
     s, t = outputs(student, batch, {"labels"}).logits, outputs(teacher, batch, {"labels"}).logits
@@ -178,8 +198,9 @@ def test_causal_lm_with_padded_teacher_vocabulary(tmp_path, tokenizer, caplog):
 def test_causal_lm_same_padded_vocabulary_is_cut_to_the_tokenizer(tmp_path, tokenizer):
     rows = causal_rows()
     teacher, student = tiny_llama(layers=2, vocab=128), tiny_llama(layers=1, seed=1, vocab=128)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path),
-                                  processing_class=tokenizer)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=make_args(tmp_path), processing_class=tokenizer
+    )
     batch = first(rows)
     s, t = outputs(student, batch, {"labels"}).logits, outputs(teacher, batch, {"labels"}).logits
     _, comps = eval_components(trainer, batch)
@@ -212,8 +233,9 @@ def test_multiple_choice(tmp_path):
     choices["labels"] = (choices["input_ids"][:, :, 0] > choices["input_ids"][:, :, 1]).long()[:, 0]
     teacher = sharpen(tiny_bert(layers=4, hidden=64, cls=tf.BertForMultipleChoice))
     student = tiny_bert(layers=2, hidden=32, seed=1, cls=tf.BertForMultipleChoice)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path),
-                                  train_dataset=to_dataset(choices))
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=make_args(tmp_path), train_dataset=to_dataset(choices)
+    )
     batch = first(choices)
     s, t = outputs(student, batch, {"labels"}).logits, outputs(teacher, batch, {"labels"}).logits  # (B, 2)
     soft = ref_soft(s, t, T, [(b,) for b in range(4)])
@@ -232,8 +254,9 @@ def test_regression_head_uses_mse_and_labelled_rows_only(tmp_path):
     rows["labels"][6] = float("nan")  # NaN also means "no label" for float labels
     teacher = sharpen(tiny_bert(layers=4, hidden=64, num_labels=1), 10.0)
     student = tiny_bert(layers=2, hidden=32, num_labels=1, seed=1)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path),
-                                  train_dataset=to_dataset(rows))
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=make_args(tmp_path), train_dataset=to_dataset(rows)
+    )
     batch = first(rows)  # rows 0..3: row 1 unlabelled
     s, t = outputs(student, batch, {"labels"}).logits[:, 0], outputs(teacher, batch, {"labels"}).logits[:, 0]
     soft = sum((float(a) - float(b)) ** 2 for a, b in zip(s, t)) / 4  # MSE, no softmax over one value
@@ -286,7 +309,8 @@ def test_attention_distillation_matches_reference_kl(tmp_path):
     loss, comps = eval_components(trainer, batch)
     assert comps["attention_loss"] == pytest.approx(float(expected), rel=1e-4)
     assert float(loss) == pytest.approx(
-        0.7 * comps["soft_loss"] + 0.3 * comps["hard_loss"] + 0.5 * comps["attention_loss"], rel=1e-5)
+        0.7 * comps["soft_loss"] + 0.3 * comps["hard_loss"] + 0.5 * comps["attention_loss"], rel=1e-5
+    )
     assert_trains_student_not_teacher(trainer)
     assert any("attention_loss" in h for h in trainer.state.log_history)
 
@@ -305,8 +329,9 @@ def test_attention_distillation_misconfiguration(tmp_path, problem, match):
 def test_attention_teacher_given_by_path_is_loaded_eager(tmp_path):
     tiny_bert(layers=2, hidden=32).save_pretrained(tmp_path / "teacher")  # saved with the default (sdpa)
     student = tiny_bert(layers=1, hidden=32, attn_implementation="eager")
-    trainer = DistillationTrainer(model=student, teacher_model=str(tmp_path / "teacher"),
-                                  args=make_args(tmp_path, attention_weight=1.0))
+    trainer = DistillationTrainer(
+        model=student, teacher_model=str(tmp_path / "teacher"), args=make_args(tmp_path, attention_weight=1.0)
+    )
     assert trainer.teacher.config._attn_implementation == "eager"
     batch = first(base_rows())
     _, comps = eval_components(trainer, batch)

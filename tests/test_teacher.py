@@ -21,8 +21,9 @@ def test_teacher_forward_builds_no_autograd_graph(tmp_path):
         seen.append((torch.is_grad_enabled(), output.logits.requires_grad, output.logits.grad_fn))
 
     teacher.register_forward_hook(check)
-    trainer = DistillationTrainer(student, teacher, dargs(tmp_path, hidden_weight=1.0, layer_map="1:2"),
-                                  train_dataset=classification_data(8))
+    trainer = DistillationTrainer(
+        student, teacher, dargs(tmp_path, hidden_weight=1.0, layer_map="1:2"), train_dataset=classification_data(8)
+    )
     outputs = trainer.teacher_forward(fixed_batch())
     tensors = [outputs[0].logits, *outputs[0].hidden_states]
     assert all(not t.requires_grad and t.grad_fn is None for t in tensors)
@@ -47,8 +48,12 @@ def test_hidden_states_are_requested_only_when_a_loss_needs_them(tmp_path, hidde
 
 def test_teacher_dtype_runs_the_teacher_in_bf16_and_keeps_the_losses_in_fp32(tmp_path):
     teacher, student = tiny_bert(layers=2, hidden=32), tiny_bert(layers=1, hidden=32, seed=1)
-    trainer = DistillationTrainer(student, teacher, dargs(tmp_path, teacher_dtype="bfloat16", hidden_weight=1.0,
-                                                          layer_map="1:2"), train_dataset=classification_data(8))
+    trainer = DistillationTrainer(
+        student,
+        teacher,
+        dargs(tmp_path, teacher_dtype="bfloat16", hidden_weight=1.0, layer_map="1:2"),
+        train_dataset=classification_data(8),
+    )
     assert all(p.dtype == torch.bfloat16 for p in trainer.teacher.parameters())
     assert all(p.dtype == torch.float32 for p in student.parameters())
     out = trainer.teacher_forward(fixed_batch())[0]

@@ -29,8 +29,13 @@ from hf_distill import (
 
 
 def dargs(tmp_path, **kw):
-    base = {"per_device_train_batch_size": 4, "per_device_eval_batch_size": 8, "learning_rate": 1e-3, "seed": 0,
-            "data_seed": 0}
+    base = {
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 8,
+        "learning_rate": 1e-3,
+        "seed": 0,
+        "data_seed": 0,
+    }
     return distillation_args(tmp_path / "out", **{**base, **kw})
 
 

@@ -21,8 +21,9 @@ def ref_ce(rows, targets):
 
 def make_trainer(tmp_path, data=None, **kw):
     teacher, student = sharpen(tiny_bert(layers=2, hidden=32, seed=5)), tiny_bert(layers=1, hidden=32, seed=1)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path, **kw),
-                                  train_dataset=data)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=make_args(tmp_path, **kw), train_dataset=data
+    )
     return trainer, student, teacher
 
 
@@ -32,8 +33,11 @@ def logits_of(model, batch):
 
 
 def test_mixed_batch_hard_loss_over_labelled_rows_soft_over_all(tmp_path):
-    ds = mark_unlabelled(classification_data(4, 10).map(
-        lambda ex, i: {"labels": None if i in (1, 3) else ex["labels"]}, with_indices=True))
+    ds = mark_unlabelled(
+        classification_data(4, 10).map(
+            lambda ex, i: {"labels": None if i in (1, 3) else ex["labels"]}, with_indices=True
+        )
+    )
     batch = {k: torch.tensor(ds[k]) for k in ds.column_names}
     assert batch["labels"].tolist()[1] == -100 and batch["labels"].tolist()[3] == -100
     trainer, student, teacher = make_trainer(tmp_path)

@@ -22,9 +22,11 @@ GKD_CONFIG = str(ROOT / "recipes" / "configs" / "causal_lm_gkd.yaml")  # lmbda 0
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("xtok_recipe")
     bpe, wp = bpe_tokenizer(), wordpiece_tokenizer()
-    for name, tok, model in (("student", bpe, tiny_gpt2(len(bpe), seed=2)), ("wordpiece_expert", wp,
-                             tiny_gpt2(len(wp), seed=0, hidden=24, layers=2)),
-                             ("bpe_expert", bpe, tiny_gpt2(len(bpe), seed=1, hidden=24, layers=2))):
+    for name, tok, model in (
+        ("student", bpe, tiny_gpt2(len(bpe), seed=2)),
+        ("wordpiece_expert", wp, tiny_gpt2(len(wp), seed=0, hidden=24, layers=2)),
+        ("bpe_expert", bpe, tiny_gpt2(len(bpe), seed=1, hidden=24, layers=2)),
+    ):
         model.save_pretrained(root / name)
         tok.save_pretrained(root / name)
     files = []
@@ -33,22 +35,73 @@ def setup(tmp_path_factory):
         with open(path, "w") as f:
             for i, text in enumerate(texts):
                 words = text.split(" ")
-                f.write(json.dumps({"prompt": " ".join(words[:2]), "completion": " " + " ".join(words[2:]),
-                                    "expert": ["wordpiece_expert", "bpe_expert"][i % 2]}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "prompt": " ".join(words[:2]),
+                            "completion": " " + " ".join(words[2:]),
+                            "expert": ["wordpiece_expert", "bpe_expert"][i % 2],
+                        }
+                    )
+                    + "\n"
+                )
         files.append(str(path))
     return root, files
 
 
 def recipe_args(root, files, out, *extra):
-    return [GKD_CONFIG, "--teacher_model_name_or_path", f"{root / 'wordpiece_expert'},{root / 'bpe_expert'}",
-            "--student_model_name_or_path", str(root / "student"), "--cross_tokenizer", "hybrid",
-            "--teacher_id_column", "expert", "--train_file", files[0], "--validation_file", files[1],
-            "--dataset_name", "", "--train_split", "train", "--validation_split", "validation",
-            "--output_dir", str(out), "--report_to", "none", "--save_strategy", "no", "--logging_steps", "1",
-            "--disable_tqdm", "true", "--use_cpu", "true", "--bf16", "false", "--max_length", "24",
-            "--max_new_tokens", "5", "--max_steps", "3", "--gradient_accumulation_steps", "1",
-            "--learning_rate", "1e-2", "--per_device_eval_batch_size", "4", "--num_generation_samples", "2",
-            "--loss_chunk_size", "8", *extra]
+    return [
+        GKD_CONFIG,
+        "--teacher_model_name_or_path",
+        f"{root / 'wordpiece_expert'},{root / 'bpe_expert'}",
+        "--student_model_name_or_path",
+        str(root / "student"),
+        "--cross_tokenizer",
+        "hybrid",
+        "--teacher_id_column",
+        "expert",
+        "--train_file",
+        files[0],
+        "--validation_file",
+        files[1],
+        "--dataset_name",
+        "",
+        "--train_split",
+        "train",
+        "--validation_split",
+        "validation",
+        "--output_dir",
+        str(out),
+        "--report_to",
+        "none",
+        "--save_strategy",
+        "no",
+        "--logging_steps",
+        "1",
+        "--disable_tqdm",
+        "true",
+        "--use_cpu",
+        "true",
+        "--bf16",
+        "false",
+        "--max_length",
+        "24",
+        "--max_new_tokens",
+        "5",
+        "--max_steps",
+        "3",
+        "--gradient_accumulation_steps",
+        "1",
+        "--learning_rate",
+        "1e-2",
+        "--per_device_eval_batch_size",
+        "4",
+        "--num_generation_samples",
+        "2",
+        "--loss_chunk_size",
+        "8",
+        *extra,
+    ]
 
 
 def check_run(out: Path, processes: int):
@@ -79,10 +132,21 @@ def test_routed_cross_tokenizer_recipe_torchrun_two_processes(setup, tmp_path):
     root, files = setup
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-         str(ROOT / "recipes" / "distil_causal_lm.py"),
-         *recipe_args(root, files, tmp_path / "two", "--per_device_train_batch_size", "2")],
-        env=env, capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            str(ROOT / "recipes" / "distil_causal_lm.py"),
+            *recipe_args(root, files, tmp_path / "two", "--per_device_train_batch_size", "2"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = check_run(tmp_path / "two", 2)

@@ -46,8 +46,16 @@ TEST_ARGS = {"report_to": [], "use_cpu": True, "save_strategy": "no", "disable_t
 
 
 # The causal-LM trainer tests' settings (test_llm_trainer.py, test_packing.py): 3 SGD steps at T = 1.
-LM_TRAINER_ARGS = {"per_device_train_batch_size": 4, "max_steps": 3, "optim": "sgd", "learning_rate": 0.5, "seed": 0,
-                   "soft_weight": 0.6, "hard_weight": 0.4, "temperature": 1.0}
+LM_TRAINER_ARGS = {
+    "per_device_train_batch_size": 4,
+    "max_steps": 3,
+    "optim": "sgd",
+    "learning_rate": 0.5,
+    "seed": 0,
+    "soft_weight": 0.6,
+    "hard_weight": 0.4,
+    "temperature": 1.0,
+}
 
 
 def distillation_args(output_dir, /, **kw) -> DistillationArguments:
@@ -113,16 +121,35 @@ def gpt2_config(vocab=VOCAB, hidden=32, layers=4, heads=4, positions=64, dropout
     """A tiny GPT-2 config; `dropout` sets the residual, embedding and attention dropout (None: GPT-2's 0.1)."""
     if dropout is not None:
         kw.update(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
-    return tf.GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=positions,
-                         bos_token_id=0, eos_token_id=0, **kw)
+    return tf.GPT2Config(
+        vocab_size=vocab,
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=heads,
+        n_positions=positions,
+        bos_token_id=0,
+        eos_token_id=0,
+        **kw,
+    )
 
 
-def llama_config(vocab=VOCAB, hidden=32, layers=4, heads=4, kv_heads=2, intermediate=64, positions=64,
-                 **kw) -> tf.LlamaConfig:
+def llama_config(
+    vocab=VOCAB, hidden=32, layers=4, heads=4, kv_heads=2, intermediate=64, positions=64, **kw
+) -> tf.LlamaConfig:
     """A tiny Llama config (grouped-query attention: `kv_heads` < `heads`)."""
-    return tf.LlamaConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                          num_key_value_heads=kv_heads, intermediate_size=intermediate,
-                          max_position_embeddings=positions, bos_token_id=0, eos_token_id=0, pad_token_id=0, **kw)
+    return tf.LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=positions,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+        **kw,
+    )
 
 
 def tiny_gpt2(layers=4, hidden=32, seed=0, vocab=VOCAB, **config) -> tf.GPT2LMHeadModel:
@@ -142,8 +169,9 @@ def tiny_lm_config(arch: str = "llama", vocab: int = 56, hidden: int = 16, **kw)
     """Config of the 2-layer causal LMs of the chunked-loss tests: no dropout, untied Llama head, 32 positions."""
     if arch == "gpt2":
         return gpt2_config(vocab, hidden, 2, heads=2, positions=32, dropout=0.0, **kw)
-    return llama_config(vocab, hidden, 2, heads=2, kv_heads=1, intermediate=2 * hidden, positions=32,
-                        tie_word_embeddings=False, **kw)
+    return llama_config(
+        vocab, hidden, 2, heads=2, kv_heads=1, intermediate=2 * hidden, positions=32, tie_word_embeddings=False, **kw
+    )
 
 
 def tiny_lm(arch: str = "llama", vocab: int = 56, hidden: int = 16, seed: int = 0):
@@ -269,8 +297,9 @@ def one_and_two_processes(script: str, out_dir, one: list[str], two: list[str], 
     """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(os.path.dirname(script))}
     run_to_completion([sys.executable, script, str(out_dir / "one"), *one], env, **run_kw)
-    run_to_completion([TORCHRUN, "--nproc_per_node", "2", "--standalone", script, str(out_dir / "two"), *two], env,
-                      **run_kw)
+    run_to_completion(
+        [TORCHRUN, "--nproc_per_node", "2", "--standalone", script, str(out_dir / "two"), *two], env, **run_kw
+    )
     single, double = torch.load(out_dir / "one" / "final.pt"), torch.load(out_dir / "two" / "final.pt")
     assert single.pop("world_size").item() == 1 and double.pop("world_size").item() == 2
     return single, double

@@ -11,8 +11,14 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from hf_distill.lm_data import tokenize_prompt_completion
 
 TEXTS = [
-    "the cat sat on the mat", "a dog ran in the park", "cars drive themselves now", "i do not trust self driving cars",
-    "the weather is nice today", "machines learn from data", "the park is green in spring", "a cat and a dog play",
+    "the cat sat on the mat",
+    "a dog ran in the park",
+    "cars drive themselves now",
+    "i do not trust self driving cars",
+    "the weather is nice today",
+    "machines learn from data",
+    "the park is green in spring",
+    "a cat and a dog play",
 ] * 3
 
 
@@ -21,11 +27,16 @@ def bpe_tokenizer(vocab: int = 300) -> tf.PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=["<|endoftext|>"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(TEXTS, trainer)
-    return tf.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                      pad_token="<|endoftext|>")
+    return tf.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
 
 
 def wordpiece_tokenizer(vocab: int | dict = 120) -> tf.PreTrainedTokenizerFast:
@@ -38,16 +49,32 @@ def wordpiece_tokenizer(vocab: int | dict = 120) -> tf.PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
     if not isinstance(vocab, dict):
-        tok.train_from_iterator(TEXTS, trainers.WordPieceTrainer(
-            vocab_size=vocab, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"], show_progress=False))
-    return tf.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                      sep_token="[SEP]")
+        tok.train_from_iterator(
+            TEXTS,
+            trainers.WordPieceTrainer(
+                vocab_size=vocab, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"], show_progress=False
+            ),
+        )
+    return tf.PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]"
+    )
 
 
 def tiny_gpt2(vocab: int, seed: int = 0, hidden: int = 16, layers: int = 1) -> tf.GPT2LMHeadModel:
     torch.manual_seed(seed)
-    config = tf.GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=2, n_positions=64, resid_pdrop=0.0,
-                           embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    config = tf.GPT2Config(
+        vocab_size=vocab,
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=2,
+        n_positions=64,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
     return tf.GPT2LMHeadModel(config)
 
 

@@ -32,9 +32,14 @@ def record_generations(trainer, calls: list) -> list[dict]:
     def recording(model, *a, **kw):
         before = len(calls)
         out = generate(model, *a, **kw)
-        record.append({"synced": synced_generation(model), "lm_head_calls": len(calls) - before,
-                       "partitioned": any(hasattr(p, "ds_id") and p.numel() == 0 for p in model.parameters()),
-                       "lengths": out[1].tolist()})
+        record.append(
+            {
+                "synced": synced_generation(model),
+                "lm_head_calls": len(calls) - before,
+                "partitioned": any(hasattr(p, "ds_id") and p.numel() == 0 for p in model.parameters()),
+                "lengths": out[1].tolist(),
+            }
+        )
         return out
 
     trainer.sampler._generate = recording
@@ -43,13 +48,26 @@ def record_generations(trainer, calls: list) -> list[dict]:
 
 def main(out_dir: str) -> None:
     tokenizer, data = prompt_data(out_dir)
-    args = distillation_args(out_dir, seed=0, lmbda=1.0, max_new_tokens=MAX_NEW, temperature=1.0, max_steps=2,
-                             per_device_train_batch_size=2, learning_rate=1e-2)
+    args = distillation_args(
+        out_dir,
+        seed=0,
+        lmbda=1.0,
+        max_new_tokens=MAX_NEW,
+        temperature=1.0,
+        max_steps=2,
+        per_device_train_batch_size=2,
+        learning_rate=1e-2,
+    )
     # 3200 x 32 embeddings: above ZeRO-3's persistence threshold (1e5 elements), so really partitioned
     student, teacher = tiny_gpt2(layers=2, seed=0, vocab=3200), tiny_gpt2(layers=3, seed=1, vocab=3200)
-    trainer = DistillationTrainer(student, teacher, args, train_dataset=data,
-                                  processing_class=tokenizer,
-                                  data_collator=PromptCompletionCollator.from_tokenizer(tokenizer))
+    trainer = DistillationTrainer(
+        student,
+        teacher,
+        args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        data_collator=PromptCompletionCollator.from_tokenizer(tokenizer),
+    )
     rank = trainer.args.process_index
     student = trainer.student
     _, calls = end_early(student, tokenizer.sep_token_id) if rank == 0 else end_early(student, -1)
@@ -69,8 +87,9 @@ def main(out_dir: str) -> None:
             "is_deepspeed_enabled": trainer.is_deepspeed_enabled,
             "zero_stage": engine.zero_optimization_stage() if hasattr(engine, "zero_optimization_stage") else None,
             "generations": gathered,
-            "on_policy_fractions": [e["on_policy_fraction"] for e in trainer.state.log_history
-                                    if "on_policy_fraction" in e],
+            "on_policy_fractions": [
+                e["on_policy_fraction"] for e in trainer.state.log_history if "on_policy_fraction" in e
+            ],
             "student_changed": any(not torch.equal(after[n], before[n]) for n in names if n in before),
             "finite": all(bool(torch.isfinite(v).all()) for v in after.values()),
         }

@@ -47,8 +47,14 @@ class ClassificationDataArguments(DataSourceArguments):
 
 # LoRA flags (`--use_peft`): peft.LoraConfig field -> the recipe's default. The flags are `--lora_<field>` (fields
 # already named lora_* keep their name), typed and documented from LoraConfig itself (`lora_config` builds it).
-LORA_DEFAULTS = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear", "use_rslora": False,
-                 "use_dora": False}
+LORA_DEFAULTS = {
+    "r": 16,
+    "lora_alpha": 32,
+    "lora_dropout": 0.05,
+    "target_modules": "all-linear",
+    "use_rslora": False,
+    "use_dora": False,
+}
 
 
 def _lora_flag(name: str) -> str:
@@ -59,15 +65,28 @@ def _lora_arguments():
     from peft import LoraConfig
 
     helps = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(LoraConfig)}
-    fields = [("use_peft", bool, field(default=False, metadata={
-        "help": "Train a LoRA adapter on the student instead of all weights (the --lora_* flags configure it)."}))]
+    fields = [
+        (
+            "use_peft",
+            bool,
+            field(
+                default=False,
+                metadata={
+                    "help": "Train a LoRA adapter on the student instead of all weights "
+                    "(the --lora_* flags configure it)."
+                },
+            ),
+        )
+    ]
     for name, default in LORA_DEFAULTS.items():
         text = helps[name].split(". ")[0].rstrip(".") + "."  # peft's first sentence
         if name == "target_modules":
             text = "Comma-separated module names, or 'all-linear'. (peft: " + text + ")"
         fields.append((_lora_flag(name), type(default), field(default=default, metadata={"help": text})))
-    namespace = {"__module__": __name__,
-                 "__doc__": "--use_peft and the LoRA flags, built from peft.LoraConfig's fields (LORA_DEFAULTS)."}
+    namespace = {
+        "__module__": __name__,
+        "__doc__": "--use_peft and the LoRA flags, built from peft.LoraConfig's fields (LORA_DEFAULTS).",
+    }
     return dataclasses.make_dataclass("LoraArguments", fields, namespace=namespace)
 
 
@@ -95,9 +114,11 @@ def lora_config(args, task_type: str = "CAUSAL_LM"):
 class OutputArguments:
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Remove what earlier runs wrote in output_dir (listed in its manifest; checkpoints "
-                          "included) before training; the run's inputs and files no run wrote stay. Otherwise the "
-                          "recipe refuses to start in a non-empty output_dir unless resuming (docs/reliability.md)."},
+        metadata={
+            "help": "Remove what earlier runs wrote in output_dir (listed in its manifest; checkpoints "
+            "included) before training; the run's inputs and files no run wrote stay. Otherwise the "
+            "recipe refuses to start in a non-empty output_dir unless resuming (docs/reliability.md)."
+        },
     )
 
 
@@ -181,8 +202,10 @@ def check_device(device: str | None, flag: str = "device") -> None:
     if dev.type == "cuda":
         if torch.version.cuda is None or not torch.cuda.is_available():
             why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise ValueError(f"--{flag} {device}, but {why} (torch {torch.__version__}): pass --{flag} cpu, or run "
-                             "where a GPU is visible with a CUDA build of torch.")
+            raise ValueError(
+                f"--{flag} {device}, but {why} (torch {torch.__version__}): pass --{flag} cpu, or run "
+                "where a GPU is visible with a CUDA build of torch."
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"--{flag} {device}, but only {torch.cuda.device_count()} CUDA device(s) are visible.")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
@@ -225,18 +248,27 @@ def resolve_sources(config: dict, given: dict, config_path: str | None = None) -
         for alt in alternatives:
             in_file = [n for n in alt if _is_set(config.get(n))]
             if on_cli and alt not in on_cli and in_file:
-                logger.warning("%s: %s on the command line takes precedence over %s in %s (ignored).", what,
-                               _flags(on_cli[0], given), _flags(in_file, config), source)
+                logger.warning(
+                    "%s: %s on the command line takes precedence over %s in %s (ignored).",
+                    what,
+                    _flags(on_cli[0], given),
+                    _flags(in_file, config),
+                    source,
+                )
                 for n in in_file:
                     del config[n]
         merged = {**config, **given}
         chosen = [alt for alt in alternatives if any(_is_set(merged.get(n)) for n in alt)]
         if len(chosen) > 1:
             where = {n: "command line" if _is_set(given.get(n)) else source for alt in chosen for n in alt}
-            named = "; ".join(f"{_flags(alt, merged)} ({', '.join(sorted({where[n] for n in alt if n in merged}))})"
-                              for alt in chosen)
-            raise ValueError(f"{what} is named twice: {named}. Give one of them (an empty value, e.g. "
-                             f"--{chosen[0][0]} \"\", unsets one from a config file).")
+            named = "; ".join(
+                f"{_flags(alt, merged)} ({', '.join(sorted({where[n] for n in alt if n in merged}))})"
+                for alt in chosen
+            )
+            raise ValueError(
+                f"{what} is named twice: {named}. Give one of them (an empty value, e.g. "
+                f'--{chosen[0][0]} "", unsets one from a config file).'
+            )
     return config
 
 

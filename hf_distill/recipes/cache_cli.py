@@ -56,8 +56,11 @@ class CacheArguments:
     text_column: str = field(default="text", metadata={"help": "Text column of data_file."})
     text_pair_column: str | None = field(default=None, metadata={"help": "Second text column (sentence pairs)."})
     label_column: str = field(
-        default="label", metadata={"help": "Label column of data_file, if any: names or ids, stored as the teacher's "
-                                           "label ids (sequence classification)."}
+        default="label",
+        metadata={
+            "help": "Label column of data_file, if any: names or ids, stored as the teacher's "
+            "label ids (sequence classification)."
+        },
     )
     max_length: int = field(default=128, metadata={"help": "Truncation length when tokenizing data_file."})
     split: str = field(default="train", metadata={"help": "Split to cache when the dataset has several."})
@@ -67,8 +70,12 @@ class CacheArguments:
     teacher_dtype: str | None = field(default=None, metadata={"help": "bfloat16 / float16 / float32."})
     device: str | None = field(default=None, metadata={"help": "cuda / cpu; default: cuda when available."})
     overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Replace an earlier cache in output_dir (only what a cache run wrote "
-                                         "there is removed); otherwise a non-empty output_dir is refused."})
+        default=False,
+        metadata={
+            "help": "Replace an earlier cache in output_dir (only what a cache run wrote "
+            "there is removed); otherwise a non-empty output_dir is refused."
+        },
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,8 +88,14 @@ def main(argv: list[str] | None = None) -> None:
     if cli.data_file is not None:
         dataset = encode_data_file(cli, dataset, tokenizer)
     teacher = load_teacher(cli)
-    cached = cache_teacher_outputs(teacher, dataset, top_k=cli.top_k, temperature=cli.temperature,
-                                   batch_size=cli.batch_size, data_collator=DataCollatorWithPadding(tokenizer))
+    cached = cache_teacher_outputs(
+        teacher,
+        dataset,
+        top_k=cli.top_k,
+        temperature=cli.temperature,
+        batch_size=cli.batch_size,
+        data_collator=DataCollatorWithPadding(tokenizer),
+    )
     output.claim()
     try:
         publish(cli.output_dir, cached.save_to_disk)
@@ -99,8 +112,9 @@ def check_arguments(cli: CacheArguments) -> None:
     check_model_source(cli.teacher_model_name_or_path, "teacher_model_name_or_path")
     check_device(cli.device)
     if cli.teacher_dtype is not None and cli.teacher_dtype not in DTYPES:
-        raise ValueError(f"--teacher_dtype {cli.teacher_dtype!r} is not one of {sorted(DTYPES)} (e.g. float16, not "
-                         "fp16).")
+        raise ValueError(
+            f"--teacher_dtype {cli.teacher_dtype!r} is not one of {sorted(DTYPES)} (e.g. float16, not fp16)."
+        )
 
 
 def load_split(cli: CacheArguments):
@@ -144,8 +158,9 @@ def label_ids(cli: CacheArguments, dataset, source: dict[str, str], id2label: di
     mapping = label_mapping({cli.split: dataset}, [cli.split], label, id2label)
     features = dataset.features.copy()
     features[label] = Value("int64")
-    return dataset.map(lambda b: {label: [mapping[v] for v in b[label]]}, batched=True, features=features,
-                       desc="label ids")
+    return dataset.map(
+        lambda b: {label: [mapping[v] for v in b[label]]}, batched=True, features=features, desc="label ids"
+    )
 
 
 def load_teacher(cli: CacheArguments):
@@ -165,8 +180,10 @@ def check_output_dir(cli: CacheArguments) -> OutputFolder:
     overlaps = input_overlaps(cli.output_dir, cli)
     if overlaps:
         which = "; ".join(f"{relation} --{flag} {path}" for flag, path, relation in overlaps)
-        raise ValueError(f"--output_dir {cli.output_dir} {which}, an input of this run: the cache would be written "
-                         "into (or over) its own input. Choose another --output_dir.")
+        raise ValueError(
+            f"--output_dir {cli.output_dir} {which}, an input of this run: the cache would be written "
+            "into (or over) its own input. Choose another --output_dir."
+        )
     output = OutputFolder(cli.output_dir, overwrite=cli.overwrite_output_dir, writes=CACHE_PATTERNS, resumable=False)
     output.check(input_paths(cli))
     return output

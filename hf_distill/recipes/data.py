@@ -32,8 +32,10 @@ def file_builder(path: str) -> tuple[str, dict]:
     """(builder, kwargs) for a local data file, from its extension."""
     ext = os.path.splitext(path)[1].lstrip(".").lower()
     if ext not in DATA_FORMATS:
-        raise ValueError(f"{path}: unknown data file format {ext or '(no extension)'!r}; use one of "
-                         f"{sorted(DATA_FORMATS)} (the extension says which).")
+        raise ValueError(
+            f"{path}: unknown data file format {ext or '(no extension)'!r}; use one of "
+            f"{sorted(DATA_FORMATS)} (the extension says which)."
+        )
     return DATA_FORMATS[ext]
 
 
@@ -100,10 +102,15 @@ def load_data_file(path: str, split: str = "train"):
     mixed = [name for name, feature in dataset.features.items() if type(feature).__name__ == "Json"]
     if mixed:
         kinds = {name: sorted({type(v).__name__ for v in dataset[name]}) for name in mixed}
-        rows = "; ".join(f"column {name!r}: " + ", ".join(f"{kind} at row {row}" for kind, row in _first_rows(
-            dataset[name]).items()) for name in mixed)
-        raise ValueError(f"{path}: column(s) {kinds} mix value types ({rows}); every value of a column must have one "
-                         "type (e.g. all label names or all label ids; one string per text).")
+        rows = "; ".join(
+            f"column {name!r}: "
+            + ", ".join(f"{kind} at row {row}" for kind, row in _first_rows(dataset[name]).items())
+            for name in mixed
+        )
+        raise ValueError(
+            f"{path}: column(s) {kinds} mix value types ({rows}); every value of a column must have one "
+            "type (e.g. all label names or all label ids; one string per text)."
+        )
     return dataset
 
 
@@ -120,8 +127,10 @@ def load_data_files(files: dict[str, str]):
     from datasets import DatasetDict
 
     if len({str(file_builder(p)) for p in files.values()}) != 1:
-        raise ValueError(f"data files must have the same format (one of the formats {sorted(DATA_FORMATS)}), got "
-                         f"{sorted(files.values())}.")
+        raise ValueError(
+            f"data files must have the same format (one of the formats {sorted(DATA_FORMATS)}), got "
+            f"{sorted(files.values())}."
+        )
     return DatasetDict({split: load_data_file(path, split) for split, path in files.items()})
 
 
@@ -134,8 +143,10 @@ def load_raw_datasets(data_args: DataSourceArguments):
 
     if data_args.dataset_name:
         if os.path.splitext(data_args.dataset_name)[1].lstrip(".").lower() in DATA_FORMATS:
-            raise ValueError(f"--dataset_name {data_args.dataset_name} looks like a local file, not a Hub dataset: "
-                             "pass local files as --train_file and --validation_file.")
+            raise ValueError(
+                f"--dataset_name {data_args.dataset_name} looks like a local file, not a Hub dataset: "
+                "pass local files as --train_file and --validation_file."
+            )
         raw = load_dataset(data_args.dataset_name, data_args.dataset_config_name)
         sources = {s: f"the {s} split of {data_args.dataset_name}" for s in raw}
     elif data_args.train_file and data_args.validation_file:
@@ -144,14 +155,18 @@ def load_raw_datasets(data_args: DataSourceArguments):
         flags = {data_args.train_split: "--train_file", data_args.validation_split: "--validation_file"}
         sources = {split: f"{flags[split]} {path}" for split, path in files.items()}
     else:
-        raise ValueError("no data: give --dataset_name (Hub) or both --train_file and --validation_file (local "
-                         "files).")
+        raise ValueError(
+            "no data: give --dataset_name (Hub) or both --train_file and --validation_file (local files)."
+        )
     for split in (data_args.train_split, data_args.validation_split):
         if split not in raw:
-            raise ValueError(f"the data has no split {split!r}; it has {sorted(raw)}. Set --train_split / "
-                             "--validation_split.")
-    for split, limit in ((data_args.train_split, data_args.max_train_samples),
-                         (data_args.validation_split, data_args.max_eval_samples)):
+            raise ValueError(
+                f"the data has no split {split!r}; it has {sorted(raw)}. Set --train_split / --validation_split."
+            )
+    for split, limit in (
+        (data_args.train_split, data_args.max_train_samples),
+        (data_args.validation_split, data_args.max_eval_samples),
+    ):
         if limit is not None:
             raw[split] = raw[split].select(range(min(limit, len(raw[split]))))
     return raw, sources
@@ -203,8 +218,9 @@ def require_text(raw, sources: dict, columns: dict[str, str | None], allow_some_
             continue
         for flag, column in columns.items():
             if column is not None:
-                check_text_column(raw[split][column], column, source, flag,
-                                  blank="skipped" if allow_some_blank else "error")
+                check_text_column(
+                    raw[split][column], column, source, flag, blank="skipped" if allow_some_blank else "error"
+                )
 
 
 def model_positions(config) -> int | None:
@@ -225,8 +241,11 @@ def load_classification_data(data_args: ClassificationDataArguments):
     """
     splits = [data_args.train_split, data_args.validation_split]
     raw, sources = load_raw_datasets(data_args)
-    columns = {"text_column": data_args.text_column, "text_column_2": data_args.text_column_2,
-               "label_column": data_args.label_column}
+    columns = {
+        "text_column": data_args.text_column,
+        "text_column_2": data_args.text_column_2,
+        "label_column": data_args.label_column,
+    }
     require_columns(raw, sources, columns)
     require_text(raw, sources, {"text_column": data_args.text_column, "text_column_2": data_args.text_column_2})
     require_values(raw, sources, {"label_column": data_args.label_column})
@@ -238,8 +257,10 @@ def check_max_length(max_length: int, config, who: str) -> None:
     """--max_length must fit the model's position embeddings (else the first long batch crashes at step 1)."""
     limit = model_positions(config)
     if limit is not None and max_length > limit:
-        raise ValueError(f"--max_length {max_length} is more than the {who} can read ({limit} positions, "
-                         f"max_position_embeddings of its config); pass --max_length {limit} or less.")
+        raise ValueError(
+            f"--max_length {max_length} is more than the {who} can read ({limit} positions, "
+            f"max_position_embeddings of its config); pass --max_length {limit} or less."
+        )
 
 
 def generation_room(configs: dict, prompt_tokens: int) -> tuple[int | None, str | None]:
@@ -297,8 +318,10 @@ def encode_texts(tokenizer, texts: list, texts_2: list | None, max_length: int, 
     enc = tokenizer(texts, texts_2, truncation=True, max_length=max_length, **kwargs)
     longest = max((len(ids) for ids in enc["input_ids"]), default=0)
     if longest > max_length:
-        raise ValueError(f"the tokenizer did not truncate to --max_length {max_length} (a row has {longest} tokens); "
-                         "raise --max_length above the special tokens it adds.")
+        raise ValueError(
+            f"the tokenizer did not truncate to --max_length {max_length} (a row has {longest} tokens); "
+            "raise --max_length above the special tokens it adds."
+        )
     return enc
 
 
@@ -377,7 +400,11 @@ def tokenize_classification(raw, splits, tokenizer, data_args: ClassificationDat
 
 def dataset_summary(data_args: DataSourceArguments, n_train: int, n_eval: int) -> dict:
     return {
-        "name": data_args.dataset_name, "config": data_args.dataset_config_name,
-        "train_file": data_args.train_file, "validation_file": data_args.validation_file,
-        "eval_split": data_args.validation_split, "train_examples": n_train, "eval_examples": n_eval,
+        "name": data_args.dataset_name,
+        "config": data_args.dataset_config_name,
+        "train_file": data_args.train_file,
+        "validation_file": data_args.validation_file,
+        "eval_split": data_args.validation_split,
+        "train_examples": n_train,
+        "eval_examples": n_eval,
     }

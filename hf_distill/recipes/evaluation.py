@@ -50,8 +50,9 @@ def _append(done: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
     return new if done is None else nested_concat(done, new, padding_index=IGNORE_INDEX)
 
 
-def compare_on_eval(trainer, models: dict[str, torch.nn.Module], eval_dataset, metric_fn,
-                    parameters: dict[str, int] | None = None) -> Comparison:
+def compare_on_eval(
+    trainer, models: dict[str, torch.nn.Module], eval_dataset, metric_fn, parameters: dict[str, int] | None = None
+) -> Comparison:
     """Evaluate several models on the same eval batches, predictions gathered across processes.
 
     Speed is timed per process on its own batches, each model on the same batch one after the other, after

@@ -14,16 +14,25 @@ from ..modeling import is_hub_id
 logger = logging.getLogger(__name__)
 
 # Files that `tokenizer.save_pretrained` writes (one of them is enough to load a tokenizer).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
-                   "sentencepiece.bpe.model", "tokenizer.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
 
 
 def check_model_source(path: str, flag: str) -> None:
     """A model argument must be a saved model folder or a Hub id; say which it is not, before anything loads."""
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "config.json")):
-            raise ValueError(f"--{flag} {path} is a folder without config.json, so not a saved model; give the folder "
-                             "that `save_pretrained` wrote.")
+            raise ValueError(
+                f"--{flag} {path} is a folder without config.json, so not a saved model; give the folder "
+                "that `save_pretrained` wrote."
+            )
         check_weight_files(path, flag)
         return
     if os.path.exists(path):
@@ -31,11 +40,14 @@ def check_model_source(path: str, flag: str) -> None:
     first = path.split("/", 1)[0]
     looks_local = path.startswith((".", "~")) or os.path.isabs(path) or (os.sep in path and os.path.isdir(first))
     if looks_local or not is_hub_id(path):
-        raise ValueError(f"--{flag} {path}: no such local folder (and it is not a Hub model id 'owner/name' "
-                         "either). Check the path.")
+        raise ValueError(
+            f"--{flag} {path}: no such local folder (and it is not a Hub model id 'owner/name' "
+            "either). Check the path."
+        )
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        logger.warning("--%s %s is not a local folder; it is read as a Hub id from the cache (HF_HUB_OFFLINE is set).",
-                       flag, path)
+        logger.warning(
+            "--%s %s is not a local folder; it is read as a Hub id from the cache (HF_HUB_OFFLINE is set).", flag, path
+        )
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -54,20 +66,26 @@ def check_weight_files(folder: str, flag: str) -> None:
 
     names = sorted(f for f in os.listdir(folder) if f.endswith(WEIGHT_SUFFIXES))
     if not names:
-        raise ValueError(f"--{flag} {folder} has a config.json but no weights (*.safetensors or *.bin): the save did "
-                         "not finish. Save the model again (`save_pretrained`) or give another folder.")
+        raise ValueError(
+            f"--{flag} {folder} has a config.json but no weights (*.safetensors or *.bin): the save did "
+            "not finish. Save the model again (`save_pretrained`) or give another folder."
+        )
     for index in (f for f in os.listdir(folder) if f.endswith(".index.json")):  # sharded weights: every shard there
         with open(os.path.join(folder, index), encoding="utf-8") as f:
             shards = set(json.load(f).get("weight_map", {}).values())
         missing = sorted(s for s in shards if not os.path.isfile(os.path.join(folder, s)))
         if missing:
-            raise ValueError(f"--{flag}: {folder}/{index} lists shard(s) {missing} that are not in the folder. Copy "
-                             "the missing files or save the model again (`save_pretrained`).")
+            raise ValueError(
+                f"--{flag}: {folder}/{index} lists shard(s) {missing} that are not in the folder. Copy "
+                "the missing files or save the model again (`save_pretrained`)."
+            )
     for name in names:
         file = os.path.join(folder, name)
         if problem := saved_file_problem(file, legacy_pickle_ok=True):
-            raise ValueError(f"--{flag}: the weight file {file} is damaged or truncated ({problem}). Copy or save the "
-                             "model again (`save_pretrained`), or give another folder.")
+            raise ValueError(
+                f"--{flag}: the weight file {file} is damaged or truncated ({problem}). Copy or save the "
+                "model again (`save_pretrained`), or give another folder."
+            )
 
 
 def check_student_tokenizer(student_path: str | None, tokenizer, teacher_path: str) -> None:
@@ -85,8 +103,12 @@ def check_student_tokenizer(student_path: str | None, tokenizer, teacher_path: s
                 f"its vocabulary size ({vocab_size}) is not the teacher tokenizer's ({len(tokenizer)}): save the "
                 "tokenizer the student was trained with into that folder (`tokenizer.save_pretrained`)."
             )
-        logger.warning("the student folder %s has no tokenizer files; it is trained with the teacher's tokenizer "
-                       "(same vocabulary size, %d).", student_path, vocab_size)
+        logger.warning(
+            "the student folder %s has no tokenizer files; it is trained with the teacher's tokenizer "
+            "(same vocabulary size, %d).",
+            student_path,
+            vocab_size,
+        )
         return
     if AutoTokenizer.from_pretrained(student_path).get_vocab() != tokenizer.get_vocab():
         raise ValueError(
@@ -112,22 +134,27 @@ def _init_layers(layers: str | None, num_layers: int | None, n_teacher: int) -> 
         try:
             picked = [int(x) for x in layers.split(",")]
         except ValueError:
-            raise ValueError(f"--student_layers {layers!r} must be comma-separated layer numbers, e.g. '1,3,5'.") \
-                from None
+            raise ValueError(
+                f"--student_layers {layers!r} must be comma-separated layer numbers, e.g. '1,3,5'."
+            ) from None
         bad = [i for i in picked if not 0 <= i < n_teacher]
         if bad:
-            raise ValueError(f"--student_layers {layers}: {bad} out of range; the teacher has layers "
-                             f"0..{n_teacher - 1}.")
+            raise ValueError(
+                f"--student_layers {layers}: {bad} out of range; the teacher has layers 0..{n_teacher - 1}."
+            )
         return picked
     n = num_layers or n_teacher // 2
     if not 1 <= n <= n_teacher:
-        raise ValueError(f"--student_num_layers {n}: a student cut from a {n_teacher}-layer teacher has 1 to "
-                         f"{n_teacher} layers; for a deeper student pass --student_model_name_or_path.")
+        raise ValueError(
+            f"--student_num_layers {n}: a student cut from a {n_teacher}-layer teacher has 1 to "
+            f"{n_teacher} layers; for a deeper student pass --student_model_name_or_path."
+        )
     return [t - 1 for t in uniform_layer_map(n, n_teacher).values()]
 
 
-def build_student(auto_class, teacher, student_path: str | None, num_layers: int | None = None,
-                  layers: str | None = None):
+def build_student(
+    auto_class, teacher, student_path: str | None, num_layers: int | None = None, layers: str | None = None
+):
     """(student, StudentInfo): the given student, or the teacher cut to `layers` ("0,2,4") or to `num_layers`
     (default half) along the uniform map."""
     n_teacher = count_layers(teacher)

@@ -28,21 +28,50 @@ LOCK_NAME = ".hf_distill.lock"
 MANIFEST_NAME = ".hf_distill_manifest.json"
 STAGING_NAME = ".incomplete-save"
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+)
 # Never uploaded with the student: intermediate checkpoints, logs, the lock and the pickled arguments.
-PUSH_IGNORE = ["checkpoint-*", "checkpoint-*/**", "runs/**", "*.pt", "training_args.bin", LOCK_NAME, MANIFEST_NAME,
-               f"{STAGING_NAME}/**"]
+PUSH_IGNORE = [
+    "checkpoint-*",
+    "checkpoint-*/**",
+    "runs/**",
+    "*.pt",
+    "training_args.bin",
+    LOCK_NAME,
+    MANIFEST_NAME,
+    f"{STAGING_NAME}/**",
+]
 # What a run creates in its output folder without naming each file first (the Trainer's checkpoints, the two-stage
 # and hard-baseline scratch folders, the final save's staging folder, tracker logs): in a folder with a manifest
 # these belong to the runs, unless they were there, foreign, when the manifest began.
 RUN_PATTERNS = ("checkpoint-*", "stage1", "hard_baseline", STAGING_NAME, "runs")
 # What the end of a run writes (the student, its tokenizer, the card, the results): a foreign file with one of these
 # names in the folder would be written over, so `--overwrite_output_dir` refuses to start beside it.
-FINAL_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "config.json",
-                  "generation_config.json", "adapter_config.json", "tokenizer*", "special_tokens_map.json",
-                  "added_tokens.json", "vocab.*", "merges.txt", "spiece.model", "chat_template.*", "README.md",
-                  "distillation_results.json", "training_args.bin")
+FINAL_PATTERNS = (
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "*.bin",
+    "*.bin.index.json",
+    "config.json",
+    "generation_config.json",
+    "adapter_config.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.*",
+    "merges.txt",
+    "spiece.model",
+    "chat_template.*",
+    "README.md",
+    "distillation_results.json",
+    "training_args.bin",
+)
 MIN_FREE_BYTES = 50 * 2**20
 
 
@@ -123,8 +152,11 @@ def checkpoints(folder: str) -> list[str]:
     if not os.path.isdir(folder):
         return []
     found = [(int(m.group(1)), name) for name in os.listdir(folder) if (m := CHECKPOINT.match(name))]
-    return [os.path.join(folder, name) for _, name in sorted(found, reverse=True)
-            if os.path.isdir(os.path.join(folder, name))]
+    return [
+        os.path.join(folder, name)
+        for _, name in sorted(found, reverse=True)
+        if os.path.isdir(os.path.join(folder, name))
+    ]
 
 
 def resolve_resume(resume: str | None, folder: str) -> str | None:
@@ -138,19 +170,28 @@ def resolve_resume(resume: str | None, folder: str) -> str | None:
             problem = checkpoint_problem(path)
             if problem is None:
                 for bad, why in skipped:
-                    logger.warning("not resuming from %s: incomplete (%s; the run was probably stopped while saving "
-                                   "it); resuming from %s instead.", bad, why, path)
+                    logger.warning(
+                        "not resuming from %s: incomplete (%s; the run was probably stopped while saving "
+                        "it); resuming from %s instead.",
+                        bad,
+                        why,
+                        path,
+                    )
                 return path
             skipped.append((path, problem))
         details = "; ".join(f"{os.path.basename(p)}: {why}" for p, why in skipped)
-        raise ValueError(f"--resume_from_checkpoint {resume} but {folder} holds no complete checkpoint-* folder"
-                         f"{' (' + details + ')' if details else ''}. {what_works(folder)}")
+        raise ValueError(
+            f"--resume_from_checkpoint {resume} but {folder} holds no complete checkpoint-* folder"
+            f"{' (' + details + ')' if details else ''}. {what_works(folder)}"
+        )
     if not os.path.isdir(resume):
         raise ValueError(f"--resume_from_checkpoint {resume} is not a folder; give a checkpoint-N folder or 'last'.")
     problem = checkpoint_problem(resume)
     if problem is not None:
-        raise ValueError(f"--resume_from_checkpoint {resume} is incomplete ({problem}); give an older checkpoint or "
-                         "'last' (the newest complete one).")
+        raise ValueError(
+            f"--resume_from_checkpoint {resume} is incomplete ({problem}); give an older checkpoint or "
+            "'last' (the newest complete one)."
+        )
     return resume
 
 
@@ -160,8 +201,9 @@ def checkpoint_mismatch(checkpoint: str, model) -> str | None:
     and only warn for missing or extra layers (then train a partly fresh model)."""
     from safetensors import safe_open
 
-    files = [name for name in sorted(os.listdir(checkpoint)) if name.startswith("model") and name.endswith(
-        ".safetensors")]
+    files = [
+        name for name in sorted(os.listdir(checkpoint)) if name.startswith("model") and name.endswith(".safetensors")
+    ]
     if not files:
         return None
     saved = {}
@@ -169,8 +211,11 @@ def checkpoint_mismatch(checkpoint: str, model) -> str | None:
         with safe_open(os.path.join(checkpoint, name), "pt") as f:
             saved.update({key: tuple(f.get_slice(key).get_shape()) for key in f.keys()})  # noqa: SIM118
     state = model.state_dict()
-    wrong = [f"{key}: {tuple(saved[key])} in the checkpoint, {tuple(t.shape)} in the model"
-             for key, t in state.items() if key in saved and tuple(saved[key]) != tuple(t.shape)]
+    wrong = [
+        f"{key}: {tuple(saved[key])} in the checkpoint, {tuple(t.shape)} in the model"
+        for key, t in state.items()
+        if key in saved and tuple(saved[key]) != tuple(t.shape)
+    ]
     present = {t.data_ptr() for key, t in state.items() if key in saved and t.numel()}
     missing = [key for key, t in state.items() if key not in saved and not (t.numel() and t.data_ptr() in present)]
     extra = [key for key in saved if key not in state]  # tied copies are saved once, under one of their names
@@ -187,9 +232,11 @@ def check_checkpoint_fits(checkpoint: str, model) -> None:
     number of layers): resuming it would fail with a raw traceback or silently train a partly fresh model."""
     problem = checkpoint_mismatch(checkpoint, model)
     if problem is not None:
-        raise ValueError(f"--resume_from_checkpoint: {checkpoint} was written for another model than this run builds "
-                         f"({problem}). Resume with the model arguments of the run that wrote it, or start over with "
-                         "--overwrite_output_dir / another --output_dir.")
+        raise ValueError(
+            f"--resume_from_checkpoint: {checkpoint} was written for another model than this run builds "
+            f"({problem}). Resume with the model arguments of the run that wrote it, or start over with "
+            "--overwrite_output_dir / another --output_dir."
+        )
 
 
 def newest_complete_checkpoint(folder: str) -> str | None:
@@ -206,12 +253,16 @@ def what_works(folder: str, resumable: bool = True) -> str:
         return "Start without --resume_from_checkpoint."
     newest = newest_complete_checkpoint(folder) if resumable else None
     if newest is not None:
-        return (f"Continue it with --resume_from_checkpoint last (from {os.path.basename(newest)}), start over with "
-                "--overwrite_output_dir (it removes only what runs wrote there), or choose another --output_dir.")
+        return (
+            f"Continue it with --resume_from_checkpoint last (from {os.path.basename(newest)}), start over with "
+            "--overwrite_output_dir (it removes only what runs wrote there), or choose another --output_dir."
+        )
     return ("It holds no complete checkpoint to resume from" if resumable else "Start over") + (
         ": start over with --overwrite_output_dir (it removes only what runs wrote there) or choose another "
-        "--output_dir." if resumable else " with --overwrite_output_dir (it removes only what runs wrote there) or "
-        "choose another --output_dir.")
+        "--output_dir."
+        if resumable
+        else " with --overwrite_output_dir (it removes only what runs wrote there) or choose another --output_dir."
+    )
 
 
 # ---- the manifest: what the runs wrote ------------------------------------------------------------------
@@ -231,10 +282,15 @@ def read_manifest(folder: str) -> dict | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
-        raise ValueError(f"{os.path.join(folder, MANIFEST_NAME)} is unreadable ({e}): it records what earlier runs "
-                         "wrote in this folder. Choose another --output_dir, or clean the folder by hand.") from None
-    return {"written": list(data.get("written", [])), "foreign": list(data.get("foreign", [])),
-            "runs": list(data.get("runs", []))}
+        raise ValueError(
+            f"{os.path.join(folder, MANIFEST_NAME)} is unreadable ({e}): it records what earlier runs "
+            "wrote in this folder. Choose another --output_dir, or clean the folder by hand."
+        ) from None
+    return {
+        "written": list(data.get("written", [])),
+        "foreign": list(data.get("foreign", [])),
+        "runs": list(data.get("runs", [])),
+    }
 
 
 def _write_manifest(folder: str, manifest: dict) -> None:
@@ -348,8 +404,12 @@ def _start_ticks(pid: int) -> int | None:
 
 
 def _owner() -> dict:
-    return {"pid": os.getpid(), "host": socket.gethostname(), "boot_id": _boot_id(),
-            "start_ticks": _start_ticks(os.getpid())}
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "boot_id": _boot_id(),
+        "start_ticks": _start_ticks(os.getpid()),
+    }
 
 
 def lock_is_stale(held: dict) -> bool:
@@ -402,22 +462,29 @@ class OutputFolder:
             with tempfile.TemporaryFile(dir=base):
                 pass
         except OSError as e:
-            raise ValueError(f"--output_dir {self.path} is not writable ({base}: {e.strerror}); choose a folder "
-                             "you can write to.") from None
+            raise ValueError(
+                f"--output_dir {self.path} is not writable ({base}: {e.strerror}); choose a folder you can write to."
+            ) from None
         free = shutil.disk_usage(base).free
         if free < needed_bytes:
-            raise ValueError(f"--output_dir {self.path}: only {free / 2**20:.0f} MiB free on its disk, about "
-                             f"{needed_bytes / 2**20:.0f} MiB needed (student, checkpoints with optimizer states); "
-                             "free some space or choose another --output_dir.")
+            raise ValueError(
+                f"--output_dir {self.path}: only {free / 2**20:.0f} MiB free on its disk, about "
+                f"{needed_bytes / 2**20:.0f} MiB needed (student, checkpoints with optimizer states); "
+                "free some space or choose another --output_dir."
+            )
         if self.overwrite and self.resume is not None:
-            raise ValueError("--overwrite_output_dir deletes the checkpoints that --resume_from_checkpoint would "
-                             "resume; pass one of them (e.g. --overwrite_output_dir false to resume).")
+            raise ValueError(
+                "--overwrite_output_dir deletes the checkpoints that --resume_from_checkpoint would "
+                "resume; pass one of them (e.g. --overwrite_output_dir false to resume)."
+            )
         if self.overwrite and os.path.isdir(self.path):
             real = os.path.realpath(self.path)
             precious = {os.path.realpath(p) for p in (os.sep, os.path.expanduser("~"), os.getcwd())}
             if real in precious or _inside(os.getcwd(), real):
-                raise ValueError(f"--overwrite_output_dir would delete {self.path} (the current, home or root "
-                                 "folder); give a dedicated --output_dir.")
+                raise ValueError(
+                    f"--overwrite_output_dir would delete {self.path} (the current, home or root "
+                    "folder); give a dedicated --output_dir."
+                )
             self._removable()  # raises when an input or a foreign file is in the way
         self._check_previous_run()
 
@@ -433,28 +500,39 @@ class OutputFolder:
         entries = self._entries()
         owned = [name for name in entries if owned_by_runs(name, manifest)]
         kept = [name for name in entries if name not in owned]
-        hit = [p for p in self.inputs if _inside(self.path, p)
-               or any(_inside(p, os.path.join(self.path, name)) for name in owned)]
+        hit = [
+            p
+            for p in self.inputs
+            if _inside(self.path, p) or any(_inside(p, os.path.join(self.path, name)) for name in owned)
+        ]
         if hit and owned:
             raise ValueError(
                 f"--overwrite_output_dir would delete {hit}: an input of this run (named by its arguments) is, or is "
                 f"inside, what the previous run wrote in --output_dir {self.path}. Move it out of the folder or "
-                "choose another --output_dir.")
+                "choose another --output_dir."
+            )
         clash = [name for name in kept if _matches(name, RUN_PATTERNS + tuple(self.writes))]
         if clash:
-            why = ("it has no manifest of what runs wrote there (not a folder of an hf_distill run, or one from "
-                   "before manifests)" if manifest is None else f"the manifest ({MANIFEST_NAME}) does not list them")
+            why = (
+                "it has no manifest of what runs wrote there (not a folder of an hf_distill run, or one from "
+                "before manifests)"
+                if manifest is None
+                else f"the manifest ({MANIFEST_NAME}) does not list them"
+            )
             raise ValueError(
                 f"--overwrite_output_dir removes only what earlier runs wrote in --output_dir {self.path}, and "
                 f"{clash[:5]} were not ({why}); this run would write over them. Move them away (or delete them "
-                "yourself) or choose another --output_dir.")
+                "yourself) or choose another --output_dir."
+            )
         return owned, kept
 
     def _check_previous_run(self) -> None:
         found = self._entries()
         if found and not self.overwrite and self.resume is None:
-            raise ValueError(f"--output_dir {self.path} already holds a previous run ({', '.join(found[:5])}). "
-                             f"{what_works(self.path, self.resumable)}")
+            raise ValueError(
+                f"--output_dir {self.path} already holds a previous run ({', '.join(found[:5])}). "
+                f"{what_works(self.path, self.resumable)}"
+            )
 
     def _read_lock(self) -> dict:
         try:
@@ -495,8 +573,12 @@ class OutputFolder:
             except FileExistsError:
                 held = self._read_lock()
                 if attempt == 0 and held.get("run_id") != self.run_id and lock_is_stale(held):
-                    logger.warning("taking over %s from run %s (pid %s, no longer running).", self.path,
-                                   held.get("run_id"), held.get("pid"))
+                    logger.warning(
+                        "taking over %s from run %s (pid %s, no longer running).",
+                        self.path,
+                        held.get("run_id"),
+                        held.get("pid"),
+                    )
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(self.lock_path)
                     continue
@@ -517,12 +599,18 @@ class OutputFolder:
             elif os.path.lexists(target):
                 os.remove(target)
         if removed:
-            logger.info("--overwrite_output_dir: removed the previous run in %s (%s)", self.path,
-                        ", ".join(removed[:5]) + (", ..." if len(removed) > 5 else ""))
+            logger.info(
+                "--overwrite_output_dir: removed the previous run in %s (%s)",
+                self.path,
+                ", ".join(removed[:5]) + (", ..." if len(removed) > 5 else ""),
+            )
         if kept:
-            logger.warning("--overwrite_output_dir: kept %s in %s: not written by an earlier run (%s).",
-                           ", ".join(kept[:10]) + (", ..." if len(kept) > 10 else ""), self.path,
-                           "the folder had no manifest" if manifest is None else "not in its manifest")
+            logger.warning(
+                "--overwrite_output_dir: kept %s in %s: not written by an earlier run (%s).",
+                ", ".join(kept[:10]) + (", ..." if len(kept) > 10 else ""),
+                self.path,
+                "the folder had no manifest" if manifest is None else "not in its manifest",
+            )
         return {"written": [], "foreign": kept, "runs": []}
 
     def record(self, names) -> None:
@@ -541,8 +629,13 @@ def needed_bytes(model_paths: list[str], args) -> int:
     sizes = [0]
     for path in model_paths:
         if path and os.path.isdir(path):
-            sizes.append(sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)
-                             if f.endswith((".safetensors", ".bin"))))
+            sizes.append(
+                sum(
+                    os.path.getsize(os.path.join(path, f))
+                    for f in os.listdir(path)
+                    if f.endswith((".safetensors", ".bin"))
+                )
+            )
     kept = 0 if str(getattr(args.save_strategy, "value", args.save_strategy)) == "no" else (args.save_total_limit or 1)
     return max(MIN_FREE_BYTES, max(sizes) * (1 + 3 * kept))
 

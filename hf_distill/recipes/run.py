@@ -69,8 +69,18 @@ class Run:
             check_checkpoint_fits(self.resume, trainer.model)
         return trainer.train(resume_from_checkpoint=self.resume)
 
-    def results(self, trainer, *, task: str, teacher: str, student: StudentInfo, comparison: Comparison,
-                dataset: dict, train_metrics: dict, **extra) -> dict:
+    def results(
+        self,
+        trainer,
+        *,
+        task: str,
+        teacher: str,
+        student: StudentInfo,
+        comparison: Comparison,
+        dataset: dict,
+        train_metrics: dict,
+        **extra,
+    ) -> dict:
         """The `distillation_results.json` payload: what ran (task, models, data, settings, command) and how the
         teacher and the student compare. `extra` adds top-level keys (e.g. labels, example_text, eval)."""
         args = self.args
@@ -84,12 +94,17 @@ class Run:
             "distillation": {
                 **{name: getattr(args, name) for name in settings},
                 "layer_map": {str(s): t for s, t in student.layer_map.items()} if student.layer_map else None,
-                "teacher_num_layers": student.teacher_num_layers, "student_num_layers": student.student_num_layers,
-                "student_init_layers": student.init_layers, "student_model": student.student_model,
-                "num_train_epochs": args.num_train_epochs, "learning_rate": args.learning_rate,
-                "global_train_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps
+                "teacher_num_layers": student.teacher_num_layers,
+                "student_num_layers": student.student_num_layers,
+                "student_init_layers": student.init_layers,
+                "student_model": student.student_model,
+                "num_train_epochs": args.num_train_epochs,
+                "learning_rate": args.learning_rate,
+                "global_train_batch_size": args.per_device_train_batch_size
+                * args.gradient_accumulation_steps
                 * args.world_size,
-                "max_length": self.data_args.max_length, "seed": args.seed,
+                "max_length": self.data_args.max_length,
+                "seed": args.seed,
             },
             "teacher": comparison.side("teacher"),
             "student": comparison.side("student"),
@@ -123,13 +138,15 @@ def check_push(args) -> str | None:
     if not args.push_to_hub:
         return None
     if not args.hub_model_id:
-        raise ValueError("--push_to_hub needs --hub_model_id (e.g. 'your-name/bert-6l-sst2'): the repo to create or "
-                         "update.")
+        raise ValueError(
+            "--push_to_hub needs --hub_model_id (e.g. 'your-name/bert-6l-sst2'): the repo to create or update."
+        )
     try:
         validate_repo_id(args.hub_model_id)
     except HFValidationError as e:
-        raise ValueError(f"--hub_model_id {args.hub_model_id!r} is not a valid Hub repo id ({e}); use "
-                         "'your-name/model-name'.") from None
+        raise ValueError(
+            f"--hub_model_id {args.hub_model_id!r} is not a valid Hub repo id ({e}); use 'your-name/model-name'."
+        ) from None
     from huggingface_hub import get_token
 
     token = args.hub_token or get_token()
@@ -141,25 +158,39 @@ def check_push(args) -> str | None:
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:  # the push is the run's last step: it would fail after training
-        raise ValueError("--push_to_hub, but HF_HUB_OFFLINE is set: the push at the end of the run would fail after "
-                         "training. Unset HF_HUB_OFFLINE, or train without --push_to_hub and upload the folder later "
-                         "(`hf upload REPO OUTPUT_DIR`).")
+        raise ValueError(
+            "--push_to_hub, but HF_HUB_OFFLINE is set: the push at the end of the run would fail after "
+            "training. Unset HF_HUB_OFFLINE, or train without --push_to_hub and upload the folder later "
+            "(`hf upload REPO OUTPUT_DIR`)."
+        )
     return token
 
 
-def start_run(script: str, model_class, data_class, training_class, argv: list[str] | None = None,
-              required: dict[str, str] | None = None) -> Run:
+def start_run(
+    script: str,
+    model_class,
+    data_class,
+    training_class,
+    argv: list[str] | None = None,
+    required: dict[str, str] | None = None,
+) -> Run:
     """Parse, set up logging and check everything that needs no model. `required` maps a model-argument name to
     what it should be (for the error when it is missing)."""
-    model_args, data_args, out_args, args = parse_args((model_class, data_class, OutputArguments, training_class),
-                                                        argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        level=logging.INFO if args.should_log else logging.WARNING)
+    model_args, data_args, out_args, args = parse_args(
+        (model_class, data_class, OutputArguments, training_class), argv
+    )
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if args.should_log else logging.WARNING,
+    )
     for name, what in (required or {}).items():
         if not getattr(model_args, name):
             raise ValueError(f"--{name} is required: {what}.")
-    model_paths = {f.name: getattr(model_args, f.name) for f in dataclasses.fields(model_args)
-                   if f.name.endswith("model_name_or_path") and getattr(model_args, f.name)}
+    model_paths = {
+        f.name: getattr(model_args, f.name)
+        for f in dataclasses.fields(model_args)
+        if f.name.endswith("model_name_or_path") and getattr(model_args, f.name)
+    }
     for name, paths in model_paths.items():
         for path in str(paths).split(","):  # several teachers are comma-separated
             check_model_source(path.strip(), name)
@@ -184,7 +215,10 @@ def push_folder(folder: str, repo_id: str, token: str, private: bool | None = No
     repo = api.create_repo(repo_id, private=bool(private), exist_ok=True, repo_type="model")
     repo_id = getattr(repo, "repo_id", repo_id)
     api.upload_folder(
-        repo_id=repo_id, folder_path=folder, repo_type="model", ignore_patterns=PUSH_IGNORE,
+        repo_id=repo_id,
+        folder_path=folder,
+        repo_type="model",
+        ignore_patterns=PUSH_IGNORE,
         commit_message=message or "Upload distilled student (hf_distill)",
     )
     logger.info("pushed %s to https://huggingface.co/%s", folder, repo_id)
