@@ -694,6 +694,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--out_dir", default=os.path.join(os.path.dirname(HERE), "docs", "results"))
     parser.add_argument("--work_dir", default=None)
     parser.add_argument("--jobs", type=int, default=3, help="processes training at once (one thread each)")
+    parser.add_argument(
+        "--student_steps", type=int, default=None, help="override every task's student budget (optimizer steps)"
+    )
+    parser.add_argument("--prefix", default="lm_generation", help="names of the result files in --out_dir")
     parser.add_argument("--tweets_methods", default=None, help="methods of the tweets task (default: --methods)")
     parser.add_argument(
         "--keep_other_tasks",
@@ -718,6 +722,8 @@ def main(argv=None) -> dict:
     work = a.work_dir or tempfile.mkdtemp(prefix="lm_generation_")
     seeds = [int(s) for s in a.seeds.split(",")]
     table = TINY if a.tiny else FULL
+    if a.student_steps:
+        table = {name: replace(task, student_steps=a.student_steps) for name, task in table.items()}
     per_task = {name: (a.tweets_methods or a.methods).split(",") if name == "tweets" else methods for name in tasks}
     results = {"tasks": run_all([table[name] for name in tasks], seeds, per_task, work, a.jobs, a.summarise_only)}
     native = "lmbda_start_step" in DistillationArguments.__dataclass_fields__
@@ -734,7 +740,7 @@ def main(argv=None) -> dict:
     }
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    prefix = "lm_generation"
+    prefix = a.prefix
     if a.keep_other_tasks and (out / f"{prefix}.json").exists():
         old = json.loads((out / f"{prefix}.json").read_text())
         for name, res in old["tasks"].items():
