@@ -96,7 +96,7 @@ def tokenizer_for(cfg: SamplingBenchConfig):
     if cfg.vocab == "minilm":
         return AutoTokenizer.from_pretrained(minilm_path())
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-    from conftest import make_tokenizer
+    from testing_utils import make_tokenizer
 
     return make_tokenizer(tempfile.mkdtemp(prefix="lm_sampling_tok_"))
 

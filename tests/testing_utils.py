@@ -1,7 +1,7 @@
 """Shared test tools (TRL's `testing_utils` pattern): tiny random models, tokenizers, data and arguments.
 
 Everything is built from configs in seconds, offline. Test files import from here; `conftest.py` holds the
-pytest fixtures and re-exports these names for tests that still import them from `conftest`.
+pytest fixtures and markers.
 """
 
 from __future__ import annotations
