@@ -22,7 +22,6 @@ gathers parameters from all processes, every process runs every batch in lockste
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from transformers import TrainerCallback
 
 from .generation import _seed, cut_completions, synced_generation
 from .lm_data import IGNORE_INDEX, end_token_id, pad_prompt_completion, prompt_length, tokenize_prompt_completion
+from .modeling import eval_mode
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def evaluate_generation(
     # Sharded models (ZeRO-3, FSDP) gather their layers from every process in each forward: every process then
     # runs every batch, the same forwards in the same order (and decodes in lockstep), and keeps all the records.
     everywhere = any(synced_generation(m) for m in models)
-    with _eval_mode(models):
+    with eval_mode(*models):
         records = _records(
             scorers,
             teacher,
@@ -223,23 +223,6 @@ def _pad_and_eos(tokenizer, generation_config) -> tuple[int, int]:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_token_id(tokenizer)
     eos = generation_config.eos_token_id if generation_config.eos_token_id is not None else end_token_id(tokenizer)
     return pad, eos[0] if isinstance(eos, list) else eos
-
-
-@contextlib.contextmanager
-def _eval_mode(models: list):
-    """Every module of `models` in eval mode inside the block, each submodule's own `training` flag restored after.
-
-    Each submodule's own flag: a wrapper's (a DeepSpeed engine keeps `training` True over its eval-mode module) is
-    not its modules', and train(wrapper's flag) would switch a frozen teacher's dropout on.
-    """
-    modes = {sub: sub.training for m in models for sub in m.modules()}
-    for m in models:
-        m.eval()
-    try:
-        yield
-    finally:
-        for sub, training in modes.items():
-            sub.training = training
 
 
 def _records(
