@@ -98,32 +98,14 @@ class DistillationTrainer(Trainer):
         if model is None:
             raise ValueError("DistillationTrainer needs the student as `model`.")
         args = check_args(args if args is not None else DistillationArguments(output_dir="distilled_model"))
+        datasets = {name: trainer_kwargs.get(name) for name in ("train_dataset", "eval_dataset")}
         # A train set that carries cached teacher outputs (hf_distill.cache) needs no teacher at all.
-        train = trainer_kwargs.get("train_dataset")
-        self.cached = check_cache_only(model, args, train, trainer_kwargs.get("eval_dataset"))
+        self.cached = check_cache_only(model, args, datasets["train_dataset"], datasets["eval_dataset"])
         sources, self.teachers = load_teachers(teacher_model, model, args, self.cached)
         student = wrap_peft(model, peft_config)
         self.merge_adapter_on_save, self._pushing = merge_adapter_on_save, False
         tokenizer = trainer_kwargs.get("processing_class")
-        limit, teacher_tokenizers = check_teachers(
-            student, self.teachers, args, tokenizer, teacher_processing_class, sources
-        )
-        self.objective = DistillationObjective.for_models(
-            args, student, self.teacher, vocab_limit=limit, extra_weights=self.extra_loss_weights
-        )
-        # Rows routed to their own teacher (teacher_id_column) and / or teachers with another tokenizer.
-        self.paired = PairedDistillation.build(
-            args,
-            student,
-            self.teachers,
-            sources,
-            tokenizer,
-            teacher_tokenizers,
-            limit,
-            {"train_dataset": train, "eval_dataset": trainer_kwargs.get("eval_dataset")},
-            self.cached,
-        )
-        self.objective.paired = self.paired.loss if self.paired else None
+        self._build_objective(args, student, sources, datasets, tokenizer, teacher_processing_class)
         super().__init__(
             with_projections(student, self.objective.layer_map, self.teacher), args, *trainer_args, **trainer_kwargs
         )
@@ -134,6 +116,22 @@ class DistillationTrainer(Trainer):
         # On-policy / sequence-level KD (lmbda, seq_kd): completions sampled as the batches are drawn.
         check_generation_setup(args, student, self.teachers, self.cached)
         self.sampler = CompletionSampler(args, *special_token_ids(self.processing_class, unwrap_peft(student)))
+
+    def _build_objective(
+        self, args, student: nn.Module, sources: list, datasets: dict, tokenizer, teacher_processing_class
+    ) -> None:
+        """`self.objective` and `self.paired` (rows routed to their own teacher, teacher_id_column, and / or teachers
+        with another tokenizer), after the teacher checks."""
+        limit, teacher_tokenizers = check_teachers(
+            student, self.teachers, args, tokenizer, teacher_processing_class, sources
+        )
+        self.objective = DistillationObjective.for_models(
+            args, student, self.teacher, vocab_limit=limit, extra_weights=self.extra_loss_weights
+        )
+        self.paired = PairedDistillation.build(
+            args, student, self.teachers, sources, tokenizer, teacher_tokenizers, limit, datasets, self.cached
+        )
+        self.objective.paired = self.paired.loss if self.paired else None
 
     def _finish_setup(self, student: nn.Module) -> None:
         check_sharding(self.accelerator, self.args)  # the FSDP / DeepSpeed / processes asked for must be in effect
