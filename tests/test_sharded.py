@@ -331,7 +331,7 @@ def test_deepspeed_zero3_causal_lm_recipe_evaluates_like_one_process(tmp_path):
     output layer's weight read outside its forward: gathered), the generation metrics logged during training
     (--generation_eval_steps) and at the end, and the card's greedy samples (every process generates in lockstep,
     rank 0 keeps them). They used to crash ("size mismatch") or would hang."""
-    from test_causal_lm_recipe import write_jsonl
+    from test_causal_lm_recipe import recipe_args, write_jsonl
     from testing_utils import tiny_gpt2
 
     from recipes import distil_causal_lm
@@ -344,59 +344,17 @@ def test_deepspeed_zero3_causal_lm_recipe_evaluates_like_one_process(tmp_path):
     data = write_jsonl(tmp_path / "train.jsonl", 16, 0), write_jsonl(tmp_path / "dev.jsonl", 10, 1)
 
     def argv(out, batch):
-        return [
-            str(ROOT / "recipes" / "configs" / "causal_lm_offpolicy.yaml"),
-            "--teacher_model_name_or_path",
+        # the causal-LM recipe test's arguments (test_causal_lm_recipe.recipe_args), off-policy, and:
+        return recipe_args(
             str(teacher),
-            "--student_model_name_or_path",
-            "",
-            "--student_num_layers",
-            "2",
-            "--dataset_name",
-            "",
-            "--train_file",
-            data[0],
-            "--validation_file",
-            data[1],
-            "--prompt_column",
-            "question",
-            "--completion_column",
-            "answer",
-            "--output_dir",
-            str(out),
-            "--report_to",
-            "none",
-            "--use_cpu",
-            "true",
-            "--bf16",
-            "false",
-            "--max_length",
-            "24",
-            "--max_new_tokens",
-            "5",
-            "--learning_rate",
-            "1e-2",
-            "--max_steps",
-            "2",
-            "--seed",
-            "3",
-            "--gradient_accumulation_steps",
-            "1",
-            "--disable_tqdm",
-            "true",
-            "--per_device_train_batch_size",
-            str(batch),
-            "--per_device_eval_batch_size",
-            "4",
-            "--generation_eval_steps",
-            "2",
-            "--generation_eval_samples",
-            "6",
-            "--num_generation_samples",
-            "2",
-            "--chunked_loss",
-            "false",
-        ]  # the training loss refuses chunking under ZeRO-3 (check_chunking)
+            data,
+            out,
+            *["--max_new_tokens", "5", "--max_steps", "2", "--per_device_train_batch_size", str(batch)],
+            *["--per_device_eval_batch_size", "4", "--generation_eval_steps", "2", "--generation_eval_samples", "6"],
+            *["--num_generation_samples", "2"],
+            *["--chunked_loss", "false"],  # the training loss refuses chunking under ZeRO-3 (check_chunking)
+            config=str(ROOT / "recipes" / "configs" / "causal_lm_offpolicy.yaml"),
+        )
 
     report = tmp_path / "report.json"
     proc = _launch(

@@ -284,6 +284,21 @@ def run_to_completion(cmd: list[str], env: dict, timeout: float = HANG_TIMEOUT_S
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
+def torchrun_recipe(script: str, argv: list[str], timeout: float = HANG_TIMEOUT_S) -> None:
+    """`torchrun --nproc_per_node 2 --standalone recipes/SCRIPT *argv` (one thread each, the repository on
+    PYTHONPATH); fails with its output unless it exits 0.
+
+    Args:
+        script: the recipe's file name under recipes/, e.g. "distil_causal_lm.py".
+        argv: the recipe's arguments.
+        timeout: `run_to_completion`'s hang guard.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
+    run_to_completion([*launch, os.path.join(root, "recipes", script), *argv], env, timeout)
+
+
 def one_and_two_processes(script: str, out_dir, one: list[str], two: list[str], **run_kw) -> tuple[dict, dict]:
     """`python script OUT/one *one`, then `torchrun --nproc_per_node 2 script OUT/two *two` (one thread each); their
     OUT/*/final.pt state dicts, after checking that they ran as 1 and 2 processes (the `world_size` entry, removed).
