@@ -22,6 +22,7 @@ import pytest
 import torch
 import transformers as tf
 from datasets import Dataset
+from model_configs import gpt2_config, llama_config
 from tokenizers import Tokenizer, models
 
 from hf_distill import DistillationArguments
@@ -114,42 +115,7 @@ def tiny_distilbert(layers=4, hidden=32, seed=0, cls=tf.DistilBertForSequenceCla
     )
 
 
-# ---- causal LMs: one config builder per architecture ------------------------------------------------------
-
-
-def gpt2_config(vocab=VOCAB, hidden=32, layers=4, heads=4, positions=64, dropout=None, **kw) -> tf.GPT2Config:
-    """A tiny GPT-2 config; `dropout` sets the residual, embedding and attention dropout (None: GPT-2's 0.1)."""
-    if dropout is not None:
-        kw.update(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
-    return tf.GPT2Config(
-        vocab_size=vocab,
-        n_embd=hidden,
-        n_layer=layers,
-        n_head=heads,
-        n_positions=positions,
-        bos_token_id=0,
-        eos_token_id=0,
-        **kw,
-    )
-
-
-def llama_config(
-    vocab=VOCAB, hidden=32, layers=4, heads=4, kv_heads=2, intermediate=64, positions=64, **kw
-) -> tf.LlamaConfig:
-    """A tiny Llama config (grouped-query attention: `kv_heads` < `heads`)."""
-    return tf.LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        intermediate_size=intermediate,
-        max_position_embeddings=positions,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-        **kw,
-    )
+# ---- causal LMs: one config builder per architecture (model_configs.py) ------------------------------------
 
 
 def tiny_gpt2(layers=4, hidden=32, seed=0, vocab=VOCAB, **config) -> tf.GPT2LMHeadModel:
