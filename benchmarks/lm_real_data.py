@@ -216,9 +216,10 @@ def device_kwargs() -> dict:
     return {"use_cpu": not torch.cuda.is_available(), "dataloader_pin_memory": torch.cuda.is_available()}
 
 
-def train_teacher(cfg: LMBenchConfig, tokenizer, data, folder: str) -> None:
-    torch.manual_seed(0)
-    config = GPT2Config(
+def teacher_config(cfg, tokenizer) -> GPT2Config:
+    """The GPT-2 teacher's config: `cfg.hidden`, `cfg.teacher_layers`, `cfg.heads`, 64 positions, the tokenizer's
+    vocabulary with [CLS] / [SEP] / [PAD] as bos / eos / pad."""
+    return GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=64,
         n_embd=cfg.hidden,
@@ -228,7 +229,11 @@ def train_teacher(cfg: LMBenchConfig, tokenizer, data, folder: str) -> None:
         eos_token_id=tokenizer.sep_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model = GPT2LMHeadModel(config)
+
+
+def train_teacher(cfg: LMBenchConfig, tokenizer, data, folder: str) -> None:
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(teacher_config(cfg, tokenizer))
     args = TrainingArguments(
         output_dir=os.path.join(folder, "trainer"),
         num_train_epochs=cfg.teacher_epochs,

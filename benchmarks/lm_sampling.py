@@ -36,9 +36,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch
-from lm_real_data import Prebatched, StepClock, load_tweets, minilm_path, parse_with_preset
+from lm_real_data import Prebatched, StepClock, load_tweets, minilm_path, parse_with_preset, teacher_config
 from provenance import provenance, write_results
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers import AutoTokenizer, GPT2LMHeadModel
 
 from hf_distill import DistillationArguments, DistillationTrainer, init_student_from_teacher
 from hf_distill.lm_data import IGNORE_INDEX, PromptCompletionCollator, encode_example
@@ -117,19 +117,7 @@ def prompts_dataset(cfg: SamplingBenchConfig, tokenizer, n: int) -> list[dict]:
 
 def models(cfg: SamplingBenchConfig, tokenizer):
     torch.manual_seed(0)
-    teacher = GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=len(tokenizer),
-            n_positions=64,
-            n_embd=cfg.hidden,
-            n_layer=cfg.teacher_layers,
-            n_head=cfg.heads,
-            bos_token_id=tokenizer.cls_token_id,
-            eos_token_id=tokenizer.sep_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    return teacher
+    return GPT2LMHeadModel(teacher_config(cfg, tokenizer))
 
 
 def make_trainer(cfg, teacher, tokenizer, train, out, clock, collator=None, **overrides):

@@ -10,7 +10,7 @@ import pytest
 import torch
 import transformers as tf
 from recipe_helpers import CPU_RUN
-from testing_utils import make_tokenizer, tiny_gpt2, torchrun_recipe
+from testing_utils import make_tokenizer, tiny_gpt2, torchrun
 
 import hf_distill
 from hf_distill import render_model_card
@@ -180,7 +180,7 @@ def test_recipe_chat_data_seq_kd_peft(setup, tmp_path):
 def test_recipe_torchrun_two_processes(setup, tmp_path):
     teacher, data = setup
     argv = recipe_args(teacher, data, tmp_path / "two", "--lmbda", "0.5", "--per_device_train_batch_size", "2")
-    torchrun_recipe("distil_causal_lm.py", argv)
+    torchrun(ROOT / "recipes" / "distil_causal_lm.py", argv)
     results = json.loads((tmp_path / "two" / "distillation_results.json").read_text())
     assert results["distillation"]["global_train_batch_size"] == 4
     # the coin is the same on both processes: the averaged fraction is 0 or 1 at every step, as seeded

@@ -15,7 +15,7 @@ import torch
 import transformers as tf
 from recipe_helpers import COMMON, LABELS, NO_DROPOUT, recipe_args, save_classifier, write_csv
 from safetensors.torch import load_file
-from testing_utils import make_tokenizer, tiny_bert, torchrun_recipe
+from testing_utils import make_tokenizer, tiny_bert, torchrun
 
 from hf_distill import DistillationObjective
 from hf_distill.recipes import data as recipe_data
@@ -112,7 +112,7 @@ def test_two_processes_match_one_process(tmp_path):
     data = write_csv(tmp_path / "train.csv", 32, seed=0), write_csv(tmp_path / "dev.csv", 12, seed=1)
     common = ["--student_num_layers", "2", "--hidden_weight", "1.0", "--max_steps", "3", "--seed", "7"]
     args2 = recipe_args(teacher, data, tmp_path / "two", *common, "--per_device_train_batch_size", "4")
-    torchrun_recipe("distil_bert.py", args2)
+    torchrun(ROOT / "recipes" / "distil_bert.py", args2)
     two = json.loads((tmp_path / "two" / "distillation_results.json").read_text())
     assert two["distillation"]["global_train_batch_size"] == 8
 

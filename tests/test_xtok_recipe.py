@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from recipe_helpers import CPU_RUN
-from testing_utils import torchrun_recipe
+from testing_utils import torchrun
 from xtok_setup import TEXTS, bpe_tokenizer, tiny_gpt2, wordpiece_tokenizer
 
 from recipes import distil_causal_lm
@@ -120,8 +120,9 @@ def test_routed_cross_tokenizer_recipe_one_process(setup, tmp_path):
 
 def test_routed_cross_tokenizer_recipe_torchrun_two_processes(setup, tmp_path):
     root, files = setup
-    torchrun_recipe(
-        "distil_causal_lm.py", recipe_args(root, files, tmp_path / "two", "--per_device_train_batch_size", "2")
+    torchrun(
+        ROOT / "recipes" / "distil_causal_lm.py",
+        recipe_args(root, files, tmp_path / "two", "--per_device_train_batch_size", "2"),
     )
     results = check_run(tmp_path / "two", 2)
     assert results["distillation"]["global_train_batch_size"] == 4

@@ -250,19 +250,21 @@ def run_to_completion(cmd: list[str], env: dict, timeout: float = HANG_TIMEOUT_S
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
-def torchrun_recipe(script: str, argv: list[str], timeout: float = HANG_TIMEOUT_S) -> None:
-    """`torchrun --nproc_per_node 2 --standalone recipes/SCRIPT *argv` (one thread each, the repository on
-    PYTHONPATH); fails with its output unless it exits 0.
+def torchrun(script, argv: list[str], env: dict | None = None, timeout: float = HANG_TIMEOUT_S) -> None:
+    """`torchrun --nproc_per_node 2 --standalone SCRIPT *argv`; fails with its output unless it exits 0.
 
     Args:
-        script: the recipe's file name under recipes/, e.g. "distil_causal_lm.py".
-        argv: the recipe's arguments.
+        script: the script's path (a recipe, or a test script such as tests/fsdp_train.py).
+        argv: its arguments.
+        env: the environment; default this one with one thread per process and the repository first on PYTHONPATH.
         timeout: `run_to_completion`'s hang guard.
     """
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    if env is None:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        path = f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+        env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
-    run_to_completion([*launch, os.path.join(root, "recipes", script), *argv], env, timeout)
+    run_to_completion([*launch, str(script), *argv], env, timeout)
 
 
 def one_and_two_processes(script: str, out_dir, one: list[str], two: list[str], **run_kw) -> tuple[dict, dict]:
