@@ -1,8 +1,8 @@
 """DistillationTrainer: a `transformers.Trainer` that trains a student on a frozen teacher's outputs.
 
 The trainer wires pieces together: construction checks come from `hf_distill.checks`, teachers from
-`hf_distill.teacher`, cached teacher outputs from `hf_distill.cache`, and the loss (terms, masks,
-weights) from `hf_distill.objective`, whose numbers come from `hf_distill.losses`.
+`hf_distill.teacher`, cached teacher outputs from `hf_distill.cache`, the loss (terms, masks, weights) from
+`hf_distill.objective`, whose numbers come from `hf_distill.losses`, and the saving hooks from `hf_distill.saving`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from .objective import (
 )
 from .positions import StepTokens
 from .routing import PairedDistillation
-from .saving import save_final_student, save_training_args
+from .saving import StudentSaving
 from .sharding import adapt_to_sharding
 from .teacher import load_teachers, place_teacher, run_teachers
 
@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["DistillationTrainer", "LogitsPair", "NonFiniteLossError", "TopKTargets"]
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(StudentSaving, Trainer):
     """Trainer for knowledge distillation (Hinton et al., 2015; DistilBERT); the loss is `self.objective`'s.
 
     `model` is the student (trained, saved, pushed). `teacher_model` is a model, a name/path, or a list of them
@@ -361,29 +361,3 @@ class DistillationTrainer(Trainer):
         if self._signature_columns is None:
             extra = {*CACHE_COLUMNS, *self.label_names, *(self.paired.columns() if self.paired else ())}
             self._signature_columns = signature_columns(self.student, self.teachers, extra)
-
-    # ---- saving: the student alone, its adapter merged on request; checkpoints keep everything ---------
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        final = not _internal_call or self._pushing  # not a checkpoint (those keep everything, to resume exactly)
-        merge = self.merge_adapter_on_save and hasattr(self.student, "merge_and_unload")
-        # Under FSDP the Trainer writes no loadable model with SHARDED_STATE_DICT: gather the full student ourselves.
-        if not final or not (merge or self.projections is not None or self.is_fsdp_enabled):
-            return super().save_model(output_dir, _internal_call)
-        save_final_student(self, output_dir, merge)  # the student alone, gathered from shards: a collective
-        if self.args.push_to_hub and not _internal_call:
-            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
-        return None
-
-    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        # The Trainer pickles self.args (hub_token included) into every checkpoint: write a redacted copy over it.
-        super()._save(output_dir, state_dict)
-        if self.args.should_save:
-            save_training_args(self.args, output_dir if output_dir is not None else self.args.output_dir)
-
-    def push_to_hub(self, *args, **kwargs):
-        self._pushing = True  # Trainer.push_to_hub saves through save_model(_internal_call=True): the final student
-        try:
-            return super().push_to_hub(*args, **kwargs)
-        finally:
-            self._pushing = False
