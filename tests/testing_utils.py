@@ -25,7 +25,7 @@ from datasets import Dataset
 from model_configs import gpt2_config, llama_config
 from tokenizers import Tokenizer, models
 
-from hf_distill import DistillationArguments
+from hf_distill import DistillationArguments, DistillationTrainer
 
 # Tiny models are overhead-bound: one intra-op thread per process is as fast and does not oversubscribe
 # a 2-core machine when tests start subprocesses (torchrun) or run beside other work.
@@ -214,6 +214,27 @@ def lm_collate(features: list[dict]) -> dict:
         batch["attention_mask"].append([1] * len(f["input_ids"]) + [0] * pad)
         batch["labels"].append(f["labels"] + [-100] * pad)
     return {k: torch.tensor(v) for k, v in batch.items()}
+
+
+def lm_trainer(output_dir, student, teachers, data=None, collator=lm_collate, peft_config=None, **kw):
+    """A `DistillationTrainer` of causal LMs: `LM_TRAINER_ARGS` then `kw`, on `lm_data()` unless `data` is given,
+    with `lm_tokenizer()` and `collator`."""
+    return DistillationTrainer(
+        student,
+        teachers,
+        distillation_args(output_dir, **{**LM_TRAINER_ARGS, **kw}),
+        train_dataset=data if data is not None else lm_data(),
+        data_collator=collator,
+        processing_class=lm_tokenizer(),
+        peft_config=peft_config,
+    )
+
+
+def assert_same_weights(a: dict, b: dict, rtol: float = 1e-5) -> None:
+    """Two state dicts with the same keys and values equal to `rtol`, relative to each tensor's largest entry."""
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=rtol, atol=rtol * a[k].abs().max().item(), msg=k)
 
 
 @contextlib.contextmanager
