@@ -28,11 +28,12 @@ same steps, batch, learning rate and schedule by one of:
                   each batch's completions are the student's own samples with probability 0.5 (`lmbda`), scored
                   by the on-policy divergence (the library default: forward KL)
     onpolicy_1.0  the same with lmbda 1
+    onpolicy_1.0_jsd  the same scored by generalized JSD (beta 0.5) on the student's samples (GKD's choice)
 
 Data regime of the reverse task (`n_labelled`): the teacher was trained on 20,000 solved examples; a student has
-500 of them with their reference completions, and the prompts of all 20,000 (a transfer set: prompts are cheap,
+200 of them with their reference completions, and the prompts of all 20,000 (a transfer set: prompts are cheap,
 solved examples are not, as for a practitioner with a strong teacher, a few references and many user prompts).
-The methods that read completions (ce, forward_kl, jsd, reverse_kl) train on the 500 solved examples; the methods
+The methods that read completions (ce, forward_kl, jsd, reverse_kl) train on the 200 solved examples; the methods
 that sample (seq_kd, seq_kd_kl, onpolicy_*) train on the 20,000 prompts, whose completions come from the teacher
 (seq_kd, seq_kd_kl, the off-policy half of onpolicy_* and its batches that the lmbda coin does not give the
 student) or from the student. No reference completion of the transfer prompts is read by any student
@@ -100,6 +101,10 @@ METHODS: dict[str, dict] = {  # T = 1 everywhere, fixed a priori
     "reverse_kl": {"soft_weight": 1.0, "hard_weight": 0.0, "divergence": "reverse_kl"},
     "onpolicy_0.5": {"soft_weight": 1.0, "hard_weight": 0.0, "divergence": "forward_kl", "lmbda": 0.5, WARM: True},
     "onpolicy_1.0": {"soft_weight": 1.0, "hard_weight": 0.0, "divergence": "forward_kl", "lmbda": 1.0, WARM: True},
+    "onpolicy_1.0_jsd": {
+        **{"soft_weight": 1.0, "hard_weight": 0.0, "divergence": "forward_kl", "lmbda": 1.0, WARM: True},
+        "on_policy_divergence": "jsd",  # GKD's choice on the student's samples (generalized JSD, beta 0.5)
+    },
     "seq_kd": {"soft_weight": 0.0, "hard_weight": 1.0, "seq_kd": True},
     "seq_kd_kl": {"soft_weight": 1.0, "hard_weight": 0.0, "divergence": "forward_kl", "seq_kd": True},
 }
@@ -147,7 +152,7 @@ FULL = {  # sized for 2 CPU cores shared with other jobs (docs/generation_eval.m
         student_layers=2,
         hidden=128,
         heads=4,
-        teacher_steps=4000,
+        teacher_steps=2000,
         teacher_lr=3e-3,
         teacher_batch=32,
         student_steps=800,
@@ -159,7 +164,7 @@ FULL = {  # sized for 2 CPU cores shared with other jobs (docs/generation_eval.m
         min_words=10,
         max_words=10,
         dropout=0.0,
-        n_labelled=500,
+        n_labelled=200,
     ),
     "tweets": TaskConfig(
         "tweets",
