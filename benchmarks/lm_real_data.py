@@ -50,7 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np
 import torch
-from provenance import provenance, provenance_line
+from provenance import provenance, write_results
 from transformers import (
     AutoTokenizer,
     GPT2Config,
@@ -216,9 +216,10 @@ def device_kwargs() -> dict:
     return {"use_cpu": not torch.cuda.is_available(), "dataloader_pin_memory": torch.cuda.is_available()}
 
 
-def train_teacher(cfg: LMBenchConfig, tokenizer, data, folder: str) -> None:
-    torch.manual_seed(0)
-    config = GPT2Config(
+def teacher_config(cfg, tokenizer) -> GPT2Config:
+    """The GPT-2 teacher's config: `cfg.hidden`, `cfg.teacher_layers`, `cfg.heads`, 64 positions, the tokenizer's
+    vocabulary with [CLS] / [SEP] / [PAD] as bos / eos / pad."""
+    return GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=64,
         n_embd=cfg.hidden,
@@ -228,7 +229,11 @@ def train_teacher(cfg: LMBenchConfig, tokenizer, data, folder: str) -> None:
         eos_token_id=tokenizer.sep_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model = GPT2LMHeadModel(config)
+
+
+def train_teacher(cfg: LMBenchConfig, tokenizer, data, folder: str) -> None:
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(teacher_config(cfg, tokenizer))
     args = TrainingArguments(
         output_dir=os.path.join(folder, "trainer"),
         num_train_epochs=cfg.teacher_epochs,
@@ -614,15 +619,27 @@ def plots(summary: dict, out: Path, prefix: str) -> list[str]:
 # ---- main ----------------------------------------------------------------------------------------------------
 
 
-def parse(argv=None) -> LMBenchConfig:
-    (cfg,) = HfArgumentParser(LMBenchConfig).parse_args_into_dataclasses(args=argv)
+def parse_with_preset(config_class, presets: dict[str, dict], argv=None):
+    """`config_class` parsed from argv; its --preset (a key of `presets`) sets every field still at its default.
+
+    Args:
+        config_class: a dataclass with a `preset` field.
+        presets: preset name -> {field: value}.
+        argv: the arguments (default: sys.argv).
+    """
+    (cfg,) = HfArgumentParser(config_class).parse_args_into_dataclasses(args=argv)
     if cfg.preset:
-        if cfg.preset not in PRESETS:
-            raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {cfg.preset!r}.")
-        defaults = LMBenchConfig()
-        for key, value in PRESETS[cfg.preset].items():
+        if cfg.preset not in presets:
+            raise ValueError(f"--preset must be one of {sorted(presets)}, got {cfg.preset!r}.")
+        defaults = config_class()
+        for key, value in presets[cfg.preset].items():
             if getattr(cfg, key) == getattr(defaults, key):  # flags given explicitly win over the preset
                 setattr(cfg, key, value)
+    return cfg
+
+
+def parse(argv=None) -> LMBenchConfig:
+    cfg = parse_with_preset(LMBenchConfig, PRESETS, argv)
     unknown = set(cfg.methods.split(",")) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; choose from {list(METHODS)}.")
@@ -697,16 +714,10 @@ def main(argv=None) -> dict:
         "torch": torch.__version__,
         "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
     }
-    summary = summarise(cfg, teacher_ce, runs, timings, meta)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    prefix = "lm_real_data"
-    summary = {"provenance": provenance(), **summary}
+    summary = {"provenance": provenance(), **summarise(cfg, teacher_ce, runs, timings, meta)}
     table = markdown(summary)
-    (out / f"{prefix}_results.md").write_text(provenance_line(summary["provenance"]) + "\n\n" + table)
-    summary["plots"] = plots(summary, out, prefix)
-    (out / f"{prefix}_results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(table, flush=True)
+    summary["plots"] = plots(summary, Path(cfg.out_dir), "lm_real_data")
+    write_results(cfg.out_dir, "lm_real_data_results", summary, table)
     return summary
 
 

@@ -24,7 +24,6 @@ the non-generation part of the on-policy step divided by the off-policy step on 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import statistics
@@ -32,15 +31,14 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch
-from lm_real_data import Prebatched, StepClock, load_tweets, minilm_path
-from provenance import provenance, provenance_line
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, HfArgumentParser
+from lm_real_data import Prebatched, StepClock, load_tweets, minilm_path, parse_with_preset, teacher_config
+from provenance import provenance, write_results
+from transformers import AutoTokenizer, GPT2LMHeadModel
 
 from hf_distill import DistillationArguments, DistillationTrainer, init_student_from_teacher
 from hf_distill.lm_data import IGNORE_INDEX, PromptCompletionCollator, encode_example
@@ -96,7 +94,7 @@ def tokenizer_for(cfg: SamplingBenchConfig):
     if cfg.vocab == "minilm":
         return AutoTokenizer.from_pretrained(minilm_path())
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-    from conftest import make_tokenizer
+    from testing_utils import make_tokenizer
 
     return make_tokenizer(tempfile.mkdtemp(prefix="lm_sampling_tok_"))
 
@@ -119,19 +117,7 @@ def prompts_dataset(cfg: SamplingBenchConfig, tokenizer, n: int) -> list[dict]:
 
 def models(cfg: SamplingBenchConfig, tokenizer):
     torch.manual_seed(0)
-    teacher = GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=len(tokenizer),
-            n_positions=64,
-            n_embd=cfg.hidden,
-            n_layer=cfg.teacher_layers,
-            n_head=cfg.heads,
-            bos_token_id=tokenizer.cls_token_id,
-            eos_token_id=tokenizer.sep_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    return teacher
+    return GPT2LMHeadModel(teacher_config(cfg, tokenizer))
 
 
 def make_trainer(cfg, teacher, tokenizer, train, out, clock, collator=None, **overrides):
@@ -310,14 +296,7 @@ def markdown(summary: dict) -> str:
 
 
 def parse(argv=None) -> SamplingBenchConfig:
-    (cfg,) = HfArgumentParser(SamplingBenchConfig).parse_args_into_dataclasses(args=argv)
-    if cfg.preset:
-        if cfg.preset not in PRESETS:
-            raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {cfg.preset!r}.")
-        defaults = SamplingBenchConfig()
-        for key, value in PRESETS[cfg.preset].items():
-            if getattr(cfg, key) == getattr(defaults, key):  # flags given explicitly win over the preset
-                setattr(cfg, key, value)
+    cfg = parse_with_preset(SamplingBenchConfig, PRESETS, argv)
     unknown = set(cfg.modes.split(",")) - set(MODES)
     if unknown:
         raise ValueError(f"unknown modes {sorted(unknown)}; choose from {list(MODES)}.")
@@ -328,14 +307,7 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.WARNING)
     cfg = parse(argv)
     summary = {"provenance": provenance(argv), **run(cfg)}
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    table = markdown(summary)
-    (out / f"{cfg.name}.md").write_text(
-        f"# On-policy sampling cost\n\n{provenance_line(summary['provenance'])}\n\n{table}"
-    )
-    (out / f"{cfg.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(table, flush=True)
+    write_results(cfg.out_dir, cfg.name, summary, markdown(summary), "On-policy sampling cost")
     return summary
 
 

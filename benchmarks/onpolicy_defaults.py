@@ -15,21 +15,19 @@ completions.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch
 from lm_real_data import LMBenchConfig, evaluate_ce, make_trainer, minilm_path, prepare_data, train_teacher
-from provenance import provenance, provenance_line
+from provenance import provenance, write_results
 from transformers import AutoTokenizer, GenerationConfig, GPT2LMHeadModel, HfArgumentParser
 
 from hf_distill.evaluation import evaluate_generation
@@ -190,14 +188,7 @@ def main(argv=None) -> dict:
     for key, value in PRESETS.get(cfg.preset, {}).items():
         setattr(cfg, key, value)
     summary = {"provenance": provenance(argv), **run(cfg)}
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    table = markdown(summary)
-    (out / f"{cfg.name}.md").write_text(
-        f"# On-policy defaults, chosen on validation\n\n{provenance_line(summary['provenance'])}\n\n{table}"
-    )
-    (out / f"{cfg.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(table, flush=True)
+    write_results(cfg.out_dir, cfg.name, summary, markdown(summary), "On-policy defaults, chosen on validation")
     return summary
 
 

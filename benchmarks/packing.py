@@ -29,11 +29,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))  # model_configs
 
 import torch  # noqa: E402
 from lm_real_data import load_tweets, minilm_path  # noqa: E402
+from model_configs import gpt2_config  # noqa: E402
 from provenance import provenance, provenance_line  # noqa: E402
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel  # noqa: E402
+from transformers import AutoTokenizer, GPT2LMHeadModel  # noqa: E402
 
 from hf_distill import DistillationArguments, DistillationTrainer, PromptCompletionCollator  # noqa: E402
 from hf_distill.lm_data import encode_example  # noqa: E402
@@ -80,18 +82,9 @@ def tweet_examples(n: int, max_length: int, seed: int = 0) -> list[dict]:
 
 def gpt2(tokenizer, layers: int, hidden: int, heads: int, seed: int, positions: int) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_embd=hidden,
-        n_layer=layers,
-        n_head=heads,
-        n_positions=positions,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.sep_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    ids = {"bos_token_id": tokenizer.cls_token_id, "eos_token_id": tokenizer.sep_token_id}
+    config = gpt2_config(
+        len(tokenizer), hidden, layers, heads, positions, 0.0, pad_token_id=tokenizer.pad_token_id, **ids
     )
     return GPT2LMHeadModel(config)
 

@@ -1,11 +1,14 @@
-"""Provenance of a benchmark's result files: the git commit and the exact command that produced them."""
+"""Provenance of a benchmark's result files: the git commit and the exact command that produced them, and writing
+the files with it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,3 +40,22 @@ def provenance(argv: list[str] | None = None) -> dict[str, str]:
 def provenance_line(record: dict[str, str]) -> str:
     """One Markdown line for the top of a results table."""
     return f"Produced by `{record['command']}` at commit {record['commit']}."
+
+
+def write_results(out_dir, name: str, summary: dict, table: str, title: str | None = None) -> None:
+    """NAME.md (a `# title` line when given, `provenance_line(summary["provenance"])`, the table) and NAME.json (the
+    summary) under `out_dir` (created if missing); the table is printed too.
+
+    Args:
+        out_dir: the results folder, e.g. docs/results.
+        name: the files' name without the suffix.
+        summary: the results, with the run's `provenance()` under "provenance".
+        table: the Markdown table of the results.
+        title: the Markdown page's heading.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    heading = f"# {title}\n\n" if title else ""
+    (out / f"{name}.md").write_text(f"{heading}{provenance_line(summary['provenance'])}\n\n{table}")
+    (out / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(table, flush=True)

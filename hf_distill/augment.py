@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .modeling import eval_mode
 from .positions import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
@@ -116,10 +117,8 @@ def _fill_masks(copies: list[list[str]], rngs, mlm, tokenizer, top_k: int, batch
     special = set(tokenizer.all_special_ids)
     banned = torch.tensor([t.startswith("##") or i in special for i, t in enumerate(vocab)])
     device = next(mlm.parameters()).device
-    was_training = mlm.training
-    mlm.eval()
     todo = [k for k, words in enumerate(copies) if mask in words]
-    try:
+    with eval_mode(mlm):
         for start in range(0, len(todo), batch_size):
             rows = todo[start : start + batch_size]
             enc = tokenizer([" ".join(copies[k]) for k in rows], return_tensors="pt", padding=True, truncation=True)
@@ -137,8 +136,6 @@ def _fill_masks(copies: list[list[str]], rngs, mlm, tokenizer, top_k: int, batch
                     options = [o for o in options if o not in originals][:top_k] or options[:top_k]
                     words[w_idx] = options[int(rngs[k].integers(len(options)))]
                     m += 1
-    finally:
-        mlm.train(was_training)
     return copies
 
 

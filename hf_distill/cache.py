@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .modeling import forward_params, unwrap_peft
+from .modeling import eval_mode, forward_params, unwrap_peft
 
 logger = logging.getLogger(__name__)
 
@@ -103,23 +103,18 @@ def cache_teacher_outputs(
 
     features = _teacher_features(teacher, dataset, top_k)
     device = torch.device(device) if device is not None else next(teacher.parameters()).device
-    was_training = teacher.training
-    teacher.eval()
-    try:
-        with torch.no_grad():
-            columns = _run_teacher(
-                teacher,
-                dataset,
-                features,
-                data_collator or default_data_collator,
-                device,
-                batch_size,
-                output_field,
-                top_k,
-                temperature,
-            )
-    finally:
-        teacher.train(was_training)
+    with torch.no_grad(), eval_mode(teacher):
+        columns = _run_teacher(
+            teacher,
+            dataset,
+            features,
+            data_collator or default_data_collator,
+            device,
+            batch_size,
+            output_field,
+            top_k,
+            temperature,
+        )
     for name, values in columns.items():
         dataset = dataset.add_column(name, values)
     logger.info(

@@ -31,6 +31,7 @@ from transformers import TrainerCallback
 
 from .generation import _seed, cut_completions, synced_generation
 from .lm_data import IGNORE_INDEX, end_token_id, pad_prompt_completion, prompt_length, tokenize_prompt_completion
+from .modeling import eval_mode
 
 logger = logging.getLogger(__name__)
 
@@ -176,29 +177,16 @@ def evaluate_generation(
     if len(dataset) == 0:
         raise ValueError("the evaluation dataset is empty: give it at least one prompt.")
     rows = _rows(dataset, tokenizer, max_length)
-    examples = None
-    columns = getattr(dataset, "column_names", None) or list(dataset[0])
-    if answer_checker is None and ANSWER_COLUMN in columns:
-        answer_checker = default_answer_checker
-    if answer_checker is not None:
-        examples = [dict(dataset[i]) for i in range(len(rows))]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_token_id(tokenizer)
-    eos = generation_config.eos_token_id if generation_config.eos_token_id is not None else end_token_id(tokenizer)
-    if isinstance(eos, list):
-        eos = eos[0]
+    answer_checker, examples = _answers(dataset, len(rows), answer_checker)
+    pad, eos = _pad_and_eos(tokenizer, generation_config)
     scorers = {"model": model}
     if teacher is not None and teacher_floor and teacher is not model:
         scorers["teacher"] = teacher
     models = list({id(x): x for x in [model, teacher] if x is not None}.values())
-    # Each submodule's own flag: a wrapper's (a DeepSpeed engine keeps `training` True over its eval-mode module)
-    # is not its modules', and train(wrapper's flag) would switch a frozen teacher's dropout on.
-    modes = {sub: sub.training for m in models for sub in m.modules()}
-    for m in models:
-        m.eval()
     # Sharded models (ZeRO-3, FSDP) gather their layers from every process in each forward: every process then
     # runs every batch, the same forwards in the same order (and decodes in lockstep), and keeps all the records.
     everywhere = any(synced_generation(m) for m in models)
-    try:
+    with eval_mode(*models):
         records = _records(
             scorers,
             teacher,
@@ -213,10 +201,28 @@ def evaluate_generation(
             answer_checker,
             everywhere,
         )
-    finally:
-        for sub, training in modes.items():
-            sub.training = training
     return _summary(_gather(records, everywhere), teacher is not None, answer_checker is not None, return_samples)
+
+
+def _answers(dataset, n: int, answer_checker):
+    """(the answer checker, the first `n` examples as dicts to check against), or (None, None) without answers.
+
+    The default checker (`default_answer_checker`) applies when the dataset has an `answer` column.
+    """
+    columns = getattr(dataset, "column_names", None) or list(dataset[0])
+    if answer_checker is None and ANSWER_COLUMN in columns:
+        answer_checker = default_answer_checker
+    if answer_checker is None:
+        return None, None
+    return answer_checker, [dict(dataset[i]) for i in range(n)]
+
+
+def _pad_and_eos(tokenizer, generation_config) -> tuple[int, int]:
+    """The pad token (the tokenizer's, else its end token) and the token that ends a completion (the config's
+    first `eos_token_id`, else the tokenizer's end token)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_token_id(tokenizer)
+    eos = generation_config.eos_token_id if generation_config.eos_token_id is not None else end_token_id(tokenizer)
+    return pad, eos[0] if isinstance(eos, list) else eos
 
 
 def _records(

@@ -44,6 +44,7 @@ from transformers.generation import (
 )
 
 from .lm_data import PROMPT_ATTENTION_MASK, PROMPT_INPUT_IDS, is_packed, pack_padded
+from .modeling import eval_mode
 from .positions import COMPLETION_MASK, IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
@@ -238,29 +239,32 @@ def sample_completions(
 
     Returns the generated tokens (B, N) and each row's completion length (B,) (up to its first eos).
     """
-    was_training = model.training
-    model.eval()  # no dropout while sampling (and no gradient-checkpointing switch-off of the cache)
     device = prompt_input_ids.device
     synced = synced_generation(model) if synced_gpus is None else synced_gpus
-    processors = None
-    if sampler == "inverse_cdf":
-        generation_config, processors = inverse_cdf_decoding(generation_config)
-    elif sampler != "multinomial":
-        raise ValueError(f"sampler must be 'multinomial' or 'inverse_cdf', got {sampler!r}.")
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast():
-            torch.manual_seed(seed)
-            out = model.generate(
-                input_ids=prompt_input_ids,
-                attention_mask=prompt_attention_mask,
-                generation_config=generation_config,
-                logits_processor=processors,
-                synced_gpus=synced,
-            )  # (B, P + N)
-    finally:
-        model.train(was_training)
+    generation_config, processors = _decoding(generation_config, sampler)
+    # eval mode: no dropout while sampling (and no gradient-checkpointing switch-off of the cache)
+    with eval_mode(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast():
+        torch.manual_seed(seed)
+        out = model.generate(
+            input_ids=prompt_input_ids,
+            attention_mask=prompt_attention_mask,
+            generation_config=generation_config,
+            logits_processor=processors,
+            synced_gpus=synced,
+        )  # (B, P + N)
     new_tokens = out[:, prompt_input_ids.shape[1] :]  # (B, N)
     return new_tokens, completion_lengths(new_tokens, generation_config.eos_token_id)
+
+
+def _decoding(
+    generation_config: GenerationConfig, sampler: str
+) -> tuple[GenerationConfig, LogitsProcessorList | None]:
+    """The configuration and logits processors that `sample_completions` decodes with for `sampler`."""
+    if sampler == "inverse_cdf":
+        return inverse_cdf_decoding(generation_config)
+    if sampler != "multinomial":
+        raise ValueError(f"sampler must be 'multinomial' or 'inverse_cdf', got {sampler!r}.")
+    return generation_config, None
 
 
 def with_completions(
@@ -287,17 +291,7 @@ def with_completions(
     """
     prompts, prompt_mask = batch[PROMPT_INPUT_IDS], batch[PROMPT_ATTENTION_MASK]  # (B, P) left-padded
     new_tokens, lengths = new_tokens.to(prompts.device), lengths.to(prompts.device)
-    n_prompt = prompt_mask.sum(1)  # (B,)
-    P = prompts.shape[1]
-    total = n_prompt + lengths  # (B,)
-    L = int(total.max())
-    j = torch.arange(L, device=prompts.device)[None, :]  # (1, L) output positions
-    in_prompt = j < n_prompt[:, None]  # (B, L)
-    in_completion = ~in_prompt & (j < total[:, None])
-    source_ids = torch.cat([prompts, new_tokens], dim=1)  # (B, P + N)
-    index = torch.where(in_prompt, P - n_prompt[:, None] + j, P + j - n_prompt[:, None])
-    index = index.clamp(0, source_ids.shape[1] - 1)
-    input_ids = source_ids.gather(1, index)  # (B, L)
+    input_ids, in_prompt, in_completion = _prompt_then_completion(prompts, prompt_mask, new_tokens, lengths)
     attention_mask = (in_prompt | in_completion).long()
     input_ids = input_ids.masked_fill(attention_mask == 0, pad_token_id)
     completion_mask = in_completion.long()
@@ -311,6 +305,27 @@ def with_completions(
     }
     out = {**batch, **new}  # the prompts (and any column a custom collator adds) stay as they were
     return pack_padded(out) if is_packed(batch) else out  # a packed batch stays packed (lm_data.pack_padded)
+
+
+def _prompt_then_completion(
+    prompts: torch.Tensor, prompt_mask: torch.Tensor, new_tokens: torch.Tensor, lengths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's real prompt tokens, then the first `lengths[b]` of `new_tokens[b]`, moved left in one gather.
+
+    Returns (input_ids, in_prompt, in_completion), each (B, L) with L the longest prompt + completion; the
+    positions after a row's completion hold arbitrary tokens (the caller pads them).
+    """
+    n_prompt = prompt_mask.sum(1)  # (B,)
+    P = prompts.shape[1]
+    total = n_prompt + lengths  # (B,)
+    L = int(total.max())
+    j = torch.arange(L, device=prompts.device)[None, :]  # (1, L) output positions
+    in_prompt = j < n_prompt[:, None]  # (B, L)
+    in_completion = ~in_prompt & (j < total[:, None])
+    source_ids = torch.cat([prompts, new_tokens], dim=1)  # (B, P + N)
+    index = torch.where(in_prompt, P - n_prompt[:, None] + j, P + j - n_prompt[:, None])
+    index = index.clamp(0, source_ids.shape[1] - 1)
+    return source_ids.gather(1, index), in_prompt, in_completion  # (B, L) each
 
 
 def stack_prompts(batches: list[dict], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:

@@ -197,28 +197,13 @@ def tokenize_prompt_completion(
     of = f" of {source}" if source else ""
 
     def encode(batch, indices):
-        if kind == "messages":
-            pairs = [split_chat(m, tokenizer, f"example {i}{of}") for m, i in zip(batch[MESSAGES], indices)]
-        else:  # conversational prompt / completion (lists of messages, as in TRL datasets) go through the template
-            pairs = [
-                split_chat(list(p) + list(c), tokenizer, f"example {i}{of}") if isinstance(c, list) else (p, c)
-                for p, c, i in zip(batch["prompt"], batch["completion"], indices)
-            ]
-        templated = kind == "messages" or isinstance(batch["completion"][0], list)  # the template writes its own bos
+        pairs, templated = _text_pairs(batch, indices, kind, tokenizer, of)
         rows = {"input_ids": [], "labels": []}
         for index, (prompt, completion) in zip(indices, pairs):
-            if not completion.strip():
-                raise ValueError(
-                    f"example {index}{of} has an empty completion: there is nothing to distil. Drop it "
-                    "(dataset.filter) or give it a completion."
-                )
-            p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            if not templated and bos is not None and (not p or p[0] != bos):
-                p = [bos] + p
-            c = tokenizer(completion, add_special_tokens=False)["input_ids"]
-            if eos is not None and c[-1:] != [eos]:  # a chat template may already end the turn with it
-                c = c + [eos]
-            example = encode_example(p, c, max_length, where=f"example {index}{of}")
+            # a chat template writes its own bos
+            example = _encode_texts(
+                prompt, completion, tokenizer, max_length, None if templated else bos, eos, f"example {index}{of}"
+            )
             rows["input_ids"].append(example["input_ids"])
             rows["labels"].append(example["labels"])
         return rows
@@ -230,6 +215,38 @@ def tokenize_prompt_completion(
         remove_columns=dataset.column_names,
         desc=desc or "tokenizing prompt/completion",
     )
+
+
+def _text_pairs(batch: dict, indices: list[int], kind: str, tokenizer, of: str) -> tuple[list[tuple], bool]:
+    """(prompt text, completion text) of each row of a batch of `kind` (`check_prompt_completion`), and whether
+    a chat template rendered them; `of` names the source in error messages."""
+    if kind == "messages":
+        pairs = [split_chat(m, tokenizer, f"example {i}{of}") for m, i in zip(batch[MESSAGES], indices)]
+    else:  # conversational prompt / completion (lists of messages, as in TRL datasets) go through the template
+        pairs = [
+            split_chat(list(p) + list(c), tokenizer, f"example {i}{of}") if isinstance(c, list) else (p, c)
+            for p, c, i in zip(batch["prompt"], batch["completion"], indices)
+        ]
+    return pairs, kind == "messages" or isinstance(batch["completion"][0], list)
+
+
+def _encode_texts(
+    prompt: str, completion: str, tokenizer, max_length: int, bos: int | None, eos: int | None, where: str
+) -> dict[str, list[int]]:
+    """`encode_example` of one text pair: `bos` (unless None) starts the prompt, `eos` (unless None) ends the
+    completion, neither twice."""
+    if not completion.strip():
+        raise ValueError(
+            f"{where} has an empty completion: there is nothing to distil. Drop it (dataset.filter) or give it a "
+            "completion."
+        )
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if bos is not None and (not p or p[0] != bos):
+        p = [bos] + p
+    c = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    if eos is not None and c[-1:] != [eos]:  # a chat template may already end the turn with it
+        c = c + [eos]
+    return encode_example(p, c, max_length, where=where)
 
 
 def prompt_length(labels: Sequence[int]) -> int:

@@ -1,7 +1,9 @@
-"""Facts about models that several modules need: the task -> Auto class table, PEFT unwrapping, forward inputs."""
+"""Facts about models that several modules need: the task -> Auto class table, PEFT unwrapping, forward inputs,
+and a scoped eval mode."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 
@@ -22,6 +24,27 @@ TASKS: dict[str, str] = {
     "multiple-choice": "AutoModelForMultipleChoice",
     "feature-extraction": "AutoModel",
 }
+
+
+@contextlib.contextmanager
+def eval_mode(*models: nn.Module):
+    """Every module of `models` in eval mode (no dropout) inside the block; each submodule's own `training` flag
+    is restored after, also when the block raises.
+
+    Each submodule's own flag: a wrapper's (a DeepSpeed engine keeps `training` True over its eval-mode module) is
+    not its modules', and train(wrapper's flag) would switch a frozen teacher's dropout on.
+
+    Args:
+        *models: the modules to switch (the same module twice is fine).
+    """
+    modes = {sub: sub.training for m in models for sub in m.modules()}
+    for m in models:
+        m.eval()
+    try:
+        yield
+    finally:
+        for sub, training in modes.items():
+            sub.training = training
 
 
 def unwrap_peft(model: nn.Module) -> nn.Module:

@@ -294,9 +294,8 @@ class DistillationObjective:
         keep = keep.to(student_hidden.device)
         n_soft = soft_mask.sum().clamp_min(1)
         n_hard = (next_labels != IGNORE_INDEX).sum().clamp_min(1) if next_labels is not None else None
-        scales = scales or {}
-        w_soft = self.weights["soft_loss"] * scales.get("soft_loss", 1.0)
-        w_hard = self.weights["hard_loss"] * scales.get("hard_loss", 1.0) if n_hard is not None else 0.0
+        w_soft, w_hard = self._head_weights(scales)
+        w_hard = w_hard if n_hard is not None else 0.0
         params = {} if self.divergence in losses.LOGIT_DIVERGENCES else self.divergence_kwargs
         out = chunked_head_loss(
             student_hidden[keep],
@@ -314,12 +313,7 @@ class DistillationObjective:
             soft_scale=w_soft / n_soft if w_soft else 0.0,
             hard_scale=w_hard / n_hard if w_hard else 0.0,  # no sync
         )
-        terms = {}
-        if self.weights["soft_loss"] > 0:
-            terms["soft_loss"] = out.soft_sum / n_soft
-        if n_hard is not None and self.weights["hard_loss"] > 0:
-            terms["hard_loss"] = out.hard_sum / n_hard
-        return out.loss, terms
+        return out.loss, self._head_terms(out.soft_sum / n_soft, out.hard_sum / n_hard if n_hard is not None else None)
 
     def chunked_loss(
         self,
@@ -338,26 +332,16 @@ class DistillationObjective:
         hidden, attention and `extra` terms are computed and weighted as usual (`terms`, `combine`).
         """
         teacher_hidden = [None if out is None else out["hidden_states"][-1] for out in teacher_outputs]  # (B, L, H)
-        if self.paired is not None:
-            head_loss, terms = self.paired_head_loss(
-                inputs,
-                student_outputs["hidden_states"][-1],
-                teacher_hidden,
-                student_head,
-                teacher_heads,
-                chunk_size,
-                scales,
-            )
-        else:
-            head_loss, terms = self.lm_head_loss(
-                inputs,
-                student_outputs["hidden_states"][-1],
-                teacher_hidden,
-                student_head,
-                teacher_heads,
-                chunk_size,
-                scales,
-            )
+        head = self.paired_head_loss if self.paired is not None else self.lm_head_loss
+        head_loss, terms = head(
+            inputs,
+            student_outputs["hidden_states"][-1],
+            teacher_hidden,
+            student_head,
+            teacher_heads,
+            chunk_size,
+            scales,
+        )
         others = self.terms(inputs, student_outputs, teacher_outputs, include_soft=False)
         others.update(extra or {})
         loss = head_loss + self.combine(others, scales) if others else head_loss
@@ -374,16 +358,26 @@ class DistillationObjective:
         scales=None,
     ):
         """`lm_head_loss` for routed / cross-tokenizer teachers: the soft term over aligned pairs (`self.paired`)."""
-        scales = scales or {}
-        w_soft = self.weights["soft_loss"] * scales.get("soft_loss", 1.0)
-        w_hard = self.weights["hard_loss"] * scales.get("hard_loss", 1.0)
+        w_soft, w_hard = self._head_weights(scales)
         loss, soft, hard, self._paired_logs = self.paired.chunked_loss(
             inputs, student_hidden, teacher_hidden, student_head, teacher_heads, chunk_size, w_soft, w_hard
         )
+        return loss, self._head_terms(soft, hard)
+
+    def _head_weights(self, scales: dict[str, float] | None) -> tuple[float, float]:
+        """The soft and hard weights of the chunked output-layer loss, times their `scales` (see `combine`)."""
+        scales = scales or {}
+        return (
+            self.weights["soft_loss"] * scales.get("soft_loss", 1.0),
+            self.weights["hard_loss"] * scales.get("hard_loss", 1.0),
+        )
+
+    def _head_terms(self, soft: torch.Tensor, hard: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The soft and hard terms to log, those whose weight is on (hard: only for a batch with labels)."""
         terms = {"soft_loss": soft} if self.weights["soft_loss"] > 0 else {}
         if hard is not None and self.weights["hard_loss"] > 0:
             terms["hard_loss"] = hard
-        return loss, terms
+        return terms
 
     def _pop_paired_logs(self) -> dict:
         logs, self._paired_logs = self._paired_logs, {}

@@ -1,7 +1,8 @@
 """The final save of a distilled student: the student alone (no projections), its adapter merged on request.
 
 Checkpoints are not written here (the Trainer's keep everything, projections included, to resume exactly); these
-functions write the model that `save_model` / `push_to_hub` hand out.
+functions, and the trainer's saving hooks (`StudentSaving`), write the model that `save_model` / `push_to_hub` hand
+out.
 """
 
 from __future__ import annotations
@@ -89,3 +90,36 @@ def save_final_student(trainer, output_dir: str | None, merge: bool) -> None:
             state_dict=student_part(state_dict, trainer.projections is not None),
             merge=merge,
         )
+
+
+class StudentSaving:
+    """The DistillationTrainer's saving hooks, a mixin placed before `transformers.Trainer`.
+
+    `save_model` (and the save that `push_to_hub` makes) writes the student alone: no projections, its adapter
+    merged when `merge_adapter_on_save`, gathered from shards under FSDP. Checkpoints keep everything (projections
+    included, to resume exactly) and carry a redacted copy of the training arguments.
+    """
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        final = not _internal_call or self._pushing  # not a checkpoint (those keep everything, to resume exactly)
+        merge = self.merge_adapter_on_save and hasattr(self.student, "merge_and_unload")
+        # Under FSDP the Trainer writes no loadable model with SHARDED_STATE_DICT: gather the full student ourselves.
+        if not final or not (merge or self.projections is not None or self.is_fsdp_enabled):
+            return super().save_model(output_dir, _internal_call)
+        save_final_student(self, output_dir, merge)  # the student alone, gathered from shards: a collective
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+        return None
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        # The Trainer pickles self.args (hub_token included) into every checkpoint: write a redacted copy over it.
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            save_training_args(self.args, output_dir if output_dir is not None else self.args.output_dir)
+
+    def push_to_hub(self, *args, **kwargs):
+        self._pushing = True  # Trainer.push_to_hub saves through save_model(_internal_call=True): the final student
+        try:
+            return super().push_to_hub(*args, **kwargs)
+        finally:
+            self._pushing = False

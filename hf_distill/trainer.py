@@ -1,8 +1,8 @@
 """DistillationTrainer: a `transformers.Trainer` that trains a student on a frozen teacher's outputs.
 
 The trainer wires pieces together: construction checks come from `hf_distill.checks`, teachers from
-`hf_distill.teacher`, cached teacher outputs from `hf_distill.cache`, and the loss (terms, masks,
-weights) from `hf_distill.objective`, whose numbers come from `hf_distill.losses`.
+`hf_distill.teacher`, cached teacher outputs from `hf_distill.cache`, the loss (terms, masks, weights) from
+`hf_distill.objective`, whose numbers come from `hf_distill.losses`, and the saving hooks from `hf_distill.saving`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from .objective import (
 )
 from .positions import StepTokens
 from .routing import PairedDistillation
-from .saving import save_final_student, save_training_args
+from .saving import StudentSaving
 from .sharding import adapt_to_sharding
 from .teacher import load_teachers, place_teacher, run_teachers
 
@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["DistillationTrainer", "LogitsPair", "NonFiniteLossError", "TopKTargets"]
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(StudentSaving, Trainer):
     """Trainer for knowledge distillation (Hinton et al., 2015; DistilBERT); the loss is `self.objective`'s.
 
     `model` is the student (trained, saved, pushed). `teacher_model` is a model, a name/path, or a list of them
@@ -98,32 +98,14 @@ class DistillationTrainer(Trainer):
         if model is None:
             raise ValueError("DistillationTrainer needs the student as `model`.")
         args = check_args(args if args is not None else DistillationArguments(output_dir="distilled_model"))
+        datasets = {name: trainer_kwargs.get(name) for name in ("train_dataset", "eval_dataset")}
         # A train set that carries cached teacher outputs (hf_distill.cache) needs no teacher at all.
-        train = trainer_kwargs.get("train_dataset")
-        self.cached = check_cache_only(model, args, train, trainer_kwargs.get("eval_dataset"))
+        self.cached = check_cache_only(model, args, datasets["train_dataset"], datasets["eval_dataset"])
         sources, self.teachers = load_teachers(teacher_model, model, args, self.cached)
         student = wrap_peft(model, peft_config)
         self.merge_adapter_on_save, self._pushing = merge_adapter_on_save, False
         tokenizer = trainer_kwargs.get("processing_class")
-        limit, teacher_tokenizers = check_teachers(
-            student, self.teachers, args, tokenizer, teacher_processing_class, sources
-        )
-        self.objective = DistillationObjective.for_models(
-            args, student, self.teacher, vocab_limit=limit, extra_weights=self.extra_loss_weights
-        )
-        # Rows routed to their own teacher (teacher_id_column) and / or teachers with another tokenizer.
-        self.paired = PairedDistillation.build(
-            args,
-            student,
-            self.teachers,
-            sources,
-            tokenizer,
-            teacher_tokenizers,
-            limit,
-            {"train_dataset": train, "eval_dataset": trainer_kwargs.get("eval_dataset")},
-            self.cached,
-        )
-        self.objective.paired = self.paired.loss if self.paired else None
+        self._build_objective(args, student, sources, datasets, tokenizer, teacher_processing_class)
         super().__init__(
             with_projections(student, self.objective.layer_map, self.teacher), args, *trainer_args, **trainer_kwargs
         )
@@ -134,6 +116,22 @@ class DistillationTrainer(Trainer):
         # On-policy / sequence-level KD (lmbda, seq_kd): completions sampled as the batches are drawn.
         check_generation_setup(args, student, self.teachers, self.cached)
         self.sampler = CompletionSampler(args, *special_token_ids(self.processing_class, unwrap_peft(student)))
+
+    def _build_objective(
+        self, args, student: nn.Module, sources: list, datasets: dict, tokenizer, teacher_processing_class
+    ) -> None:
+        """`self.objective` and `self.paired` (rows routed to their own teacher, teacher_id_column, and / or teachers
+        with another tokenizer), after the teacher checks."""
+        limit, teacher_tokenizers = check_teachers(
+            student, self.teachers, args, tokenizer, teacher_processing_class, sources
+        )
+        self.objective = DistillationObjective.for_models(
+            args, student, self.teacher, vocab_limit=limit, extra_weights=self.extra_loss_weights
+        )
+        self.paired = PairedDistillation.build(
+            args, student, self.teachers, sources, tokenizer, teacher_tokenizers, limit, datasets, self.cached
+        )
+        self.objective.paired = self.paired.loss if self.paired else None
 
     def _finish_setup(self, student: nn.Module) -> None:
         check_sharding(self.accelerator, self.args)  # the FSDP / DeepSpeed / processes asked for must be in effect
@@ -363,29 +361,3 @@ class DistillationTrainer(Trainer):
         if self._signature_columns is None:
             extra = {*CACHE_COLUMNS, *self.label_names, *(self.paired.columns() if self.paired else ())}
             self._signature_columns = signature_columns(self.student, self.teachers, extra)
-
-    # ---- saving: the student alone, its adapter merged on request; checkpoints keep everything ---------
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        final = not _internal_call or self._pushing  # not a checkpoint (those keep everything, to resume exactly)
-        merge = self.merge_adapter_on_save and hasattr(self.student, "merge_and_unload")
-        # Under FSDP the Trainer writes no loadable model with SHARDED_STATE_DICT: gather the full student ourselves.
-        if not final or not (merge or self.projections is not None or self.is_fsdp_enabled):
-            return super().save_model(output_dir, _internal_call)
-        save_final_student(self, output_dir, merge)  # the student alone, gathered from shards: a collective
-        if self.args.push_to_hub and not _internal_call:
-            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
-        return None
-
-    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        # The Trainer pickles self.args (hub_token included) into every checkpoint: write a redacted copy over it.
-        super()._save(output_dir, state_dict)
-        if self.args.should_save:
-            save_training_args(self.args, output_dir if output_dir is not None else self.args.output_dir)
-
-    def push_to_hub(self, *args, **kwargs):
-        self._pushing = True  # Trainer.push_to_hub saves through save_model(_internal_call=True): the final student
-        try:
-            return super().push_to_hub(*args, **kwargs)
-        finally:
-            self._pushing = False

@@ -325,21 +325,13 @@ def generation_metrics(models: dict, tokenizer, dataset, args) -> dict[str, dict
     return out
 
 
-def train_hard_baseline(init, teacher, args, steps: int, train, tokenizer, collator, peft_config, **teacher_kwargs):
+def train_hard_baseline(init, args, steps: int, common: dict):
     """The same student init, seed, batch and schedule as the distilled run, `steps` optimizer steps, on the
-    completion cross-entropy alone (dataset completions, no teacher term); its checkpoints are removed."""
+    completion cross-entropy alone (dataset completions, no teacher term); its checkpoints are removed. `common`:
+    the distillation trainer's teacher, train set, tokenizer(s), collator and peft_config."""
     folder = os.path.join(args.output_dir, "hard_baseline")
     b_args = dataclasses.replace(hard_baseline_arguments(args, steps, output_dir=folder), generation_eval_steps=0)
-    baseline = DistillationTrainer(
-        model=init,
-        teacher_model=teacher,
-        args=b_args,
-        train_dataset=train,
-        processing_class=tokenizer,
-        data_collator=collator,
-        peft_config=peft_config,
-        **teacher_kwargs,
-    )
+    baseline = DistillationTrainer(model=init, args=b_args, **common)
     baseline.train()
     shutil.rmtree(folder, ignore_errors=True)
     return baseline
@@ -493,6 +485,20 @@ def load_splits(data_args, args, tokenizer, configs):
     return args, raw, data, splits
 
 
+def load_models(model_args, teacher_paths: list[str]) -> tuple[list, torch.nn.Module, dict, dict]:
+    """The teachers, the student (`build_student`) with its description, and their parameter counts."""
+    teachers = [AutoModelForCausalLM.from_pretrained(p) for p in teacher_paths]
+    student, info = build_student(
+        AutoModelForCausalLM,
+        teachers[0],
+        model_args.student_model_name_or_path,
+        model_args.student_num_layers,
+        model_args.student_layers,
+    )
+    params = {"teacher": get_model_param_count(teachers[0]), "student": get_model_param_count(student)}
+    return teachers, student, info, params
+
+
 def main(argv: list[str] | None = None) -> dict:
     run = start_run(
         __file__,
@@ -507,32 +513,24 @@ def main(argv: list[str] | None = None) -> dict:
     args, raw, data, splits = load_splits(data_args, args, tokenizer, configs)
 
     set_seed(args.seed)
-    teachers = [AutoModelForCausalLM.from_pretrained(p) for p in teacher_paths]
-    teacher = teachers[0]
-    student, info = build_student(
-        AutoModelForCausalLM,
-        teacher,
-        model_args.student_model_name_or_path,
-        model_args.student_num_layers,
-        model_args.student_layers,
+    teachers, student, info, params = load_models(model_args, teacher_paths)
+    # What the distillation and the hard-baseline trainers share.
+    common = dict(
+        teacher_model=teachers if len(teachers) > 1 else teachers[0],
+        train_dataset=data[splits[0]],
+        processing_class=tokenizer,
+        data_collator=PromptCompletionCollator.from_tokenizer(tokenizer, pack=data_args.packing),
+        peft_config=lora_config(model_args),
+        **teacher_tokenizer_kwargs(args, teacher_tokenizers),
     )
-    params = {"teacher": get_model_param_count(teacher), "student": get_model_param_count(student)}
-    peft_config = lora_config(model_args)
-
-    collator = PromptCompletionCollator.from_tokenizer(tokenizer, pack=data_args.packing)
     baseline_init = copy.deepcopy(student) if args.compare_with_hard_baseline else None
     # The recipe pushes the final folder itself (Run.finish); the Trainer must not create repos or push checkpoints.
     trainer = DistillationTrainer(
         model=student,
-        teacher_model=teachers if len(teachers) > 1 else teacher,
         args=dataclasses.replace(args, push_to_hub=False),
-        train_dataset=data[splits[0]],
         eval_dataset=data[splits[1]],
-        processing_class=tokenizer,
-        data_collator=collator,
-        peft_config=peft_config,
         merge_adapter_on_save=model_args.use_peft,
-        **teacher_tokenizer_kwargs(args, teacher_tokenizers),
+        **common,
     )
     other = other_tokenizer(trainer)  # the first teacher's own tokenizer, where it is not the student's
     scored = with_answers(data[splits[1]], raw[splits[1]])  # the prompts the generation metrics complete
@@ -544,17 +542,7 @@ def main(argv: list[str] | None = None) -> dict:
         models = {"teacher": trainer.teacher, "student": trainer.accelerator.unwrap_model(trainer.model_wrapped)}
         baseline = None
         if baseline_init is not None:
-            baseline = train_hard_baseline(
-                baseline_init,
-                teachers if len(teachers) > 1 else teacher,
-                args,
-                trainer.state.global_step,
-                data[splits[0]],
-                tokenizer,
-                collator,
-                peft_config,
-                **teacher_tokenizer_kwargs(args, teacher_tokenizers),
-            )
+            baseline = train_hard_baseline(baseline_init, args, trainer.state.global_step, common)
             models["hard_baseline"] = baseline.accelerator.unwrap_model(baseline.model_wrapped)
             params["hard_baseline"] = params["student"]
         results = evaluate_and_report(
@@ -566,7 +554,7 @@ def main(argv: list[str] | None = None) -> dict:
             train_metrics,
             (data[splits[0]], data[splits[1]], scored),
             tokenizer,
-            collator,
+            common["data_collator"],
             baseline,
             (other, raw[splits[1]]),
         )

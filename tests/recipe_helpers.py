@@ -9,22 +9,9 @@ from testing_utils import make_tokenizer, tiny_bert
 
 LABELS = ("negative", "neutral", "positive")
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-COMMON = [
-    "--report_to",
-    "none",
-    "--save_strategy",
-    "no",
-    "--logging_steps",
-    "1",
-    "--disable_tqdm",
-    "true",
-    "--use_cpu",
-    "true",
-    "--per_device_eval_batch_size",
-    "16",
-    "--max_length",
-    "32",
-]
+# Every recipe test's run: on the CPU, no reports, no checkpoints, no progress bar, a log entry per step.
+CPU_RUN = "--report_to none --save_strategy no --logging_steps 1 --disable_tqdm true --use_cpu true".split()
+COMMON = [*CPU_RUN, "--per_device_eval_batch_size", "16", "--max_length", "32"]
 
 
 def write_csv(path, n, seed, words=8, labels=LABELS, extra_rows=()):

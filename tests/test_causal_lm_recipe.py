@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import transformers as tf
-from testing_utils import HANG_TIMEOUT_S, make_tokenizer, tiny_gpt2
+from recipe_helpers import CPU_RUN
+from testing_utils import make_tokenizer, tiny_gpt2, torchrun
 
 import hf_distill
 from hf_distill import render_model_card
@@ -22,16 +20,7 @@ from recipes import distil_causal_lm
 ROOT = Path(__file__).resolve().parent.parent
 GKD_CONFIG = str(ROOT / "recipes" / "configs" / "causal_lm_gkd.yaml")
 COMMON = [
-    "--report_to",
-    "none",
-    "--save_strategy",
-    "no",
-    "--logging_steps",
-    "1",
-    "--disable_tqdm",
-    "true",
-    "--use_cpu",
-    "true",
+    *CPU_RUN,
     "--bf16",
     "false",
     "--per_device_eval_batch_size",
@@ -190,25 +179,8 @@ def test_recipe_chat_data_seq_kd_peft(setup, tmp_path):
 
 def test_recipe_torchrun_two_processes(setup, tmp_path):
     teacher, data = setup
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--standalone",
-            str(ROOT / "recipes" / "distil_causal_lm.py"),
-            *recipe_args(teacher, data, tmp_path / "two", "--lmbda", "0.5", "--per_device_train_batch_size", "2"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=HANG_TIMEOUT_S,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    argv = recipe_args(teacher, data, tmp_path / "two", "--lmbda", "0.5", "--per_device_train_batch_size", "2")
+    torchrun(ROOT / "recipes" / "distil_causal_lm.py", argv)
     results = json.loads((tmp_path / "two" / "distillation_results.json").read_text())
     assert results["distillation"]["global_train_batch_size"] == 4
     # the coin is the same on both processes: the averaged fraction is 0 or 1 at every step, as seeded

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from testing_utils import distillation_args
 from xtok_setup import bpe_tokenizer, lm_dataset, tiny_gpt2, wordpiece_tokenizer
 
 from hf_distill import DistillationArguments, DistillationTrainer
@@ -21,17 +22,8 @@ from hf_distill.losses import DIVERGENCES, divergence_loss, teacher_log_probs
 
 
 def args(tmp_path, **kw) -> DistillationArguments:
-    base = {
-        "output_dir": str(tmp_path / "out"),
-        "report_to": "none",
-        "use_cpu": True,
-        "save_strategy": "no",
-        "per_device_train_batch_size": 4,
-        "max_steps": 2,
-        "disable_tqdm": True,
-        "learning_rate": 1e-2,
-    }
-    return DistillationArguments(**{**base, **kw})
+    base = {"per_device_train_batch_size": 4, "max_steps": 2, "learning_rate": 1e-2}
+    return distillation_args(tmp_path / "out", **{**base, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,13 @@ import os
 import pytest
 import torch
 from testing_utils import (
-    LM_TRAINER_ARGS,
     TOKENS,
+    assert_same_weights,
     distillation_args,
     lm_collate,
     lm_data,
     lm_tokenizer,
+    lm_trainer,
     one_and_two_processes,
     requires_torchrun,
     tiny_lm,
@@ -21,31 +22,12 @@ from testing_utils import (
 from hf_distill import DistillationTrainer
 
 
-def make_trainer(tmp_path, student, teachers, data=None, peft_config=None, **kw):
-    args = distillation_args(tmp_path, **{**LM_TRAINER_ARGS, **kw})
-    return DistillationTrainer(
-        student,
-        teachers,
-        args,
-        train_dataset=data if data is not None else lm_data(),
-        data_collator=lm_collate,
-        processing_class=lm_tokenizer(),
-        peft_config=peft_config,
-    )
-
-
 def train(tmp_path, arch="llama", teachers=1, **kw):
     student = tiny_lm(arch, vocab=56, seed=1)
     teacher_list = [tiny_lm(arch, vocab=64, hidden=24, seed=10 + k) for k in range(teachers)]
-    trainer = make_trainer(tmp_path, student, teacher_list if teachers > 1 else teacher_list[0], **kw)
+    trainer = lm_trainer(tmp_path, student, teacher_list if teachers > 1 else teacher_list[0], **kw)
     trainer.train()
     return {k: v.detach().clone() for k, v in student.state_dict().items()}, trainer
-
-
-def assert_same_weights(a, b, rtol=1e-5):
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=rtol, atol=rtol * a[k].abs().max().item(), msg=k)
 
 
 @pytest.mark.parametrize(
@@ -75,16 +57,16 @@ def test_no_full_logits_in_training_or_evaluation(tmp_path):
     shapes = []
     for model in (student, teacher):
         model.get_output_embeddings().register_forward_hook(lambda m, i, out: shapes.append(tuple(out.shape)))
-    trainer = make_trainer(tmp_path, student, teacher, loss_chunk_size=4, eval_strategy="no")
+    trainer = lm_trainer(tmp_path, student, teacher, loss_chunk_size=4, eval_strategy="no")
     trainer.train()
     metrics = trainer.evaluate(lm_data(8, seed=5))
     assert shapes and all(s[1] == 1 for s in shapes)  # the models' own heads only ever see the last position
     # ...and the evaluation loss is the full-logits one
-    full = make_trainer(tmp_path, student, teacher).evaluate(lm_data(8, seed=5))
+    full = lm_trainer(tmp_path, student, teacher).evaluate(lm_data(8, seed=5))
     for key in ("eval_loss", "eval_soft_loss", "eval_hard_loss"):
         assert metrics[key] == pytest.approx(full[key], rel=1e-5)
     # compute_metrics asks for logits: they are built (full path), with the same loss
-    asked = make_trainer(tmp_path, student, teacher, loss_chunk_size=4)
+    asked = lm_trainer(tmp_path, student, teacher, loss_chunk_size=4)
     asked.compute_metrics = lambda p: {"n": float(p.predictions.shape[-1])}
     shapes.clear()
     out = asked.evaluate(lm_data(8, seed=5))
@@ -111,7 +93,7 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path, chunk):
     assert_same_weights(four, big)
     # the check can fail: averaging per-micro-batch means weighs short rows' tokens more
     student, teacher = tiny_lm(vocab=56, seed=1), tiny_lm(vocab=64, hidden=24, seed=10)
-    args = make_trainer(
+    args = lm_trainer(
         tmp_path / "means", student, teacher, per_device_train_batch_size=1, gradient_accumulation_steps=4, **kw
     ).args
     PerMicroBatchMeans(
@@ -135,7 +117,7 @@ def test_peft_student_and_bf16_teacher(tmp_path):
     lora = LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["q_proj", "v_proj"])
     results = {}
     for name, chunk in (("full", None), ("chunked", 4)):
-        trainer = make_trainer(
+        trainer = lm_trainer(
             tmp_path / name,
             tiny_lm(vocab=56, seed=1),
             tiny_lm(vocab=64, hidden=24, seed=2),
@@ -151,7 +133,7 @@ def test_peft_student_and_bf16_teacher(tmp_path):
     for n in grads_f:
         torch.testing.assert_close(grads_c[n], grads_f[n], rtol=1e-4, atol=1e-4 * grads_f[n].abs().max().item())
     with pytest.raises(ValueError, match="plain nn.Linear"):
-        make_trainer(
+        lm_trainer(
             tmp_path / "head",
             tiny_lm(vocab=56, seed=1),
             tiny_lm(vocab=64, hidden=24, seed=2),
@@ -175,11 +157,9 @@ def test_chunking_refuses_what_it_cannot_do(tmp_path):
             distillation_args(tmp_path, loss_chunk_size=8),
         )
     with pytest.raises(ValueError, match="label smoothing"):
-        make_trainer(
-            tmp_path, tiny_lm(seed=1), tiny_lm(vocab=64, seed=2), loss_chunk_size=8, label_smoothing_factor=0.1
-        )
+        lm_trainer(tmp_path, tiny_lm(seed=1), tiny_lm(vocab=64, seed=2), loss_chunk_size=8, label_smoothing_factor=0.1)
     with pytest.raises(ValueError, match="vocab_size"):  # a teacher vocabulary that is more than padding
-        make_trainer(tmp_path, tiny_lm(vocab=40, seed=1), tiny_lm(vocab=64, seed=2), loss_chunk_size=8)
+        lm_trainer(tmp_path, tiny_lm(vocab=40, seed=1), tiny_lm(vocab=64, seed=2), loss_chunk_size=8)
 
 
 @requires_torchrun

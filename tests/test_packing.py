@@ -8,11 +8,12 @@ import pytest
 import torch
 import transformers as tf
 from testing_utils import (
-    LM_TRAINER_ARGS,
+    assert_same_weights,
     distillation_args,
     lm_collate,
     lm_data,
     lm_tokenizer,
+    lm_trainer,
     one_and_two_processes,
     requires_torchrun,
     tiny_lm,
@@ -118,15 +119,7 @@ def test_a_cache_would_mix_packed_rows():
 
 
 def make_trainer(tmp_path, student, teacher, pack, data=None, **kw):
-    args = distillation_args(tmp_path, **{**LM_TRAINER_ARGS, **kw})
-    return DistillationTrainer(
-        student,
-        teacher,
-        args,
-        train_dataset=data if data is not None else lm_data(),
-        data_collator=PromptCompletionCollator(0, pack=pack),
-        processing_class=lm_tokenizer(),
-    )
+    return lm_trainer(tmp_path, student, teacher, data, PromptCompletionCollator(0, pack=pack), **kw)
 
 
 def train(tmp_path, arch, pack, **kw):
@@ -138,12 +131,6 @@ def train(tmp_path, arch, pack, **kw):
 
 def logged(trainer, names=("loss", "soft_loss", "hard_loss", "hidden_loss")):
     return [h[n] for h in trainer.state.log_history if "soft_loss" in h for n in names if n in h]
-
-
-def assert_same_weights(a, b, rtol=1e-5):
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=rtol, atol=rtol * a[k].abs().max().item(), msg=k)
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,6 @@ import csv
 import json
 import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 from unittest import mock
 
@@ -17,7 +15,7 @@ import torch
 import transformers as tf
 from recipe_helpers import COMMON, LABELS, NO_DROPOUT, recipe_args, save_classifier, write_csv
 from safetensors.torch import load_file
-from testing_utils import HANG_TIMEOUT_S, make_tokenizer, tiny_bert
+from testing_utils import make_tokenizer, tiny_bert, torchrun
 
 from hf_distill import DistillationObjective
 from hf_distill.recipes import data as recipe_data
@@ -114,24 +112,7 @@ def test_two_processes_match_one_process(tmp_path):
     data = write_csv(tmp_path / "train.csv", 32, seed=0), write_csv(tmp_path / "dev.csv", 12, seed=1)
     common = ["--student_num_layers", "2", "--hidden_weight", "1.0", "--max_steps", "3", "--seed", "7"]
     args2 = recipe_args(teacher, data, tmp_path / "two", *common, "--per_device_train_batch_size", "4")
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--standalone",
-            str(ROOT / "recipes" / "distil_bert.py"),
-            *args2,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=HANG_TIMEOUT_S,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun(ROOT / "recipes" / "distil_bert.py", args2)
     two = json.loads((tmp_path / "two" / "distillation_results.json").read_text())
     assert two["distillation"]["global_train_batch_size"] == 8
 

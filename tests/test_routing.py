@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from testing_utils import distillation_args
 from xtok_setup import bpe_tokenizer, lm_dataset, tiny_gpt2, wordpiece_tokenizer
 
 from hf_distill import DistillationArguments, DistillationTrainer
@@ -12,18 +13,8 @@ from hf_distill.lm_data import PromptCompletionCollator, soft_token_mask
 
 
 def args(tmp_path, **kw) -> DistillationArguments:
-    base = {
-        "output_dir": str(tmp_path / "out"),
-        "report_to": "none",
-        "use_cpu": True,
-        "save_strategy": "no",
-        "per_device_train_batch_size": 4,
-        "max_steps": 2,
-        "disable_tqdm": True,
-        "temperature": 2.0,
-        "teacher_id_column": "teacher_id",
-    }
-    return DistillationArguments(**{**base, **kw})
+    base = {"per_device_train_batch_size": 4, "max_steps": 2, "temperature": 2.0, "teacher_id_column": "teacher_id"}
+    return distillation_args(tmp_path / "out", **{**base, **kw})
 
 
 @pytest.fixture(scope="module")

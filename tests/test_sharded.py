@@ -23,7 +23,7 @@ import transformers as tf
 import yaml
 from recipe_helpers import LABELS, recipe_args, save_classifier, write_csv
 from safetensors.torch import load_file
-from testing_utils import HANG_TIMEOUT_S, make_tokenizer, tiny_bert
+from testing_utils import HANG_TIMEOUT_S, make_tokenizer, tiny_bert, torchrun
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "tests" / "configs"
@@ -156,18 +156,7 @@ def test_deepspeed_zero_recipe_matches_single_process(files, stage, student):
 def test_fsdp2_teacher_sharding_training_and_full_save(tmp_path):
     """tests/fsdp_train.py under torchrun: the project's FSDP2 wrapping, teacher sharding and full-state-dict
     save on two gloo processes; it compares with the same training unsharded and writes what it found."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(ROOT / "tests" / "fsdp_train.py"),
-        str(tmp_path),
-    ]
-    proc = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    torchrun(ROOT / "tests" / "fsdp_train.py", [str(tmp_path)], _env())
     got = json.loads((tmp_path / "report.json").read_text())
     assert got["world_size"] == 2 and got["wrapped"] == ["BertForSequenceClassification", "BertLayer", "BertLayer"]
     assert got["student_sharded"] and got["teacher_sharded"]  # DTensor shards of half the rows on each rank
@@ -284,18 +273,7 @@ def test_fsdp2_student_samples_in_lockstep_and_as_unsharded(tmp_path):
     """tests/fsdp_sampling.py under torchrun: an FSDP2 student samples exactly what its unsharded copy samples;
     rank 0's rows end after 2 tokens, yet it keeps stepping until rank 1's rows end (synced_gpus). Its completion
     NLL and generation metrics (3 batches on 2 processes) equal the unsharded copy's."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(ROOT / "tests" / "fsdp_sampling.py"),
-        str(tmp_path),
-    ]
-    proc = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    torchrun(ROOT / "tests" / "fsdp_sampling.py", [str(tmp_path)], _env(), timeout=240)
     rank0, rank1 = (json.loads((tmp_path / f"report_{r}.json").read_text()) for r in (0, 1))
     for got in (rank0, rank1):
         assert got["world_size"] == 2 and got["student_sharded"] and got["synced"] and not got["reference_synced"]
@@ -331,7 +309,7 @@ def test_deepspeed_zero3_causal_lm_recipe_evaluates_like_one_process(tmp_path):
     output layer's weight read outside its forward: gathered), the generation metrics logged during training
     (--generation_eval_steps) and at the end, and the card's greedy samples (every process generates in lockstep,
     rank 0 keeps them). They used to crash ("size mismatch") or would hang."""
-    from test_causal_lm_recipe import write_jsonl
+    from test_causal_lm_recipe import recipe_args, write_jsonl
     from testing_utils import tiny_gpt2
 
     from recipes import distil_causal_lm
@@ -344,59 +322,17 @@ def test_deepspeed_zero3_causal_lm_recipe_evaluates_like_one_process(tmp_path):
     data = write_jsonl(tmp_path / "train.jsonl", 16, 0), write_jsonl(tmp_path / "dev.jsonl", 10, 1)
 
     def argv(out, batch):
-        return [
-            str(ROOT / "recipes" / "configs" / "causal_lm_offpolicy.yaml"),
-            "--teacher_model_name_or_path",
+        # the causal-LM recipe test's arguments (test_causal_lm_recipe.recipe_args), off-policy, and:
+        return recipe_args(
             str(teacher),
-            "--student_model_name_or_path",
-            "",
-            "--student_num_layers",
-            "2",
-            "--dataset_name",
-            "",
-            "--train_file",
-            data[0],
-            "--validation_file",
-            data[1],
-            "--prompt_column",
-            "question",
-            "--completion_column",
-            "answer",
-            "--output_dir",
-            str(out),
-            "--report_to",
-            "none",
-            "--use_cpu",
-            "true",
-            "--bf16",
-            "false",
-            "--max_length",
-            "24",
-            "--max_new_tokens",
-            "5",
-            "--learning_rate",
-            "1e-2",
-            "--max_steps",
-            "2",
-            "--seed",
-            "3",
-            "--gradient_accumulation_steps",
-            "1",
-            "--disable_tqdm",
-            "true",
-            "--per_device_train_batch_size",
-            str(batch),
-            "--per_device_eval_batch_size",
-            "4",
-            "--generation_eval_steps",
-            "2",
-            "--generation_eval_samples",
-            "6",
-            "--num_generation_samples",
-            "2",
-            "--chunked_loss",
-            "false",
-        ]  # the training loss refuses chunking under ZeRO-3 (check_chunking)
+            data,
+            out,
+            *["--max_new_tokens", "5", "--max_steps", "2", "--per_device_train_batch_size", str(batch)],
+            *["--per_device_eval_batch_size", "4", "--generation_eval_steps", "2", "--generation_eval_samples", "6"],
+            *["--num_generation_samples", "2"],
+            *["--chunked_loss", "false"],  # the training loss refuses chunking under ZeRO-3 (check_chunking)
+            config=str(ROOT / "recipes" / "configs" / "causal_lm_offpolicy.yaml"),
+        )
 
     report = tmp_path / "report.json"
     proc = _launch(

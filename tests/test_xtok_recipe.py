@@ -4,12 +4,11 @@ on tiny GPT-2s: 1 process and torchrun x2."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from recipe_helpers import CPU_RUN
+from testing_utils import torchrun
 from xtok_setup import TEXTS, bpe_tokenizer, tiny_gpt2, wordpiece_tokenizer
 
 from recipes import distil_causal_lm
@@ -72,16 +71,7 @@ def recipe_args(root, files, out, *extra):
         "validation",
         "--output_dir",
         str(out),
-        "--report_to",
-        "none",
-        "--save_strategy",
-        "no",
-        "--logging_steps",
-        "1",
-        "--disable_tqdm",
-        "true",
-        "--use_cpu",
-        "true",
+        *CPU_RUN,
         "--bf16",
         "false",
         "--max_length",
@@ -130,25 +120,10 @@ def test_routed_cross_tokenizer_recipe_one_process(setup, tmp_path):
 
 def test_routed_cross_tokenizer_recipe_torchrun_two_processes(setup, tmp_path):
     root, files = setup
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--standalone",
-            str(ROOT / "recipes" / "distil_causal_lm.py"),
-            *recipe_args(root, files, tmp_path / "two", "--per_device_train_batch_size", "2"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    torchrun(
+        ROOT / "recipes" / "distil_causal_lm.py",
+        recipe_args(root, files, tmp_path / "two", "--per_device_train_batch_size", "2"),
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     results = check_run(tmp_path / "two", 2)
     assert results["distillation"]["global_train_batch_size"] == 4
 

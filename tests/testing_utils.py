@@ -1,7 +1,7 @@
 """Shared test tools (TRL's `testing_utils` pattern): tiny random models, tokenizers, data and arguments.
 
 Everything is built from configs in seconds, offline. Test files import from here; `conftest.py` holds the
-pytest fixtures and re-exports these names for tests that still import them from `conftest`.
+pytest fixtures and markers.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import pytest
 import torch
 import transformers as tf
 from datasets import Dataset
+from model_configs import gpt2_config, llama_config
 from tokenizers import Tokenizer, models
 
-from hf_distill import DistillationArguments
+from hf_distill import DistillationArguments, DistillationTrainer
 
 # Tiny models are overhead-bound: one intra-op thread per process is as fast and does not oversubscribe
 # a 2-core machine when tests start subprocesses (torchrun) or run beside other work.
@@ -114,42 +115,7 @@ def tiny_distilbert(layers=4, hidden=32, seed=0, cls=tf.DistilBertForSequenceCla
     )
 
 
-# ---- causal LMs: one config builder per architecture ------------------------------------------------------
-
-
-def gpt2_config(vocab=VOCAB, hidden=32, layers=4, heads=4, positions=64, dropout=None, **kw) -> tf.GPT2Config:
-    """A tiny GPT-2 config; `dropout` sets the residual, embedding and attention dropout (None: GPT-2's 0.1)."""
-    if dropout is not None:
-        kw.update(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
-    return tf.GPT2Config(
-        vocab_size=vocab,
-        n_embd=hidden,
-        n_layer=layers,
-        n_head=heads,
-        n_positions=positions,
-        bos_token_id=0,
-        eos_token_id=0,
-        **kw,
-    )
-
-
-def llama_config(
-    vocab=VOCAB, hidden=32, layers=4, heads=4, kv_heads=2, intermediate=64, positions=64, **kw
-) -> tf.LlamaConfig:
-    """A tiny Llama config (grouped-query attention: `kv_heads` < `heads`)."""
-    return tf.LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        intermediate_size=intermediate,
-        max_position_embeddings=positions,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-        **kw,
-    )
+# ---- causal LMs: one config builder per architecture (model_configs.py) ------------------------------------
 
 
 def tiny_gpt2(layers=4, hidden=32, seed=0, vocab=VOCAB, **config) -> tf.GPT2LMHeadModel:
@@ -250,6 +216,27 @@ def lm_collate(features: list[dict]) -> dict:
     return {k: torch.tensor(v) for k, v in batch.items()}
 
 
+def lm_trainer(output_dir, student, teachers, data=None, collator=lm_collate, peft_config=None, **kw):
+    """A `DistillationTrainer` of causal LMs: `LM_TRAINER_ARGS` then `kw`, on `lm_data()` unless `data` is given,
+    with `lm_tokenizer()` and `collator`."""
+    return DistillationTrainer(
+        student,
+        teachers,
+        distillation_args(output_dir, **{**LM_TRAINER_ARGS, **kw}),
+        train_dataset=data if data is not None else lm_data(),
+        data_collator=collator,
+        processing_class=lm_tokenizer(),
+        peft_config=peft_config,
+    )
+
+
+def assert_same_weights(a: dict, b: dict, rtol: float = 1e-5) -> None:
+    """Two state dicts with the same keys and values equal to `rtol`, relative to each tensor's largest entry."""
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=rtol, atol=rtol * a[k].abs().max().item(), msg=k)
+
+
 @contextlib.contextmanager
 def imported_script(path, name: str):
     """A script (e.g. benchmarks/real_data.py) imported as module `name`, in sys.modules while in use
@@ -282,6 +269,23 @@ def run_to_completion(cmd: list[str], env: dict, timeout: float = HANG_TIMEOUT_S
             if attempt == attempts - 1:
                 raise AssertionError(f"{cmd} stalled {attempts} time(s):\n{err.stdout}\n{err.stderr}") from err
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def torchrun(script, argv: list[str], env: dict | None = None, timeout: float = HANG_TIMEOUT_S) -> None:
+    """`torchrun --nproc_per_node 2 --standalone SCRIPT *argv`; fails with its output unless it exits 0.
+
+    Args:
+        script: the script's path (a recipe, or a test script such as tests/fsdp_train.py).
+        argv: its arguments.
+        env: the environment; default this one with one thread per process and the repository first on PYTHONPATH.
+        timeout: `run_to_completion`'s hang guard.
+    """
+    if env is None:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        path = f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+        env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
+    run_to_completion([*launch, str(script), *argv], env, timeout)
 
 
 def one_and_two_processes(script: str, out_dir, one: list[str], two: list[str], **run_kw) -> tuple[dict, dict]:

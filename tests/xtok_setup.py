@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import transformers as tf
 from datasets import Dataset
+from model_configs import gpt2_config
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from hf_distill.lm_data import tokenize_prompt_completion
@@ -62,20 +63,7 @@ def wordpiece_tokenizer(vocab: int | dict = 120) -> tf.PreTrainedTokenizerFast:
 
 def tiny_gpt2(vocab: int, seed: int = 0, hidden: int = 16, layers: int = 1) -> tf.GPT2LMHeadModel:
     torch.manual_seed(seed)
-    config = tf.GPT2Config(
-        vocab_size=vocab,
-        n_embd=hidden,
-        n_layer=layers,
-        n_head=2,
-        n_positions=64,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-    )
-    return tf.GPT2LMHeadModel(config)
+    return tf.GPT2LMHeadModel(gpt2_config(vocab, hidden, layers, heads=2, dropout=0.0, pad_token_id=0))
 
 
 def raw_data(n: int = 24, routed: bool = False) -> Dataset:
