@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import os
 import shutil
 import subprocess
@@ -262,6 +263,36 @@ def imported_script(path, name: str):
         yield module
     finally:
         sys.modules.pop(name, None)
+
+
+def run_script_main(path, argv: list[str]) -> str:
+    """What `python path *argv` prints, run in this process (no interpreter start-up and library imports per run):
+    the script's `main()` with `sys.argv` = [path, *argv] and its folder first on `sys.path`, as when run as a script.
+    What a script changes for itself is undone after it: sys.argv, sys.path, torch's thread count, the modules it
+    imported from its folder. Exceptions propagate (the test fails with the script's traceback).
+
+    Args:
+        path: the script (e.g. benchmarks/scaling.py), which has a `main()` that reads `sys.argv`.
+        argv: its command-line arguments.
+    """
+    path = os.path.abspath(path)
+    folder = os.path.dirname(path)
+    name = os.path.splitext(os.path.basename(path))[0]
+    saved_argv, saved_path, threads, modules = sys.argv, list(sys.path), torch.get_num_threads(), set(sys.modules)
+    out = io.StringIO()
+    try:
+        sys.argv = [path, *argv]
+        sys.path.insert(0, folder)
+        with imported_script(path, name) as module, contextlib.redirect_stdout(out):
+            module.main()
+    finally:
+        sys.argv = saved_argv
+        sys.path[:] = saved_path
+        torch.set_num_threads(threads)
+        for added in set(sys.modules) - modules:
+            if (getattr(sys.modules[added], "__file__", None) or "").startswith(folder + os.sep):
+                del sys.modules[added]
+    return out.getvalue()
 
 
 # ---- multi-process runs (torchrun, gloo on CPU) -------------------------------------------------------------
