@@ -315,22 +315,18 @@ def run_to_completion(cmd: list[str], env: dict, timeout: float = HANG_TIMEOUT_S
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
-def one_and_two_processes(script: str, out_dir, one: list[str], two: list[str], **run_kw) -> tuple[dict, dict]:
-    """`python script OUT/one *one`, then `torchrun --nproc_per_node 2 script OUT/two *two` (one thread each); their
-    OUT/*/final.pt state dicts, after checking that they ran as 1 and 2 processes (the `world_size` entry, removed).
+def one_and_two_processes(run, out_dir, one: list[str], two_dir) -> tuple[dict, dict]:
+    """The single-process run, here: `run([OUT/one, *one])`; and the two-process run's folder `two_dir` (a job of the
+    session's torchrun launch, `conftest.torchrun_jobs`). Their final.pt state dicts, after checking that they ran
+    as 1 and 2 processes (the `world_size` entry, removed).
 
     Args:
-        script: a test script that writes OUT_DIR/final.pt with a `world_size` entry (tests/ddp_train.py).
-        out_dir: the folder for the two runs' output folders.
+        run: a test script's `run(argv)` (tests/ddp_train.py): it writes OUT_DIR/final.pt with a `world_size` entry.
+        out_dir: the folder for the single run's output folder.
         one: the script's arguments after OUT_DIR for the single process.
-        two: the same for each of the two processes.
-        **run_kw: `run_to_completion`'s timeout and attempts.
+        two_dir: the OUT_DIR of the same script's two-process run.
     """
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(os.path.dirname(script))}
-    run_to_completion([sys.executable, script, str(out_dir / "one"), *one], env, **run_kw)
-    run_to_completion(
-        [TORCHRUN, "--nproc_per_node", "2", "--standalone", script, str(out_dir / "two"), *two], env, **run_kw
-    )
-    single, double = torch.load(out_dir / "one" / "final.pt"), torch.load(out_dir / "two" / "final.pt")
+    run([str(out_dir / "one"), *one])
+    single, double = torch.load(out_dir / "one" / "final.pt"), torch.load(two_dir / "final.pt")
     assert single.pop("world_size").item() == 1 and double.pop("world_size").item() == 2
     return single, double
