@@ -56,6 +56,8 @@ TORCHRUN_JOBS = {
     "ddp_train": ("ddp_train.py", ["{out}", "4"]),
     "chunked": ("ddp_chunked_train.py", ["{out}", "2"]),
     "packed": ("ddp_chunked_train.py", ["{out}", "2", "packed"]),
+    "fsdp_train": ("fsdp_train.py", ["{out}"]),
+    "fsdp_sampling": ("fsdp_sampling.py", ["{out}"]),
     "generation_eval": ("ddp_generation_eval.py", ["{out}/metrics.json"]),
 }
 

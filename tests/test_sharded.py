@@ -23,7 +23,7 @@ import transformers as tf
 import yaml
 from recipe_helpers import LABELS, recipe_args, save_classifier, write_csv
 from safetensors.torch import load_file
-from testing_utils import HANG_TIMEOUT_S, make_tokenizer, tiny_bert
+from testing_utils import HANG_TIMEOUT_S, make_tokenizer, requires_torchrun, tiny_bert
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "tests" / "configs"
@@ -153,21 +153,12 @@ def test_deepspeed_zero_recipe_matches_single_process(files, stage, student):
 
 
 @pytest.mark.distributed
-def test_fsdp2_teacher_sharding_training_and_full_save(tmp_path):
+@requires_torchrun
+@pytest.mark.torchrun_job("fsdp_train")  # tests/fsdp_train.py OUT_DIR on 2 processes
+def test_fsdp2_teacher_sharding_training_and_full_save(torchrun_jobs):
     """tests/fsdp_train.py under torchrun: the project's FSDP2 wrapping, teacher sharding and full-state-dict
     save on two gloo processes; it compares with the same training unsharded and writes what it found."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(ROOT / "tests" / "fsdp_train.py"),
-        str(tmp_path),
-    ]
-    proc = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    tmp_path = torchrun_jobs["fsdp_train"]
     got = json.loads((tmp_path / "report.json").read_text())
     assert got["world_size"] == 2 and got["wrapped"] == ["BertForSequenceClassification", "BertLayer", "BertLayer"]
     assert got["student_sharded"] and got["teacher_sharded"]  # DTensor shards of half the rows on each rank
@@ -280,23 +271,13 @@ def test_deepspeed_zero3_student_samples_in_lockstep(tmp_path):
 
 
 @pytest.mark.distributed
-def test_fsdp2_student_samples_in_lockstep_and_as_unsharded(tmp_path):
+@requires_torchrun
+@pytest.mark.torchrun_job("fsdp_sampling")  # tests/fsdp_sampling.py OUT_DIR on 2 processes
+def test_fsdp2_student_samples_in_lockstep_and_as_unsharded(torchrun_jobs):
     """tests/fsdp_sampling.py under torchrun: an FSDP2 student samples exactly what its unsharded copy samples;
     rank 0's rows end after 2 tokens, yet it keeps stepping until rank 1's rows end (synced_gpus). Its completion
     NLL and generation metrics (3 batches on 2 processes) equal the unsharded copy's."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(ROOT / "tests" / "fsdp_sampling.py"),
-        str(tmp_path),
-    ]
-    proc = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    rank0, rank1 = (json.loads((tmp_path / f"report_{r}.json").read_text()) for r in (0, 1))
+    rank0, rank1 = (json.loads((torchrun_jobs["fsdp_sampling"] / f"report_{r}.json").read_text()) for r in (0, 1))
     for got in (rank0, rank1):
         assert got["world_size"] == 2 and got["student_sharded"] and got["synced"] and not got["reference_synced"]
         assert got["same_samples"] and got["back_in_training_mode"] and got["source"] == "student"
