@@ -4,9 +4,10 @@ for all of them, instead of one launch per script.
     torchrun --standalone --nproc_per_node 2 tests/torchrun_jobs.py JOBS.json
 
 JOBS.json is a list of [script, arguments] (tests/ddp_train.py, tests/ddp_chunked_train.py, tests/fsdp_train.py,
-tests/fsdp_sampling.py, tests/ddp_generation_eval.py): each script's `run(arguments)` does in turn what `torchrun ... SCRIPT ARGUMENTS` does
-(every job seeds what it draws, so its results do not depend on the jobs before it). Every rank waits for the others
-after each job; at the end they leave as those scripts do (`ddp_train.leave`). `conftest.torchrun_jobs` starts it.
+tests/fsdp_sampling.py, tests/ddp_generation_eval.py): each script's `run(arguments)` does in turn what
+`torchrun ... SCRIPT ARGUMENTS` does (every job seeds what it draws, so its results do not depend on the jobs before
+it). Every rank waits for the others after each job; at the end they leave as those scripts do (`ddp_train.leave`).
+`conftest.torchrun_jobs` starts it.
 """
 
 import importlib
