@@ -195,7 +195,7 @@ def test_lm_generation_tiny_summary_follows_from_its_runs(tmp_path):
         "--seeds",
         "0,1",
         "--jobs",
-        "1",
+        "2",  # the two cores: teachers and students in 2 worker processes
         "--out_dir",
         str(tmp_path),
         "--work_dir",

@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -106,9 +107,19 @@ def test_kill_9_during_training_and_saving_loses_nothing(tmp_path):
         "2",
     ]
 
-    # the run left alone, in this process (the same arithmetic as a child process: one thread, seeded)
-    distil_bert.main(recipe_args(teacher, data, tmp_path / "whole", *common))
-    common += ["--log_level", "info"]  # the killed runs log where they resume from
+    # The run left alone: in this process (the same arithmetic as a child process: one thread, seeded), on a thread
+    # beside the launches below (they run in child processes; this process only waits for them meanwhile).
+    failed, whole_argv = [], recipe_args(teacher, data, tmp_path / "whole", *common)
+
+    def run_whole():
+        try:
+            distil_bert.main(whole_argv)
+        except BaseException as err:  # re-raised below, in the test's thread
+            failed.append(err)
+
+    whole = threading.Thread(target=run_whole)
+    whole.start()
+    common = [*common, "--log_level", "info"]  # the killed runs log where they resume from
 
     rng = random.Random(0)
     out = tmp_path / "killed"
@@ -140,6 +151,9 @@ def test_kill_9_during_training_and_saving_loses_nothing(tmp_path):
         match = re.search(r"Resuming training from checkpoint with epoch \d+ and global step (\d+)", log)
         assert match and int(match.group(1)) == newest, log[-2000:]
 
+    whole.join()
+    if failed:
+        raise failed[0]
     a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(out / "model.safetensors")
     assert a.keys() == b.keys()
     for k in a:
