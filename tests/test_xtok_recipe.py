@@ -4,9 +4,6 @@ on tiny GPT-2s: 1 process and torchrun x2."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +17,12 @@ GKD_CONFIG = str(ROOT / "recipes" / "configs" / "causal_lm_gkd.yaml")  # lmbda 0
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("xtok_recipe")
+    return make_inputs(tmp_path_factory.mktemp("xtok_recipe"))
+
+
+def make_inputs(root: Path):
+    """The student, the two experts (one on a WordPiece, one on the student's BPE tokenizer) and train/dev JSONL
+    files routed by the column `expert`, under `root`: (root, [train, dev])."""
     bpe, wp = bpe_tokenizer(), wordpiece_tokenizer()
     for name, tok, model in (
         ("student", bpe, tiny_gpt2(len(bpe), seed=2)),
@@ -128,28 +130,19 @@ def test_routed_cross_tokenizer_recipe_one_process(setup, tmp_path):
     assert results["teacher"]["cross_entropy"] > 0 and results["student"]["cross_entropy"] > 0
 
 
-def test_routed_cross_tokenizer_recipe_torchrun_two_processes(setup, tmp_path):
-    root, files = setup
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--standalone",
-            str(ROOT / "recipes" / "distil_causal_lm.py"),
-            *recipe_args(root, files, tmp_path / "two", "--per_device_train_batch_size", "2"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+def two_process_job(folder: Path):
+    """The recipe on 2 processes x 2 rows (a job of the session's torchrun launch), on inputs of its own."""
+    root, files = make_inputs(folder)
+    return (
+        "recipes.distil_causal_lm",
+        "main",
+        recipe_args(root, files, folder / "two", "--per_device_train_batch_size", "2"),
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = check_run(tmp_path / "two", 2)
+
+
+@pytest.mark.torchrun_job("xtok_recipe", prepare=two_process_job)
+def test_routed_cross_tokenizer_recipe_torchrun_two_processes(torchrun_jobs):
+    results = check_run(torchrun_jobs["xtok_recipe"] / "two", 2)
     assert results["distillation"]["global_train_batch_size"] == 4
 
 
