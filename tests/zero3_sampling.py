@@ -95,6 +95,10 @@ def main(out_dir: str) -> None:
         }
         with open(os.path.join(out_dir, "report.json"), "w") as f:
             json.dump(report, f)
+    torch.distributed.barrier()  # rank 1 must not tear gloo down while rank 0 still writes
+    # Tear the process group down here, not in an interpreter-exit destructor: gloo can abort there ("terminate
+    # called without an active exception", seen once), as hf_distill.recipes.run says.
+    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":
