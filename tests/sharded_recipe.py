@@ -2,8 +2,11 @@
 
     DS_ACCELERATOR=cpu accelerate launch --config_file tests/configs/accelerate_zero2_cpu.yaml \
         tests/sharded_recipe.py REPORT.json [--recipe distil_causal_lm] RECIPE_ARGS...
+    ... tests/sharded_recipe.py --jobs JOBS.json      # several runs in turn: [[REPORT.json, RECIPE, RECIPE_ARGS], ...]
 
-The recipe is recipes/distil_bert.py unless --recipe names another module of recipes/.
+The recipe is recipes/distil_bert.py unless --recipe names another module of recipes/. With --jobs, the runs share
+the launch's processes and process group (one start-up for all of them): the recipes' closing
+`Accelerator.end_training`, which tears the group down, runs at the end of the last one only.
 
 The recipe runs unchanged; its DistillationTrainer is replaced by a subclass that, after training, writes
 REPORT.json (rank 0) with: the sharding in effect (DeepSpeed / ZeRO stage / FSDP, world size), whether any
@@ -88,10 +91,22 @@ class RecordingTrainer(DistillationTrainer):
 
 
 if __name__ == "__main__":
-    RecordingTrainer.report_path, argv = sys.argv[1], sys.argv[2:]
-    name = "distil_bert"
-    if argv[:1] == ["--recipe"]:
-        name, argv = argv[1], argv[2:]
-    recipe = importlib.import_module(f"recipes.{name}")
-    recipe.DistillationTrainer = RecordingTrainer
-    recipe.main(argv)
+    from accelerate import Accelerator
+
+    if sys.argv[1] == "--jobs":
+        with open(sys.argv[2]) as f:
+            jobs = json.load(f)
+    else:
+        report, argv = sys.argv[1], sys.argv[2:]
+        name = "distil_bert"
+        if argv[:1] == ["--recipe"]:
+            name, argv = argv[1], argv[2:]
+        jobs = [[report, name, argv]]
+    end_training = Accelerator.end_training
+    for i, (report, name, argv) in enumerate(jobs):
+        last = i == len(jobs) - 1
+        Accelerator.end_training = end_training if last else (lambda self: None)  # the next job needs the group
+        RecordingTrainer.report_path = report
+        recipe = importlib.import_module(f"recipes.{name}")
+        recipe.DistillationTrainer = RecordingTrainer
+        recipe.main(argv)

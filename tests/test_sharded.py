@@ -103,27 +103,69 @@ def _single_process(files, name, *extra):
     return load_file(out / "model.safetensors")
 
 
+ZERO_CASES = [(2, "projected"), (3, "cut"), (3, "projected")]
+ZERO_TEST = "test_deepspeed_zero_recipe_matches_single_process"
+
+
+def _student_args(files, student: str) -> list[str]:
+    if student == "projected":
+        # one stage: the recipe's two-stage default for a student given by path needs two trainers in one process
+        return ["--student_model_name_or_path", files.student, "--two_stage", "no"]
+    return ["--student_num_layers", "2"]
+
+
+@pytest.fixture(scope="module")
+def zero_launches(files, request):
+    """launch(stage): the finished `accelerate launch` with tests/configs/accelerate_zero{stage}_cpu.yaml that ran,
+    one after the other, that stage's cases of ZERO_CASES selected in this session (tests/sharded_recipe.py --jobs):
+    one start-up of the launcher and its two processes per stage. Case (stage, student) writes its student to
+    files.tmp/zero{stage}_{student} and its report to files.tmp/zero{stage}_{student}.json."""
+    selected = {
+        (item.callspec.params["stage"], item.callspec.params["student"])
+        for item in request.session.items
+        if getattr(item, "originalname", None) == ZERO_TEST
+    }
+    done = {}
+
+    def launch(stage: int) -> subprocess.CompletedProcess:
+        if stage not in done:
+            jobs = []
+            for case_stage, student in ZERO_CASES:
+                if case_stage == stage and (case_stage, student) in selected:
+                    out = files.tmp / f"zero{stage}_{student}"
+                    argv = recipe_args(
+                        files.teacher,
+                        files.data,
+                        out,
+                        *COMMON,
+                        *_student_args(files, student),
+                        "--per_device_train_batch_size",
+                        "4",
+                    )
+                    jobs.append([f"{out}.json", "distil_bert", argv])
+            spec = files.tmp / f"zero{stage}_jobs.json"
+            spec.write_text(json.dumps(jobs))
+            script = str(ROOT / "tests" / "sharded_recipe.py")
+            done[stage] = _launch(CONFIGS / f"accelerate_zero{stage}_cpu.yaml", [script, "--jobs", str(spec)])
+        return done[stage]
+
+    return launch
+
+
 @pytest.mark.distributed
 @requires_deepspeed
-@pytest.mark.parametrize("stage, student", [(2, "projected"), (3, "cut"), (3, "projected")])
-def test_deepspeed_zero_recipe_matches_single_process(files, stage, student):
+@pytest.mark.parametrize("stage, student", ZERO_CASES)
+def test_deepspeed_zero_recipe_matches_single_process(files, zero_launches, stage, student):
     """2 processes x 4 examples under ZeRO-{2,3} == 1 process x 8; the mode is in effect and the teacher is kept out.
 
     "cut": the student is cut from the (partitioned, under ZeRO-3) teacher by the recipe. "projected": a prebuilt
     student of another width, loaded by the recipe (under zero.Init with ZeRO-3), aligned on hidden states through
-    learned projections that train inside the sharded module and are left out of the saved student.
+    learned projections that train inside the sharded module and are left out of the saved student. The ZeRO-3
+    cases share one launch (`zero_launches`): each run's report and weights are its own.
     """
-    student_args = ["--student_num_layers", "2"]
-    if student == "projected":
-        # one stage: the recipe's two-stage default for a student given by path needs two trainers in one process
-        student_args = ["--student_model_name_or_path", files.student, "--two_stage", "no"]
+    student_args = _student_args(files, student)
     out, report = files.tmp / f"zero{stage}_{student}", files.tmp / f"zero{stage}_{student}.json"
-    argv = [
-        str(ROOT / "tests" / "sharded_recipe.py"),
-        str(report),
-        *recipe_args(files.teacher, files.data, out, *COMMON, *student_args, "--per_device_train_batch_size", "4"),
-    ]
-    proc = _launch(CONFIGS / f"accelerate_zero{stage}_cpu.yaml", argv)
+    proc = zero_launches(stage)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     got = json.loads(report.read_text())
     assert got["is_deepspeed_enabled"] and got["zero_stage"] == stage and got["world_size"] == 2
