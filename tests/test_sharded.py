@@ -105,6 +105,7 @@ def _single_process(files, name, *extra):
 
 ZERO_CASES = [(2, "projected"), (3, "cut"), (3, "projected")]
 ZERO_TEST = "test_deepspeed_zero_recipe_matches_single_process"
+CAUSAL_TEST = "test_deepspeed_zero3_causal_lm_recipe_evaluates_like_one_process"
 
 
 def _student_args(files, student: str) -> list[str]:
@@ -117,9 +118,10 @@ def _student_args(files, student: str) -> list[str]:
 @pytest.fixture(scope="module")
 def zero_launches(files, request):
     """launch(stage): the finished `accelerate launch` with tests/configs/accelerate_zero{stage}_cpu.yaml that ran,
-    one after the other, that stage's cases of ZERO_CASES selected in this session (tests/sharded_recipe.py --jobs):
-    one start-up of the launcher and its two processes per stage. Case (stage, student) writes its student to
-    files.tmp/zero{stage}_{student} and its report to files.tmp/zero{stage}_{student}.json."""
+    one after the other, that stage's cases of ZERO_CASES selected in this session, and with ZeRO-3 the causal-LM
+    recipe's case if selected (tests/sharded_recipe.py --jobs): one start-up of the launcher and its two processes
+    per stage. Case (stage, student) writes its student to files.tmp/zero{stage}_{student} and its report to
+    files.tmp/zero{stage}_{student}.json; the causal-LM case works in files.tmp/causal_lm."""
     selected = {
         (item.callspec.params["stage"], item.callspec.params["student"])
         for item in request.session.items
@@ -143,6 +145,15 @@ def zero_launches(files, request):
                         "4",
                     )
                     jobs.append([f"{out}.json", "distil_bert", argv])
+            if stage == 3 and any(
+                getattr(item, "originalname", None) == CAUSAL_TEST for item in request.session.items
+            ):
+                folder = files.tmp / "causal_lm"
+                folder.mkdir()
+                _causal_lm_inputs(folder)
+                jobs.append(
+                    [str(folder / "report.json"), "distil_causal_lm", _causal_lm_argv(folder, folder / "zero3", 4)]
+                )
             spec = files.tmp / f"zero{stage}_jobs.json"
             spec.write_text(json.dumps(jobs))
             script = str(ROOT / "tests" / "sharded_recipe.py")
@@ -345,93 +356,91 @@ def _numbers(results: dict, prefix: str = "") -> dict[str, float]:
     return {}
 
 
+def _causal_lm_inputs(folder: Path) -> None:
+    """The causal-LM ZeRO-3 case's teacher and data under `folder`."""
+    from test_causal_lm_recipe import write_jsonl
+    from testing_utils import tiny_gpt2
+
+    # 3200 x 32 tied embeddings / output layer: above ZeRO-3's persistence threshold, so really partitioned; no
+    # dropout, so that both runs draw nothing at random
+    tiny_gpt2(layers=4, hidden=32, vocab=3200, dropout=0.0).save_pretrained(folder / "teacher")
+    make_tokenizer(folder / "teacher")
+    write_jsonl(folder / "train.jsonl", 16, 0)
+    write_jsonl(folder / "dev.jsonl", 10, 1)
+
+
+def _causal_lm_argv(folder: Path, out: Path, batch: int) -> list[str]:
+    """recipes/distil_causal_lm.py's arguments for the inputs of `_causal_lm_inputs(folder)`."""
+    teacher, data = folder / "teacher", (str(folder / "train.jsonl"), str(folder / "dev.jsonl"))
+    return [
+        str(ROOT / "recipes" / "configs" / "causal_lm_offpolicy.yaml"),
+        "--teacher_model_name_or_path",
+        str(teacher),
+        "--student_model_name_or_path",
+        "",
+        "--student_num_layers",
+        "2",
+        "--dataset_name",
+        "",
+        "--train_file",
+        data[0],
+        "--validation_file",
+        data[1],
+        "--prompt_column",
+        "question",
+        "--completion_column",
+        "answer",
+        "--output_dir",
+        str(out),
+        "--report_to",
+        "none",
+        "--use_cpu",
+        "true",
+        "--bf16",
+        "false",
+        "--max_length",
+        "24",
+        "--max_new_tokens",
+        "5",
+        "--learning_rate",
+        "1e-2",
+        "--max_steps",
+        "2",
+        "--seed",
+        "3",
+        "--gradient_accumulation_steps",
+        "1",
+        "--disable_tqdm",
+        "true",
+        "--per_device_train_batch_size",
+        str(batch),
+        "--per_device_eval_batch_size",
+        "4",
+        "--generation_eval_steps",
+        "2",
+        "--generation_eval_samples",
+        "6",
+        "--num_generation_samples",
+        "2",
+        "--chunked_loss",
+        "false",
+    ]  # the training loss refuses chunking under ZeRO-3 (check_chunking)
+
+
 @pytest.mark.distributed
 @requires_deepspeed
-def test_deepspeed_zero3_causal_lm_recipe_evaluates_like_one_process(tmp_path):
+def test_deepspeed_zero3_causal_lm_recipe_evaluates_like_one_process(files, zero_launches, tmp_path):
     """recipes/distil_causal_lm.py under ZeRO-3 on 2 processes x 4 rows == 1 process x 8 rows, end of run included.
 
     The partitioned student and teacher are evaluated after training: the completion cross-entropy (chunked, the
     output layer's weight read outside its forward: gathered), the generation metrics logged during training
     (--generation_eval_steps) and at the end, and the card's greedy samples (every process generates in lockstep,
     rank 0 keeps them). They used to crash ("size mismatch") or would hang."""
-    from test_causal_lm_recipe import write_jsonl
-    from testing_utils import tiny_gpt2
-
     from recipes import distil_causal_lm
 
-    teacher = tmp_path / "teacher"
-    # 3200 x 32 tied embeddings / output layer: above ZeRO-3's persistence threshold, so really partitioned; no
-    # dropout, so that both runs draw nothing at random
-    tiny_gpt2(layers=4, hidden=32, vocab=3200, dropout=0.0).save_pretrained(teacher)
-    make_tokenizer(teacher)
-    data = write_jsonl(tmp_path / "train.jsonl", 16, 0), write_jsonl(tmp_path / "dev.jsonl", 10, 1)
-
-    def argv(out, batch):
-        return [
-            str(ROOT / "recipes" / "configs" / "causal_lm_offpolicy.yaml"),
-            "--teacher_model_name_or_path",
-            str(teacher),
-            "--student_model_name_or_path",
-            "",
-            "--student_num_layers",
-            "2",
-            "--dataset_name",
-            "",
-            "--train_file",
-            data[0],
-            "--validation_file",
-            data[1],
-            "--prompt_column",
-            "question",
-            "--completion_column",
-            "answer",
-            "--output_dir",
-            str(out),
-            "--report_to",
-            "none",
-            "--use_cpu",
-            "true",
-            "--bf16",
-            "false",
-            "--max_length",
-            "24",
-            "--max_new_tokens",
-            "5",
-            "--learning_rate",
-            "1e-2",
-            "--max_steps",
-            "2",
-            "--seed",
-            "3",
-            "--gradient_accumulation_steps",
-            "1",
-            "--disable_tqdm",
-            "true",
-            "--per_device_train_batch_size",
-            str(batch),
-            "--per_device_eval_batch_size",
-            "4",
-            "--generation_eval_steps",
-            "2",
-            "--generation_eval_samples",
-            "6",
-            "--num_generation_samples",
-            "2",
-            "--chunked_loss",
-            "false",
-        ]  # the training loss refuses chunking under ZeRO-3 (check_chunking)
-
-    report = tmp_path / "report.json"
-    proc = _launch(
-        CONFIGS / "accelerate_zero3_cpu.yaml",
-        [
-            str(ROOT / "tests" / "sharded_recipe.py"),
-            str(report),
-            "--recipe",
-            "distil_causal_lm",
-            *argv(tmp_path / "zero3", 4),
-        ],
-    )
+    folder = files.tmp / "causal_lm"  # its inputs, ZeRO-3 run and report (`zero_launches`)
+    report = folder / "report.json"
+    proc = zero_launches(3)  # with the ZeRO-3 cases of distil_bert, in one launch
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     got = json.loads(report.read_text())
     assert got["is_deepspeed_enabled"] and got["zero_stage"] == 3 and got["world_size"] == 2
@@ -439,9 +448,9 @@ def test_deepspeed_zero3_causal_lm_recipe_evaluates_like_one_process(tmp_path):
     # next training forward, checked by hand with --max_steps 3: partitioned again)
     assert got["student_zero3_managed"] and got["teacher_partitioned"]
     assert not got["teacher_training"]  # the generation eval gave the teacher engine its eval mode back
-    sharded = json.loads((tmp_path / "zero3" / "distillation_results.json").read_text())
+    sharded = json.loads((folder / "zero3" / "distillation_results.json").read_text())
 
-    distil_causal_lm.main(argv(tmp_path / "single", 8))
+    distil_causal_lm.main(_causal_lm_argv(folder, tmp_path / "single", 8))
     single = json.loads((tmp_path / "single" / "distillation_results.json").read_text())
     assert sharded["eval_completion_tokens"] == single["eval_completion_tokens"] > 0
     # the same greedy texts: generation (samples, ROUGE-L, lengths, exact match) is exact
