@@ -6,7 +6,9 @@
 
 The recipe is recipes/distil_bert.py unless --recipe names another module of recipes/. With --jobs, the runs share
 the launch's processes and process group (one start-up for all of them): the recipes' closing
-`Accelerator.end_training`, which tears the group down, runs at the end of the last one only.
+`Accelerator.end_training`, which tears the group down, runs at the end of the last one only. A job whose RECIPE is
+not a module of recipes/ is a test script's `run(RECIPE_ARGS)` (tests/zero3_sampling.py: it writes its own report;
+REPORT.json is null).
 
 The recipe runs unchanged; its DistillationTrainer is replaced by a subclass that, after training, writes
 REPORT.json (rank 0) with: the sharding in effect (DeepSpeed / ZeRO stage / FSDP, world size), whether any
@@ -25,8 +27,10 @@ from torch import nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(1, os.path.join(ROOT, "tests"))  # the test scripts of --jobs
 
 import importlib  # noqa: E402
+import importlib.util  # noqa: E402
 
 from hf_distill import DistillationTrainer  # noqa: E402
 from hf_distill.layers import _full_tensors  # noqa: E402
@@ -106,6 +110,9 @@ if __name__ == "__main__":
     for i, (report, name, argv) in enumerate(jobs):
         last = i == len(jobs) - 1
         Accelerator.end_training = end_training if last else (lambda self: None)  # the next job needs the group
+        if importlib.util.find_spec(f"recipes.{name}") is None:  # a test script (tests/zero3_sampling.py)
+            importlib.import_module(name).run(argv)
+            continue
         RecordingTrainer.report_path = report
         recipe = importlib.import_module(f"recipes.{name}")
         recipe.DistillationTrainer = RecordingTrainer

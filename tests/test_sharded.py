@@ -106,6 +106,7 @@ def _single_process(files, name, *extra):
 ZERO_CASES = [(2, "projected"), (3, "cut"), (3, "projected")]
 ZERO_TEST = "test_deepspeed_zero_recipe_matches_single_process"
 CAUSAL_TEST = "test_deepspeed_zero3_causal_lm_recipe_evaluates_like_one_process"
+SAMPLING_TEST = "test_deepspeed_zero3_student_samples_in_lockstep"
 
 
 def _student_args(files, student: str) -> list[str]:
@@ -115,18 +116,22 @@ def _student_args(files, student: str) -> list[str]:
     return ["--student_num_layers", "2"]
 
 
+def _name(item) -> str | None:
+    """A collected test's function name (without its parameters)."""
+    return getattr(item, "originalname", None)
+
+
 @pytest.fixture(scope="module")
 def zero_launches(files, request):
     """launch(stage): the finished `accelerate launch` with tests/configs/accelerate_zero{stage}_cpu.yaml that ran,
     one after the other, that stage's cases of ZERO_CASES selected in this session, and with ZeRO-3 the causal-LM
-    recipe's case if selected (tests/sharded_recipe.py --jobs): one start-up of the launcher and its two processes
-    per stage. Case (stage, student) writes its student to files.tmp/zero{stage}_{student} and its report to
-    files.tmp/zero{stage}_{student}.json; the causal-LM case works in files.tmp/causal_lm."""
-    selected = {
-        (item.callspec.params["stage"], item.callspec.params["student"])
-        for item in request.session.items
-        if getattr(item, "originalname", None) == ZERO_TEST
-    }
+    recipe's case and tests/zero3_sampling.py if selected (tests/sharded_recipe.py --jobs): one start-up of the
+    launcher and its two processes per stage. Case (stage, student) writes its student to
+    files.tmp/zero{stage}_{student} and its report to files.tmp/zero{stage}_{student}.json; the causal-LM case works
+    in files.tmp/causal_lm, the sampling script in files.tmp/zero3_sampling."""
+    items = request.session.items
+    selected = {(i.callspec.params["stage"], i.callspec.params["student"]) for i in items if _name(i) == ZERO_TEST}
+    tests = {_name(i) for i in items}
     done = {}
 
     def launch(stage: int) -> subprocess.CompletedProcess:
@@ -145,15 +150,16 @@ def zero_launches(files, request):
                         "4",
                     )
                     jobs.append([f"{out}.json", "distil_bert", argv])
-            if stage == 3 and any(
-                getattr(item, "originalname", None) == CAUSAL_TEST for item in request.session.items
-            ):
+            if stage == 3 and CAUSAL_TEST in tests:
                 folder = files.tmp / "causal_lm"
                 folder.mkdir()
                 _causal_lm_inputs(folder)
                 jobs.append(
                     [str(folder / "report.json"), "distil_causal_lm", _causal_lm_argv(folder, folder / "zero3", 4)]
                 )
+            if stage == 3 and SAMPLING_TEST in tests:
+                (files.tmp / "zero3_sampling").mkdir()
+                jobs.append([None, "zero3_sampling", [str(files.tmp / "zero3_sampling")]])
             spec = files.tmp / f"zero{stage}_jobs.json"
             spec.write_text(json.dumps(jobs))
             script = str(ROOT / "tests" / "sharded_recipe.py")
@@ -309,12 +315,12 @@ def test_zero3_loaded_student_saves_standard_layernorm_names(tmp_path):
 
 @pytest.mark.distributed
 @requires_deepspeed
-def test_deepspeed_zero3_student_samples_in_lockstep(tmp_path):
+def test_deepspeed_zero3_student_samples_in_lockstep(files, zero_launches):
     """tests/zero3_sampling.py: lmbda 1 under ZeRO-3 on 2 processes. The partitioned student samples once per step;
     rank 0's rows end after 2 tokens, yet it keeps stepping (6 lm_head calls) until rank 1's rows end."""
-    proc = _launch(CONFIGS / "accelerate_zero3_cpu.yaml", [str(ROOT / "tests" / "zero3_sampling.py"), str(tmp_path)])
+    proc = zero_launches(3)  # with the other ZeRO-3 cases, in one launch
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    got = json.loads((tmp_path / "report.json").read_text())
+    got = json.loads((files.tmp / "zero3_sampling" / "report.json").read_text())
     assert got["is_deepspeed_enabled"] and got["zero_stage"] == 3 and got["world_size"] == 2
     rank0, rank1 = got["generations"]
     assert len(rank0) == len(rank1) == 2  # one generate call per optimizer step on each process

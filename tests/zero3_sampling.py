@@ -101,5 +101,10 @@ def main(out_dir: str) -> None:
     trainer.accelerator.end_training()
 
 
+def run(argv: list[str]) -> None:
+    """The command line's work: `main(OUT_DIR)` (tests/sharded_recipe.py --jobs runs it beside other jobs)."""
+    main(argv[0])
+
+
 if __name__ == "__main__":
     main(sys.argv[1])
