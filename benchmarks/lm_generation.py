@@ -22,11 +22,23 @@ same steps, batch, learning rate and schedule by one of:
     forward_kl    off-policy KL(teacher || student) on the dataset's completions
     jsd           off-policy generalized JSD (beta 0.5)
     reverse_kl    off-policy KL(student || teacher)
-    onpolicy_0.5  warm-started on-policy: forward KL on the dataset's completions for the first half of the steps
-                  (`lmbda_start_step`), then each batch's completions are the student's own samples with probability
-                  0.5 (`lmbda`), scored by the on-policy divergence (the library default: forward KL)
-    onpolicy_1.0  the same with lmbda 1
     seq_kd        sequence-level KD: completions sampled from the teacher, cross-entropy on them
+    seq_kd_kl     forward KL on completions sampled from the teacher (GKD's "supervised KD"; on-policy at lmbda 0)
+    onpolicy_0.5  warm-started on-policy: off-policy for the first half of the steps (`lmbda_start_step`), then
+                  each batch's completions are the student's own samples with probability 0.5 (`lmbda`), scored
+                  by the on-policy divergence (the library default: forward KL)
+    onpolicy_1.0  the same with lmbda 1
+    onpolicy_1.0_jsd  the same scored by generalized JSD (beta 0.5) on the student's samples (GKD's choice)
+
+Data regime of the reverse task (`n_labelled`): the teacher was trained on 20,000 solved examples; a student has
+200 of them with their reference completions, and the prompts of all 20,000 (a transfer set: prompts are cheap,
+solved examples are not, as for a practitioner with a strong teacher, a few references and many user prompts).
+The methods that read completions (ce, forward_kl, jsd, reverse_kl) train on the 200 solved examples; the methods
+that sample (seq_kd, seq_kd_kl, onpolicy_*) train on the 20,000 prompts, whose completions come from the teacher
+(seq_kd, seq_kd_kl, the off-policy half of onpolicy_* and its batches that the lmbda coin does not give the
+student) or from the student. No reference completion of the transfer prompts is read by any student
+(`training_rows`). seq_kd_kl and onpolicy_* differ only in who samples after the warm start: the on-policy effect
+on the same data. The tweets task gives every method all its training completions (the earlier design).
 
 Scored with `hf_distill.evaluate_generation` (greedy decoding): exact match (reverse), ROUGE-L, the teacher's NLL
 of the student's completions (floor: the teacher's NLL of its own), generated length, distinct-2; plus the
@@ -89,8 +101,14 @@ METHODS: dict[str, dict] = {  # T = 1 everywhere, fixed a priori
     "reverse_kl": {"soft_weight": 1.0, "hard_weight": 0.0, "divergence": "reverse_kl"},
     "onpolicy_0.5": {"soft_weight": 1.0, "hard_weight": 0.0, "divergence": "forward_kl", "lmbda": 0.5, WARM: True},
     "onpolicy_1.0": {"soft_weight": 1.0, "hard_weight": 0.0, "divergence": "forward_kl", "lmbda": 1.0, WARM: True},
+    "onpolicy_1.0_jsd": {
+        **{"soft_weight": 1.0, "hard_weight": 0.0, "divergence": "forward_kl", "lmbda": 1.0, WARM: True},
+        "on_policy_divergence": "jsd",  # GKD's choice on the student's samples (generalized JSD, beta 0.5)
+    },
     "seq_kd": {"soft_weight": 0.0, "hard_weight": 1.0, "seq_kd": True},
+    "seq_kd_kl": {"soft_weight": 1.0, "hard_weight": 0.0, "divergence": "forward_kl", "seq_kd": True},
 }
+SAMPLING = {m for m, s in METHODS.items() if s.get("seq_kd") or s.get(WARM)}  # completions sampled in training
 ON_POLICY_DIVERGENCE = None  # on the student's samples: None = the library default (the method's `divergence`);
 # the tweets table of the 707eca0 run used "jsd" (GKD's choice)
 
@@ -119,6 +137,8 @@ class TaskConfig:
     max_words: int = 0
     student_hidden: int = 0  # 0: students are cut from the teacher; else fresh students of this width
     dropout: float = 0.1  # GPT-2's default; reverse: 0 (with dropout its teacher stays on the plateau longer)
+    n_labelled: int = 0  # 0: students see every training completion; else only the first n_labelled, and the
+    # methods that sample completions (SAMPLING) train on the prompts of all training rows (a transfer set)
 
 
 FULL = {  # sized for 2 CPU cores shared with other jobs (docs/generation_eval.md says what that bought)
@@ -135,7 +155,7 @@ FULL = {  # sized for 2 CPU cores shared with other jobs (docs/generation_eval.m
         teacher_steps=2000,
         teacher_lr=3e-3,
         teacher_batch=32,
-        student_steps=300,
+        student_steps=800,
         student_lr=2e-3,
         batch=32,
         max_new_tokens=22,
@@ -144,6 +164,7 @@ FULL = {  # sized for 2 CPU cores shared with other jobs (docs/generation_eval.m
         min_words=10,
         max_words=10,
         dropout=0.0,
+        n_labelled=200,
     ),
     "tweets": TaskConfig(
         "tweets",
@@ -179,6 +200,7 @@ TINY = {
         teacher_batch=16,
         student_steps=2,
         batch=8,
+        n_labelled=task.n_labelled and 16,
     )
     for name, task in FULL.items()
 }
@@ -337,6 +359,8 @@ def train_teacher(task: TaskConfig, tokenizer, data, folder: str) -> GPT2LMHeadM
 
 def student_arguments(task: TaskConfig, method: str, seed: int, output_dir: str) -> DistillationArguments:
     settings = {k: v for k, v in METHODS[method].items() if k != WARM}
+    if task.n_labelled and method in SAMPLING:  # transfer prompts have no completion: the teacher samples one
+        settings["seq_kd"] = True  # wherever the student does not (before the warm start, and w.p. 1 - lmbda)
     fields = DistillationArguments.__dataclass_fields__
     if METHODS[method].get(WARM) and "lmbda_start_step" in fields:
         settings["lmbda_start_step"] = task.student_steps // 2
@@ -447,6 +471,22 @@ def prepare_task(task: TaskConfig, work: str) -> dict:
     return info
 
 
+def training_rows(task: TaskConfig, method: str, train: list[dict], end_token: int) -> list[dict]:
+    """What a student of `method` trains on: every training row when the task has no `n_labelled`; else the first
+    n_labelled rows (prompt + reference completion) for the methods that read completions, and the prompts of all
+    rows (completion = the end token alone, a placeholder that every batch of these methods replaces with
+    sampled completions) for the methods that sample."""
+    if not task.n_labelled:
+        return train
+    if method not in SAMPLING:
+        return train[: task.n_labelled]
+    rows = []
+    for r in train:
+        start = next(i for i, t in enumerate(r["labels"]) if t != IGNORE_INDEX)  # the completion's first token
+        rows.append(encode_example(r["input_ids"][:start], [end_token], task.max_length))
+    return rows
+
+
 def student_job(task: TaskConfig, method: str, seed: int, work: str) -> dict:
     """One student: trained with the method for the fixed budget, scored on validation and test; the record is
     written to work/<task>/runs/ and reused when already there."""
@@ -458,8 +498,9 @@ def student_job(task: TaskConfig, method: str, seed: int, work: str) -> dict:
     tokenizer = PreTrainedTokenizerFast.from_pretrained(os.path.join(folder, "tokenizer"))
     data = torch.load(os.path.join(folder, "data.pt"))
     teacher = GPT2LMHeadModel.from_pretrained(os.path.join(folder, "teacher")).eval()
+    train = training_rows(task, method, data["train"], tokenizer.sep_token_id)
     student, seconds = train_student(
-        task, method, seed, teacher, tokenizer, data["train"], os.path.join(folder, f"{method}-{seed}")
+        task, method, seed, teacher, tokenizer, train, os.path.join(folder, f"{method}-{seed}")
     )
     run = {
         "method": method,
@@ -570,7 +611,12 @@ def markdown(results: dict) -> str:
         lines += [
             f"### {name}: {task['teacher_layers']}-layer teacher (width {task['hidden']}), "
             f"{task['student_layers']}-layer students (width {width}), "
-            f"{task['student_steps']} steps x {task['batch']} (test split, {res['examples']['test']} examples)",
+            f"{task['student_steps']} steps x {task['batch']} (test split, {res['examples']['test']} examples)"
+            + (
+                f"; {task['n_labelled']} solved examples, {res['examples']['train']} transfer prompts"
+                if task.get("n_labelled")
+                else ""
+            ),
             "",
             "| model | "
             + " | ".join(metrics)
@@ -648,6 +694,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--out_dir", default=os.path.join(os.path.dirname(HERE), "docs", "results"))
     parser.add_argument("--work_dir", default=None)
     parser.add_argument("--jobs", type=int, default=3, help="processes training at once (one thread each)")
+    parser.add_argument(
+        "--student_steps", type=int, default=None, help="override every task's student budget (optimizer steps)"
+    )
+    parser.add_argument("--prefix", default="lm_generation", help="names of the result files in --out_dir")
     parser.add_argument("--tweets_methods", default=None, help="methods of the tweets task (default: --methods)")
     parser.add_argument(
         "--keep_other_tasks",
@@ -672,6 +722,8 @@ def main(argv=None) -> dict:
     work = a.work_dir or tempfile.mkdtemp(prefix="lm_generation_")
     seeds = [int(s) for s in a.seeds.split(",")]
     table = TINY if a.tiny else FULL
+    if a.student_steps:
+        table = {name: replace(task, student_steps=a.student_steps) for name, task in table.items()}
     per_task = {name: (a.tweets_methods or a.methods).split(",") if name == "tweets" else methods for name in tasks}
     results = {"tasks": run_all([table[name] for name in tasks], seeds, per_task, work, a.jobs, a.summarise_only)}
     native = "lmbda_start_step" in DistillationArguments.__dataclass_fields__
@@ -688,7 +740,7 @@ def main(argv=None) -> dict:
     }
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    prefix = "lm_generation"
+    prefix = a.prefix
     if a.keep_other_tasks and (out / f"{prefix}.json").exists():
         old = json.loads((out / f"{prefix}.json").read_text())
         for name, res in old["tasks"].items():

@@ -226,6 +226,35 @@ def test_lm_generation_tiny_summary_follows_from_its_runs(tmp_path):
     assert (tmp_path / "lm_generation_reverse.png").exists()
 
 
+def test_lm_generation_sampling_methods_never_see_the_reference_completions(tmp_path):
+    """With `n_labelled`, the methods that read completions get the first n_labelled rows as they are, and the
+    methods that sample train on every row's prompt with the end token alone as completion (no reference token),
+    with the teacher sampling wherever the student does not."""
+    import importlib
+    from dataclasses import replace
+
+    sys.path.insert(0, BENCH)
+    lg = importlib.import_module("lm_generation")
+    end, ignore = 3, -100
+    train = [
+        {"input_ids": [10 + i, 11 + i, 4, 20 + i, 2, 21 + i, end], "labels": [ignore] * 3 + [20 + i, 2, 21 + i, end]}
+        for i in range(5)
+    ]
+    task = replace(lg.TINY["reverse"], n_labelled=2)
+    assert lg.training_rows(task, "ce", train, end) == train[:2]
+    assert lg.training_rows(task, "forward_kl", train, end) == train[:2]
+    for method in ("seq_kd", "seq_kd_kl", "onpolicy_1.0"):
+        rows = lg.training_rows(task, method, train, end)
+        assert [r["input_ids"] for r in rows] == [[10 + i, 11 + i, 4, end] for i in range(5)]
+        assert [r["labels"] for r in rows] == [[ignore] * 3 + [end]] * 5
+        args = lg.student_arguments(task, method, 0, str(tmp_path / method))
+        assert args.seq_kd  # transfer rows have no completion: never trained on as data
+    assert not lg.student_arguments(task, "forward_kl", 0, str(tmp_path / "f")).seq_kd
+    everything = replace(task, n_labelled=0)
+    assert lg.training_rows(everything, "seq_kd", train, end) == train
+    assert not lg.student_arguments(everything, "onpolicy_1.0", 0, str(tmp_path / "o")).seq_kd
+
+
 def test_packing_ratio_follows_from_its_times_and_losses_match():
     out = run_tiny("packing.py")
     tokens = int(value(r"per repeat: (\d+) distilled tokens", out))
