@@ -10,7 +10,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from ddp_train import launch_args, save_and_exit
+from ddp_train import launch_args, leave, save_final
 from testing_utils import lm_collate, lm_data, lm_tokenizer, tiny_lm
 
 from hf_distill import DistillationTrainer, PromptCompletionCollator
@@ -33,8 +33,14 @@ def main(out_dir: str, per_device_batch: int, collator: str = "plain") -> None:
         student, teacher, args, train_dataset=lm_data(), data_collator=data_collator, processing_class=lm_tokenizer()
     )
     trainer.train()
-    save_and_exit(trainer, {k: v.detach().clone() for k, v in student.state_dict().items()}, out_dir)
+    save_final(trainer, {k: v.detach().clone() for k, v in student.state_dict().items()}, out_dir)
+
+
+def run(argv: list[str]) -> None:
+    """The command line's work: `main(OUT_DIR, PER_DEVICE_BATCH[, COLLATOR])`."""
+    main(argv[0], int(argv[1]), *argv[2:])
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), *sys.argv[3:])
+    run(sys.argv[1:])
+    leave()

@@ -3,8 +3,10 @@
 Usage: python tests/ddp_train.py OUT_DIR PER_DEVICE_BATCH   (torchrun --nproc_per_node 2 ... for DDP)
 Writes OUT_DIR/final.pt with the student and projection weights (rank 0).
 
-`launch_args` and `save_and_exit` are the set-up every multi-process test script shares
-(tests/ddp_chunked_train.py too).
+`launch_args`, `save_final` and `leave` are the set-up every multi-process test script shares
+(tests/ddp_chunked_train.py, tests/ddp_generation_eval.py too). Each script's `run(argv)` does what its command line
+does, without leaving: tests call it in their own process (the single-process run) and tests/torchrun_jobs.py runs
+several scripts' `run` in one torchrun launch.
 """
 
 import os
@@ -31,15 +33,22 @@ def launch_args(out_dir: str, per_device_batch: int, **kw):
     )
 
 
-def save_and_exit(trainer, state: dict, out_dir: str) -> None:
-    """Rank 0 writes `state` and the world size to OUT_DIR/final.pt; under torchrun every rank then leaves at once."""
+def save_final(trainer, state: dict, out_dir: str) -> None:
+    """Rank 0 writes `state` and the world size to OUT_DIR/final.pt; under torchrun every rank waits until it is
+    written."""
     if trainer.is_world_process_zero():
         state["world_size"] = torch.tensor(trainer.args.world_size)
         torch.save(state, os.path.join(out_dir, "final.pt"))
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
-        # Tearing down gloo from Python can deadlock (the process group's destructor joins a worker thread
-        # that waits for the GIL) or abort at interpreter exit; the work is saved, so leave at once.
+
+
+def leave() -> None:
+    """The end of a script run from its command line: under torchrun every rank waits for the others, then leaves at
+    once. Tearing down gloo from Python can deadlock (the process group's destructor joins a worker thread that waits
+    for the GIL) or abort at interpreter exit; the work is saved, so leave at once."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
@@ -54,8 +63,14 @@ def main(out_dir: str, per_device_batch: int) -> None:
     trainer.train()
     state = {f"student.{k}": v for k, v in student.state_dict().items()}
     state.update({f"proj.{k}": v.cpu() for k, v in trainer.projections.state_dict().items()})
-    save_and_exit(trainer, state, out_dir)
+    save_final(trainer, state, out_dir)
+
+
+def run(argv: list[str]) -> None:
+    """The command line's work: `main(OUT_DIR, PER_DEVICE_BATCH)`."""
+    main(argv[0], int(argv[1]))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    run(sys.argv[1:])
+    leave()

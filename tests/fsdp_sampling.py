@@ -58,7 +58,7 @@ def prompt_data(out_dir: str):
     return tokenizer, tokenize_prompt_completion(Dataset.from_dict(rows), tokenizer, 24)
 
 
-def main(out_dir: str) -> None:
+def main(out_dir: str) -> DistillationTrainer:
     tokenizer, data = prompt_data(out_dir)
     student, teacher = tiny_gpt2(layers=2, seed=0), tiny_gpt2(layers=3, seed=1)
     args = distillation_args(out_dir, ddp_backend="gloo", seed=0, lmbda=1.0, max_new_tokens=MAX_NEW, temperature=1.0)
@@ -115,8 +115,13 @@ def main(out_dir: str) -> None:
     with open(os.path.join(out_dir, f"report_{rank}.json"), "w") as f:
         json.dump(report, f)
     torch.distributed.barrier()  # both ranks done before gloo is torn down
-    trainer.accelerator.end_training()
+    return trainer
+
+
+def run(argv: list[str]) -> None:
+    """The command line's work, `main(OUT_DIR)`, leaving the process group up (tests/torchrun_jobs.py runs more)."""
+    main(argv[0])
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1]).accelerator.end_training()  # destroys the process group

@@ -39,7 +39,7 @@ def is_sharded(model) -> bool:
     return all(isinstance(p, DTensor) for p in params) and any(p.to_local().shape[0] < p.shape[0] for p in params)
 
 
-def main(out_dir: str) -> None:
+def main(out_dir: str) -> DistillationTrainer:
     no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
     teacher = tiny_bert(layers=4, hidden=32, **no_dropout)
     student = init_student_from_teacher(teacher, num_layers=2).train()
@@ -98,8 +98,13 @@ def main(out_dir: str) -> None:
         with open(os.path.join(out_dir, "report.json"), "w") as f:
             json.dump(report, f)
     torch.distributed.barrier()  # rank 1 must not tear gloo down while rank 0 still trains its reference
-    trainer.accelerator.end_training()  # destroys the process group
+    return trainer
+
+
+def run(argv: list[str]) -> None:
+    """The command line's work, `main(OUT_DIR)`, leaving the process group up (tests/torchrun_jobs.py runs more)."""
+    main(argv[0])
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1]).accelerator.end_training()  # destroys the process group

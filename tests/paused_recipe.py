@@ -1,8 +1,14 @@
-"""recipes/distil_bert.py that stops at one chosen moment of its run and waits there to be killed.
+"""recipes/distil_bert.py runs that each stop at one chosen moment and wait there to be killed (tests/test_faults.py).
 
-    PAUSE_AT=STEP:POINT PAUSE_MARKER=FILE python tests/paused_recipe.py RECIPE_ARGS...
+    python tests/paused_recipe.py          # a launcher: one launch per line on stdin (below)
 
-At POINT of global step STEP the process writes FILE and sleeps; the test then sends it SIGKILL. The kill therefore
+The launcher imports the libraries once; each launch is a child process forked from it (nothing has run in the
+launcher but imports, so each child starts its run as a fresh process would, without paying the start-up again).
+A line on stdin is {"argv": RECIPE_ARGS, "log": FILE, "pause_at": "STEP:POINT" or null, "marker": FILE}; the launcher
+answers {"pid": PID} on stdout, then {"pid": PID, "exit": CODE} when that child ended (-9 for a SIGKILL), and only then
+reads the next line. The child's output goes to "log" (a pipe could fill up and stall it).
+
+At POINT of global step STEP the child writes "marker" and sleeps; the test then sends it SIGKILL. The kill therefore
 lands exactly where the test chose, however fast or loaded the machine is (a timer cannot promise that). POINT:
 
 - `train`: inside the forward/backward of step STEP (checkpoint-(STEP-1) is the newest one written);
@@ -15,9 +21,11 @@ lands exactly where the test chose, however fast or loaded the machine is (a tim
 from __future__ import annotations
 
 import io
+import json
 import os
 import sys
 import time
+import traceback
 
 import torch
 from transformers import Trainer, TrainerState
@@ -25,10 +33,11 @@ from transformers import Trainer, TrainerState
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 POINTS = ("train", "weights", "optimizer-half", "rng", "state")
+MARKER = [""]  # the file that says "paused here" (set per launch)
 
 
 def pause() -> None:
-    with open(os.environ["PAUSE_MARKER"], "w") as f:
+    with open(MARKER[0], "w") as f:
         f.write(str(os.getpid()))
     while True:  # until the test's SIGKILL
         time.sleep(1)
@@ -95,11 +104,38 @@ def install(step: int, point: str) -> None:
     torch.save = half_torch_save
 
 
+def launch(job: dict, recipe_main) -> None:
+    """In the forked child: the launch `job`, then leave with its exit code (never back into the launcher's loop)."""
+    code = 1
+    try:
+        log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        MARKER[0] = job["marker"]
+        if job["pause_at"]:
+            at_step, at_point = job["pause_at"].split(":")
+            assert at_point in POINTS, at_point
+            install(int(at_step), at_point)
+        recipe_main(job["argv"])
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 if __name__ == "__main__":
-    if os.environ.get("PAUSE_AT"):
-        at_step, at_point = os.environ["PAUSE_AT"].split(":")
-        assert at_point in POINTS, at_point
-        install(int(at_step), at_point)
+    answers = os.fdopen(os.dup(1), "w")  # stdout carries the answers only: what the libraries print goes to stderr
+    os.dup2(2, 1)
     from recipes import distil_bert
 
-    distil_bert.main(sys.argv[1:])
+    for line in sys.stdin:
+        job = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            launch(job, distil_bert.main)
+        print(json.dumps({"pid": pid}), file=answers, flush=True)
+        _, status = os.waitpid(pid, 0)
+        print(json.dumps({"pid": pid, "exit": os.waitstatus_to_exitcode(status)}), file=answers, flush=True)

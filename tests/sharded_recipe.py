@@ -2,8 +2,13 @@
 
     DS_ACCELERATOR=cpu accelerate launch --config_file tests/configs/accelerate_zero2_cpu.yaml \
         tests/sharded_recipe.py REPORT.json [--recipe distil_causal_lm] RECIPE_ARGS...
+    ... tests/sharded_recipe.py --jobs JOBS.json      # several runs in turn: [[REPORT.json, RECIPE, RECIPE_ARGS], ...]
 
-The recipe is recipes/distil_bert.py unless --recipe names another module of recipes/.
+The recipe is recipes/distil_bert.py unless --recipe names another module of recipes/. With --jobs, the runs share
+the launch's processes and process group (one start-up for all of them): the recipes' closing
+`Accelerator.end_training`, which tears the group down, runs at the end of the last one only. A job whose RECIPE is
+not a module of recipes/ is a test script's `run(RECIPE_ARGS)` (tests/zero3_sampling.py: it writes its own report;
+REPORT.json is null).
 
 The recipe runs unchanged; its DistillationTrainer is replaced by a subclass that, after training, writes
 REPORT.json (rank 0) with: the sharding in effect (DeepSpeed / ZeRO stage / FSDP, world size), whether any
@@ -22,8 +27,10 @@ from torch import nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(1, os.path.join(ROOT, "tests"))  # the test scripts of --jobs
 
 import importlib  # noqa: E402
+import importlib.util  # noqa: E402
 
 from hf_distill import DistillationTrainer  # noqa: E402
 from hf_distill.layers import _full_tensors  # noqa: E402
@@ -88,10 +95,25 @@ class RecordingTrainer(DistillationTrainer):
 
 
 if __name__ == "__main__":
-    RecordingTrainer.report_path, argv = sys.argv[1], sys.argv[2:]
-    name = "distil_bert"
-    if argv[:1] == ["--recipe"]:
-        name, argv = argv[1], argv[2:]
-    recipe = importlib.import_module(f"recipes.{name}")
-    recipe.DistillationTrainer = RecordingTrainer
-    recipe.main(argv)
+    from accelerate import Accelerator
+
+    if sys.argv[1] == "--jobs":
+        with open(sys.argv[2]) as f:
+            jobs = json.load(f)
+    else:
+        report, argv = sys.argv[1], sys.argv[2:]
+        name = "distil_bert"
+        if argv[:1] == ["--recipe"]:
+            name, argv = argv[1], argv[2:]
+        jobs = [[report, name, argv]]
+    end_training = Accelerator.end_training
+    for i, (report, name, argv) in enumerate(jobs):
+        last = i == len(jobs) - 1
+        Accelerator.end_training = end_training if last else (lambda self: None)  # the next job needs the group
+        if importlib.util.find_spec(f"recipes.{name}") is None:  # a test script (tests/zero3_sampling.py)
+            importlib.import_module(name).run(argv)
+            continue
+        RecordingTrainer.report_path = report
+        recipe = importlib.import_module(f"recipes.{name}")
+        recipe.DistillationTrainer = RecordingTrainer
+        recipe.main(argv)

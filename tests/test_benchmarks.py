@@ -8,19 +8,17 @@ import re
 import subprocess
 import sys
 
-from testing_utils import HANG_TIMEOUT_S
+from testing_utils import run_script_main
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 NUMBER = r"(-?\d+(?:\.\d+)?)"
 
 
-def run_tiny(script: str) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [sys.executable, script, "--tiny"], cwd=BENCH, env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT_S
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout
+def run_tiny(script: str, *argv: str) -> str:
+    """What `python benchmarks/SCRIPT --tiny *argv` prints, run in this process (`run_script_main`: no interpreter
+    start-up per benchmark; the subprocesses a benchmark starts itself still run). lm_generation.py, which forks
+    workers, runs as a real command below."""
+    return run_script_main(os.path.join(BENCH, script), ["--tiny", *argv])
 
 
 def value(pattern: str, text: str) -> str:
@@ -140,16 +138,10 @@ def test_lm_sampling_tiny_reports_before_and_after(tmp_path):
     every on-policy mode generates; the summary ratios are those of the per-mode numbers it stores."""
     import json
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [sys.executable, "lm_sampling.py", "--preset", "tiny", "--out_dir", str(tmp_path), "--modes", "before,after"],
-        cwd=BENCH,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
+    run_script_main(
+        os.path.join(BENCH, "lm_sampling.py"),
+        ["--preset", "tiny", "--out_dir", str(tmp_path), "--modes", "before,after"],
     )
-    assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads((tmp_path / "lm_sampling_cpu.json").read_text())
     modes, cfg = got["modes"], got["config"]
     assert set(modes) == {"before", "after", "offpolicy"} and got["provenance"]["command"].startswith("python")
@@ -171,7 +163,7 @@ def test_llm_loss_ratios_follow_from_its_medians():
         rf"\| {NUMBER} \| {NUMBER} \| {NUMBER} \| {NUMBER}-{NUMBER} \| ([\d.e+-]+) \|$"
     )
     rows = re.findall(row, out, flags=re.M)
-    assert len(rows) == 4  # two configurations, printed as they finish and again in the table
+    assert len(rows) == 2  # the tiny grid's one configuration, printed as it finishes and again in the table
     for *_, chunks, full_mb, chunked_mb, memory_ratio, _, full_s, chunked_s, ratio, low, high, diff in rows:
         assert int(chunks) == 1  # tiny logits fit the CPU budget: one chunk
         assert consistent(memory_ratio, lambda a, b: a / b, chunked_mb, full_mb)
@@ -203,7 +195,7 @@ def test_lm_generation_tiny_summary_follows_from_its_runs(tmp_path):
         "--seeds",
         "0,1",
         "--jobs",
-        "1",
+        "2",  # the two cores: teachers and students in 2 worker processes
         "--out_dir",
         str(tmp_path),
         "--work_dir",
@@ -281,17 +273,7 @@ def test_distillation_step_calls_little_beyond_its_parts():
     calls of its parts (student step + teacher forward); a per-step `Accelerator.unwrap_model` had added 69%."""
     import json
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [sys.executable, "step_profile.py", "--tiny", "--counts"],
-        cwd=BENCH,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    counts = json.loads(out.stdout.strip().splitlines()[-1])
+    counts = json.loads(run_tiny("step_profile.py", "--counts").strip().splitlines()[-1])
     for key, slack in (("operator_calls", 1.05), ("python_calls", 1.10)):
         parts = counts["student_step"][key] + counts["teacher_forward"][key]
         assert counts["distill_step"][key] <= slack * parts, (key, counts["distill_step"][key], parts)

@@ -6,12 +6,11 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest
 import torch
-from testing_utils import HANG_TIMEOUT_S, make_tokenizer, tiny_gpt2
+from testing_utils import make_tokenizer, tiny_gpt2
 from transformers import GenerationConfig
 
 from hf_distill import evaluate_generation
@@ -134,17 +133,12 @@ def test_text_dataset_and_bad_input(tok):
     shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
     reason="torchrun not installed",
 )
-def test_two_processes_equal_one(tmp_path):
-    script = os.path.join(os.path.dirname(__file__), "ddp_generation_eval.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(os.path.dirname(script))}
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    cmd = [torchrun, "--nproc_per_node", "2", "--standalone", script, str(tmp_path / "two.json")]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    sys.path.insert(0, os.path.dirname(script))
+@pytest.mark.torchrun_job("generation_eval")  # tests/ddp_generation_eval.py OUT.json on 2 processes
+def test_two_processes_equal_one(torchrun_jobs):
     from ddp_generation_eval import metrics
 
-    one, two = metrics(), json.loads((tmp_path / "two.json").read_text())  # one process here, two under torchrun
+    two = json.loads((torchrun_jobs["generation_eval"] / "metrics.json").read_text())  # two under torchrun
+    one = metrics()  # one process, here
     assert two["world"] == 2 and one["examples"] == two["examples"] == 11
     for key in ("rougeL", "generated_length", "distinct_2", "teacher_nll", "teacher_nll_floor", "exact_match"):
         assert math.isclose(one[key], two[key], rel_tol=1e-5), (key, one[key], two[key])

@@ -2,8 +2,6 @@
 full-logits loss, never builds (B, L, V) logits, and token-level terms are normalised by the tokens of the whole
 accumulated batch (k micro-batches == one big batch, also on two processes)."""
 
-import os
-
 import pytest
 import torch
 from testing_utils import (
@@ -163,10 +161,12 @@ def test_chunking_refuses_what_it_cannot_do(tmp_path):
 
 
 @requires_torchrun
-def test_two_process_chunked_ddp_equals_one_process(tmp_path):
+@pytest.mark.torchrun_job("chunked")  # tests/ddp_chunked_train.py OUT 2 on 2 processes
+def test_two_process_chunked_ddp_equals_one_process(tmp_path, torchrun_jobs):
     """2 processes x 2 rows == 1 process x 4 rows, with unequal token counts on the two ranks."""
-    script = os.path.join(os.path.dirname(__file__), "ddp_chunked_train.py")
-    one, two = one_and_two_processes(script, tmp_path, ["4"], ["2"])
+    import ddp_chunked_train
+
+    one, two = one_and_two_processes(ddp_chunked_train.run, tmp_path, ["4"], torchrun_jobs["chunked"])
     assert_same_weights(two, one, rtol=1e-4)
 
 

@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from testing_utils import run_script_main
 from transformers import AutoTokenizer
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "lm_cross_tokenizer.py"
 
 
 def test_tiny_run_writes_consistent_results(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(SCRIPT.parents[1]), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tiny", "--out_dir", str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_script_main(SCRIPT, ["--tiny", "--out_dir", str(tmp_path)])  # `python SCRIPT --tiny ...`, in this process
     summary = json.loads((tmp_path / "lm_cross_tokenizer_results.json").read_text())
     assert (tmp_path / "lm_cross_tokenizer_results.md").read_text().startswith("# Cross-tokenizer distillation")
     assert (tmp_path / summary["plot"]).exists()

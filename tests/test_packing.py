@@ -2,7 +2,6 @@
 architectures and attention implementations that cannot keep packed rows apart are refused."""
 
 import inspect
-import os
 
 import pytest
 import torch
@@ -260,8 +259,10 @@ def test_flattened_batches_without_completion_mask_equal_padded(tmp_path):
 
 
 @requires_torchrun
-def test_two_process_packed_ddp_equals_one_padded_process(tmp_path):
+@pytest.mark.torchrun_job("packed")  # tests/ddp_chunked_train.py OUT 2 packed on 2 processes
+def test_two_process_packed_ddp_equals_one_padded_process(tmp_path, torchrun_jobs):
     """2 processes x 2 packed rows == 1 process x 4 padded rows (chunked loss, unequal token counts per rank)."""
-    script = os.path.join(os.path.dirname(__file__), "ddp_chunked_train.py")
-    one, two = one_and_two_processes(script, tmp_path, ["4", "padded"], ["2", "packed"])
+    import ddp_chunked_train
+
+    one, two = one_and_two_processes(ddp_chunked_train.run, tmp_path, ["4", "padded"], torchrun_jobs["packed"])
     assert_same_weights(two, one, rtol=1e-4)

@@ -322,14 +322,16 @@ def test_cache_cli_follows_the_output_folder_rules(setup, tmp_path):
 
 def test_core_cache_module_does_not_import_the_recipes_and_the_documented_command_works(tmp_path):
     code = "import sys, hf_distill.cache; print(sorted(m for m in sys.modules if m.startswith('hf_distill.recipes')))"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"
-    done = subprocess.run([sys.executable, "-m", "hf_distill.cache", "--help"], capture_output=True, text=True)
-    assert (
-        done.returncode == 0
-        and "--overwrite_output_dir" in done.stdout
-        and "--teacher_model_name_or_path" in (done.stdout)
+    # the two commands at once (one core each)
+    imported, helped = (
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for cmd in ([sys.executable, "-c", code], [sys.executable, "-m", "hf_distill.cache", "--help"])
     )
+    out, err = imported.communicate()
+    assert imported.returncode == 0, err[-3000:]
+    assert out.strip() == "[]"
+    out, err = helped.communicate()
+    assert helped.returncode == 0 and "--overwrite_output_dir" in out and "--teacher_model_name_or_path" in out
 
 
 def test_a_stale_lock_is_known_by_pid_boot_and_start_time_not_by_pid_alone(tmp_path, caplog):

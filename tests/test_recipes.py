@@ -15,7 +15,7 @@ import torch
 import transformers as tf
 from recipe_helpers import COMMON, LABELS, NO_DROPOUT, recipe_args, save_classifier, write_csv
 from safetensors.torch import load_file
-from testing_utils import make_tokenizer, tiny_bert, torchrun
+from testing_utils import make_tokenizer, tiny_bert
 
 from hf_distill import DistillationObjective
 from hf_distill.recipes import data as recipe_data
@@ -106,18 +106,29 @@ def test_config_file_with_flag_overrides(tmp_path):
         parse_args((OutputArguments,), [str(cfg)])
 
 
-def test_two_processes_match_one_process(tmp_path):
+TWO_PROCESS_COMMON = ["--student_num_layers", "2", "--hidden_weight", "1.0", "--max_steps", "3", "--seed", "7"]
+
+
+def two_process_job(folder: Path):
+    """recipes/distil_bert.py on 2 processes x 4 examples (a job of the session's torchrun launch): its teacher and
+    data under `folder`, its output in folder/two."""
+    teacher = save_classifier(folder / "teacher")
+    data = write_csv(folder / "train.csv", 32, seed=0), write_csv(folder / "dev.csv", 12, seed=1)
+    argv = recipe_args(teacher, data, folder / "two", *TWO_PROCESS_COMMON, "--per_device_train_batch_size", "4")
+    return "recipes.distil_bert", "main", argv
+
+
+@pytest.mark.torchrun_job("bert_recipe", prepare=two_process_job)
+def test_two_processes_match_one_process(tmp_path, torchrun_jobs):
     """torchrun --nproc_per_node 2 with 4 per process == one process with 8 (same global batch, no dropout)."""
-    teacher = save_classifier(tmp_path / "teacher")
-    data = write_csv(tmp_path / "train.csv", 32, seed=0), write_csv(tmp_path / "dev.csv", 12, seed=1)
-    common = ["--student_num_layers", "2", "--hidden_weight", "1.0", "--max_steps", "3", "--seed", "7"]
-    args2 = recipe_args(teacher, data, tmp_path / "two", *common, "--per_device_train_batch_size", "4")
-    torchrun(ROOT / "recipes" / "distil_bert.py", args2)
-    two = json.loads((tmp_path / "two" / "distillation_results.json").read_text())
+    folder = torchrun_jobs["bert_recipe"]
+    teacher, data = str(folder / "teacher"), (str(folder / "train.csv"), str(folder / "dev.csv"))
+    two = json.loads((folder / "two" / "distillation_results.json").read_text())
     assert two["distillation"]["global_train_batch_size"] == 8
 
-    distil_bert.main(recipe_args(teacher, data, tmp_path / "one", *common, "--per_device_train_batch_size", "8"))
-    w1, w2 = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    one = recipe_args(teacher, data, tmp_path / "one", *TWO_PROCESS_COMMON, "--per_device_train_batch_size", "8")
+    distil_bert.main(one)
+    w1, w2 = load_file(tmp_path / "one" / "model.safetensors"), load_file(folder / "two" / "model.safetensors")
     teacher_w = load_file(Path(teacher) / "model.safetensors")
     key = "bert.encoder.layer.0.attention.self.query.weight"
     assert not torch.equal(w1[key], teacher_w["bert.encoder.layer.1.attention.self.query.weight"])  # it trained

@@ -23,7 +23,7 @@ import transformers as tf
 import yaml
 from recipe_helpers import LABELS, recipe_args, save_classifier, write_csv
 from safetensors.torch import load_file
-from testing_utils import HANG_TIMEOUT_S, make_tokenizer, tiny_bert, torchrun
+from testing_utils import HANG_TIMEOUT_S, make_tokenizer, requires_torchrun, tiny_bert
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "tests" / "configs"
@@ -103,27 +103,86 @@ def _single_process(files, name, *extra):
     return load_file(out / "model.safetensors")
 
 
+ZERO_CASES = [(2, "projected"), (3, "cut"), (3, "projected")]
+ZERO_TEST = "test_deepspeed_zero_recipe_matches_single_process"
+CAUSAL_TEST = "test_deepspeed_zero3_causal_lm_recipe_evaluates_like_one_process"
+SAMPLING_TEST = "test_deepspeed_zero3_student_samples_in_lockstep"
+
+
+def _student_args(files, student: str) -> list[str]:
+    if student == "projected":
+        # one stage: the recipe's two-stage default for a student given by path needs two trainers in one process
+        return ["--student_model_name_or_path", files.student, "--two_stage", "no"]
+    return ["--student_num_layers", "2"]
+
+
+def _name(item) -> str | None:
+    """A collected test's function name (without its parameters)."""
+    return getattr(item, "originalname", None)
+
+
+@pytest.fixture(scope="module")
+def zero_launches(files, request):
+    """launch(stage): the finished `accelerate launch` with tests/configs/accelerate_zero{stage}_cpu.yaml that ran,
+    one after the other, that stage's cases of ZERO_CASES selected in this session, and with ZeRO-3 the causal-LM
+    recipe's case and tests/zero3_sampling.py if selected (tests/sharded_recipe.py --jobs): one start-up of the
+    launcher and its two processes per stage. Case (stage, student) writes its student to
+    files.tmp/zero{stage}_{student} and its report to files.tmp/zero{stage}_{student}.json; the causal-LM case works
+    in files.tmp/causal_lm, the sampling script in files.tmp/zero3_sampling."""
+    items = request.session.items
+    selected = {(i.callspec.params["stage"], i.callspec.params["student"]) for i in items if _name(i) == ZERO_TEST}
+    tests = {_name(i) for i in items}
+    done = {}
+
+    def launch(stage: int) -> subprocess.CompletedProcess:
+        if stage not in done:
+            jobs = []
+            for case_stage, student in ZERO_CASES:
+                if case_stage == stage and (case_stage, student) in selected:
+                    out = files.tmp / f"zero{stage}_{student}"
+                    argv = recipe_args(
+                        files.teacher,
+                        files.data,
+                        out,
+                        *COMMON,
+                        *_student_args(files, student),
+                        "--per_device_train_batch_size",
+                        "4",
+                    )
+                    jobs.append([f"{out}.json", "distil_bert", argv])
+            if stage == 3 and CAUSAL_TEST in tests:
+                folder = files.tmp / "causal_lm"
+                folder.mkdir()
+                _causal_lm_inputs(folder)
+                jobs.append(
+                    [str(folder / "report.json"), "distil_causal_lm", _causal_lm_argv(folder, folder / "zero3", 4)]
+                )
+            if stage == 3 and SAMPLING_TEST in tests:
+                (files.tmp / "zero3_sampling").mkdir()
+                jobs.append([None, "zero3_sampling", [str(files.tmp / "zero3_sampling")]])
+            spec = files.tmp / f"zero{stage}_jobs.json"
+            spec.write_text(json.dumps(jobs))
+            script = str(ROOT / "tests" / "sharded_recipe.py")
+            done[stage] = _launch(CONFIGS / f"accelerate_zero{stage}_cpu.yaml", [script, "--jobs", str(spec)])
+        return done[stage]
+
+    return launch
+
+
 @pytest.mark.distributed
 @requires_deepspeed
-@pytest.mark.parametrize("stage, student", [(2, "projected"), (3, "cut"), (3, "projected")])
-def test_deepspeed_zero_recipe_matches_single_process(files, stage, student):
+@pytest.mark.parametrize("stage, student", ZERO_CASES)
+def test_deepspeed_zero_recipe_matches_single_process(files, zero_launches, stage, student):
     """2 processes x 4 examples under ZeRO-{2,3} == 1 process x 8; the mode is in effect and the teacher is kept out.
 
     "cut": the student is cut from the (partitioned, under ZeRO-3) teacher by the recipe. "projected": a prebuilt
     student of another width, loaded by the recipe (under zero.Init with ZeRO-3), aligned on hidden states through
-    learned projections that train inside the sharded module and are left out of the saved student.
+    learned projections that train inside the sharded module and are left out of the saved student. The ZeRO-3
+    cases share one launch (`zero_launches`): each run's report and weights are its own.
     """
-    student_args = ["--student_num_layers", "2"]
-    if student == "projected":
-        # one stage: the recipe's two-stage default for a student given by path needs two trainers in one process
-        student_args = ["--student_model_name_or_path", files.student, "--two_stage", "no"]
+    student_args = _student_args(files, student)
     out, report = files.tmp / f"zero{stage}_{student}", files.tmp / f"zero{stage}_{student}.json"
-    argv = [
-        str(ROOT / "tests" / "sharded_recipe.py"),
-        str(report),
-        *recipe_args(files.teacher, files.data, out, *COMMON, *student_args, "--per_device_train_batch_size", "4"),
-    ]
-    proc = _launch(CONFIGS / f"accelerate_zero{stage}_cpu.yaml", argv)
+    proc = zero_launches(stage)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     got = json.loads(report.read_text())
     assert got["is_deepspeed_enabled"] and got["zero_stage"] == stage and got["world_size"] == 2
@@ -153,10 +212,12 @@ def test_deepspeed_zero_recipe_matches_single_process(files, stage, student):
 
 
 @pytest.mark.distributed
-def test_fsdp2_teacher_sharding_training_and_full_save(tmp_path):
+@requires_torchrun
+@pytest.mark.torchrun_job("fsdp_train")  # tests/fsdp_train.py OUT_DIR on 2 processes
+def test_fsdp2_teacher_sharding_training_and_full_save(torchrun_jobs):
     """tests/fsdp_train.py under torchrun: the project's FSDP2 wrapping, teacher sharding and full-state-dict
     save on two gloo processes; it compares with the same training unsharded and writes what it found."""
-    torchrun(ROOT / "tests" / "fsdp_train.py", [str(tmp_path)], _env())
+    tmp_path = torchrun_jobs["fsdp_train"]
     got = json.loads((tmp_path / "report.json").read_text())
     assert got["world_size"] == 2 and got["wrapped"] == ["BertForSequenceClassification", "BertLayer", "BertLayer"]
     assert got["student_sharded"] and got["teacher_sharded"]  # DTensor shards of half the rows on each rank
@@ -254,12 +315,12 @@ def test_zero3_loaded_student_saves_standard_layernorm_names(tmp_path):
 
 @pytest.mark.distributed
 @requires_deepspeed
-def test_deepspeed_zero3_student_samples_in_lockstep(tmp_path):
+def test_deepspeed_zero3_student_samples_in_lockstep(files, zero_launches):
     """tests/zero3_sampling.py: lmbda 1 under ZeRO-3 on 2 processes. The partitioned student samples once per step;
     rank 0's rows end after 2 tokens, yet it keeps stepping (6 lm_head calls) until rank 1's rows end."""
-    proc = _launch(CONFIGS / "accelerate_zero3_cpu.yaml", [str(ROOT / "tests" / "zero3_sampling.py"), str(tmp_path)])
+    proc = zero_launches(3)  # with the other ZeRO-3 cases, in one launch
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    got = json.loads((tmp_path / "report.json").read_text())
+    got = json.loads((files.tmp / "zero3_sampling" / "report.json").read_text())
     assert got["is_deepspeed_enabled"] and got["zero_stage"] == 3 and got["world_size"] == 2
     rank0, rank1 = got["generations"]
     assert len(rank0) == len(rank1) == 2  # one generate call per optimizer step on each process
@@ -269,12 +330,13 @@ def test_deepspeed_zero3_student_samples_in_lockstep(tmp_path):
 
 
 @pytest.mark.distributed
-def test_fsdp2_student_samples_in_lockstep_and_as_unsharded(tmp_path):
+@requires_torchrun
+@pytest.mark.torchrun_job("fsdp_sampling")  # tests/fsdp_sampling.py OUT_DIR on 2 processes
+def test_fsdp2_student_samples_in_lockstep_and_as_unsharded(torchrun_jobs):
     """tests/fsdp_sampling.py under torchrun: an FSDP2 student samples exactly what its unsharded copy samples;
     rank 0's rows end after 2 tokens, yet it keeps stepping until rank 1's rows end (synced_gpus). Its completion
     NLL and generation metrics (3 batches on 2 processes) equal the unsharded copy's."""
-    torchrun(ROOT / "tests" / "fsdp_sampling.py", [str(tmp_path)], _env(), timeout=240)
-    rank0, rank1 = (json.loads((tmp_path / f"report_{r}.json").read_text()) for r in (0, 1))
+    rank0, rank1 = (json.loads((torchrun_jobs["fsdp_sampling"] / f"report_{r}.json").read_text()) for r in (0, 1))
     for got in (rank0, rank1):
         assert got["world_size"] == 2 and got["student_sharded"] and got["synced"] and not got["reference_synced"]
         assert got["same_samples"] and got["back_in_training_mode"] and got["source"] == "student"
@@ -300,51 +362,91 @@ def _numbers(results: dict, prefix: str = "") -> dict[str, float]:
     return {}
 
 
+def _causal_lm_inputs(folder: Path) -> None:
+    """The causal-LM ZeRO-3 case's teacher and data under `folder`."""
+    from test_causal_lm_recipe import write_jsonl
+    from testing_utils import tiny_gpt2
+
+    # 3200 x 32 tied embeddings / output layer: above ZeRO-3's persistence threshold, so really partitioned; no
+    # dropout, so that both runs draw nothing at random
+    tiny_gpt2(layers=4, hidden=32, vocab=3200, dropout=0.0).save_pretrained(folder / "teacher")
+    make_tokenizer(folder / "teacher")
+    write_jsonl(folder / "train.jsonl", 16, 0)
+    write_jsonl(folder / "dev.jsonl", 10, 1)
+
+
+def _causal_lm_argv(folder: Path, out: Path, batch: int) -> list[str]:
+    """recipes/distil_causal_lm.py's arguments for the inputs of `_causal_lm_inputs(folder)`."""
+    teacher, data = folder / "teacher", (str(folder / "train.jsonl"), str(folder / "dev.jsonl"))
+    return [
+        str(ROOT / "recipes" / "configs" / "causal_lm_offpolicy.yaml"),
+        "--teacher_model_name_or_path",
+        str(teacher),
+        "--student_model_name_or_path",
+        "",
+        "--student_num_layers",
+        "2",
+        "--dataset_name",
+        "",
+        "--train_file",
+        data[0],
+        "--validation_file",
+        data[1],
+        "--prompt_column",
+        "question",
+        "--completion_column",
+        "answer",
+        "--output_dir",
+        str(out),
+        "--report_to",
+        "none",
+        "--use_cpu",
+        "true",
+        "--bf16",
+        "false",
+        "--max_length",
+        "24",
+        "--max_new_tokens",
+        "5",
+        "--learning_rate",
+        "1e-2",
+        "--max_steps",
+        "2",
+        "--seed",
+        "3",
+        "--gradient_accumulation_steps",
+        "1",
+        "--disable_tqdm",
+        "true",
+        "--per_device_train_batch_size",
+        str(batch),
+        "--per_device_eval_batch_size",
+        "4",
+        "--generation_eval_steps",
+        "2",
+        "--generation_eval_samples",
+        "6",
+        "--num_generation_samples",
+        "2",
+        "--chunked_loss",
+        "false",
+    ]  # the training loss refuses chunking under ZeRO-3 (check_chunking)
+
+
 @pytest.mark.distributed
 @requires_deepspeed
-def test_deepspeed_zero3_causal_lm_recipe_evaluates_like_one_process(tmp_path):
+def test_deepspeed_zero3_causal_lm_recipe_evaluates_like_one_process(files, zero_launches, tmp_path):
     """recipes/distil_causal_lm.py under ZeRO-3 on 2 processes x 4 rows == 1 process x 8 rows, end of run included.
 
     The partitioned student and teacher are evaluated after training: the completion cross-entropy (chunked, the
     output layer's weight read outside its forward: gathered), the generation metrics logged during training
     (--generation_eval_steps) and at the end, and the card's greedy samples (every process generates in lockstep,
     rank 0 keeps them). They used to crash ("size mismatch") or would hang."""
-    from test_causal_lm_recipe import recipe_args, write_jsonl
-    from testing_utils import tiny_gpt2
-
     from recipes import distil_causal_lm
 
-    teacher = tmp_path / "teacher"
-    # 3200 x 32 tied embeddings / output layer: above ZeRO-3's persistence threshold, so really partitioned; no
-    # dropout, so that both runs draw nothing at random
-    tiny_gpt2(layers=4, hidden=32, vocab=3200, dropout=0.0).save_pretrained(teacher)
-    make_tokenizer(teacher)
-    data = write_jsonl(tmp_path / "train.jsonl", 16, 0), write_jsonl(tmp_path / "dev.jsonl", 10, 1)
-
-    def argv(out, batch):
-        # the causal-LM recipe test's arguments (test_causal_lm_recipe.recipe_args), off-policy, and:
-        return recipe_args(
-            str(teacher),
-            data,
-            out,
-            *["--max_new_tokens", "5", "--max_steps", "2", "--per_device_train_batch_size", str(batch)],
-            *["--per_device_eval_batch_size", "4", "--generation_eval_steps", "2", "--generation_eval_samples", "6"],
-            *["--num_generation_samples", "2"],
-            *["--chunked_loss", "false"],  # the training loss refuses chunking under ZeRO-3 (check_chunking)
-            config=str(ROOT / "recipes" / "configs" / "causal_lm_offpolicy.yaml"),
-        )
-
-    report = tmp_path / "report.json"
-    proc = _launch(
-        CONFIGS / "accelerate_zero3_cpu.yaml",
-        [
-            str(ROOT / "tests" / "sharded_recipe.py"),
-            str(report),
-            "--recipe",
-            "distil_causal_lm",
-            *argv(tmp_path / "zero3", 4),
-        ],
-    )
+    folder = files.tmp / "causal_lm"  # its inputs, ZeRO-3 run and report (`zero_launches`)
+    report = folder / "report.json"
+    proc = zero_launches(3)  # with the ZeRO-3 cases of distil_bert, in one launch
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     got = json.loads(report.read_text())
     assert got["is_deepspeed_enabled"] and got["zero_stage"] == 3 and got["world_size"] == 2
@@ -352,9 +454,9 @@ def test_deepspeed_zero3_causal_lm_recipe_evaluates_like_one_process(tmp_path):
     # next training forward, checked by hand with --max_steps 3: partitioned again)
     assert got["student_zero3_managed"] and got["teacher_partitioned"]
     assert not got["teacher_training"]  # the generation eval gave the teacher engine its eval mode back
-    sharded = json.loads((tmp_path / "zero3" / "distillation_results.json").read_text())
+    sharded = json.loads((folder / "zero3" / "distillation_results.json").read_text())
 
-    distil_causal_lm.main(argv(tmp_path / "single", 8))
+    distil_causal_lm.main(_causal_lm_argv(folder, tmp_path / "single", 8))
     single = json.loads((tmp_path / "single" / "distillation_results.json").read_text())
     assert sharded["eval_completion_tokens"] == single["eval_completion_tokens"] > 0
     # the same greedy texts: generation (samples, ROUGE-L, lengths, exact match) is exact

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from recipe_helpers import CPU_RUN
-from testing_utils import torchrun
 from xtok_setup import TEXTS, bpe_tokenizer, tiny_gpt2, wordpiece_tokenizer
 
 from recipes import distil_causal_lm
@@ -19,7 +18,12 @@ GKD_CONFIG = str(ROOT / "recipes" / "configs" / "causal_lm_gkd.yaml")  # lmbda 0
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("xtok_recipe")
+    return make_inputs(tmp_path_factory.mktemp("xtok_recipe"))
+
+
+def make_inputs(root: Path):
+    """The student, the two experts (one on a WordPiece, one on the student's BPE tokenizer) and train/dev JSONL
+    files routed by the column `expert`, under `root`: (root, [train, dev])."""
     bpe, wp = bpe_tokenizer(), wordpiece_tokenizer()
     for name, tok, model in (
         ("student", bpe, tiny_gpt2(len(bpe), seed=2)),
@@ -118,13 +122,19 @@ def test_routed_cross_tokenizer_recipe_one_process(setup, tmp_path):
     assert results["teacher"]["cross_entropy"] > 0 and results["student"]["cross_entropy"] > 0
 
 
-def test_routed_cross_tokenizer_recipe_torchrun_two_processes(setup, tmp_path):
-    root, files = setup
-    torchrun(
-        ROOT / "recipes" / "distil_causal_lm.py",
-        recipe_args(root, files, tmp_path / "two", "--per_device_train_batch_size", "2"),
+def two_process_job(folder: Path):
+    """The recipe on 2 processes x 2 rows (a job of the session's torchrun launch), on inputs of its own."""
+    root, files = make_inputs(folder)
+    return (
+        "recipes.distil_causal_lm",
+        "main",
+        recipe_args(root, files, folder / "two", "--per_device_train_batch_size", "2"),
     )
-    results = check_run(tmp_path / "two", 2)
+
+
+@pytest.mark.torchrun_job("xtok_recipe", prepare=two_process_job)
+def test_routed_cross_tokenizer_recipe_torchrun_two_processes(torchrun_jobs):
+    results = check_run(torchrun_jobs["xtok_recipe"] / "two", 2)
     assert results["distillation"]["global_train_batch_size"] == 4
 
 

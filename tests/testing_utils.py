@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import os
 import shutil
 import subprocess
@@ -251,6 +252,36 @@ def imported_script(path, name: str):
         sys.modules.pop(name, None)
 
 
+def run_script_main(path, argv: list[str]) -> str:
+    """What `python path *argv` prints, run in this process (no interpreter start-up and library imports per run):
+    the script's `main()` with `sys.argv` = [path, *argv] and its folder first on `sys.path`, as when run as a script.
+    What a script changes for itself is undone after it: sys.argv, sys.path, torch's thread count, the modules it
+    imported from its folder. Exceptions propagate (the test fails with the script's traceback).
+
+    Args:
+        path: the script (e.g. benchmarks/scaling.py), which has a `main()` that reads `sys.argv`.
+        argv: its command-line arguments.
+    """
+    path = os.path.abspath(path)
+    folder = os.path.dirname(path)
+    name = os.path.splitext(os.path.basename(path))[0]
+    saved_argv, saved_path, threads, modules = sys.argv, list(sys.path), torch.get_num_threads(), set(sys.modules)
+    out = io.StringIO()
+    try:
+        sys.argv = [path, *argv]
+        sys.path.insert(0, folder)
+        with imported_script(path, name) as module, contextlib.redirect_stdout(out):
+            module.main()
+    finally:
+        sys.argv = saved_argv
+        sys.path[:] = saved_path
+        torch.set_num_threads(threads)
+        for added in set(sys.modules) - modules:
+            if (getattr(sys.modules[added], "__file__", None) or "").startswith(folder + os.sep):
+                del sys.modules[added]
+    return out.getvalue()
+
+
 # ---- multi-process runs (torchrun, gloo on CPU) -------------------------------------------------------------
 
 _VENV_TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
@@ -288,22 +319,18 @@ def torchrun(script, argv: list[str], env: dict | None = None, timeout: float = 
     run_to_completion([*launch, str(script), *argv], env, timeout)
 
 
-def one_and_two_processes(script: str, out_dir, one: list[str], two: list[str], **run_kw) -> tuple[dict, dict]:
-    """`python script OUT/one *one`, then `torchrun --nproc_per_node 2 script OUT/two *two` (one thread each); their
-    OUT/*/final.pt state dicts, after checking that they ran as 1 and 2 processes (the `world_size` entry, removed).
+def one_and_two_processes(run, out_dir, one: list[str], two_dir) -> tuple[dict, dict]:
+    """The single-process run, here: `run([OUT/one, *one])`; and the two-process run's folder `two_dir` (a job of the
+    session's torchrun launch, `conftest.torchrun_jobs`). Their final.pt state dicts, after checking that they ran
+    as 1 and 2 processes (the `world_size` entry, removed).
 
     Args:
-        script: a test script that writes OUT_DIR/final.pt with a `world_size` entry (tests/ddp_train.py).
-        out_dir: the folder for the two runs' output folders.
+        run: a test script's `run(argv)` (tests/ddp_train.py): it writes OUT_DIR/final.pt with a `world_size` entry.
+        out_dir: the folder for the single run's output folder.
         one: the script's arguments after OUT_DIR for the single process.
-        two: the same for each of the two processes.
-        **run_kw: `run_to_completion`'s timeout and attempts.
+        two_dir: the OUT_DIR of the same script's two-process run.
     """
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(os.path.dirname(script))}
-    run_to_completion([sys.executable, script, str(out_dir / "one"), *one], env, **run_kw)
-    run_to_completion(
-        [TORCHRUN, "--nproc_per_node", "2", "--standalone", script, str(out_dir / "two"), *two], env, **run_kw
-    )
-    single, double = torch.load(out_dir / "one" / "final.pt"), torch.load(out_dir / "two" / "final.pt")
+    run([str(out_dir / "one"), *one])
+    single, double = torch.load(out_dir / "one" / "final.pt"), torch.load(two_dir / "final.pt")
     assert single.pop("world_size").item() == 1 and double.pop("world_size").item() == 2
     return single, double

@@ -95,6 +95,15 @@ def main(out_dir: str) -> None:
         }
         with open(os.path.join(out_dir, "report.json"), "w") as f:
             json.dump(report, f)
+    torch.distributed.barrier()  # rank 1 must not tear gloo down while rank 0 still writes
+    # Tear the process group down here, not in an interpreter-exit destructor: gloo can abort there ("terminate
+    # called without an active exception", seen once), as hf_distill.recipes.run says.
+    trainer.accelerator.end_training()
+
+
+def run(argv: list[str]) -> None:
+    """The command line's work: `main(OUT_DIR)` (tests/sharded_recipe.py --jobs runs it beside other jobs)."""
+    main(argv[0])
 
 
 if __name__ == "__main__":
