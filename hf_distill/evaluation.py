@@ -29,7 +29,7 @@ from collections.abc import Callable
 import torch
 from transformers import TrainerCallback
 
-from .generation import _seed, cut_completions, synced_generation
+from .generation import _seed, cut_completions, synced_generation, with_kv_cache
 from .lm_data import IGNORE_INDEX, end_token_id, pad_prompt_completion, prompt_length, tokenize_prompt_completion
 from .modeling import eval_mode
 
@@ -89,7 +89,7 @@ def _generate(model, prompts: list[list[int]], generation_config, seed: int, pad
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         out = model.generate(
-            input_ids=ids, attention_mask=mask, generation_config=generation_config, **synced
+            input_ids=ids, attention_mask=mask, generation_config=with_kv_cache(generation_config), **synced
         )  # (B, P + N)
     return cut_completions(out[:, ids.shape[1] :], eos, pad)
 

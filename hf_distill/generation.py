@@ -117,6 +117,24 @@ def generation_config_from_args(args, eos_token_id: int | None, pad_token_id: in
     )
 
 
+def with_kv_cache(generation_config: GenerationConfig) -> GenerationConfig:
+    """A copy of `generation_config` whose `use_cache=True` is set explicitly (unless the caller set it False).
+
+    `generate` takes a field the caller left unset (None) from the model's own generation config, and a model
+    trained with gradient checkpointing, or cut from a teacher whose config says `use_cache=False`, has
+    `use_cache=False` there: every decoding step would then re-run the whole sequence. Set explicitly, the KV
+    cache is kept whatever the model's config says.
+
+    Args:
+        generation_config: the caller's generation config (not modified).
+    """
+    if generation_config.use_cache is False:
+        return generation_config
+    config = copy.deepcopy(generation_config)
+    config.use_cache = True  # an explicit assignment, which generate does not override
+    return config
+
+
 class InverseCDFSampler(LogitsProcessor):
     """Draws each row's next token from softmax(scores) by inverse-CDF sampling; returns scores whose argmax is it.
 

@@ -50,7 +50,7 @@ from transformers.trainer_pt_utils import get_model_param_count
 from hf_distill import DistillationArguments, DistillationTrainer, PromptCompletionCollator, tokenize_prompt_completion
 from hf_distill.checks import requested_sharding
 from hf_distill.evaluation import ANSWER_COLUMN, GenerationEvalCallback, evaluate_generation
-from hf_distill.generation import synced_generation
+from hf_distill.generation import synced_generation, with_kv_cache
 from hf_distill.lm_data import PROMPT_ATTENTION_MASK, PROMPT_INPUT_IDS, completion_nll, end_token_id, prompt_length
 from hf_distill.positions import IGNORE_INDEX
 from hf_distill.recipes import data as rd
@@ -257,7 +257,10 @@ def generation_samples(
                 pad_token_id=tok.pad_token_id,
             )
         out = model.generate(
-            input_ids=ids, attention_mask=mask, generation_config=gen, synced_gpus=synced_generation(model)
+            input_ids=ids,
+            attention_mask=mask,
+            generation_config=with_kv_cache(gen),
+            synced_gpus=synced_generation(model),
         )[:, ids.shape[1] :]  # (n, new)
         for sample, tokens in zip(samples, out):
             sample[name] = tok.decode(tokens, skip_special_tokens=True)

@@ -142,3 +142,36 @@ def test_two_processes_equal_one(torchrun_jobs):
     assert two["world"] == 2 and one["examples"] == two["examples"] == 11
     for key in ("rougeL", "generated_length", "distinct_2", "teacher_nll", "teacher_nll_floor", "exact_match"):
         assert math.isclose(one[key], two[key], rel_tol=1e-5), (key, one[key], two[key])
+
+
+def test_generation_keeps_the_kv_cache_when_the_models_config_turns_it_off(tmp_path):
+    """A student whose config and generation config say use_cache=False (after gradient checkpointing, or cut from
+    such a teacher): evaluate_generation with a plain GenerationConfig still decodes one new token per step, and
+    gives the completions of decoding without the cache."""
+    from hf_distill.generation import with_kv_cache
+
+    tok = make_tokenizer(tmp_path)
+    model = tiny_gpt2(layers=2, seed=0).eval()
+    model.config.use_cache = False
+    model.generation_config.use_cache = False
+    rows = [{"input_ids": [5, 6, 7, 8, 9], "labels": [-100, -100, -100, 8, 9]}] * 2
+    widths = []
+
+    def record(module, args, kwargs):
+        ids = kwargs["input_ids"] if kwargs.get("input_ids") is not None else args[0]
+        widths.append(ids.shape[1])
+
+    hook = model.transformer.register_forward_pre_hook(record, with_kwargs=True)
+    plain = GenerationConfig(max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    cached = evaluate_generation(model, rows, tok, plain, batch_size=2, return_samples=2)
+    assert widths == [3, 1, 1, 1]  # the prompt once, then one new token per step
+    widths.clear()
+    ids = torch.tensor([[5, 6, 7]] * 2)
+    uncached = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=plain)
+    assert widths == [3, 4, 5, 6]  # what the model's use_cache=False alone gives: the whole sequence every step
+    hook.remove()
+    assert [s["completion"] for s in cached["samples"]] == [
+        tok.decode(t[3:], skip_special_tokens=True) for t in uncached
+    ]
+    off = GenerationConfig(max_new_tokens=4, use_cache=False)
+    assert with_kv_cache(off) is off and with_kv_cache(plain) is not plain and plain.use_cache is None  # unchanged
