@@ -376,61 +376,20 @@ def _causal_lm_inputs(folder: Path) -> None:
 
 
 def _causal_lm_argv(folder: Path, out: Path, batch: int) -> list[str]:
-    """recipes/distil_causal_lm.py's arguments for the inputs of `_causal_lm_inputs(folder)`."""
-    teacher, data = folder / "teacher", (str(folder / "train.jsonl"), str(folder / "dev.jsonl"))
-    return [
-        str(ROOT / "recipes" / "configs" / "causal_lm_offpolicy.yaml"),
-        "--teacher_model_name_or_path",
-        str(teacher),
-        "--student_model_name_or_path",
-        "",
-        "--student_num_layers",
-        "2",
-        "--dataset_name",
-        "",
-        "--train_file",
-        data[0],
-        "--validation_file",
-        data[1],
-        "--prompt_column",
-        "question",
-        "--completion_column",
-        "answer",
-        "--output_dir",
-        str(out),
-        "--report_to",
-        "none",
-        "--use_cpu",
-        "true",
-        "--bf16",
-        "false",
-        "--max_length",
-        "24",
-        "--max_new_tokens",
-        "5",
-        "--learning_rate",
-        "1e-2",
-        "--max_steps",
-        "2",
-        "--seed",
-        "3",
-        "--gradient_accumulation_steps",
-        "1",
-        "--disable_tqdm",
-        "true",
-        "--per_device_train_batch_size",
-        str(batch),
-        "--per_device_eval_batch_size",
-        "4",
-        "--generation_eval_steps",
-        "2",
-        "--generation_eval_samples",
-        "6",
-        "--num_generation_samples",
-        "2",
-        "--chunked_loss",
-        "false",
-    ]  # the training loss refuses chunking under ZeRO-3 (check_chunking)
+    """recipes/distil_causal_lm.py's arguments for the inputs of `_causal_lm_inputs(folder)`: the causal-LM recipe
+    test's (`test_causal_lm_recipe.recipe_args`), off-policy, and these."""
+    from test_causal_lm_recipe import recipe_args
+
+    return recipe_args(
+        str(folder / "teacher"),
+        (str(folder / "train.jsonl"), str(folder / "dev.jsonl")),
+        out,
+        *["--max_new_tokens", "5", "--max_steps", "2", "--per_device_train_batch_size", str(batch)],
+        *["--per_device_eval_batch_size", "4", "--generation_eval_steps", "2", "--generation_eval_samples", "6"],
+        *["--num_generation_samples", "2"],
+        *["--chunked_loss", "false"],  # the training loss refuses chunking under ZeRO-3 (check_chunking)
+        config=str(ROOT / "recipes" / "configs" / "causal_lm_offpolicy.yaml"),
+    )
 
 
 @pytest.mark.distributed
