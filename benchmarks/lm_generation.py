@@ -88,7 +88,7 @@ from transformers import (
 
 from hf_distill import DistillationArguments, DistillationTrainer, evaluate_generation, init_student_from_teacher
 from hf_distill.generation import DATA
-from hf_distill.lm_data import IGNORE_INDEX, PromptCompletionCollator, encode_example
+from hf_distill.lm_data import IGNORE_INDEX, PromptCompletionCollator, encode_example, prompt_length
 
 logger = logging.getLogger("lm_generation")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -480,11 +480,7 @@ def training_rows(task: TaskConfig, method: str, train: list[dict], end_token: i
         return train
     if method not in SAMPLING:
         return train[: task.n_labelled]
-    rows = []
-    for r in train:
-        start = next(i for i, t in enumerate(r["labels"]) if t != IGNORE_INDEX)  # the completion's first token
-        rows.append(encode_example(r["input_ids"][:start], [end_token], task.max_length))
-    return rows
+    return [encode_example(r["input_ids"][: prompt_length(r["labels"])], [end_token], task.max_length) for r in train]
 
 
 def student_job(task: TaskConfig, method: str, seed: int, work: str) -> dict:
