@@ -87,7 +87,6 @@ from transformers import (
 )
 
 from hf_distill import DistillationArguments, DistillationTrainer, evaluate_generation, init_student_from_teacher
-from hf_distill.generation import DATA
 from hf_distill.lm_data import IGNORE_INDEX, PromptCompletionCollator, encode_example, prompt_length
 
 logger = logging.getLogger("lm_generation")
@@ -109,8 +108,8 @@ METHODS: dict[str, dict] = {  # T = 1 everywhere, fixed a priori
     "seq_kd_kl": {"soft_weight": 1.0, "hard_weight": 0.0, "divergence": "forward_kl", "seq_kd": True},
 }
 SAMPLING = {m for m, s in METHODS.items() if s.get("seq_kd") or s.get(WARM)}  # completions sampled in training
-ON_POLICY_DIVERGENCE = None  # on the student's samples: None = the library default (the method's `divergence`);
-# the tweets table of the 707eca0 run used "jsd" (GKD's choice)
+# on the student's samples: a method's `on_policy_divergence`, else its `divergence` (the library default); the
+# tweets table of the 707eca0 run used "jsd" (GKD's choice, now the onpolicy_1.0_jsd method)
 
 
 @dataclass
@@ -361,11 +360,8 @@ def student_arguments(task: TaskConfig, method: str, seed: int, output_dir: str)
     settings = {k: v for k, v in METHODS[method].items() if k != WARM}
     if task.n_labelled and method in SAMPLING:  # transfer prompts have no completion: the teacher samples one
         settings["seq_kd"] = True  # wherever the student does not (before the warm start, and w.p. 1 - lmbda)
-    fields = DistillationArguments.__dataclass_fields__
-    if METHODS[method].get(WARM) and "lmbda_start_step" in fields:
+    if METHODS[method].get(WARM):
         settings["lmbda_start_step"] = task.student_steps // 2
-        if "on_policy_divergence" in fields and ON_POLICY_DIVERGENCE is not None:
-            settings["on_policy_divergence"] = ON_POLICY_DIVERGENCE
     return DistillationArguments(
         **common_args(output_dir, task.student_steps, task.student_lr, task.batch, seed),
         temperature=1.0,
@@ -378,13 +374,6 @@ def student_arguments(task: TaskConfig, method: str, seed: int, output_dir: str)
 def replace_config(config: GPT2Config, **changes) -> GPT2Config:
     """A copy of `config` with `changes` applied."""
     return GPT2Config(**{**config.to_dict(), **changes})
-
-
-def warm_start_fallback(trainer, start: int) -> None:
-    """Where DistillationArguments has no lmbda_start_step yet: the dataset's completions before step `start`."""
-    sampler = trainer.sampler
-    source = sampler.source
-    sampler.source = lambda step, micro: DATA if step < start else source(step, micro)
 
 
 def train_student(task, method, seed, teacher, tokenizer, train, folder):
@@ -403,8 +392,6 @@ def train_student(task, method, seed, teacher, tokenizer, train, folder):
         processing_class=tokenizer,
         data_collator=PromptCompletionCollator(tokenizer.pad_token_id),
     )
-    if METHODS[method].get(WARM) and "lmbda_start_step" not in DistillationArguments.__dataclass_fields__:
-        warm_start_fallback(trainer, task.student_steps // 2)
     start = time.perf_counter()
     trainer.train()
     return trainer.accelerator.unwrap_model(trainer.model_wrapped).eval(), time.perf_counter() - start
@@ -722,7 +709,6 @@ def main(argv=None) -> dict:
         table = {name: replace(task, student_steps=a.student_steps) for name, task in table.items()}
     per_task = {name: (a.tweets_methods or a.methods).split(",") if name == "tweets" else methods for name in tasks}
     results = {"tasks": run_all([table[name] for name in tasks], seeds, per_task, work, a.jobs, a.summarise_only)}
-    native = "lmbda_start_step" in DistillationArguments.__dataclass_fields__
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, shared)"
     results["meta"] = {
         "device": device,
@@ -732,7 +718,7 @@ def main(argv=None) -> dict:
         "torch": torch.__version__,
         "tiny": a.tiny,
         "jobs": a.jobs,
-        "warm_start": "lmbda_start_step" if native else "fallback (sampler patched in this script)",
+        "warm_start": "lmbda_start_step",
     }
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
