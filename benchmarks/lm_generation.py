@@ -148,7 +148,7 @@ FULL = {  # sized for 2 CPU cores shared with other jobs (docs/generation_eval.m
         n_val=100,
         n_test=300,
         teacher_layers=4,
-        student_layers=2,
+        student_layers=3,
         hidden=128,
         heads=4,
         teacher_steps=2000,
@@ -163,7 +163,7 @@ FULL = {  # sized for 2 CPU cores shared with other jobs (docs/generation_eval.m
         min_words=10,
         max_words=10,
         dropout=0.0,
-        n_labelled=200,
+        n_labelled=50,
     ),
     "tweets": TaskConfig(
         "tweets",
