@@ -568,16 +568,47 @@ def summarise(task: TaskConfig, teacher: dict, runs: list[dict]) -> dict:
         row["train_seconds"] = statistics.mean(r["train_seconds"] for r in rs)
         rows[method] = row
     distilled = [m for m in rows if m != "ce"]
+    pairs = [(m, c) for m in rows if METHODS.get(m, {}).get(WARM) for c in OFF_POLICY_CONTROLS if c in rows]
     # ties on the metric (e.g. exact match 0 for every student) are broken by validation prefix accuracy
     best = max(
         distilled, key=lambda m: (rows[m]["val_" + metric], rows[m].get("val_prefix_accuracy", 0.0)), default=None
     )
     return {
         "methods": rows,
+        "paired": paired_differences(runs, pairs, metric),
         "best_on_validation": best,
         "teacher_test": teacher["test"],
         "teacher_validation": teacher["validation"],
     }
+
+
+# what each warm-started on-policy method is compared with, paired by seed: forward KL on the teacher's samples of
+# the same prompts (its warm phase, so the pair differs only after the switch), hard labels on those samples, and
+# off-policy forward KL on the dataset's completions
+OFF_POLICY_CONTROLS = ("seq_kd_kl", "seq_kd", "forward_kl")
+
+
+def paired_differences(runs: list[dict], pairs: list[tuple[str, str]], metric: str) -> list[dict]:
+    """For each (method, control): the per-seed test differences method - control on `metric` (seeds both ran),
+    their mean and 95% t-interval, and on how many seeds the method was ahead / behind."""
+    by = {(r["method"], r["seed"]): r["test"][metric] for r in runs}
+    out = []
+    for method, control in pairs:
+        seeds = sorted(s for m, s in by if m == method and (control, s) in by)
+        diffs = [by[method, s] - by[control, s] for s in seeds]
+        if diffs:
+            out.append(
+                {
+                    "method": method,
+                    "control": control,
+                    "seeds": seeds,
+                    "differences": diffs,
+                    "difference": mean_ci(diffs),
+                    "ahead": sum(d > 0 for d in diffs),
+                    "behind": sum(d < 0 for d in diffs),
+                }
+            )
+    return out
 
 
 def fmt(pair, scale=1.0, digits=3) -> str:
@@ -624,6 +655,20 @@ def markdown(results: dict) -> str:
             f"Best distilled method on validation {task['metric']}: **{s['best_on_validation']}**.",
             "",
         ]
+        if s.get("paired"):
+            lines += [
+                f"On-policy vs off-policy, paired by seed (test {task['metric']}, method - control, mean ± 95% "
+                "t-interval; seeds ahead / behind):",
+                "",
+                "| on-policy method | control | difference | ahead / behind | seeds |",
+                "|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {p['method']} | {p['control']} | {fmt(p['difference'])} | {p['ahead']} / {p['behind']} | "
+                f"{len(p['seeds'])} |"
+                for p in s["paired"]
+            ]
+            lines.append("")
         if "run" in res:  # carried over from an earlier run (--keep_other_tasks)
             lines += [run_line(res["run"], f"This table ({name}) is from an earlier run: "), ""]
     lines += [run_line(results["meta"], "Tables without a note of their own: ")]

@@ -475,8 +475,17 @@ def interval95(values: list[float]) -> float:
     """Half-width of the 95% t-interval of the mean (0 for a single value)."""
     if len(values) < 2:
         return 0.0
-    t = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776}.get(len(values), 1.96)
-    return t * statistics.stdev(values) / math.sqrt(len(values))
+    return T975.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+# 97.5% quantiles of Student's t by degrees of freedom (tables; beyond 30, the normal's 1.96)
+T975 = dict(
+    enumerate(
+        [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131]
+        + [2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042],
+        start=1,
+    )
+)
 
 
 def summarise(cfg, teacher_ce: dict, runs: list[dict], timings: dict, meta: dict) -> dict:

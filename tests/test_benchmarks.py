@@ -278,3 +278,72 @@ def test_distillation_step_calls_little_beyond_its_parts():
         parts = counts["student_step"][key] + counts["teacher_forward"][key]
         assert counts["distill_step"][key] <= slack * parts, (key, counts["distill_step"][key], parts)
     assert counts["distill_hidden_step"]["operator_calls"] > counts["distill_step"]["operator_calls"]  # it ran
+
+
+def test_interval95_uses_students_t_for_the_number_of_seeds():
+    """The benchmarks' 95% interval is the t-interval: quantiles as scipy computes them (up to the tables' three
+    places), half-width t * sd / sqrt(n) by hand; beyond 30 degrees of freedom the normal's 1.96."""
+    import importlib
+    import math
+    import statistics
+
+    import pytest
+
+    sys.path.insert(0, BENCH)
+    lrd = importlib.import_module("lm_real_data")
+    stats = pytest.importorskip("scipy.stats")
+    for df, t in lrd.T975.items():
+        assert t == pytest.approx(stats.t.ppf(0.975, df), abs=6e-4), df
+    values = [0.9, 0.85, 0.88, 0.91, 0.8, 0.86, 0.87]  # 7 seeds: 6 degrees of freedom
+    hand = 2.447 * statistics.stdev(values) / math.sqrt(7)
+    assert lrd.interval95(values) == pytest.approx(hand)
+    assert lrd.interval95([0.5]) == 0.0
+    many = [i / 40 for i in range(40)]
+    assert lrd.interval95(many) == pytest.approx(1.96 * statistics.stdev(many) / math.sqrt(40))
+
+
+def test_lm_generation_pairs_each_on_policy_run_with_its_off_policy_controls_by_seed():
+    """The summary's on-policy vs off-policy rows are the per-seed differences on the task's metric (seeds both
+    methods ran), their mean and t-interval, and the seeds ahead / behind, as a plain loop computes them; the
+    markdown prints them."""
+    import importlib
+    import statistics
+    from dataclasses import replace
+
+    import pytest
+
+    sys.path.insert(0, BENCH)
+    lg = importlib.import_module("lm_generation")
+    lrd = importlib.import_module("lm_real_data")
+    em = {  # (method, seed) -> test exact match; seq_kd has no seed 2
+        ("ce", 0): 0.0, ("ce", 1): 0.0, ("ce", 2): 0.1,
+        ("seq_kd_kl", 0): 0.8, ("seq_kd_kl", 1): 0.7, ("seq_kd_kl", 2): 0.9,
+        ("seq_kd", 0): 0.85, ("seq_kd", 1): 0.6,
+        ("onpolicy_1.0", 0): 0.9, ("onpolicy_1.0", 1): 0.7, ("onpolicy_1.0", 2): 0.8,
+    }  # fmt: skip
+
+    def run(method, seed, value):
+        scores = {"exact_match": value, "prefix_accuracy": value, "teacher_nll": 1.0 - value}
+        return {"method": method, "seed": seed, "test": scores, "validation": scores, "train_seconds": 1.0}
+
+    runs = [run(m, s, v) for (m, s), v in em.items()]
+    scores = {"exact_match": 0.75, "prefix_accuracy": 0.9, "teacher_nll": 0.1, "teacher_nll_floor": 0.1}
+    teacher = {"test": scores, "validation": scores}
+    task = replace(lg.TINY["reverse"])
+    summary = lg.summarise(task, teacher, runs)
+    got = {(p["method"], p["control"]): p for p in summary["paired"]}
+    assert set(got) == {("onpolicy_1.0", "seq_kd_kl"), ("onpolicy_1.0", "seq_kd")}  # no forward_kl run here
+    for (method, control), p in got.items():
+        seeds = [s for s in (0, 1, 2) if (control, s) in em]
+        diffs = [em[method, s] - em[control, s] for s in seeds]
+        assert p["seeds"] == seeds
+        assert p["difference"][0] == pytest.approx(statistics.mean(diffs))
+        assert p["difference"][1] == pytest.approx(lrd.interval95(diffs))
+        assert (p["ahead"], p["behind"]) == (sum(d > 1e-12 for d in diffs), sum(d < -1e-12 for d in diffs))
+    assert got["onpolicy_1.0", "seq_kd_kl"]["ahead"] == 1 and got["onpolicy_1.0", "seq_kd_kl"]["behind"] == 1
+    results = {
+        "tasks": {"reverse": {"summary": summary, "config": lg.asdict(task), "examples": {"test": 6, "train": 32}}},
+        "meta": {"seeds": [0, 1, 2], "device": "cpu", "total_seconds": 1.0, "commit": "abc", "command": "x"},
+    }
+    table = lg.markdown(results)
+    assert "| onpolicy_1.0 | seq_kd_kl | 0.000 ± " in table and "| 1 / 1 | 3 |" in table
