@@ -676,10 +676,17 @@ def markdown(results: dict) -> str:
 
 
 def run_line(meta: dict, lead: str) -> str:
-    return (
+    line = (
         f"{lead}device {meta['device']}; seeds {meta['seeds']} (± = 95% t-interval over seeds); "
         f"total {meta['total_seconds'] / 60:.1f} min. Commit `{meta['commit']}`. Command: `{meta['command']}`."
     )
+    if "trained_by" in meta:  # a --summarise_only report of records trained by another invocation
+        by = meta["trained_by"]
+        line += (
+            f" The students and teacher were trained by `{by['command']}` at commit `{by['commit']}` "
+            f"({by['total_seconds'] / 60:.1f} min)."
+        )
+    return line
 
 
 def plots(results: dict, out: Path, prefix: str) -> list[str]:
@@ -765,6 +772,11 @@ def main(argv=None) -> dict:
         "jobs": a.jobs,
         "warm_start": "lmbda_start_step",
     }
+    trained = Path(work, "run.json")  # the invocation that trained the records (a report may be written later)
+    if a.summarise_only and trained.exists():
+        results["meta"]["trained_by"] = json.loads(trained.read_text())
+    elif not a.summarise_only:
+        trained.write_text(json.dumps({k: results["meta"][k] for k in ("commit", "command", "total_seconds")}))
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prefix = a.prefix
