@@ -683,7 +683,7 @@ def run_line(meta: dict, lead: str) -> str:
     if "trained_by" in meta:  # a --summarise_only report of records trained by another invocation
         by = meta["trained_by"]
         line += (
-            f" The students and teacher were trained by `{by['command']}` at commit `{by['commit']}` "
+            f" The records it reports were made by `{by['command']}` at commit `{by['commit']}` "
             f"({by['total_seconds'] / 60:.1f} min)."
         )
     return line
