@@ -104,10 +104,12 @@ METHODS: dict[str, dict] = {  # T = 1 everywhere, fixed a priori
         **{"soft_weight": 1.0, "hard_weight": 0.0, "divergence": "forward_kl", "lmbda": 1.0, WARM: True},
         "on_policy_divergence": "jsd",  # GKD's choice on the student's samples (generalized JSD, beta 0.5)
     },
+    # on the student's samples from the first step (no warm phase): what the warm start buys
+    "onpolicy_1.0_cold": {"soft_weight": 1.0, "hard_weight": 0.0, "divergence": "forward_kl", "lmbda": 1.0},
     "seq_kd": {"soft_weight": 0.0, "hard_weight": 1.0, "seq_kd": True},
     "seq_kd_kl": {"soft_weight": 1.0, "hard_weight": 0.0, "divergence": "forward_kl", "seq_kd": True},
 }
-SAMPLING = {m for m, s in METHODS.items() if s.get("seq_kd") or s.get(WARM)}  # completions sampled in training
+SAMPLING = {m for m, s in METHODS.items() if s.get("seq_kd") or s.get("lmbda")}  # completions sampled in training
 # on the student's samples: a method's `on_policy_divergence`, else its `divergence` (the library default); the
 # tweets table of the 707eca0 run used "jsd" (GKD's choice, now the onpolicy_1.0_jsd method)
 
@@ -568,7 +570,8 @@ def summarise(task: TaskConfig, teacher: dict, runs: list[dict]) -> dict:
         row["train_seconds"] = statistics.mean(r["train_seconds"] for r in rs)
         rows[method] = row
     distilled = [m for m in rows if m != "ce"]
-    pairs = [(m, c) for m in rows if METHODS.get(m, {}).get(WARM) for c in OFF_POLICY_CONTROLS if c in rows]
+    pairs = [(m, c) for m in rows if METHODS.get(m, {}).get("lmbda") for c in OFF_POLICY_CONTROLS if c in rows]
+    pairs += [(cold, warm) for cold, warm in WARM_START_PAIRS if cold in rows and warm in rows]
     # ties on the metric (e.g. exact match 0 for every student) are broken by validation prefix accuracy
     best = max(
         distilled, key=lambda m: (rows[m]["val_" + metric], rows[m].get("val_prefix_accuracy", 0.0)), default=None
@@ -582,10 +585,11 @@ def summarise(task: TaskConfig, teacher: dict, runs: list[dict]) -> dict:
     }
 
 
-# what each warm-started on-policy method is compared with, paired by seed: forward KL on the teacher's samples of
-# the same prompts (its warm phase, so the pair differs only after the switch), hard labels on those samples, and
-# off-policy forward KL on the dataset's completions
+# what each on-policy method is compared with, paired by seed: forward KL on the teacher's samples of
+# the same prompts (the warm phase of the warm-started ones, so such a pair differs only after the switch), hard
+# labels on those samples, and off-policy forward KL on the dataset's completions
 OFF_POLICY_CONTROLS = ("seq_kd_kl", "seq_kd", "forward_kl")
+WARM_START_PAIRS = (("onpolicy_1.0_cold", "onpolicy_1.0"),)  # what the warm phase buys: cold - warm
 
 
 def paired_differences(runs: list[dict], pairs: list[tuple[str, str]], metric: str) -> list[dict]:

@@ -243,12 +243,15 @@ def test_lm_generation_sampling_methods_never_see_the_reference_completions(tmp_
     task = replace(lg.TINY["reverse"], n_labelled=2)
     assert lg.training_rows(task, "ce", train, end) == train[:2]
     assert lg.training_rows(task, "forward_kl", train, end) == train[:2]
-    for method in ("seq_kd", "seq_kd_kl", "onpolicy_1.0"):
+    for method in ("seq_kd", "seq_kd_kl", "onpolicy_1.0", "onpolicy_1.0_cold"):
         rows = lg.training_rows(task, method, train, end)
         assert [r["input_ids"] for r in rows] == [[10 + i, 11 + i, 4, end] for i in range(5)]
         assert [r["labels"] for r in rows] == [[ignore] * 3 + [end]] * 5
         args = lg.student_arguments(task, method, 0, str(tmp_path / method))
         assert args.seq_kd  # transfer rows have no completion: never trained on as data
+    warm, cold = (lg.student_arguments(task, m, 0, str(tmp_path / m)) for m in ("onpolicy_1.0", "onpolicy_1.0_cold"))
+    assert (warm.lmbda, warm.lmbda_start_step) == (1.0, task.student_steps // 2)
+    assert (cold.lmbda, cold.lmbda_start_step) == (1.0, 0)  # the student's samples from the first step
     assert not lg.student_arguments(task, "forward_kl", 0, str(tmp_path / "f")).seq_kd
     everything = replace(task, n_labelled=0)
     assert lg.training_rows(everything, "seq_kd", train, end) == train
