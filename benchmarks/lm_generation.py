@@ -684,11 +684,14 @@ def run_line(meta: dict, lead: str) -> str:
         f"{lead}device {meta['device']}; seeds {meta['seeds']} (± = 95% t-interval over seeds); "
         f"total {meta['total_seconds'] / 60:.1f} min. Commit `{meta['commit']}`. Command: `{meta['command']}`."
     )
-    if "trained_by" in meta:  # a --summarise_only report of records trained by another invocation
-        by = meta["trained_by"]
+    if "trained_by" in meta:  # a --summarise_only report of records trained by other invocations
         line += (
-            f" The records it reports were made by `{by['command']}` at commit `{by['commit']}` "
-            f"({by['total_seconds'] / 60:.1f} min)."
+            " The records it reports were made by "
+            + "; then ".join(
+                f"`{by['command']}` at commit `{by['commit']}` ({by['total_seconds'] / 60:.1f} min)"
+                for by in meta["trained_by"]
+            )
+            + "."
         )
     return line
 
@@ -776,11 +779,14 @@ def main(argv=None) -> dict:
         "jobs": a.jobs,
         "warm_start": "lmbda_start_step",
     }
-    trained = Path(work, "run.json")  # the invocation that trained the records (a report may be written later)
-    if a.summarise_only and trained.exists():
-        results["meta"]["trained_by"] = json.loads(trained.read_text())
+    trained = Path(work, "run.json")  # the invocations that trained the records (a report may be written later)
+    earlier = json.loads(trained.read_text()) if trained.exists() else []
+    earlier = [earlier] if isinstance(earlier, dict) else earlier
+    if a.summarise_only and earlier:
+        results["meta"]["trained_by"] = earlier
     elif not a.summarise_only:
-        trained.write_text(json.dumps({k: results["meta"][k] for k in ("commit", "command", "total_seconds")}))
+        mine = {k: results["meta"][k] for k in ("commit", "command", "total_seconds")}
+        trained.write_text(json.dumps([*earlier, mine]))
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prefix = a.prefix
