@@ -224,6 +224,15 @@ def test_lm_generation_tiny_summary_follows_from_its_runs(tmp_path):
     assert results["meta"]["commit"] in table and "--tiny" in results["meta"]["command"]
     assert all(f"| {m} |" in table for m in ("teacher", "ce", "forward_kl", "seq_kd"))
     assert (tmp_path / "lm_generation_reverse.png").exists()
+    # a report written later from the same records names the invocation that trained them
+    again = subprocess.run(
+        [*cmd, "--summarise_only", "--prefix", "again"], cwd=BENCH, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    redone = json.loads((tmp_path / "again.json").read_text())
+    assert redone["tasks"]["reverse"]["summary"]["methods"] == json.loads(json.dumps(summary["methods"]))
+    assert [by["command"] for by in redone["meta"]["trained_by"]] == [results["meta"]["command"]]
+    assert results["meta"]["command"] in (tmp_path / "again.md").read_text().split("were made by")[1]
 
 
 def test_lm_generation_sampling_methods_never_see_the_reference_completions(tmp_path):
