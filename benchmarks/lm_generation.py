@@ -83,6 +83,7 @@ from transformers import (
     GPT2LMHeadModel,
     PreTrainedTokenizerFast,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
 )
 
@@ -140,6 +141,7 @@ class TaskConfig:
     dropout: float = 0.1  # GPT-2's default; reverse: 0 (with dropout its teacher stays on the plateau longer)
     n_labelled: int = 0  # 0: students see every training completion; else only the first n_labelled, and the
     # methods that sample completions (SAMPLING) train on the prompts of all training rows (a transfer set)
+    val_every: int = 0  # > 0: score the validation split every val_every steps of a student (its record's curve)
 
 
 FULL = {  # sized for 2 CPU cores shared with other jobs (docs/generation_eval.md says what that bought)
@@ -378,7 +380,24 @@ def replace_config(config: GPT2Config, **changes) -> GPT2Config:
     return GPT2Config(**{**config.to_dict(), **changes})
 
 
-def train_student(task, method, seed, teacher, tokenizer, train, folder):
+class ValidationCurve(TrainerCallback):
+    """Every `every` optimizer steps, the student's greedy scores on the validation rows (the task's metric and
+    prefix accuracy), appended to `curve`; the random state is restored afterwards, so that a run with a curve
+    trains exactly like one without (the probes that chose the reverse design)."""
+
+    def __init__(self, every: int, score):
+        self.every, self.score, self.curve = every, score, []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every:
+            return
+        with torch.random.fork_rng(devices=[]):
+            model.eval()
+            self.curve.append({"step": state.global_step, **self.score(model)})
+            model.train()
+
+
+def train_student(task, method, seed, teacher, tokenizer, train, folder, curve: ValidationCurve | None = None):
     torch.manual_seed(seed)
     if task.student_hidden:  # a narrower student cannot be cut from the teacher: a fresh one, same vocabulary
         config = replace_config(teacher.config, n_embd=task.student_hidden, n_layer=task.student_layers)
@@ -393,6 +412,7 @@ def train_student(task, method, seed, teacher, tokenizer, train, folder):
         train_dataset=train,
         processing_class=tokenizer,
         data_collator=PromptCompletionCollator(tokenizer.pad_token_id),
+        callbacks=[curve] if curve else None,
     )
     start = time.perf_counter()
     trainer.train()
@@ -484,14 +504,24 @@ def student_job(task: TaskConfig, method: str, seed: int, work: str) -> dict:
     data = torch.load(os.path.join(folder, "data.pt"))
     teacher = GPT2LMHeadModel.from_pretrained(os.path.join(folder, "teacher")).eval()
     train = training_rows(task, method, data["train"], tokenizer.sep_token_id)
+    curve = None
+    if task.val_every:
+        keys = dict.fromkeys((task.metric, "prefix_accuracy"))
+
+        def score(model):
+            got = scores(model, teacher, tokenizer, task, data["validation"])
+            return {k: got[k] for k in keys if k in got}
+
+        curve = ValidationCurve(task.val_every, score)
     student, seconds = train_student(
-        task, method, seed, teacher, tokenizer, train, os.path.join(folder, f"{method}-{seed}")
+        task, method, seed, teacher, tokenizer, train, os.path.join(folder, f"{method}-{seed}"), curve
     )
     run = {
         "method": method,
         "seed": seed,
-        "train_seconds": seconds,
+        "train_seconds": seconds,  # includes the validation curve's scoring when there is one
         **{s: scores(student, teacher, tokenizer, task, data[s]) for s in ("validation", "test")},
+        **({"validation_curve": curve.curve} if curve else {}),
     }
     print(
         f"[{task.name}] {method} seed {seed} ({seconds:.0f} s): val {task.metric} "
@@ -740,6 +770,13 @@ def main(argv=None) -> dict:
         "--student_steps", type=int, default=None, help="override every task's student budget (optimizer steps)"
     )
     parser.add_argument("--prefix", default="lm_generation", help="names of the result files in --out_dir")
+    parser.add_argument(
+        "--val_every",
+        type=int,
+        default=0,
+        help="score the validation split every N optimizer steps of each student (a learning curve in its record; "
+        "how the reverse design was probed)",
+    )
     parser.add_argument("--tweets_methods", default=None, help="methods of the tweets task (default: --methods)")
     parser.add_argument(
         "--keep_other_tasks",
@@ -766,6 +803,8 @@ def main(argv=None) -> dict:
     table = TINY if a.tiny else FULL
     if a.student_steps:
         table = {name: replace(task, student_steps=a.student_steps) for name, task in table.items()}
+    if a.val_every:
+        table = {name: replace(task, val_every=a.val_every) for name, task in table.items()}
     per_task = {name: (a.tweets_methods or a.methods).split(",") if name == "tweets" else methods for name in tasks}
     results = {"tasks": run_all([table[name] for name in tasks], seeds, per_task, work, a.jobs, a.summarise_only)}
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, shared)"

