@@ -508,8 +508,8 @@ def student_job(task: TaskConfig, method: str, seed: int, work: str) -> dict:
     if task.val_every:
         keys = dict.fromkeys((task.metric, "prefix_accuracy"))
 
-        def score(model):
-            got = scores(model, teacher, tokenizer, task, data["validation"])
+        def score(model):  # no teacher: its NLL of the completions is not part of the curve
+            got = scores(model, None, tokenizer, task, data["validation"])
             return {k: got[k] for k in keys if k in got}
 
         curve = ValidationCurve(task.val_every, score)
@@ -718,7 +718,8 @@ def run_line(meta: dict, lead: str) -> str:
         line += (
             " The records it reports were made by "
             + "; then ".join(
-                f"`{by['command']}` at commit `{by['commit']}` ({by['total_seconds'] / 60:.1f} min)"
+                f"`{by['command']}` at commit `{by['commit']}` "
+                + (f"({by['total_seconds'] / 60:.1f} min)" if by["total_seconds"] is not None else "(interrupted)")
                 for by in meta["trained_by"]
             )
             + "."
@@ -806,6 +807,15 @@ def main(argv=None) -> dict:
     if a.val_every:
         table = {name: replace(task, val_every=a.val_every) for name, task in table.items()}
     per_task = {name: (a.tweets_methods or a.methods).split(",") if name == "tweets" else methods for name in tasks}
+    # work/run.json lists the invocations that trained records there, each written before its first record, so that
+    # a report of an interrupted run (--summarise_only) can name it too; its total time is added at the end
+    trained = Path(work, "run.json")
+    earlier = json.loads(trained.read_text()) if trained.exists() else []
+    earlier = [earlier] if isinstance(earlier, dict) else earlier
+    mine = {**record, "total_seconds": None}
+    if not a.summarise_only:
+        trained.parent.mkdir(parents=True, exist_ok=True)
+        trained.write_text(json.dumps([*earlier, mine]))
     results = {"tasks": run_all([table[name] for name in tasks], seeds, per_task, work, a.jobs, a.summarise_only)}
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, shared)"
     results["meta"] = {
@@ -818,13 +828,10 @@ def main(argv=None) -> dict:
         "jobs": a.jobs,
         "warm_start": "lmbda_start_step",
     }
-    trained = Path(work, "run.json")  # the invocations that trained the records (a report may be written later)
-    earlier = json.loads(trained.read_text()) if trained.exists() else []
-    earlier = [earlier] if isinstance(earlier, dict) else earlier
     if a.summarise_only and earlier:
         results["meta"]["trained_by"] = earlier
     elif not a.summarise_only:
-        mine = {k: results["meta"][k] for k in ("commit", "command", "total_seconds")}
+        mine["total_seconds"] = results["meta"]["total_seconds"]
         trained.write_text(json.dumps([*earlier, mine]))
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -232,6 +232,7 @@ def test_lm_generation_tiny_summary_follows_from_its_runs(tmp_path):
     redone = json.loads((tmp_path / "again.json").read_text())
     assert redone["tasks"]["reverse"]["summary"]["methods"] == json.loads(json.dumps(summary["methods"]))
     assert [by["command"] for by in redone["meta"]["trained_by"]] == [results["meta"]["command"]]
+    assert redone["meta"]["trained_by"][0]["total_seconds"] == results["meta"]["total_seconds"]
     assert results["meta"]["command"] in (tmp_path / "again.md").read_text().split("were made by")[1]
 
 
